@@ -1,0 +1,1 @@
+//! Hardware detection (filled in by the AMX and atlas issues).

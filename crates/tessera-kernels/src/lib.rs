@@ -1,0 +1,4 @@
+//! CPU kernels over plain slices. Operators (shapes, attributes, dtypes)
+//! live in `tessera-providers`; this crate only does arithmetic.
+
+pub mod gemm;

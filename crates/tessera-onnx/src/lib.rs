@@ -1,0 +1,1 @@
+//! ONNX loading and writing.

@@ -1,0 +1,7 @@
+//! The CPU provider: a kernel per ONNX operator, run over host tensors.
+
+pub mod ops;
+pub mod registry;
+pub mod util;
+
+pub use registry::{BuildCtx, CpuOp, OpRegistry, RunCtx};

@@ -1,0 +1,121 @@
+//! How CPU operators are built and run.
+//!
+//! Building happens once per session: a builder parses the node's
+//! attributes, may read constant inputs (to prepack weights, for instance)
+//! and returns a [`CpuOp`]. Running happens on every inference.
+
+use std::collections::HashMap;
+
+use tessera_core::{DType, Node, Result, Tensor};
+
+/// What a builder may look at besides the node itself.
+pub struct BuildCtx<'a> {
+    /// Opset version of the node's domain.
+    pub opset: i64,
+    /// Looks up a constant (initializer or folded value) by name.
+    pub constant: &'a dyn Fn(&str) -> Option<Tensor>,
+}
+
+impl BuildCtx<'_> {
+    /// The constant tensor feeding input `i` of `node`, if it is constant.
+    pub fn const_input(&self, node: &Node, i: usize) -> Option<Tensor> {
+        node.input(i).and_then(|n| (self.constant)(n))
+    }
+}
+
+/// Per-run context: where outputs get their memory.
+#[derive(Default)]
+pub struct RunCtx {
+    pool: Vec<tessera_core::tensor::AlignedBytes>,
+}
+
+impl RunCtx {
+    /// A zeroed output tensor, reusing a released buffer when one is big enough.
+    pub fn alloc(&mut self, dtype: DType, shape: &[usize]) -> Result<Tensor> {
+        let need = tessera_core::tensor::checked_numel(shape)? * dtype.size();
+        let pos = self.pool.iter().position(|b| b.capacity() >= need && b.capacity() <= need.saturating_mul(2).max(4096));
+        let buf = pos.map(|p| self.pool.swap_remove(p));
+        Tensor::from_pool(dtype, shape, buf)
+    }
+
+    /// Hands a dead tensor's memory back for reuse.
+    pub fn release(&mut self, t: Tensor) {
+        if let Some(b) = t.into_buffer() {
+            if b.capacity() >= 4096 && self.pool.len() < 256 {
+                self.pool.push(b);
+            }
+        }
+    }
+}
+
+/// A built operator ready to run.
+pub trait CpuOp: Send + Sync {
+    /// `inputs[i]` is None for an omitted optional input.
+    fn run(&self, inputs: &[Option<&Tensor>], ctx: &mut RunCtx) -> Result<Vec<Tensor>>;
+}
+
+impl<F> CpuOp for F
+where
+    F: Fn(&[Option<&Tensor>], &mut RunCtx) -> Result<Vec<Tensor>> + Send + Sync,
+{
+    fn run(&self, inputs: &[Option<&Tensor>], ctx: &mut RunCtx) -> Result<Vec<Tensor>> {
+        self(inputs, ctx)
+    }
+}
+
+pub type Builder = fn(&Node, &BuildCtx) -> Result<Box<dyn CpuOp>>;
+
+/// Operator builders keyed by (domain, op_type). The default ONNX domain is
+/// stored as "".
+#[derive(Default)]
+pub struct OpRegistry {
+    builders: HashMap<(String, String), Builder>,
+}
+
+pub fn canonical_domain(d: &str) -> &str {
+    if d == "ai.onnx" {
+        ""
+    } else {
+        d
+    }
+}
+
+impl OpRegistry {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The registry with every CPU operator.
+    pub fn with_all_ops() -> Self {
+        let mut r = Self::new();
+        super::ops::register_all(&mut r);
+        r
+    }
+
+    /// Registers an operator of the default ONNX domain.
+    pub fn add(&mut self, op_type: &str, b: Builder) {
+        self.add_domain("", op_type, b);
+    }
+
+    pub fn add_domain(&mut self, domain: &str, op_type: &str, b: Builder) {
+        self.builders.insert((domain.to_string(), op_type.to_string()), b);
+    }
+
+    pub fn get(&self, domain: &str, op_type: &str) -> Option<Builder> {
+        self.builders.get(&(canonical_domain(domain).to_string(), op_type.to_string())).copied()
+    }
+
+    pub fn supports(&self, node: &Node) -> bool {
+        self.get(&node.domain, &node.op_type).is_some()
+    }
+
+    pub fn op_names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .builders
+            .keys()
+            .map(|(d, o)| if d.is_empty() { o.clone() } else { format!("{d}:{o}") })
+            .collect();
+        v.sort();
+        v
+    }
+}

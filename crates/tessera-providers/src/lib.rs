@@ -1,0 +1,10 @@
+//! Execution providers. A provider is asked which nodes it can run
+//! ([`ExecutionProvider::claim`]), then compiles each claimed subgraph
+//! ([`ExecutionProvider::compile`]) into a [`CompiledPartition`] that owns
+//! its memory. The session's partitioner assigns every node; the CPU provider
+//! takes whatever no other provider claims.
+
+pub mod cpu;
+pub mod provider;
+
+pub use provider::*;
