@@ -194,7 +194,10 @@ impl Graph {
         for (ni, n) in self.nodes.iter().enumerate() {
             for o in n.outputs.iter().filter(|o| !o.is_empty()) {
                 if producer.insert(o, ni).is_some() || self.is_input(o) {
-                    return Err(Error::InvalidModel(format!("value '{o}' is produced more than once (node '{}')", n.name)));
+                    return Err(Error::InvalidModel(format!(
+                        "value '{o}' is produced more than once (node '{}')",
+                        n.name
+                    )));
                 }
             }
         }
@@ -227,7 +230,8 @@ impl Graph {
             }
         }
         if order.len() != self.nodes.len() {
-            let stuck = (0..self.nodes.len()).find(|&i| indeg[i] > 0).map(|i| self.nodes[i].name.clone()).unwrap_or_default();
+            let stuck =
+                (0..self.nodes.len()).find(|&i| indeg[i] > 0).map(|i| self.nodes[i].name.clone()).unwrap_or_default();
             return Err(Error::InvalidModel(format!("graph has a cycle (through node '{stuck}')")));
         }
         for o in &self.outputs {
@@ -269,7 +273,11 @@ impl Graph {
     pub fn op_histogram(&self) -> Vec<(String, usize)> {
         let mut m: BTreeMap<String, usize> = BTreeMap::new();
         for n in &self.nodes {
-            let k = if n.domain.is_empty() || n.domain == "ai.onnx" { n.op_type.clone() } else { format!("{}:{}", n.domain, n.op_type) };
+            let k = if n.domain.is_empty() || n.domain == "ai.onnx" {
+                n.op_type.clone()
+            } else {
+                format!("{}:{}", n.domain, n.op_type)
+            };
             *m.entry(k).or_default() += 1;
         }
         let mut v: Vec<_> = m.into_iter().collect();

@@ -107,7 +107,13 @@ impl Tensor {
 
     /// A view into a memory map. Falls back to a copy when the window is not
     /// aligned to the element size (typed slices need natural alignment).
-    pub fn from_mmap(dtype: DType, shape: &[usize], map: Arc<memmap2::Mmap>, offset: usize, len: usize) -> Result<Tensor> {
+    pub fn from_mmap(
+        dtype: DType,
+        shape: &[usize],
+        map: Arc<memmap2::Mmap>,
+        offset: usize,
+        len: usize,
+    ) -> Result<Tensor> {
         let n = checked_numel(shape)?;
         let end = offset.checked_add(len).filter(|&e| e <= map.len());
         if end.is_none() || n * dtype.size() != len {

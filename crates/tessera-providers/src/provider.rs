@@ -109,7 +109,9 @@ pub trait ExecutionProvider: Send + Sync {
     fn import(&self, v: Value) -> Result<Value> {
         match self.memory_domain() {
             MemoryDomain::Host => Ok(Value::Host(v.into_host()?)),
-            MemoryDomain::Device(d) => Err(tessera_core::Error::Unsupported(format!("provider '{}' cannot import into {d}", self.name()))),
+            MemoryDomain::Device(d) => {
+                Err(tessera_core::Error::Unsupported(format!("provider '{}' cannot import into {d}", self.name())))
+            }
         }
     }
 }

@@ -20,7 +20,13 @@ impl<'a> MatRef<'a> {
     }
     /// The transpose, as a view (no copy).
     pub fn t(self) -> Self {
-        MatRef { data: self.data, rows: self.cols, cols: self.rows, row_stride: self.col_stride, col_stride: self.row_stride }
+        MatRef {
+            data: self.data,
+            rows: self.cols,
+            cols: self.rows,
+            row_stride: self.col_stride,
+            col_stride: self.row_stride,
+        }
     }
     fn check(&self) {
         if self.rows > 0 && self.cols > 0 {
@@ -96,7 +102,8 @@ pub fn sgemm_reference(a: MatRef, b: MatRef, c: &mut [f32], ldc: usize, alpha: f
         for j in 0..b.cols {
             let mut acc = 0.0f64;
             for p in 0..a.cols {
-                acc += a.data[i * a.row_stride + p * a.col_stride] as f64 * b.data[p * b.row_stride + j * b.col_stride] as f64;
+                acc += a.data[i * a.row_stride + p * a.col_stride] as f64
+                    * b.data[p * b.row_stride + j * b.col_stride] as f64;
             }
             let dst = &mut c[i * ldc + j];
             *dst = alpha * acc as f32 + if beta == 0.0 { 0.0 } else { beta * *dst };

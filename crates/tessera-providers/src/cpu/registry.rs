@@ -33,7 +33,8 @@ impl RunCtx {
     /// A zeroed output tensor, reusing a released buffer when one is big enough.
     pub fn alloc(&mut self, dtype: DType, shape: &[usize]) -> Result<Tensor> {
         let need = tessera_core::tensor::checked_numel(shape)? * dtype.size();
-        let pos = self.pool.iter().position(|b| b.capacity() >= need && b.capacity() <= need.saturating_mul(2).max(4096));
+        let pos =
+            self.pool.iter().position(|b| b.capacity() >= need && b.capacity() <= need.saturating_mul(2).max(4096));
         let buf = pos.map(|p| self.pool.swap_remove(p));
         Tensor::from_pool(dtype, shape, buf)
     }
@@ -110,11 +111,8 @@ impl OpRegistry {
     }
 
     pub fn op_names(&self) -> Vec<String> {
-        let mut v: Vec<String> = self
-            .builders
-            .keys()
-            .map(|(d, o)| if d.is_empty() { o.clone() } else { format!("{d}:{o}") })
-            .collect();
+        let mut v: Vec<String> =
+            self.builders.keys().map(|(d, o)| if d.is_empty() { o.clone() } else { format!("{d}:{o}") }).collect();
         v.sort();
         v
     }
