@@ -1,0 +1,259 @@
+//! The Session API: load → optimize → infer shapes → partition → compile →
+//! run.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use tessera_core::passes::{self, PassReport};
+use tessera_core::plan::MemoryPlan;
+use tessera_core::{Dim, Error, Graph, Result, Tensor, ValueInfo};
+use tessera_providers::cpu::CpuProvider;
+use tessera_providers::{CompiledPartition, ExecutionProvider, RunOptions, Value};
+
+use crate::partition::{self, Assignment, Partition};
+
+/// How a session is built.
+#[derive(Clone, Debug)]
+pub struct SessionOptions {
+    /// Worker threads for kernels; 0 means one per core.
+    pub threads: usize,
+    /// Values for symbolic dimensions (`batch`, `seq`, ...), used for the
+    /// memory plan and to check inputs.
+    pub dims: HashMap<String, usize>,
+    /// Run the graph optimizer (constant folding, dead-node elimination,
+    /// fusions).
+    pub optimize: bool,
+    /// Providers to use in priority order; "auto" picks all available.
+    /// The CPU provider is always appended as the fallback.
+    pub providers: Vec<String>,
+}
+
+impl Default for SessionOptions {
+    fn default() -> Self {
+        SessionOptions { threads: 0, dims: HashMap::new(), optimize: true, providers: vec!["auto".into()] }
+    }
+}
+
+/// Where one node runs and why (for `tessera info`).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct NodeAssignment {
+    pub node: String,
+    pub op_type: String,
+    pub provider: String,
+    pub reason: String,
+}
+
+pub struct Session {
+    graph: Graph,
+    providers: Vec<Box<dyn ExecutionProvider>>,
+    partitions: Vec<(Partition, Box<dyn CompiledPartition>)>,
+    assignment: Vec<Assignment>,
+    pool: rayon::ThreadPool,
+    threads: usize,
+    options: SessionOptions,
+    pass_report: PassReport,
+    /// For each partition, the values whose last reader it is.
+    frees: Vec<Vec<String>>,
+}
+
+fn available_providers(names: &[String]) -> Result<Vec<Box<dyn ExecutionProvider>>> {
+    let mut out: Vec<Box<dyn ExecutionProvider>> = Vec::new();
+    for n in names {
+        match n.as_str() {
+            "auto" | "cpu" => {}
+            other => return Err(Error::Input(format!("unknown provider '{other}' (available: auto, cpu)"))),
+        }
+    }
+    out.push(Box::new(CpuProvider::new()));
+    Ok(out)
+}
+
+impl Session {
+    pub fn from_file(path: impl AsRef<Path>, opts: SessionOptions) -> Result<Session> {
+        let model = tessera_onnx::load_model(path.as_ref()).map_err(|e| match e {
+            Error::Io(io) => Error::Input(format!("{}: {io}", path.as_ref().display())),
+            other => other,
+        })?;
+        Self::from_graph(model.graph, opts)
+    }
+
+    pub fn from_graph(mut graph: Graph, opts: SessionOptions) -> Result<Session> {
+        graph.toposort()?;
+        let providers = available_providers(&opts.providers)?;
+        let cpu = CpuProvider::new();
+        let eval = |g: &Graph, n: &tessera_core::Node, ins: &[Option<Tensor>]| cpu.eval_node(g, n, ins);
+        let pass_report = if opts.optimize { passes::optimize(&mut graph, &eval)? } else { PassReport::default() };
+        tessera_core::shape_inference::infer(&mut graph)?;
+
+        let refs: Vec<&dyn ExecutionProvider> = providers.iter().map(|p| p.as_ref()).collect();
+        let assignment = partition::assign(&graph, &refs)?;
+        let parts = partition::split(&graph, &assignment);
+        let mut partitions = Vec::with_capacity(parts.len());
+        for p in parts {
+            let compiled = providers[p.provider].compile(&graph, &p.sub)?;
+            partitions.push((p, compiled));
+        }
+        let threads = if opts.threads == 0 { std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) } else { opts.threads };
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .map_err(|e| Error::Other(format!("cannot start {threads} worker threads: {e}")))?;
+        // Liveness across partitions: free a value after its last reader.
+        let outputs: std::collections::HashSet<&str> = graph.outputs.iter().map(|o| o.name.as_str()).collect();
+        let mut last: HashMap<&str, usize> = HashMap::new();
+        for (pi, (p, _)) in partitions.iter().enumerate() {
+            for i in &p.sub.inputs {
+                last.insert(i, pi);
+            }
+        }
+        let mut frees = vec![Vec::new(); partitions.len()];
+        for (v, pi) in last {
+            if !outputs.contains(v) {
+                frees[pi].push(v.to_string());
+            }
+        }
+        Ok(Session { graph, providers, partitions, assignment, pool, threads, options: opts, pass_report, frees })
+    }
+
+    pub fn graph(&self) -> &Graph {
+        &self.graph
+    }
+    pub fn inputs(&self) -> &[ValueInfo] {
+        &self.graph.inputs
+    }
+    pub fn outputs(&self) -> &[ValueInfo] {
+        &self.graph.outputs
+    }
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+    pub fn pass_report(&self) -> &PassReport {
+        &self.pass_report
+    }
+    pub fn partition_count(&self) -> usize {
+        self.partitions.len()
+    }
+
+    pub fn assignments(&self) -> Vec<NodeAssignment> {
+        self.graph
+            .nodes
+            .iter()
+            .zip(&self.assignment)
+            .map(|(n, a)| NodeAssignment {
+                node: n.name.clone(),
+                op_type: if n.domain.is_empty() { n.op_type.clone() } else { format!("{}:{}", n.domain, n.op_type) },
+                provider: self.providers[a.provider].name().to_string(),
+                reason: a.reason.clone(),
+            })
+            .collect()
+    }
+
+    /// The static memory plan for concrete values of the symbolic dims
+    /// (defaults from the session options).
+    pub fn memory_plan(&self, dims: &HashMap<String, usize>) -> Result<MemoryPlan> {
+        let mut all = self.options.dims.clone();
+        all.extend(dims.iter().map(|(k, v)| (k.clone(), *v)));
+        tessera_core::plan::plan(&self.graph, &all)
+    }
+
+    /// Checks the given inputs against the model's declared inputs and binds
+    /// symbolic dimensions consistently.
+    fn check_inputs(&self, inputs: &HashMap<String, Tensor>) -> Result<HashMap<String, usize>> {
+        let mut bound: HashMap<String, usize> = HashMap::new();
+        for decl in &self.graph.inputs {
+            let t = inputs
+                .get(&decl.name)
+                .ok_or_else(|| Error::Input(format!("missing input '{}' (shape {})", decl.name, decl.shape_string())))?;
+            if let Some(dt) = decl.dtype {
+                if dt != t.dtype() {
+                    return Err(Error::Input(format!("input '{}' must be {dt}, got {}", decl.name, t.dtype())));
+                }
+            }
+            if let Some(shape) = &decl.shape {
+                if shape.len() != t.rank() {
+                    return Err(Error::Input(format!(
+                        "input '{}' must have rank {} {}, got shape {:?}",
+                        decl.name,
+                        shape.len(),
+                        decl.shape_string(),
+                        t.shape()
+                    )));
+                }
+                for (d, &actual) in shape.iter().zip(t.shape()) {
+                    match d {
+                        Dim::Known(k) if *k != actual => {
+                            return Err(Error::Input(format!(
+                                "input '{}' must have shape {}, got {:?}",
+                                decl.name,
+                                decl.shape_string(),
+                                t.shape()
+                            )))
+                        }
+                        Dim::Sym(s) => {
+                            if let Some(&prev) = bound.get(s) {
+                                if prev != actual {
+                                    return Err(Error::Input(format!(
+                                        "dimension '{s}' is {prev} in one input and {actual} in '{}'",
+                                        decl.name
+                                    )));
+                                }
+                            }
+                            bound.insert(s.clone(), actual);
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+        for k in inputs.keys() {
+            if !self.graph.is_input(k) {
+                return Err(Error::Input(format!(
+                    "'{k}' is not an input of this model (inputs: {})",
+                    self.graph.inputs.iter().map(|i| i.name.as_str()).collect::<Vec<_>>().join(", ")
+                )));
+            }
+        }
+        Ok(bound)
+    }
+
+    /// Runs the model. Outputs come back in the graph's output order.
+    pub fn run(&self, inputs: Vec<(String, Tensor)>) -> Result<Vec<(String, Tensor)>> {
+        let inputs: HashMap<String, Tensor> = inputs.into_iter().collect();
+        self.check_inputs(&inputs)?;
+        let mut values: HashMap<String, Value> = inputs.into_iter().map(|(k, v)| (k, Value::Host(v))).collect();
+        let opts = RunOptions { pool: Some(&self.pool) };
+        for (pi, (p, compiled)) in self.partitions.iter().enumerate() {
+            let provider = &self.providers[p.provider];
+            let mut ins = Vec::with_capacity(p.sub.inputs.len());
+            for name in &p.sub.inputs {
+                let v = values.get(name).cloned().ok_or_else(|| Error::Other(format!("value '{name}' missing at a partition border")))?;
+                // Copies happen only here, where a value changes memory domain.
+                let v = if v.domain() == provider.memory_domain() { v } else { provider.import(v)? };
+                ins.push(v);
+            }
+            let outs = compiled.run(ins, &opts)?;
+            for (name, v) in p.sub.outputs.iter().zip(outs) {
+                values.insert(name.clone(), v);
+            }
+            for v in &self.frees[pi] {
+                values.remove(v);
+            }
+        }
+        self.graph
+            .outputs
+            .iter()
+            .map(|o| {
+                let t = match values.get(&o.name) {
+                    Some(v) => v.clone().into_host()?,
+                    None => self
+                        .graph
+                        .initializers
+                        .get(&o.name)
+                        .cloned()
+                        .ok_or_else(|| Error::Other(format!("output '{}' was not computed", o.name)))?,
+                };
+                Ok((o.name.clone(), t))
+            })
+            .collect()
+    }
+}
