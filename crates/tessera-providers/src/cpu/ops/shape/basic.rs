@@ -63,7 +63,7 @@ pub(super) fn reshape_target(node: &Node, in_shape: &[usize], spec: &[i64], allo
             // The input is empty too (checked below); infer from the non-zero dims.
             let a: usize = in_shape.iter().filter(|&&d| d != 0).product();
             let b: usize = out.iter().enumerate().filter(|&(j, &d)| j != i && d != 0).map(|(_, &d)| d).product();
-            if b != 0 && a % b == 0 {
+            if b != 0 && a.is_multiple_of(b) {
                 a / b
             } else {
                 0
@@ -163,6 +163,9 @@ fn build_unsqueeze(node: &Node, ctx: &BuildCtx) -> Result<Box<dyn CpuOp>> {
             None => ints(&n, req(&n, inputs, 1)?, "axes")?,
         };
         let out_rank = x.rank() + a.len();
+        if out_rank > tessera_core::limits::MAX_RANK {
+            return Err(Error::node(&n, format!("output rank {out_rank} is too large")));
+        }
         let axes = axes_list(&n, &a, out_rank)?;
         let mut src = x.shape().iter();
         let shape: Vec<usize> =

@@ -159,7 +159,7 @@ fn run<T: Pod + Send + Sync>(dst: &mut [T], src: &[T], dims: &[(usize, Src)], ba
             advance(outer, &mut idx);
         }
     };
-    if dst.len() * std::mem::size_of::<T>() >= PAR_BYTES && rows > 1 {
+    if std::mem::size_of_val(dst) >= PAR_BYTES && rows > 1 {
         let per = rows.div_ceil(rayon::current_num_threads() * 4).max(1);
         dst.par_chunks_mut(per * inner_n).enumerate().for_each(|(c, ch)| do_rows(ch, c * per));
     } else {
@@ -236,7 +236,7 @@ fn transpose_tiled<T: Pod + Send + Sync>(
         }
     };
     let planes = dst.len() / plane;
-    let big = dst.len() * std::mem::size_of::<T>() >= PAR_BYTES;
+    let big = std::mem::size_of_val(dst) >= PAR_BYTES;
     let plane_off = |p: usize| -> usize {
         let idx = unravel(outer, p);
         (base + outer.iter().zip(&idx).map(|((_, a), &i)| a.at(i)).sum::<isize>()) as usize

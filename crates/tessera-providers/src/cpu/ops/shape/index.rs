@@ -129,7 +129,7 @@ fn nd_offsets(node: &Node, data: &[usize], idx_shape: &[usize], idx: &[i64], bat
     let slice: usize = data[batch_dims + k..].iter().product();
     let bstride: usize = data[batch_dims..].iter().product();
     let tuples: usize = idx_shape[batch_dims..q - 1].iter().product();
-    let ntuples = if k == 0 { idx_shape[..q - 1].iter().product() } else { idx.len() / k };
+    let ntuples = idx.len().checked_div(k).unwrap_or_else(|| idx_shape[..q - 1].iter().product());
     let mut offsets = Vec::with_capacity(ntuples);
     for t in 0..ntuples {
         let b = t.checked_div(tuples).unwrap_or(0);

@@ -155,7 +155,7 @@ fn build_expand(node: &Node, _: &BuildCtx) -> Result<Box<dyn CpuOp>> {
 
 fn build_tile(node: &Node, _: &BuildCtx) -> Result<Box<dyn CpuOp>> {
     let n = slim(node);
-    boxed(move |inputs, ctx| {
+    boxed(move |inputs, c| {
         let x = req(&n, inputs, 0)?;
         let reps = ints(&n, req(&n, inputs, 1)?, "repeats")?;
         if reps.len() != x.rank() {
@@ -163,7 +163,9 @@ fn build_tile(node: &Node, _: &BuildCtx) -> Result<Box<dyn CpuOp>> {
         }
         let reps = reps.iter().map(|&r| dim(&n, r, "repeats")).collect::<Result<Vec<_>>>()?;
         let out_shape: Vec<usize> = x.shape().iter().zip(&reps).map(|(&d, &r)| d.saturating_mul(r)).collect();
-        numel(&n, &out_shape)?;
+        if numel(&n, &out_shape)? == 0 {
+            return Ok(vec![c.alloc(x.dtype(), &out_shape)?]);
+        }
         let st = strides(x.shape());
         let mut view = Vec::with_capacity(2 * x.rank());
         let mut axes = Vec::with_capacity(2 * x.rank());
@@ -171,7 +173,7 @@ fn build_tile(node: &Node, _: &BuildCtx) -> Result<Box<dyn CpuOp>> {
             view.extend([reps[d], x.shape()[d]]);
             axes.extend([Src::step(0), Src::step(st[d])]);
         }
-        let mut out = ctx.alloc(x.dtype(), &out_shape)?;
+        let mut out = c.alloc(x.dtype(), &out_shape)?;
         gather_copy(out.bytes_mut(), x.bytes(), x.dtype().size(), &view, axes)?;
         Ok(vec![out])
     })
@@ -342,9 +344,9 @@ fn pad(
     let mut maps = Vec::with_capacity(r);
     for d in 0..r {
         // Crop first (negative pads), then pad the cropped range.
-        let crop_b = (-pb[d]).max(0) as usize;
-        let crop_e = (-pe[d]).max(0) as usize;
-        let m = x.shape()[d].saturating_sub(crop_b + crop_e);
+        let crop_b = pb[d].saturating_neg().max(0) as usize;
+        let crop_e = pe[d].saturating_neg().max(0) as usize;
+        let m = x.shape()[d].saturating_sub(crop_b.saturating_add(crop_e));
         let b = pb[d].max(0) as usize;
         if m == 0 && out_shape[d] > 0 {
             return Err(Error::node(node, format!("cannot pad an empty axis {d} in {mode:?} mode")));

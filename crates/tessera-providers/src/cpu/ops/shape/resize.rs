@@ -261,16 +261,16 @@ fn axis_taps(node: &Node, cfg: &Cfg, nin: usize, nout: usize, scale: f64, roi: (
                 Nearest::Ceil => true,
                 Nearest::Simple => scale < 1.0,
             };
-            let j = fl as i64 + up as i64;
+            let j = (fl as i64).saturating_add(up as i64);
             t.idx.push(j.clamp(0, last) as usize);
             t.w.push(1.0);
             continue;
         }
         // Neighbours j = x0 + start + k, with the ratio x - x0 in (0, 1].
-        let x0 = if integral { fl as i64 - 1 } else { fl as i64 };
+        let x0 = if integral { (fl as i64).saturating_sub(1) } else { fl as i64 };
         let base = t.w.len();
         for k in 0..n as i64 {
-            let j = x0 + start + k;
+            let j = x0.saturating_add(start + k);
             let d = (j as f64 - x) * s_k;
             let w = match cfg.mode {
                 Mode::Linear => (1.0 - d.abs()).max(0.0),
