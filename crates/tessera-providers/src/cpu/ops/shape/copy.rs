@@ -13,7 +13,7 @@ use rayon::prelude::*;
 use tessera_core::{Error, Result};
 
 /// Outputs at least this large are split across threads.
-const PAR_BYTES: usize = 1 << 20;
+pub(crate) const PAR_BYTES: usize = 1 << 20;
 /// Tile edge of the blocked transpose.
 const TILE: usize = 32;
 
@@ -142,7 +142,7 @@ fn run<T: Pod + Send + Sync>(dst: &mut [T], src: &[T], dims: &[(usize, Src)], ba
     if rank >= 2 {
         if let (Src::Affine { step: 1, .. }, Src::Affine { step: sj, .. }) = (&dims[rank - 2].1, &dims[rank - 1].1) {
             let (ni, nj) = (dims[rank - 2].0, dims[rank - 1].0);
-            if *sj > 1 && ni >= 4 && nj >= 4 {
+            if *sj > 1 && ni >= 2 && nj >= 2 {
                 transpose_tiled(dst, src, &dims[..rank - 2], base, ni, nj, *sj as usize);
                 return;
             }
@@ -207,7 +207,10 @@ fn copy_row<T: Pod>(row: &mut [T], src: &[T], off: isize, inner: &Src) {
     }
 }
 
-/// `dst[.., i, j] = src[base + outer + i + j * sj]`, blocked for the cache.
+/// `dst[.., i, j] = src[base + outer + i + j * sj]`: the innermost output
+/// axis walks the source with stride `sj` while the one before it is
+/// contiguous in the source. Tiles of TILE x TILE go through a small buffer
+/// so that both sides are read and written in whole cache lines.
 fn transpose_tiled<T: Pod + Send + Sync>(
     dst: &mut [T],
     src: &[T],
@@ -217,38 +220,48 @@ fn transpose_tiled<T: Pod + Send + Sync>(
     nj: usize,
     sj: usize,
 ) {
-    let plane = ni * nj;
-    let block = |blk: &mut [T], off: usize, i0: usize| {
-        // `blk` holds rows i0.. of one output plane.
-        let rows = blk.len() / nj;
-        for jb in (0..nj).step_by(TILE) {
-            let je = (jb + TILE).min(nj);
-            for ib in (0..rows).step_by(TILE) {
-                let ie = (ib + TILE).min(rows);
-                for i in ib..ie {
-                    let s = off + i0 + i;
-                    let drow = &mut blk[i * nj..i * nj + nj];
-                    for j in jb..je {
-                        drow[j] = src[s + j * sj];
-                    }
-                }
-            }
-        }
-    };
-    let planes = dst.len() / plane;
-    let big = std::mem::size_of_val(dst) >= PAR_BYTES;
+    let rows = dst.len() / nj;
     let plane_off = |p: usize| -> usize {
         let idx = unravel(outer, p);
         (base + outer.iter().zip(&idx).map(|((_, a), &i)| a.at(i)).sum::<isize>()) as usize
     };
-    if big && planes > 1 {
-        dst.par_chunks_mut(plane).enumerate().for_each(|(p, pl)| block(pl, plane_off(p), 0));
-    } else if big {
-        let off = plane_off(0);
-        dst.par_chunks_mut(TILE * nj).enumerate().for_each(|(b, blk)| block(blk, off, b * TILE));
+    // Rows r0.. of the output (a row is one value of every axis but the last).
+    let do_chunk = |chunk: &mut [T], r0: usize| {
+        let mut buf = vec![T::zeroed(); TILE * TILE];
+        let end = r0 + chunk.len() / nj;
+        let mut r = r0;
+        while r < end {
+            let (p, i0) = (r / ni, r % ni);
+            let seg = (ni - i0).min(end - r);
+            let blk = &mut chunk[(r - r0) * nj..(r - r0 + seg) * nj];
+            tile_kernel(blk, src, plane_off(p) + i0, seg, nj, sj, &mut buf);
+            r += seg;
+        }
+    };
+    if std::mem::size_of_val(dst) >= PAR_BYTES && rows > TILE {
+        let per = rows.div_ceil(rayon::current_num_threads() * 4).next_multiple_of(TILE);
+        dst.par_chunks_mut(per * nj).enumerate().for_each(|(c, ch)| do_chunk(ch, c * per));
     } else {
-        for (p, pl) in dst.chunks_mut(plane).enumerate() {
-            block(pl, plane_off(p), 0);
+        do_chunk(dst, 0);
+    }
+}
+
+/// `blk[i * nj + j] = src[off + i + j * sj]` for `i < rows`, `j < nj`.
+fn tile_kernel<T: Pod>(blk: &mut [T], src: &[T], off: usize, rows: usize, nj: usize, sj: usize, buf: &mut [T]) {
+    for ib in (0..rows).step_by(TILE) {
+        let ilen = TILE.min(rows - ib);
+        for jb in (0..nj).step_by(TILE) {
+            let jlen = TILE.min(nj - jb);
+            for jj in 0..jlen {
+                let s = off + ib + (jb + jj) * sj;
+                buf[jj * TILE..jj * TILE + ilen].copy_from_slice(&src[s..s + ilen]);
+            }
+            for ii in 0..ilen {
+                let d = (ib + ii) * nj + jb;
+                for (jj, v) in blk[d..d + jlen].iter_mut().enumerate() {
+                    *v = buf[jj * TILE + ii];
+                }
+            }
         }
     }
 }
@@ -337,8 +350,8 @@ pub(crate) fn pad_constant(
 }
 
 /// Copies, for every outer index, the range `[start, start + len)` of axis
-/// `axis` of a tensor of shape `shape` (the usual Split/Concat primitive).
-/// Returns the copied bytes, contiguous.
+/// `axis` of a tensor of shape `shape` into `dst` (contiguous): the Split
+/// primitive.
 pub(crate) fn copy_axis_range(
     dst: &mut [u8],
     src: &[u8],
@@ -358,9 +371,14 @@ pub(crate) fn copy_axis_range(
     if chunk == 0 {
         return Ok(());
     }
-    for (o, d) in dst.chunks_mut(chunk).enumerate() {
+    let copy = |(o, d): (usize, &mut [u8])| {
         let s = (o * n + start) * inner;
         d.copy_from_slice(&src[s..s + chunk]);
+    };
+    if dst.len() >= PAR_BYTES && outer > 1 {
+        dst.par_chunks_mut(chunk).enumerate().for_each(copy);
+    } else {
+        dst.chunks_mut(chunk).enumerate().for_each(copy);
     }
     Ok(())
 }

@@ -3,7 +3,9 @@
 
 use tessera_core::{Error, Node, Result, Tensor};
 
-use super::copy::{copy_axis_range, gather_copy, pad_constant, Src};
+use rayon::prelude::*;
+
+use super::copy::{copy_axis_range, gather_copy, pad_constant, Src, PAR_BYTES};
 use super::{axes_list, axis, boxed, dim, ints, numel, slim, strides};
 use crate::cpu::registry::{BuildCtx, CpuOp, OpRegistry, RunCtx};
 use crate::cpu::util::{broadcast_shapes, opt, req};
@@ -472,18 +474,19 @@ fn build_concat(node: &Node, ctx: &BuildCtx) -> Result<Box<dyn CpuOp>> {
         let inner: usize = out_shape[ax + 1..].iter().product::<usize>() * es;
         let out_row = out_shape[ax] * inner;
         if out_row > 0 {
+            let copy_outer = |(o, drow): (usize, &mut [u8])| {
+                let mut pos = 0;
+                for x in &xs {
+                    let chunk = x.shape()[ax] * inner;
+                    drow[pos..pos + chunk].copy_from_slice(&x.bytes()[o * chunk..(o + 1) * chunk]);
+                    pos += chunk;
+                }
+            };
             let dst = out.bytes_mut();
-            let mut pos = 0;
-            for x in &xs {
-                let chunk = x.shape()[ax] * inner;
-                if chunk == 0 {
-                    continue;
-                }
-                for (o, s) in x.bytes().chunks(chunk).enumerate() {
-                    let d = o * out_row + pos;
-                    dst[d..d + chunk].copy_from_slice(s);
-                }
-                pos += chunk;
+            if dst.len() >= PAR_BYTES && dst.len() > out_row {
+                dst.par_chunks_mut(out_row).enumerate().for_each(copy_outer);
+            } else {
+                dst.chunks_mut(out_row).enumerate().for_each(copy_outer);
             }
         }
         Ok(vec![out])

@@ -232,9 +232,11 @@ fn axis_taps(node: &Node, cfg: &Cfg, nin: usize, nout: usize, scale: f64, roi: (
                 *ex = v < 0.0 || v > fin - 1.0;
                 v
             }
+            // The spec (and onnxruntime) map a single output position to 0;
+            // the numpy reference uses -0.5, which differs only for cubic.
             Coord::PytorchHalfPixel => {
-                if out_w == 1.0 {
-                    -0.5
+                if nout <= 1 {
+                    0.0
                 } else {
                     (yf + 0.5) / scale - 0.5
                 }
@@ -406,21 +408,30 @@ fn resize(node: &Node, cfg: &Cfg, inputs: &[Option<&Tensor>], ctx: &mut RunCtx) 
         gather_copy(out.bytes_mut(), x.bytes(), x.dtype().size(), &out_shape, maps)?;
         return Ok(vec![out]);
     }
+    let n_out = numel(node, &out_shape)?;
     match x.dtype() {
         DType::F32 => {
-            let buf = run_passes::<f32>(x.as_slice::<f32>()?.to_vec(), in_shape, &plan, cfg.extrapolation);
             let mut out = ctx.alloc(DType::F32, &out_shape)?;
-            out.as_mut_slice::<f32>()?.copy_from_slice(&buf);
+            run_passes::<f32>(
+                x.as_slice::<f32>()?,
+                in_shape,
+                &plan,
+                cfg.extrapolation,
+                true,
+                out.as_mut_slice::<f32>()?,
+            );
             Ok(vec![out])
         }
         DType::F16 | DType::BF16 => {
             let src: Vec<f32> = x.to_f64_vec().into_iter().map(|v| v as f32).collect();
-            let buf = run_passes::<f32>(src, in_shape, &plan, cfg.extrapolation);
+            let mut buf = vec![0f32; n_out];
+            run_passes::<f32>(&src, in_shape, &plan, cfg.extrapolation, true, &mut buf);
             let v: Vec<f64> = buf.into_iter().map(f64::from).collect();
             Ok(vec![Tensor::from_f64(x.dtype(), &out_shape, &v)?])
         }
         dt => {
-            let mut buf = run_passes::<f64>(x.to_f64_vec(), in_shape, &plan, cfg.extrapolation);
+            let mut buf = vec![0f64; n_out];
+            run_passes::<f64>(&x.to_f64_vec(), in_shape, &plan, cfg.extrapolation, false, &mut buf);
             if dt != DType::F64 {
                 buf.iter_mut().for_each(|v| *v = v.round_ties_even());
             }
@@ -443,35 +454,80 @@ impl Work for f64 {
     }
 }
 
-fn run_passes<F: Work>(mut buf: Vec<F>, in_shape: &[usize], plan: &[Option<Taps>], extrap: f64) -> Vec<F> {
-    let mut shape = in_shape.to_vec();
-    for (a, p) in plan.iter().enumerate() {
-        if let Some(t) = p {
-            buf = resample_axis(&buf, &shape, a, t, F::of(extrap));
-            shape[a] = t.extrap.len();
+/// Runs the separable passes of `plan` over `src` (shape `in_shape`); the
+/// last pass writes into `out`. `reorder` allows running the innermost axis
+/// first (integer outputs keep the reference order, so that ties round alike).
+fn run_passes<F: Work>(
+    src: &[F],
+    in_shape: &[usize],
+    plan: &[Option<Taps>],
+    extrap: f64,
+    reorder: bool,
+    out: &mut [F],
+) {
+    let mut active: Vec<(usize, &Taps)> =
+        plan.iter().enumerate().filter_map(|(a, p)| p.as_ref().map(|t| (a, t))).collect();
+    // The pass over the innermost axis is scalar (the others run over
+    // contiguous rows): do it first when that gives it fewer outputs.
+    if reorder && active.len() > 1 {
+        if let Some(&(a, _)) = active.last().filter(|(a, _)| *a + 1 == in_shape.len()) {
+            let before: usize = in_shape[..a].iter().product();
+            let after: usize =
+                plan[..a].iter().zip(in_shape).map(|(p, &d)| p.as_ref().map_or(d, |t| t.extrap.len())).product();
+            if before < after {
+                active.rotate_right(1);
+            }
         }
     }
-    buf
+    if active.is_empty() {
+        out.copy_from_slice(src);
+        return;
+    }
+    let mut shape = in_shape.to_vec();
+    let mut cur: Option<Vec<F>> = None;
+    for (k, &(a, t)) in active.iter().enumerate() {
+        let input: &[F] = cur.as_deref().unwrap_or(src);
+        let mut next_shape = shape.clone();
+        next_shape[a] = t.extrap.len();
+        if k + 1 == active.len() {
+            resample_axis(input, &shape, a, t, F::of(extrap), out);
+        } else {
+            let mut buf = vec![F::default(); next_shape.iter().product()];
+            resample_axis(input, &shape, a, t, F::of(extrap), &mut buf);
+            cur = Some(buf);
+        }
+        shape = next_shape;
+    }
 }
 
 /// One separable pass: `out[o, y, i] = sum_k w[y, k] * src[o, idx[y, k], i]`.
-fn resample_axis<F: Work>(src: &[F], shape: &[usize], a: usize, t: &Taps, extrap: F) -> Vec<F> {
-    let outer: usize = shape[..a].iter().product();
+fn resample_axis<F: Work>(src: &[F], shape: &[usize], a: usize, t: &Taps, extrap: F, dst: &mut [F]) {
     let nin = shape[a];
     let inner: usize = shape[a + 1..].iter().product();
     let nout = t.extrap.len();
-    let mut dst = vec![F::default(); outer * nout * inner];
-    if dst.is_empty() {
-        return dst;
+    if dst.is_empty() || nout * inner == 0 {
+        return;
     }
     let w: Vec<F> = t.w.iter().map(|&v| F::of(v)).collect();
     let per_outer = |(o, d): (usize, &mut [F])| {
         let s = &src[o * nin * inner..(o + 1) * nin * inner];
+        if inner == 1 {
+            for (y, dv) in d.iter_mut().enumerate() {
+                *dv = if t.extrap[y] {
+                    extrap
+                } else {
+                    let taps = y * t.n..(y + 1) * t.n;
+                    t.idx[taps.clone()].iter().zip(&w[taps]).fold(F::default(), |acc, (&j, &wk)| acc + wk * s[j])
+                };
+            }
+            return;
+        }
         for (y, drow) in d.chunks_mut(inner).enumerate() {
             if t.extrap[y] {
                 drow.fill(extrap);
                 continue;
             }
+            drow.fill(F::default());
             for k in 0..t.n {
                 let wk = w[y * t.n + k];
                 let j = t.idx[y * t.n + k];
@@ -486,5 +542,4 @@ fn resample_axis<F: Work>(src: &[F], shape: &[usize], a: usize, t: &Taps, extrap
     } else {
         dst.chunks_mut(nout * inner).enumerate().for_each(per_outer);
     }
-    dst
 }
