@@ -61,7 +61,7 @@ pub fn load_model(path: &Path) -> Result<Model> {
     check_decode_budget(&map, Msg::Model).map_err(in_file)?;
     let data = Bytes::from_owner(MapOwner(map.clone()));
     let m = proto::ModelProto::decode(data).map_err(|e| in_file(decode_error("model", e)))?;
-    Loader::new(Some(map), Some(base)).model(&m).map_err(in_file)
+    Loader::new(Some(map), Some(base)).model(m).map_err(in_file)
 }
 
 /// Loads a model from bytes in memory (initializers are copied). External
@@ -69,7 +69,7 @@ pub fn load_model(path: &Path) -> Result<Model> {
 pub fn load_model_bytes(bytes: &[u8], base_dir: Option<&Path>) -> Result<Model> {
     check_decode_budget(bytes, Msg::Model)?;
     let m = proto::ModelProto::decode(bytes).map_err(|e| decode_error("model", e))?;
-    Loader::new(None, base_dir).model(&m)
+    Loader::new(None, base_dir).model(m)
 }
 
 /// Decodes one serialized `TensorProto` (the `input_0.pb`/`output_0.pb`
@@ -403,8 +403,10 @@ impl<'p> Loader<'p> {
         }
     }
 
-    fn model(&mut self, m: &proto::ModelProto) -> Result<Model> {
-        let g = m.graph.as_ref().ok_or_else(|| invalid("the model has no graph".into()))?;
+    /// Converts a decoded model. Takes it by value so that names and
+    /// attribute lists move into the IR instead of being copied.
+    fn model(&mut self, mut m: proto::ModelProto) -> Result<Model> {
+        let g = m.graph.take().ok_or_else(|| invalid("the model has no graph".into()))?;
         let mut opsets = HashMap::new();
         for o in &m.opset_import {
             let d = norm_domain(&o.domain);
@@ -424,22 +426,23 @@ impl<'p> Loader<'p> {
             }
         }
         graph.toposort()?;
+        drop(funcs);
         let producer = match (m.producer_name.is_empty(), m.producer_version.is_empty()) {
-            (_, true) => m.producer_name.clone(),
-            (true, false) => m.producer_version.clone(),
+            (_, true) => m.producer_name,
+            (true, false) => m.producer_version,
             (false, false) => format!("{} {}", m.producer_name, m.producer_version),
         };
         Ok(Model {
             graph,
             ir_version: m.ir_version,
             producer,
-            doc: m.doc_string.clone(),
-            metadata: m.metadata_props.iter().map(|e| (e.key.clone(), e.value.clone())).collect(),
+            doc: m.doc_string,
+            metadata: m.metadata_props.into_iter().map(|e| (e.key, e.value)).collect(),
         })
     }
 
-    fn graph(&mut self, g: &proto::GraphProto, funcs: &Functions<'_>) -> Result<Graph> {
-        let mut graph = Graph { name: g.name.clone(), ..Default::default() };
+    fn graph(&mut self, g: proto::GraphProto, funcs: &Functions<'_>) -> Result<Graph> {
+        let mut graph = Graph { name: g.name, ..Default::default() };
         if let Some(s) = g.sparse_initializer.first() {
             let name = s.values.as_ref().map(|v| short(&v.name)).unwrap_or_default();
             return Err(Error::Unsupported(format!("sparse initializer '{name}'")));
@@ -480,8 +483,10 @@ impl<'p> Loader<'p> {
         }
 
         // Node names: keep the file's, invent unique ones for the others.
-        self.node_names.taken = g.node.iter().filter(|n| !n.name.is_empty()).map(|n| n.name.clone()).collect();
         let calls = g.node.iter().any(|n| funcs.lookup(n).is_some());
+        if calls || g.node.iter().any(|n| n.name.is_empty()) {
+            self.node_names.taken = g.node.iter().filter(|n| !n.name.is_empty()).map(|n| n.name.clone()).collect();
+        }
         if calls {
             let mut memo = HashMap::new();
             let mut total: u64 = 0;
@@ -502,11 +507,11 @@ impl<'p> Loader<'p> {
             }
         }
         let mut out = Vec::with_capacity(g.node.len());
-        for (i, n) in g.node.iter().enumerate() {
+        for (i, mut n) in g.node.into_iter().enumerate() {
             let name = if n.name.is_empty() {
                 self.node_names.unique(format!("{}_{i}", short(&n.op_type)))
             } else {
-                n.name.clone()
+                std::mem::take(&mut n.name)
             };
             self.emit(n, name, funcs, 0, &mut out)?;
         }
@@ -517,19 +522,19 @@ impl<'p> Loader<'p> {
     /// Converts a node, inlining it when it calls a model-local function.
     fn emit(
         &mut self,
-        n: &NodeProto,
+        n: NodeProto,
         name: String,
         funcs: &Functions<'_>,
         depth: usize,
         out: &mut Vec<Node>,
     ) -> Result<()> {
-        match funcs.lookup(n) {
+        match funcs.lookup(&n) {
             None => {
                 let node = self.node(n, name)?;
                 out.push(node);
                 Ok(())
             }
-            Some(fi) => self.inline(n, &name, funcs, fi, depth, out),
+            Some(fi) => self.inline(&n, &name, funcs, fi, depth, out),
         }
     }
 
@@ -619,17 +624,17 @@ impl<'p> Loader<'p> {
             }
             let inner = if body.name.is_empty() { format!("{}_{k}", short(&body.op_type)) } else { body.name.clone() };
             let name = self.node_names.unique(format!("{call_name}/{inner}"));
-            self.emit(&n, name, funcs, depth + 1, out)?;
+            self.emit(n, name, funcs, depth + 1, out)?;
         }
         Ok(())
     }
 
-    fn node(&mut self, n: &NodeProto, name: String) -> Result<Node> {
+    fn node(&mut self, n: NodeProto, name: String) -> Result<Node> {
         if n.op_type.is_empty() {
             return Err(invalid(format!("node '{}' has no op_type", short(&name))));
         }
         let mut attrs = BTreeMap::new();
-        for a in &n.attribute {
+        for a in n.attribute {
             let what = format!("attribute '{}' of node '{}' ({})", short(&a.name), short(&name), short(&n.op_type));
             if a.name.is_empty() {
                 return Err(invalid(format!("{what} has no name")));
@@ -640,22 +645,16 @@ impl<'p> Loader<'p> {
                     short(&a.ref_attr_name)
                 )));
             }
+            let name = a.name.clone();
             let v = self.attr(a, &what)?;
-            if attrs.insert(a.name.clone(), v).is_some() {
+            if attrs.insert(name, v).is_some() {
                 return Err(invalid(format!("{what} is given twice")));
             }
         }
-        Ok(Node {
-            name,
-            op_type: n.op_type.clone(),
-            domain: norm_domain(&n.domain),
-            inputs: n.input.clone(),
-            outputs: n.output.clone(),
-            attrs,
-        })
+        Ok(Node { name, domain: norm_domain(&n.domain), op_type: n.op_type, inputs: n.input, outputs: n.output, attrs })
     }
 
-    fn attr(&mut self, a: &AttributeProto, what: &str) -> Result<Attr> {
+    fn attr(&mut self, a: AttributeProto, what: &str) -> Result<Attr> {
         use AttributeType as T;
         // Which value fields the file filled in.
         let fields: [(T, bool); 14] = [
@@ -694,10 +693,10 @@ impl<'p> Loader<'p> {
         Ok(match ty {
             T::Float => Attr::Float(a.f.unwrap_or(0.0)),
             T::Int => Attr::Int(a.i.unwrap_or(0)),
-            T::String => Attr::String(a.s.clone().unwrap_or_default()),
-            T::Floats => Attr::Floats(a.floats.clone()),
-            T::Ints => Attr::Ints(a.ints.clone()),
-            T::Strings => Attr::Strings(a.strings.clone()),
+            T::String => Attr::String(a.s.unwrap_or_default()),
+            T::Floats => Attr::Floats(a.floats),
+            T::Ints => Attr::Ints(a.ints),
+            T::Strings => Attr::Strings(a.strings),
             T::Tensor => match &a.t {
                 Some(t) => Attr::Tensor(self.tensor(t, what)?),
                 None => return Err(invalid(format!("{what} is declared TENSOR but has no tensor"))),
