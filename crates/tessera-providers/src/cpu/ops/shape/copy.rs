@@ -139,13 +139,13 @@ fn typed<T: Pod + Send + Sync>(dst: &mut [u8], src: &[u8], dims: &[(usize, Src)]
 
 fn run<T: Pod + Send + Sync>(dst: &mut [T], src: &[T], dims: &[(usize, Src)], base: isize) {
     let rank = dims.len();
-    if rank >= 2 {
-        if let (Src::Affine { step: 1, .. }, Src::Affine { step: sj, .. }) = (&dims[rank - 2].1, &dims[rank - 1].1) {
-            let (ni, nj) = (dims[rank - 2].0, dims[rank - 1].0);
-            if *sj > 1 && ni >= 2 && nj >= 2 {
-                transpose_tiled(dst, src, &dims[..rank - 2], base, ni, nj, *sj as usize);
-                return;
-            }
+    // When the innermost output axis is strided in the source but another
+    // axis is contiguous there, copy through tiles over that pair of axes.
+    if let Src::Affine { step: sj, .. } = dims[rank - 1].1 {
+        let p = dims[..rank - 1].iter().rposition(|(_, a)| matches!(a, Src::Affine { step: 1, .. }));
+        if let Some(p) = p.filter(|_| sj > 1) {
+            transpose_tiled(dst, src, dims, base, p, sj as usize);
+            return;
         }
     }
     let (inner_n, inner) = (&dims[rank - 1].0, &dims[rank - 1].1);
@@ -207,59 +207,82 @@ fn copy_row<T: Pod>(row: &mut [T], src: &[T], off: isize, inner: &Src) {
     }
 }
 
-/// `dst[.., i, j] = src[base + outer + i + j * sj]`: the innermost output
-/// axis walks the source with stride `sj` while the one before it is
-/// contiguous in the source. Tiles of TILE x TILE go through a small buffer
-/// so that both sides are read and written in whole cache lines.
+/// The tiled copy for `dims = [prefix.., (ni, step 1), mid.., (nj, step sj)]`
+/// (the axis at `p` is contiguous in the source, the last one is not):
+/// `dst[.., i, .., j] = src[.. + i + .. + j * sj]`. Tiles of TILE x TILE
+/// go through a small buffer so that both sides move whole cache lines.
 fn transpose_tiled<T: Pod + Send + Sync>(
     dst: &mut [T],
     src: &[T],
-    outer: &[(usize, Src)],
+    dims: &[(usize, Src)],
     base: isize,
-    ni: usize,
-    nj: usize,
+    p: usize,
     sj: usize,
 ) {
-    let rows = dst.len() / nj;
-    let plane_off = |p: usize| -> usize {
-        let idx = unravel(outer, p);
-        (base + outer.iter().zip(&idx).map(|((_, a), &i)| a.at(i)).sum::<isize>()) as usize
+    let rank = dims.len();
+    let (prefix, ni, mid, nj) = (&dims[..p], dims[p].0, &dims[p + 1..rank - 1], dims[rank - 1].0);
+    let mid_n: usize = mid.iter().map(|(d, _)| d).product();
+    // Output stride of axis p: each (prefix, i) "row" is a contiguous block.
+    let dsi = mid_n * nj;
+    let rows = dst.len() / dsi;
+    let offset = |axes: &[(usize, Src)], mut flat: usize| -> isize {
+        let mut off = 0;
+        for (d, a) in axes.iter().rev() {
+            off += a.at(flat % d);
+            flat /= d;
+        }
+        off
     };
-    // Rows r0.. of the output (a row is one value of every axis but the last).
+    let mid_off: Vec<isize> = (0..mid_n).map(|m| offset(mid, m)).collect();
     let do_chunk = |chunk: &mut [T], r0: usize| {
         let mut buf = vec![T::zeroed(); TILE * TILE];
-        let end = r0 + chunk.len() / nj;
+        let end = r0 + chunk.len() / dsi;
         let mut r = r0;
         while r < end {
-            let (p, i0) = (r / ni, r % ni);
+            let (q, i0) = (r / ni, r % ni);
             let seg = (ni - i0).min(end - r);
-            let blk = &mut chunk[(r - r0) * nj..(r - r0 + seg) * nj];
-            tile_kernel(blk, src, plane_off(p) + i0, seg, nj, sj, &mut buf);
+            let blk = &mut chunk[(r - r0) * dsi..(r - r0 + seg) * dsi];
+            let off = base + offset(prefix, q) + i0 as isize;
+            for (m, &mo) in mid_off.iter().enumerate() {
+                let k = Kernel { rows: seg, nj, sj, dsi, d0: m * nj };
+                k.run(blk, src, (off + mo) as usize, &mut buf);
+            }
             r += seg;
         }
     };
     if std::mem::size_of_val(dst) >= PAR_BYTES && rows > TILE {
         let per = rows.div_ceil(rayon::current_num_threads() * 4).next_multiple_of(TILE);
-        dst.par_chunks_mut(per * nj).enumerate().for_each(|(c, ch)| do_chunk(ch, c * per));
+        dst.par_chunks_mut(per * dsi).enumerate().for_each(|(c, ch)| do_chunk(ch, c * per));
     } else {
         do_chunk(dst, 0);
     }
 }
 
-/// `blk[i * nj + j] = src[off + i + j * sj]` for `i < rows`, `j < nj`.
-fn tile_kernel<T: Pod>(blk: &mut [T], src: &[T], off: usize, rows: usize, nj: usize, sj: usize, buf: &mut [T]) {
-    for ib in (0..rows).step_by(TILE) {
-        let ilen = TILE.min(rows - ib);
-        for jb in (0..nj).step_by(TILE) {
-            let jlen = TILE.min(nj - jb);
-            for jj in 0..jlen {
-                let s = off + ib + (jb + jj) * sj;
-                buf[jj * TILE..jj * TILE + ilen].copy_from_slice(&src[s..s + ilen]);
-            }
-            for ii in 0..ilen {
-                let d = (ib + ii) * nj + jb;
-                for (jj, v) in blk[d..d + jlen].iter_mut().enumerate() {
-                    *v = buf[jj * TILE + ii];
+/// One tiled block copy: `blk[d0 + i * dsi + j] = src[off + i + j * sj]`
+/// for `i < rows`, `j < nj`.
+struct Kernel {
+    rows: usize,
+    nj: usize,
+    sj: usize,
+    dsi: usize,
+    d0: usize,
+}
+
+impl Kernel {
+    fn run<T: Pod>(&self, blk: &mut [T], src: &[T], off: usize, buf: &mut [T]) {
+        for ib in (0..self.rows).step_by(TILE) {
+            let ilen = TILE.min(self.rows - ib);
+            for jb in (0..self.nj).step_by(TILE) {
+                let jlen = TILE.min(self.nj - jb);
+                for jj in 0..jlen {
+                    let s = off + ib + (jb + jj) * self.sj;
+                    buf[jj * TILE..jj * TILE + ilen].copy_from_slice(&src[s..s + ilen]);
+                }
+                for ii in 0..ilen {
+                    let d = self.d0 + (ib + ii) * self.dsi + jb;
+                    for (jj, v) in blk[d..d + jlen].iter_mut().enumerate() {
+                        *v = buf[jj * TILE + ii];
+                    }
                 }
             }
         }

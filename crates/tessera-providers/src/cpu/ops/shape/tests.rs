@@ -597,3 +597,46 @@ fn large_copies_use_the_parallel_paths() {
     let v = y.as_slice::<f32>().unwrap();
     assert_eq!(v[(r - 1) * (c / 2) + 3], ((r - 1) * c + 7) as f32);
 }
+
+/// Transposes of random shapes and permutations (some above the parallel
+/// threshold) against a naive index computation.
+#[test]
+fn random_transposes_match_naive() {
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut next = |m: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        (seed % m) as usize
+    };
+    for case in 0..60 {
+        let rank = 1 + next(5);
+        let big = case % 10 == 0;
+        let shape: Vec<usize> = (0..rank).map(|_| 1 + next(if big { 70 } else { 40 })).collect();
+        let n: usize = shape.iter().product();
+        if n > 3_000_000 {
+            continue;
+        }
+        let mut perm: Vec<usize> = (0..rank).collect();
+        for i in (1..rank).rev() {
+            perm.swap(i, next(i as u64 + 1));
+        }
+        let vals: Vec<i32> = (0..n as i32).collect();
+        let p: Vec<i64> = perm.iter().map(|&v| v as i64).collect();
+        let y = run1("Transpose", 13, &[("perm", ints(&p))], &[i32t(&shape, &vals)]).unwrap();
+        let out_shape: Vec<usize> = perm.iter().map(|&a| shape[a]).collect();
+        assert_eq!(y.shape(), out_shape.as_slice());
+        let st = crate::cpu::util::contiguous_strides(&shape);
+        let got = y.as_slice::<i32>().unwrap();
+        let mut idx = vec![0usize; rank];
+        for (flat, &g) in got.iter().enumerate() {
+            let mut r = flat;
+            for d in (0..rank).rev() {
+                idx[d] = r % out_shape[d];
+                r /= out_shape[d];
+            }
+            let src: usize = (0..rank).map(|d| idx[d] * st[perm[d]]).sum();
+            assert_eq!(g as usize, src, "shape {shape:?} perm {perm:?} at {flat}");
+        }
+    }
+}
