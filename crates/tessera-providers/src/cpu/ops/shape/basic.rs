@@ -352,6 +352,7 @@ fn build_eye_like(node: &Node, _: &BuildCtx) -> Result<Box<dyn CpuOp>> {
             _ => return Err(Error::node(&n, format!("input must be 2-D, got shape {:?}", x.shape()))),
         };
         let dt = dtype.unwrap_or(x.dtype());
+        numel(&n, &[rows, cols])?;
         let mut out = c.alloc(dt, &[rows, cols])?;
         let one = Tensor::from_f64(dt, &[], &[1.0])?;
         let es = dt.size();
@@ -367,29 +368,40 @@ fn build_eye_like(node: &Node, _: &BuildCtx) -> Result<Box<dyn CpuOp>> {
     })
 }
 
-/// Writes integer values into a tensor of any integer dtype, exactly.
-fn int_tensor(dtype: DType, vals: &[i128]) -> Result<Tensor> {
-    macro_rules! mk {
+/// Fills `out` (a 1-D tensor of any numeric dtype) with `f(i)`: integer
+/// dtypes take `f`'s i128 values exactly, float dtypes the f64 ones.
+fn fill_range(out: &mut Tensor, int: impl Fn(usize) -> i128, float: impl Fn(usize) -> f64) -> Result<()> {
+    macro_rules! ints {
         ($t:ty) => {
-            Tensor::from_vec(&[vals.len()], vals.iter().map(|&v| v as $t).collect::<Vec<$t>>())
+            out.as_mut_slice::<$t>()?.iter_mut().enumerate().for_each(|(i, v)| *v = int(i) as $t)
         };
     }
-    match dtype {
-        DType::I64 => mk!(i64),
-        DType::I32 => mk!(i32),
-        DType::I16 => mk!(i16),
-        DType::I8 => mk!(i8),
-        DType::U8 => mk!(u8),
-        DType::U16 => mk!(u16),
-        DType::U32 => mk!(u32),
-        DType::U64 => mk!(u64),
-        d => Err(Error::Other(format!("{d} is not an integer type"))),
+    macro_rules! floats {
+        ($t:ty, $conv:expr) => {
+            out.as_mut_slice::<$t>()?.iter_mut().enumerate().for_each(|(i, v)| *v = $conv(float(i)))
+        };
     }
+    match out.dtype() {
+        DType::I64 => ints!(i64),
+        DType::I32 => ints!(i32),
+        DType::I16 => ints!(i16),
+        DType::I8 => ints!(i8),
+        DType::U8 => ints!(u8),
+        DType::U16 => ints!(u16),
+        DType::U32 => ints!(u32),
+        DType::U64 => ints!(u64),
+        DType::F32 => floats!(f32, |v: f64| v as f32),
+        DType::F64 => floats!(f64, |v: f64| v),
+        DType::F16 => floats!(half::f16, half::f16::from_f64),
+        DType::BF16 => floats!(half::bf16, half::bf16::from_f64),
+        d => return Err(Error::Other(format!("Range does not support {d}"))),
+    }
+    Ok(())
 }
 
 fn build_range(node: &Node, _: &BuildCtx) -> Result<Box<dyn CpuOp>> {
     let n = slim(node);
-    boxed(move |inputs, _| {
+    boxed(move |inputs, c| {
         let (s, l, d) = (req(&n, inputs, 0)?, req(&n, inputs, 1)?, req(&n, inputs, 2)?);
         for (t, what) in [(s, "start"), (l, "limit"), (d, "delta")] {
             if t.numel() != 1 {
@@ -425,8 +437,9 @@ fn build_range(node: &Node, _: &BuildCtx) -> Result<Box<dyn CpuOp>> {
             if count as u64 > limits::MAX_ELEMENTS {
                 return Err(Error::node(&n, format!("Range would produce {count} elements")));
             }
-            let vals: Vec<i128> = (0..count).map(|i| start + i * delta).collect();
-            return Ok(vec![int_tensor(dt, &vals)?]);
+            let mut out = c.alloc(dt, &[count as usize])?;
+            fill_range(&mut out, |i| start + i as i128 * delta, |_| 0.0)?;
+            return Ok(vec![out]);
         }
         if !dt.is_float() {
             return Err(Error::node(&n, format!("Range does not support {dt}")));
@@ -439,8 +452,9 @@ fn build_range(node: &Node, _: &BuildCtx) -> Result<Box<dyn CpuOp>> {
         if count > limits::MAX_ELEMENTS as f64 {
             return Err(Error::node(&n, format!("Range would produce {count} elements")));
         }
-        let vals: Vec<f64> = (0..count as usize).map(|i| start + i as f64 * delta).collect();
-        Ok(vec![Tensor::from_f64(dt, &[vals.len()], &vals)?])
+        let mut out = c.alloc(dt, &[count as usize])?;
+        fill_range(&mut out, |_| 0, |i| start + i as f64 * delta)?;
+        Ok(vec![out])
     })
 }
 

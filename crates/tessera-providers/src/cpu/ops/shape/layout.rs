@@ -429,6 +429,7 @@ fn build_center_crop_pad(node: &Node, _: &BuildCtx) -> Result<Box<dyn CpuOp>> {
             out_shape[a] = w;
             begin[a] = if w <= d { -(((d - w) / 2) as i64) } else { ((w - d) / 2) as i64 };
         }
+        numel(&n, &out_shape)?;
         let mut out = c.alloc(x.dtype(), &out_shape)?;
         let zero = vec![0u8; x.dtype().size()];
         pad_constant(out.bytes_mut(), x.bytes(), x.shape(), &out_shape, &begin, &zero)?;
