@@ -58,7 +58,7 @@ struct Cfg {
     mode: Mode,
     coord: Coord,
     nearest: Nearest,
-    cubic_a: f64,
+    cubic_a: f32,
     exclude_outside: bool,
     extrapolation: f64,
     antialias: bool,
@@ -138,7 +138,7 @@ fn build_resize(node: &Node, ctx: &BuildCtx) -> Result<Box<dyn CpuOp>> {
             mode: parse_mode(node)?,
             coord,
             nearest,
-            cubic_a: node.attr_float_or("cubic_coeff_a", -0.75)? as f64,
+            cubic_a: node.attr_float_or("cubic_coeff_a", -0.75)?,
             exclude_outside: node.attr_int_or("exclude_outside", 0)? != 0,
             extrapolation: node.attr_float_or("extrapolation_value", 0.0)? as f64,
             antialias: node.attr_int_or("antialias", 0)? != 0,
@@ -177,15 +177,35 @@ struct Taps {
     extrap: Vec<bool>,
 }
 
-fn keys_cubic(x: f64, a: f64) -> f64 {
+// The cubic coefficients follow the ONNX reference bit for bit: there the
+// coefficient `a` is a float32, so the arithmetic happens in f32 with the
+// f64 operands rounded first. That keeps integer outputs (rounded from the
+// interpolated values) identical on ties.
+
+/// Keys' cubic kernel at distance `x` (the antialiasing form).
+fn keys_cubic(x: f64, a: f32) -> f32 {
     let x = x.abs();
+    let (x2, x3) = (x * x, x * x * x);
+    let (x, x2, x3) = (x as f32, x2 as f32, x3 as f32);
     if x <= 1.0 {
-        ((a + 2.0) * x - (a + 3.0)) * x * x + 1.0
+        (a + 2.0) * x3 - (a + 3.0) * x2 + 1.0
     } else if x < 2.0 {
-        ((a * x - 5.0 * a) * x + 8.0 * a) * x - 4.0 * a
+        a * x3 - 5.0 * a * x2 + 8.0 * a * x - 4.0 * a
     } else {
         0.0
     }
+}
+
+/// The four cubic weights for the neighbours x0-1..x0+2 at ratio r = x - x0.
+fn cubic_weights(r: f64, a: f32) -> [f64; 4] {
+    let (p, q) = ((r + 1.0) as f32, ((1.0 - r) + 1.0) as f32);
+    let (rf, s) = (r as f32, (1.0 - r) as f32);
+    [
+        (((a * p - 5.0 * a) * p + 8.0 * a) * p - 4.0 * a) as f64,
+        (((a + 2.0) * rf - (a + 3.0)) * rf * rf + 1.0) as f64,
+        (((a + 2.0) * s - (a + 3.0)) * s * s + 1.0) as f64,
+        (((a * q - 5.0 * a) * q + 8.0 * a) * q - 4.0 * a) as f64,
+    ]
 }
 
 fn axis_taps(node: &Node, cfg: &Cfg, nin: usize, nout: usize, scale: f64, roi: (f64, f64)) -> Result<Taps> {
@@ -198,7 +218,7 @@ fn axis_taps(node: &Node, cfg: &Cfg, nin: usize, nout: usize, scale: f64, roi: (
         Mode::Nearest => (1usize, 0i64, 1.0),
         Mode::Linear | Mode::Cubic => {
             let support = if cfg.mode == Mode::Linear { 1.0 } else { 2.0 };
-            let s_k = if cfg.antialias && scale < 1.0 { scale } else { 1.0 };
+            let s_k = if cfg.antialias { scale.min(1.0) } else { 1.0 };
             let start = (-support / s_k).floor() + 1.0;
             let n = 2.0 - 2.0 * start;
             if !(1.0..=(1u64 << 20) as f64).contains(&n) || n * nout as f64 > limits::MAX_ELEMENTS as f64 / 16.0 {
@@ -210,6 +230,7 @@ fn axis_taps(node: &Node, cfg: &Cfg, nin: usize, nout: usize, scale: f64, roi: (
     let mut t =
         Taps { n, idx: Vec::with_capacity(n * nout), w: Vec::with_capacity(n * nout), extrap: vec![false; nout] };
     let last = nin.saturating_sub(1) as i64;
+    let mut inside = Vec::with_capacity(n);
     for (y, ex) in t.extrap.iter_mut().enumerate() {
         let yf = y as f64;
         let x = match cfg.coord {
@@ -270,23 +291,42 @@ fn axis_taps(node: &Node, cfg: &Cfg, nin: usize, nout: usize, scale: f64, roi: (
         }
         // Neighbours j = x0 + start + k, with the ratio x - x0 in (0, 1].
         let x0 = if integral { (fl as i64).saturating_sub(1) } else { fl as i64 };
+        let ratio = x - x0 as f64;
+        let cubic = cubic_weights(ratio, cfg.cubic_a);
         let base = t.w.len();
+        inside.clear();
         for k in 0..n as i64 {
-            let j = x0.saturating_add(start + k);
-            let d = (j as f64 - x) * s_k;
-            let w = match cfg.mode {
-                Mode::Linear => (1.0 - d.abs()).max(0.0),
-                _ => keys_cubic(d, cfg.cubic_a),
+            let i = start + k;
+            let j = x0.saturating_add(i);
+            let d = (i as f64 - ratio) * s_k;
+            let w = match (cfg.mode, cfg.antialias) {
+                (Mode::Linear, false) => [1.0 - ratio, ratio][k as usize & 1],
+                (Mode::Linear, true) => (1.0 - d.abs()).clamp(0.0, 1.0),
+                (_, false) => cubic[k as usize & 3],
+                (_, true) => keys_cubic(d, cfg.cubic_a) as f64,
             };
-            let w = if cfg.exclude_outside && (j < 0 || j > last) { 0.0 } else { w };
             t.w.push(w);
             t.idx.push(j.clamp(0, last) as usize);
+            inside.push((0..=last).contains(&j));
         }
-        if cfg.exclude_outside || cfg.antialias {
-            let sum: f64 = t.w[base..].iter().sum();
+        let normalize = |w: &mut [f64]| {
+            let sum: f64 = w.iter().sum();
             if sum != 0.0 {
-                t.w[base..].iter_mut().for_each(|w| *w /= sum);
+                w.iter_mut().for_each(|v| *v /= sum);
             }
+        };
+        if cfg.antialias && cfg.mode == Mode::Cubic {
+            // In f32, like the reference.
+            let sum: f32 = t.w[base..].iter().fold(0.0, |acc, &w| acc + w as f32);
+            if sum != 0.0 {
+                t.w[base..].iter_mut().for_each(|w| *w = (*w as f32 / sum) as f64);
+            }
+        } else if cfg.antialias {
+            normalize(&mut t.w[base..]);
+        }
+        if cfg.exclude_outside {
+            t.w[base..].iter_mut().zip(&inside).filter(|(_, &ins)| !ins).for_each(|(w, _)| *w = 0.0);
+            normalize(&mut t.w[base..]);
         }
     }
     Ok(t)
