@@ -732,6 +732,22 @@ fn one_line(s: &str, max: usize) -> String {
 /// A detail with the case-specific parts (quoted names, numbers) blanked, so
 /// that the same failure in many cases groups together.
 pub fn reason_key(detail: &str) -> String {
+    // File paths (tokens with a '/') name the case: drop them.
+    let detail: Vec<String> = detail
+        .split(' ')
+        .map(|w| {
+            if w.contains('/') {
+                if w.ends_with(':') {
+                    "<path>:".into()
+                } else {
+                    "<path>".into()
+                }
+            } else {
+                w.to_string()
+            }
+        })
+        .collect();
+    let detail = detail.join(" ");
     let mut out = String::new();
     let mut in_quote = false;
     let mut last_digit = false;
@@ -1321,6 +1337,10 @@ mod tests {
         assert_eq!(
             reason_key("load: node 'conv_12' (Conv): unsupported auto_pad 'VALID' in 3 dims"),
             reason_key("load: node 'x' (Conv): unsupported auto_pad 'SAME_UPPER' in 2 dims")
+        );
+        assert_eq!(
+            reason_key("load: unsupported: /x/node/test_a/model.onnx: graph input 'x': string tensors"),
+            "load: unsupported: <path>: graph input '…': string tensors"
         );
         assert_eq!(one_line("a\nb\tc", 10), "a b c");
         assert_eq!(one_line("abcdef", 3), "abc…");
