@@ -256,7 +256,9 @@ fn build_slice(node: &Node, ctx: &BuildCtx) -> Result<Box<dyn CpuOp>> {
             let a = axes[i];
             let (s, step, count) = slice_axis(&n, x.shape()[a], starts[i], ends[i], steps[i])?;
             out_shape[a] = count;
-            maps[a] = Src::Affine { start: s * st[a], step: step as isize * st[a] as isize };
+            // With two or more elements |step| < the axis size, so this cannot overflow.
+            let step = if count < 2 { 0 } else { step as isize * st[a] as isize };
+            maps[a] = Src::Affine { start: s * st[a], step };
         }
         if out_shape == x.shape() && steps.iter().all(|&s| s == 1) {
             return Ok(vec![x.clone()]);

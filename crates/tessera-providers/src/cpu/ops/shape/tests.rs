@@ -207,6 +207,14 @@ fn slice_negative_steps_and_clamping() {
     check_f32(&y, &[2, 2, 2], &[11., 9., 7., 5., 23., 21., 19., 17.]);
     let y = run1("Slice", 13, &[], &[iota(&[5]), i64t(&[1], &[1]), i64t(&[1], &[i64::MAX])]).unwrap();
     check_f32(&y, &[4], &[1., 2., 3., 4.]);
+    let y = run1(
+        "Slice",
+        13,
+        &[],
+        &[iota(&[5]), i64t(&[1], &[-1]), i64t(&[1], &[i64::MIN]), None, i64t(&[1], &[i64::MIN])],
+    )
+    .unwrap();
+    check_f32(&y, &[1], &[4.]);
     let y = run1("Slice", 13, &[], &[iota(&[5]), i64t(&[1], &[3]), i64t(&[1], &[1])]).unwrap();
     assert_eq!(y.shape(), &[0]);
     let y = run1("Slice", 1, &[("starts", ints(&[1])), ("ends", ints(&[-1])), ("axes", ints(&[1]))], &[iota(&[2, 4])])
