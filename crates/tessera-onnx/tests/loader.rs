@@ -734,3 +734,36 @@ fn decode_budget_rejects_many_tiny_messages_but_not_real_graphs() {
     let bytes = proto::ModelProto { graph: Some(g), ..Default::default() }.encode_to_vec();
     assert!(err_of(load_model_bytes(&bytes, None)).contains("too many tiny messages"));
 }
+
+// ---------------------------------------------------------------------------
+// Robustness: corrupted copies of valid models fail cleanly, never panic.
+
+#[test]
+fn mutated_models_never_panic() {
+    let good = [std::fs::read(fixture("python_features.onnx")).unwrap(), model_to_bytes(&sample_graph()).unwrap()];
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    for bytes in &good {
+        for cut in 0..bytes.len() {
+            let _ = load_model_bytes(&bytes[..cut], None);
+        }
+        for _ in 0..3000 {
+            let mut b = bytes.clone();
+            for _ in 0..1 + next() % 4 {
+                let i = (next() % b.len() as u64) as usize;
+                b[i] = match next() % 4 {
+                    0 => 0xff,
+                    1 => 0,
+                    2 => b[i] ^ (1 << (next() % 8)),
+                    _ => next() as u8,
+                };
+            }
+            let _ = load_model_bytes(&b, None);
+        }
+    }
+}
