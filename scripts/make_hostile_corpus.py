@@ -294,6 +294,30 @@ def hostile():
             opsets=OPSET + [helper.make_opsetid("bomb", 1)],
         ),
     )
+    # Few nodes but a 64 kB constant in the innermost function, called 2^13
+    # times: half a gigabyte once inlined.
+    fns = []
+    depth = 14
+    big = numpy_helper.from_array(np.zeros(16384, dtype=np.float32), "")
+    for i in range(depth):
+        if i + 1 < depth:
+            nodes = [
+                helper.make_node(f"g{i + 1}", ["a"], ["t"], domain="bomb"),
+                helper.make_node(f"g{i + 1}", ["t"], ["b"], domain="bomb"),
+            ]
+        else:
+            nodes = [helper.make_node("Constant", [], ["c"], value=big), helper.make_node("Add", ["a", "c"], ["b"])]
+        fns.append(helper.make_function("bomb", f"g{i}", ["a"], ["b"], nodes, OPSET))
+    w(
+        "function_constant_bomb.onnx",
+        model(
+            [helper.make_node("g0", ["x"], ["y"], domain="bomb")],
+            [f32("x", [16384])],
+            [f32("y", [16384])],
+            functions=fns,
+            opsets=OPSET + [helper.make_opsetid("bomb", 1)],
+        ),
+    )
     rec = helper.make_function("loop", "self", ["a"], ["b"], [helper.make_node("self", ["a"], ["b"], domain="loop")], OPSET)
     w(
         "function_recursive.onnx",

@@ -39,7 +39,15 @@ pub const DECODE_MEMORY_FACTOR: u64 = 32;
 /// See [`DECODE_MEMORY_FACTOR`].
 pub const DECODE_MEMORY_SLACK: u64 = 512 << 10;
 /// Most nodes that inlining model-local functions may add to a graph.
-pub const MAX_INLINED_NODES: u64 = 1 << 20;
+pub const MAX_INLINED_NODES: u64 = 1 << 18;
+/// Most bytes (encoded size plus generated names) of the nodes that inlining
+/// model-local functions may add; checked before inlining from the function
+/// bodies and again while inlining (attribute values passed down by
+/// `ref_attr_name` are only known then).
+pub const MAX_INLINED_BYTES: u64 = 256 << 20;
+/// Longest name generated for an inlined node or value (`call/inner`);
+/// longer ones are cut and made unique with a counter.
+const MAX_GENERATED_NAME: usize = 240;
 /// Deepest chain of model-local functions calling each other.
 pub const MAX_FUNCTION_DEPTH: usize = 32;
 
@@ -326,10 +334,15 @@ impl<'m> Functions<'m> {
         self.index.get(&(norm_domain(&n.domain), n.op_type.as_str(), n.overload.as_str())).copied()
     }
 
-    /// Number of nodes `n` becomes once every function call is inlined
-    /// (saturating), without building anything. Fails on recursion.
-    fn expanded_count(&self, n: &NodeProto, memo: &mut HashMap<usize, u64>, stack: &mut Vec<usize>) -> Result<u64> {
-        let Some(fi) = self.lookup(n) else { return Ok(1) };
+    /// Nodes and bytes that calling function `fi` adds once every nested
+    /// call is inlined (saturating), computed without building anything.
+    /// Fails on recursion and on chains deeper than [`MAX_FUNCTION_DEPTH`].
+    fn expansion(
+        &self,
+        fi: usize,
+        memo: &mut HashMap<usize, (u64, u64)>,
+        stack: &mut Vec<usize>,
+    ) -> Result<(u64, u64)> {
         if let Some(&c) = memo.get(&fi) {
             return Ok(c);
         }
@@ -344,20 +357,48 @@ impl<'m> Functions<'m> {
             )));
         }
         stack.push(fi);
-        let mut c: u64 = 0;
+        let (mut nodes, mut bytes) = (0u64, 0u64);
         for b in &f.node {
-            c = c.saturating_add(self.expanded_count(b, memo, stack)?);
+            let (n, c) = match self.lookup(b) {
+                Some(callee) => self.expansion(callee, memo, stack)?,
+                None => (1, inlined_cost(b)),
+            };
+            nodes = nodes.saturating_add(n);
+            bytes = bytes.saturating_add(c);
         }
         stack.pop();
-        memo.insert(fi, c);
-        Ok(c)
+        memo.insert(fi, (nodes, bytes));
+        Ok((nodes, bytes))
     }
+}
+
+/// Bytes charged for one inlined node: its encoded size plus room for the
+/// generated node and value names.
+fn inlined_cost(n: &NodeProto) -> u64 {
+    let names = 1 + n.input.len() + n.output.len();
+    (n.encoded_len() as u64).saturating_add((names * MAX_GENERATED_NAME) as u64)
+}
+
+/// `call/inner`, cut to [`MAX_GENERATED_NAME`] bytes.
+fn generated_name(call: &str, inner: &str) -> String {
+    let mut s = format!("{call}/{inner}");
+    if s.len() > MAX_GENERATED_NAME {
+        let mut end = MAX_GENERATED_NAME;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+    s
 }
 
 /// Unique-name source for nodes and (during inlining) values.
 #[derive(Default)]
 struct Names {
     taken: HashSet<String>,
+    /// Next suffix to try per base name, so that many clashes on one base
+    /// stay linear overall.
+    next: HashMap<String, usize>,
 }
 
 impl Names {
@@ -366,14 +407,14 @@ impl Names {
             self.taken.insert(base.clone());
             return base;
         }
-        let mut k = 1usize;
+        let k = self.next.entry(base.clone()).or_insert(1);
         loop {
             let c = format!("{base}_{k}");
+            *k += 1;
             if !self.taken.contains(&c) {
                 self.taken.insert(c.clone());
                 return c;
             }
-            k += 1;
         }
     }
 }
@@ -388,6 +429,8 @@ struct Loader<'p> {
     node_names: Names,
     value_names: Names,
     used_functions: Vec<usize>,
+    /// Running total of [`inlined_cost`] for the nodes inlined so far.
+    inlined_bytes: u64,
 }
 
 impl<'p> Loader<'p> {
@@ -400,6 +443,7 @@ impl<'p> Loader<'p> {
             node_names: Names::default(),
             value_names: Names::default(),
             used_functions: Vec::new(),
+            inlined_bytes: 0,
         }
     }
 
@@ -489,14 +533,20 @@ impl<'p> Loader<'p> {
         }
         if calls {
             let mut memo = HashMap::new();
-            let mut total: u64 = 0;
-            for n in &g.node {
-                total = total.saturating_add(funcs.expanded_count(n, &mut memo, &mut Vec::new())?);
+            let (mut nodes, mut bytes) = (0u64, 0u64);
+            for fi in g.node.iter().filter_map(|n| funcs.lookup(n)) {
+                let (n, b) = funcs.expansion(fi, &mut memo, &mut Vec::new())?;
+                nodes = nodes.saturating_add(n);
+                bytes = bytes.saturating_add(b);
             }
-            if total > g.node.len() as u64 + MAX_INLINED_NODES {
+            if nodes > MAX_INLINED_NODES {
                 return Err(invalid(format!(
-                    "inlining the model-local functions would make {total} nodes (limit {})",
-                    g.node.len() as u64 + MAX_INLINED_NODES
+                    "inlining the model-local functions would make {nodes} nodes (limit {MAX_INLINED_NODES})"
+                )));
+            }
+            if bytes > MAX_INLINED_BYTES {
+                return Err(invalid(format!(
+                    "inlining the model-local functions would make {bytes} bytes of nodes (limit {MAX_INLINED_BYTES})"
                 )));
             }
             let taken = &mut self.value_names.taken;
@@ -599,7 +649,7 @@ impl<'p> Loader<'p> {
             };
             for v in body.input.iter().chain(&body.output) {
                 if !v.is_empty() && !rename.contains_key(v.as_str()) {
-                    let fresh = self.value_names.unique(format!("{call_name}/{v}"));
+                    let fresh = self.value_names.unique(generated_name(call_name, v));
                     rename.insert(v, fresh);
                 }
             }
@@ -623,7 +673,13 @@ impl<'p> Loader<'p> {
                 }
             }
             let inner = if body.name.is_empty() { format!("{}_{k}", short(&body.op_type)) } else { body.name.clone() };
-            let name = self.node_names.unique(format!("{call_name}/{inner}"));
+            self.inlined_bytes = self.inlined_bytes.saturating_add(inlined_cost(&n));
+            if self.inlined_bytes > MAX_INLINED_BYTES {
+                return Err(invalid(format!(
+                    "{what}: inlining the model-local functions makes more than {MAX_INLINED_BYTES} bytes of nodes"
+                )));
+            }
+            let name = self.node_names.unique(generated_name(call_name, &inner));
             self.emit(n, name, funcs, depth + 1, out)?;
         }
         Ok(())

@@ -109,6 +109,7 @@ const TABLE: &[(&str, Expect)] = &[
     ("bad_utf8_name.onnx", Fails("cannot decode the model protobuf")),
     ("deep_nesting.onnx", Fails("nested deeper than 64")),
     ("function_bomb.onnx", Fails("inlining the model-local functions would make 8388608 nodes")),
+    ("function_constant_bomb.onnx", Fails("inlining the model-local functions would make 549117952 bytes of nodes")),
     ("function_recursive.onnx", Fails("model-local function 'self' calls itself")),
 ];
 
