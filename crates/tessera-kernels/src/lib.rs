@@ -1,4 +1,7 @@
 //! CPU kernels over plain slices. Operators (shapes, attributes, dtypes)
 //! live in `tessera-providers`; this crate only does arithmetic.
 
+pub mod conv;
 pub mod gemm;
+pub mod pool;
+pub mod quant;

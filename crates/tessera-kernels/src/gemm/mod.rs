@@ -2,10 +2,76 @@
 //! `gemm` crate (AVX-512 with its `x86-v4` feature); the AMX, NEON and SME
 //! microkernels will share packing and the 5-loop driver in this module.
 
+mod batched;
+
+pub use batched::{gemm_batched, BatchRef, RowEpilogue};
+
+/// Element types the `gemm` crate multiplies natively (f32 and f64).
+pub trait GemmScalar:
+    Copy
+    + Send
+    + Sync
+    + Default
+    + PartialEq
+    + PartialOrd
+    + std::fmt::Debug
+    + 'static
+    + std::ops::Add<Output = Self>
+    + std::ops::Sub<Output = Self>
+    + std::ops::Mul<Output = Self>
+    + std::ops::Div<Output = Self>
+    + std::ops::AddAssign
+{
+    const ZERO: Self;
+    const ONE: Self;
+    fn from_f64(v: f64) -> Self;
+    fn to_f64(self) -> f64;
+    /// Runs `f` with a per-thread scratch buffer of at least `len` elements
+    /// (contents unspecified). The buffer is taken out of its thread-local
+    /// slot while `f` runs, so a nested call on the same thread (rayon work
+    /// stealing) gets its own buffer instead of aliasing this one.
+    fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [Self]) -> R) -> R;
+}
+
+macro_rules! gemm_scalar {
+    ($t:ty, $tls:ident) => {
+        thread_local! {
+            static $tls: std::cell::Cell<Vec<$t>> = const { std::cell::Cell::new(Vec::new()) };
+        }
+        impl GemmScalar for $t {
+            const ZERO: Self = 0.0;
+            const ONE: Self = 1.0;
+            #[inline]
+            fn from_f64(v: f64) -> Self {
+                v as $t
+            }
+            #[inline]
+            fn to_f64(self) -> f64 {
+                self as f64
+            }
+            fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [Self]) -> R) -> R {
+                let mut buf = $tls.with(|c| c.take());
+                if buf.len() < len {
+                    buf.resize(len, 0.0);
+                }
+                let r = f(&mut buf[..len]);
+                $tls.with(|c| {
+                    let old = c.take();
+                    // Keep the larger of the two buffers for the next call.
+                    c.set(if old.len() > buf.len() { old } else { buf });
+                });
+                r
+            }
+        }
+    };
+}
+gemm_scalar!(f32, SCRATCH_F32);
+gemm_scalar!(f64, SCRATCH_F64);
+
 /// Row-major (possibly strided) matrix view descriptor.
 #[derive(Copy, Clone, Debug)]
-pub struct MatRef<'a> {
-    pub data: &'a [f32],
+pub struct MatRef<'a, T = f32> {
+    pub data: &'a [T],
     pub rows: usize,
     pub cols: usize,
     /// Element distance between consecutive rows.
@@ -14,8 +80,8 @@ pub struct MatRef<'a> {
     pub col_stride: usize,
 }
 
-impl<'a> MatRef<'a> {
-    pub fn row_major(data: &'a [f32], rows: usize, cols: usize) -> Self {
+impl<'a, T> MatRef<'a, T> {
+    pub fn row_major(data: &'a [T], rows: usize, cols: usize) -> Self {
         MatRef { data, rows, cols, row_stride: cols, col_stride: 1 }
     }
     /// The transpose, as a view (no copy).
@@ -27,6 +93,12 @@ impl<'a> MatRef<'a> {
             row_stride: self.col_stride,
             col_stride: self.row_stride,
         }
+    }
+    /// Rows `r0..r0 + rows` as a view.
+    pub fn rows_range(self, r0: usize, rows: usize) -> Self {
+        assert!(r0 + rows <= self.rows, "row range exceeds the matrix");
+        let start = (r0 * self.row_stride).min(self.data.len());
+        MatRef { data: &self.data[start..], rows, ..self }
     }
     fn check(&self) {
         if self.rows > 0 && self.cols > 0 {
@@ -46,6 +118,24 @@ pub enum Parallel {
 /// `c = alpha * a @ b + beta * c`, with `c` row-major `m x n` (`ldc` = row stride).
 /// Panics only if the views do not fit their slices (a caller bug).
 pub fn sgemm(a: MatRef, b: MatRef, c: &mut [f32], ldc: usize, alpha: f32, beta: f32, par: Parallel) {
+    gemm_checked(a, b, c, ldc, alpha, beta, par)
+}
+
+/// The f64 twin of [`sgemm`].
+pub fn dgemm(a: MatRef<f64>, b: MatRef<f64>, c: &mut [f64], ldc: usize, alpha: f64, beta: f64, par: Parallel) {
+    gemm_checked(a, b, c, ldc, alpha, beta, par)
+}
+
+/// [`sgemm`] for any [`GemmScalar`].
+pub fn gemm_checked<T: GemmScalar>(
+    a: MatRef<T>,
+    b: MatRef<T>,
+    c: &mut [T],
+    ldc: usize,
+    alpha: T,
+    beta: T,
+    par: Parallel,
+) {
     let (m, k, n) = (a.rows, a.cols, b.cols);
     assert_eq!(k, b.rows, "inner dimensions differ");
     a.check();
@@ -54,10 +144,40 @@ pub fn sgemm(a: MatRef, b: MatRef, c: &mut [f32], ldc: usize, alpha: f32, beta: 
         return;
     }
     assert!((m - 1) * ldc + n <= c.len(), "output does not fit its slice");
+    // SAFETY: the views were bounds-checked above, the output region
+    // (rows < m with stride ldc, columns < n) lies inside `c`, which is
+    // exclusively borrowed for the call.
+    unsafe { gemm_raw(a, b, c.as_mut_ptr(), ldc, alpha, beta, par) }
+}
+
+/// The unchecked core shared by the safe entry points and the convolution
+/// driver (which writes disjoint strided blocks of one output from several
+/// threads).
+///
+/// # Safety
+/// `a` and `b` must fit their slices; `dst + i * ldc + j` must be valid for
+/// reads and writes for all `i < a.rows`, `j < b.cols`, and no other thread
+/// may access those elements during the call.
+pub(crate) unsafe fn gemm_raw<T: GemmScalar>(
+    a: MatRef<T>,
+    b: MatRef<T>,
+    dst: *mut T,
+    ldc: usize,
+    alpha: T,
+    beta: T,
+    par: Parallel,
+) {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    if m == 0 || n == 0 {
+        return;
+    }
     if k == 0 {
         for i in 0..m {
-            for v in &mut c[i * ldc..i * ldc + n] {
-                *v *= beta;
+            for j in 0..n {
+                // SAFETY: inside the region the caller vouches for.
+                let p = unsafe { dst.add(i * ldc + j) };
+                // SAFETY: as above; `beta == 0` must not read (the memory may be uninitialised garbage such as NaN).
+                unsafe { *p = if beta == T::ZERO { T::ZERO } else { beta * *p } };
             }
         }
         return;
@@ -67,16 +187,16 @@ pub fn sgemm(a: MatRef, b: MatRef, c: &mut [f32], ldc: usize, alpha: f32, beta: 
         Parallel::Rayon(t) if t > 1 && m * n * k > 64 * 64 * 64 => gemm::Parallelism::Rayon(t),
         Parallel::Rayon(_) => gemm::Parallelism::None,
     };
-    let read_dst = beta != 0.0;
-    // SAFETY: every view was bounds-checked above against its slice (the
-    // last element index is inside), strides are in elements as `gemm`
-    // expects, and `c` is exclusively borrowed for the call.
+    let read_dst = beta != T::ZERO;
+    // SAFETY: the caller guarantees the views fit and the output region is
+    // valid and exclusive; strides are in elements as `gemm` expects, and T
+    // is f32 or f64, which `gemm` supports.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            c.as_mut_ptr(),
+            dst,
             1,
             ldc as isize,
             read_dst,

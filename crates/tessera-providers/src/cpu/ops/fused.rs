@@ -1,3 +1,313 @@
-use crate::cpu::registry::OpRegistry;
+//! Internal fused operators (domain "tessera") produced by the optimizer.
+//!
+//! `FusedMatMul(A, B, [bias], [residual])`, attribute `activation` in
+//! {"none", "relu", "gelu_erf", "gelu_tanh", "silu"}:
+//! `y = act(A @ B + bias) + residual`, with MatMul's broadcasting for A and
+//! B, `bias` over the last dimension (the GEMM's columns) and `residual`
+//! broadcast (numpy rules) to y's shape. The epilogue runs on each block of
+//! output rows right after the GEMM wrote it, while it is still in cache.
 
-pub fn register(_r: &mut OpRegistry) {}
+use std::sync::Arc;
+
+use tessera_core::{Error, Node, Result, Tensor};
+use tessera_kernels::gemm::{gemm_batched, GemmScalar};
+
+use super::nn::common::{read_or_pre, widen_const, with_float, write_output, Float};
+use super::nn::matmul::plan_matmul;
+use crate::cpu::registry::{BuildCtx, CpuOp, OpRegistry, RunCtx};
+use crate::cpu::util::{broadcast_index, broadcast_shapes, broadcast_strides, opt, req};
+
+pub fn register(r: &mut OpRegistry) {
+    r.add_domain("tessera", "FusedMatMul", build_fused_matmul);
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Activation {
+    None,
+    Relu,
+    GeluErf,
+    GeluTanh,
+    Silu,
+}
+
+impl Activation {
+    pub fn parse(node: &Node) -> Result<Activation> {
+        Ok(match node.attr_string("activation")?.as_deref() {
+            None | Some("none") | Some("") => Activation::None,
+            Some("relu") => Activation::Relu,
+            Some("gelu_erf") => Activation::GeluErf,
+            Some("gelu_tanh") => Activation::GeluTanh,
+            Some("silu") => Activation::Silu,
+            Some(o) => return Err(Error::node(node, format!("unknown activation '{o}'"))),
+        })
+    }
+
+    #[inline]
+    fn apply<T: Float>(self, x: T) -> T {
+        match self {
+            Activation::None => x,
+            Activation::Relu => {
+                if x > T::ZERO {
+                    x
+                } else {
+                    T::ZERO
+                }
+            }
+            Activation::GeluErf => {
+                let v = x.to_f64();
+                T::from_f64(0.5 * v * (1.0 + erf(v * std::f64::consts::FRAC_1_SQRT_2)))
+            }
+            Activation::GeluTanh => {
+                let v = x.to_f64();
+                let c = (2.0 / std::f64::consts::PI).sqrt();
+                T::from_f64(0.5 * v * (1.0 + (c * (v + 0.044715 * v * v * v)).tanh()))
+            }
+            Activation::Silu => {
+                let v = x.to_f64();
+                T::from_f64(v / (1.0 + (-v).exp()))
+            }
+        }
+    }
+}
+
+/// The error function, to about 1e-15 relative (Abramowitz & Stegun 7.1.26
+/// is too coarse for f64, so use the series for small |x| and a continued
+/// fraction for erfc beyond).
+pub(crate) fn erf(x: f64) -> f64 {
+    if x.is_nan() {
+        return x;
+    }
+    let ax = x.abs();
+    let r = if ax < 2.5 {
+        // Maclaurin series: erf(x) = 2/sqrt(pi) * sum (-1)^n x^(2n+1) / (n! (2n+1))
+        let x2 = ax * ax;
+        let mut term = ax;
+        let mut sum = ax;
+        let mut n = 0.0;
+        loop {
+            n += 1.0;
+            term *= -x2 / n;
+            let t = term / (2.0 * n + 1.0);
+            sum += t;
+            if t.abs() <= 1e-17 * sum.abs() || n > 200.0 {
+                break;
+            }
+        }
+        sum * std::f64::consts::FRAC_2_SQRT_PI
+    } else if ax > 6.0 {
+        1.0
+    } else {
+        // erfc(x) = exp(-x^2)/sqrt(pi) * 1/(x + 1/2/(x + 1/(x + 3/2/(x + ...))))
+        let mut f = ax;
+        for k in (1..60).rev() {
+            f = ax + (k as f64 / 2.0) / f;
+        }
+        1.0 - (-ax * ax).exp() / (f * std::f64::consts::PI.sqrt())
+    };
+    if x < 0.0 {
+        -r
+    } else {
+        r
+    }
+}
+
+fn build_fused_matmul(node: &Node, bctx: &BuildCtx) -> Result<Box<dyn CpuOp>> {
+    let node = node.clone();
+    let act = Activation::parse(&node)?;
+    let b_pre: Option<Arc<Vec<f32>>> = widen_const(bctx.const_input(&node, 1));
+    let bias_pre: Option<Arc<Vec<f32>>> = widen_const(bctx.const_input(&node, 2));
+    Ok(Box::new(move |inputs: &[Option<&Tensor>], ctx: &mut RunCtx| {
+        let a = req(&node, inputs, 0)?;
+        let b = req(&node, inputs, 1)?;
+        let bias = opt(inputs, 2);
+        let res = opt(inputs, 3);
+        let dt = a.dtype();
+        if !dt.is_float() {
+            return Err(Error::node(&node, format!("FusedMatMul needs float inputs, got {dt}")));
+        }
+        if b.dtype() != dt || bias.is_some_and(|t| t.dtype() != dt) || res.is_some_and(|t| t.dtype() != dt) {
+            return Err(Error::node(&node, "FusedMatMul inputs must share one type"));
+        }
+        let plan = plan_matmul(&node, a.shape(), b.shape())?;
+        let y_shape = plan.out_shape.clone();
+        let n = plan.n;
+        // Rows of the GEMM output map onto y as [rows, n] whenever B has
+        // rank >= 2 (y's last dimension is n); a 1-D B gives n == 1.
+        if let Some(bt) = bias {
+            if bt.numel() != n && bt.numel() != 1 {
+                return Err(Error::node(&node, format!("bias of shape {:?} does not match {n} columns", bt.shape())));
+            }
+        }
+        if let Some(r) = res {
+            if broadcast_shapes(&node, &[r.shape(), &y_shape])? != y_shape {
+                return Err(Error::node(&node, format!("residual {:?} does not broadcast to {y_shape:?}", r.shape())));
+            }
+        }
+        // Residual offsets: per row a base and a column stride when y's last
+        // dimension is the GEMM's columns, else one index per element.
+        let rank = y_shape.len();
+        let row_mode = b.rank() >= 2 && rank >= 1;
+        let res_strides = res.map(|r| broadcast_strides(r.shape(), &y_shape));
+        let res_full: Option<Vec<usize>> = match (&res_strides, row_mode) {
+            (Some(st), false) => Some(broadcast_index(&y_shape, st)),
+            _ => None,
+        };
+        let out = with_float!(dt, &node, T => {
+            let av = T::read(a)?;
+            let bv = read_or_pre::<T>(b_pre.as_deref().map(|v| v.as_slice()), b)?;
+            let biasv = match bias {
+                Some(t) => Some(read_or_pre::<T>(bias_pre.as_deref().map(|v| v.as_slice()), t)?),
+                None => None,
+            };
+            let resv = res.map(T::read).transpose()?;
+            let m = plan.m;
+            let epi = |bi: usize, r0: usize, rows: &mut [T]| {
+                for (i, row) in rows.chunks_mut(n.max(1)).enumerate() {
+                    let g = bi * m + r0 + i; // global row of the [rows, n] output
+                    if let Some(bs) = biasv.as_deref() {
+                        if bs.len() == 1 {
+                            row.iter_mut().for_each(|v| *v += bs[0]);
+                        } else {
+                            row.iter_mut().zip(bs).for_each(|(v, &b)| *v += b);
+                        }
+                    }
+                    if act != Activation::None {
+                        row.iter_mut().for_each(|v| *v = act.apply(*v));
+                    }
+                    if let Some(rs) = resv.as_deref() {
+                        match (&res_full, &res_strides) {
+                            (Some(idx), _) => {
+                                for (j, v) in row.iter_mut().enumerate() {
+                                    *v += rs[idx[g * n + j]];
+                                }
+                            }
+                            (None, Some(st)) => {
+                                // Decompose the row index over y's leading dims.
+                                let mut rem = g;
+                                let mut base = 0;
+                                for d in (0..rank - 1).rev() {
+                                    base += (rem % y_shape[d]) * st[d];
+                                    rem /= y_shape[d];
+                                }
+                                let cs = st[rank - 1];
+                                for (j, v) in row.iter_mut().enumerate() {
+                                    *v += rs[base + j * cs];
+                                }
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+            };
+            write_output::<T>(ctx, dt, &y_shape, |y| {
+                gemm_batched(plan.a_ref(&av), plan.b_ref(&bv), y, T::ONE, T::ZERO, Some(&epi));
+                Ok(())
+            })
+        })?;
+        Ok(vec![out])
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cpu::ops::nn::testutil::{run_node, run_node_const, t_f32};
+    use tessera_core::Attr;
+
+    fn fused(act: &str, n_inputs: usize) -> Node {
+        let ins = ["a", "b", "bias", "res"];
+        let mut n = Node::new("FusedMatMul", "f", &ins[..n_inputs], &["y"])
+            .with_attr("activation", Attr::String(act.as_bytes().to_vec()));
+        n.domain = "tessera".into();
+        n
+    }
+
+    #[test]
+    fn erf_values() {
+        for (x, want) in [
+            (0.0, 0.0),
+            (0.5, 0.5204998778130465),
+            (1.0, 0.8427007929497149),
+            (2.0, 0.9953222650189527),
+            (3.0, 0.9999779095030014),
+            (-1.5, -0.9661051464753108),
+        ] {
+            assert!((erf(x) - want).abs() < 1e-13, "erf({x}) = {} vs {want}", erf(x));
+        }
+    }
+
+    #[test]
+    fn fused_matmul_bias_relu_residual() {
+        // A [2, 2] @ B [2, 3] = [[1, -2, 3], [-4, 5, -6]] (B = [[1,0,1],[0,-1,1]] scaled)
+        let a = t_f32(&[2, 2], &[1., 2., 3., 4.]);
+        let b = t_f32(&[2, 3], &[1., 0., -1., 0., -1., 2.]);
+        // A@B = [[1, -2, 3], [3, -4, 5]]
+        let bias = t_f32(&[3], &[0.5, 0.5, -10.]);
+        let res = t_f32(&[2, 1], &[100., 200.]);
+        let y =
+            run_node(&fused("relu", 4), 1, &[Some(a.clone()), Some(b.clone()), Some(bias.clone()), Some(res.clone())])
+                .unwrap();
+        assert_eq!(y[0].as_slice::<f32>().unwrap(), &[101.5, 100., 100., 203.5, 200., 200.]);
+        // no activation, no residual, B constant
+        let y =
+            run_node_const(&fused("none", 3), 1, &[Some(a.clone()), Some(b.clone()), Some(bias)], &[false, true, true])
+                .unwrap();
+        assert_eq!(y[0].as_slice::<f32>().unwrap(), &[1.5, -1.5, -7., 3.5, -3.5, -5.]);
+        // silu and gelu on a batched A with a broadcast residual row
+        let a3 = t_f32(&[2, 1, 2], &[1., 2., 3., 4.]);
+        let res_row = t_f32(&[3], &[1., 1., 1.]);
+        let y = run_node(&fused("silu", 4), 1, &[Some(a3.clone()), Some(b.clone()), None, Some(res_row)]).unwrap();
+        let s = |v: f32| v / (1.0 + (-v).exp()) + 1.0;
+        let got = y[0].as_slice::<f32>().unwrap();
+        for (g, w) in got.iter().zip([s(1.), s(-2.), s(3.), s(3.), s(-4.), s(5.)]) {
+            assert!((g - w).abs() < 1e-6);
+        }
+        let y = run_node(&fused("gelu_erf", 2), 1, &[Some(a3.clone()), Some(b.clone())]).unwrap();
+        let g1 = y[0].as_slice::<f32>().unwrap()[0];
+        assert!((g1 - 0.841_344_7).abs() < 1e-6, "{g1}");
+        let y = run_node(&fused("gelu_tanh", 2), 1, &[Some(a3), Some(b)]).unwrap();
+        let g1 = y[0].as_slice::<f32>().unwrap()[0];
+        assert!((g1 - 0.841_192).abs() < 1e-5, "{g1}");
+    }
+
+    #[test]
+    fn fused_matmul_large_matches_unfused() {
+        let (m, k, n) = (150usize, 37usize, 70usize);
+        let av: Vec<f32> = (0..m * k).map(|i| ((i * 7 % 11) as f32 - 5.0) * 0.1).collect();
+        let bv: Vec<f32> = (0..k * n).map(|i| ((i * 5 % 13) as f32 - 6.0) * 0.1).collect();
+        let biasv: Vec<f32> = (0..n).map(|i| i as f32 * 0.01).collect();
+        let resv: Vec<f32> = (0..m * n).map(|i| (i % 17) as f32).collect();
+        let y = run_node(
+            &fused("relu", 4),
+            1,
+            &[
+                Some(t_f32(&[m, k], &av)),
+                Some(t_f32(&[k, n], &bv)),
+                Some(t_f32(&[n], &biasv)),
+                Some(t_f32(&[m, n], &resv)),
+            ],
+        )
+        .unwrap();
+        let got = y[0].as_slice::<f32>().unwrap();
+        for i in 0..m {
+            for j in 0..n {
+                let mut acc = 0.0f32;
+                for p in 0..k {
+                    acc += av[i * k + p] * bv[p * n + j];
+                }
+                let want = (acc + biasv[j]).max(0.0) + resv[i * n + j];
+                assert!((got[i * n + j] - want).abs() < 1e-4, "{i},{j}: {} vs {want}", got[i * n + j]);
+            }
+        }
+    }
+
+    #[test]
+    fn fused_matmul_rejects_bad_bias() {
+        let a = t_f32(&[2, 2], &[1., 2., 3., 4.]);
+        let b = t_f32(&[2, 3], &[1., 0., -1., 0., -1., 2.]);
+        let bias = t_f32(&[2], &[0.5, 0.5]);
+        assert!(run_node(&fused("none", 3), 1, &[Some(a.clone()), Some(b.clone()), Some(bias)]).is_err());
+        let n = fused("swish", 2);
+        assert!(run_node(&n, 1, &[Some(a), Some(b)]).is_err());
+    }
+}

@@ -1,3 +1,27 @@
+//! Neural-network operators: matrix products (MatMul, Gemm, Einsum),
+//! convolutions, pooling and normalizations. Shared helpers for the quant
+//! and fused operators live in `common`.
+
+pub(crate) mod common;
+mod conv;
+mod einsum;
+pub(crate) mod matmul;
+mod norm;
+mod pool;
+
+#[cfg(test)]
+mod conformance;
+#[cfg(test)]
+pub(crate) mod testutil;
+
+pub(crate) use conv::conv_geom;
+
 use crate::cpu::registry::OpRegistry;
 
-pub fn register(_r: &mut OpRegistry) {}
+pub fn register(r: &mut OpRegistry) {
+    matmul::register(r);
+    einsum::register(r);
+    conv::register(r);
+    pool::register(r);
+    norm::register(r);
+}

@@ -1,3 +1,757 @@
-use crate::cpu::registry::OpRegistry;
+//! Quantization operators: QuantizeLinear, DequantizeLinear (per tensor,
+//! per axis and blocked), DynamicQuantizeLinear, and the integer products
+//! MatMulInteger, ConvInteger, QLinearMatMul and QLinearConv.
+//!
+//! Integer products subtract zero points into i16 (u8/i8 minus a zero point
+//! always fits), accumulate in i32 and, for the QLinear forms, requantize
+//! with round-half-to-even and saturation.
 
-pub fn register(_r: &mut OpRegistry) {}
+use std::sync::Arc;
+
+use half::{bf16, f16};
+use rayon::prelude::*;
+use tessera_core::{DType, Error, Node, Result, Tensor};
+use tessera_kernels::conv::ConvGeom;
+use tessera_kernels::quant::{conv_i16, igemm_i16};
+
+use super::nn::common::{to_f32_vec, Spatial};
+use super::nn::conv_geom;
+use super::nn::matmul::{plan_matmul, MatMulPlan};
+use crate::cpu::registry::{BuildCtx, CpuOp, OpRegistry, RunCtx};
+use crate::cpu::util::{norm_axis, opt, req};
+
+pub fn register(r: &mut OpRegistry) {
+    r.add("QuantizeLinear", build_quantize);
+    r.add("DequantizeLinear", build_dequantize);
+    r.add("DynamicQuantizeLinear", build_dynamic_quantize);
+    r.add("MatMulInteger", build_matmul_integer);
+    r.add("ConvInteger", build_conv_integer);
+    r.add("QLinearMatMul", build_qlinear_matmul);
+    r.add("QLinearConv", build_qlinear_conv);
+}
+
+/// Range of an integer quantized type.
+fn qrange(node: &Node, d: DType) -> Result<(f64, f64)> {
+    Ok(match d {
+        DType::U8 => (0.0, 255.0),
+        DType::I8 => (-128.0, 127.0),
+        DType::U16 => (0.0, 65535.0),
+        DType::I16 => (-32768.0, 32767.0),
+        DType::I32 => (i32::MIN as f64, i32::MAX as f64),
+        d => return Err(tessera_core::unsupported!("node '{}': quantized type {d}", node.name)),
+    })
+}
+
+/// Integer tensor values as i32.
+fn int_vals(node: &Node, t: &Tensor) -> Result<Vec<i32>> {
+    Ok(match t.dtype() {
+        DType::U8 => t.as_slice::<u8>()?.iter().map(|&v| v as i32).collect(),
+        DType::I8 => t.as_slice::<i8>()?.iter().map(|&v| v as i32).collect(),
+        DType::U16 => t.as_slice::<u16>()?.iter().map(|&v| v as i32).collect(),
+        DType::I16 => t.as_slice::<i16>()?.iter().map(|&v| v as i32).collect(),
+        DType::I32 => t.as_slice::<i32>()?.to_vec(),
+        d => return Err(Error::node(node, format!("expected a quantized integer tensor, got {d}"))),
+    })
+}
+
+/// Writes f64 values (already rounded and clamped) into an integer tensor.
+fn store_ints(out: &mut Tensor, vals: impl IndexedParallelIterator<Item = f64>) -> Result<()> {
+    macro_rules! st {
+        ($t:ty) => {
+            out.as_mut_slice::<$t>()?.par_iter_mut().zip(vals).for_each(|(o, v)| *o = v as $t)
+        };
+    }
+    match out.dtype() {
+        DType::U8 => st!(u8),
+        DType::I8 => st!(i8),
+        DType::U16 => st!(u16),
+        DType::I16 => st!(i16),
+        DType::I32 => st!(i32),
+        d => return Err(Error::Other(format!("cannot store quantized values as {d}"))),
+    }
+    Ok(())
+}
+
+/// How a scale / zero-point tensor maps onto the elements of `x`.
+#[derive(Clone, Debug)]
+struct ParamMap {
+    /// Elements after the quantization axis.
+    inner: usize,
+    /// Size of the axis in x.
+    dim: usize,
+    /// Size of the axis in the parameter (dim for per-axis, blocks for blocked).
+    pdim: usize,
+    block: usize,
+    per_tensor: bool,
+}
+
+impl ParamMap {
+    fn new(node: &Node, x: &[usize], p: &[usize], axis: i64, block_size: i64) -> Result<ParamMap> {
+        let n: usize = p.iter().product();
+        if n == 1 && block_size <= 0 {
+            return Ok(ParamMap { inner: 1, dim: 1, pdim: 1, block: 1, per_tensor: true });
+        }
+        let a = norm_axis(node, axis, x.len())?;
+        let inner: usize = x[a + 1..].iter().product();
+        let dim = x[a];
+        if block_size > 0 {
+            let b = block_size as usize;
+            let ok = p.len() == x.len()
+                && p.iter()
+                    .zip(x)
+                    .enumerate()
+                    .all(|(i, (&pd, &xd))| if i == a { pd == xd.div_ceil(b) } else { pd == xd });
+            if !ok {
+                return Err(Error::node(
+                    node,
+                    format!("blocked parameters {p:?} do not fit input {x:?} with block_size {b} on axis {a}"),
+                ));
+            }
+            return Ok(ParamMap { inner, dim, pdim: p[a], block: b, per_tensor: false });
+        }
+        if p.len() != 1 || p[0] != dim {
+            return Err(Error::node(node, format!("parameters of shape {p:?} do not match axis {a} of input {x:?}")));
+        }
+        Ok(ParamMap { inner, dim, pdim: dim, block: 1, per_tensor: false })
+    }
+
+    #[inline]
+    fn index(&self, i: usize) -> usize {
+        if self.per_tensor {
+            return 0;
+        }
+        let a = (i / self.inner) % self.dim;
+        if self.block == 1 {
+            return a;
+        }
+        let outer = i / (self.inner * self.dim);
+        (outer * self.pdim + a / self.block) * self.inner + i % self.inner
+    }
+}
+
+fn build_quantize(node: &Node, _: &BuildCtx) -> Result<Box<dyn CpuOp>> {
+    let node = node.clone();
+    let axis = node.attr_int_or("axis", 1)?;
+    let block_size = node.attr_int_or("block_size", 0)?;
+    let out_attr = node.attr_int_or("output_dtype", 0)?;
+    Ok(Box::new(move |inputs: &[Option<&Tensor>], ctx: &mut RunCtx| {
+        let x = req(&node, inputs, 0)?;
+        let scale = req(&node, inputs, 1)?;
+        let zp = opt(inputs, 2);
+        let out_dt = match (zp, out_attr) {
+            (Some(z), _) => z.dtype(),
+            (None, 0) => DType::U8,
+            (None, c) => DType::from_onnx(c as i32)?,
+        };
+        let (lo, hi) = qrange(&node, out_dt)?;
+        let map = ParamMap::new(&node, x.shape(), scale.shape(), axis, block_size)?;
+        if let Some(z) = zp {
+            if z.numel() != scale.numel() {
+                return Err(Error::node(&node, "zero point and scale shapes differ"));
+            }
+        }
+        let xs = to_f32_vec(x);
+        let ss = to_f32_vec(scale);
+        let zs: Vec<f32> = match zp {
+            Some(z) => int_vals(&node, z)?.into_iter().map(|v| v as f32).collect(),
+            None => vec![0.0; ss.len()],
+        };
+        let mut out = ctx.alloc(out_dt, x.shape())?;
+        let vals = xs.par_iter().enumerate().map(|(i, &v)| {
+            let p = map.index(i);
+            let q = (v / ss[p]).round_ties_even() as f64 + zs[p] as f64;
+            if q.is_nan() {
+                0.0
+            } else {
+                q.clamp(lo, hi)
+            }
+        });
+        store_ints(&mut out, vals)?;
+        Ok(vec![out])
+    }))
+}
+
+fn build_dequantize(node: &Node, _: &BuildCtx) -> Result<Box<dyn CpuOp>> {
+    let node = node.clone();
+    let axis = node.attr_int_or("axis", 1)?;
+    let block_size = node.attr_int_or("block_size", 0)?;
+    let out_attr = node.attr_int_or("output_dtype", 0)?;
+    Ok(Box::new(move |inputs: &[Option<&Tensor>], ctx: &mut RunCtx| {
+        let x = req(&node, inputs, 0)?;
+        let scale = req(&node, inputs, 1)?;
+        let zp = opt(inputs, 2);
+        if !scale.dtype().is_float() {
+            return Err(Error::node(&node, format!("scale must be a float tensor, got {}", scale.dtype())));
+        }
+        let out_dt = if out_attr != 0 { DType::from_onnx(out_attr as i32)? } else { scale.dtype() };
+        if !out_dt.is_float() {
+            return Err(Error::node(&node, format!("output type must be float, got {out_dt}")));
+        }
+        let map = ParamMap::new(&node, x.shape(), scale.shape(), axis, block_size)?;
+        let xs = int_vals(&node, x)?;
+        let ss = to_f32_vec(scale);
+        let zs: Vec<f32> = match zp {
+            Some(z) if z.dtype() != x.dtype() => {
+                return Err(Error::node(&node, "zero point type differs from the input's"))
+            }
+            Some(z) if z.numel() != scale.numel() => {
+                return Err(Error::node(&node, "zero point and scale shapes differ"))
+            }
+            Some(z) => int_vals(&node, z)?.into_iter().map(|v| v as f32).collect(),
+            None => vec![0.0; ss.len()],
+        };
+        let f = |i: usize, v: i32| {
+            let p = map.index(i);
+            (v as f32 - zs[p]) * ss[p]
+        };
+        let mut out = ctx.alloc(out_dt, x.shape())?;
+        match out_dt {
+            DType::F32 => {
+                out.as_mut_slice::<f32>()?.par_iter_mut().zip(&xs).enumerate().for_each(|(i, (o, &v))| *o = f(i, v))
+            }
+            DType::F64 => out
+                .as_mut_slice::<f64>()?
+                .par_iter_mut()
+                .zip(&xs)
+                .enumerate()
+                .for_each(|(i, (o, &v))| *o = f(i, v) as f64),
+            DType::F16 => out
+                .as_mut_slice::<f16>()?
+                .par_iter_mut()
+                .zip(&xs)
+                .enumerate()
+                .for_each(|(i, (o, &v))| *o = f16::from_f32(f(i, v))),
+            DType::BF16 => out
+                .as_mut_slice::<bf16>()?
+                .par_iter_mut()
+                .zip(&xs)
+                .enumerate()
+                .for_each(|(i, (o, &v))| *o = bf16::from_f32(f(i, v))),
+            d => return Err(Error::node(&node, format!("unsupported output type {d}"))),
+        }
+        Ok(vec![out])
+    }))
+}
+
+fn build_dynamic_quantize(node: &Node, _: &BuildCtx) -> Result<Box<dyn CpuOp>> {
+    let node = node.clone();
+    Ok(Box::new(move |inputs: &[Option<&Tensor>], ctx: &mut RunCtx| {
+        let x = req(&node, inputs, 0)?;
+        if !x.dtype().is_float() {
+            return Err(Error::node(&node, format!("input must be float, got {}", x.dtype())));
+        }
+        let xs = to_f32_vec(x);
+        let (mut mn, mut mx) = (0.0f32, 0.0f32);
+        for &v in &xs {
+            if v < mn {
+                mn = v;
+            }
+            if v > mx {
+                mx = v;
+            }
+        }
+        let scale = (if mx == mn { 1.0 } else { mx - mn }) / 255.0f32;
+        let zp = (0.0 - mn / scale).clamp(0.0, 255.0).round_ties_even();
+        let mut y = ctx.alloc(DType::U8, x.shape())?;
+        y.as_mut_slice::<u8>()?
+            .par_iter_mut()
+            .zip(&xs)
+            .for_each(|(o, &v)| *o = ((v / scale).round_ties_even() + zp).clamp(0.0, 255.0) as u8);
+        let s = Tensor::from_f64(x.dtype(), &[], &[scale as f64])?;
+        let z = Tensor::scalar(zp as u8);
+        Ok(vec![y, s, z])
+    }))
+}
+
+/// A zero point of an integer matmul operand: one value, one per row of A
+/// (or column of B), or one per row (column) of every batch matrix.
+fn zp_values(node: &Node, zp: Option<&Tensor>, lines: usize, all_lines: usize, what: &str) -> Result<Vec<i32>> {
+    match zp {
+        None => Ok(vec![0]),
+        Some(z) => {
+            let n = z.numel();
+            if n != 1 && n != lines && n != all_lines {
+                return Err(Error::node(
+                    node,
+                    format!("{what} of shape {:?} matches neither a scalar nor {lines} lines", z.shape()),
+                ));
+            }
+            int_vals(node, z)
+        }
+    }
+}
+
+/// `x - zp` as i16, the zero point indexed by `line(i)`.
+fn sub_zp(node: &Node, t: &Tensor, zp: &[i32], line: impl Fn(usize) -> usize + Sync) -> Result<Vec<i16>> {
+    let v = int_vals(node, t)?;
+    if !matches!(t.dtype(), DType::U8 | DType::I8) {
+        return Err(Error::node(node, format!("expected u8 or i8, got {}", t.dtype())));
+    }
+    let zl = zp.len();
+    Ok(v.par_iter()
+        .enumerate()
+        .map(|(i, &x)| {
+            let z = if zl == 1 { zp[0] } else { zp[line(i) % zl] };
+            (x - z).clamp(i16::MIN as i32, i16::MAX as i32) as i16
+        })
+        .collect())
+}
+
+/// B (`[..., K, N]`) minus its zero points, each matrix transposed to `[N, K]`.
+fn pack_b(node: &Node, b: &Tensor, zp: Option<&Tensor>) -> Result<Vec<i16>> {
+    let s = b.shape();
+    let (k, n) = match s.len() {
+        0 => return Err(Error::node(node, "B must have rank >= 1")),
+        1 => (s[0], 1),
+        r => (s[r - 2], s[r - 1]),
+    };
+    let mats = b.numel() / (k * n).max(1);
+    let zpv = zp_values(node, zp, n, mats * n, "b_zero_point")?;
+    let v = int_vals(node, b)?;
+    if !matches!(b.dtype(), DType::U8 | DType::I8) {
+        return Err(Error::node(node, format!("B must be u8 or i8, got {}", b.dtype())));
+    }
+    let zl = zpv.len();
+    let mut out = vec![0i16; b.numel()];
+    if k * n == 0 {
+        return Ok(out);
+    }
+    out.par_chunks_mut(k * n).enumerate().for_each(|(mi, o)| {
+        let src = &v[mi * k * n..(mi + 1) * k * n];
+        for j in 0..n {
+            let z = if zl == 1 { zpv[0] } else { zpv[(mi * n + j) % zl] };
+            for p in 0..k {
+                o[j * k + p] = (src[p * n + j] - z) as i16;
+            }
+        }
+    });
+    Ok(out)
+}
+
+/// Integer batched matmul over a plan: `a` is A minus zero points
+/// (row-major as A), `bt` is [`pack_b`]'s output.
+fn imatmul(plan: &MatMulPlan, a: &[i16], bt: &[i16], out: &mut [i32]) {
+    let (m, k, n) = (plan.m, plan.k, plan.n);
+    let batch = plan.a_offsets.len();
+    if m * n == 0 || batch == 0 {
+        return;
+    }
+    let threads = rayon::current_num_threads().max(1);
+    let rb = m.div_ceil((2 * threads).div_ceil(batch)).clamp(8, 256);
+    out[..batch * m * n].par_chunks_mut(m * n).enumerate().for_each(|(bi, ob)| {
+        let (ao, bo) = (plan.a_offsets[bi], plan.b_offsets[bi]);
+        ob.par_chunks_mut(rb * n).enumerate().for_each(|(ri, oc)| {
+            let rows = oc.len() / n;
+            let a0 = (ao + ri * rb * k).min(a.len());
+            igemm_i16(rows, n, k, &a[a0..], k, &bt[bo.min(bt.len())..], k, oc, n);
+        });
+    });
+}
+
+/// A constant B packed once at build time (with its constant zero point).
+type PackedB = Option<Arc<Vec<i16>>>;
+
+fn prepack_b(node: &Node, bctx: &BuildCtx, b_idx: usize, zp_idx: usize) -> PackedB {
+    let b = bctx.const_input(node, b_idx)?;
+    let zp = match node.input(zp_idx) {
+        None => None,
+        Some(_) => Some(bctx.const_input(node, zp_idx)?),
+    };
+    pack_b(node, &b, zp.as_ref()).ok().map(Arc::new)
+}
+
+/// Shared by MatMulInteger and QLinearMatMul: i32 accumulations and the plan.
+fn int_matmul(
+    node: &Node,
+    a: &Tensor,
+    a_zp: Option<&Tensor>,
+    b: &Tensor,
+    b_zp: Option<&Tensor>,
+    packed: &PackedB,
+) -> Result<(MatMulPlan, Vec<i32>, usize)> {
+    let plan = plan_matmul(node, a.shape(), b.shape())?;
+    let k = plan.k;
+    let a_rows = a.numel() / k.max(1);
+    let m_rows = if a.rank() == 1 { 1 } else { a.shape()[a.rank() - 2] };
+    let azp = zp_values(node, a_zp, m_rows, a_rows, "a_zero_point")?;
+    let a16 = sub_zp(node, a, &azp, |i| if azp.len() == m_rows { (i / k.max(1)) % m_rows } else { i / k.max(1) })?;
+    let own;
+    let bt: &[i16] = match packed {
+        Some(p) if p.len() == b.numel() => p,
+        _ => {
+            own = pack_b(node, b, b_zp)?;
+            &own
+        }
+    };
+    let total: usize = plan.out_shape.iter().product();
+    let mut acc = vec![0i32; total];
+    imatmul(&plan, &a16, bt, &mut acc);
+    Ok((plan, acc, m_rows))
+}
+
+fn build_matmul_integer(node: &Node, bctx: &BuildCtx) -> Result<Box<dyn CpuOp>> {
+    let node = node.clone();
+    let packed = prepack_b(&node, bctx, 1, 3);
+    Ok(Box::new(move |inputs: &[Option<&Tensor>], ctx: &mut RunCtx| {
+        let a = req(&node, inputs, 0)?;
+        let b = req(&node, inputs, 1)?;
+        let (plan, acc, _) = int_matmul(&node, a, opt(inputs, 2), b, opt(inputs, 3), &packed)?;
+        let mut out = ctx.alloc(DType::I32, &plan.out_shape)?;
+        out.as_mut_slice::<i32>()?.copy_from_slice(&acc);
+        Ok(vec![out])
+    }))
+}
+
+/// `a * b / c` rounded to the scales' own precision at each step, as the
+/// reference computes it (f16 scales in f16, f32 in f32).
+fn scale_ratio(dt: DType, a: f32, b: f32, c: f32) -> f64 {
+    match dt {
+        DType::F16 => {
+            let ab = f16::from_f32(a * b).to_f32();
+            f16::from_f32(ab / c).to_f64()
+        }
+        DType::BF16 => {
+            let ab = bf16::from_f32(a * b).to_f32();
+            bf16::from_f32(ab / c).to_f64()
+        }
+        DType::F64 => a as f64 * b as f64 / c as f64,
+        _ => (a * b / c) as f64,
+    }
+}
+
+/// Scale values checked against the allowed counts.
+fn scale_vals(node: &Node, t: &Tensor, allowed: &[usize], what: &str) -> Result<Vec<f32>> {
+    if !t.dtype().is_float() {
+        return Err(Error::node(node, format!("{what} must be float, got {}", t.dtype())));
+    }
+    if !allowed.contains(&t.numel()) {
+        return Err(Error::node(node, format!("{what} of shape {:?} is neither per-tensor nor per-line", t.shape())));
+    }
+    Ok(to_f32_vec(t))
+}
+
+fn build_qlinear_matmul(node: &Node, bctx: &BuildCtx) -> Result<Box<dyn CpuOp>> {
+    let node = node.clone();
+    let packed = prepack_b(&node, bctx, 3, 5);
+    Ok(Box::new(move |inputs: &[Option<&Tensor>], ctx: &mut RunCtx| {
+        let a = req(&node, inputs, 0)?;
+        let b = req(&node, inputs, 3)?;
+        let (a_s, b_s, y_s) = (req(&node, inputs, 1)?, req(&node, inputs, 4)?, req(&node, inputs, 6)?);
+        let y_zp = opt(inputs, 7);
+        let (plan, acc, m_rows) = int_matmul(&node, a, opt(inputs, 2), b, opt(inputs, 5), &packed)?;
+        let n = plan.n;
+        let asv = scale_vals(&node, a_s, &[1, m_rows], "a_scale")?;
+        let bsv = scale_vals(&node, b_s, &[1, n], "b_scale")?;
+        let ysv = scale_vals(&node, y_s, &[1, m_rows], "y_scale")?;
+        let out_dt = y_zp.map_or(a.dtype(), |z| z.dtype());
+        let (lo, hi) = qrange(&node, out_dt)?;
+        let yz = match y_zp {
+            Some(z) if z.numel() == 1 || z.numel() == ysv.len() => int_vals(&node, z)?,
+            Some(_) => return Err(Error::node(&node, "y_zero_point does not match y_scale")),
+            None => vec![0],
+        };
+        let sdt = a_s.dtype();
+        let pick = |v: &[f32], i: usize| if v.len() == 1 { v[0] } else { v[i] };
+        let pick_i = |v: &[i32], i: usize| if v.len() == 1 { v[0] } else { v[i] };
+        let row_len = if b.rank() == 1 { 1 } else { n };
+        let vals = acc.par_iter().enumerate().map(|(i, &c)| {
+            let col = if b.rank() == 1 { 0 } else { i % n };
+            let row = (i / row_len) % m_rows;
+            let mult = scale_ratio(sdt, pick(&asv, row), pick(&bsv, col), pick(&ysv, row));
+            (c as f64 * mult + pick_i(&yz, row) as f64).round_ties_even().clamp(lo, hi)
+        });
+        let mut out = ctx.alloc(out_dt, &plan.out_shape)?;
+        store_ints(&mut out, vals)?;
+        Ok(vec![out])
+    }))
+}
+
+/// X minus its (scalar) zero point and W minus its per-tensor or
+/// per-output-channel zero point, both as i16.
+fn conv_operands(
+    node: &Node,
+    x: &Tensor,
+    x_zp: Option<&Tensor>,
+    w: &Tensor,
+    w_zp: Option<&Tensor>,
+) -> Result<(Vec<i16>, Vec<i16>)> {
+    let xz = zp_values(node, x_zp, 1, 1, "x_zero_point")?;
+    let x16 = sub_zp(node, x, &xz, |_| 0)?;
+    let w16 = conv_weights(node, w, w_zp)?;
+    Ok((x16, w16))
+}
+
+fn conv_weights(node: &Node, w: &Tensor, w_zp: Option<&Tensor>) -> Result<Vec<i16>> {
+    let m = w.shape().first().copied().unwrap_or(0);
+    let per = w.numel() / m.max(1);
+    let wz = zp_values(node, w_zp, m, m, "w_zero_point")?;
+    sub_zp(node, w, &wz, |i| i / per.max(1))
+}
+
+struct IntConv {
+    sp: Spatial,
+    group: usize,
+    /// Weights minus zero points, prepared when both are constant.
+    w_pre: Option<Arc<Vec<i16>>>,
+}
+
+impl IntConv {
+    fn new(node: &Node, bctx: &BuildCtx, w_idx: usize, wzp_idx: usize) -> Result<IntConv> {
+        let g = node.attr_int_or("group", 1)?;
+        if !(1..=(1 << 32)).contains(&g) {
+            return Err(Error::node(node, format!("group must be positive, got {g}")));
+        }
+        let w_pre = (|| {
+            let w = bctx.const_input(node, w_idx)?;
+            let zp = match node.input(wzp_idx) {
+                None => None,
+                Some(_) => Some(bctx.const_input(node, wzp_idx)?),
+            };
+            conv_weights(node, &w, zp.as_ref()).ok().map(Arc::new)
+        })();
+        Ok(IntConv { sp: Spatial::parse(node)?, group: g as usize, w_pre })
+    }
+
+    /// i32 accumulations `[N, M, out...]`, the geometry and output shape.
+    fn run(
+        &self,
+        node: &Node,
+        x: &Tensor,
+        x_zp: Option<&Tensor>,
+        w: &Tensor,
+        w_zp: Option<&Tensor>,
+    ) -> Result<(Vec<i32>, ConvGeom, Vec<usize>)> {
+        let (g, shape) = conv_geom(node, &self.sp, self.group, x.shape(), w.shape())?;
+        let (x16, w_own) = match &self.w_pre {
+            Some(p) if p.len() == w.numel() => {
+                let xz = zp_values(node, x_zp, 1, 1, "x_zero_point")?;
+                (sub_zp(node, x, &xz, |_| 0)?, None)
+            }
+            _ => {
+                let (x16, w16) = conv_operands(node, x, x_zp, w, w_zp)?;
+                (x16, Some(w16))
+            }
+        };
+        let w16: &[i16] = match (&w_own, &self.w_pre) {
+            (Some(o), _) => o,
+            (None, Some(p)) => p,
+            (None, None) => unreachable!("weights are either prepared or converted above"),
+        };
+        let mut acc = vec![0i32; shape.iter().product()];
+        conv_i16(&g, &x16, w16, &mut acc);
+        Ok((acc, g, shape))
+    }
+}
+
+fn build_conv_integer(node: &Node, bctx: &BuildCtx) -> Result<Box<dyn CpuOp>> {
+    let node = node.clone();
+    let conv = IntConv::new(&node, bctx, 1, 3)?;
+    Ok(Box::new(move |inputs: &[Option<&Tensor>], ctx: &mut RunCtx| {
+        let x = req(&node, inputs, 0)?;
+        let w = req(&node, inputs, 1)?;
+        let (acc, _, shape) = conv.run(&node, x, opt(inputs, 2), w, opt(inputs, 3))?;
+        let mut out = ctx.alloc(DType::I32, &shape)?;
+        out.as_mut_slice::<i32>()?.copy_from_slice(&acc);
+        Ok(vec![out])
+    }))
+}
+
+fn build_qlinear_conv(node: &Node, bctx: &BuildCtx) -> Result<Box<dyn CpuOp>> {
+    let node = node.clone();
+    let conv = IntConv::new(&node, bctx, 3, 5)?;
+    Ok(Box::new(move |inputs: &[Option<&Tensor>], ctx: &mut RunCtx| {
+        let x = req(&node, inputs, 0)?;
+        let w = req(&node, inputs, 3)?;
+        let (x_s, w_s, y_s) = (req(&node, inputs, 1)?, req(&node, inputs, 4)?, req(&node, inputs, 6)?);
+        let (mut acc, g, shape) = conv.run(&node, x, opt(inputs, 2), w, opt(inputs, 5))?;
+        let m = g.out_channels;
+        let plane = g.out_size();
+        if let Some(b) = opt(inputs, 8) {
+            if b.numel() != m || b.dtype() != DType::I32 {
+                return Err(Error::node(&node, format!("bias must be i32 with {m} values")));
+            }
+            let bv = b.as_slice::<i32>()?;
+            if plane > 0 {
+                acc.par_chunks_mut(plane).enumerate().for_each(|(i, p)| {
+                    let v = bv[i % m];
+                    p.iter_mut().for_each(|a| *a = a.wrapping_add(v));
+                });
+            }
+        }
+        let xsv = scale_vals(&node, x_s, &[1], "x_scale")?;
+        let wsv = scale_vals(&node, w_s, &[1, m], "w_scale")?;
+        let ysv = scale_vals(&node, y_s, &[1], "y_scale")?;
+        let y_zp = opt(inputs, 7);
+        let out_dt = y_zp.map_or(x.dtype(), |z| z.dtype());
+        let (lo, hi) = qrange(&node, out_dt)?;
+        let yz = match y_zp {
+            Some(z) if z.numel() == 1 => int_vals(&node, z)?[0],
+            Some(_) => return Err(Error::node(&node, "y_zero_point must be a scalar")),
+            None => 0,
+        };
+        let sdt = x_s.dtype();
+        let mults: Vec<f64> =
+            (0..m).map(|c| scale_ratio(sdt, xsv[0], if wsv.len() == 1 { wsv[0] } else { wsv[c] }, ysv[0])).collect();
+        let vals = acc.par_iter().enumerate().map(|(i, &c)| {
+            let ch = (i / plane.max(1)) % m.max(1);
+            (c as f64 * mults[ch] + yz as f64).clamp(lo, hi).round_ties_even()
+        });
+        let mut out = ctx.alloc(out_dt, &shape)?;
+        store_ints(&mut out, vals)?;
+        Ok(vec![out])
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cpu::ops::nn::testutil::{run_node, run_node_const, t_f32};
+    use proptest::prelude::*;
+    use tessera_core::Attr;
+
+    #[test]
+    fn quantize_dequantize_round_trip() {
+        let x = t_f32(&[6], &[0., 2., 3., 1000., -254., -1000.]);
+        let s = t_f32(&[], &[2.0]);
+        let z = Tensor::scalar(128u8);
+        let n = Node::new("QuantizeLinear", "q", &["x", "s", "z"], &["y"]);
+        let y = run_node(&n, 13, &[Some(x), Some(s.clone()), Some(z.clone())]).unwrap();
+        // 1.0 -> 1, 1.5 -> 2 (ties to even), saturation at both ends
+        assert_eq!(y[0].as_slice::<u8>().unwrap(), &[128, 129, 130, 255, 1, 0]);
+        let d = Node::new("DequantizeLinear", "d", &["y", "s", "z"], &["x"]);
+        let x = run_node(&d, 13, &[Some(y[0].clone()), Some(s), Some(z)]).unwrap();
+        assert_eq!(x[0].as_slice::<f32>().unwrap(), &[0., 2., 4., 254., -254., -256.]);
+    }
+
+    #[test]
+    fn quantize_per_axis_and_blocked() {
+        let x = t_f32(&[2, 4], &[1., 2., 3., 4., 5., 6., 7., 8.]);
+        let s = t_f32(&[2], &[1., 2.]);
+        let n = Node::new("QuantizeLinear", "q", &["x", "s"], &["y"]).with_attr("axis", Attr::Int(0));
+        let y = run_node(&n, 13, &[Some(x.clone()), Some(s)]).unwrap();
+        assert_eq!(y[0].as_slice::<u8>().unwrap(), &[1, 2, 3, 4, 2, 3, 4, 4]);
+        // blocks of 3 along axis 1: scales [[1, 10], [2, 20]] (last block ragged)
+        let s = t_f32(&[2, 2], &[1., 10., 2., 20.]);
+        let z = Tensor::from_vec(&[2, 2], vec![0i8, 1, 0, -1]).unwrap();
+        let n = Node::new("QuantizeLinear", "q", &["x", "s", "z"], &["y"])
+            .with_attr("axis", Attr::Int(1))
+            .with_attr("block_size", Attr::Int(3));
+        let y = run_node(&n, 21, &[Some(x), Some(s), Some(z)]).unwrap();
+        assert_eq!(y[0].as_slice::<i8>().unwrap(), &[1, 2, 3, 1, 2, 3, 4, -1]);
+    }
+
+    #[test]
+    fn dynamic_quantize_by_hand() {
+        // ONNX test_dynamicquantizelinear: x = [0, 2, -3, -2.5, 1.34, 0.5]
+        let x = t_f32(&[6], &[0., 2., -3., -2.5, 1.34, 0.5]);
+        let n = Node::new("DynamicQuantizeLinear", "d", &["x"], &["y", "s", "z"]);
+        let y = run_node(&n, 11, &[Some(x)]).unwrap();
+        assert_eq!(y[0].as_slice::<u8>().unwrap(), &[153, 255, 0, 26, 221, 179]);
+        assert!((y[1].as_slice::<f32>().unwrap()[0] - 0.019_607_844).abs() < 1e-8);
+        assert_eq!(y[2].as_slice::<u8>().unwrap(), &[153]);
+    }
+
+    #[test]
+    fn matmul_integer_by_hand() {
+        // ONNX test_matmulinteger
+        let a = Tensor::from_vec(&[4, 3], vec![11u8, 7, 3, 10, 6, 2, 9, 5, 1, 8, 4, 0]).unwrap();
+        let b = Tensor::from_vec(&[3, 2], vec![1u8, 4, 2, 5, 3, 6]).unwrap();
+        let az = Tensor::scalar(12u8);
+        let bz = Tensor::scalar(0u8);
+        let n = Node::new("MatMulInteger", "m", &["a", "b", "az", "bz"], &["y"]);
+        let want = [-38, -83, -44, -98, -50, -113, -56, -128];
+        for consts in [vec![], vec![false, true, false, true]] {
+            let y = run_node_const(
+                &n,
+                10,
+                &[Some(a.clone()), Some(b.clone()), Some(az.clone()), Some(bz.clone())],
+                &consts,
+            )
+            .unwrap();
+            assert_eq!(y[0].as_slice::<i32>().unwrap(), &want);
+        }
+    }
+
+    #[test]
+    fn qlinear_matmul_by_hand() {
+        // ONNX test_qlinearmatmul_2D_uint8_float32
+        let a = Tensor::from_vec(&[2, 4], vec![208u8, 236, 0, 238, 3, 214, 255, 29]).unwrap();
+        let b = Tensor::from_vec(&[4, 3], vec![152u8, 51, 244, 60, 26, 255, 0, 127, 246, 127, 254, 247]).unwrap();
+        let n = Node::new("QLinearMatMul", "q", &["a", "as", "az", "b", "bs", "bz", "ys", "yz"], &["y"]);
+        let y = run_node(
+            &n,
+            10,
+            &[
+                Some(a),
+                Some(t_f32(&[1], &[0.0066])),
+                Some(Tensor::from_vec(&[1], vec![113u8]).unwrap()),
+                Some(b),
+                Some(t_f32(&[1], &[0.00705])),
+                Some(Tensor::from_vec(&[1], vec![114u8]).unwrap()),
+                Some(t_f32(&[1], &[0.0107])),
+                Some(Tensor::from_vec(&[1], vec![118u8]).unwrap()),
+            ],
+        )
+        .unwrap();
+        assert_eq!(y[0].as_slice::<u8>().unwrap(), &[168, 115, 255, 1, 66, 151]);
+    }
+
+    #[test]
+    fn conv_integer_by_hand() {
+        // ONNX test_convinteger_without_padding: x = 2..11 (3x3), w = ones (2x2), x_zp = 1
+        let x = Tensor::from_vec(&[1, 1, 3, 3], (2u8..11).collect::<Vec<_>>()).unwrap();
+        let w = Tensor::from_vec(&[1, 1, 2, 2], vec![1u8; 4]).unwrap();
+        let n = Node::new("ConvInteger", "c", &["x", "w", "xz"], &["y"]);
+        let y = run_node(&n, 10, &[Some(x.clone()), Some(w.clone()), Some(Tensor::scalar(1u8))]).unwrap();
+        assert_eq!(y[0].as_slice::<i32>().unwrap(), &[12, 16, 24, 28]);
+        let n = n.with_attr("pads", Attr::Ints(vec![1, 1, 1, 1]));
+        let y = run_node_const(&n, 10, &[Some(x), Some(w), Some(Tensor::scalar(1u8))], &[false, true]).unwrap();
+        assert_eq!(y[0].as_slice::<i32>().unwrap(), &[1, 3, 5, 3, 5, 12, 16, 9, 11, 24, 28, 15, 7, 15, 17, 9]);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+        #[test]
+        fn matmul_integer_matches_naive(
+            batch in 1usize..3, m in 1usize..9, k in 0usize..20, n in 1usize..9,
+            signed_a in any::<bool>(), signed_b in any::<bool>(), per_line in any::<bool>(), seed in any::<u64>(),
+        ) {
+            let mut s = seed | 1;
+            let mut next = || { s ^= s << 13; s ^= s >> 7; s ^= s << 17; (s % 256) as i32 };
+            let mk = |signed: bool, vals: &[i32], shape: &[usize]| -> Tensor {
+                if signed {
+                    Tensor::from_vec(shape, vals.iter().map(|&v| (v - 128) as i8).collect()).unwrap()
+                } else {
+                    Tensor::from_vec(shape, vals.iter().map(|&v| v as u8).collect()).unwrap()
+                }
+            };
+            let av: Vec<i32> = (0..batch * m * k).map(|_| next()).collect();
+            let bv: Vec<i32> = (0..k * n).map(|_| next()).collect();
+            let azv: Vec<i32> = (0..if per_line { m } else { 1 }).map(|_| next()).collect();
+            let bzv: Vec<i32> = (0..if per_line { n } else { 1 }).map(|_| next()).collect();
+            let a = mk(signed_a, &av, &[batch, m, k]);
+            let b = mk(signed_b, &bv, &[k, n]);
+            let zs = |v: &Vec<i32>| if per_line { vec![v.len()] } else { vec![] };
+            let az = mk(signed_a, &azv, &zs(&azv));
+            let bz = mk(signed_b, &bzv, &zs(&bzv));
+            let off = |signed: bool, v: i32| if signed { v - 128 } else { v };
+            let node = Node::new("MatMulInteger", "m", &["a", "b", "az", "bz"], &["y"]);
+            let y = run_node(&node, 10, &[Some(a), Some(b), Some(az), Some(bz)]).unwrap();
+            prop_assert_eq!(y[0].shape(), &[batch, m, n]);
+            let got = y[0].as_slice::<i32>().unwrap();
+            for x in 0..batch {
+                for i in 0..m {
+                    for j in 0..n {
+                        let mut acc = 0i32;
+                        for p in 0..k {
+                            let a = off(signed_a, av[(x * m + i) * k + p]) - off(signed_a, azv[if per_line { i } else { 0 }]);
+                            let b = off(signed_b, bv[p * n + j]) - off(signed_b, bzv[if per_line { j } else { 0 }]);
+                            acc += a * b;
+                        }
+                        prop_assert_eq!(got[(x * m + i) * n + j], acc);
+                    }
+                }
+            }
+        }
+    }
+}
