@@ -775,6 +775,16 @@ pub fn reason_key(detail: &str) -> String {
     one_line(&out, 140)
 }
 
+/// Counts per case kind (the id's first part: `node`, `light`, ...) and class.
+pub fn totals_by_kind(results: &[CaseResult]) -> BTreeMap<String, Vec<(Class, usize)>> {
+    let mut kinds: BTreeMap<String, Vec<CaseResult>> = BTreeMap::new();
+    for r in results {
+        let kind = r.id.split('/').next().unwrap_or("").to_string();
+        kinds.entry(kind).or_default().push(r.clone());
+    }
+    kinds.into_iter().map(|(k, rs)| (k, totals(&rs))).collect()
+}
+
 pub fn markdown(results: &[CaseResult], roots: &[PathBuf]) -> String {
     let mut md = String::from("# Tessera conformance report\n\n");
     let _ =
@@ -784,6 +794,22 @@ pub fn markdown(results: &[CaseResult], roots: &[PathBuf]) -> String {
         let _ = writeln!(md, "| {} | {n} |", c.name());
     }
     let _ = writeln!(md, "| total | {} |\n", results.len());
+
+    md.push_str("| kind |");
+    for c in Class::ALL {
+        let _ = write!(md, " {} |", c.name());
+    }
+    md.push_str(" total |\n| --- |");
+    md.push_str(&" ---: |".repeat(Class::ALL.len() + 1));
+    md.push('\n');
+    for (kind, t) in totals_by_kind(results) {
+        let _ = write!(md, "| {kind} |");
+        for (_, n) in &t {
+            let _ = write!(md, " {n} |");
+        }
+        let _ = writeln!(md, " {} |", t.iter().map(|(_, n)| n).sum::<usize>());
+    }
+    md.push('\n');
 
     md.push_str("## Most common reasons (non-passing cases)\n\n| class | cases | reason |\n| --- | ---: | --- |\n");
     let mut groups: BTreeMap<(Class, String), usize> = BTreeMap::new();
@@ -966,6 +992,10 @@ pub fn run_with(args: &ConformanceArgs, engine: Arc<dyn Engine>) -> Result<i32, 
 
     let summary: Vec<String> = totals(&results).iter().map(|(c, k)| format!("{} {k}", c.name())).collect();
     println!("conformance: {} cases: {} ({:.0} s)", results.len(), summary.join(", "), t0.elapsed().as_secs_f64());
+    for (kind, t) in totals_by_kind(&results) {
+        let line: Vec<String> = t.iter().filter(|(_, k)| *k > 0).map(|(c, k)| format!("{} {k}", c.name())).collect();
+        println!("  {kind}: {}", line.join(", "));
+    }
     for r in results.iter().filter(|r| r.outcome.class == Class::Crash) {
         println!("  CRASH (a bug) {}: {}", r.id, one_line(&r.outcome.detail, 300));
     }
@@ -1277,6 +1307,8 @@ mod tests {
         assert_eq!((t[&Class::Pass], t[&Class::WrongResult], t[&Class::Error]), (2, 2, 2));
         let md = markdown(&results, std::slice::from_ref(&root));
         assert!(md.contains("| node/test_wrong | wrong-result |"));
+        assert!(md.contains("| light | 1 | 0 | 0 | 0 | 0 | 0 | 1 |"), "{md}");
+        assert!(md.contains("| node | 1 | 2 | 1 | 2 | 1 | 1 | 8 |"), "{md}");
         let tsv = tsv(&results);
         assert_eq!(tsv.lines().count(), 10);
         assert!(tsv.lines().all(|l| l.split('\t').count() == 4));
