@@ -1,6 +1,13 @@
 mod conformance;
 
-use clap::{Parser, Subcommand};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use clap::{Args, Parser, Subcommand};
+use tessera::demo::Rng;
+use tessera::{Session, SessionOptions};
+use tessera_core::{DType, Dim, Tensor, ValueInfo};
 
 #[derive(Parser)]
 #[command(name = "tessera", version, about = "Run ONNX models on every matrix engine the machine has")]
@@ -9,22 +16,375 @@ struct Cli {
     cmd: Cmd,
 }
 
+#[derive(Args, Clone, Debug)]
+struct ModelArgs {
+    /// The .onnx file.
+    model: PathBuf,
+    /// Value of a symbolic dimension, e.g. --dim batch=1 --dim seq=128.
+    #[arg(long = "dim", value_parser = parse_kv::<usize>)]
+    dims: Vec<(String, usize)>,
+    /// Execution providers: auto or cpu.
+    #[arg(long, default_value = "auto")]
+    provider: String,
+    /// Worker threads (0 = one per core).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    /// Skip graph optimizations (for A/B checks).
+    #[arg(long)]
+    no_optimize: bool,
+    /// Seed for generated inputs.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
+    /// Run a model once; write one NAME.npy per output.
+    Run {
+        #[command(flatten)]
+        m: ModelArgs,
+        /// An input from a .npy file: NAME=FILE.npy (others are generated).
+        #[arg(long = "input", value_parser = parse_kv::<PathBuf>)]
+        inputs: Vec<(String, PathBuf)>,
+        #[arg(long, default_value = ".")]
+        output_dir: PathBuf,
+    },
+    /// Measure latency percentiles, throughput and planned memory.
+    Bench {
+        #[command(flatten)]
+        m: ModelArgs,
+        #[arg(long, default_value_t = 5)]
+        warmup: usize,
+        #[arg(long, default_value_t = 50)]
+        iterations: usize,
+        /// Print one JSON object instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Inputs, outputs, op histogram, optimizations and node placement.
+    Info {
+        #[command(flatten)]
+        m: ModelArgs,
+        /// List every node with its provider and the reason.
+        #[arg(long)]
+        nodes: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Build a small transformer layer in code, check it and benchmark it.
+    Demo {
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
+    },
     /// Run ONNX backend test cases and model cases, write a per-case table.
     Conformance(conformance::ConformanceArgs),
 }
 
+fn parse_kv<T: std::str::FromStr>(s: &str) -> Result<(String, T), String> {
+    let (k, v) = s.split_once('=').ok_or_else(|| format!("expected NAME=VALUE, got '{s}'"))?;
+    let v = v.parse::<T>().map_err(|_| format!("bad value in '{s}'"))?;
+    Ok((k.to_string(), v))
+}
+
 fn main() {
+    // A panic is a bug; report it on one line rather than with a backtrace.
+    std::panic::set_hook(Box::new(|info| {
+        let msg = info.payload().downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| info.payload().downcast_ref::<String>().cloned()).unwrap_or_default();
+        let loc = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
+        eprintln!("error: internal error (please report): {msg}{loc}");
+    }));
     let cli = Cli::parse();
-    let code = match cli.cmd {
-        Cmd::Conformance(a) => match conformance::run(&a) {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!("error: {e}");
-                1
-            }
-        },
+    let result = match cli.cmd {
+        Cmd::Run { m, inputs, output_dir } => cmd_run(&m, &inputs, &output_dir),
+        Cmd::Bench { m, warmup, iterations, json } => cmd_bench(&m, warmup, iterations, json),
+        Cmd::Info { m, nodes, json } => cmd_info(&m, nodes, json),
+        Cmd::Demo { threads } => cmd_demo(threads),
+        Cmd::Conformance(a) => conformance::run(&a).map(|code| std::process::exit(code)),
     };
-    std::process::exit(code);
+    if let Err(e) = result {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn options(m: &ModelArgs) -> SessionOptions {
+    SessionOptions {
+        threads: m.threads,
+        dims: m.dims.iter().cloned().collect(),
+        optimize: !m.no_optimize,
+        providers: vec![m.provider.clone()],
+    }
+}
+
+fn open(m: &ModelArgs) -> Result<Session, String> {
+    Session::from_file(&m.model, options(m)).map_err(|e| format!("{}: {e}", m.model.display()))
+}
+
+/// Seeded random data of the declared shape. Integer inputs are small
+/// non-negative numbers (valid token ids for any vocabulary of 64 or more);
+/// inputs named like masks are ones and token types zeros.
+fn generate_input(vi: &ValueInfo, dims: &HashMap<String, usize>, rng: &mut Rng) -> Result<Tensor, String> {
+    let shape: Vec<usize> = vi
+        .shape
+        .as_ref()
+        .ok_or_else(|| format!("input '{}' has no declared shape; pass it with --input", vi.name))?
+        .iter()
+        .map(|d| match d {
+            Dim::Known(k) => Ok(*k),
+            Dim::Sym(s) => dims.get(s).copied().ok_or_else(|| format!("input '{}' needs --dim {s}=VALUE", vi.name)),
+            Dim::Unknown => Err(format!("input '{}' has an unnamed dynamic dimension; pass it with --input", vi.name)),
+        })
+        .collect::<Result<_, _>>()?;
+    let n = tessera_core::tensor::checked_numel(&shape).map_err(|e| e.to_string())?;
+    let dtype = vi.dtype.unwrap_or(DType::F32);
+    let lname = vi.name.to_lowercase();
+    let vals: Vec<f64> = if dtype.is_float() {
+        (0..n).map(|_| rng.uniform() as f64).collect()
+    } else if lname.contains("mask") {
+        vec![1.0; n]
+    } else if lname.contains("type") || dtype == DType::Bool {
+        (0..n).map(|_| if dtype == DType::Bool { (rng.next_u64() & 1) as f64 } else { 0.0 }).collect()
+    } else {
+        (0..n).map(|_| (rng.next_u64() % 64) as f64).collect()
+    };
+    Tensor::from_f64(dtype, &shape, &vals).map_err(|e| e.to_string())
+}
+
+fn make_inputs(s: &Session, m: &ModelArgs, given: &[(String, PathBuf)]) -> Result<Vec<(String, Tensor)>, String> {
+    let dims: HashMap<String, usize> = m.dims.iter().cloned().collect();
+    let mut rng = Rng::new(m.seed);
+    let mut out = Vec::new();
+    for (name, path) in given {
+        let t = tessera::npy::read_npy(path).map_err(|e| e.to_string())?;
+        out.push((name.clone(), t));
+    }
+    for vi in s.inputs() {
+        if !given.iter().any(|(n, _)| n == &vi.name) {
+            out.push((vi.name.clone(), generate_input(vi, &dims, &mut rng)?));
+        }
+    }
+    Ok(out)
+}
+
+fn sanitize(name: &str) -> String {
+    name.chars().map(|c| if c.is_ascii_alphanumeric() || "_.-".contains(c) { c } else { '_' }).collect()
+}
+
+fn cmd_run(m: &ModelArgs, given: &[(String, PathBuf)], out_dir: &Path) -> Result<(), String> {
+    let s = open(m)?;
+    let inputs = make_inputs(&s, m, given)?;
+    let outs = s.run(inputs).map_err(|e| format!("{}: {e}", m.model.display()))?;
+    std::fs::create_dir_all(out_dir).map_err(|e| format!("{}: {e}", out_dir.display()))?;
+    for (name, t) in outs {
+        let p = out_dir.join(format!("{}.npy", sanitize(&name)));
+        tessera::npy::write_npy(&p, &t).map_err(|e| format!("{}: {e}", p.display()))?;
+        println!("{name}: {} {:?} -> {}", t.dtype(), t.shape(), p.display());
+    }
+    Ok(())
+}
+
+struct BenchResult {
+    latencies_ms: Vec<f64>,
+    total_s: f64,
+}
+
+impl BenchResult {
+    fn pct(&self, p: f64) -> f64 {
+        let mut v = self.latencies_ms.clone();
+        v.sort_by(|a, b| a.total_cmp(b));
+        if v.is_empty() {
+            return 0.0;
+        }
+        let i = ((p / 100.0) * (v.len() - 1) as f64).round() as usize;
+        v[i.min(v.len() - 1)]
+    }
+}
+
+fn time_runs(s: &Session, inputs: &[(String, Tensor)], warmup: usize, iterations: usize, bar: bool) -> Result<BenchResult, String> {
+    let pb = if bar { indicatif::ProgressBar::new((warmup + iterations) as u64) } else { indicatif::ProgressBar::hidden() };
+    pb.set_style(indicatif::ProgressStyle::with_template("{msg:8} [{bar:40}] {pos}/{len} {elapsed}").expect("valid template"));
+    pb.set_message("warmup");
+    for _ in 0..warmup {
+        s.run(inputs.to_vec()).map_err(|e| e.to_string())?;
+        pb.inc(1);
+    }
+    pb.set_message("measure");
+    let mut lat = Vec::with_capacity(iterations);
+    let t0 = Instant::now();
+    for _ in 0..iterations {
+        let t = Instant::now();
+        s.run(inputs.to_vec()).map_err(|e| e.to_string())?;
+        lat.push(t.elapsed().as_secs_f64() * 1e3);
+        pb.inc(1);
+    }
+    let total_s = t0.elapsed().as_secs_f64();
+    pb.finish_and_clear();
+    Ok(BenchResult { latencies_ms: lat, total_s })
+}
+
+fn bound_dims(s: &Session, inputs: &[(String, Tensor)]) -> HashMap<String, usize> {
+    let mut dims = HashMap::new();
+    for vi in s.inputs() {
+        if let (Some(shape), Some((_, t))) = (&vi.shape, inputs.iter().find(|(n, _)| n == &vi.name)) {
+            for (d, &v) in shape.iter().zip(t.shape()) {
+                if let Dim::Sym(name) = d {
+                    dims.insert(name.clone(), v);
+                }
+            }
+        }
+    }
+    dims
+}
+
+fn cmd_bench(m: &ModelArgs, warmup: usize, iterations: usize, json: bool) -> Result<(), String> {
+    let s = open(m)?;
+    let inputs = make_inputs(&s, m, &[])?;
+    let plan = s.memory_plan(&bound_dims(&s, &inputs)).map_err(|e| e.to_string())?;
+    let r = time_runs(&s, &inputs, warmup, iterations.max(1), !json)?;
+    let throughput = r.latencies_ms.len() as f64 / r.total_s;
+    if json {
+        let o = serde_json::json!({
+            "model": m.model.display().to_string(),
+            "threads": s.threads(),
+            "iterations": r.latencies_ms.len(),
+            "p50_ms": r.pct(50.0),
+            "p90_ms": r.pct(90.0),
+            "p99_ms": r.pct(99.0),
+            "mean_ms": r.latencies_ms.iter().sum::<f64>() / r.latencies_ms.len() as f64,
+            "throughput_per_s": throughput,
+            "peak_memory_bytes": plan.peak_bytes,
+            "unplanned_memory_bytes": plan.unplanned_bytes,
+            "weight_bytes": plan.weight_bytes,
+            "dynamic_values": plan.dynamic_values.len(),
+        });
+        println!("{o}");
+    } else {
+        println!("model        {}", m.model.display());
+        println!("threads      {}", s.threads());
+        println!("iterations   {} (after {} warmup)", r.latencies_ms.len(), warmup);
+        println!("latency      p50 {:.3} ms   p90 {:.3} ms   p99 {:.3} ms", r.pct(50.0), r.pct(90.0), r.pct(99.0));
+        println!("throughput   {throughput:.2} inferences/s");
+        println!(
+            "memory       planned activation peak {} (vs {} without reuse), weights {}{}",
+            human(plan.peak_bytes),
+            human(plan.unplanned_bytes),
+            human(plan.weight_bytes),
+            if plan.dynamic_values.is_empty() { String::new() } else { format!(", {} data-dependent values outside the plan", plan.dynamic_values.len()) }
+        );
+    }
+    Ok(())
+}
+
+fn human(b: usize) -> String {
+    match b {
+        b if b >= 1 << 30 => format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64),
+        b if b >= 1 << 20 => format!("{:.2} MiB", b as f64 / (1u64 << 20) as f64),
+        b if b >= 1 << 10 => format!("{:.1} KiB", b as f64 / 1024.0),
+        b => format!("{b} B"),
+    }
+}
+
+fn cmd_info(m: &ModelArgs, nodes: bool, json: bool) -> Result<(), String> {
+    let model = tessera_onnx::load_model(&m.model).map_err(|e| format!("{}: {e}", m.model.display()))?;
+    let hist_before = model.graph.op_histogram();
+    let s = open(m)?;
+    let assignments = s.assignments();
+    let dims: HashMap<String, usize> = m.dims.iter().cloned().collect();
+    let plan = s.memory_plan(&dims).ok();
+    if json {
+        let o = serde_json::json!({
+            "inputs": s.inputs().iter().map(|v| serde_json::json!({"name": v.name, "dtype": v.dtype.map(|d| d.name()), "shape": v.shape_string()})).collect::<Vec<_>>(),
+            "outputs": s.outputs().iter().map(|v| serde_json::json!({"name": v.name, "dtype": v.dtype.map(|d| d.name()), "shape": v.shape_string()})).collect::<Vec<_>>(),
+            "ops_in_file": hist_before,
+            "ops_after_optimization": s.graph().op_histogram(),
+            "optimizations": s.pass_report().to_string(),
+            "nodes": assignments,
+            "partitions": s.partition_count(),
+            "planned_peak_bytes": plan.as_ref().map(|p| p.peak_bytes),
+        });
+        println!("{o}");
+        return Ok(());
+    }
+    println!("model: {} (ir {}, producer '{}', opsets {:?})", m.model.display(), model.ir_version, model.producer, model.graph.opsets);
+    println!("inputs:");
+    for v in s.inputs() {
+        println!("  {:30} {:5} {}", v.name, v.dtype.map(|d| d.name()).unwrap_or("?"), v.shape_string());
+    }
+    println!("outputs:");
+    for v in s.outputs() {
+        let inferred = s.graph().value_info.get(&v.name).filter(|i| i.shape.is_some()).unwrap_or(v);
+        println!("  {:30} {:5} {}", v.name, v.dtype.map(|d| d.name()).unwrap_or("?"), inferred.shape_string());
+    }
+    println!("ops in file ({} nodes): {}", model.graph.nodes.len(), fmt_hist(&hist_before));
+    println!("optimizer: {}", s.pass_report());
+    println!("ops to run ({} nodes): {}", s.graph().nodes.len(), fmt_hist(&s.graph().op_histogram()));
+    let mut by: std::collections::BTreeMap<(String, String), usize> = Default::default();
+    for a in &assignments {
+        *by.entry((a.provider.clone(), a.reason.clone())).or_default() += 1;
+    }
+    println!("placement ({} partition{}):", s.partition_count(), if s.partition_count() == 1 { "" } else { "s" });
+    for ((p, r), c) in by {
+        println!("  {p:6} {c:5} nodes  ({r})");
+    }
+    if let Some(p) = plan {
+        println!(
+            "memory plan: activation peak {} (vs {} without reuse), weights {}{}",
+            human(p.peak_bytes),
+            human(p.unplanned_bytes),
+            human(p.weight_bytes),
+            if p.dynamic_values.is_empty() { String::new() } else { format!("; {} values of unknown size (give --dim for symbolic dims)", p.dynamic_values.len()) }
+        );
+    }
+    if nodes {
+        for a in &assignments {
+            println!("  {:40} {:20} -> {:6} {}", a.node, a.op_type, a.provider, a.reason);
+        }
+    }
+    Ok(())
+}
+
+fn fmt_hist(h: &[(String, usize)]) -> String {
+    h.iter().map(|(k, v)| format!("{k}×{v}")).collect::<Vec<_>>().join(" ")
+}
+
+fn cmd_demo(threads: usize) -> Result<(), String> {
+    let cpu = tessera_hw::detect_cpu();
+    println!("Tessera demo: a transformer encoder layer (hidden {}, {} heads, FFN {}) built in code", tessera::demo::HIDDEN, tessera::demo::HEADS, tessera::demo::FFN);
+    println!("machine   {} ({}), {} logical cores", cpu.model, cpu.arch, cpu.logical_cores);
+    println!("features  {}", if cpu.features.is_empty() { "none of interest".to_string() } else { cpu.features.join(" ") });
+    let graph = tessera::demo::encoder_layer(7).map_err(|e| e.to_string())?;
+    let (batch, seq) = (2usize, 64usize);
+    let dims: HashMap<String, usize> = [("batch".to_string(), batch), ("seq".to_string(), seq)].into_iter().collect();
+    let opts = SessionOptions { threads, dims: dims.clone(), ..Default::default() };
+    let fast = Session::from_graph(graph.clone(), opts.clone()).map_err(|e| e.to_string())?;
+    let reference = Session::from_graph(graph, SessionOptions { optimize: false, ..opts }).map_err(|e| e.to_string())?;
+    println!("optimizer {}", fast.pass_report());
+    println!("nodes     {} in the file's form, {} after optimization, provider: {}", reference.graph().nodes.len(), fast.graph().nodes.len(), fast.assignments().first().map(|a| a.provider.as_str()).unwrap_or("-"));
+    let mut rng = Rng::new(1);
+    let x = Tensor::from_vec(&[batch, seq, tessera::demo::HIDDEN], rng.vec(batch * seq * tessera::demo::HIDDEN, 1.0)).map_err(|e| e.to_string())?;
+    let inputs = vec![("x".to_string(), x)];
+    let a = fast.run(inputs.clone()).map_err(|e| e.to_string())?;
+    let b = reference.run(inputs.clone()).map_err(|e| e.to_string())?;
+    let (ya, yb) = (a[0].1.to_f64_vec(), b[0].1.to_f64_vec());
+    let max_err = ya.iter().zip(&yb).map(|(p, q)| (p - q).abs()).fold(0.0, f64::max);
+    let scale = yb.iter().map(|v| v.abs()).fold(0.0, f64::max);
+    let ok = max_err <= 1e-4 * scale.max(1.0) && ya.iter().all(|v| v.is_finite());
+    println!("check     optimized vs unfused reference kernels: max abs error {max_err:.2e} (output scale {scale:.2}) -> {}", if ok { "PASS" } else { "FAIL" });
+    let plan = fast.memory_plan(&dims).map_err(|e| e.to_string())?;
+    let r = time_runs(&fast, &inputs, 3, 30, false)?;
+    let rr = time_runs(&reference, &inputs, 3, 30, false)?;
+    let gflop = 2.0 * (batch * seq) as f64 * (4.0 * 128.0 * 128.0 + 2.0 * 128.0 * 512.0) / 1e9 + 2.0 * 2.0 * (batch * seq * seq * 128) as f64 / 1e9;
+    println!(
+        "bench     batch {batch}, seq {seq}, {} threads: p50 {:.3} ms (p90 {:.3}), {:.1} GFLOP/s; unoptimized graph p50 {:.3} ms",
+        fast.threads(),
+        r.pct(50.0),
+        r.pct(90.0),
+        gflop / (r.pct(50.0) / 1e3),
+        rr.pct(50.0)
+    );
+    println!("memory    planned activation peak {} (vs {} without reuse), weights {}", human(plan.peak_bytes), human(plan.unplanned_bytes), human(plan.weight_bytes));
+    if !ok {
+        return Err("demo correctness check failed".into());
+    }
+    Ok(())
 }

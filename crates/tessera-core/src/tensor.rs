@@ -123,7 +123,7 @@ impl Tensor {
                 map.len()
             )));
         }
-        if (map.as_ptr() as usize + offset) % dtype.size() != 0 {
+        if !(map.as_ptr() as usize + offset).is_multiple_of(dtype.size()) {
             return Ok(Self::from_bytes_unchecked(dtype, shape, &map[offset..offset + len]));
         }
         Ok(Tensor { dtype, shape: shape.to_vec(), storage: Arc::new(Storage::Mapped { map, offset, len }) })

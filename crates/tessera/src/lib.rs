@@ -1,6 +1,7 @@
 //! Tessera's session layer: load a model, optimize it, split it between
 //! execution providers, plan its memory and run it.
 
+pub mod demo;
 pub mod npy;
 pub mod partition;
 pub mod session;

@@ -46,7 +46,7 @@ pub fn parse_npy(bytes: &[u8]) -> Result<Tensor, String> {
         return Err("not a .npy file (bad magic)".into());
     }
     let (hlen, start) = match bytes[6] {
-        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
+        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10usize),
         2 | 3 => {
             if bytes.len() < 12 {
                 return Err("truncated .npy header".into());

@@ -153,7 +153,9 @@ impl Session {
     pub fn memory_plan(&self, dims: &HashMap<String, usize>) -> Result<MemoryPlan> {
         let mut all = self.options.dims.clone();
         all.extend(dims.iter().map(|(k, v)| (k.clone(), *v)));
-        tessera_core::plan::plan(&self.graph, &all)
+        let cpu = CpuProvider::new();
+        let eval = |g: &Graph, n: &tessera_core::Node, ins: &[Option<Tensor>]| cpu.eval_node(g, n, ins);
+        tessera_core::plan::plan_with(&self.graph, &all, Some(&eval))
     }
 
     /// Checks the given inputs against the model's declared inputs and binds

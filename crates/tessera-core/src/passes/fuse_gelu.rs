@@ -11,10 +11,9 @@ pub fn fuse_gelu(g: &mut Graph) -> usize {
     loop {
         let Some((at, node)) = find_one(g) else { break };
         g.nodes[at] = node;
-        fused += 1;
-    }
-    if fused > 0 {
+        // The replaced chain is dead now; drop it before matching again.
         super::dce::eliminate_dead_nodes(g);
+        fused += 1;
     }
     fused
 }

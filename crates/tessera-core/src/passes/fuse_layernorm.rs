@@ -9,10 +9,9 @@ pub fn fuse_layer_norm(g: &mut Graph) -> usize {
     let mut fused = 0;
     while let Some((at, node)) = find_one(g) {
         g.nodes[at] = node;
-        fused += 1;
-    }
-    if fused > 0 {
+        // The replaced chain is dead now; drop it before matching again.
         super::dce::eliminate_dead_nodes(g);
+        fused += 1;
     }
     fused
 }
