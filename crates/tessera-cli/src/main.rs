@@ -89,7 +89,12 @@ fn parse_kv<T: std::str::FromStr>(s: &str) -> Result<(String, T), String> {
 fn main() {
     // A panic is a bug; report it on one line rather than with a backtrace.
     std::panic::set_hook(Box::new(|info| {
-        let msg = info.payload().downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| info.payload().downcast_ref::<String>().cloned()).unwrap_or_default();
+        let msg = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_default();
         let loc = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
         eprintln!("error: internal error (please report): {msg}{loc}");
     }));
@@ -200,9 +205,18 @@ impl BenchResult {
     }
 }
 
-fn time_runs(s: &Session, inputs: &[(String, Tensor)], warmup: usize, iterations: usize, bar: bool) -> Result<BenchResult, String> {
-    let pb = if bar { indicatif::ProgressBar::new((warmup + iterations) as u64) } else { indicatif::ProgressBar::hidden() };
-    pb.set_style(indicatif::ProgressStyle::with_template("{msg:8} [{bar:40}] {pos}/{len} {elapsed}").expect("valid template"));
+fn time_runs(
+    s: &Session,
+    inputs: &[(String, Tensor)],
+    warmup: usize,
+    iterations: usize,
+    bar: bool,
+) -> Result<BenchResult, String> {
+    let pb =
+        if bar { indicatif::ProgressBar::new((warmup + iterations) as u64) } else { indicatif::ProgressBar::hidden() };
+    pb.set_style(
+        indicatif::ProgressStyle::with_template("{msg:8} [{bar:40}] {pos}/{len} {elapsed}").expect("valid template"),
+    );
     pb.set_message("warmup");
     for _ in 0..warmup {
         s.run(inputs.to_vec()).map_err(|e| e.to_string())?;
@@ -269,7 +283,11 @@ fn cmd_bench(m: &ModelArgs, warmup: usize, iterations: usize, json: bool) -> Res
             human(plan.peak_bytes),
             human(plan.unplanned_bytes),
             human(plan.weight_bytes),
-            if plan.dynamic_values.is_empty() { String::new() } else { format!(", {} data-dependent values outside the plan", plan.dynamic_values.len()) }
+            if plan.dynamic_values.is_empty() {
+                String::new()
+            } else {
+                format!(", {} data-dependent values outside the plan", plan.dynamic_values.len())
+            }
         );
     }
     Ok(())
@@ -305,7 +323,13 @@ fn cmd_info(m: &ModelArgs, nodes: bool, json: bool) -> Result<(), String> {
         println!("{o}");
         return Ok(());
     }
-    println!("model: {} (ir {}, producer '{}', opsets {:?})", m.model.display(), model.ir_version, model.producer, model.graph.opsets);
+    println!(
+        "model: {} (ir {}, producer '{}', opsets {:?})",
+        m.model.display(),
+        model.ir_version,
+        model.producer,
+        model.graph.opsets
+    );
     println!("inputs:");
     for v in s.inputs() {
         println!("  {:30} {:5} {}", v.name, v.dtype.map(|d| d.name()).unwrap_or("?"), v.shape_string());
@@ -332,7 +356,11 @@ fn cmd_info(m: &ModelArgs, nodes: bool, json: bool) -> Result<(), String> {
             human(p.peak_bytes),
             human(p.unplanned_bytes),
             human(p.weight_bytes),
-            if p.dynamic_values.is_empty() { String::new() } else { format!("; {} values of unknown size (give --dim for symbolic dims)", p.dynamic_values.len()) }
+            if p.dynamic_values.is_empty() {
+                String::new()
+            } else {
+                format!("; {} values of unknown size (give --dim for symbolic dims)", p.dynamic_values.len())
+            }
         );
     }
     if nodes {
@@ -349,19 +377,34 @@ fn fmt_hist(h: &[(String, usize)]) -> String {
 
 fn cmd_demo(threads: usize) -> Result<(), String> {
     let cpu = tessera_hw::detect_cpu();
-    println!("Tessera demo: a transformer encoder layer (hidden {}, {} heads, FFN {}) built in code", tessera::demo::HIDDEN, tessera::demo::HEADS, tessera::demo::FFN);
+    println!(
+        "Tessera demo: a transformer encoder layer (hidden {}, {} heads, FFN {}) built in code",
+        tessera::demo::HIDDEN,
+        tessera::demo::HEADS,
+        tessera::demo::FFN
+    );
     println!("machine   {} ({}), {} logical cores", cpu.model, cpu.arch, cpu.logical_cores);
-    println!("features  {}", if cpu.features.is_empty() { "none of interest".to_string() } else { cpu.features.join(" ") });
+    println!(
+        "features  {}",
+        if cpu.features.is_empty() { "none of interest".to_string() } else { cpu.features.join(" ") }
+    );
     let graph = tessera::demo::encoder_layer(7).map_err(|e| e.to_string())?;
     let (batch, seq) = (2usize, 64usize);
     let dims: HashMap<String, usize> = [("batch".to_string(), batch), ("seq".to_string(), seq)].into_iter().collect();
     let opts = SessionOptions { threads, dims: dims.clone(), ..Default::default() };
     let fast = Session::from_graph(graph.clone(), opts.clone()).map_err(|e| e.to_string())?;
-    let reference = Session::from_graph(graph, SessionOptions { optimize: false, ..opts }).map_err(|e| e.to_string())?;
+    let reference =
+        Session::from_graph(graph, SessionOptions { optimize: false, ..opts }).map_err(|e| e.to_string())?;
     println!("optimizer {}", fast.pass_report());
-    println!("nodes     {} in the file's form, {} after optimization, provider: {}", reference.graph().nodes.len(), fast.graph().nodes.len(), fast.assignments().first().map(|a| a.provider.as_str()).unwrap_or("-"));
+    println!(
+        "nodes     {} in the file's form, {} after optimization, provider: {}",
+        reference.graph().nodes.len(),
+        fast.graph().nodes.len(),
+        fast.assignments().first().map(|a| a.provider.as_str()).unwrap_or("-")
+    );
     let mut rng = Rng::new(1);
-    let x = Tensor::from_vec(&[batch, seq, tessera::demo::HIDDEN], rng.vec(batch * seq * tessera::demo::HIDDEN, 1.0)).map_err(|e| e.to_string())?;
+    let x = Tensor::from_vec(&[batch, seq, tessera::demo::HIDDEN], rng.vec(batch * seq * tessera::demo::HIDDEN, 1.0))
+        .map_err(|e| e.to_string())?;
     let inputs = vec![("x".to_string(), x)];
     let a = fast.run(inputs.clone()).map_err(|e| e.to_string())?;
     let b = reference.run(inputs.clone()).map_err(|e| e.to_string())?;
@@ -369,11 +412,15 @@ fn cmd_demo(threads: usize) -> Result<(), String> {
     let max_err = ya.iter().zip(&yb).map(|(p, q)| (p - q).abs()).fold(0.0, f64::max);
     let scale = yb.iter().map(|v| v.abs()).fold(0.0, f64::max);
     let ok = max_err <= 1e-4 * scale.max(1.0) && ya.iter().all(|v| v.is_finite());
-    println!("check     optimized vs unfused reference kernels: max abs error {max_err:.2e} (output scale {scale:.2}) -> {}", if ok { "PASS" } else { "FAIL" });
+    println!(
+        "check     optimized vs unfused reference kernels: max abs error {max_err:.2e} (output scale {scale:.2}) -> {}",
+        if ok { "PASS" } else { "FAIL" }
+    );
     let plan = fast.memory_plan(&dims).map_err(|e| e.to_string())?;
     let r = time_runs(&fast, &inputs, 3, 30, false)?;
     let rr = time_runs(&reference, &inputs, 3, 30, false)?;
-    let gflop = 2.0 * (batch * seq) as f64 * (4.0 * 128.0 * 128.0 + 2.0 * 128.0 * 512.0) / 1e9 + 2.0 * 2.0 * (batch * seq * seq * 128) as f64 / 1e9;
+    let gflop = 2.0 * (batch * seq) as f64 * (4.0 * 128.0 * 128.0 + 2.0 * 128.0 * 512.0) / 1e9
+        + 2.0 * 2.0 * (batch * seq * seq * 128) as f64 / 1e9;
     println!(
         "bench     batch {batch}, seq {seq}, {} threads: p50 {:.3} ms (p90 {:.3}), {:.1} GFLOP/s; unoptimized graph p50 {:.3} ms",
         fast.threads(),
@@ -382,7 +429,12 @@ fn cmd_demo(threads: usize) -> Result<(), String> {
         gflop / (r.pct(50.0) / 1e3),
         rr.pct(50.0)
     );
-    println!("memory    planned activation peak {} (vs {} without reuse), weights {}", human(plan.peak_bytes), human(plan.unplanned_bytes), human(plan.weight_bytes));
+    println!(
+        "memory    planned activation peak {} (vs {} without reuse), weights {}",
+        human(plan.peak_bytes),
+        human(plan.unplanned_bytes),
+        human(plan.weight_bytes)
+    );
     if !ok {
         return Err("demo correctness check failed".into());
     }

@@ -69,7 +69,13 @@ pub fn plan_with(graph: &Graph, dims: &HashMap<String, usize>, eval: Option<&Eva
             match vi.and_then(|v| Some((v.dtype?, v.concrete_shape()?))) {
                 Some((dt, shape)) => {
                     let bytes = crate::tensor::checked_numel(&shape)?.saturating_mul(dt.size());
-                    blocks.push(Block { value: o.clone(), bytes: bytes.div_ceil(ALIGN) * ALIGN, first: first[o.as_str()], last: last[o.as_str()], offset: 0 });
+                    blocks.push(Block {
+                        value: o.clone(),
+                        bytes: bytes.div_ceil(ALIGN) * ALIGN,
+                        first: first[o.as_str()],
+                        last: last[o.as_str()],
+                        offset: 0,
+                    });
                 }
                 None => dynamic_values.push(o.clone()),
             }

@@ -27,23 +27,117 @@ struct Known {
 }
 
 const SAME_TYPE_OPS: &[&str] = &[
-    "Add", "Sub", "Mul", "Div", "Max", "Min", "Sum", "Mean", "Equal", "Less", "Greater", "LessOrEqual",
-    "GreaterOrEqual", "And", "Or", "Xor", "MatMul", "Concat", "Mod", "BitShift", "PRelu",
+    "Add",
+    "Sub",
+    "Mul",
+    "Div",
+    "Max",
+    "Min",
+    "Sum",
+    "Mean",
+    "Equal",
+    "Less",
+    "Greater",
+    "LessOrEqual",
+    "GreaterOrEqual",
+    "And",
+    "Or",
+    "Xor",
+    "MatMul",
+    "Concat",
+    "Mod",
+    "BitShift",
+    "PRelu",
 ];
 
 const UNARY_SAME: &[&str] = &[
-    "Abs", "Neg", "Exp", "Log", "Sqrt", "Reciprocal", "Sigmoid", "Tanh", "Relu", "LeakyRelu", "Elu", "Selu",
-    "Celu", "HardSigmoid", "HardSwish", "Softplus", "Softsign", "Erf", "Gelu", "Mish", "Sin", "Cos", "Tan", "Asin",
-    "Acos", "Atan", "Sinh", "Cosh", "Asinh", "Acosh", "Atanh", "Floor", "Ceil", "Round", "Sign", "Not", "IsNaN",
-    "IsInf", "ThresholdedRelu", "Shrink", "Clip", "Softmax", "LogSoftmax", "Hardmax", "Identity", "Dropout", "Cast",
-    "CastLike", "LayerNormalization", "BatchNormalization", "InstanceNormalization", "LRN", "CumSum",
-    "MeanVarianceNormalization", "GroupNormalization", "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear",
-    "BitwiseNot", "RMSNormalization",
+    "Abs",
+    "Neg",
+    "Exp",
+    "Log",
+    "Sqrt",
+    "Reciprocal",
+    "Sigmoid",
+    "Tanh",
+    "Relu",
+    "LeakyRelu",
+    "Elu",
+    "Selu",
+    "Celu",
+    "HardSigmoid",
+    "HardSwish",
+    "Softplus",
+    "Softsign",
+    "Erf",
+    "Gelu",
+    "Mish",
+    "Sin",
+    "Cos",
+    "Tan",
+    "Asin",
+    "Acos",
+    "Atan",
+    "Sinh",
+    "Cosh",
+    "Asinh",
+    "Acosh",
+    "Atanh",
+    "Floor",
+    "Ceil",
+    "Round",
+    "Sign",
+    "Not",
+    "IsNaN",
+    "IsInf",
+    "ThresholdedRelu",
+    "Shrink",
+    "Clip",
+    "Softmax",
+    "LogSoftmax",
+    "Hardmax",
+    "Identity",
+    "Dropout",
+    "Cast",
+    "CastLike",
+    "LayerNormalization",
+    "BatchNormalization",
+    "InstanceNormalization",
+    "LRN",
+    "CumSum",
+    "MeanVarianceNormalization",
+    "GroupNormalization",
+    "QuantizeLinear",
+    "DequantizeLinear",
+    "DynamicQuantizeLinear",
+    "BitwiseNot",
+    "RMSNormalization",
 ];
 
 const BROADCAST_OPS: &[&str] = &[
-    "Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean", "Equal", "Less", "Greater", "LessOrEqual",
-    "GreaterOrEqual", "And", "Or", "Xor", "Mod", "BitShift", "BitwiseAnd", "BitwiseOr", "BitwiseXor", "PRelu", "Where",
+    "Add",
+    "Sub",
+    "Mul",
+    "Div",
+    "Pow",
+    "Max",
+    "Min",
+    "Sum",
+    "Mean",
+    "Equal",
+    "Less",
+    "Greater",
+    "LessOrEqual",
+    "GreaterOrEqual",
+    "And",
+    "Or",
+    "Xor",
+    "Mod",
+    "BitShift",
+    "BitwiseAnd",
+    "BitwiseOr",
+    "BitwiseXor",
+    "PRelu",
+    "Where",
 ];
 
 /// Infers types and symbolic shapes and stores them in `graph.value_info`.
@@ -96,7 +190,8 @@ pub fn infer_with(
         }
     }
     for i in &graph.inputs {
-        known.insert(i.name.clone(), Known { dtype: i.dtype, shape: i.shape.as_ref().map(&bind), ..Default::default() });
+        known
+            .insert(i.name.clone(), Known { dtype: i.dtype, shape: i.shape.as_ref().map(&bind), ..Default::default() });
     }
     for n in &graph.nodes {
         let ins: Vec<Option<&Known>> =
@@ -133,7 +228,8 @@ pub fn infer_with(
                 k.shape = Some(t.shape().iter().map(|&d| Dim::Known(d)).collect());
                 if t.dtype().is_int() && t.rank() <= 1 {
                     if let Ok(v) = t.to_i64_vec() {
-                        k.elems = v.iter().all(|&x| x >= 0).then(|| v.iter().map(|&x| Dim::Known(x as usize)).collect());
+                        k.elems =
+                            v.iter().all(|&x| x >= 0).then(|| v.iter().map(|&x| Dim::Known(x as usize)).collect());
                     }
                 }
                 k.value = Some(t.clone());
@@ -200,7 +296,12 @@ fn out_dtype(n: &Node, ins: &[Option<&Known>]) -> Option<DType> {
         "QuantizeLinear" => input(2).unwrap_or(DType::U8),
         "QLinearMatMul" | "QLinearConv" => input(7)?,
         "DynamicQuantizeLinear" => DType::U8,
-        "Constant" => return n.attrs.get("value").and_then(|a| if let crate::Attr::Tensor(t) = a { Some(t.dtype()) } else { None }),
+        "Constant" => {
+            return n
+                .attrs
+                .get("value")
+                .and_then(|a| if let crate::Attr::Tensor(t) = a { Some(t.dtype()) } else { None })
+        }
         "ConstantOfShape" => match n.attrs.get("value") {
             Some(crate::Attr::Tensor(t)) => t.dtype(),
             _ => DType::F32,
@@ -289,7 +390,13 @@ fn infer_node(n: &Node, ins: &[Option<&Known>]) -> Result<Vec<Known>> {
             if all && matches!(op, "Add" | "Sub" | "Mul" | "Div") {
                 if let (Some(a), Some(b)) = (elems(0), elems(1)) {
                     let len = a.len().max(b.len());
-                    let get = |v: &Vec<Dim>, i: usize| if v.len() == 1 { v[0].clone() } else { v.get(i).cloned().unwrap_or(Dim::Unknown) };
+                    let get = |v: &Vec<Dim>, i: usize| {
+                        if v.len() == 1 {
+                            v[0].clone()
+                        } else {
+                            v.get(i).cloned().unwrap_or(Dim::Unknown)
+                        }
+                    };
                     let e: Vec<Dim> = (0..len)
                         .map(|i| match (get(&a, i), get(&b, i)) {
                             (Dim::Known(x), Dim::Known(y)) => match op {
@@ -382,8 +489,9 @@ fn infer_node(n: &Node, ins: &[Option<&Known>]) -> Result<Vec<Known>> {
                 let mut axes: Vec<usize> = axes.iter().filter_map(|&a| norm_axis(a, r)).collect();
                 axes.sort();
                 let mut it = s.into_iter();
-                let out: Shape =
-                    (0..r).map(|i| if axes.contains(&i) { Dim::Known(1) } else { it.next().unwrap_or(Dim::Unknown) }).collect();
+                let out: Shape = (0..r)
+                    .map(|i| if axes.contains(&i) { Dim::Known(1) } else { it.next().unwrap_or(Dim::Unknown) })
+                    .collect();
                 set(&mut outs, Some(out));
             }
             outs[0].elems = elems(0);
@@ -410,13 +518,19 @@ fn infer_node(n: &Node, ins: &[Option<&Known>]) -> Result<Vec<Known>> {
                 if let Some(first) = shapes.first() {
                     if let Some(axis) = norm_axis(n.attr_int_or("axis", 0)?, first.len()) {
                         let mut out = first.clone();
-                        out[axis] = shapes.iter().map(|s| s.get(axis).cloned().unwrap_or(Dim::Unknown)).fold(Dim::Known(0), |a, b| match (a, b) {
-                            (Dim::Known(x), Dim::Known(y)) => Dim::Known(x + y),
-                            _ => Dim::Unknown,
-                        });
+                        out[axis] = shapes.iter().map(|s| s.get(axis).cloned().unwrap_or(Dim::Unknown)).fold(
+                            Dim::Known(0),
+                            |a, b| match (a, b) {
+                                (Dim::Known(x), Dim::Known(y)) => Dim::Known(x + y),
+                                _ => Dim::Unknown,
+                            },
+                        );
                         for (i, d) in out.iter_mut().enumerate() {
                             if i != axis && matches!(d, Dim::Unknown) {
-                                *d = shapes.iter().find_map(|s| s.get(i).filter(|x| !matches!(x, Dim::Unknown)).cloned()).unwrap_or(Dim::Unknown);
+                                *d = shapes
+                                    .iter()
+                                    .find_map(|s| s.get(i).filter(|x| !matches!(x, Dim::Unknown)).cloned())
+                                    .unwrap_or(Dim::Unknown);
                             }
                         }
                         set(&mut outs, Some(out));
@@ -449,7 +563,9 @@ fn infer_node(n: &Node, ins: &[Option<&Known>]) -> Result<Vec<Known>> {
         "Slice" => {
             if let Some(e) = elems(0) {
                 // Slicing a shape vector with constant bounds.
-                if let (Some(st), Some(en)) = (ints_attr_or_input(n, "starts", ins, 1), ints_attr_or_input(n, "ends", ins, 2)) {
+                if let (Some(st), Some(en)) =
+                    (ints_attr_or_input(n, "starts", ins, 1), ints_attr_or_input(n, "ends", ins, 2))
+                {
                     if st.len() == 1 && en.len() == 1 && n.input(4).is_none() {
                         let r = e.len() as i64;
                         let c = |v: i64| (if v < 0 { v + r } else { v }).clamp(0, r) as usize;
@@ -502,7 +618,8 @@ fn infer_node(n: &Node, ins: &[Option<&Known>]) -> Result<Vec<Known>> {
         }
         "GlobalAveragePool" | "GlobalMaxPool" | "GlobalLpPool" => {
             if let Some(s) = s0 {
-                let out: Shape = s.iter().enumerate().map(|(i, d)| if i < 2 { d.clone() } else { Dim::Known(1) }).collect();
+                let out: Shape =
+                    s.iter().enumerate().map(|(i, d)| if i < 2 { d.clone() } else { Dim::Known(1) }).collect();
                 set(&mut outs, Some(out));
             }
         }
@@ -518,7 +635,11 @@ fn infer_node(n: &Node, ins: &[Option<&Known>]) -> Result<Vec<Known>> {
                 let axes: Option<Vec<usize>> = match axes {
                     Some(a) if !a.is_empty() => a.iter().map(|&x| norm_axis(x, s.len())).collect(),
                     Some(_) | None if n.input(1).is_none() || !op.starts_with("Reduce") => {
-                        if noop { Some(vec![]) } else { Some((0..s.len()).collect()) }
+                        if noop {
+                            Some(vec![])
+                        } else {
+                            Some((0..s.len()).collect())
+                        }
                     }
                     _ => None,
                 };
@@ -526,13 +647,15 @@ fn infer_node(n: &Node, ins: &[Option<&Known>]) -> Result<Vec<Known>> {
                     let out: Shape = s
                         .iter()
                         .enumerate()
-                        .filter_map(|(i, d)| {
-                            if axes.contains(&i) {
-                                keep.then_some(Dim::Known(1))
-                            } else {
-                                Some(d.clone())
-                            }
-                        })
+                        .filter_map(
+                            |(i, d)| {
+                                if axes.contains(&i) {
+                                    keep.then_some(Dim::Known(1))
+                                } else {
+                                    Some(d.clone())
+                                }
+                            },
+                        )
                         .collect();
                     set(&mut outs, Some(out));
                 }
@@ -595,7 +718,8 @@ fn reshape_shape(n: &Node, s: &Shape, target: &Known) -> Result<Option<Shape>> {
     }
     if let Some(i) = infer_at {
         let total = product(s);
-        let rest = product(&out.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, d)| d.clone()).collect::<Vec<_>>());
+        let rest =
+            product(&out.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, d)| d.clone()).collect::<Vec<_>>());
         out[i] = match (total, rest) {
             (Dim::Known(t), Dim::Known(r)) if r > 0 => Dim::Known(t / r),
             _ => Dim::Unknown,
@@ -621,7 +745,11 @@ fn slice_shape(n: &Node, s: &Shape, ins: &[Option<&Known>]) -> Option<Shape> {
                 let (lo, hi) = if step > 0 { (0, d) } else { (-1, d - 1) };
                 let c = |v: i64| (if v < 0 { v + d } else { v }).clamp(lo, hi);
                 let (b, e) = (c(st), c(en));
-                let len = if step > 0 { (e - b + step - 1).div_euclid(step) } else { (b - e + (-step) - 1).div_euclid(-step) };
+                let len = if step > 0 {
+                    (e - b + step - 1).div_euclid(step)
+                } else {
+                    (b - e + (-step) - 1).div_euclid(-step)
+                };
                 Dim::Known(len.max(0) as usize)
             }
             other if st == 0 && en >= i32::MAX as i64 && step == 1 => other.clone(),
@@ -726,7 +854,8 @@ mod tests {
         infer(&mut g).unwrap();
         assert_eq!(g.value_info["y"].shape, Some(vec![sym("batch"), Dim::Known(4), sym("seq"), Dim::Known(8)]));
         assert_eq!(g.value_info["z"].shape, Some(vec![sym("batch"), Dim::Known(4), sym("seq"), Dim::Known(5)]));
-        let bound = infer_with(&g, &[("batch".to_string(), 2), ("seq".to_string(), 7)].into_iter().collect(), None).unwrap();
+        let bound =
+            infer_with(&g, &[("batch".to_string(), 2), ("seq".to_string(), 7)].into_iter().collect(), None).unwrap();
         assert_eq!(bound["z"].concrete_shape(), Some(vec![2, 4, 7, 5]));
     }
 

@@ -16,8 +16,26 @@ pub struct CpuInfo {
 
 /// Flags we look for in /proc/cpuinfo (x86) or `Features` (Arm).
 const INTERESTING: &[&str] = &[
-    "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile",
-    "amx_bf16", "amx_int8", "amx_fp16", "asimd", "asimddp", "i8mm", "bf16", "fphp", "sve", "sme",
+    "avx2",
+    "fma",
+    "f16c",
+    "avx512f",
+    "avx512bw",
+    "avx512vl",
+    "avx512_vnni",
+    "avx512_bf16",
+    "avx512_fp16",
+    "amx_tile",
+    "amx_bf16",
+    "amx_int8",
+    "amx_fp16",
+    "asimd",
+    "asimddp",
+    "i8mm",
+    "bf16",
+    "fphp",
+    "sve",
+    "sme",
 ];
 
 pub fn detect_cpu() -> CpuInfo {

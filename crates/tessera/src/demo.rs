@@ -142,7 +142,8 @@ pub fn encoder_layer(seed: u64) -> Result<Graph> {
     let f = b.gelu(&f);
     let f = b.linear(&f, FFN, HIDDEN);
     let y = b.op("Add", &[&x1, &f], &[]);
-    let out = ValueInfo { name: y, dtype: Some(DType::F32), shape: Some(vec![sym("batch"), sym("seq"), Dim::Known(HIDDEN)]) };
+    let out =
+        ValueInfo { name: y, dtype: Some(DType::F32), shape: Some(vec![sym("batch"), sym("seq"), Dim::Known(HIDDEN)]) };
     b.g.outputs.push(out);
     b.g.toposort()?;
     Ok(b.g)

@@ -25,7 +25,11 @@ pub fn assign(graph: &Graph, providers: &[&dyn ExecutionProvider]) -> Result<Vec
     for (pi, p) in providers.iter().enumerate() {
         let verdicts = p.claim(graph, &taken);
         if verdicts.len() != n {
-            return Err(Error::Other(format!("provider '{}' answered {} verdicts for {n} nodes", p.name(), verdicts.len())));
+            return Err(Error::Other(format!(
+                "provider '{}' answered {} verdicts for {n} nodes",
+                p.name(),
+                verdicts.len()
+            )));
         }
         for (ni, v) in verdicts.into_iter().enumerate() {
             if taken[ni] {

@@ -93,7 +93,11 @@ impl Session {
             let compiled = providers[p.provider].compile(&graph, &p.sub)?;
             partitions.push((p, compiled));
         }
-        let threads = if opts.threads == 0 { std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) } else { opts.threads };
+        let threads = if opts.threads == 0 {
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        } else {
+            opts.threads
+        };
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .build()
@@ -163,9 +167,9 @@ impl Session {
     fn check_inputs(&self, inputs: &HashMap<String, Tensor>) -> Result<HashMap<String, usize>> {
         let mut bound: HashMap<String, usize> = HashMap::new();
         for decl in &self.graph.inputs {
-            let t = inputs
-                .get(&decl.name)
-                .ok_or_else(|| Error::Input(format!("missing input '{}' (shape {})", decl.name, decl.shape_string())))?;
+            let t = inputs.get(&decl.name).ok_or_else(|| {
+                Error::Input(format!("missing input '{}' (shape {})", decl.name, decl.shape_string()))
+            })?;
             if let Some(dt) = decl.dtype {
                 if dt != t.dtype() {
                     return Err(Error::Input(format!("input '{}' must be {dt}, got {}", decl.name, t.dtype())));
@@ -228,7 +232,10 @@ impl Session {
             let provider = &self.providers[p.provider];
             let mut ins = Vec::with_capacity(p.sub.inputs.len());
             for name in &p.sub.inputs {
-                let v = values.get(name).cloned().ok_or_else(|| Error::Other(format!("value '{name}' missing at a partition border")))?;
+                let v = values
+                    .get(name)
+                    .cloned()
+                    .ok_or_else(|| Error::Other(format!("value '{name}' missing at a partition border")))?;
                 // Copies happen only here, where a value changes memory domain.
                 let v = if v.domain() == provider.memory_domain() { v } else { provider.import(v)? };
                 ins.push(v);

@@ -98,7 +98,9 @@ fn find_one(g: &Graph) -> Option<(usize, Node)> {
             if let Some(&ai) = ix.consumers(g, &y).first() {
                 let add = &g.nodes[ai];
                 if add.op_type == "Add" && is_onnx(add) {
-                    if let Some(beta) = other_input(add, &y).filter(|v| g.initializers.get(*v).is_some_and(|t| t.rank() == 1)) {
+                    if let Some(beta) =
+                        other_input(add, &y).filter(|v| g.initializers.get(*v).is_some_and(|t| t.rank() == 1))
+                    {
                         inputs.push(beta.to_string());
                         at = ai;
                         y = add.outputs[0].clone();
@@ -131,7 +133,11 @@ mod tests {
         let rm = |name: &str, i: &str, o: &str| {
             Node::new("ReduceMean", name, &[i], &[o]).with_attr("axes", Attr::Ints(vec![-1]))
         };
-        let square = if use_pow { Node::new("Pow", "p", &["d", "two"], &["sq"]) } else { Node::new("Mul", "p", &["d", "d"], &["sq"]) };
+        let square = if use_pow {
+            Node::new("Pow", "p", &["d", "two"], &["sq"])
+        } else {
+            Node::new("Mul", "p", &["d", "d"], &["sq"])
+        };
         let nodes = vec![
             rm("m", "x", "mean"),
             Node::new("Sub", "s", &["x", "mean"], &["d"]),

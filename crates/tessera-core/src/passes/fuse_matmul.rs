@@ -31,9 +31,11 @@ pub fn fuse_matmul_bias(g: &mut Graph) -> usize {
             }
             let Some(n) = last_dim_of(g, &mm.inputs[1]) else { continue };
             // B must be at least 2-D, or the output loses the column axis.
-            let b_rank = g.initializers.get(&mm.inputs[1]).map(|t| t.rank()).or_else(|| {
-                g.value_info.get(&mm.inputs[1]).and_then(|v| v.shape.as_ref()).map(|s| s.len())
-            });
+            let b_rank = g
+                .initializers
+                .get(&mm.inputs[1])
+                .map(|t| t.rank())
+                .or_else(|| g.value_info.get(&mm.inputs[1]).and_then(|v| v.shape.as_ref()).map(|s| s.len()));
             if b_rank.is_none_or(|r| r < 2) {
                 continue;
             }

@@ -45,7 +45,12 @@ impl CpuProvider {
     }
 
     /// Builds one node into a runnable op (used by constant folding too).
-    pub fn build_node(&self, graph: &Graph, node: &Node, constant: &dyn Fn(&str) -> Option<Tensor>) -> Result<Box<dyn CpuOp>> {
+    pub fn build_node(
+        &self,
+        graph: &Graph,
+        node: &Node,
+        constant: &dyn Fn(&str) -> Option<Tensor>,
+    ) -> Result<Box<dyn CpuOp>> {
         if let Some(r) = self.decline_reason(node) {
             return Err(Error::Unsupported(format!("node '{}': {r}", node.name)));
         }
@@ -201,7 +206,11 @@ impl CompiledPartition for CpuPartition {
 impl CpuPartition {
     fn run_host(&self, inputs: Vec<Value>) -> Result<Vec<Value>> {
         if inputs.len() != self.input_slots.len() {
-            return Err(Error::Input(format!("partition expects {} inputs, got {}", self.input_slots.len(), inputs.len())));
+            return Err(Error::Input(format!(
+                "partition expects {} inputs, got {}",
+                self.input_slots.len(),
+                inputs.len()
+            )));
         }
         let mut values: Vec<Option<Tensor>> = vec![None; self.n_slots];
         for (s, t) in &self.constants {
@@ -217,15 +226,20 @@ impl CpuPartition {
                 for s in &st.inputs {
                     refs.push(match s {
                         None => None,
-                        Some(s) => Some(values[*s].as_ref().ok_or_else(|| {
-                            Error::node(&st.node, "an input was not computed before this node")
-                        })?),
+                        Some(s) => Some(
+                            values[*s]
+                                .as_ref()
+                                .ok_or_else(|| Error::node(&st.node, "an input was not computed before this node"))?,
+                        ),
                     });
                 }
                 st.op.run(&refs, &mut ctx).map_err(|e| wrap_node_error(&st.node, e))?
             };
             if outs.len() < st.outputs.iter().filter(|o| o.is_some()).count() {
-                return Err(Error::node(&st.node, format!("kernel produced {} outputs, the node has {}", outs.len(), st.outputs.len())));
+                return Err(Error::node(
+                    &st.node,
+                    format!("kernel produced {} outputs, the node has {}", outs.len(), st.outputs.len()),
+                ));
             }
             for (o, t) in st.outputs.iter().zip(outs) {
                 if let Some(s) = o {
