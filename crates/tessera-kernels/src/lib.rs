@@ -2,6 +2,7 @@
 //! live in `tessera-providers`; this crate only does arithmetic.
 
 pub mod conv;
+pub mod elementwise;
 pub mod gemm;
 pub mod pool;
 pub mod quant;

@@ -81,6 +81,7 @@ struct ParamMap {
     dim: usize,
     /// Size of the axis in the parameter (dim for per-axis, blocks for blocked).
     pdim: usize,
+    /// Block length along the axis; 0 for per-axis parameters.
     block: usize,
     per_tensor: bool,
 }
@@ -89,7 +90,7 @@ impl ParamMap {
     fn new(node: &Node, x: &[usize], p: &[usize], axis: i64, block_size: i64) -> Result<ParamMap> {
         let n: usize = p.iter().product();
         if n == 1 && block_size <= 0 {
-            return Ok(ParamMap { inner: 1, dim: 1, pdim: 1, block: 1, per_tensor: true });
+            return Ok(ParamMap { inner: 1, dim: 1, pdim: 1, block: 0, per_tensor: true });
         }
         let a = norm_axis(node, axis, x.len())?;
         let inner: usize = x[a + 1..].iter().product();
@@ -112,7 +113,7 @@ impl ParamMap {
         if p.len() != 1 || p[0] != dim {
             return Err(Error::node(node, format!("parameters of shape {p:?} do not match axis {a} of input {x:?}")));
         }
-        Ok(ParamMap { inner, dim, pdim: dim, block: 1, per_tensor: false })
+        Ok(ParamMap { inner, dim, pdim: dim, block: 0, per_tensor: false })
     }
 
     #[inline]
@@ -121,7 +122,7 @@ impl ParamMap {
             return 0;
         }
         let a = (i / self.inner) % self.dim;
-        if self.block == 1 {
+        if self.block == 0 {
             return a;
         }
         let outer = i / (self.inner * self.dim);

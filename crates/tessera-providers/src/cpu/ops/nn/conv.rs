@@ -80,7 +80,7 @@ pub(crate) fn conv_geom(
     let mut pad = Vec::with_capacity(r);
     for d in 0..r {
         let span = (kernel[d] - 1) * dil[d] + 1;
-        let (o, pb, _) = window_out(node, sp.auto_pad, x[2 + d], span, strides[d], pads[d], pads[r + d], false)?;
+        let (o, pb, _) = window_out(sp.auto_pad, x[2 + d], span, strides[d], pads[d], pads[r + d], false);
         out.push(o);
         pad.push(pb as isize);
     }

@@ -35,7 +35,7 @@ fn pool_geom(node: &Node, sp: &Spatial, ceil_mode: bool, x: &[usize]) -> Result<
     let (mut out, mut pb, mut pe) = (vec![], vec![], vec![]);
     for d in 0..r {
         let span = (kernel[d] - 1) * dil[d] + 1;
-        let (o, b, e) = window_out(node, sp.auto_pad, x[2 + d], span, strides[d], pads[d], pads[r + d], ceil_mode)?;
+        let (o, b, e) = window_out(sp.auto_pad, x[2 + d], span, strides[d], pads[d], pads[r + d], ceil_mode);
         if b < 0 || e < 0 {
             return Err(Error::node(node, format!("negative pads {pads:?} are not allowed")));
         }
