@@ -54,7 +54,10 @@ impl ConvGeom {
     /// Checks the invariants the kernels rely on; the operator layer turns a
     /// failure into an error on the node.
     pub fn validate(&self) -> Result<(), String> {
-        if self.groups == 0 || !self.in_channels.is_multiple_of(self.groups) || !self.out_channels.is_multiple_of(self.groups) {
+        if self.groups == 0
+            || !self.in_channels.is_multiple_of(self.groups)
+            || !self.out_channels.is_multiple_of(self.groups)
+        {
             return Err(format!(
                 "group {} must divide the input channels {} and output channels {}",
                 self.groups, self.in_channels, self.out_channels

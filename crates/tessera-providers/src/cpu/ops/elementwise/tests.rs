@@ -503,3 +503,46 @@ proptest! {
         prop_assert_eq!(op.shape(), rs.as_slice());
     }
 }
+
+/// Rough throughput of the hot f32 paths. Run in release:
+/// `cargo test --release -p tessera-providers --lib elementwise::tests::bench -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn bench_f32_paths() {
+    fn time(label: &str, elems: usize, mut f: impl FnMut()) {
+        f();
+        let reps = 20;
+        let t0 = std::time::Instant::now();
+        for _ in 0..reps {
+            f();
+        }
+        let dt = t0.elapsed().as_secs_f64() / reps as f64;
+        eprintln!("{label:<32} {:8.3} ms  {:7.3} ns/elem", dt * 1e3, dt * 1e9 / elems as f64);
+    }
+    let (b, s, h) = (8, 512, 768);
+    let n = b * s * h;
+    let x = t(&[b, s, h], (0..n).map(|i| ((i % 977) as f32) * 0.01 - 4.0).collect());
+    let y = t(&[b, s, h], (0..n).map(|i| ((i % 613) as f32) * 0.02 - 6.0).collect());
+    let row = t(&[h], (0..h).map(|i| i as f32 * 0.001).collect());
+    let col = t(&[b, s, 1], (0..b * s).map(|i| i as f32 * 0.001).collect());
+    let sc = Tensor::scalar(1.5f32);
+    time("Add same shape", n, || drop(run1("Add", 14, &[], &[x.clone(), y.clone()]).unwrap()));
+    time("Add [B,S,H]+[H]", n, || drop(run1("Add", 14, &[], &[x.clone(), row.clone()]).unwrap()));
+    time("Mul [B,S,H]*[B,S,1]", n, || drop(run1("Mul", 14, &[], &[x.clone(), col.clone()]).unwrap()));
+    time("Mul scalar", n, || drop(run1("Mul", 14, &[], &[x.clone(), sc.clone()]).unwrap()));
+    time("Pow ^2", n, || drop(run1("Pow", 15, &[], &[x.clone(), Tensor::scalar(2.0f32)]).unwrap()));
+    time("Where", n, || {
+        let c = tb(&[h], &(0..h).map(|i| i % 3 == 0).collect::<Vec<_>>());
+        drop(run1("Where", 16, &[], &[c, x.clone(), y.clone()]).unwrap())
+    });
+    for op in ["Relu", "Exp", "Tanh", "Sigmoid", "Erf", "Gelu", "Sqrt"] {
+        time(op, n, || drop(run1(op, 20, &[], &[x.clone()]).unwrap()));
+    }
+    time("Softmax last axis", n, || drop(run1("Softmax", 13, &[], &[x.clone()]).unwrap()));
+    time("Softmax axis 1", n, || drop(run1("Softmax", 13, &[("axis", Attr::Int(1))], &[x.clone()]).unwrap()));
+    let ax = t(&[1], vec![-1i64]);
+    time("ReduceMean last axis", n, || drop(run1("ReduceMean", 18, &[], &[x.clone(), ax.clone()]).unwrap()));
+    let ax0 = t(&[1], vec![1i64]);
+    time("ReduceSum axis 1", n, || drop(run1("ReduceSum", 13, &[], &[x.clone(), ax0.clone()]).unwrap()));
+    time("Cast f32->f16", n, || drop(run1("Cast", 13, &[("to", Attr::Int(10))], &[x.clone()]).unwrap()));
+}
