@@ -1,0 +1,220 @@
+#!/usr/bin/env python3
+"""GEMM throughput: Tessera's kernels (`tessera bench-gemm --json`) against
+PyTorch's CPU matmul in bf16 and fp32, in one process run, joined per shape.
+
+Shapes are M x N x K (C[M,N] = A[M,K] @ B[K,N], 2*M*N*K flops). Defaults:
+2048x2048x2048 and the BERT-base GEMMs at M=128 and M=1024 (a batch of 8 x 128
+tokens) with (K, N) in (768, 768) Q/K/V/output projection, (768, 2304) fused
+QKV, (768, 3072) FFN up, (3072, 768) FFN down. --shapes takes a comma list of
+MxNxK.
+
+Tessera: `tessera bench-gemm --json [--threads T] [--shapes ...]` (flags passed
+only where its --help lists them), expected to print a JSON list of rows
+{kernel, m, n, k, threads, gflops, peak_gflops, pct_of_peak}. If the build has
+no bench-gemm, that is said and only the torch half is printed. Shapes that
+Tessera reports but --shapes lacks are measured in torch too.
+
+PyTorch: torch.set_num_threads(T); A, B random normal cast to the dtype; C
+preallocated (torch.mm(..., out=C)); W warm-ups, then the median of N timed
+calls. If torch is not importable (as on the build machine), that is said and
+Tessera's rows are printed alone.
+
+Ratios: tessera GFLOP/s / torch GFLOP/s of each dtype (above 1: Tessera
+faster). torch %peak uses Tessera's peak_gflops for the same threads.
+--smoke: one 128x768x768 shape, 1 thread, 1 warm-up, 3 timings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+BERT_KN = [(768, 768), (768, 2304), (768, 3072), (3072, 768)]
+DEFAULT_SHAPES = [(2048, 2048, 2048)] + [(m, n, k) for m in (128, 1024) for k, n in BERT_KN]
+
+
+def parse_shapes(s: str) -> list[tuple[int, int, int]]:
+    shapes = []
+    for item in s.split(","):
+        parts = item.strip().lower().split("x")
+        if len(parts) != 3 or not all(p.isdigit() and int(p) > 0 for p in parts):
+            raise SystemExit(f"--shapes: '{item}' is not MxNxK")
+        shapes.append(tuple(int(p) for p in parts))
+    return shapes
+
+
+def shape_str(m: int, n: int, k: int) -> str:
+    return f"{m}x{n}x{k}"
+
+
+# ---------------------------------------------------------------- tessera
+
+
+def tessera_rows(tessera: Path, threads: list[int], shapes: list[tuple[int, int, int]], timeout: float) -> tuple[list[dict], str]:
+    """(rows, note). Rows as printed by bench-gemm; note says why there are none."""
+    if not tessera.exists():
+        return [], f"{tessera} not found (cargo build --release -p tessera-cli)"
+    h = subprocess.run([str(tessera), "bench-gemm", "--help"], capture_output=True, text=True)
+    if h.returncode != 0:
+        return [], "this tessera build has no `bench-gemm` subcommand: torch half only"
+    flags = set(re.findall(r"--[a-z][a-z0-9-]*", h.stdout))
+    base = [str(tessera), "bench-gemm", "--json"]
+    if "--shapes" in flags:
+        base += ["--shapes", ",".join(shape_str(*s) for s in shapes)]
+    runs = [base + ["--threads", str(t)] for t in threads] if "--threads" in flags else [base]
+    rows = []
+    for cmd in runs:
+        try:
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return rows, f"`{' '.join(cmd)}` timed out after {timeout:.0f} s"
+        if r.returncode != 0:
+            msg = (r.stderr.strip() or r.stdout.strip()).splitlines()
+            return rows, f"`{' '.join(cmd)}` failed: {msg[-1] if msg else r.returncode}"
+        start = r.stdout.find("[")
+        try:
+            got = json.loads(r.stdout[start:]) if start >= 0 else None
+        except json.JSONDecodeError as e:
+            return rows, f"bench-gemm JSON did not parse: {e}"
+        if not isinstance(got, list):
+            return rows, "bench-gemm printed no JSON list"
+        need = {"kernel", "m", "n", "k", "threads", "gflops"}
+        bad = [g for g in got if not need <= set(g)]
+        if bad:
+            return rows, f"bench-gemm rows lack {sorted(need - set(bad[0]))}: {bad[0]}"
+        rows += got
+    note = "" if "--threads" in flags else "bench-gemm has no --threads: its own thread counts are shown"
+    if "--shapes" not in flags:
+        note = (note + "; " if note else "") + "bench-gemm has no --shapes: its own shapes are joined with torch's"
+    return rows, note
+
+
+# ---------------------------------------------------------------- torch
+
+
+def torch_info() -> tuple[object | None, str]:
+    try:
+        import torch
+    except Exception as e:
+        return None, f"{type(e).__name__}: {e}"
+    cap = ""
+    try:
+        cap = f", cpu capability {torch.backends.cpu.get_cpu_capability()}"
+    except Exception:
+        pass
+    return torch, f"torch {torch.__version__}{cap}, mkldnn {'on' if torch.backends.mkldnn.is_available() else 'off'}"
+
+
+def torch_gflops(torch, m: int, n: int, k: int, dtype, threads: int, warmup: int, iters: int) -> float:
+    torch.set_num_threads(threads)
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(m, k, generator=g).to(dtype)
+    b = torch.randn(k, n, generator=g).to(dtype)
+    c = torch.empty(m, n, dtype=dtype)
+    with torch.inference_mode():
+        for _ in range(warmup):
+            torch.mm(a, b, out=c)
+        times = []
+        for _ in range(iters):
+            t0 = time.perf_counter()
+            torch.mm(a, b, out=c)
+            times.append(time.perf_counter() - t0)
+    return 2.0 * m * n * k / statistics.median(times) / 1e9
+
+
+# ---------------------------------------------------------------- report
+
+
+def fmt(v, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def print_table(rows: list[dict]) -> None:
+    head = ["shape MxNxK", "thr", "tessera kernel", "GFLOP/s", "%peak", "torch bf16", "torch fp32", "bf16 %peak", "t/bf16", "t/fp32"]
+    body = []
+    for r in rows:
+        body.append([r["shape"], str(r["threads"]), r.get("kernel") or "-", fmt(r.get("gflops"), ".1f"),
+                     fmt(r.get("pct_of_peak"), ".1f"), fmt(r.get("torch_bf16_gflops"), ".1f"),
+                     fmt(r.get("torch_fp32_gflops"), ".1f"), fmt(r.get("torch_bf16_pct_of_peak"), ".1f"),
+                     fmt(r.get("ratio_vs_torch_bf16"), ".2f"), fmt(r.get("ratio_vs_torch_fp32"), ".2f")])
+    widths = [max(len(x[i]) for x in [head, *body]) for i in range(len(head))]
+    for line in [head, *body]:
+        print("  ".join(c.ljust(w) if i in (0, 2) else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths))))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", default=None, help="comma list (default 1,2; smoke 1)")
+    ap.add_argument("--shapes", default=None, help="comma list of MxNxK (default: 2048^3 and the BERT shapes)")
+    ap.add_argument("--iters", type=int, default=None, help="timed torch calls per shape (default 20; smoke 3)")
+    ap.add_argument("--warmup", type=int, default=None, help="default 3; smoke 1")
+    ap.add_argument("--smoke", action="store_true")
+    ap.add_argument("--tessera", default=str(REPO / "target/release/tessera"))
+    ap.add_argument("--timeout", type=float, default=1800.0, help="per tessera command, seconds")
+    ap.add_argument("--json", metavar="OUT", help="write the joined rows as JSON")
+    args = ap.parse_args()
+
+    threads = [int(t) for t in (args.threads or ("1" if args.smoke else "1,2")).split(",") if t.strip()]
+    shapes = parse_shapes(args.shapes) if args.shapes else ([(128, 768, 768)] if args.smoke else DEFAULT_SHAPES)
+    iters = args.iters or (3 if args.smoke else 20)
+    warmup = args.warmup if args.warmup is not None else (1 if args.smoke else 3)
+
+    notes = []
+    t_rows, t_note = tessera_rows(Path(args.tessera), threads, shapes, args.timeout)
+    if t_note:
+        notes.append(f"tessera: {t_note}")
+    torch, torch_note = torch_info()
+    if torch is None:
+        notes.append(f"PyTorch not importable ({torch_note}): torch columns are empty; run this where torch is installed")
+
+    # Every (shape, threads) either side measures; tessera may have several kernels per key.
+    keys = [(s, t) for s in shapes for t in threads]
+    for r in t_rows:
+        key = ((int(r["m"]), int(r["n"]), int(r["k"])), int(r["threads"]))
+        if key not in keys:
+            keys.append(key)
+    peaks = {}
+    for r in t_rows:
+        if r.get("peak_gflops"):
+            peaks.setdefault(int(r["threads"]), float(r["peak_gflops"]))
+
+    joined = []
+    for (m, n, k), t in keys:
+        ref = {}
+        if torch is not None:
+            print(f"bench: torch {shape_str(m, n, k)} threads {t}", file=sys.stderr)
+            ref["torch_bf16_gflops"] = torch_gflops(torch, m, n, k, torch.bfloat16, t, warmup, iters)
+            ref["torch_fp32_gflops"] = torch_gflops(torch, m, n, k, torch.float32, t, warmup, iters)
+            if t in peaks:
+                ref["torch_bf16_pct_of_peak"] = 100.0 * ref["torch_bf16_gflops"] / peaks[t]
+        mine = [r for r in t_rows if (int(r["m"]), int(r["n"]), int(r["k"]), int(r["threads"])) == (m, n, k, t)]
+        for r in mine or [{}]:
+            row = {"shape": shape_str(m, n, k), "m": m, "n": n, "k": k, "threads": t, **r, **ref}
+            for dt in ("bf16", "fp32"):
+                tg, pg = row.get("gflops"), row.get(f"torch_{dt}_gflops")
+                if tg is not None and pg:
+                    row[f"ratio_vs_torch_{dt}"] = float(tg) / pg
+            joined.append(row)
+
+    print(f"GEMM GFLOP/s, warmup {warmup}, median of {iters} torch calls; {torch_note if torch else 'torch absent'}"
+          + ("  (smoke run: not a measurement)" if args.smoke else ""))
+    print_table(joined)
+    for n in notes:
+        print(f"note: {n}")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({"notes": notes, "rows": joined}, indent=1) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
