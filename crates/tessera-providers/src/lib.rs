@@ -4,7 +4,10 @@
 //! its memory. The session's partitioner assigns every node; the CPU provider
 //! takes whatever no other provider claims.
 
+pub mod amx;
 pub mod cpu;
+pub mod precision;
 pub mod provider;
 
+pub use precision::Precision;
 pub use provider::*;

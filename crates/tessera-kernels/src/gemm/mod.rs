@@ -1,10 +1,19 @@
-//! Matrix multiplication. For now the portable fp32 path goes through the
-//! `gemm` crate (AVX-512 with its `x86-v4` feature); the AMX, NEON and SME
-//! microkernels will share packing and the 5-loop driver in this module.
+//! Matrix multiplication. The portable fp32 path goes through the `gemm`
+//! crate (AVX-512 with its `x86-v4` feature); the tile path (AMX today)
+//! shares packing ([`pack`]), the driver ([`tile`]) and the epilogues
+//! ([`epilogue`]), with the ISA-specific code in [`ukernel`].
 
 mod batched;
+pub mod epilogue;
+pub mod pack;
+pub mod tile;
+pub mod ukernel;
 
 pub use batched::{gemm_batched, BatchRef, RowEpilogue};
+pub use epilogue::{Activation, Epilogue, Residual};
+pub use pack::Split;
+pub use tile::{tile_igemm, tile_sgemm, I8Mat, I8Out, PackedB};
+pub use ukernel::TileIsa;
 
 /// Element types the `gemm` crate multiplies natively (f32 and f64).
 pub trait GemmScalar:
@@ -100,7 +109,7 @@ impl<'a, T> MatRef<'a, T> {
         let start = (r0 * self.row_stride).min(self.data.len());
         MatRef { data: &self.data[start..], rows, ..self }
     }
-    fn check(&self) {
+    pub(crate) fn check(&self) {
         if self.rows > 0 && self.cols > 0 {
             let last = (self.rows - 1) * self.row_stride + (self.cols - 1) * self.col_stride;
             assert!(last < self.data.len(), "matrix view exceeds its slice");

@@ -119,78 +119,88 @@ impl ExecutionProvider for CpuProvider {
     }
 
     fn compile(&self, graph: &Graph, sub: &Subgraph) -> Result<Box<dyn CompiledPartition>> {
-        let mut slot_of: HashMap<String, usize> = HashMap::new();
-        let mut constants = Vec::new();
-        let slot = |name: &str, slot_of: &mut HashMap<String, usize>| -> usize {
-            let n = slot_of.len();
-            *slot_of.entry(name.to_string()).or_insert(n)
-        };
-        let input_slots: Vec<usize> = sub.inputs.iter().map(|n| slot(n, &mut slot_of)).collect();
-        let constant = |n: &str| graph.initializers.get(n).cloned();
-        let mut steps = Vec::with_capacity(sub.nodes.len());
-        for &ni in &sub.nodes {
-            let node = &graph.nodes[ni];
-            let op = self.build_node(graph, node, &constant)?;
-            let mut inputs = Vec::with_capacity(node.inputs.len());
-            for name in &node.inputs {
-                if name.is_empty() {
-                    inputs.push(None);
-                    continue;
-                }
-                let fresh = !slot_of.contains_key(name.as_str());
-                let s = slot(name, &mut slot_of);
-                if fresh {
-                    match graph.initializers.get(name) {
-                        Some(t) => constants.push((s, t.clone())),
-                        None => {
-                            return Err(Error::InvalidModel(format!(
-                                "node '{}' reads '{name}', which is not available to its partition",
-                                node.name
-                            )))
-                        }
+        Ok(Box::new(compile_partition(graph, sub, &|node, constant| self.build_node(graph, node, constant))?))
+    }
+}
+
+/// Builds one node into a runnable op, given a lookup of constant values.
+pub type NodeBuilder<'a> = dyn Fn(&Node, &dyn Fn(&str) -> Option<Tensor>) -> Result<Box<dyn CpuOp>> + 'a;
+
+/// Compiles a subgraph of host-memory ops into a partition that runs them
+/// in order and frees each value after its last reader. Shared by every
+/// provider whose ops run on the CPU (cpu, amx).
+pub fn compile_partition(graph: &Graph, sub: &Subgraph, build: &NodeBuilder) -> Result<CpuPartition> {
+    let mut slot_of: HashMap<String, usize> = HashMap::new();
+    let mut constants = Vec::new();
+    let slot = |name: &str, slot_of: &mut HashMap<String, usize>| -> usize {
+        let n = slot_of.len();
+        *slot_of.entry(name.to_string()).or_insert(n)
+    };
+    let input_slots: Vec<usize> = sub.inputs.iter().map(|n| slot(n, &mut slot_of)).collect();
+    let constant = |n: &str| graph.initializers.get(n).cloned();
+    let mut steps = Vec::with_capacity(sub.nodes.len());
+    for &ni in &sub.nodes {
+        let node = &graph.nodes[ni];
+        let op = build(node, &constant)?;
+        let mut inputs = Vec::with_capacity(node.inputs.len());
+        for name in &node.inputs {
+            if name.is_empty() {
+                inputs.push(None);
+                continue;
+            }
+            let fresh = !slot_of.contains_key(name.as_str());
+            let s = slot(name, &mut slot_of);
+            if fresh {
+                match graph.initializers.get(name) {
+                    Some(t) => constants.push((s, t.clone())),
+                    None => {
+                        return Err(Error::InvalidModel(format!(
+                            "node '{}' reads '{name}', which is not available to its partition",
+                            node.name
+                        )))
                     }
                 }
-                inputs.push(Some(s));
             }
-            let outputs = node.outputs.iter().map(|o| (!o.is_empty()).then(|| slot(o, &mut slot_of))).collect();
-            steps.push(Step { op, node: node.clone(), inputs, outputs, frees: Vec::new() });
+            inputs.push(Some(s));
         }
-        let mut output_slots = Vec::with_capacity(sub.outputs.len());
-        for o in &sub.outputs {
-            let fresh = !slot_of.contains_key(o.as_str());
-            let s = slot(o, &mut slot_of);
-            if fresh {
-                match graph.initializers.get(o) {
-                    Some(t) => constants.push((s, t.clone())),
-                    None => return Err(Error::InvalidModel(format!("partition output '{o}' is never produced"))),
-                }
+        let outputs = node.outputs.iter().map(|o| (!o.is_empty()).then(|| slot(o, &mut slot_of))).collect();
+        steps.push(Step { op, node: node.clone(), inputs, outputs, frees: Vec::new() });
+    }
+    let mut output_slots = Vec::with_capacity(sub.outputs.len());
+    for o in &sub.outputs {
+        let fresh = !slot_of.contains_key(o.as_str());
+        let s = slot(o, &mut slot_of);
+        if fresh {
+            match graph.initializers.get(o) {
+                Some(t) => constants.push((s, t.clone())),
+                None => return Err(Error::InvalidModel(format!("partition output '{o}' is never produced"))),
             }
-            output_slots.push(s);
         }
-        // Liveness: a slot dies after its last reader unless it is an output.
-        let n_slots = slot_of.len();
-        let mut last_use: Vec<Option<usize>> = vec![None; n_slots];
-        for (si, st) in steps.iter().enumerate() {
-            for s in st.inputs.iter().flatten() {
+        output_slots.push(s);
+    }
+    // Liveness: a slot dies after its last reader unless it is an output.
+    let n_slots = slot_of.len();
+    let mut last_use: Vec<Option<usize>> = vec![None; n_slots];
+    for (si, st) in steps.iter().enumerate() {
+        for s in st.inputs.iter().flatten() {
+            last_use[*s] = Some(si);
+        }
+        for s in st.outputs.iter().flatten() {
+            if last_use[*s].is_none() {
                 last_use[*s] = Some(si);
             }
-            for s in st.outputs.iter().flatten() {
-                if last_use[*s].is_none() {
-                    last_use[*s] = Some(si);
-                }
-            }
         }
-        let keep: std::collections::HashSet<usize> =
-            output_slots.iter().copied().chain(constants.iter().map(|(s, _)| *s)).collect();
-        for (s, lu) in last_use.iter().enumerate() {
-            if let Some(si) = lu {
-                if !keep.contains(&s) {
-                    steps[*si].frees.push(s);
-                }
-            }
-        }
-        Ok(Box::new(CpuPartition { steps, n_slots, constants, input_slots, output_slots }))
     }
+    let keep: std::collections::HashSet<usize> =
+        output_slots.iter().copied().chain(constants.iter().map(|(s, _)| *s)).collect();
+    for (s, lu) in last_use.iter().enumerate() {
+        if let Some(si) = lu {
+            if !keep.contains(&s) {
+                steps[*si].frees.push(s);
+            }
+        }
+    }
+    Ok(CpuPartition { steps, n_slots, constants, input_slots, output_slots })
 }
 
 impl CompiledPartition for CpuPartition {

@@ -9,7 +9,7 @@
 
 use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
-use tessera_core::{DType, Error, Node, Result, Tensor};
+use tessera_core::{Attr, DType, Error, Node, Result, Tensor};
 
 use super::scalar::{bad_dtype, map, with_all, with_numeric, Scalar};
 use crate::cpu::registry::{BuildCtx, CpuOp, OpRegistry, RunCtx};
@@ -20,8 +20,34 @@ pub(super) fn register(r: &mut OpRegistry) {
     r.add("CastLike", build_cast_like);
 }
 
+/// Cast-1 names the target type with a string.
+fn legacy_type_code(name: &[u8]) -> Option<i64> {
+    let names: [(&[u8], i64); 14] = [
+        (b"FLOAT", 1),
+        (b"UINT8", 2),
+        (b"INT8", 3),
+        (b"UINT16", 4),
+        (b"INT16", 5),
+        (b"INT32", 6),
+        (b"INT64", 7),
+        (b"STRING", 8),
+        (b"BOOL", 9),
+        (b"FLOAT16", 10),
+        (b"DOUBLE", 11),
+        (b"UINT32", 12),
+        (b"UINT64", 13),
+        (b"BFLOAT16", 16),
+    ];
+    names.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|&(_, c)| c)
+}
+
 fn build_cast(node: &Node, _ctx: &BuildCtx) -> Result<Box<dyn CpuOp>> {
-    let to = node.attr_int("to")?.ok_or_else(|| Error::node(node, "missing attribute 'to'"))?;
+    let to = match node.attrs.get("to") {
+        Some(Attr::String(s)) => legacy_type_code(s).ok_or_else(|| {
+            Error::node(node, format!("unknown type name '{}' in attribute 'to'", String::from_utf8_lossy(s)))
+        })?,
+        _ => node.attr_int("to")?.ok_or_else(|| Error::node(node, "missing attribute 'to'"))?,
+    };
     let to = i32::try_from(to)
         .map_err(|_| Error::node(node, format!("unknown data type {to}")))
         .and_then(|c| DType::from_onnx(c).map_err(|e| Error::node(node, format!("cannot cast to {e}"))))?;

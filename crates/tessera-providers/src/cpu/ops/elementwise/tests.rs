@@ -304,6 +304,9 @@ fn cast_every_kind_of_pair() {
     assert_eq!(vals::<f64>(&y), [u64::MAX as f64]);
     let y = run1("CastLike", 15, &[], &[t(&[2], vec![1i32, 2]), t::<f64>(&[0], vec![])]).unwrap();
     assert_eq!(vals::<f64>(&y), [1.0, 2.0]);
+    let y = run1("Cast", 1, &[("to", Attr::String(b"INT64".to_vec()))], &[t(&[2], vec![2.7f32, -2.7])]).unwrap();
+    assert_eq!(vals::<i64>(&y), [2, -2]);
+    assert!(run1("Cast", 1, &[("to", Attr::String(b"QUUX".to_vec()))], &[x.clone()]).is_err());
     // Unsupported target types fail at build time.
     assert!(run1("Cast", 13, &[("to", Attr::Int(8))], &[x.clone()]).is_err());
     assert!(run1("Cast", 13, &[], &[x]).is_err());
@@ -526,6 +529,24 @@ fn bench_f32_paths() {
     let row = t(&[h], (0..h).map(|i| i as f32 * 0.001).collect());
     let col = t(&[b, s, 1], (0..b * s).map(|i| i as f32 * 0.001).collect());
     let sc = Tensor::scalar(1.5f32);
+    time("RunCtx::alloc (zeroed)", n, || drop(RunCtx::default().alloc(DType::F32, &[b, s, h]).unwrap()));
+    let mut pre = vec![0f32; n];
+    let (xs, ys) = (vals::<f32>(&x), vals::<f32>(&y));
+    time("kernel: add into buffer", n, || {
+        super::scalar::map(&xs, &mut pre, |v| v + 1.0);
+    });
+    let node = Node::new("Add", "t", &[], &[]);
+    let plan = super::broadcast::Plan::new(&node, [x.shape(), row.shape()]).unwrap();
+    let rs = vals::<f32>(&row);
+    time("kernel: [B,S,H]+[H] into buffer", n, || {
+        super::broadcast::binary_into(&plan, &xs, &rs, &mut pre, |p, q| p + q);
+    });
+    time("kernel: tanh into buffer", n, || {
+        super::scalar::map(&ys, &mut pre, tessera_kernels::elementwise::tanh_f32);
+    });
+    time("kernel: gelu into buffer", n, || {
+        super::scalar::map(&ys, &mut pre, tessera_kernels::elementwise::gelu_erf_f32);
+    });
     time("Add same shape", n, || drop(run1("Add", 14, &[], &[x.clone(), y.clone()]).unwrap()));
     time("Add [B,S,H]+[H]", n, || drop(run1("Add", 14, &[], &[x.clone(), row.clone()]).unwrap()));
     time("Mul [B,S,H]*[B,S,1]", n, || drop(run1("Mul", 14, &[], &[x.clone(), col.clone()]).unwrap()));

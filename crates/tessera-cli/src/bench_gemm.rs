@@ -1,0 +1,186 @@
+//! `tessera bench-gemm`: GFLOP/s of each GEMM kernel on each shape, beside
+//! the tile unit's peak measured by a register-only probe and the fp32
+//! vector path, in one run.
+
+use std::time::Instant;
+
+use serde::Serialize;
+use tessera_kernels::gemm::{
+    self, tile_igemm, tile_sgemm, ukernel::amx, ukernel::DotKind, Epilogue, I8Mat, I8Out, MatRef, PackedB, Parallel,
+    Split, TileIsa,
+};
+
+#[derive(Serialize)]
+pub struct Row {
+    pub kernel: String,
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub threads: usize,
+    pub gflops: f64,
+    /// Peak of the unit this kernel runs on, for these threads (0 if none).
+    pub peak_gflops: f64,
+    pub pct_of_peak: f64,
+}
+
+pub struct Options {
+    pub shapes: Vec<(usize, usize, usize)>,
+    pub threads: Vec<usize>,
+    pub kernels: Vec<String>,
+    pub min_seconds: f64,
+}
+
+pub const DEFAULT_SHAPES: &[(usize, usize, usize)] = &[
+    (2048, 2048, 2048),
+    (128, 768, 768),
+    (128, 2304, 768),
+    (128, 3072, 768),
+    (128, 768, 3072),
+    (1024, 768, 768),
+    (1024, 3072, 768),
+    (1024, 768, 3072),
+];
+
+pub const ALL_KERNELS: &[&str] = &["fp32-vector", "amx-bf16", "amx-bf16x3", "amx-bf16x6", "amx-int8"];
+
+fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+/// Median seconds per call of `f` (at least 3 calls, about `min_seconds`).
+fn time(min_seconds: f64, mut f: impl FnMut()) -> f64 {
+    f();
+    let mut samples = Vec::new();
+    let start = Instant::now();
+    while samples.len() < 3 || (start.elapsed().as_secs_f64() < min_seconds && samples.len() < 200) {
+        let t = Instant::now();
+        f();
+        samples.push(t.elapsed().as_secs_f64());
+    }
+    samples.sort_by(f64::total_cmp);
+    samples[samples.len() / 2]
+}
+
+/// Peak operations per second of the tile unit over `threads` cores, each
+/// core running the register-only probe at the same time.
+fn tile_peak(pool: &rayon::ThreadPool, kind: DotKind) -> f64 {
+    let per = std::sync::Mutex::new(Vec::new());
+    pool.broadcast(|_| {
+        let v = amx::probe_peak(kind, 2_000_000);
+        per.lock().unwrap().push(v);
+    });
+    let v = per.into_inner().unwrap();
+    v.iter().sum()
+}
+
+pub fn run(opts: &Options) -> Result<Vec<Row>, String> {
+    let amx_ok = tessera_hw::amx_enabled();
+    let mut rows = Vec::new();
+    for &threads in &opts.threads {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().map_err(|e| e.to_string())?;
+        let (peak_bf16, peak_i8) = match &amx_ok {
+            Ok(()) => (tile_peak(&pool, DotKind::Bf16) / 1e9, tile_peak(&pool, DotKind::I8 { a_signed: true, b_signed: true }) / 1e9),
+            Err(_) => (0.0, 0.0),
+        };
+        if amx_ok.is_ok() {
+            eprintln!("tile peak, {threads} thread(s): bf16 {peak_bf16:.0} GFLOP/s, int8 {peak_i8:.0} GOP/s");
+        }
+        for &(m, n, k) in &opts.shapes {
+            let a = rand_vec(m * k, 1);
+            let b = rand_vec(k * n, 2);
+            let mut c = vec![0f32; m * n];
+            let flops = 2.0 * (m * n * k) as f64;
+            for kernel in &opts.kernels {
+                let (secs, peak) = match kernel.as_str() {
+                    "fp32-vector" => {
+                        let s = pool.install(|| {
+                            time(opts.min_seconds, || {
+                                gemm::sgemm(
+                                    MatRef::row_major(&a, m, k),
+                                    MatRef::row_major(&b, k, n),
+                                    &mut c,
+                                    n,
+                                    1.0,
+                                    0.0,
+                                    Parallel::Rayon(threads),
+                                )
+                            })
+                        });
+                        (s, 0.0)
+                    }
+                    "amx-bf16" | "amx-bf16x3" | "amx-bf16x6" => {
+                        if let Err(why) = &amx_ok {
+                            eprintln!("skipping {kernel}: {why}");
+                            continue;
+                        }
+                        let split = match kernel.as_str() {
+                            "amx-bf16" => Split::Bf16,
+                            "amx-bf16x3" => Split::Bf16x3,
+                            _ => Split::Bf16x6,
+                        };
+                        let pb = PackedB::from_f32(MatRef::row_major(&b, k, n), split);
+                        let epi = Epilogue::default();
+                        let s = pool.install(|| {
+                            time(opts.min_seconds, || {
+                                tile_sgemm(TileIsa::Amx, MatRef::row_major(&a, m, k), &pb, &mut c, n, &epi)
+                            })
+                        });
+                        // A split GEMM does `products` times the work of the
+                        // fp32 GEMM it computes: compare with peak / products.
+                        (s, peak_bf16 / split.products().len() as f64)
+                    }
+                    "amx-int8" => {
+                        if let Err(why) = &amx_ok {
+                            eprintln!("skipping {kernel}: {why}");
+                            continue;
+                        }
+                        let ab: Vec<u8> = a.iter().map(|v| (v * 100.0 + 128.0) as u8).collect();
+                        let bb: Vec<u8> = b.iter().map(|v| (v * 100.0) as i8 as u8).collect();
+                        let pb = PackedB::from_i8(&bb, k, n, true, &[0]);
+                        let mut ci = vec![0i32; m * n];
+                        let s = pool.install(|| {
+                            time(opts.min_seconds, || {
+                                let am = I8Mat { data: &ab, rows: m, cols: k, row_stride: k, signed: false };
+                                tile_igemm(TileIsa::Amx, am, &[128], &pb, I8Out::I32 { c: &mut ci, ldc: n })
+                            })
+                        });
+                        (s, peak_i8)
+                    }
+                    other => return Err(format!("unknown kernel '{other}' (known: {})", ALL_KERNELS.join(", "))),
+                };
+                let gflops = flops / secs / 1e9;
+                rows.push(Row {
+                    kernel: kernel.clone(),
+                    m,
+                    n,
+                    k,
+                    threads,
+                    gflops,
+                    peak_gflops: peak,
+                    pct_of_peak: if peak > 0.0 { 100.0 * gflops / peak } else { 0.0 },
+                });
+            }
+        }
+    }
+    Ok(rows)
+}
+
+pub fn print(rows: &[Row]) {
+    println!("{:<12} {:>6} {:>6} {:>6} {:>4} {:>10} {:>10} {:>7}", "kernel", "M", "N", "K", "thr", "GFLOP/s", "peak", "%peak");
+    for r in rows {
+        let peak = if r.peak_gflops > 0.0 { format!("{:.0}", r.peak_gflops) } else { "-".into() };
+        let pct = if r.peak_gflops > 0.0 { format!("{:.1}", r.pct_of_peak) } else { "-".into() };
+        println!(
+            "{:<12} {:>6} {:>6} {:>6} {:>4} {:>10.1} {:>10} {:>7}",
+            r.kernel, r.m, r.n, r.k, r.threads, r.gflops, peak, pct
+        );
+    }
+}

@@ -1,0 +1,147 @@
+//! Tile microkernels: the only ISA-specific code of the tile GEMM.
+//!
+//! Every kernel computes one 32x32 block of accumulators from packed
+//! panels (see [`super::pack`] for the layouts):
+//! `acc = (accumulate ? acc : 0) + sum over k-blocks of A_blk · B_blk`.
+//! A k-block is one 16-row x 64-byte tile per 16 rows of A and per 16
+//! columns of B, so a block covers 32 bf16 or 64 int8 values of K. The
+//! accumulator block is row-major with 32 elements (128 bytes) per row.
+//!
+//! Two implementations share that contract: [`amx`] (Intel AMX through
+//! `asm!`) and [`emulated`] (portable Rust with the same arithmetic, used as
+//! the reference for the packed layouts and where no tile unit exists).
+
+pub mod amx;
+pub mod emulated;
+
+/// Rows and columns of the accumulator block one microkernel call produces.
+pub const MR: usize = 32;
+pub const NR: usize = 32;
+/// Bytes in one row of a tile, and rows per tile (AMX palette 1).
+pub const TILE_ROW_BYTES: usize = 64;
+pub const TILE_ROWS: usize = 16;
+pub const TILE_BYTES: usize = TILE_ROW_BYTES * TILE_ROWS;
+/// Bytes of one packed k-block of a 32-row A panel or 32-column B panel.
+pub const BLOCK_BYTES: usize = 2 * TILE_BYTES;
+
+/// The dot-product flavour of a kernel: what the packed bytes hold.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum DotKind {
+    /// bf16 pairs, fp32 accumulators (`tdpbf16ps`).
+    Bf16,
+    /// Quadruples of 8-bit integers, i32 accumulators; the flags say whether
+    /// A and B are signed (`tdpbssd`, `tdpbsud`, `tdpbusd`, `tdpbuud`).
+    I8 { a_signed: bool, b_signed: bool },
+}
+
+impl DotKind {
+    /// Values of K in one k-block.
+    pub fn k_per_block(self) -> usize {
+        match self {
+            DotKind::Bf16 => 32,
+            DotKind::I8 { .. } => 64,
+        }
+    }
+    /// Values of K packed side by side in one B tile row entry (VNNI group).
+    pub fn group(self) -> usize {
+        match self {
+            DotKind::Bf16 => 2,
+            DotKind::I8 { .. } => 4,
+        }
+    }
+}
+
+/// A 32x32 accumulator block, 64-byte aligned so tile stores hit whole lines.
+#[repr(C, align(64))]
+pub struct AccBlock(pub [u32; MR * NR]);
+
+impl AccBlock {
+    pub fn new() -> Self {
+        AccBlock([0; MR * NR])
+    }
+    pub fn as_f32(&self) -> &[f32; MR * NR] {
+        bytemuck_cast(&self.0)
+    }
+    pub fn as_i32(&self) -> &[i32; MR * NR] {
+        bytemuck_cast(&self.0)
+    }
+}
+
+impl Default for AccBlock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn bytemuck_cast<T>(v: &[u32; MR * NR]) -> &[T; MR * NR] {
+    const { assert!(std::mem::size_of::<T>() == 4 && std::mem::align_of::<T>() <= 4) };
+    // SAFETY: T is a 4-byte plain number type (f32 or i32, checked above for
+    // size and alignment) for which every bit pattern is valid.
+    unsafe { &*(v as *const [u32; MR * NR] as *const [T; MR * NR]) }
+}
+
+/// Which implementation runs the microkernel.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum TileIsa {
+    Amx,
+    Emulated,
+}
+
+impl TileIsa {
+    /// AMX when the CPU and OS allow it, else the portable emulation.
+    pub fn best() -> TileIsa {
+        if tessera_hw::amx_usable() {
+            TileIsa::Amx
+        } else {
+            TileIsa::Emulated
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            TileIsa::Amx => "amx",
+            TileIsa::Emulated => "emulated",
+        }
+    }
+}
+
+/// Per-thread state a kernel needs across calls (AMX: the tile
+/// configuration). Created at the start of a task, dropped at its end.
+pub struct TileSession {
+    isa: TileIsa,
+    // Tile configuration is per thread: keep the session on its thread.
+    _not_send: std::marker::PhantomData<*const ()>,
+}
+
+impl TileSession {
+    /// Prepares this thread for `isa`. Panics if `isa` is AMX and the tile
+    /// unit is not usable (callers choose the ISA with [`TileIsa::best`]).
+    pub fn begin(isa: TileIsa) -> Self {
+        if isa == TileIsa::Amx {
+            assert!(tessera_hw::amx_usable(), "AMX microkernel requested but AMX is not usable");
+            amx::configure_thread();
+        }
+        TileSession { isa, _not_send: std::marker::PhantomData }
+    }
+
+    /// Runs one microkernel call over `kblocks` packed k-blocks.
+    ///
+    /// `a` and `b` must hold at least `kblocks * BLOCK_BYTES` bytes each.
+    pub fn run(&self, kind: DotKind, a: &[u8], b: &[u8], kblocks: usize, acc: &mut AccBlock, accumulate: bool) {
+        let need = kblocks * BLOCK_BYTES;
+        assert!(a.len() >= need && b.len() >= need, "packed panels shorter than {kblocks} k-blocks");
+        match self.isa {
+            // SAFETY: lengths checked above; `begin` configured the tiles on
+            // this thread (a TileSession is !Send, so we are still on it).
+            TileIsa::Amx => unsafe { amx::run(kind, a.as_ptr(), b.as_ptr(), kblocks, acc, accumulate) },
+            TileIsa::Emulated => emulated::run(kind, a, b, kblocks, acc, accumulate),
+        }
+    }
+}
+
+impl Drop for TileSession {
+    fn drop(&mut self) {
+        if self.isa == TileIsa::Amx {
+            amx::release_thread();
+        }
+    }
+}

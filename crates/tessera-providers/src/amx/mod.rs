@@ -1,0 +1,152 @@
+//! The tile provider: matrix products on the CPU's matrix unit (Intel AMX
+//! today; the same driver will take Apple's SME kernels).
+//!
+//! It claims MatMul, Gemm and `tessera:FusedMatMul` whose weight is a
+//! constant 2-D fp32 matrix (packed once, at session creation, into the
+//! kernel's layout) and MatMulInteger with a constant 8-bit weight. What
+//! runs on the tiles follows the session's [`Precision`]:
+//! * fp32: bf16x6 split products (fp32-class error), see `fp32_split`;
+//! * bf16 / auto: one bf16 product, fp32 accumulation;
+//! * int8: fp32 products quantized to int8 (weights per column, activations
+//!   per row); integer models' MatMulInteger always runs on int8 tiles.
+
+mod ops;
+
+use tessera_core::{DType, Graph, Node, Result};
+use tessera_kernels::gemm::{Split, TileIsa};
+
+use crate::cpu::provider::compile_partition;
+use crate::precision::Precision;
+use crate::provider::{CompiledPartition, ExecutionProvider, NodeVerdict, Subgraph};
+
+/// What the provider does with one claimed node.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub(crate) enum TilePlan {
+    /// fp32 product on bf16 tiles with this split.
+    Float(Split),
+    /// fp32 product as a dynamically quantized int8 product.
+    DynamicInt8,
+    /// An integer model's MatMulInteger.
+    Integer,
+}
+
+pub struct AmxProvider {
+    precision: Precision,
+    isa: TileIsa,
+    /// How fp32-accurate products run on tiles (None: leave them to the
+    /// CPU provider's fp32 vector kernels).
+    fp32_split: Option<Split>,
+}
+
+impl AmxProvider {
+    /// The provider on this machine's tile unit, or why there is none.
+    pub fn new(precision: Precision) -> std::result::Result<AmxProvider, String> {
+        tessera_hw::amx_enabled()?;
+        Ok(Self::with_isa(precision, TileIsa::Amx))
+    }
+
+    /// The provider on a given ISA: tests run it on [`TileIsa::Emulated`]
+    /// to check the graph-level logic on machines without AMX.
+    pub fn with_isa(precision: Precision, isa: TileIsa) -> AmxProvider {
+        AmxProvider { precision, isa, fp32_split: Some(Split::Bf16x6) }
+    }
+
+    /// Keeps fp32-precision products off the tiles (or sets their split).
+    pub fn with_fp32_split(mut self, split: Option<Split>) -> Self {
+        self.fp32_split = split;
+        self
+    }
+
+    fn float_plan(&self) -> std::result::Result<TilePlan, String> {
+        match self.precision {
+            Precision::Bf16 | Precision::Auto => Ok(TilePlan::Float(Split::Bf16)),
+            Precision::Int8 => Ok(TilePlan::DynamicInt8),
+            Precision::Fp32 => match self.fp32_split {
+                Some(s) => Ok(TilePlan::Float(s)),
+                None => Err("fp32 precision: fp32 products stay on the vector units".into()),
+            },
+        }
+    }
+
+    /// The plan for `node`, or why the provider declines it.
+    pub(crate) fn plan(&self, graph: &Graph, node: &Node) -> std::result::Result<TilePlan, String> {
+        let domain_ok = node.domain.is_empty() || node.domain == "ai.onnx";
+        let weight = |i: usize| -> std::result::Result<DType, String> {
+            let name = node.input(i).ok_or("no weight input")?;
+            let t = graph.initializers.get(name).ok_or_else(|| format!("weight '{name}' is not a constant"))?;
+            if t.rank() != 2 {
+                return Err(format!("weight '{name}' has rank {}, tiles take 2-D weights", t.rank()));
+            }
+            Ok(t.dtype())
+        };
+        let float_weight = || match weight(1)? {
+            DType::F32 => Ok(()),
+            d => Err(format!("{d} weight (tiles take fp32 or 8-bit weights)")),
+        };
+        match (node.domain.as_str(), node.op_type.as_str()) {
+            (_, "MatMul") if domain_ok => {
+                float_weight()?;
+                self.float_plan()
+            }
+            (_, "Gemm") if domain_ok => {
+                if node.attr_int_or("transA", 0).unwrap_or(1) != 0 {
+                    return Err("Gemm with transA".into());
+                }
+                float_weight()?;
+                self.float_plan()
+            }
+            ("tessera", "FusedMatMul") => {
+                float_weight()?;
+                self.float_plan()
+            }
+            (_, "MatMulInteger") if domain_ok => {
+                match weight(1)? {
+                    DType::I8 | DType::U8 => {}
+                    d => return Err(format!("{d} weight")),
+                }
+                if let Some(z) = node.input(3) {
+                    let t = graph.initializers.get(z).ok_or("B zero point is not a constant")?;
+                    if t.rank() > 1 {
+                        return Err("B zero point of rank > 1".into());
+                    }
+                }
+                Ok(TilePlan::Integer)
+            }
+            _ => Err("not a matrix product the tile unit runs".into()),
+        }
+    }
+}
+
+impl ExecutionProvider for AmxProvider {
+    fn name(&self) -> &str {
+        "amx"
+    }
+
+    fn claim(&self, graph: &Graph, taken: &[bool]) -> Vec<NodeVerdict> {
+        graph
+            .nodes
+            .iter()
+            .zip(taken)
+            .map(|(n, &t)| {
+                if t {
+                    return NodeVerdict::Decline { reason: "taken by another provider".into() };
+                }
+                match self.plan(graph, n) {
+                    Ok(_) => NodeVerdict::Claim { group: 0 },
+                    Err(reason) => NodeVerdict::Decline { reason },
+                }
+            })
+            .collect()
+    }
+
+    fn compile(&self, graph: &Graph, sub: &Subgraph) -> Result<Box<dyn CompiledPartition>> {
+        let build = |node: &Node, constant: &dyn Fn(&str) -> Option<tessera_core::Tensor>| {
+            let plan = self.plan(graph, node).map_err(|r| tessera_core::Error::node(node, r))?;
+            ops::build(node, plan, self.isa, constant)
+        };
+        Ok(Box::new(compile_partition(graph, sub, &build)?))
+    }
+}
+
+#[cfg(test)]
+mod tests;

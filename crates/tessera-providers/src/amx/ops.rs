@@ -1,0 +1,317 @@
+//! The tile provider's ops: weights packed at build time, products on
+//! tiles at run time, bias/activation/residual fused into the store.
+
+use std::sync::Arc;
+
+use tessera_core::{DType, Error, Node, Result, Tensor};
+use tessera_kernels::gemm::{
+    tile_igemm, tile_sgemm, Activation, Epilogue, I8Mat, I8Out, MatRef, PackedB, Residual, Split, TileIsa,
+};
+
+use super::TilePlan;
+use crate::cpu::registry::{CpuOp, RunCtx};
+use crate::cpu::util::{broadcast_strides, opt, req};
+
+type Constant<'a> = &'a dyn Fn(&str) -> Option<Tensor>;
+
+pub(crate) fn build(node: &Node, plan: TilePlan, isa: TileIsa, constant: Constant) -> Result<Box<dyn CpuOp>> {
+    match plan {
+        TilePlan::Float(split) => Ok(Box::new(Linear::build(node, Some(split), isa, constant)?)),
+        TilePlan::DynamicInt8 => Ok(Box::new(Linear::build(node, None, isa, constant)?)),
+        TilePlan::Integer => Ok(Box::new(MatMulInteger::build(node, isa, constant)?)),
+    }
+}
+
+fn weight(node: &Node, i: usize, constant: Constant) -> Result<Tensor> {
+    node.input(i)
+        .and_then(constant)
+        .ok_or_else(|| Error::node(node, format!("input {i} must be a constant for the tile provider")))
+}
+
+enum Weight {
+    /// bf16 tiles (any split).
+    Tiles(PackedB),
+    /// Symmetric int8 per column, with each column's scale.
+    Int8 { packed: PackedB, scales: Vec<f32> },
+}
+
+/// Quantizes `b` (`k x n`, row-major) to int8 per column, symmetric.
+fn quantize_columns(b: &[f32], k: usize, n: usize) -> (Vec<u8>, Vec<f32>) {
+    let mut scales = vec![0f32; n];
+    for row in b.chunks(n) {
+        for (s, &v) in scales.iter_mut().zip(row) {
+            *s = s.max(v.abs());
+        }
+    }
+    scales.iter_mut().for_each(|s| *s = if *s > 0.0 && s.is_finite() { *s / 127.0 } else { 1.0 });
+    let mut q = vec![0u8; k * n];
+    for (qr, row) in q.chunks_mut(n).zip(b.chunks(n)) {
+        for ((d, &v), &s) in qr.iter_mut().zip(row).zip(&scales) {
+            *d = (v / s).round().clamp(-127.0, 127.0) as i8 as u8;
+        }
+    }
+    (q, scales)
+}
+
+/// Quantizes each row of `a` (`rows x k`) to int8, symmetric.
+fn quantize_rows(a: &[f32], k: usize, q: &mut Vec<u8>, scales: &mut Vec<f32>) {
+    q.resize(a.len(), 0);
+    scales.clear();
+    for (qr, row) in q.chunks_mut(k.max(1)).zip(a.chunks(k.max(1))) {
+        let m = row.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let s = if m > 0.0 && m.is_finite() { m / 127.0 } else { 1.0 };
+        let inv = 1.0 / s;
+        for (d, &v) in qr.iter_mut().zip(row) {
+            *d = (v * inv).round().clamp(-127.0, 127.0) as i8 as u8;
+        }
+        scales.push(s);
+    }
+}
+
+/// MatMul, Gemm and FusedMatMul with a constant weight.
+struct Linear {
+    node: Node,
+    isa: TileIsa,
+    weight: Arc<Weight>,
+    k: usize,
+    n: usize,
+    alpha: f32,
+    /// Gemm's beta (scales C), 1 otherwise.
+    beta: f32,
+    /// A constant bias (already scaled by beta): one value or one per column.
+    bias: Option<Vec<f32>>,
+    /// Input index of a bias (FusedMatMul) or C (Gemm) known only at run time.
+    bias_input: Option<usize>,
+    residual_input: Option<usize>,
+    activation: Activation,
+    /// Gemm takes 2-D A only.
+    a_2d: bool,
+}
+
+impl Linear {
+    fn build(node: &Node, split: Option<Split>, isa: TileIsa, constant: Constant) -> Result<Linear> {
+        let gemm = node.op_type == "Gemm";
+        let fused = node.op_type == "FusedMatMul";
+        let b = weight(node, 1, constant)?;
+        if b.dtype() != DType::F32 || b.rank() != 2 {
+            return Err(Error::node(node, "tile weights must be 2-D fp32"));
+        }
+        let trans_b = gemm && node.attr_int_or("transB", 0)? != 0;
+        let (k, n) = if trans_b { (b.shape()[1], b.shape()[0]) } else { (b.shape()[0], b.shape()[1]) };
+        let bs = b.as_slice::<f32>()?;
+        let bview = if trans_b { MatRef::row_major(bs, n, k).t() } else { MatRef::row_major(bs, k, n) };
+        let weight = match split {
+            Some(s) => Weight::Tiles(PackedB::from_f32(bview, s)),
+            None => {
+                let dense: Vec<f32> = (0..k * n).map(|i| bview.data[(i / n) * bview.row_stride + (i % n) * bview.col_stride]).collect();
+                let (q, scales) = quantize_columns(&dense, k, n);
+                Weight::Int8 { packed: PackedB::from_i8(&q, k, n, true, &[0]), scales }
+            }
+        };
+        let (alpha, beta) = if gemm { (node.attr_float_or("alpha", 1.0)?, node.attr_float_or("beta", 1.0)?) } else { (1.0, 1.0) };
+        let activation = if fused {
+            let a = node.attr_string("activation")?.unwrap_or_default();
+            Activation::parse(&a).ok_or_else(|| Error::node(node, format!("unknown activation '{a}'")))?
+        } else {
+            Activation::None
+        };
+        let bias_idx = (gemm || fused).then_some(2).filter(|&i| node.input(i).is_some());
+        let mut bias = None;
+        let mut bias_input = bias_idx;
+        if let Some(c) = bias_idx.and_then(|i| node.input(i)).and_then(constant) {
+            if c.dtype() != DType::F32 {
+                return Err(Error::node(node, format!("bias must be fp32, got {}", c.dtype())));
+            }
+            // A row vector (or a scalar) is a per-column bias; other shapes
+            // are added by broadcasting at run time.
+            let row_like = c.numel() == 1 || (c.numel() == n && c.shape().last() == Some(&n));
+            if row_like {
+                bias = Some(c.as_slice::<f32>()?.iter().map(|v| v * beta).collect());
+                bias_input = None;
+            }
+        }
+        Ok(Linear {
+            node: node.clone(),
+            isa,
+            weight: Arc::new(weight),
+            k,
+            n,
+            alpha,
+            beta,
+            bias,
+            bias_input,
+            residual_input: fused.then_some(3).filter(|&i| node.input(i).is_some()),
+            activation,
+            a_2d: gemm,
+        })
+    }
+}
+
+/// `y += scale * c`, with `c` broadcast to `y`'s shape.
+fn add_broadcast(node: &Node, y: &mut [f32], y_shape: &[usize], c: &Tensor, scale: f32) -> Result<()> {
+    if c.rank() > y_shape.len() || c.shape().iter().rev().zip(y_shape.iter().rev()).any(|(&a, &b)| a != 1 && a != b) {
+        return Err(Error::node(node, format!("{:?} does not broadcast to {y_shape:?}", c.shape())));
+    }
+    let cs = c.as_slice::<f32>()?;
+    let st = broadcast_strides(c.shape(), y_shape);
+    let mut idx = vec![0usize; y_shape.len()];
+    for v in y.iter_mut() {
+        let off: usize = idx.iter().zip(&st).map(|(i, s)| i * s).sum();
+        *v += scale * cs[off];
+        for d in (0..idx.len()).rev() {
+            idx[d] += 1;
+            if idx[d] < y_shape[d] {
+                break;
+            }
+            idx[d] = 0;
+        }
+    }
+    Ok(())
+}
+
+impl CpuOp for Linear {
+    fn run(&self, inputs: &[Option<&Tensor>], ctx: &mut RunCtx) -> Result<Vec<Tensor>> {
+        let node = &self.node;
+        let a = req(node, inputs, 0)?;
+        if a.dtype() != DType::F32 {
+            return Err(Error::node(node, format!("A must be fp32, got {}", a.dtype())));
+        }
+        let (k, n) = (self.k, self.n);
+        if a.shape().last() != Some(&k) || (self.a_2d && a.rank() != 2) {
+            return Err(Error::node(node, format!("A of shape {:?} does not match a {k}x{n} weight", a.shape())));
+        }
+        let rows = a.numel() / k.max(1);
+        let mut y_shape = a.shape()[..a.rank() - 1].to_vec();
+        y_shape.push(n);
+        let mut y = ctx.alloc(DType::F32, &y_shape)?;
+        // Run-time bias: a row vector goes into the epilogue, anything else
+        // is broadcast-added afterwards (before the activation only matters
+        // for FusedMatMul, whose bias is always a row vector or a scalar).
+        let rt_bias = self.bias_input.and_then(|i| opt(inputs, i));
+        let mut scaled: Vec<f32> = Vec::new();
+        let mut late_bias = None;
+        if let Some(c) = rt_bias {
+            if c.dtype() != DType::F32 {
+                return Err(Error::node(node, "bias must be fp32"));
+            }
+            if c.numel() == 1 || (c.numel() == n && c.shape().last() == Some(&n)) {
+                scaled = c.as_slice::<f32>()?.iter().map(|v| v * self.beta).collect();
+            } else if self.activation == Activation::None {
+                late_bias = Some(c);
+            } else {
+                return Err(Error::node(node, format!("bias of shape {:?} is not a row vector", c.shape())));
+            }
+        }
+        let bias = self.bias.as_deref().or((!scaled.is_empty()).then_some(scaled.as_slice()));
+        let res = self.residual_input.and_then(|i| opt(inputs, i));
+        let res_direct = res.filter(|r| r.shape() == y_shape.as_slice() && r.dtype() == DType::F32);
+        let epi = Epilogue {
+            alpha: self.alpha,
+            bias,
+            activation: self.activation,
+            residual: match res_direct {
+                Some(r) => Some(Residual { data: r.as_slice::<f32>()?, row_stride: n }),
+                None => None,
+            },
+        };
+        let av = MatRef::row_major(a.as_slice::<f32>()?, rows, k);
+        let out = y.as_mut_slice::<f32>()?;
+        match self.weight.as_ref() {
+            Weight::Tiles(pb) => tile_sgemm(self.isa, av, pb, out, n, &epi),
+            Weight::Int8 { packed, scales } => {
+                let (mut q, mut sa) = (Vec::new(), Vec::new());
+                quantize_rows(av.data, k, &mut q, &mut sa);
+                let am = I8Mat { data: &q, rows, cols: k, row_stride: k, signed: true };
+                let o = I8Out::F32 { c: out, ldc: n, scale_a: &sa, scale_b: scales, epi: &epi };
+                tile_igemm(self.isa, am, &[0], packed, o);
+            }
+        }
+        if let Some(c) = late_bias {
+            add_broadcast(node, y.as_mut_slice::<f32>()?, &y_shape, c, self.beta)?;
+        }
+        if let (Some(r), None) = (res, res_direct) {
+            if r.dtype() != DType::F32 {
+                return Err(Error::node(node, "residual must be fp32"));
+            }
+            add_broadcast(node, y.as_mut_slice::<f32>()?, &y_shape, r, 1.0)?;
+        }
+        Ok(vec![y])
+    }
+}
+
+/// MatMulInteger with a constant 8-bit weight: exact i32 output.
+struct MatMulInteger {
+    node: Node,
+    isa: TileIsa,
+    weight: Arc<PackedB>,
+    k: usize,
+    n: usize,
+}
+
+impl MatMulInteger {
+    fn build(node: &Node, isa: TileIsa, constant: Constant) -> Result<MatMulInteger> {
+        let b = weight(node, 1, constant)?;
+        let signed = match b.dtype() {
+            DType::I8 => true,
+            DType::U8 => false,
+            d => return Err(Error::node(node, format!("B must be int8 or uint8, got {d}"))),
+        };
+        if b.rank() != 2 {
+            return Err(Error::node(node, "B must be 2-D"));
+        }
+        let (k, n) = (b.shape()[0], b.shape()[1]);
+        let zero: Vec<i32> = match node.input(3) {
+            None => vec![0],
+            Some(z) => {
+                let z = constant(z).ok_or_else(|| Error::node(node, "B zero point must be a constant"))?;
+                if z.dtype() != b.dtype() || !(z.numel() == 1 || z.numel() == n) || z.rank() > 1 {
+                    return Err(Error::node(node, format!("B zero point {:?} must be a scalar or [N] of B's type", z.shape())));
+                }
+                z.bytes().iter().map(|&v| if signed { v as i8 as i32 } else { v as i32 }).collect()
+            }
+        };
+        Ok(MatMulInteger {
+            node: node.clone(),
+            isa,
+            weight: Arc::new(PackedB::from_i8(b.bytes(), k, n, signed, &zero)),
+            k,
+            n,
+        })
+    }
+}
+
+impl CpuOp for MatMulInteger {
+    fn run(&self, inputs: &[Option<&Tensor>], ctx: &mut RunCtx) -> Result<Vec<Tensor>> {
+        let node = &self.node;
+        let a = req(node, inputs, 0)?;
+        let a_signed = match a.dtype() {
+            DType::I8 => true,
+            DType::U8 => false,
+            d => return Err(Error::node(node, format!("A must be int8 or uint8, got {d}"))),
+        };
+        let (k, n) = (self.k, self.n);
+        if a.shape().last() != Some(&k) {
+            return Err(Error::node(node, format!("A of shape {:?} does not match B [{k}, {n}]", a.shape())));
+        }
+        let rows = a.numel() / k.max(1);
+        let a_zero: Vec<i32> = match opt(inputs, 2) {
+            None => vec![0],
+            Some(z) => {
+                if z.dtype() != a.dtype() {
+                    return Err(Error::node(node, "A zero point must have A's type"));
+                }
+                // Per tensor, or per row of a 2-D A.
+                if !(z.numel() == 1 || (a.rank() == 2 && z.numel() == rows)) {
+                    return Err(Error::node(node, format!("A zero point of shape {:?} is not supported", z.shape())));
+                }
+                z.bytes().iter().map(|&v| if a_signed { v as i8 as i32 } else { v as i32 }).collect()
+            }
+        };
+        let mut y_shape = a.shape()[..a.rank() - 1].to_vec();
+        y_shape.push(n);
+        let mut y = ctx.alloc(DType::I32, &y_shape)?;
+        let am = I8Mat { data: a.bytes(), rows, cols: k, row_stride: k, signed: a_signed };
+        tile_igemm(self.isa, am, &a_zero, &self.weight, I8Out::I32 { c: y.as_mut_slice::<i32>()?, ldc: n });
+        Ok(vec![y])
+    }
+}

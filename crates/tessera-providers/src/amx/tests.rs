@@ -1,0 +1,167 @@
+//! The tile provider against the CPU provider on one-node graphs, run on
+//! the emulated tile kernel here and on AMX where the machine has it.
+
+use std::collections::HashMap;
+
+use tessera_core::{Attr, DType, Graph, Node, Tensor, ValueInfo};
+use tessera_kernels::gemm::TileIsa;
+
+use super::*;
+use crate::cpu::CpuProvider;
+use crate::provider::{RunOptions, Value};
+
+fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+fn isa() -> TileIsa {
+    TileIsa::best()
+}
+
+/// A graph of one node whose inputs are `runtime` (fed) and `consts`.
+fn graph(node: Node, runtime: &[&str], consts: Vec<(&str, Tensor)>) -> Graph {
+    let mut g = Graph { name: "t".into(), ..Default::default() };
+    for r in runtime {
+        g.inputs.push(ValueInfo { name: r.to_string(), dtype: None, shape: None });
+    }
+    for o in &node.outputs {
+        g.outputs.push(ValueInfo { name: o.clone(), dtype: None, shape: None });
+    }
+    g.initializers = consts.into_iter().map(|(n, t)| (n.to_string(), t)).collect::<HashMap<_, _>>();
+    g.opsets.insert(String::new(), 17);
+    g.nodes.push(node);
+    g
+}
+
+/// Runs the graph's single node on `p` (which must claim it).
+fn run_on(p: &dyn ExecutionProvider, g: &Graph, inputs: &[Tensor]) -> Tensor {
+    let v = p.claim(g, &[false]);
+    assert!(matches!(v[0], NodeVerdict::Claim { .. }), "{} declined: {:?}", p.name(), v[0]);
+    let sub = Subgraph {
+        nodes: vec![0],
+        inputs: g.inputs.iter().map(|i| i.name.clone()).collect(),
+        outputs: vec![g.nodes[0].outputs[0].clone()],
+    };
+    let part = p.compile(g, &sub).unwrap();
+    let out = part.run(inputs.iter().cloned().map(Value::Host).collect(), &RunOptions { pool: None }).unwrap();
+    out.into_iter().next().unwrap().into_host().unwrap()
+}
+
+fn max_rel_err(x: &Tensor, y: &Tensor) -> f64 {
+    assert_eq!(x.shape(), y.shape());
+    let (a, b) = (x.to_f64_vec(), y.to_f64_vec());
+    let scale = b.iter().fold(1e-6f64, |m, v| m.max(v.abs()));
+    a.iter().zip(&b).map(|(p, q)| (p - q).abs()).fold(0.0, f64::max) / scale
+}
+
+#[test]
+fn matmul_every_precision_matches_cpu() {
+    let (m, k, n) = (37, 70, 45);
+    let w = Tensor::from_vec(&[k, n], rand_vec(k * n, 1)).unwrap();
+    let a = Tensor::from_vec(&[1, m, k], rand_vec(m * k, 2)).unwrap();
+    let g = graph(Node::new("MatMul", "mm", &["a", "w"], &["y"]), &["a"], vec![("w", w)]);
+    let want = run_on(&CpuProvider::new(), &g, std::slice::from_ref(&a));
+    for (prec, tol) in [(Precision::Fp32, 1e-6), (Precision::Bf16, 2e-2), (Precision::Auto, 2e-2), (Precision::Int8, 3e-2)] {
+        let got = run_on(&AmxProvider::with_isa(prec, isa()), &g, std::slice::from_ref(&a));
+        let e = max_rel_err(&got, &want);
+        assert!(e <= tol, "{prec}: relative error {e:e} > {tol:e}");
+    }
+}
+
+#[test]
+fn gemm_attributes_and_bias_shapes() {
+    let (m, k, n) = (20, 33, 40);
+    let a = Tensor::from_vec(&[m, k], rand_vec(m * k, 3)).unwrap();
+    let wt = Tensor::from_vec(&[n, k], rand_vec(k * n, 4)).unwrap();
+    for c_shape in [vec![n], vec![1, n], vec![m, n], vec![m, 1], vec![]] {
+        let numel = c_shape.iter().product::<usize>();
+        let c = Tensor::from_vec(&c_shape, rand_vec(numel, 5)).unwrap();
+        for c_const in [true, false] {
+            let node = Node::new("Gemm", "g", &["a", "w", "c"], &["y"])
+                .with_attr("transB", Attr::Int(1))
+                .with_attr("alpha", Attr::Float(0.5))
+                .with_attr("beta", Attr::Float(2.0));
+            let (g, ins) = if c_const {
+                (graph(node, &["a"], vec![("w", wt.clone()), ("c", c.clone())]), vec![a.clone()])
+            } else {
+                (graph(node, &["a", "c"], vec![("w", wt.clone())]), vec![a.clone(), c.clone()])
+            };
+            let want = run_on(&CpuProvider::new(), &g, &ins);
+            let got = run_on(&AmxProvider::with_isa(Precision::Fp32, isa()), &g, &ins);
+            let e = max_rel_err(&got, &want);
+            assert!(e <= 1e-6, "C {c_shape:?} const={c_const}: {e:e}");
+        }
+    }
+}
+
+#[test]
+fn fused_matmul_epilogue_matches_cpu() {
+    let (m, k, n) = (50, 64, 96);
+    let a = Tensor::from_vec(&[2, m, k], rand_vec(2 * m * k, 6)).unwrap();
+    let w = Tensor::from_vec(&[k, n], rand_vec(k * n, 7)).unwrap();
+    let bias = Tensor::from_vec(&[n], rand_vec(n, 8)).unwrap();
+    for (act, res_shape) in [("gelu_erf", vec![2, m, n]), ("relu", vec![n]), ("silu", vec![2, m, n]), ("gelu_tanh", vec![m, n])] {
+        let numel = res_shape.iter().product::<usize>();
+        let res = Tensor::from_vec(&res_shape, rand_vec(numel, 9)).unwrap();
+        let mut node = Node::new("FusedMatMul", "f", &["a", "w", "bias", "res"], &["y"])
+            .with_attr("activation", Attr::String(act.as_bytes().to_vec()));
+        node.domain = "tessera".into();
+        let g = graph(node, &["a", "res"], vec![("w", w.clone()), ("bias", bias.clone())]);
+        let ins = [a.clone(), res];
+        let want = run_on(&CpuProvider::new(), &g, &ins);
+        let got = run_on(&AmxProvider::with_isa(Precision::Fp32, isa()), &g, &ins);
+        let e = max_rel_err(&got, &want);
+        assert!(e <= 1e-6, "{act} residual {res_shape:?}: {e:e}");
+    }
+}
+
+#[test]
+fn matmul_integer_exact_for_all_signedness_and_zero_points() {
+    let (m, k, n) = (33, 130, 40);
+    let bytes = |len: usize, s: u64| rand_vec(len, s).iter().map(|v| ((v + 1.0) * 127.9) as u8).collect::<Vec<u8>>();
+    for (adt, bdt) in [(DType::U8, DType::I8), (DType::U8, DType::U8), (DType::I8, DType::I8), (DType::I8, DType::U8)] {
+        for per_col in [false, true] {
+            let a = Tensor::from_bytes(adt, &[m, k], &bytes(m * k, 10)).unwrap();
+            let b = Tensor::from_bytes(bdt, &[k, n], &bytes(k * n, 11)).unwrap();
+            let za = Tensor::from_bytes(adt, &[], &[7]).unwrap();
+            let zb_len = if per_col { n } else { 1 };
+            let zb_shape: Vec<usize> = if per_col { vec![n] } else { vec![] };
+            let zb = Tensor::from_bytes(bdt, &zb_shape, &bytes(zb_len, 12)).unwrap();
+            let node = Node::new("MatMulInteger", "mi", &["a", "b", "za", "zb"], &["y"]);
+            let g = graph(node, &["a", "za"], vec![("b", b), ("zb", zb)]);
+            let ins = [a, za];
+            let want = run_on(&CpuProvider::new(), &g, &ins);
+            let got = run_on(&AmxProvider::with_isa(Precision::Fp32, isa()), &g, &ins);
+            assert_eq!(got.dtype(), DType::I32);
+            assert_eq!(got.to_i64_vec().unwrap(), want.to_i64_vec().unwrap(), "{adt}x{bdt} per_col={per_col}");
+        }
+    }
+}
+
+#[test]
+fn declines_with_reasons() {
+    let p = AmxProvider::with_isa(Precision::Fp32, TileIsa::Emulated);
+    let g = graph(Node::new("MatMul", "mm", &["a", "b"], &["y"]), &["a", "b"], vec![]);
+    match &p.claim(&g, &[false])[0] {
+        NodeVerdict::Decline { reason } => assert!(reason.contains("not a constant"), "{reason}"),
+        v => panic!("claimed {v:?}"),
+    }
+    let w = Tensor::from_vec(&[2, 2], vec![0f64; 4]).unwrap();
+    let g = graph(Node::new("MatMul", "mm", &["a", "w"], &["y"]), &["a"], vec![("w", w)]);
+    match &p.claim(&g, &[false])[0] {
+        NodeVerdict::Decline { reason } => assert!(reason.contains("f64") || reason.contains("double"), "{reason}"),
+        v => panic!("claimed {v:?}"),
+    }
+    let fp32_off = AmxProvider::with_isa(Precision::Fp32, TileIsa::Emulated).with_fp32_split(None);
+    let w = Tensor::from_vec(&[2, 2], vec![0f32; 4]).unwrap();
+    let g = graph(Node::new("MatMul", "mm", &["a", "w"], &["y"]), &["a"], vec![("w", w)]);
+    assert!(matches!(fp32_off.claim(&g, &[false])[0], NodeVerdict::Decline { .. }));
+}
