@@ -14,6 +14,9 @@ use tessera_core::{DType, Dim, Tensor, ValueInfo};
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
+    /// Turn hardware features off, e.g. --disable amx,avx512 (adds to TESSERA_DISABLE).
+    #[arg(long, global = true, value_name = "LIST", value_delimiter = ',')]
+    disable: Vec<String>,
 }
 
 #[derive(Args, Clone, Debug)]
@@ -78,6 +81,12 @@ enum Cmd {
     },
     /// Run ONNX backend test cases and model cases, write a per-case table.
     Conformance(conformance::ConformanceArgs),
+    /// Report the CPU, its matrix/vector features (AMX status), power sensors and kernel choices.
+    Detect {
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn parse_kv<T: std::str::FromStr>(s: &str) -> Result<(String, T), String> {
@@ -99,12 +108,22 @@ fn main() {
         eprintln!("error: internal error (please report): {msg}{loc}");
     }));
     let cli = Cli::parse();
+    for name in cli.disable.iter().flat_map(|l| tessera_hw::parse_disable_list(l)) {
+        if !tessera_hw::KNOWN_SWITCHES.contains(&name.as_str()) {
+            eprintln!(
+                "warning: --disable {name}: no part of tessera looks at '{name}' (known: {})",
+                tessera_hw::KNOWN_SWITCHES.join(", ")
+            );
+        }
+        tessera_hw::set_disabled(&name);
+    }
     let result = match cli.cmd {
         Cmd::Run { m, inputs, output_dir } => cmd_run(&m, &inputs, &output_dir),
         Cmd::Bench { m, warmup, iterations, json } => cmd_bench(&m, warmup, iterations, json),
         Cmd::Info { m, nodes, json } => cmd_info(&m, nodes, json),
         Cmd::Demo { threads } => cmd_demo(threads),
         Cmd::Conformance(a) => conformance::run(&a).map(|code| std::process::exit(code)),
+        Cmd::Detect { json } => cmd_detect(json),
     };
     if let Err(e) = result {
         eprintln!("error: {e}");
@@ -373,6 +392,100 @@ fn cmd_info(m: &ModelArgs, nodes: bool, json: bool) -> Result<(), String> {
 
 fn fmt_hist(h: &[(String, usize)]) -> String {
     h.iter().map(|(k, v)| format!("{k}×{v}")).collect::<Vec<_>>().join(" ")
+}
+
+fn yes_no(b: bool) -> &'static str {
+    if b {
+        "yes"
+    } else {
+        "no"
+    }
+}
+
+fn cmd_detect(json: bool) -> Result<(), String> {
+    let report = tessera_hw::detect();
+    let choices = tessera_hw::kernel_choices(&report);
+    if json {
+        #[derive(serde::Serialize)]
+        struct Out<'a> {
+            #[serde(flatten)]
+            report: &'a tessera_hw::MachineReport,
+            kernel_choices: &'a [tessera_hw::KernelChoice],
+        }
+        let out = Out { report: &report, kernel_choices: &choices };
+        println!("{}", serde_json::to_string_pretty(&out).map_err(|e| e.to_string())?);
+        return Ok(());
+    }
+    let cpu = &report.cpu;
+    println!("cpu        {} ({}, {}, {})", cpu.model, cpu.vendor, cpu.arch, report.os);
+    println!("cores      {} logical", cpu.logical_cores);
+    println!(
+        "os flags   {}",
+        if cpu.features.is_empty() { "none of interest".to_string() } else { cpu.features.join(" ") }
+    );
+    match &report.x86 {
+        Some(x) => {
+            let simd = [
+                ("avx2", x.avx2),
+                ("fma", x.fma),
+                ("f16c", x.f16c),
+                ("avx512f", x.avx512f),
+                ("avx512bw", x.avx512bw),
+                ("avx512vl", x.avx512vl),
+                ("avx512_vnni", x.avx512_vnni),
+                ("avx512_bf16", x.avx512_bf16),
+                ("avx512_fp16", x.avx512_fp16),
+            ];
+            let has: Vec<&str> = simd.iter().filter(|(_, b)| *b).map(|(n, _)| *n).collect();
+            let lacks: Vec<&str> = simd.iter().filter(|(_, b)| !*b).map(|(n, _)| *n).collect();
+            println!(
+                "simd       {}{}",
+                if has.is_empty() { "none".to_string() } else { has.join(" ") },
+                if lacks.is_empty() { String::new() } else { format!("  (not: {})", lacks.join(" ")) }
+            );
+            let a = &x.amx;
+            println!(
+                "amx        usable: {}{}",
+                yes_no(a.usable),
+                a.reason.as_ref().map(|r| format!(" ({r})")).unwrap_or_default()
+            );
+            println!(
+                "           tile {}, bf16 {}, int8 {}, fp16 {}; XCR0 tile state {}; Linux permission {}",
+                yes_no(a.tile),
+                yes_no(a.bf16),
+                yes_no(a.int8),
+                yes_no(a.fp16),
+                if a.os_enabled { "on" } else { "off" },
+                if a.permission_granted { "granted" } else { "not granted" }
+            );
+            if let Some(p) = a.palette {
+                println!(
+                    "           palette 1: {} tiles x {} rows x {} B/row ({} B/tile, {} B total); tmul maxk {}, maxn {}",
+                    p.max_names,
+                    p.max_rows,
+                    p.bytes_per_row,
+                    p.bytes_per_tile,
+                    p.total_tile_bytes,
+                    p.tmul_maxk,
+                    p.tmul_maxn
+                );
+            }
+        }
+        None => println!("amx        usable: no ({})", tessera_hw::amx().reason.as_deref().unwrap_or("")),
+    }
+    if report.power_sensors.is_empty() {
+        println!("power      none found (checked powercap/intel-rapl*, hwmon/*/power*_input, power_supply)");
+    } else {
+        println!("power      {}", report.power_sensors.join("\n           "));
+    }
+    if !report.user_disabled.is_empty() {
+        println!("disabled   {} (by the user)", report.user_disabled.join(", "));
+    }
+    println!("kernels");
+    for k in &choices {
+        println!("  {:5} {:28} {}", k.precision, k.kernel, k.why);
+    }
+    Ok(())
 }
 
 fn cmd_demo(threads: usize) -> Result<(), String> {

@@ -1,8 +1,24 @@
-//! Hardware detection. This first version reads what Linux and macOS expose
-//! without special instructions (core count, CPU model, feature flags); the
-//! AMX and atlas issues extend it with CPUID/XCR0 checks and a chip table.
+//! Hardware detection: what Linux and macOS expose (core count, CPU model,
+//! feature flags), runtime x86 feature detection, Intel AMX status (CPUID,
+//! XCR0 and the Linux tile-data permission), power sensors, a user switch to
+//! turn features off, and the kernel choice that follows from all of it.
+//!
+//! `unsafe` is confined to the `x86` module.
+
+#![deny(unsafe_code)]
+
+mod amx;
+mod power;
+mod switch;
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+pub mod x86;
 
 use serde::Serialize;
+
+pub use amx::{amx, amx_enabled, amx_usable, AmxPalette, AmxStatus};
+pub use power::{find_power_sensors, find_power_sensors_in};
+pub use switch::{disabled_by_user, disabled_features, parse_disable_list, set_disabled, DISABLE_ENV, KNOWN_SWITCHES};
 
 #[derive(Clone, Debug, Serialize)]
 pub struct CpuInfo {
@@ -42,7 +58,152 @@ pub fn detect_cpu() -> CpuInfo {
     let logical_cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let arch = std::env::consts::ARCH.to_string();
     let text = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    parse_cpuinfo(&text, arch, logical_cores)
+    #[allow(unused_mut)]
+    let mut cpu = parse_cpuinfo(&text, arch, logical_cores);
+    #[cfg(target_arch = "x86_64")]
+    if cpu.model == "unknown" {
+        // No /proc/cpuinfo (macOS, Windows): take the CPUID brand string.
+        if let Some(brand) = x86::read_brand() {
+            cpu.model = brand;
+        }
+    }
+    cpu
+}
+
+/// x86-64 SIMD features as the Rust runtime detects them (CPUID and OS
+/// support for the register state), plus the AMX status.
+#[derive(Clone, Debug, Serialize)]
+pub struct X86Features {
+    pub avx2: bool,
+    pub fma: bool,
+    pub f16c: bool,
+    pub avx512f: bool,
+    pub avx512bw: bool,
+    pub avx512vl: bool,
+    pub avx512_vnni: bool,
+    pub avx512_bf16: bool,
+    pub avx512_fp16: bool,
+    pub amx: AmxStatus,
+}
+
+#[cfg(target_arch = "x86_64")]
+fn detect_x86() -> Option<X86Features> {
+    use std::arch::is_x86_feature_detected as has;
+    Some(X86Features {
+        avx2: has!("avx2"),
+        fma: has!("fma"),
+        f16c: has!("f16c"),
+        avx512f: has!("avx512f"),
+        avx512bw: has!("avx512bw"),
+        avx512vl: has!("avx512vl"),
+        avx512_vnni: has!("avx512vnni"),
+        avx512_bf16: has!("avx512bf16"),
+        avx512_fp16: has!("avx512fp16"),
+        amx: amx().clone(),
+    })
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn detect_x86() -> Option<X86Features> {
+    None
+}
+
+/// Everything `tessera detect` reports. Hardware facts (`cpu`, `x86`) are
+/// kept apart from the user's switch (`user_disabled`).
+#[derive(Clone, Debug, Serialize)]
+pub struct MachineReport {
+    pub cpu: CpuInfo,
+    /// `std::env::consts::OS`.
+    pub os: String,
+    /// `None` on CPUs that are not x86-64.
+    pub x86: Option<X86Features>,
+    /// Power/energy sensor files found in sysfs (see [`find_power_sensors_in`]);
+    /// empty when there are none.
+    pub power_sensors: Vec<String>,
+    /// Features turned off by `TESSERA_DISABLE` / `--disable` / [`set_disabled`].
+    pub user_disabled: Vec<String>,
+}
+
+/// Detects the machine. The first call on an AMX-capable Linux machine
+/// requests the tile-data permission (see [`amx`]).
+pub fn detect() -> MachineReport {
+    MachineReport {
+        cpu: detect_cpu(),
+        os: std::env::consts::OS.to_string(),
+        x86: detect_x86(),
+        power_sensors: find_power_sensors(),
+        user_disabled: disabled_features(),
+    }
+}
+
+/// Which kernel family handles one precision, and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct KernelChoice {
+    /// "fp32", "bf16" or "int8".
+    pub precision: &'static str,
+    pub kernel: String,
+    pub why: String,
+}
+
+/// The kernel-selection policy applied to a report: one entry each for fp32,
+/// bf16 and int8. This is the policy the providers follow; it does not by
+/// itself mean the named kernel is implemented.
+pub fn kernel_choices(report: &MachineReport) -> Vec<KernelChoice> {
+    let off = |f: &str| report.user_disabled.iter().any(|d| d == f);
+    let x = report.x86.as_ref();
+    let mut out = Vec::new();
+
+    let (kernel, mut why) = match x {
+        Some(x) if x.avx512f => {
+            ("avx512 (gemm crate)", "AVX-512F present; the gemm crate dispatches to AVX-512".to_string())
+        }
+        Some(x) if x.avx2 && x.fma => ("avx2+fma (gemm crate)", "AVX2 and FMA present, no AVX-512F".to_string()),
+        Some(_) => ("portable", "no AVX2+FMA".to_string()),
+        None => ("portable", format!("no x86-64 SIMD detection on {}", report.cpu.arch)),
+    };
+    why.push_str("; an AMX bf16x3 fp32-accurate path is not decided yet");
+    if off("avx512") && x.is_some_and(|x| x.avx512f) {
+        why.push_str(
+            "; note: avx512 is disabled by the user, but the gemm crate picks its ISA itself and ignores that",
+        );
+    }
+    out.push(KernelChoice { precision: "fp32", kernel: kernel.to_string(), why });
+
+    let amx_block = |subset: &str, has_subset: bool| -> Option<String> {
+        match x {
+            None => Some(format!("not an x86-64 CPU ({})", report.cpu.arch)),
+            Some(_) if off("amx") => Some(switch::DISABLED_AMX.to_string()),
+            Some(x) if !x.amx.usable => Some(x.amx.reason.clone().unwrap_or_else(|| "AMX is not usable".into())),
+            Some(_) if !has_subset => Some(format!("CPU has AMX-TILE but not {subset}")),
+            Some(_) => None,
+        }
+    };
+    let geometry = x
+        .and_then(|x| x.amx.palette)
+        .map(|p| format!(" ({} tiles of {} rows x {} bytes)", p.max_names, p.max_rows, p.bytes_per_row))
+        .unwrap_or_default();
+
+    out.push(match amx_block("AMX-BF16", x.is_some_and(|x| x.amx.bf16)) {
+        None => KernelChoice {
+            precision: "bf16",
+            kernel: "amx-bf16".into(),
+            why: format!("AMX-TILE and AMX-BF16 usable: XCR0 and Linux permission in place{geometry}"),
+        },
+        Some(r) => KernelChoice { precision: "bf16", kernel: "fp32 vector path".into(), why: format!("no AMX: {r}") },
+    });
+    out.push(match amx_block("AMX-INT8", x.is_some_and(|x| x.amx.int8)) {
+        None => KernelChoice {
+            precision: "int8",
+            kernel: "amx-int8 (tdpbusd/tdpbssd)".into(),
+            why: format!("AMX-TILE and AMX-INT8 usable: XCR0 and Linux permission in place{geometry}"),
+        },
+        Some(r) => KernelChoice {
+            precision: "int8",
+            kernel: "scalar/vector int8 fallback".into(),
+            why: format!("no AMX: {r}"),
+        },
+    });
+    out
 }
 
 /// Parses Linux `/proc/cpuinfo` text (kept separate for fixture tests).
@@ -68,6 +229,184 @@ pub fn parse_cpuinfo(text: &str, arch: String, logical_cores: usize) -> CpuInfo 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn amx_status(usable: bool, reason: Option<&str>) -> AmxStatus {
+        AmxStatus {
+            tile: usable,
+            bf16: usable,
+            int8: usable,
+            fp16: false,
+            os_enabled: usable,
+            permission_granted: usable,
+            palette: usable.then_some(AmxPalette {
+                max_palette: 1,
+                total_tile_bytes: 8192,
+                bytes_per_tile: 1024,
+                bytes_per_row: 64,
+                max_names: 8,
+                max_rows: 16,
+                tmul_maxk: 16,
+                tmul_maxn: 64,
+            }),
+            usable,
+            reason: reason.map(String::from),
+        }
+    }
+
+    fn report(avx512: bool, amx: AmxStatus, user_disabled: &[&str]) -> MachineReport {
+        MachineReport {
+            cpu: parse_cpuinfo("", "x86_64".into(), 2),
+            os: "linux".into(),
+            x86: Some(X86Features {
+                avx2: true,
+                fma: true,
+                f16c: true,
+                avx512f: avx512,
+                avx512bw: avx512,
+                avx512vl: avx512,
+                avx512_vnni: avx512,
+                avx512_bf16: avx512,
+                avx512_fp16: avx512,
+                amx,
+            }),
+            power_sensors: vec![],
+            user_disabled: user_disabled.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    fn kernels(r: &MachineReport) -> Vec<(&'static str, String)> {
+        kernel_choices(r).into_iter().map(|k| (k.precision, k.kernel)).collect()
+    }
+
+    #[test]
+    fn kernel_choice_sapphire_rapids() {
+        let r = report(true, amx_status(true, None), &[]);
+        assert_eq!(
+            kernels(&r),
+            vec![
+                ("fp32", "avx512 (gemm crate)".to_string()),
+                ("bf16", "amx-bf16".to_string()),
+                ("int8", "amx-int8 (tdpbusd/tdpbssd)".to_string()),
+            ]
+        );
+        assert!(kernel_choices(&r)[1].why.contains("8 tiles of 16 rows x 64 bytes"));
+    }
+
+    #[test]
+    fn kernel_choice_zen3_gives_reasons() {
+        let r = report(false, amx_status(false, Some("CPU has no AMX-TILE (AMD EPYC)")), &[]);
+        let k = kernel_choices(&r);
+        assert_eq!(k[0].kernel, "avx2+fma (gemm crate)");
+        assert_eq!(k[1].kernel, "fp32 vector path");
+        assert_eq!(k[1].why, "no AMX: CPU has no AMX-TILE (AMD EPYC)");
+        assert_eq!(k[2].kernel, "scalar/vector int8 fallback");
+        assert_eq!(k[2].why, "no AMX: CPU has no AMX-TILE (AMD EPYC)");
+    }
+
+    #[test]
+    fn kernel_choice_respects_user_switch_and_missing_subsets() {
+        let r = report(true, amx_status(true, None), &["amx"]);
+        let k = kernel_choices(&r);
+        assert_eq!(k[1].kernel, "fp32 vector path");
+        assert_eq!(k[1].why, "no AMX: disabled by the user (--disable amx / TESSERA_DISABLE)");
+        assert_eq!(k[2].kernel, "scalar/vector int8 fallback");
+
+        let mut a = amx_status(true, None);
+        a.int8 = false;
+        let k = kernel_choices(&report(true, a, &[]));
+        assert_eq!(k[1].kernel, "amx-bf16");
+        assert_eq!(k[2].why, "no AMX: CPU has AMX-TILE but not AMX-INT8");
+
+        let mut r = report(false, amx_status(false, Some("x")), &[]);
+        r.x86 = None;
+        r.cpu.arch = "aarch64".into();
+        let k = kernel_choices(&r);
+        assert_eq!(k[0].kernel, "portable");
+        assert_eq!(k[1].why, "no AMX: not an x86-64 CPU (aarch64)");
+
+        let k = kernel_choices(&report(true, amx_status(true, None), &["avx512"]));
+        assert_eq!(k[0].kernel, "avx512 (gemm crate)");
+        assert!(k[0].why.contains("ignores that"), "{}", k[0].why);
+    }
+
+    #[test]
+    fn disable_list_parsing() {
+        assert_eq!(parse_disable_list("amx,avx512"), vec!["amx", "avx512"]);
+        assert_eq!(parse_disable_list(" AMX , ,avx512,amx,"), vec!["amx", "avx512"]);
+        assert!(parse_disable_list("").is_empty());
+        assert!(parse_disable_list(" , ").is_empty());
+    }
+
+    #[test]
+    fn set_disabled_is_process_global() {
+        // A name no other test uses: the switch is process-wide and one-way.
+        assert!(!disabled_by_user("test-only-feature"));
+        let t = std::thread::spawn(|| set_disabled("Test-Only-Feature"));
+        t.join().unwrap();
+        assert!(disabled_by_user("test-only-feature"));
+        assert!(disabled_by_user(" TEST-ONLY-FEATURE "));
+        assert!(disabled_features().contains(&"test-only-feature".to_string()));
+    }
+
+    #[test]
+    fn amx_enabled_reports_user_switch_or_hardware_reason() {
+        match amx_enabled() {
+            Ok(()) => assert!(amx_usable()),
+            Err(e) => assert!(!e.is_empty()),
+        }
+        set_disabled("amx");
+        assert_eq!(amx_enabled(), Err("disabled by the user (--disable amx / TESSERA_DISABLE)".to_string()));
+        // The hardware status is unaffected by the switch.
+        assert_eq!(amx_usable(), amx().usable);
+    }
+
+    #[test]
+    fn power_sensors_from_a_sysfs_fixture() {
+        let root = std::env::temp_dir().join(format!("tessera-hw-sysfs-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let mk = |p: &str, v: &str| {
+            let p = root.join(p);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, v).unwrap();
+        };
+        assert!(find_power_sensors_in(&root).is_empty());
+        mk("powercap/intel-rapl:0/name", "package-0\n");
+        mk("powercap/intel-rapl:0/energy_uj", "123\n");
+        mk("powercap/dtpm/name", "x");
+        mk("hwmon/hwmon0/name", "acpi_power_meter\n");
+        mk("hwmon/hwmon0/power1_input", "250000000\n");
+        mk("hwmon/hwmon1/name", "k10temp\n");
+        mk("hwmon/hwmon1/temp1_input", "40000\n");
+        mk("power_supply/AC/type", "Mains\n");
+        mk("power_supply/AC/online", "1\n");
+        mk("power_supply/BAT0/type", "Battery\n");
+        mk("power_supply/BAT0/power_now", "9000000\n");
+        let s = find_power_sensors_in(&root);
+        let _ = std::fs::remove_dir_all(&root);
+        assert_eq!(s.len(), 3, "{s:?}");
+        assert!(s[0].ends_with("intel-rapl:0/energy_uj (RAPL package-0, readable)"), "{}", s[0]);
+        assert!(s[1].ends_with("hwmon0/power1_input (hwmon acpi_power_meter, readable)"), "{}", s[1]);
+        assert!(s[2].ends_with("BAT0/power_now (power_supply Battery, readable)"), "{}", s[2]);
+    }
+
+    #[test]
+    fn detect_serializes() {
+        let r = detect();
+        assert!(r.cpu.logical_cores >= 1);
+        assert_eq!(r.x86.is_some(), cfg!(target_arch = "x86_64"));
+        let v = serde_json::to_value(&r).unwrap();
+        assert!(v["power_sensors"].is_array());
+        if let Some(x) = &r.x86 {
+            assert_eq!(&x.amx, amx());
+            assert_eq!(v["x86"]["amx"]["usable"], serde_json::Value::Bool(x.amx.usable));
+            // Runtime detection agrees with what the Linux kernel reports.
+            if !r.cpu.features.is_empty() {
+                assert_eq!(x.avx2, r.cpu.features.iter().any(|f| f == "avx2"));
+                assert_eq!(x.avx512f, r.cpu.features.iter().any(|f| f == "avx512f"));
+            }
+        }
+        assert_eq!(kernel_choices(&r).len(), 3);
+    }
 
     #[test]
     fn parses_x86_flags() {
