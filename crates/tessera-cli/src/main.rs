@@ -1,3 +1,4 @@
+mod bench_gemm;
 mod conformance;
 
 use std::collections::HashMap;
@@ -26,9 +27,12 @@ struct ModelArgs {
     /// Value of a symbolic dimension, e.g. --dim batch=1 --dim seq=128.
     #[arg(long = "dim", value_parser = parse_kv::<usize>)]
     dims: Vec<(String, usize)>,
-    /// Execution providers: auto or cpu.
+    /// Execution providers: auto, amx or cpu.
     #[arg(long, default_value = "auto")]
     provider: String,
+    /// Matrix-product precision: fp32 (accurate, default), bf16, int8 or auto.
+    #[arg(long, default_value = "fp32")]
+    precision: tessera::Precision,
     /// Worker threads (0 = one per core).
     #[arg(long, default_value_t = 0)]
     threads: usize,
@@ -81,6 +85,24 @@ enum Cmd {
     },
     /// Run ONNX backend test cases and model cases, write a per-case table.
     Conformance(conformance::ConformanceArgs),
+    /// GFLOP/s of each GEMM kernel per shape, against the tile unit's
+    /// measured peak and the fp32 vector path.
+    BenchGemm {
+        /// Shapes as MxNxK, comma separated (default: 2048^3 and BERT-base shapes).
+        #[arg(long, value_delimiter = ',')]
+        shapes: Vec<String>,
+        /// Thread counts to run, comma separated.
+        #[arg(long, value_delimiter = ',', default_value = "1")]
+        threads: Vec<usize>,
+        /// Kernels: fp32-vector, amx-bf16, amx-bf16x3, amx-bf16x6, amx-int8.
+        #[arg(long, value_delimiter = ',')]
+        kernels: Vec<String>,
+        /// Seconds to time each case (at least 3 calls).
+        #[arg(long, default_value_t = 0.5)]
+        seconds: f64,
+        #[arg(long)]
+        json: bool,
+    },
     /// Report the CPU, its matrix/vector features (AMX status), power sensors and kernel choices.
     Detect {
         /// Print the report as JSON.
@@ -124,6 +146,9 @@ fn main() {
         Cmd::Demo { threads } => cmd_demo(threads),
         Cmd::Conformance(a) => conformance::run(&a).map(|code| std::process::exit(code)),
         Cmd::Detect { json } => cmd_detect(json),
+        Cmd::BenchGemm { shapes, threads, kernels, seconds, json } => {
+            cmd_bench_gemm(&shapes, threads, kernels, seconds, json)
+        }
     };
     if let Err(e) = result {
         eprintln!("error: {e}");
@@ -137,6 +162,8 @@ fn options(m: &ModelArgs) -> SessionOptions {
         dims: m.dims.iter().cloned().collect(),
         optimize: !m.no_optimize,
         providers: vec![m.provider.clone()],
+        precision: m.precision,
+        disable: Vec::new(),
     }
 }
 
@@ -550,6 +577,43 @@ fn cmd_demo(threads: usize) -> Result<(), String> {
     );
     if !ok {
         return Err("demo correctness check failed".into());
+    }
+    Ok(())
+}
+
+fn cmd_bench_gemm(
+    shapes: &[String],
+    threads: Vec<usize>,
+    kernels: Vec<String>,
+    seconds: f64,
+    json: bool,
+) -> Result<(), String> {
+    let shapes = if shapes.is_empty() {
+        bench_gemm::DEFAULT_SHAPES.to_vec()
+    } else {
+        shapes
+            .iter()
+            .map(|s| {
+                let v: Vec<usize> = s
+                    .split('x')
+                    .map(|d| d.trim().parse::<usize>())
+                    .collect::<Result<_, _>>()
+                    .map_err(|_| format!("bad shape '{s}' (want MxNxK)"))?;
+                match v[..] {
+                    [m, n, k] if m > 0 && n > 0 && k > 0 && m * n * k <= 1 << 36 => Ok((m, n, k)),
+                    _ => Err(format!("bad shape '{s}' (want MxNxK, each > 0)")),
+                }
+            })
+            .collect::<Result<Vec<_>, String>>()?
+    };
+    let kernels =
+        if kernels.is_empty() { bench_gemm::ALL_KERNELS.iter().map(|s| s.to_string()).collect() } else { kernels };
+    let opts = bench_gemm::Options { shapes, threads, kernels, min_seconds: seconds };
+    let rows = bench_gemm::run(&opts)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows).map_err(|e| e.to_string())?);
+    } else {
+        bench_gemm::print(&rows);
     }
     Ok(())
 }

@@ -8,7 +8,8 @@ use tessera_core::passes::{self, PassReport};
 use tessera_core::plan::MemoryPlan;
 use tessera_core::{Dim, Error, Graph, Result, Tensor, ValueInfo};
 use tessera_providers::cpu::CpuProvider;
-use tessera_providers::{CompiledPartition, ExecutionProvider, RunOptions, Value};
+use tessera_providers::amx::AmxProvider;
+use tessera_providers::{CompiledPartition, ExecutionProvider, Precision, RunOptions, Value};
 
 use crate::partition::{self, Assignment, Partition};
 
@@ -26,11 +27,23 @@ pub struct SessionOptions {
     /// Providers to use in priority order; "auto" picks all available.
     /// The CPU provider is always appended as the fallback.
     pub providers: Vec<String>,
+    /// What matrix products may trade for speed (default: fp32-accurate).
+    pub precision: Precision,
+    /// Hardware paths to leave unused for this session ("amx"), on top of
+    /// the process-wide `TESSERA_DISABLE` / `--disable` switch.
+    pub disable: Vec<String>,
 }
 
 impl Default for SessionOptions {
     fn default() -> Self {
-        SessionOptions { threads: 0, dims: HashMap::new(), optimize: true, providers: vec!["auto".into()] }
+        SessionOptions {
+            threads: 0,
+            dims: HashMap::new(),
+            optimize: true,
+            providers: vec!["auto".into()],
+            precision: Precision::default(),
+            disable: Vec::new(),
+        }
     }
 }
 
@@ -46,6 +59,8 @@ pub struct NodeAssignment {
 pub struct Session {
     graph: Graph,
     providers: Vec<Box<dyn ExecutionProvider>>,
+    /// Providers left out, each with why ("amx: CPU has no AMX-TILE").
+    skipped_providers: Vec<String>,
     partitions: Vec<(Partition, Box<dyn CompiledPartition>)>,
     assignment: Vec<Assignment>,
     pool: rayon::ThreadPool,
@@ -56,16 +71,30 @@ pub struct Session {
     frees: Vec<Vec<String>>,
 }
 
-fn available_providers(names: &[String]) -> Result<Vec<Box<dyn ExecutionProvider>>> {
+/// The providers a session uses, in priority order, with the reason for
+/// each one left out.
+fn available_providers(opts: &SessionOptions) -> Result<(Vec<Box<dyn ExecutionProvider>>, Vec<String>)> {
     let mut out: Vec<Box<dyn ExecutionProvider>> = Vec::new();
-    for n in names {
+    let mut skipped = Vec::new();
+    let amx = || -> std::result::Result<AmxProvider, String> {
+        if opts.disable.iter().any(|d| d == "amx") {
+            return Err("disabled by the session options".into());
+        }
+        AmxProvider::new(opts.precision)
+    };
+    for n in &opts.providers {
         match n.as_str() {
-            "auto" | "cpu" => {}
-            other => return Err(Error::Input(format!("unknown provider '{other}' (available: auto, cpu)"))),
+            "auto" => match amx() {
+                Ok(p) => out.push(Box::new(p)),
+                Err(why) => skipped.push(format!("amx: {why}")),
+            },
+            "amx" => out.push(Box::new(amx().map_err(|why| Error::Unsupported(format!("provider amx: {why}")))?)),
+            "cpu" => {}
+            other => return Err(Error::Input(format!("unknown provider '{other}' (available: auto, amx, cpu)"))),
         }
     }
     out.push(Box::new(CpuProvider::new()));
-    Ok(out)
+    Ok((out, skipped))
 }
 
 impl Session {
@@ -79,7 +108,7 @@ impl Session {
 
     pub fn from_graph(mut graph: Graph, opts: SessionOptions) -> Result<Session> {
         graph.toposort()?;
-        let providers = available_providers(&opts.providers)?;
+        let (providers, skipped_providers) = available_providers(&opts)?;
         let cpu = CpuProvider::new();
         let eval = |g: &Graph, n: &tessera_core::Node, ins: &[Option<Tensor>]| cpu.eval_node(g, n, ins);
         let pass_report = if opts.optimize { passes::optimize(&mut graph, &eval)? } else { PassReport::default() };
@@ -116,7 +145,18 @@ impl Session {
                 frees[pi].push(v.to_string());
             }
         }
-        Ok(Session { graph, providers, partitions, assignment, pool, threads, options: opts, pass_report, frees })
+        Ok(Session {
+            graph,
+            providers,
+            skipped_providers,
+            partitions,
+            assignment,
+            pool,
+            threads,
+            options: opts,
+            pass_report,
+            frees,
+        })
     }
 
     pub fn graph(&self) -> &Graph {
@@ -130,6 +170,14 @@ impl Session {
     }
     pub fn threads(&self) -> usize {
         self.threads
+    }
+    /// Names of the providers in use, in priority order.
+    pub fn provider_names(&self) -> Vec<String> {
+        self.providers.iter().map(|p| p.name().to_string()).collect()
+    }
+    /// Providers not in use, each with the reason.
+    pub fn skipped_providers(&self) -> &[String] {
+        &self.skipped_providers
     }
     pub fn pass_report(&self) -> &PassReport {
         &self.pass_report
