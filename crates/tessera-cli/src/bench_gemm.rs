@@ -43,6 +43,29 @@ pub const DEFAULT_SHAPES: &[(usize, usize, usize)] = &[
 
 pub const ALL_KERNELS: &[&str] = &["fp32-vector", "amx-bf16", "amx-bf16x3", "amx-bf16x6", "amx-int8"];
 
+/// The bf16 microkernel alone on L1-resident panels (8 k-blocks of A and B,
+/// 32 KiB): the ceiling the driver and packing can reach. GFLOP/s per core
+/// times the threads, each thread on its own panels.
+fn microkernel_gflops(pool: &rayon::ThreadPool, seconds: f64) -> f64 {
+    use tessera_kernels::gemm::ukernel::{AccBlock, TileSession, BLOCK_BYTES};
+    let per = std::sync::Mutex::new(0.0);
+    pool.broadcast(|_| {
+        let kb = 8;
+        let a = vec![0x3fu8; kb * BLOCK_BYTES];
+        let b = vec![0x3fu8; kb * BLOCK_BYTES];
+        let sess = TileSession::begin(TileIsa::Amx);
+        let mut acc = AccBlock::new();
+        let calls = 20_000;
+        let s = time(seconds, || {
+            for _ in 0..calls {
+                sess.run(DotKind::Bf16, &a, &b, kb, &mut acc, true);
+            }
+        });
+        *per.lock().unwrap() += calls as f64 * (32 * 32 * 32 * kb * 2) as f64 / s / 1e9;
+    });
+    per.into_inner().unwrap()
+}
+
 fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
     let mut s = seed | 1;
     (0..n)
@@ -92,6 +115,8 @@ pub fn run(opts: &Options) -> Result<Vec<Row>, String> {
         };
         if amx_ok.is_ok() {
             eprintln!("tile peak, {threads} thread(s): bf16 {peak_bf16:.0} GFLOP/s, int8 {peak_i8:.0} GOP/s");
+            let uk = microkernel_gflops(&pool, opts.min_seconds);
+            eprintln!("bf16 microkernel on L1-resident panels: {uk:.0} GFLOP/s ({:.1}% of peak)", 100.0 * uk / peak_bf16);
         }
         for &(m, n, k) in &opts.shapes {
             let a = rand_vec(m * k, 1);

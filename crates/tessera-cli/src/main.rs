@@ -67,6 +67,9 @@ enum Cmd {
         /// Print one JSON object instead of the table.
         #[arg(long)]
         json: bool,
+        /// Time every operator and print where the time went (provider:op).
+        #[arg(long)]
+        profile: bool,
     },
     /// Inputs, outputs, op histogram, optimizations and node placement.
     Info {
@@ -141,7 +144,7 @@ fn main() {
     }
     let result = match cli.cmd {
         Cmd::Run { m, inputs, output_dir } => cmd_run(&m, &inputs, &output_dir),
-        Cmd::Bench { m, warmup, iterations, json } => cmd_bench(&m, warmup, iterations, json),
+        Cmd::Bench { m, warmup, iterations, json, profile } => cmd_bench(&m, warmup, iterations, json, profile),
         Cmd::Info { m, nodes, json } => cmd_info(&m, nodes, json),
         Cmd::Demo { threads } => cmd_demo(threads),
         Cmd::Conformance(a) => conformance::run(&a).map(|code| std::process::exit(code)),
@@ -296,11 +299,24 @@ fn bound_dims(s: &Session, inputs: &[(String, Tensor)]) -> HashMap<String, usize
     dims
 }
 
-fn cmd_bench(m: &ModelArgs, warmup: usize, iterations: usize, json: bool) -> Result<(), String> {
+fn cmd_bench(m: &ModelArgs, warmup: usize, iterations: usize, json: bool, profile: bool) -> Result<(), String> {
     let s = open(m)?;
     let inputs = make_inputs(&s, m, &[])?;
     let plan = s.memory_plan(&bound_dims(&s, &inputs)).map_err(|e| e.to_string())?;
     let r = time_runs(&s, &inputs, warmup, iterations.max(1), !json)?;
+    if profile {
+        // Timed separately so the per-op clock reads do not skew the latencies above.
+        tessera_providers::profile::set_enabled(true);
+        time_runs(&s, &inputs, 0, iterations.max(1), false)?;
+        tessera_providers::profile::set_enabled(false);
+        let rows = tessera_providers::profile::take();
+        let total: f64 = rows.iter().map(|r| r.2).sum();
+        eprintln!("{:<32} {:>7} {:>10} {:>6}", "provider:op", "calls", "ms/run", "%");
+        for (k, n, secs) in rows {
+            let per_run = secs * 1e3 / iterations.max(1) as f64;
+            eprintln!("{k:<32} {:>7} {per_run:>10.3} {:>6.1}", n / iterations.max(1) as u64, 100.0 * secs / total.max(1e-12));
+        }
+    }
     let throughput = r.latencies_ms.len() as f64 / r.total_s;
     if json {
         let o = serde_json::json!({

@@ -7,6 +7,7 @@
 pub mod amx;
 pub mod cpu;
 pub mod precision;
+pub mod profile;
 pub mod provider;
 
 pub use precision::Precision;

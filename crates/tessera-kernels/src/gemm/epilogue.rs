@@ -46,6 +46,41 @@ impl Activation {
     }
 }
 
+/// Applies `act` to every element of `x`, vectorized for the widest unit
+/// the CPU has (the activations are branch-free polynomial forms).
+pub fn activate(act: Activation, x: &mut [f32]) {
+    #[inline(always)]
+    fn body(act: Activation, x: &mut [f32]) {
+        match act {
+            Activation::None => {}
+            Activation::Relu => x.iter_mut().for_each(|v| *v = Activation::Relu.apply(*v)),
+            Activation::GeluErf => x.iter_mut().for_each(|v| *v = gelu_erf_f32(*v)),
+            Activation::GeluTanh => x.iter_mut().for_each(|v| *v = gelu_tanh_f32(*v)),
+            Activation::Silu => x.iter_mut().for_each(|v| *v *= sigmoid_f32(*v)),
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f")]
+        fn wide(act: Activation, x: &mut [f32]) {
+            body(act, x)
+        }
+        #[target_feature(enable = "avx2,fma")]
+        fn narrow(act: Activation, x: &mut [f32]) {
+            body(act, x)
+        }
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU supports AVX-512F (checked just above).
+            return unsafe { wide(act, x) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU supports AVX2 and FMA (checked just above).
+            return unsafe { narrow(act, x) };
+        }
+    }
+    body(act, x)
+}
+
 /// A residual operand: element (i, j) at `data[i * row_stride + j]`.
 #[derive(Copy, Clone, Debug)]
 pub struct Residual<'a> {
@@ -122,17 +157,12 @@ impl<'a> Epilogue<'a> {
             Some(b) => dst.iter_mut().zip(acc).zip(&b[j0..j0 + n]).for_each(|((d, &a), &b)| *d = alpha * a + b),
             None => dst.iter_mut().zip(acc).for_each(|(d, &a)| *d = alpha * a),
         }
-        macro_rules! act {
-            ($f:expr) => {
-                dst.iter_mut().for_each(|d| *d = $f(*d))
-            };
-        }
         match self.activation {
             Activation::None => {}
-            Activation::Relu => act!(|x| Activation::Relu.apply(x)),
-            Activation::GeluErf => act!(gelu_erf_f32),
-            Activation::GeluTanh => act!(gelu_tanh_f32),
-            Activation::Silu => act!(|x| x * sigmoid_f32(x)),
+            Activation::Relu => dst.iter_mut().for_each(|v| *v = Activation::Relu.apply(*v)),
+            Activation::GeluErf => dst.iter_mut().for_each(|v| *v = gelu_erf_f32(*v)),
+            Activation::GeluTanh => dst.iter_mut().for_each(|v| *v = gelu_tanh_f32(*v)),
+            Activation::Silu => dst.iter_mut().for_each(|v| *v *= sigmoid_f32(*v)),
         }
         if let Some(r) = self.residual {
             let src = &r.data[row * r.row_stride + j0..][..n];

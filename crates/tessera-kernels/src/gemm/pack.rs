@@ -89,23 +89,75 @@ fn b_offset(j: usize, kk: usize, group: usize, esz: usize) -> usize {
     (j / 16) * TILE_BYTES + (kk / group) * TILE_ROW_BYTES + ((j % 16) * group + kk % group) * esz
 }
 
-/// Packs rows `0..rows` (at most 32) of an fp32 A panel, `get(i, k)`
-/// giving A[i][k], into `dst` (k-blocks for every product, zero padded).
-pub fn pack_a_f32(dst: &mut [u8], rows: usize, k: usize, split: Split, get: impl Fn(usize, usize) -> f32) {
+/// bf16 bits of `x`, rounded to nearest even (branch-free, so loops over
+/// it vectorize; NaN payloads are not preserved, which no GEMM needs).
+#[inline(always)]
+fn bf16_rne(x: f32) -> u16 {
+    let b = x.to_bits();
+    (b.wrapping_add(0x7FFF + ((b >> 16) & 1)) >> 16) as u16
+}
+
+/// Splits 32 values into `parts` bf16 planes (hi, mid, lo).
+#[inline(always)]
+fn split_block(src: &[f32; 32], parts: usize, out: &mut [[u16; 32]; 3]) {
+    let mut rest = *src;
+    for plane in out.iter_mut().take(parts) {
+        for (h, r) in plane.iter_mut().zip(rest.iter_mut()) {
+            *h = bf16_rne(*r);
+            *r -= f32::from_bits((*h as u32) << 16);
+        }
+    }
+}
+
+#[inline(always)]
+fn pack_a_f32_body(dst: &mut [u8], rows: usize, k: usize, split: Split, row: &dyn Fn(usize, &mut [f32])) {
     let kb = k_blocks(DotKind::Bf16, k);
     let prods = split.products();
-    assert!(dst.len() >= kb * prods.len() * BLOCK_BYTES && rows <= 32);
-    dst[..kb * prods.len() * BLOCK_BYTES].fill(0);
+    let np = prods.len();
+    assert!(dst.len() >= kb * np * BLOCK_BYTES && rows <= 32);
+    dst[..kb * np * BLOCK_BYTES].fill(0);
+    let mut src = vec![0f32; kb * 32];
+    let mut planes = [[0u16; 32]; 3];
     for i in 0..rows {
-        for kk in 0..k {
-            let parts = split_f32(get(i, kk), split.parts());
-            let (blk, pos) = (kk / 32, kk % 32);
+        row(i, &mut src[..k]);
+        src[k..].fill(0.0);
+        for b in 0..kb {
+            let chunk: &[f32; 32] = src[b * 32..b * 32 + 32].try_into().expect("32 values");
+            split_block(chunk, split.parts(), &mut planes);
             for (p, &(pa, _)) in prods.iter().enumerate() {
-                let off = (blk * prods.len() + p) * BLOCK_BYTES + a_offset(i, 2 * pos);
-                dst[off..off + 2].copy_from_slice(&parts[pa].to_le_bytes());
+                let off = (b * np + p) * BLOCK_BYTES + a_offset(i, 0);
+                for (d, v) in dst[off..off + 64].chunks_exact_mut(2).zip(&planes[pa]) {
+                    d.copy_from_slice(&v.to_le_bytes());
+                }
             }
         }
     }
+}
+
+/// Packs rows `0..rows` (at most 32) of an fp32 A panel into `dst`
+/// (k-blocks for every product, zero padded); `row(i, out)` fills `out`
+/// with the `k` values of row `i`.
+pub fn pack_a_f32(dst: &mut [u8], rows: usize, k: usize, split: Split, row: &dyn Fn(usize, &mut [f32])) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f,avx512bw")]
+        fn wide(dst: &mut [u8], rows: usize, k: usize, split: Split, row: &dyn Fn(usize, &mut [f32])) {
+            pack_a_f32_body(dst, rows, k, split, row)
+        }
+        #[target_feature(enable = "avx2")]
+        fn narrow(dst: &mut [u8], rows: usize, k: usize, split: Split, row: &dyn Fn(usize, &mut [f32])) {
+            pack_a_f32_body(dst, rows, k, split, row)
+        }
+        if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512bw") {
+            // SAFETY: the CPU has AVX-512F/BW (checked just above).
+            return unsafe { wide(dst, rows, k, split, row) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2 (checked just above).
+            return unsafe { narrow(dst, rows, k, split, row) };
+        }
+    }
+    pack_a_f32_body(dst, rows, k, split, row)
 }
 
 /// Packs columns `0..cols` (at most 32) of an fp32 B panel, `get(k, j)`
@@ -127,15 +179,17 @@ pub fn pack_b_f32(dst: &mut [u8], cols: usize, k: usize, split: Split, get: impl
     }
 }
 
-/// Packs rows `0..rows` of an 8-bit A panel (`get(i, k)` the raw byte).
-pub fn pack_a_i8(dst: &mut [u8], rows: usize, k: usize, get: impl Fn(usize, usize) -> u8) {
+/// Packs rows `0..rows` of an 8-bit A panel; `row(i)` is row `i`'s `k` bytes.
+pub fn pack_a_i8<'a>(dst: &mut [u8], rows: usize, k: usize, row: impl Fn(usize) -> &'a [u8]) {
     let kind = DotKind::I8 { a_signed: false, b_signed: false };
     let kb = k_blocks(kind, k);
     assert!(dst.len() >= kb * BLOCK_BYTES && rows <= 32);
     dst[..kb * BLOCK_BYTES].fill(0);
     for i in 0..rows {
-        for kk in 0..k {
-            dst[(kk / 64) * BLOCK_BYTES + a_offset(i, kk % 64)] = get(i, kk);
+        let src = &row(i)[..k];
+        for (b, chunk) in src.chunks(64).enumerate() {
+            let off = b * BLOCK_BYTES + a_offset(i, 0);
+            dst[off..off + chunk.len()].copy_from_slice(chunk);
         }
     }
 }

@@ -21,6 +21,21 @@ pub(crate) fn zeroed(len: usize) -> Bytes {
     AVec::from_iter(64, std::iter::repeat_n(0u8, len))
 }
 
+thread_local! {
+    /// The packed-A buffer of the last call on this thread, reused so that
+    /// a steady stream of GEMMs allocates nothing.
+    static A_BUFFER: std::cell::Cell<Option<Bytes>> = const { std::cell::Cell::new(None) };
+}
+
+/// Runs `f` with a 64-byte aligned buffer of at least `len` bytes
+/// (contents unspecified: packing writes every byte it covers).
+fn with_a_buffer<R>(len: usize, f: impl FnOnce(&mut [u8]) -> R) -> R {
+    let mut buf = A_BUFFER.with(|c| c.take()).filter(|b| b.len() >= len).unwrap_or_else(|| zeroed(len));
+    let r = f(&mut buf[..len]);
+    A_BUFFER.with(|c| c.set(Some(buf)));
+    r
+}
+
 /// A weight matrix `B` (`k x n`) in a tile kernel's native layout, packed
 /// once when a session is created and owned by the provider that runs it.
 pub struct PackedB {
@@ -119,28 +134,39 @@ impl<T> OutPtr<T> {
     }
 }
 
+/// L2 bytes a task's A panels may take (a quarter of a 2 MiB L2, leaving
+/// room for the streaming B panel and the output).
+const A_CHUNK_BYTES: usize = 512 * 1024;
+
 /// Runs the microkernel over every 32x32 output block. `a` holds the packed
 /// A panels (`kblocks * BLOCK_BYTES` bytes each); `finish(acc, i0, j0)` gets
 /// each finished block.
+///
+/// A task owns a chunk of A panels (kept in L2 across the task) and a range
+/// of B panels; each B panel, once loaded, serves every A panel of the
+/// chunk before the next one streams in.
 fn drive(isa: TileIsa, kind: DotKind, a: &[u8], m: usize, b: &PackedB, finish: &(dyn Fn(&AccBlock, usize, usize) + Sync)) {
     let mb = m.div_ceil(MR);
     let nb = b.panels();
     let a_len = b.kblocks * BLOCK_BYTES;
     let threads = rayon::current_num_threads().max(1);
-    // Enough tasks for load balance (4 per thread) without splitting a B
-    // panel's reuse more than needed.
-    let m_chunks = (4 * threads).div_ceil(nb).clamp(1, mb.max(1));
-    let per_chunk = mb.div_ceil(m_chunks);
-    let m_chunks = mb.div_ceil(per_chunk.max(1));
-    let tasks = nb * m_chunks;
+    let per_chunk = (A_CHUNK_BYTES / a_len.max(1)).clamp(1, 8).min(mb);
+    let m_chunks = mb.div_ceil(per_chunk);
+    // At least two tasks per thread when the shape allows.
+    let n_ranges = (2 * threads).div_ceil(m_chunks).clamp(1, nb);
+    let per_range = nb.div_ceil(n_ranges);
+    let n_ranges = nb.div_ceil(per_range);
+    let tasks = m_chunks * n_ranges;
     let task = |t: usize| {
-        let (pn, mc) = (t % nb, t / nb);
+        let (mc, nr) = (t / n_ranges, t % n_ranges);
         let sess = TileSession::begin(isa);
         let mut acc = AccBlock::new();
-        let bp = b.panel(pn);
-        for mi in mc * per_chunk..((mc + 1) * per_chunk).min(mb) {
-            sess.run(kind, &a[mi * a_len..(mi + 1) * a_len], bp, b.kblocks, &mut acc, false);
-            finish(&acc, mi * MR, pn * NR);
+        for pn in nr * per_range..((nr + 1) * per_range).min(nb) {
+            let bp = b.panel(pn);
+            for mi in mc * per_chunk..((mc + 1) * per_chunk).min(mb) {
+                sess.run(kind, &a[mi * a_len..(mi + 1) * a_len], bp, b.kblocks, &mut acc, false);
+                finish(&acc, mi * MR, pn * NR);
+            }
         }
     };
     if tasks <= 1 || threads == 1 {
@@ -154,7 +180,7 @@ fn drive(isa: TileIsa, kind: DotKind, a: &[u8], m: usize, b: &PackedB, finish: &
 /// fp32 weight, on bf16 tiles with the weight's split. `c` is row-major with
 /// row stride `ldc` and is overwritten.
 pub fn tile_sgemm(isa: TileIsa, a: MatRef<f32>, b: &PackedB, c: &mut [f32], ldc: usize, epi: &Epilogue) {
-    let split = b.split.expect("tile_sgemm needs a weight packed from fp32");
+    assert!(b.split.is_some(), "tile_sgemm needs a weight packed from fp32");
     let (m, k, n) = (a.rows, a.cols, b.n);
     assert_eq!(k, b.k, "inner dimensions differ");
     a.check();
@@ -164,10 +190,24 @@ pub fn tile_sgemm(isa: TileIsa, a: MatRef<f32>, b: &PackedB, c: &mut [f32], ldc:
     assert!((m - 1) * ldc + n <= c.len(), "output does not fit its slice");
     epi.check(m, n);
     let a_len = b.kblocks * BLOCK_BYTES;
-    let mut ap = zeroed(a_len * m.div_ceil(MR));
+    with_a_buffer(a_len * m.div_ceil(MR), |ap| sgemm_packed(isa, a, ap, a_len, b, c, ldc, epi))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn sgemm_packed(isa: TileIsa, a: MatRef<f32>, ap: &mut [u8], a_len: usize, b: &PackedB, c: &mut [f32], ldc: usize, epi: &Epilogue) {
+    let split = b.split.expect("checked by tile_sgemm");
+    let (m, k, n) = (a.rows, a.cols, b.n);
     ap.par_chunks_mut(a_len.max(1)).enumerate().for_each(|(p, dst)| {
         let i0 = p * MR;
-        pack::pack_a_f32(dst, MR.min(m - i0), k, split, |i, kk| a.data[(i0 + i) * a.row_stride + kk * a.col_stride]);
+        let row = |i: usize, out: &mut [f32]| {
+            let base = (i0 + i) * a.row_stride;
+            if a.col_stride == 1 {
+                out.copy_from_slice(&a.data[base..base + k]);
+            } else {
+                out.iter_mut().enumerate().for_each(|(kk, v)| *v = a.data[base + kk * a.col_stride]);
+            }
+        };
+        pack::pack_a_f32(dst, MR.min(m - i0), k, split, &row);
     });
     let out = OutPtr(c.as_mut_ptr());
     let finish = move |acc: &AccBlock, i0: usize, j0: usize| {
@@ -180,7 +220,7 @@ pub fn tile_sgemm(isa: TileIsa, a: MatRef<f32>, b: &PackedB, c: &mut [f32], ldc:
             epi.apply_f32(&acc.as_f32()[i * NR..i * NR + cols], i0 + i, j0, dst);
         }
     };
-    drive(isa, DotKind::Bf16, &ap, m, b, &finish);
+    drive(isa, DotKind::Bf16, ap, m, b, &finish);
 }
 
 /// An 8-bit activation matrix (raw bytes, row-major with `row_stride`).
@@ -215,10 +255,15 @@ pub fn tile_igemm(isa: TileIsa, a: I8Mat, a_zero: &[i32], b: &PackedB, out: I8Ou
     assert!((m - 1) * a.row_stride + k <= a.data.len(), "A does not fit its slice");
     let kind = DotKind::I8 { a_signed: a.signed, b_signed };
     let a_len = b.kblocks * BLOCK_BYTES;
-    let mut ap = zeroed(a_len * m.div_ceil(MR));
+    with_a_buffer(a_len * m.div_ceil(MR), |ap| igemm_packed(kind, isa, a, a_zero, ap, a_len, b, out))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn igemm_packed(kind: DotKind, isa: TileIsa, a: I8Mat, a_zero: &[i32], ap: &mut [u8], a_len: usize, b: &PackedB, out: I8Out) {
+    let (m, k, n) = (a.rows, a.cols, b.n);
     ap.par_chunks_mut(a_len.max(1)).enumerate().for_each(|(p, dst)| {
         let i0 = p * MR;
-        pack::pack_a_i8(dst, MR.min(m - i0), k, |i, kk| a.data[(i0 + i) * a.row_stride + kk]);
+        pack::pack_a_i8(dst, MR.min(m - i0), k, |i| &a.data[(i0 + i) * a.row_stride..][..k]);
     });
     let val = |v: u8| if a.signed { v as i8 as i32 } else { v as i32 };
     let row_sums: Vec<i32> = (0..m).map(|i| a.data[i * a.row_stride..][..k].iter().map(|&v| val(v)).sum()).collect();
@@ -235,7 +280,7 @@ pub fn tile_igemm(isa: TileIsa, a: I8Mat, a_zero: &[i32], b: &PackedB, out: I8Ou
                     corr.apply_i32(&acc.as_i32()[i * NR..i * NR + cols], i0 + i, j0, dst);
                 }
             };
-            drive(isa, kind, &ap, m, b, &finish);
+            drive(isa, kind, ap, m, b, &finish);
         }
         I8Out::F32 { c, ldc, scale_a, scale_b, epi } => {
             assert!((m - 1) * ldc + n <= c.len(), "output does not fit its slice");
@@ -254,7 +299,7 @@ pub fn tile_igemm(isa: TileIsa, a: I8Mat, a_zero: &[i32], b: &PackedB, out: I8Ou
                     epi.apply_f32(&tmp[..cols], i0 + i, j0, dst);
                 }
             };
-            drive(isa, kind, &ap, m, b, &finish);
+            drive(isa, kind, ap, m, b, &finish);
         }
     }
 }

@@ -144,7 +144,7 @@ impl ExecutionProvider for AmxProvider {
             let plan = self.plan(graph, node).map_err(|r| tessera_core::Error::node(node, r))?;
             ops::build(node, plan, self.isa, constant)
         };
-        Ok(Box::new(compile_partition(graph, sub, &build)?))
+        Ok(Box::new(compile_partition("amx", graph, sub, &build)?))
     }
 }
 

@@ -89,6 +89,8 @@ struct Step {
 }
 
 pub struct CpuPartition {
+    /// Provider name, for the profile.
+    provider: &'static str,
     steps: Vec<Step>,
     n_slots: usize,
     constants: Vec<(usize, Tensor)>,
@@ -119,7 +121,7 @@ impl ExecutionProvider for CpuProvider {
     }
 
     fn compile(&self, graph: &Graph, sub: &Subgraph) -> Result<Box<dyn CompiledPartition>> {
-        Ok(Box::new(compile_partition(graph, sub, &|node, constant| self.build_node(graph, node, constant))?))
+        Ok(Box::new(compile_partition("cpu", graph, sub, &|node, constant| self.build_node(graph, node, constant))?))
     }
 }
 
@@ -129,7 +131,12 @@ pub type NodeBuilder<'a> = dyn Fn(&Node, &dyn Fn(&str) -> Option<Tensor>) -> Res
 /// Compiles a subgraph of host-memory ops into a partition that runs them
 /// in order and frees each value after its last reader. Shared by every
 /// provider whose ops run on the CPU (cpu, amx).
-pub fn compile_partition(graph: &Graph, sub: &Subgraph, build: &NodeBuilder) -> Result<CpuPartition> {
+pub fn compile_partition(
+    provider: &'static str,
+    graph: &Graph,
+    sub: &Subgraph,
+    build: &NodeBuilder,
+) -> Result<CpuPartition> {
     let mut slot_of: HashMap<String, usize> = HashMap::new();
     let mut constants = Vec::new();
     let slot = |name: &str, slot_of: &mut HashMap<String, usize>| -> usize {
@@ -200,7 +207,7 @@ pub fn compile_partition(graph: &Graph, sub: &Subgraph, build: &NodeBuilder) -> 
             }
         }
     }
-    Ok(CpuPartition { steps, n_slots, constants, input_slots, output_slots })
+    Ok(CpuPartition { provider, steps, n_slots, constants, input_slots, output_slots })
 }
 
 impl CompiledPartition for CpuPartition {
@@ -230,7 +237,9 @@ impl CpuPartition {
             values[*s] = Some(v.into_host()?);
         }
         let mut ctx = RunCtx::default();
+        let profiling = crate::profile::enabled();
         for st in &self.steps {
+            let t0 = profiling.then(std::time::Instant::now);
             let outs = {
                 let mut refs: Vec<Option<&Tensor>> = Vec::with_capacity(st.inputs.len());
                 for s in &st.inputs {
@@ -250,6 +259,9 @@ impl CpuPartition {
                     &st.node,
                     format!("kernel produced {} outputs, the node has {}", outs.len(), st.outputs.len()),
                 ));
+            }
+            if let Some(t0) = t0 {
+                crate::profile::record(&format!("{}:{}", self.provider, st.node.op_type), t0.elapsed().as_secs_f64());
             }
             for (o, t) in st.outputs.iter().zip(outs) {
                 if let Some(s) = o {

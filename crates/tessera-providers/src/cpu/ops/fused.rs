@@ -42,6 +42,29 @@ impl Activation {
         })
     }
 
+    /// The same activation in the vectorized f32 kernels.
+    fn fast(self) -> tessera_kernels::gemm::Activation {
+        use tessera_kernels::gemm::Activation as K;
+        match self {
+            Activation::None => K::None,
+            Activation::Relu => K::Relu,
+            Activation::GeluErf => K::GeluErf,
+            Activation::GeluTanh => K::GeluTanh,
+            Activation::Silu => K::Silu,
+        }
+    }
+
+    /// Applies the activation to a row: the vectorized f32 kernels for
+    /// f32, the f64 definitions for other types.
+    fn apply_row<T: Float>(self, row: &mut [T]) {
+        if T::DTYPE == tessera_core::DType::F32 {
+            if let Ok(r) = bytemuck::try_cast_slice_mut::<T, f32>(row) {
+                return tessera_kernels::gemm::epilogue::activate(self.fast(), r);
+            }
+        }
+        row.iter_mut().for_each(|v| *v = self.apply(*v));
+    }
+
     #[inline]
     fn apply<T: Float>(self, x: T) -> T {
         match self {
@@ -172,7 +195,7 @@ fn build_fused_matmul(node: &Node, bctx: &BuildCtx) -> Result<Box<dyn CpuOp>> {
                         }
                     }
                     if act != Activation::None {
-                        row.iter_mut().for_each(|v| *v = act.apply(*v));
+                        act.apply_row(row);
                     }
                     if let Some(rs) = resv.as_deref() {
                         match (&res_full, &res_strides) {
