@@ -28,6 +28,18 @@ pub struct Options {
     pub threads: Vec<usize>,
     pub kernels: Vec<String>,
     pub min_seconds: f64,
+    /// Cycle through enough copies of the weight to overflow the caches, as
+    /// a model's layers do (each call then streams its weight from DRAM).
+    pub cold: bool,
+}
+
+/// Number of weight copies so that they overflow any L3 (512 MiB in all).
+fn copies(cold: bool, bytes_each: usize) -> usize {
+    if cold {
+        ((512usize << 20) / bytes_each.max(1)).clamp(1, 64)
+    } else {
+        1
+    }
 }
 
 pub const DEFAULT_SHAPES: &[(usize, usize, usize)] = &[
@@ -51,8 +63,9 @@ fn microkernel_gflops(pool: &rayon::ThreadPool, seconds: f64) -> f64 {
     let per = std::sync::Mutex::new(0.0);
     pool.broadcast(|_| {
         let kb = 8;
-        let a = vec![0x3fu8; kb * BLOCK_BYTES];
-        let b = vec![0x3fu8; kb * BLOCK_BYTES];
+        // 64-byte aligned panels, as the packed ones are.
+        let a = tessera_kernels::gemm::tile::aligned_bytes(kb * BLOCK_BYTES, 0x3f);
+        let b = tessera_kernels::gemm::tile::aligned_bytes(kb * BLOCK_BYTES, 0x3f);
         let sess = TileSession::begin(TileIsa::Amx);
         let mut acc = AccBlock::new();
         let calls = 20_000;
@@ -106,6 +119,9 @@ fn tile_peak(pool: &rayon::ThreadPool, kind: DotKind) -> f64 {
 
 pub fn run(opts: &Options) -> Result<Vec<Row>, String> {
     let amx_ok = tessera_hw::amx_enabled();
+    if let Ok(o) = std::env::var("TESSERA_AMX_ORDER") {
+        amx::LOOP_ORDER.store(o.parse().unwrap_or(0), std::sync::atomic::Ordering::Relaxed);
+    }
     let mut rows = Vec::new();
     for &threads in &opts.threads {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().map_err(|e| e.to_string())?;
@@ -115,8 +131,14 @@ pub fn run(opts: &Options) -> Result<Vec<Row>, String> {
         };
         if amx_ok.is_ok() {
             eprintln!("tile peak, {threads} thread(s): bf16 {peak_bf16:.0} GFLOP/s, int8 {peak_i8:.0} GOP/s");
-            let uk = microkernel_gflops(&pool, opts.min_seconds);
-            eprintln!("bf16 microkernel on L1-resident panels: {uk:.0} GFLOP/s ({:.1}% of peak)", 100.0 * uk / peak_bf16);
+            use std::sync::atomic::Ordering::Relaxed;
+            let order = amx::LOOP_ORDER.load(Relaxed);
+            for o in [0u8, 1] {
+                amx::LOOP_ORDER.store(o, Relaxed);
+                let uk = microkernel_gflops(&pool, opts.min_seconds);
+                eprintln!("bf16 microkernel (loop order {o}) on L1-resident panels: {uk:.0} GFLOP/s ({:.1}% of peak)", 100.0 * uk / peak_bf16);
+            }
+            amx::LOOP_ORDER.store(order, Relaxed);
         }
         for &(m, n, k) in &opts.shapes {
             let a = rand_vec(m * k, 1);
@@ -126,11 +148,14 @@ pub fn run(opts: &Options) -> Result<Vec<Row>, String> {
             for kernel in &opts.kernels {
                 let (secs, peak) = match kernel.as_str() {
                     "fp32-vector" => {
+                        let bs: Vec<Vec<f32>> = (0..copies(opts.cold, 4 * k * n)).map(|_| b.clone()).collect();
+                        let mut i = 0;
                         let s = pool.install(|| {
                             time(opts.min_seconds, || {
+                                i += 1;
                                 gemm::sgemm(
                                     MatRef::row_major(&a, m, k),
-                                    MatRef::row_major(&b, k, n),
+                                    MatRef::row_major(&bs[i % bs.len()], k, n),
                                     &mut c,
                                     n,
                                     1.0,
@@ -151,11 +176,17 @@ pub fn run(opts: &Options) -> Result<Vec<Row>, String> {
                             "amx-bf16x3" => Split::Bf16x3,
                             _ => Split::Bf16x6,
                         };
-                        let pb = PackedB::from_f32(MatRef::row_major(&b, k, n), split);
+                        let pb0 = PackedB::from_f32(MatRef::row_major(&b, k, n), split);
+                        let pbs: Vec<PackedB> = (0..copies(opts.cold, pb0.packed_bytes()))
+                            .map(|_| PackedB::from_f32(MatRef::row_major(&b, k, n), split))
+                            .collect();
                         let epi = Epilogue::default();
+                        let mut i = 0;
                         let s = pool.install(|| {
                             time(opts.min_seconds, || {
-                                tile_sgemm(TileIsa::Amx, MatRef::row_major(&a, m, k), &pb, &mut c, n, &epi)
+                                i += 1;
+                                let pb = &pbs[i % pbs.len()];
+                                tile_sgemm(TileIsa::Amx, MatRef::row_major(&a, m, k), pb, &mut c, n, &epi)
                             })
                         });
                         // A split GEMM does `products` times the work of the
@@ -169,12 +200,15 @@ pub fn run(opts: &Options) -> Result<Vec<Row>, String> {
                         }
                         let ab: Vec<u8> = a.iter().map(|v| (v * 100.0 + 128.0) as u8).collect();
                         let bb: Vec<u8> = b.iter().map(|v| (v * 100.0) as i8 as u8).collect();
-                        let pb = PackedB::from_i8(&bb, k, n, true, &[0]);
+                        let pbs: Vec<PackedB> =
+                            (0..copies(opts.cold, k * n)).map(|_| PackedB::from_i8(&bb, k, n, true, &[0])).collect();
                         let mut ci = vec![0i32; m * n];
+                        let mut i = 0;
                         let s = pool.install(|| {
                             time(opts.min_seconds, || {
+                                i += 1;
                                 let am = I8Mat { data: &ab, rows: m, cols: k, row_stride: k, signed: false };
-                                tile_igemm(TileIsa::Amx, am, &[128], &pb, I8Out::I32 { c: &mut ci, ldc: n })
+                                tile_igemm(TileIsa::Amx, am, &[128], &pbs[i % pbs.len()], I8Out::I32 { c: &mut ci, ldc: n })
                             })
                         });
                         (s, peak_i8)

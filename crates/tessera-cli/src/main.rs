@@ -103,6 +103,9 @@ enum Cmd {
         /// Seconds to time each case (at least 3 calls).
         #[arg(long, default_value_t = 0.5)]
         seconds: f64,
+        /// Weights from DRAM: cycle through copies that overflow the caches.
+        #[arg(long)]
+        cold: bool,
         #[arg(long)]
         json: bool,
     },
@@ -149,8 +152,8 @@ fn main() {
         Cmd::Demo { threads } => cmd_demo(threads),
         Cmd::Conformance(a) => conformance::run(&a).map(|code| std::process::exit(code)),
         Cmd::Detect { json } => cmd_detect(json),
-        Cmd::BenchGemm { shapes, threads, kernels, seconds, json } => {
-            cmd_bench_gemm(&shapes, threads, kernels, seconds, json)
+        Cmd::BenchGemm { shapes, threads, kernels, seconds, cold, json } => {
+            cmd_bench_gemm(&shapes, threads, kernels, seconds, cold, json)
         }
     };
     if let Err(e) = result {
@@ -602,6 +605,7 @@ fn cmd_bench_gemm(
     threads: Vec<usize>,
     kernels: Vec<String>,
     seconds: f64,
+    cold: bool,
     json: bool,
 ) -> Result<(), String> {
     let shapes = if shapes.is_empty() {
@@ -624,7 +628,7 @@ fn cmd_bench_gemm(
     };
     let kernels =
         if kernels.is_empty() { bench_gemm::ALL_KERNELS.iter().map(|s| s.to_string()).collect() } else { kernels };
-    let opts = bench_gemm::Options { shapes, threads, kernels, min_seconds: seconds };
+    let opts = bench_gemm::Options { shapes, threads, kernels, min_seconds: seconds, cold };
     let rows = bench_gemm::run(&opts)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&rows).map_err(|e| e.to_string())?);

@@ -18,7 +18,12 @@ use super::MatRef;
 pub(crate) type Bytes = AVec<u8, ConstAlign<64>>;
 
 pub(crate) fn zeroed(len: usize) -> Bytes {
-    AVec::from_iter(64, std::iter::repeat_n(0u8, len))
+    aligned_bytes(len, 0)
+}
+
+/// `len` bytes of `value`, 64-byte aligned (the packed panels' alignment).
+pub fn aligned_bytes(len: usize, value: u8) -> AVec<u8, ConstAlign<64>> {
+    AVec::from_iter(64, std::iter::repeat_n(value, len))
 }
 
 thread_local! {

@@ -5,7 +5,8 @@
 //! constant 2-D fp32 matrix (packed once, at session creation, into the
 //! kernel's layout) and MatMulInteger with a constant 8-bit weight. What
 //! runs on the tiles follows the session's [`Precision`]:
-//! * fp32: bf16x6 split products (fp32-class error), see `fp32_split`;
+//! * fp32: left to the CPU provider's fp32 vector kernels;
+//! * fp32-tiles: bf16x6 split products (fp32-class error);
 //! * bf16 / auto: one bf16 product, fp32 accumulation;
 //! * int8: fp32 products quantized to int8 (weights per column, activations
 //!   per row); integer models' MatMulInteger always runs on int8 tiles.
@@ -33,8 +34,8 @@ pub(crate) enum TilePlan {
 pub struct AmxProvider {
     precision: Precision,
     isa: TileIsa,
-    /// How fp32-accurate products run on tiles (None: leave them to the
-    /// CPU provider's fp32 vector kernels).
+    /// How fp32-accurate products run on tiles under `Precision::Fp32`
+    /// (None: leave them to the CPU provider's fp32 vector kernels).
     fp32_split: Option<Split>,
 }
 
@@ -48,7 +49,7 @@ impl AmxProvider {
     /// The provider on a given ISA: tests run it on [`TileIsa::Emulated`]
     /// to check the graph-level logic on machines without AMX.
     pub fn with_isa(precision: Precision, isa: TileIsa) -> AmxProvider {
-        AmxProvider { precision, isa, fp32_split: Some(Split::Bf16x6) }
+        AmxProvider { precision, isa, fp32_split: None }
     }
 
     /// Keeps fp32-precision products off the tiles (or sets their split).
@@ -61,6 +62,7 @@ impl AmxProvider {
         match self.precision {
             Precision::Bf16 | Precision::Auto => Ok(TilePlan::Float(Split::Bf16)),
             Precision::Int8 => Ok(TilePlan::DynamicInt8),
+            Precision::Fp32Tiles => Ok(TilePlan::Float(Split::Bf16x6)),
             Precision::Fp32 => match self.fp32_split {
                 Some(s) => Ok(TilePlan::Float(s)),
                 None => Err("fp32 precision: fp32 products stay on the vector units".into()),

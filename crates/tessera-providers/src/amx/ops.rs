@@ -216,6 +216,7 @@ impl CpuOp for Linear {
         };
         let av = MatRef::row_major(a.as_slice::<f32>()?, rows, k);
         let out = y.as_mut_slice::<f32>()?;
+        let t0 = crate::profile::enabled().then(std::time::Instant::now);
         match self.weight.as_ref() {
             Weight::Tiles(pb) => tile_sgemm(self.isa, av, pb, out, n, &epi),
             Weight::Int8 { packed, scales } => {
@@ -225,6 +226,13 @@ impl CpuOp for Linear {
                 let o = I8Out::F32 { c: out, ldc: n, scale_a: &sa, scale_b: scales, epi: &epi };
                 tile_igemm(self.isa, am, &[0], packed, o);
             }
+        }
+        if let Some(t0) = t0 {
+            let kind = match self.weight.as_ref() {
+                Weight::Tiles(pb) => pb.split().map_or("?", |s| s.name()),
+                Weight::Int8 { .. } => "int8",
+            };
+            crate::profile::record(&format!("amx:gemm {kind} {rows}x{n}x{k}"), t0.elapsed().as_secs_f64());
         }
         if let Some(c) = late_bias {
             add_broadcast(node, y.as_mut_slice::<f32>()?, &y_shape, c, self.beta)?;

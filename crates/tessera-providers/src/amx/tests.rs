@@ -69,7 +69,7 @@ fn matmul_every_precision_matches_cpu() {
     let a = Tensor::from_vec(&[1, m, k], rand_vec(m * k, 2)).unwrap();
     let g = graph(Node::new("MatMul", "mm", &["a", "w"], &["y"]), &["a"], vec![("w", w)]);
     let want = run_on(&CpuProvider::new(), &g, std::slice::from_ref(&a));
-    for (prec, tol) in [(Precision::Fp32, 1e-6), (Precision::Bf16, 2e-2), (Precision::Auto, 2e-2), (Precision::Int8, 3e-2)] {
+    for (prec, tol) in [(Precision::Fp32Tiles, 1e-6), (Precision::Bf16, 2e-2), (Precision::Auto, 2e-2), (Precision::Int8, 3e-2)] {
         let got = run_on(&AmxProvider::with_isa(prec, isa()), &g, std::slice::from_ref(&a));
         let e = max_rel_err(&got, &want);
         assert!(e <= tol, "{prec}: relative error {e:e} > {tol:e}");
@@ -95,7 +95,7 @@ fn gemm_attributes_and_bias_shapes() {
                 (graph(node, &["a", "c"], vec![("w", wt.clone())]), vec![a.clone(), c.clone()])
             };
             let want = run_on(&CpuProvider::new(), &g, &ins);
-            let got = run_on(&AmxProvider::with_isa(Precision::Fp32, isa()), &g, &ins);
+            let got = run_on(&AmxProvider::with_isa(Precision::Fp32Tiles, isa()), &g, &ins);
             let e = max_rel_err(&got, &want);
             assert!(e <= 1e-6, "C {c_shape:?} const={c_const}: {e:e}");
         }
@@ -117,7 +117,7 @@ fn fused_matmul_epilogue_matches_cpu() {
         let g = graph(node, &["a", "res"], vec![("w", w.clone()), ("bias", bias.clone())]);
         let ins = [a.clone(), res];
         let want = run_on(&CpuProvider::new(), &g, &ins);
-        let got = run_on(&AmxProvider::with_isa(Precision::Fp32, isa()), &g, &ins);
+        let got = run_on(&AmxProvider::with_isa(Precision::Fp32Tiles, isa()), &g, &ins);
         let e = max_rel_err(&got, &want);
         assert!(e <= 1e-6, "{act} residual {res_shape:?}: {e:e}");
     }
@@ -148,7 +148,7 @@ fn matmul_integer_exact_for_all_signedness_and_zero_points() {
 
 #[test]
 fn declines_with_reasons() {
-    let p = AmxProvider::with_isa(Precision::Fp32, TileIsa::Emulated);
+    let p = AmxProvider::with_isa(Precision::Bf16, TileIsa::Emulated);
     let g = graph(Node::new("MatMul", "mm", &["a", "b"], &["y"]), &["a", "b"], vec![]);
     match &p.claim(&g, &[false])[0] {
         NodeVerdict::Decline { reason } => assert!(reason.contains("not a constant"), "{reason}"),
@@ -160,7 +160,7 @@ fn declines_with_reasons() {
         NodeVerdict::Decline { reason } => assert!(reason.contains("f64") || reason.contains("double"), "{reason}"),
         v => panic!("claimed {v:?}"),
     }
-    let fp32_off = AmxProvider::with_isa(Precision::Fp32, TileIsa::Emulated).with_fp32_split(None);
+    let fp32_off = AmxProvider::with_isa(Precision::Fp32, TileIsa::Emulated);
     let w = Tensor::from_vec(&[2, 2], vec![0f32; 4]).unwrap();
     let g = graph(Node::new("MatMul", "mm", &["a", "w"], &["y"]), &["a"], vec![("w", w)]);
     assert!(matches!(fp32_off.claim(&g, &[false])[0], NodeVerdict::Decline { .. }));
