@@ -293,7 +293,9 @@ impl Session {
                 values.insert(name.clone(), v);
             }
             for v in &self.frees[pi] {
-                values.remove(v);
+                if let Some(Value::Host(t)) = values.remove(v) {
+                    tessera_providers::cpu::registry::recycle(t);
+                }
             }
         }
         self.graph

@@ -84,6 +84,19 @@ pub fn gemm_batched<T: GemmScalar>(
         }
         return;
     }
+    if batch < threads {
+        // Few large products: split each one inside the GEMM (which packs
+        // B once per call) rather than by row blocks (each of which would
+        // pack all of B again), then run the epilogue over row blocks.
+        for (bi, cb) in c.chunks_mut(mn).enumerate() {
+            gemm_checked(a.mat(bi), b.mat(bi), cb, n, alpha, beta, Parallel::Rayon(threads));
+            if let Some(epi) = epilogue {
+                let rows = m.div_ceil(2 * threads).max(1);
+                cb.par_chunks_mut(rows * n).enumerate().for_each(|(ri, cr)| epi(bi, ri * rows, cr));
+            }
+        }
+        return;
+    }
     // Aim for about two tasks per thread, with blocks of at least 16 rows.
     let want = 2 * threads;
     let blocks_per_batch = want.div_ceil(batch).min(m.div_ceil(16)).max(1);

@@ -23,19 +23,60 @@ impl BuildCtx<'_> {
     }
 }
 
+type Buffer = tessera_core::tensor::AlignedBytes;
+
+/// Buffers of dead tensors, shared by every run and partition of the
+/// process: a fresh allocation of a large buffer costs a page fault per
+/// 4 KiB page on first touch, so steady-state inference should allocate
+/// nothing. Bounded in count and bytes.
+static SHARED_POOL: std::sync::Mutex<Vec<Buffer>> = std::sync::Mutex::new(Vec::new());
+const SHARED_POOL_MAX_BUFFERS: usize = 256;
+const SHARED_POOL_MAX_BYTES: usize = 1 << 30;
+
+fn fits(b: &Buffer, need: usize) -> bool {
+    b.capacity() >= need && b.capacity() <= need.saturating_mul(2).max(4096)
+}
+
+fn shared_take(need: usize) -> Option<Buffer> {
+    let mut pool = SHARED_POOL.lock().unwrap_or_else(|e| e.into_inner());
+    let pos = pool.iter().position(|b| fits(b, need))?;
+    Some(pool.swap_remove(pos))
+}
+
+fn shared_put(bufs: impl IntoIterator<Item = Buffer>) {
+    let mut pool = SHARED_POOL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut bytes: usize = pool.iter().map(|b| b.capacity()).sum();
+    for b in bufs {
+        if b.capacity() >= 4096 && pool.len() < SHARED_POOL_MAX_BUFFERS && bytes + b.capacity() <= SHARED_POOL_MAX_BYTES {
+            bytes += b.capacity();
+            pool.push(b);
+        }
+    }
+}
+
+/// Hands a dead tensor's memory to the shared pool (when no one else holds
+/// it); the session calls this for values that die between partitions.
+pub fn recycle(t: Tensor) {
+    if let Some(b) = t.into_buffer() {
+        shared_put([b]);
+    }
+}
+
 /// Per-run context: where outputs get their memory.
 #[derive(Default)]
 pub struct RunCtx {
-    pool: Vec<tessera_core::tensor::AlignedBytes>,
+    pool: Vec<Buffer>,
 }
 
 impl RunCtx {
     /// A zeroed output tensor, reusing a released buffer when one is big enough.
     pub fn alloc(&mut self, dtype: DType, shape: &[usize]) -> Result<Tensor> {
         let need = tessera_core::tensor::checked_numel(shape)? * dtype.size();
-        let pos =
-            self.pool.iter().position(|b| b.capacity() >= need && b.capacity() <= need.saturating_mul(2).max(4096));
-        let buf = pos.map(|p| self.pool.swap_remove(p));
+        let buf = match self.pool.iter().position(|b| fits(b, need)) {
+            Some(p) => Some(self.pool.swap_remove(p)),
+            None if need >= 4096 => shared_take(need),
+            None => None,
+        };
         Tensor::from_pool(dtype, shape, buf)
     }
 
@@ -46,6 +87,12 @@ impl RunCtx {
                 self.pool.push(b);
             }
         }
+    }
+}
+
+impl Drop for RunCtx {
+    fn drop(&mut self) {
+        shared_put(self.pool.drain(..));
     }
 }
 
