@@ -126,7 +126,10 @@ pub fn run(opts: &Options) -> Result<Vec<Row>, String> {
     for &threads in &opts.threads {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().map_err(|e| e.to_string())?;
         let (peak_bf16, peak_i8) = match &amx_ok {
-            Ok(()) => (tile_peak(&pool, DotKind::Bf16) / 1e9, tile_peak(&pool, DotKind::I8 { a_signed: true, b_signed: true }) / 1e9),
+            Ok(()) => (
+                tile_peak(&pool, DotKind::Bf16) / 1e9,
+                tile_peak(&pool, DotKind::I8 { a_signed: true, b_signed: true }) / 1e9,
+            ),
             Err(_) => (0.0, 0.0),
         };
         if amx_ok.is_ok() {
@@ -136,7 +139,10 @@ pub fn run(opts: &Options) -> Result<Vec<Row>, String> {
             for o in [0u8, 1] {
                 amx::LOOP_ORDER.store(o, Relaxed);
                 let uk = microkernel_gflops(&pool, opts.min_seconds);
-                eprintln!("bf16 microkernel (loop order {o}) on L1-resident panels: {uk:.0} GFLOP/s ({:.1}% of peak)", 100.0 * uk / peak_bf16);
+                eprintln!(
+                    "bf16 microkernel (loop order {o}) on L1-resident panels: {uk:.0} GFLOP/s ({:.1}% of peak)",
+                    100.0 * uk / peak_bf16
+                );
             }
             amx::LOOP_ORDER.store(order, Relaxed);
         }
@@ -208,7 +214,13 @@ pub fn run(opts: &Options) -> Result<Vec<Row>, String> {
                             time(opts.min_seconds, || {
                                 i += 1;
                                 let am = I8Mat { data: &ab, rows: m, cols: k, row_stride: k, signed: false };
-                                tile_igemm(TileIsa::Amx, am, &[128], &pbs[i % pbs.len()], I8Out::I32 { c: &mut ci, ldc: n })
+                                tile_igemm(
+                                    TileIsa::Amx,
+                                    am,
+                                    &[128],
+                                    &pbs[i % pbs.len()],
+                                    I8Out::I32 { c: &mut ci, ldc: n },
+                                )
                             })
                         });
                         (s, peak_i8)
@@ -233,7 +245,10 @@ pub fn run(opts: &Options) -> Result<Vec<Row>, String> {
 }
 
 pub fn print(rows: &[Row]) {
-    println!("{:<12} {:>6} {:>6} {:>6} {:>4} {:>10} {:>10} {:>7}", "kernel", "M", "N", "K", "thr", "GFLOP/s", "peak", "%peak");
+    println!(
+        "{:<12} {:>6} {:>6} {:>6} {:>4} {:>10} {:>10} {:>7}",
+        "kernel", "M", "N", "K", "thr", "GFLOP/s", "peak", "%peak"
+    );
     for r in rows {
         let peak = if r.peak_gflops > 0.0 { format!("{:.0}", r.peak_gflops) } else { "-".into() };
         let pct = if r.peak_gflops > 0.0 { format!("{:.1}", r.pct_of_peak) } else { "-".into() };

@@ -317,7 +317,11 @@ fn cmd_bench(m: &ModelArgs, warmup: usize, iterations: usize, json: bool, profil
         eprintln!("{:<32} {:>7} {:>10} {:>6}", "provider:op", "calls", "ms/run", "%");
         for (k, n, secs) in rows {
             let per_run = secs * 1e3 / iterations.max(1) as f64;
-            eprintln!("{k:<32} {:>7} {per_run:>10.3} {:>6.1}", n / iterations.max(1) as u64, 100.0 * secs / total.max(1e-12));
+            eprintln!(
+                "{k:<32} {:>7} {per_run:>10.3} {:>6.1}",
+                n / iterations.max(1) as u64,
+                100.0 * secs / total.max(1e-12)
+            );
         }
     }
     let throughput = r.latencies_ms.len() as f64 / r.total_s;
@@ -383,6 +387,9 @@ fn cmd_info(m: &ModelArgs, nodes: bool, json: bool) -> Result<(), String> {
             "optimizations": s.pass_report().to_string(),
             "nodes": assignments,
             "partitions": s.partition_count(),
+            "providers": s.provider_names(),
+            "providers_not_used": s.skipped_providers(),
+            "precision": m.precision.to_string(),
             "planned_peak_bytes": plan.as_ref().map(|p| p.peak_bytes),
         });
         println!("{o}");
@@ -395,6 +402,10 @@ fn cmd_info(m: &ModelArgs, nodes: bool, json: bool) -> Result<(), String> {
         model.producer,
         model.graph.opsets
     );
+    println!("providers: {} (precision {})", s.provider_names().join(", "), m.precision);
+    for why in s.skipped_providers() {
+        println!("  not used: {why}");
+    }
     println!("inputs:");
     for v in s.inputs() {
         println!("  {:30} {:5} {}", v.name, v.dtype.map(|d| d.name()).unwrap_or("?"), v.shape_string());

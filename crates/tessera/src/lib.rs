@@ -7,5 +7,5 @@ pub mod partition;
 pub mod session;
 
 pub use session::{NodeAssignment, Session, SessionOptions};
-pub use tessera_providers::Precision;
 pub use tessera_core::{DType, Error, Result, Tensor};
+pub use tessera_providers::Precision;

@@ -7,8 +7,8 @@ use std::path::Path;
 use tessera_core::passes::{self, PassReport};
 use tessera_core::plan::MemoryPlan;
 use tessera_core::{Dim, Error, Graph, Result, Tensor, ValueInfo};
-use tessera_providers::cpu::CpuProvider;
 use tessera_providers::amx::AmxProvider;
+use tessera_providers::cpu::CpuProvider;
 use tessera_providers::{CompiledPartition, ExecutionProvider, Precision, RunOptions, Value};
 
 use crate::partition::{self, Assignment, Partition};
@@ -73,7 +73,9 @@ pub struct Session {
 
 /// The providers a session uses, in priority order, with the reason for
 /// each one left out.
-fn available_providers(opts: &SessionOptions) -> Result<(Vec<Box<dyn ExecutionProvider>>, Vec<String>)> {
+type Providers = Vec<Box<dyn ExecutionProvider>>;
+
+fn available_providers(opts: &SessionOptions) -> Result<(Providers, Vec<String>)> {
     let mut out: Vec<Box<dyn ExecutionProvider>> = Vec::new();
     let mut skipped = Vec::new();
     let amx = || -> std::result::Result<AmxProvider, String> {

@@ -139,6 +139,19 @@ impl<T> OutPtr<T> {
     }
 }
 
+/// Asks the cache hierarchy to bring `bytes` into L2 (a hint; no effect
+/// on results).
+fn prefetch_l2(bytes: &[u8]) {
+    #[cfg(target_arch = "x86_64")]
+    for line in bytes.chunks(64) {
+        // SAFETY: a prefetch of an address inside a live slice; SSE is part
+        // of the x86-64 baseline.
+        unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T1 }>(line.as_ptr() as *const i8) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = bytes;
+}
+
 /// L2 bytes a task's A panels may take (a quarter of a 2 MiB L2, leaving
 /// room for the streaming B panel and the output).
 const A_CHUNK_BYTES: usize = 512 * 1024;
@@ -150,7 +163,14 @@ const A_CHUNK_BYTES: usize = 512 * 1024;
 /// A task owns a chunk of A panels (kept in L2 across the task) and a range
 /// of B panels; each B panel, once loaded, serves every A panel of the
 /// chunk before the next one streams in.
-fn drive(isa: TileIsa, kind: DotKind, a: &[u8], m: usize, b: &PackedB, finish: &(dyn Fn(&AccBlock, usize, usize) + Sync)) {
+fn drive(
+    isa: TileIsa,
+    kind: DotKind,
+    a: &[u8],
+    m: usize,
+    b: &PackedB,
+    finish: &(dyn Fn(&AccBlock, usize, usize) + Sync),
+) {
     let mb = m.div_ceil(MR);
     let nb = b.panels();
     let a_len = b.kblocks * BLOCK_BYTES;
@@ -166,8 +186,14 @@ fn drive(isa: TileIsa, kind: DotKind, a: &[u8], m: usize, b: &PackedB, finish: &
         let (mc, nr) = (t / n_ranges, t % n_ranges);
         let sess = TileSession::begin(isa);
         let mut acc = AccBlock::new();
-        for pn in nr * per_range..((nr + 1) * per_range).min(nb) {
+        let last = ((nr + 1) * per_range).min(nb);
+        for pn in nr * per_range..last {
             let bp = b.panel(pn);
+            if pn + 1 < last {
+                // Weights come from DRAM once per inference: start the next
+                // panel's trip to L2 while this one is multiplied.
+                prefetch_l2(b.panel(pn + 1));
+            }
             for mi in mc * per_chunk..((mc + 1) * per_chunk).min(mb) {
                 sess.run(kind, &a[mi * a_len..(mi + 1) * a_len], bp, b.kblocks, &mut acc, false);
                 finish(&acc, mi * MR, pn * NR);
@@ -199,7 +225,16 @@ pub fn tile_sgemm(isa: TileIsa, a: MatRef<f32>, b: &PackedB, c: &mut [f32], ldc:
 }
 
 #[allow(clippy::too_many_arguments)]
-fn sgemm_packed(isa: TileIsa, a: MatRef<f32>, ap: &mut [u8], a_len: usize, b: &PackedB, c: &mut [f32], ldc: usize, epi: &Epilogue) {
+fn sgemm_packed(
+    isa: TileIsa,
+    a: MatRef<f32>,
+    ap: &mut [u8],
+    a_len: usize,
+    b: &PackedB,
+    c: &mut [f32],
+    ldc: usize,
+    epi: &Epilogue,
+) {
     let split = b.split.expect("checked by tile_sgemm");
     let (m, k, n) = (a.rows, a.cols, b.n);
     ap.par_chunks_mut(a_len.max(1)).enumerate().for_each(|(p, dst)| {
@@ -264,7 +299,16 @@ pub fn tile_igemm(isa: TileIsa, a: I8Mat, a_zero: &[i32], b: &PackedB, out: I8Ou
 }
 
 #[allow(clippy::too_many_arguments)]
-fn igemm_packed(kind: DotKind, isa: TileIsa, a: I8Mat, a_zero: &[i32], ap: &mut [u8], a_len: usize, b: &PackedB, out: I8Out) {
+fn igemm_packed(
+    kind: DotKind,
+    isa: TileIsa,
+    a: I8Mat,
+    a_zero: &[i32],
+    ap: &mut [u8],
+    a_len: usize,
+    b: &PackedB,
+    out: I8Out,
+) {
     let (m, k, n) = (a.rows, a.cols, b.n);
     ap.par_chunks_mut(a_len.max(1)).enumerate().for_each(|(p, dst)| {
         let i0 = p * MR;
@@ -309,8 +353,10 @@ fn igemm_packed(kind: DotKind, isa: TileIsa, a: I8Mat, a_zero: &[i32], ap: &mut 
     }
 }
 
+/// Named for scripts/test's AMX check: on a machine with AMX every test
+/// here runs the AMX kernel beside the emulation.
 #[cfg(test)]
-mod tests {
+mod amx_tests {
     use super::*;
     use crate::gemm::{Activation, Residual};
     use proptest::prelude::*;
@@ -408,8 +454,19 @@ mod tests {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn check_igemm(isa: TileIsa, m: usize, k: usize, n: usize, seed: u64, sa: bool, sb: bool, per_row: bool, per_col: bool) {
-        let bytes = |len: usize, s: u64| rand_vec(len, s).iter().map(|v| ((v + 1.0) * 127.9) as u8).collect::<Vec<u8>>();
+    fn check_igemm(
+        isa: TileIsa,
+        m: usize,
+        k: usize,
+        n: usize,
+        seed: u64,
+        sa: bool,
+        sb: bool,
+        per_row: bool,
+        per_col: bool,
+    ) {
+        let bytes =
+            |len: usize, s: u64| rand_vec(len, s).iter().map(|v| ((v + 1.0) * 127.9) as u8).collect::<Vec<u8>>();
         let a = bytes(m * k, seed);
         let b = bytes(k * n, seed ^ 3);
         let za: Vec<i32> = (0..if per_row { m } else { 1 }).map(|i| (i as i32 * 7 + 3) % 40 - 20).collect();
@@ -490,9 +547,8 @@ mod tests {
             0.0,
             crate::gemm::Parallel::None,
         );
-        let exact: Vec<f64> = (0..m * n)
-            .map(|ij| (0..k).map(|p| a[(ij / n) * k + p] as f64 * b[p * n + ij % n] as f64).sum())
-            .collect();
+        let exact: Vec<f64> =
+            (0..m * n).map(|ij| (0..k).map(|p| a[(ij / n) * k + p] as f64 * b[p * n + ij % n] as f64).sum()).collect();
         let err = |c: &[f32]| c.iter().zip(&exact).map(|(x, y)| (*x as f64 - y).abs()).fold(0.0, f64::max);
         let e32 = err(&fp32);
         for isa in isas() {

@@ -103,12 +103,14 @@ impl Linear {
         let weight = match split {
             Some(s) => Weight::Tiles(PackedB::from_f32(bview, s)),
             None => {
-                let dense: Vec<f32> = (0..k * n).map(|i| bview.data[(i / n) * bview.row_stride + (i % n) * bview.col_stride]).collect();
+                let dense: Vec<f32> =
+                    (0..k * n).map(|i| bview.data[(i / n) * bview.row_stride + (i % n) * bview.col_stride]).collect();
                 let (q, scales) = quantize_columns(&dense, k, n);
                 Weight::Int8 { packed: PackedB::from_i8(&q, k, n, true, &[0]), scales }
             }
         };
-        let (alpha, beta) = if gemm { (node.attr_float_or("alpha", 1.0)?, node.attr_float_or("beta", 1.0)?) } else { (1.0, 1.0) };
+        let (alpha, beta) =
+            if gemm { (node.attr_float_or("alpha", 1.0)?, node.attr_float_or("beta", 1.0)?) } else { (1.0, 1.0) };
         let activation = if fused {
             let a = node.attr_string("activation")?.unwrap_or_default();
             Activation::parse(&a).ok_or_else(|| Error::node(node, format!("unknown activation '{a}'")))?
@@ -273,7 +275,10 @@ impl MatMulInteger {
             Some(z) => {
                 let z = constant(z).ok_or_else(|| Error::node(node, "B zero point must be a constant"))?;
                 if z.dtype() != b.dtype() || !(z.numel() == 1 || z.numel() == n) || z.rank() > 1 {
-                    return Err(Error::node(node, format!("B zero point {:?} must be a scalar or [N] of B's type", z.shape())));
+                    return Err(Error::node(
+                        node,
+                        format!("B zero point {:?} must be a scalar or [N] of B's type", z.shape()),
+                    ));
                 }
                 z.bytes().iter().map(|&v| if signed { v as i8 as i32 } else { v as i32 }).collect()
             }

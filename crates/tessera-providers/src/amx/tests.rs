@@ -69,7 +69,9 @@ fn matmul_every_precision_matches_cpu() {
     let a = Tensor::from_vec(&[1, m, k], rand_vec(m * k, 2)).unwrap();
     let g = graph(Node::new("MatMul", "mm", &["a", "w"], &["y"]), &["a"], vec![("w", w)]);
     let want = run_on(&CpuProvider::new(), &g, std::slice::from_ref(&a));
-    for (prec, tol) in [(Precision::Fp32Tiles, 1e-6), (Precision::Bf16, 2e-2), (Precision::Auto, 2e-2), (Precision::Int8, 3e-2)] {
+    for (prec, tol) in
+        [(Precision::Fp32Tiles, 1e-6), (Precision::Bf16, 2e-2), (Precision::Auto, 2e-2), (Precision::Int8, 3e-2)]
+    {
         let got = run_on(&AmxProvider::with_isa(prec, isa()), &g, std::slice::from_ref(&a));
         let e = max_rel_err(&got, &want);
         assert!(e <= tol, "{prec}: relative error {e:e} > {tol:e}");
@@ -108,7 +110,9 @@ fn fused_matmul_epilogue_matches_cpu() {
     let a = Tensor::from_vec(&[2, m, k], rand_vec(2 * m * k, 6)).unwrap();
     let w = Tensor::from_vec(&[k, n], rand_vec(k * n, 7)).unwrap();
     let bias = Tensor::from_vec(&[n], rand_vec(n, 8)).unwrap();
-    for (act, res_shape) in [("gelu_erf", vec![2, m, n]), ("relu", vec![n]), ("silu", vec![2, m, n]), ("gelu_tanh", vec![m, n])] {
+    for (act, res_shape) in
+        [("gelu_erf", vec![2, m, n]), ("relu", vec![n]), ("silu", vec![2, m, n]), ("gelu_tanh", vec![m, n])]
+    {
         let numel = res_shape.iter().product::<usize>();
         let res = Tensor::from_vec(&res_shape, rand_vec(numel, 9)).unwrap();
         let mut node = Node::new("FusedMatMul", "f", &["a", "w", "bias", "res"], &["y"])

@@ -47,7 +47,8 @@ fn shared_put(bufs: impl IntoIterator<Item = Buffer>) {
     let mut pool = SHARED_POOL.lock().unwrap_or_else(|e| e.into_inner());
     let mut bytes: usize = pool.iter().map(|b| b.capacity()).sum();
     for b in bufs {
-        if b.capacity() >= 4096 && pool.len() < SHARED_POOL_MAX_BUFFERS && bytes + b.capacity() <= SHARED_POOL_MAX_BYTES {
+        if b.capacity() >= 4096 && pool.len() < SHARED_POOL_MAX_BUFFERS && bytes + b.capacity() <= SHARED_POOL_MAX_BYTES
+        {
             bytes += b.capacity();
             pool.push(b);
         }
