@@ -161,7 +161,11 @@ pub fn kernel_choices(report: &MachineReport) -> Vec<KernelChoice> {
         Some(_) => ("portable", "no AVX2+FMA".to_string()),
         None => ("portable", format!("no x86-64 SIMD detection on {}", report.cpu.arch)),
     };
-    why.push_str("; an AMX bf16x3 fp32-accurate path is not decided yet");
+    if x.is_some_and(|x| x.amx.usable) {
+        // Measured on a Xeon with AMX (AMX issue's closing note): six bf16
+        // products per fp32 product run slower than the vector path.
+        why.push_str("; the fp32-accurate tile split (--precision fp32-tiles) measured slower here, so not the default");
+    }
     if off("avx512") && x.is_some_and(|x| x.avx512f) {
         why.push_str(
             "; note: avx512 is disabled by the user, but the gemm crate picks its ISA itself and ignores that",
