@@ -119,9 +119,6 @@ fn tile_peak(pool: &rayon::ThreadPool, kind: DotKind) -> f64 {
 
 pub fn run(opts: &Options) -> Result<Vec<Row>, String> {
     let amx_ok = tessera_hw::amx_enabled();
-    if let Ok(o) = std::env::var("TESSERA_AMX_ORDER") {
-        amx::LOOP_ORDER.store(o.parse().unwrap_or(0), std::sync::atomic::Ordering::Relaxed);
-    }
     let mut rows = Vec::new();
     for &threads in &opts.threads {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().map_err(|e| e.to_string())?;
@@ -134,17 +131,11 @@ pub fn run(opts: &Options) -> Result<Vec<Row>, String> {
         };
         if amx_ok.is_ok() {
             eprintln!("tile peak, {threads} thread(s): bf16 {peak_bf16:.0} GFLOP/s, int8 {peak_i8:.0} GOP/s");
-            use std::sync::atomic::Ordering::Relaxed;
-            let order = amx::LOOP_ORDER.load(Relaxed);
-            for o in [0u8, 1] {
-                amx::LOOP_ORDER.store(o, Relaxed);
-                let uk = microkernel_gflops(&pool, opts.min_seconds);
-                eprintln!(
-                    "bf16 microkernel (loop order {o}) on L1-resident panels: {uk:.0} GFLOP/s ({:.1}% of peak)",
-                    100.0 * uk / peak_bf16
-                );
-            }
-            amx::LOOP_ORDER.store(order, Relaxed);
+            let uk = microkernel_gflops(&pool, opts.min_seconds);
+            eprintln!(
+                "bf16 microkernel on L1-resident panels: {uk:.0} GFLOP/s ({:.1}% of peak)",
+                100.0 * uk / peak_bf16
+            );
         }
         for &(m, n, k) in &opts.shapes {
             let a = rand_vec(m * k, 1);

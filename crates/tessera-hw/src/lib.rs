@@ -164,7 +164,9 @@ pub fn kernel_choices(report: &MachineReport) -> Vec<KernelChoice> {
     if x.is_some_and(|x| x.amx.usable) {
         // Measured on a Xeon with AMX (AMX issue's closing note): six bf16
         // products per fp32 product run slower than the vector path.
-        why.push_str("; the fp32-accurate tile split (--precision fp32-tiles) measured slower here, so not the default");
+        why.push_str(
+            "; the fp32-accurate tile split (--precision fp32-tiles) measured slower here, so not the default",
+        );
     }
     if off("avx512") && x.is_some_and(|x| x.avx512f) {
         why.push_str(

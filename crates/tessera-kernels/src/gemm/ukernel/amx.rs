@@ -105,78 +105,7 @@ macro_rules! tile_kernel {
 }
 
 #[cfg(target_arch = "x86_64")]
-macro_rules! tile_kernel_interleaved {
-    ($name:ident, $insn:literal) => {
-        /// # Safety
-        /// Tiles configured on this thread; `a` and `b` valid for
-        /// `kblocks * BLOCK_BYTES` bytes; `c` valid for 4 KiB.
-        #[inline(never)]
-        unsafe fn $name(a: *const u8, b: *const u8, kblocks: usize, c: *mut u32, accumulate: bool) {
-            // SAFETY: the caller's contract above; every address formed is
-            // inside the panels (2 tiles of 1 KiB per k-block) or the
-            // 32x32x4-byte accumulator block.
-            unsafe {
-                std::arch::asm!(
-                    "test {acc}, {acc}",
-                    "jz 2f",
-                    "tileloadd tmm0, [{c} + {sc}*1]",
-                    "tileloadd tmm1, [{c} + {sc}*1 + 64]",
-                    "tileloadd tmm2, [{c} + {sc}*1 + 2048]",
-                    "tileloadd tmm3, [{c} + {sc}*1 + 2112]",
-                    "jmp 3f",
-                    "2:",
-                    "tilezero tmm0",
-                    "tilezero tmm1",
-                    "tilezero tmm2",
-                    "tilezero tmm3",
-                    "3:",
-                    "test {k}, {k}",
-                    "jz 5f",
-                    "4:",
-                    "tileloadd tmm4, [{a} + {s}*1]",
-                    "tileloadd tmm6, [{b} + {s}*1]",
-                    concat!($insn, " tmm0, tmm4, tmm6"),
-                    "tileloadd tmm7, [{b} + {s}*1 + 1024]",
-                    concat!($insn, " tmm1, tmm4, tmm7"),
-                    "tileloadd tmm5, [{a} + {s}*1 + 1024]",
-                    concat!($insn, " tmm2, tmm5, tmm6"),
-                    concat!($insn, " tmm3, tmm5, tmm7"),
-                    "add {a}, 2048",
-                    "add {b}, 2048",
-                    "dec {k}",
-                    "jnz 4b",
-                    "5:",
-                    "tilestored [{c} + {sc}*1], tmm0",
-                    "tilestored [{c} + {sc}*1 + 64], tmm1",
-                    "tilestored [{c} + {sc}*1 + 2048], tmm2",
-                    "tilestored [{c} + {sc}*1 + 2112], tmm3",
-                    a = inout(reg) a => _,
-                    b = inout(reg) b => _,
-                    k = inout(reg) kblocks => _,
-                    c = in(reg) c,
-                    acc = in(reg) accumulate as usize,
-                    s = in(reg) TILE_ROW_BYTES,
-                    sc = in(reg) 128usize,
-                    options(nostack)
-                );
-            }
-        }
-    };
-}
-
-#[cfg(target_arch = "x86_64")]
 tile_kernel!(kernel_bf16, "tdpbf16ps");
-#[cfg(target_arch = "x86_64")]
-tile_kernel_interleaved!(kernel_bf16_interleaved, "tdpbf16ps");
-#[cfg(target_arch = "x86_64")]
-tile_kernel_interleaved!(kernel_us_interleaved, "tdpbusd");
-#[cfg(target_arch = "x86_64")]
-tile_kernel_interleaved!(kernel_ss_interleaved, "tdpbssd");
-
-/// Instruction order of the bf16 and int8 loops: 0 = four loads then four
-/// products, 1 = loads interleaved with the products that consume them
-/// (under measurement; `TESSERA_AMX_ORDER`).
-pub static LOOP_ORDER: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
 #[cfg(target_arch = "x86_64")]
 tile_kernel!(kernel_ss, "tdpbssd");
 #[cfg(target_arch = "x86_64")]
@@ -193,18 +122,10 @@ pub unsafe fn run(kind: DotKind, a: *const u8, b: *const u8, kblocks: usize, acc
     #[cfg(target_arch = "x86_64")]
     {
         let c = acc.0.as_mut_ptr();
-        let interleaved = LOOP_ORDER.load(std::sync::atomic::Ordering::Relaxed) == 1;
         // SAFETY: forwarded from this function's contract; `c` points at
         // the 4 KiB accumulator block.
         unsafe {
             match kind {
-                DotKind::Bf16 if interleaved => kernel_bf16_interleaved(a, b, kblocks, c, accumulate),
-                DotKind::I8 { a_signed: false, b_signed: true } if interleaved => {
-                    kernel_us_interleaved(a, b, kblocks, c, accumulate)
-                }
-                DotKind::I8 { a_signed: true, b_signed: true } if interleaved => {
-                    kernel_ss_interleaved(a, b, kblocks, c, accumulate)
-                }
                 DotKind::Bf16 => kernel_bf16(a, b, kblocks, c, accumulate),
                 DotKind::I8 { a_signed: true, b_signed: true } => kernel_ss(a, b, kblocks, c, accumulate),
                 DotKind::I8 { a_signed: true, b_signed: false } => kernel_su(a, b, kblocks, c, accumulate),
