@@ -14,7 +14,10 @@ pub fn set_enabled(on: bool) {
 }
 
 pub fn enabled() -> bool {
-    ENABLED.load(Ordering::Relaxed) || std::env::var_os("TESSERA_PROFILE").is_some_and(|v| v == "1")
+    // Read the environment once: this is asked on every operator run.
+    static FROM_ENV: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    ENABLED.load(Ordering::Relaxed)
+        || *FROM_ENV.get_or_init(|| std::env::var_os("TESSERA_PROFILE").is_some_and(|v| v == "1"))
 }
 
 pub fn record(key: &str, seconds: f64) {
