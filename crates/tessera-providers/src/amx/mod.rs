@@ -1,8 +1,8 @@
 //! The tile provider: matrix products on the CPU's matrix unit (Intel AMX
 //! today; the same driver will take Apple's SME kernels).
 //!
-//! It claims MatMul, Gemm and `tessera:FusedMatMul` whose weight is a
-//! constant 2-D fp32 matrix (packed once, at session creation, into the
+//! It claims MatMul, Gemm, `tessera:FusedMatMul` and Conv (group 1) whose
+//! weight is a constant fp32 tensor (packed once, at session creation, into the
 //! kernel's layout) and MatMulInteger with a constant 8-bit weight. What
 //! runs on the tiles follows the session's [`Precision`]:
 //! * fp32: left to the CPU provider's fp32 vector kernels;
@@ -100,6 +100,23 @@ impl AmxProvider {
             ("tessera", "FusedMatMul") => {
                 float_weight()?;
                 self.float_plan()
+            }
+            (_, "Conv") if domain_ok => {
+                let name = node.input(1).ok_or("no weight input")?;
+                let w = graph.initializers.get(name).ok_or_else(|| format!("weight '{name}' is not a constant"))?;
+                if w.dtype() != DType::F32 || !(3..=5).contains(&w.rank()) {
+                    return Err(format!("{} weight of rank {} (tiles take fp32, rank 3 to 5)", w.dtype(), w.rank()));
+                }
+                if node.attr_int_or("group", 1).unwrap_or(0) != 1 {
+                    return Err("grouped or depthwise convolution stays on the vector units".into());
+                }
+                if node.input(2).is_some_and(|b| !graph.initializers.contains_key(b)) {
+                    return Err("bias is not a constant".into());
+                }
+                match self.float_plan()? {
+                    TilePlan::DynamicInt8 => Err("precision int8: convolution on int8 tiles is not implemented".into()),
+                    plan => Ok(plan),
+                }
             }
             (_, "MatMulInteger") if domain_ok => {
                 match weight(1)? {

@@ -8,7 +8,12 @@ use tessera_kernels::gemm::{
     tile_igemm, tile_sgemm, Activation, Epilogue, I8Mat, I8Out, MatRef, PackedB, Residual, Split, TileIsa,
 };
 
+use rayon::prelude::*;
+use tessera_kernels::conv::im2row;
+
 use super::TilePlan;
+use crate::cpu::ops::nn::common::Spatial;
+use crate::cpu::ops::nn::conv::conv_geom;
 use crate::cpu::registry::{CpuOp, RunCtx};
 use crate::cpu::util::{broadcast_strides, opt, req};
 
@@ -16,6 +21,7 @@ type Constant<'a> = &'a dyn Fn(&str) -> Option<Tensor>;
 
 pub(crate) fn build(node: &Node, plan: TilePlan, isa: TileIsa, constant: Constant) -> Result<Box<dyn CpuOp>> {
     match plan {
+        TilePlan::Float(split) if node.op_type == "Conv" => Ok(Box::new(Conv::build(node, split, isa, constant)?)),
         TilePlan::Float(split) => Ok(Box::new(Linear::build(node, Some(split), isa, constant)?)),
         TilePlan::DynamicInt8 => Ok(Box::new(Linear::build(node, None, isa, constant)?)),
         TilePlan::Integer => Ok(Box::new(MatMulInteger::build(node, isa, constant)?)),
@@ -325,6 +331,82 @@ impl CpuOp for MatMulInteger {
         let mut y = ctx.alloc(DType::I32, &y_shape)?;
         let am = I8Mat { data: a.bytes(), rows, cols: k, row_stride: k, signed: a_signed };
         tile_igemm(self.isa, am, &a_zero, &self.weight, I8Out::I32 { c: y.as_mut_slice::<i32>()?, ldc: n });
+        Ok(vec![y])
+    }
+}
+
+/// Conv (group 1, 1 to 3 spatial dims) with a constant fp32 weight, lowered
+/// onto the tile GEMM: one row per output position (im2row), the weight
+/// `[M, C*k]` packed once as the `[C*k, M]` right-hand side, bias in the
+/// epilogue, then the `[positions, M]` block transposed into NCHW.
+struct Conv {
+    node: Node,
+    isa: TileIsa,
+    spatial: Spatial,
+    weight: Arc<PackedB>,
+    w_shape: Vec<usize>,
+    bias: Option<Vec<f32>>,
+}
+
+impl Conv {
+    fn build(node: &Node, split: Split, isa: TileIsa, constant: Constant) -> Result<Conv> {
+        let w = weight(node, 1, constant)?;
+        if w.dtype() != DType::F32 || w.rank() < 3 || w.rank() > 5 {
+            return Err(Error::node(node, "tile convolution takes an fp32 weight of rank 3 to 5"));
+        }
+        if node.attr_int_or("group", 1)? != 1 {
+            return Err(Error::node(node, "tile convolution takes group 1"));
+        }
+        let m = w.shape()[0];
+        let ck = w.numel() / m.max(1);
+        let ws = w.as_slice::<f32>()?;
+        let weight = Arc::new(PackedB::from_f32(MatRef::row_major(ws, m, ck).t(), split));
+        let bias = match node.input(2).and_then(constant) {
+            Some(b) if b.dtype() == DType::F32 && b.rank() == 1 && b.numel() == m => {
+                Some(b.as_slice::<f32>()?.to_vec())
+            }
+            Some(b) => {
+                return Err(Error::node(node, format!("bias of shape {:?} does not match {m} channels", b.shape())))
+            }
+            None if node.input(2).is_some() => return Err(Error::node(node, "tile convolution needs a constant bias")),
+            None => None,
+        };
+        Ok(Conv { node: node.clone(), isa, spatial: Spatial::parse(node)?, weight, w_shape: w.shape().to_vec(), bias })
+    }
+}
+
+impl CpuOp for Conv {
+    fn run(&self, inputs: &[Option<&Tensor>], ctx: &mut RunCtx) -> Result<Vec<Tensor>> {
+        let node = &self.node;
+        let x = req(node, inputs, 0)?;
+        if x.dtype() != DType::F32 {
+            return Err(Error::node(node, format!("X must be fp32, got {}", x.dtype())));
+        }
+        let (g, shape) = conv_geom(node, &self.spatial, 1, x.shape(), &self.w_shape)?;
+        let (c, m) = (g.in_channels, g.out_channels);
+        let (in_size, out_size) = (g.in_size(), g.out_size());
+        let ck = c * g.kernel_size();
+        let xs = x.as_slice::<f32>()?;
+        let mut y = ctx.alloc(DType::F32, &shape)?;
+        let ys = y.as_mut_slice::<f32>()?;
+        let mut rows = vec![0f32; tessera_core::tensor::checked_numel(&[out_size, ck])?];
+        let mut tmp = vec![0f32; out_size * m];
+        let epi = Epilogue { bias: self.bias.as_deref(), ..Default::default() };
+        let chunk = out_size.div_ceil(2 * rayon::current_num_threads().max(1)).max(1);
+        for ni in 0..g.batch {
+            let xn = &xs[ni * c * in_size..(ni + 1) * c * in_size];
+            rows.par_chunks_mut(chunk * ck.max(1)).enumerate().for_each(|(i, r)| {
+                let p0 = i * chunk;
+                im2row(&g, xn, c, p0, p0 + r.len() / ck.max(1), r);
+            });
+            tile_sgemm(self.isa, MatRef::row_major(&rows, out_size, ck), &self.weight, &mut tmp, m, &epi);
+            let yn = &mut ys[ni * m * out_size..(ni + 1) * m * out_size];
+            yn.par_chunks_mut(out_size.max(1)).enumerate().for_each(|(mi, dst)| {
+                for (p, d) in dst.iter_mut().enumerate() {
+                    *d = tmp[p * m + mi];
+                }
+            });
+        }
         Ok(vec![y])
     }
 }

@@ -169,3 +169,44 @@ fn declines_with_reasons() {
     let g = graph(Node::new("MatMul", "mm", &["a", "w"], &["y"]), &["a"], vec![("w", w)]);
     assert!(matches!(fp32_off.claim(&g, &[false])[0], NodeVerdict::Decline { .. }));
 }
+
+#[test]
+fn conv_on_tiles_matches_cpu() {
+    // (input shape, weight shape, attributes): 2-D with pads, strides and
+    // dilations, a 1-D case and a 3-D case, ragged channel counts.
+    type Case = (Vec<usize>, Vec<usize>, Vec<(&'static str, Attr)>);
+    let cases: Vec<Case> = vec![
+        (vec![2, 3, 11, 13], vec![5, 3, 3, 3], vec![("pads", Attr::Ints(vec![1, 1, 1, 1]))]),
+        (
+            vec![1, 7, 12, 9],
+            vec![33, 7, 3, 2],
+            vec![("strides", Attr::Ints(vec![2, 1])), ("dilations", Attr::Ints(vec![1, 2]))],
+        ),
+        (vec![1, 4, 20], vec![6, 4, 5], vec![("auto_pad", Attr::String(b"SAME_UPPER".to_vec()))]),
+        (vec![1, 2, 5, 6, 7], vec![3, 2, 2, 3, 3], vec![]),
+    ];
+    for (xs, ws, attrs) in cases {
+        let x = Tensor::from_vec(&xs, rand_vec(xs.iter().product(), 21)).unwrap();
+        let w = Tensor::from_vec(&ws, rand_vec(ws.iter().product(), 22)).unwrap();
+        let b = Tensor::from_vec(&[ws[0]], rand_vec(ws[0], 23)).unwrap();
+        let mut node = Node::new("Conv", "c", &["x", "w", "b"], &["y"]);
+        for (k, v) in attrs {
+            node = node.with_attr(k, v);
+        }
+        let g = graph(node, &["x"], vec![("w", w), ("b", b)]);
+        let want = run_on(&CpuProvider::new(), &g, std::slice::from_ref(&x));
+        for (prec, tol) in [(Precision::Fp32Tiles, 1e-5), (Precision::Bf16, 2e-2)] {
+            let got = run_on(&AmxProvider::with_isa(prec, isa()), &g, std::slice::from_ref(&x));
+            let e = max_rel_err(&got, &want);
+            assert!(e <= tol, "{prec} conv {xs:?} * {ws:?}: {e:e}");
+        }
+    }
+    // Depthwise stays on the vector units.
+    let w = Tensor::from_vec(&[4, 1, 3, 3], vec![0f32; 36]).unwrap();
+    let node = Node::new("Conv", "c", &["x", "w"], &["y"]).with_attr("group", Attr::Int(4));
+    let g = graph(node, &["x"], vec![("w", w)]);
+    assert!(matches!(
+        AmxProvider::with_isa(Precision::Bf16, isa()).claim(&g, &[false])[0],
+        NodeVerdict::Decline { .. }
+    ));
+}

@@ -3,7 +3,7 @@
 //! and fused operators live in `common`.
 
 pub(crate) mod common;
-mod conv;
+pub(crate) mod conv;
 mod einsum;
 pub(crate) mod matmul;
 mod norm;
