@@ -21,74 +21,48 @@ pub fn register(r: &mut OpRegistry) {
     r.add_domain("tessera", "FusedMatMul", build_fused_matmul);
 }
 
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
-pub(crate) enum Activation {
-    None,
-    Relu,
-    GeluErf,
-    GeluTanh,
-    Silu,
+/// The epilogue's activation: the kernels' definition, parsed from the
+/// node's `activation` attribute.
+pub(crate) use tessera_kernels::gemm::Activation;
+
+fn parse_activation(node: &Node) -> Result<Activation> {
+    let a = node.attr_string("activation")?.unwrap_or_default();
+    Activation::parse(&a).ok_or_else(|| Error::node(node, format!("unknown activation '{a}'")))
 }
 
-impl Activation {
-    pub fn parse(node: &Node) -> Result<Activation> {
-        Ok(match node.attr_string("activation")?.as_deref() {
-            None | Some("none") | Some("") => Activation::None,
-            Some("relu") => Activation::Relu,
-            Some("gelu_erf") => Activation::GeluErf,
-            Some("gelu_tanh") => Activation::GeluTanh,
-            Some("silu") => Activation::Silu,
-            Some(o) => return Err(Error::node(node, format!("unknown activation '{o}'"))),
-        })
-    }
-
-    /// The same activation in the vectorized f32 kernels.
-    fn fast(self) -> tessera_kernels::gemm::Activation {
-        use tessera_kernels::gemm::Activation as K;
-        match self {
-            Activation::None => K::None,
-            Activation::Relu => K::Relu,
-            Activation::GeluErf => K::GeluErf,
-            Activation::GeluTanh => K::GeluTanh,
-            Activation::Silu => K::Silu,
+/// Applies the activation to a row: the vectorized f32 kernels for f32,
+/// the f64 definitions for other types.
+fn apply_row<T: Float>(act: Activation, row: &mut [T]) {
+    if T::DTYPE == tessera_core::DType::F32 {
+        if let Ok(r) = bytemuck::try_cast_slice_mut::<T, f32>(row) {
+            return tessera_kernels::gemm::epilogue::activate(act, r);
         }
     }
+    row.iter_mut().for_each(|v| *v = apply_f64(act, *v));
+}
 
-    /// Applies the activation to a row: the vectorized f32 kernels for
-    /// f32, the f64 definitions for other types.
-    fn apply_row<T: Float>(self, row: &mut [T]) {
-        if T::DTYPE == tessera_core::DType::F32 {
-            if let Ok(r) = bytemuck::try_cast_slice_mut::<T, f32>(row) {
-                return tessera_kernels::gemm::epilogue::activate(self.fast(), r);
+fn apply_f64<T: Float>(act: Activation, x: T) -> T {
+    match act {
+        Activation::None => x,
+        Activation::Relu => {
+            if x > T::ZERO {
+                x
+            } else {
+                T::ZERO
             }
         }
-        row.iter_mut().for_each(|v| *v = self.apply(*v));
-    }
-
-    #[inline]
-    fn apply<T: Float>(self, x: T) -> T {
-        match self {
-            Activation::None => x,
-            Activation::Relu => {
-                if x > T::ZERO {
-                    x
-                } else {
-                    T::ZERO
-                }
-            }
-            Activation::GeluErf => {
-                let v = x.to_f64();
-                T::from_f64(0.5 * v * (1.0 + erf(v * std::f64::consts::FRAC_1_SQRT_2)))
-            }
-            Activation::GeluTanh => {
-                let v = x.to_f64();
-                let c = (2.0 / std::f64::consts::PI).sqrt();
-                T::from_f64(0.5 * v * (1.0 + (c * (v + 0.044715 * v * v * v)).tanh()))
-            }
-            Activation::Silu => {
-                let v = x.to_f64();
-                T::from_f64(v / (1.0 + (-v).exp()))
-            }
+        Activation::GeluErf => {
+            let v = x.to_f64();
+            T::from_f64(0.5 * v * (1.0 + erf(v * std::f64::consts::FRAC_1_SQRT_2)))
+        }
+        Activation::GeluTanh => {
+            let v = x.to_f64();
+            let c = (2.0 / std::f64::consts::PI).sqrt();
+            T::from_f64(0.5 * v * (1.0 + (c * (v + 0.044715 * v * v * v)).tanh()))
+        }
+        Activation::Silu => {
+            let v = x.to_f64();
+            T::from_f64(v / (1.0 + (-v).exp()))
         }
     }
 }
@@ -136,7 +110,7 @@ pub(crate) fn erf(x: f64) -> f64 {
 
 fn build_fused_matmul(node: &Node, bctx: &BuildCtx) -> Result<Box<dyn CpuOp>> {
     let node = node.clone();
-    let act = Activation::parse(&node)?;
+    let act = parse_activation(&node)?;
     let b_pre: Option<Arc<Vec<f32>>> = widen_const(bctx.const_input(&node, 1));
     let bias_pre: Option<Arc<Vec<f32>>> = widen_const(bctx.const_input(&node, 2));
     Ok(Box::new(move |inputs: &[Option<&Tensor>], ctx: &mut RunCtx| {
@@ -195,7 +169,7 @@ fn build_fused_matmul(node: &Node, bctx: &BuildCtx) -> Result<Box<dyn CpuOp>> {
                         }
                     }
                     if act != Activation::None {
-                        act.apply_row(row);
+                        apply_row(act, row);
                     }
                     if let Some(rs) = resv.as_deref() {
                         match (&res_full, &res_strides) {
