@@ -170,6 +170,12 @@ pub fn im2col<T: Copy + Default>(g: &ConvGeom, x: &[T], channels: usize, p0: usi
 /// `[p1 - p0, channels * kernel_size]`, one patch per output position, the
 /// layout integer dot products want.
 pub fn im2row<T: Copy + Default>(g: &ConvGeom, x: &[T], channels: usize, p0: usize, p1: usize, rows: &mut [T]) {
+    im2row_padded(g, x, channels, p0, p1, rows, T::default())
+}
+
+/// [`im2row`] with positions outside the input set to `zero` (a quantized
+/// input's zero point, so that padding contributes nothing).
+pub fn im2row_padded<T: Copy>(g: &ConvGeom, x: &[T], channels: usize, p0: usize, p1: usize, rows: &mut [T], zero: T) {
     let in_size = g.in_size();
     let ck = channels * g.kernel_size();
     let [_, oh, ow] = g.output;
@@ -178,7 +184,6 @@ pub fn im2row<T: Copy + Default>(g: &ConvGeom, x: &[T], channels: usize, p0: usi
     let [s0, s1, s2] = g.stride;
     let [d0, d1, d2] = g.dilation;
     let [q0, q1, q2] = g.pad;
-    let zero = T::default();
     for p in p0..p1 {
         let dst = &mut rows[(p - p0) * ck..(p - p0 + 1) * ck];
         let ox = p % ow;

@@ -3,13 +3,14 @@
 //!
 //! It claims MatMul, Gemm, `tessera:FusedMatMul` and Conv (group 1) whose
 //! weight is a constant fp32 tensor (packed once, at session creation, into the
-//! kernel's layout) and MatMulInteger with a constant 8-bit weight. What
+//! kernel's layout), and the integer products (MatMulInteger, QLinearMatMul,
+//! ConvInteger and QLinearConv of group 1) with a constant 8-bit weight. What
 //! runs on the tiles follows the session's [`Precision`]:
 //! * fp32: left to the CPU provider's fp32 vector kernels;
 //! * fp32-tiles: bf16x6 split products (fp32-class error);
 //! * bf16 / auto: one bf16 product, fp32 accumulation;
 //! * int8: fp32 products quantized to int8 (weights per column, activations
-//!   per row); integer models' MatMulInteger always runs on int8 tiles.
+//!   per row); integer models' products always run on int8 tiles.
 
 mod ops;
 
@@ -27,7 +28,8 @@ pub(crate) enum TilePlan {
     Float(Split),
     /// fp32 product as a dynamically quantized int8 product.
     DynamicInt8,
-    /// An integer model's MatMulInteger.
+    /// An integer model's MatMulInteger, QLinearMatMul, ConvInteger or
+    /// QLinearConv.
     Integer,
 }
 
@@ -118,22 +120,43 @@ impl AmxProvider {
                     plan => Ok(plan),
                 }
             }
-            (_, "MatMulInteger") if domain_ok => {
-                match weight(1)? {
+            (_, op @ ("MatMulInteger" | "QLinearMatMul")) if domain_ok => {
+                let (w, zp) = if op == "MatMulInteger" { (1, 3) } else { (3, 5) };
+                match weight(w)? {
                     DType::I8 | DType::U8 => {}
                     d => return Err(format!("{d} weight")),
                 }
-                if let Some(z) = node.input(3) {
-                    let t = graph.initializers.get(z).ok_or("B zero point is not a constant")?;
-                    if t.rank() > 1 {
-                        return Err("B zero point of rank > 1".into());
-                    }
+                zero_point_const(graph, node, zp)?;
+                Ok(TilePlan::Integer)
+            }
+            (_, op @ ("ConvInteger" | "QLinearConv")) if domain_ok => {
+                let (w, zp) = if op == "ConvInteger" { (1, 3) } else { (3, 5) };
+                let name = node.input(w).ok_or("no weight input")?;
+                let t = graph.initializers.get(name).ok_or_else(|| format!("weight '{name}' is not a constant"))?;
+                if !matches!(t.dtype(), DType::I8 | DType::U8) || !(3..=5).contains(&t.rank()) {
+                    return Err(format!("{} weight of rank {} (tiles take 8-bit, rank 3 to 5)", t.dtype(), t.rank()));
                 }
+                if node.attr_int_or("group", 1).unwrap_or(0) != 1 {
+                    return Err("grouped or depthwise convolution stays on the vector units".into());
+                }
+                zero_point_const(graph, node, zp)?;
                 Ok(TilePlan::Integer)
             }
             _ => Err("not a matrix product the tile unit runs".into()),
         }
     }
+}
+
+/// A weight zero point the tiles fold in at packing time: absent, or a
+/// constant of rank 0 or 1.
+fn zero_point_const(graph: &Graph, node: &Node, i: usize) -> std::result::Result<(), String> {
+    if let Some(z) = node.input(i) {
+        let t = graph.initializers.get(z).ok_or("weight zero point is not a constant")?;
+        if t.rank() > 1 {
+            return Err("weight zero point of rank > 1".into());
+        }
+    }
+    Ok(())
 }
 
 impl ExecutionProvider for AmxProvider {
@@ -161,7 +184,8 @@ impl ExecutionProvider for AmxProvider {
     fn compile(&self, graph: &Graph, sub: &Subgraph) -> Result<Box<dyn CompiledPartition>> {
         let build = |node: &Node, constant: &dyn Fn(&str) -> Option<tessera_core::Tensor>| {
             let plan = self.plan(graph, node).map_err(|r| tessera_core::Error::node(node, r))?;
-            ops::build(node, plan, self.isa, constant)
+            let opset = graph.opsets.get(node.domain.as_str()).copied().unwrap_or(1);
+            ops::build(node, plan, self.isa, &crate::cpu::registry::BuildCtx { opset, constant })
         };
         Ok(Box::new(compile_partition("amx", graph, sub, &build)?))
     }

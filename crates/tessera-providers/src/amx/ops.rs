@@ -9,23 +9,168 @@ use tessera_kernels::gemm::{
 };
 
 use rayon::prelude::*;
-use tessera_kernels::conv::im2row;
+use tessera_kernels::conv::{im2row, im2row_padded, ConvGeom};
 
 use super::TilePlan;
 use crate::cpu::ops::nn::common::Spatial;
 use crate::cpu::ops::nn::conv::conv_geom;
-use crate::cpu::registry::{CpuOp, RunCtx};
+use crate::cpu::ops::quant;
+use crate::cpu::registry::{BuildCtx, CpuOp, RunCtx};
 use crate::cpu::util::{broadcast_strides, opt, req};
 
 type Constant<'a> = &'a dyn Fn(&str) -> Option<Tensor>;
 
-pub(crate) fn build(node: &Node, plan: TilePlan, isa: TileIsa, constant: Constant) -> Result<Box<dyn CpuOp>> {
-    match plan {
-        TilePlan::Float(split) if node.op_type == "Conv" => Ok(Box::new(Conv::build(node, split, isa, constant)?)),
-        TilePlan::Float(split) => Ok(Box::new(Linear::build(node, Some(split), isa, constant)?)),
-        TilePlan::DynamicInt8 => Ok(Box::new(Linear::build(node, None, isa, constant)?)),
-        TilePlan::Integer => Ok(Box::new(MatMulInteger::build(node, isa, constant)?)),
+pub(crate) fn build(node: &Node, plan: TilePlan, isa: TileIsa, bctx: &BuildCtx) -> Result<Box<dyn CpuOp>> {
+    let constant = bctx.constant;
+    match (plan, node.op_type.as_str()) {
+        (TilePlan::Float(split), "Conv") => Ok(Box::new(Conv::build(node, split, isa, constant)?)),
+        (TilePlan::Float(split), _) => Ok(Box::new(Linear::build(node, Some(split), isa, constant)?)),
+        (TilePlan::DynamicInt8, _) => Ok(Box::new(Linear::build(node, None, isa, constant)?)),
+        (TilePlan::Integer, "MatMulInteger") => Ok(Box::new(MatMulInteger::build(node, isa, constant)?)),
+        (TilePlan::Integer, "QLinearMatMul") => {
+            let b = IntWeight::matmul(node, 3, 5, constant)?;
+            quant::qlinear_matmul_op(node, bctx, Some(b.matmul_on(node, isa)))
+        }
+        (TilePlan::Integer, "ConvInteger") => {
+            let w = IntWeight::conv(node, 1, 3, constant)?;
+            quant::conv_integer_op(node, bctx, Some(w.conv_on(node, isa)))
+        }
+        (TilePlan::Integer, "QLinearConv") => {
+            let w = IntWeight::conv(node, 3, 5, constant)?;
+            quant::qlinear_conv_op(node, bctx, Some(w.conv_on(node, isa)))
+        }
+        (TilePlan::Integer, op) => Err(Error::node(node, format!("{op} is not an integer product"))),
     }
+}
+
+/// A constant 8-bit weight packed for the int8 tiles as the `k x n`
+/// right-hand side, its zero point (per tensor or per column) folded in.
+struct IntWeight {
+    packed: Arc<PackedB>,
+    k: usize,
+    n: usize,
+}
+
+impl IntWeight {
+    fn zero_points(node: &Node, zp: usize, w: &Tensor, n: usize, signed: bool, constant: Constant) -> Result<Vec<i32>> {
+        match node.input(zp) {
+            None => Ok(vec![0]),
+            Some(z) => {
+                let z = constant(z).ok_or_else(|| Error::node(node, "weight zero point must be a constant"))?;
+                if z.dtype() != w.dtype() || !(z.numel() == 1 || z.numel() == n) || z.rank() > 1 {
+                    return Err(Error::node(
+                        node,
+                        format!("weight zero point {:?} must be a scalar or [{n}] of the weight's type", z.shape()),
+                    ));
+                }
+                Ok(z.bytes().iter().map(|&v| if signed { v as i8 as i32 } else { v as i32 }).collect())
+            }
+        }
+    }
+
+    fn signed(node: &Node, w: &Tensor) -> Result<bool> {
+        match w.dtype() {
+            DType::I8 => Ok(true),
+            DType::U8 => Ok(false),
+            d => Err(Error::node(node, format!("weight must be int8 or uint8, got {d}"))),
+        }
+    }
+
+    /// B `[k, n]` of a matrix product.
+    fn matmul(node: &Node, w_idx: usize, zp_idx: usize, constant: Constant) -> Result<IntWeight> {
+        let b = weight(node, w_idx, constant)?;
+        let signed = Self::signed(node, &b)?;
+        if b.rank() != 2 {
+            return Err(Error::node(node, "B must be 2-D"));
+        }
+        let (k, n) = (b.shape()[0], b.shape()[1]);
+        let zero = Self::zero_points(node, zp_idx, &b, n, signed, constant)?;
+        Ok(IntWeight { packed: Arc::new(PackedB::from_i8(b.bytes(), k, n, signed, &zero)), k, n })
+    }
+
+    /// A convolution weight `[M, C, k...]` as the `[C*k, M]` right-hand side.
+    fn conv(node: &Node, w_idx: usize, zp_idx: usize, constant: Constant) -> Result<IntWeight> {
+        let w = weight(node, w_idx, constant)?;
+        let signed = Self::signed(node, &w)?;
+        let m = w.shape().first().copied().unwrap_or(0);
+        let ck = w.numel() / m.max(1);
+        let zero = Self::zero_points(node, zp_idx, &w, m, signed, constant)?;
+        let src = w.bytes();
+        let mut t = vec![0u8; m * ck];
+        for (o, row) in src.chunks(ck.max(1)).enumerate() {
+            for (i, &v) in row.iter().enumerate() {
+                t[i * m + o] = v;
+            }
+        }
+        Ok(IntWeight { packed: Arc::new(PackedB::from_i8(&t, ck, m, signed, &zero)), k: ck, n: m })
+    }
+
+    fn matmul_on(self, node: &Node, isa: TileIsa) -> quant::TileMatMul {
+        let node = node.clone();
+        Arc::new(move |a: &Tensor, a_zero: &[i32]| {
+            let (k, n) = (self.k, self.n);
+            let signed = match a.dtype() {
+                DType::I8 => true,
+                DType::U8 => false,
+                d => return Err(Error::node(&node, format!("A must be int8 or uint8, got {d}"))),
+            };
+            if a.shape().last() != Some(&k) {
+                return Err(Error::node(&node, format!("A of shape {:?} does not match B [{k}, {n}]", a.shape())));
+            }
+            let rows = a.numel() / k.max(1);
+            if a_zero.len() != 1 && a_zero.len() != rows {
+                return Err(Error::node(&node, format!("{} A zero points for {rows} rows", a_zero.len())));
+            }
+            let mut acc = vec![0i32; tessera_core::tensor::checked_numel(&[rows, n])?];
+            let am = I8Mat { data: a.bytes(), rows, cols: k, row_stride: k, signed };
+            tile_igemm(isa, am, a_zero, &self.packed, I8Out::I32 { c: &mut acc, ldc: n });
+            Ok(acc)
+        })
+    }
+
+    fn conv_on(self, node: &Node, isa: TileIsa) -> quant::TileConv {
+        let node = node.clone();
+        Arc::new(move |g: &ConvGeom, x: &Tensor, x_zero: i32| {
+            let (ck, m) = (self.k, self.n);
+            let signed = match x.dtype() {
+                DType::I8 => true,
+                DType::U8 => false,
+                d => return Err(Error::node(&node, format!("X must be int8 or uint8, got {d}"))),
+            };
+            let c = g.in_channels;
+            if c * g.kernel_size() != ck || g.out_channels != m {
+                return Err(Error::node(&node, format!("convolution geometry does not match the {m}x{ck} weight")));
+            }
+            let (in_size, out_size) = (g.in_size(), g.out_size());
+            let pad = if signed { x_zero as i8 as u8 } else { x_zero as u8 };
+            let xs = x.bytes();
+            let mut acc = vec![0i32; tessera_core::tensor::checked_numel(&[g.batch, m, out_size])?];
+            let mut rows = vec![0u8; tessera_core::tensor::checked_numel(&[out_size, ck])?];
+            let mut tmp = vec![0i32; out_size * m];
+            let chunk = out_size.div_ceil(2 * rayon::current_num_threads().max(1)).max(1);
+            for ni in 0..g.batch {
+                let xn = &xs[ni * c * in_size..(ni + 1) * c * in_size];
+                rows.par_chunks_mut(chunk * ck.max(1)).enumerate().for_each(|(i, r)| {
+                    let p0 = i * chunk;
+                    im2row_padded(g, xn, c, p0, p0 + r.len() / ck.max(1), r, pad);
+                });
+                let am = I8Mat { data: &rows, rows: out_size, cols: ck, row_stride: ck, signed };
+                tile_igemm(isa, am, &[x_zero], &self.packed, I8Out::I32 { c: &mut tmp, ldc: m });
+                let yn = &mut acc[ni * m * out_size..(ni + 1) * m * out_size];
+                transpose_into(&tmp, out_size, m, yn);
+            }
+            Ok(acc)
+        })
+    }
+}
+
+/// `dst[j][i] = src[i][j]` for `src` of `rows x cols`, in parallel over `dst`'s rows.
+fn transpose_into<T: Copy + Send + Sync>(src: &[T], rows: usize, cols: usize, dst: &mut [T]) {
+    dst.par_chunks_mut(rows.max(1)).enumerate().for_each(|(j, d)| {
+        for (i, v) in d.iter_mut().enumerate() {
+            *v = src[i * cols + j];
+        }
+    });
 }
 
 fn weight(node: &Node, i: usize, constant: Constant) -> Result<Tensor> {
@@ -400,12 +545,7 @@ impl CpuOp for Conv {
                 im2row(&g, xn, c, p0, p0 + r.len() / ck.max(1), r);
             });
             tile_sgemm(self.isa, MatRef::row_major(&rows, out_size, ck), &self.weight, &mut tmp, m, &epi);
-            let yn = &mut ys[ni * m * out_size..(ni + 1) * m * out_size];
-            yn.par_chunks_mut(out_size.max(1)).enumerate().for_each(|(mi, dst)| {
-                for (p, d) in dst.iter_mut().enumerate() {
-                    *d = tmp[p * m + mi];
-                }
-            });
+            transpose_into(&tmp, out_size, m, &mut ys[ni * m * out_size..(ni + 1) * m * out_size]);
         }
         Ok(vec![y])
     }

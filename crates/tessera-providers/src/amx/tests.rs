@@ -210,3 +210,94 @@ fn conv_on_tiles_matches_cpu() {
         NodeVerdict::Decline { .. }
     ));
 }
+
+fn rand_bytes(len: usize, seed: u64) -> Vec<u8> {
+    rand_vec(len, seed).iter().map(|v| ((v + 1.0) * 127.9) as u8).collect()
+}
+
+fn scalar_f32(v: f32) -> Tensor {
+    Tensor::from_vec(&[], vec![v]).unwrap()
+}
+
+#[test]
+fn qlinear_matmul_on_int8_tiles_matches_cpu_exactly() {
+    // A batched [2, m, k]; B per column (scale and zero point) and per tensor.
+    let (m, k, n) = (19, 70, 37);
+    for (adt, bdt) in [(DType::U8, DType::I8), (DType::I8, DType::I8), (DType::U8, DType::U8)] {
+        for per_col in [false, true] {
+            let a = Tensor::from_bytes(adt, &[2, m, k], &rand_bytes(2 * m * k, 30)).unwrap();
+            let b = Tensor::from_bytes(bdt, &[k, n], &rand_bytes(k * n, 31)).unwrap();
+            let cols = if per_col { n } else { 1 };
+            let shape: Vec<usize> = if per_col { vec![n] } else { vec![] };
+            let bs =
+                Tensor::from_vec(&shape, rand_vec(cols, 32).iter().map(|v| 0.01 + v.abs() * 0.02).collect()).unwrap();
+            let bz = Tensor::from_bytes(bdt, &shape, &rand_bytes(cols, 33)).unwrap();
+            let az = Tensor::from_bytes(adt, &[], &[3]).unwrap();
+            let yz = Tensor::from_bytes(DType::U8, &[], &[120]).unwrap();
+            let node = Node::new("QLinearMatMul", "q", &["a", "as", "az", "b", "bs", "bz", "ys", "yz"], &["y"]);
+            let consts = vec![("b", b), ("bs", bs), ("bz", bz), ("ys", scalar_f32(0.7)), ("yz", yz)];
+            let g = graph(node, &["a", "as", "az"], consts);
+            let ins = [a, scalar_f32(0.05), az];
+            let want = run_on(&CpuProvider::new(), &g, &ins);
+            let got = run_on(&AmxProvider::with_isa(Precision::Fp32, isa()), &g, &ins);
+            assert_eq!(got.shape(), &[2, m, n]);
+            assert_eq!(got.dtype(), DType::U8);
+            assert_eq!(got.bytes(), want.bytes(), "{adt}x{bdt} per_col={per_col}");
+        }
+    }
+}
+
+#[test]
+fn integer_convolutions_on_int8_tiles_match_cpu_exactly() {
+    // Padding must read as X's zero point (a nonzero one here), strides and
+    // dilations, per-channel weight zero points, 1-D and 2-D.
+    type Case = (Vec<usize>, Vec<usize>, Vec<(&'static str, Attr)>);
+    let cases: Vec<Case> = vec![
+        (vec![2, 3, 9, 11], vec![5, 3, 3, 3], vec![("pads", Attr::Ints(vec![1, 2, 1, 0]))]),
+        (
+            vec![1, 6, 10, 8],
+            vec![33, 6, 3, 2],
+            vec![("strides", Attr::Ints(vec![2, 1])), ("dilations", Attr::Ints(vec![1, 2]))],
+        ),
+        (vec![1, 4, 17], vec![7, 4, 5], vec![("auto_pad", Attr::String(b"SAME_UPPER".to_vec()))]),
+    ];
+    for (xdt, wdt) in [(DType::U8, DType::I8), (DType::U8, DType::U8), (DType::I8, DType::I8)] {
+        for (ci, (xs, ws, attrs)) in cases.iter().enumerate() {
+            let m = ws[0];
+            let x = Tensor::from_bytes(xdt, xs, &rand_bytes(xs.iter().product(), 40 + ci as u64)).unwrap();
+            let w = Tensor::from_bytes(wdt, ws, &rand_bytes(ws.iter().product(), 50 + ci as u64)).unwrap();
+            let wz = Tensor::from_bytes(wdt, &[m], &rand_bytes(m, 60)).unwrap();
+            let xz = Tensor::from_bytes(xdt, &[], &[9]).unwrap();
+            let with_attrs = |mut node: Node| {
+                for (k, v) in attrs {
+                    node = node.with_attr(k, v.clone());
+                }
+                node
+            };
+            // ConvInteger: exact i32.
+            let node = with_attrs(Node::new("ConvInteger", "c", &["x", "w", "xz", "wz"], &["y"]));
+            let g = graph(node, &["x", "xz"], vec![("w", w.clone()), ("wz", wz.clone())]);
+            let ins = [x.clone(), xz.clone()];
+            let want = run_on(&CpuProvider::new(), &g, &ins);
+            let got = run_on(&AmxProvider::with_isa(Precision::Fp32, isa()), &g, &ins);
+            assert_eq!(got.to_i64_vec().unwrap(), want.to_i64_vec().unwrap(), "ConvInteger {xdt}x{wdt} {xs:?}");
+            // QLinearConv with per-channel weight scales and an i32 bias.
+            let wsc =
+                Tensor::from_vec(&[m], rand_vec(m, 61).iter().map(|v| 0.002 + v.abs() * 0.004).collect()).unwrap();
+            let bias = Tensor::from_vec(&[m], (0..m as i32).map(|i| i * 37 - 200).collect()).unwrap();
+            let yz = Tensor::from_bytes(DType::U8, &[], &[128]).unwrap();
+            let node = with_attrs(Node::new(
+                "QLinearConv",
+                "qc",
+                &["x", "xs", "xz", "w", "ws", "wz", "ys", "yz", "b"],
+                &["y"],
+            ));
+            let consts = vec![("w", w), ("ws", wsc), ("wz", wz), ("ys", scalar_f32(0.3)), ("yz", yz), ("b", bias)];
+            let g = graph(node, &["x", "xs", "xz"], consts);
+            let ins = [x, scalar_f32(0.02), xz];
+            let want = run_on(&CpuProvider::new(), &g, &ins);
+            let got = run_on(&AmxProvider::with_isa(Precision::Fp32, isa()), &g, &ins);
+            assert_eq!(got.bytes(), want.bytes(), "QLinearConv {xdt}x{wdt} {xs:?}");
+        }
+    }
+}

@@ -361,6 +361,16 @@ fn prepack_b(node: &Node, bctx: &BuildCtx, b_idx: usize, zp_idx: usize) -> Packe
     pack_b(node, &b, zp.as_ref()).ok().map(Arc::new)
 }
 
+/// An integer product on a matrix unit (the tile provider): A as
+/// `[rows, k]` 8-bit values and its zero points (one, or one per row) give
+/// the exact i32 product with the constant 2-D B the closure was built from.
+pub(crate) type TileMatMul = Arc<dyn Fn(&Tensor, &[i32]) -> Result<Vec<i32>> + Send + Sync>;
+
+/// A group-1 integer convolution on a matrix unit: the geometry, X and its
+/// (scalar) zero point give the i32 accumulations `[N, M, out...]` with the
+/// constant weight the closure was built from.
+pub(crate) type TileConv = Arc<dyn Fn(&ConvGeom, &Tensor, i32) -> Result<Vec<i32>> + Send + Sync>;
+
 /// Shared by MatMulInteger and QLinearMatMul: i32 accumulations and the plan.
 fn int_matmul(
     node: &Node,
@@ -369,12 +379,20 @@ fn int_matmul(
     b: &Tensor,
     b_zp: Option<&Tensor>,
     packed: &PackedB,
+    tiles: Option<&TileMatMul>,
 ) -> Result<(MatMulPlan, Vec<i32>, usize)> {
     let plan = plan_matmul(node, a.shape(), b.shape())?;
     let k = plan.k;
     let a_rows = a.numel() / k.max(1);
     let m_rows = if a.rank() == 1 { 1 } else { a.shape()[a.rank() - 2] };
     let azp = zp_values(node, a_zp, m_rows, a_rows, "a_zero_point")?;
+    if let (Some(tiles), 2) = (tiles, b.rank()) {
+        // Zero points per row of each matrix repeat over the batch.
+        let per_row: Vec<i32> =
+            if azp.len() == 1 || azp.len() == a_rows { azp } else { (0..a_rows).map(|r| azp[r % m_rows]).collect() };
+        let acc = tiles(a, &per_row)?;
+        return Ok((plan, acc, m_rows));
+    }
     let a16 = sub_zp(node, a, &azp, |i| if azp.len() == m_rows { (i / k.max(1)) % m_rows } else { i / k.max(1) })?;
     let own;
     let bt: &[i16] = match packed {
@@ -396,7 +414,7 @@ fn build_matmul_integer(node: &Node, bctx: &BuildCtx) -> Result<Box<dyn CpuOp>> 
     Ok(Box::new(move |inputs: &[Option<&Tensor>], ctx: &mut RunCtx| {
         let a = req(&node, inputs, 0)?;
         let b = req(&node, inputs, 1)?;
-        let (plan, acc, _) = int_matmul(&node, a, opt(inputs, 2), b, opt(inputs, 3), &packed)?;
+        let (plan, acc, _) = int_matmul(&node, a, opt(inputs, 2), b, opt(inputs, 3), &packed, None)?;
         let mut out = ctx.alloc(DType::I32, &plan.out_shape)?;
         out.as_mut_slice::<i32>()?.copy_from_slice(&acc);
         Ok(vec![out])
@@ -432,6 +450,11 @@ fn scale_vals(node: &Node, t: &Tensor, allowed: &[usize], what: &str) -> Result<
 }
 
 fn build_qlinear_matmul(node: &Node, bctx: &BuildCtx) -> Result<Box<dyn CpuOp>> {
+    qlinear_matmul_op(node, bctx, None)
+}
+
+/// QLinearMatMul, its accumulations from `tiles` when given.
+pub(crate) fn qlinear_matmul_op(node: &Node, bctx: &BuildCtx, tiles: Option<TileMatMul>) -> Result<Box<dyn CpuOp>> {
     let node = node.clone();
     let packed = prepack_b(&node, bctx, 3, 5);
     Ok(Box::new(move |inputs: &[Option<&Tensor>], ctx: &mut RunCtx| {
@@ -439,7 +462,7 @@ fn build_qlinear_matmul(node: &Node, bctx: &BuildCtx) -> Result<Box<dyn CpuOp>> 
         let b = req(&node, inputs, 3)?;
         let (a_s, b_s, y_s) = (req(&node, inputs, 1)?, req(&node, inputs, 4)?, req(&node, inputs, 6)?);
         let y_zp = opt(inputs, 7);
-        let (plan, acc, m_rows) = int_matmul(&node, a, opt(inputs, 2), b, opt(inputs, 5), &packed)?;
+        let (plan, acc, m_rows) = int_matmul(&node, a, opt(inputs, 2), b, opt(inputs, 5), &packed, tiles.as_ref())?;
         let n = plan.n;
         let asv = scale_vals(&node, a_s, &[1, m_rows], "a_scale")?;
         let bsv = scale_vals(&node, b_s, &[1, n], "b_scale")?;
@@ -494,23 +517,30 @@ struct IntConv {
     group: usize,
     /// Weights minus zero points, prepared when both are constant.
     w_pre: Option<Arc<Vec<i16>>>,
+    /// Group-1 accumulations on a matrix unit.
+    tiles: Option<TileConv>,
 }
 
 impl IntConv {
-    fn new(node: &Node, bctx: &BuildCtx, w_idx: usize, wzp_idx: usize) -> Result<IntConv> {
+    fn new(node: &Node, bctx: &BuildCtx, w_idx: usize, wzp_idx: usize, tiles: Option<TileConv>) -> Result<IntConv> {
         let g = node.attr_int_or("group", 1)?;
         if !(1..=(1 << 32)).contains(&g) {
             return Err(Error::node(node, format!("group must be positive, got {g}")));
         }
-        let w_pre = (|| {
-            let w = bctx.const_input(node, w_idx)?;
-            let zp = match node.input(wzp_idx) {
-                None => None,
-                Some(_) => Some(bctx.const_input(node, wzp_idx)?),
-            };
-            conv_weights(node, &w, zp.as_ref()).ok().map(Arc::new)
-        })();
-        Ok(IntConv { sp: Spatial::parse(node)?, group: g as usize, w_pre })
+        // The tile path holds its own packed weight.
+        let w_pre = if tiles.is_some() {
+            None
+        } else {
+            (|| {
+                let w = bctx.const_input(node, w_idx)?;
+                let zp = match node.input(wzp_idx) {
+                    None => None,
+                    Some(_) => Some(bctx.const_input(node, wzp_idx)?),
+                };
+                conv_weights(node, &w, zp.as_ref()).ok().map(Arc::new)
+            })()
+        };
+        Ok(IntConv { sp: Spatial::parse(node)?, group: g as usize, w_pre, tiles })
     }
 
     /// i32 accumulations `[N, M, out...]`, the geometry and output shape.
@@ -523,6 +553,11 @@ impl IntConv {
         w_zp: Option<&Tensor>,
     ) -> Result<(Vec<i32>, ConvGeom, Vec<usize>)> {
         let (g, shape) = conv_geom(node, &self.sp, self.group, x.shape(), w.shape())?;
+        if let (Some(tiles), 1) = (&self.tiles, self.group) {
+            let xz = zp_values(node, x_zp, 1, 1, "x_zero_point")?[0];
+            let acc = tiles(&g, x, xz)?;
+            return Ok((acc, g, shape));
+        }
         let (x16, w_own) = match &self.w_pre {
             Some(p) if p.len() == w.numel() => {
                 let xz = zp_values(node, x_zp, 1, 1, "x_zero_point")?;
@@ -545,8 +580,13 @@ impl IntConv {
 }
 
 fn build_conv_integer(node: &Node, bctx: &BuildCtx) -> Result<Box<dyn CpuOp>> {
+    conv_integer_op(node, bctx, None)
+}
+
+/// ConvInteger, its accumulations from `tiles` when given.
+pub(crate) fn conv_integer_op(node: &Node, bctx: &BuildCtx, tiles: Option<TileConv>) -> Result<Box<dyn CpuOp>> {
     let node = node.clone();
-    let conv = IntConv::new(&node, bctx, 1, 3)?;
+    let conv = IntConv::new(&node, bctx, 1, 3, tiles)?;
     Ok(Box::new(move |inputs: &[Option<&Tensor>], ctx: &mut RunCtx| {
         let x = req(&node, inputs, 0)?;
         let w = req(&node, inputs, 1)?;
@@ -558,8 +598,13 @@ fn build_conv_integer(node: &Node, bctx: &BuildCtx) -> Result<Box<dyn CpuOp>> {
 }
 
 fn build_qlinear_conv(node: &Node, bctx: &BuildCtx) -> Result<Box<dyn CpuOp>> {
+    qlinear_conv_op(node, bctx, None)
+}
+
+/// QLinearConv, its accumulations from `tiles` when given.
+pub(crate) fn qlinear_conv_op(node: &Node, bctx: &BuildCtx, tiles: Option<TileConv>) -> Result<Box<dyn CpuOp>> {
     let node = node.clone();
-    let conv = IntConv::new(&node, bctx, 3, 5)?;
+    let conv = IntConv::new(&node, bctx, 3, 5, tiles)?;
     Ok(Box::new(move |inputs: &[Option<&Tensor>], ctx: &mut RunCtx| {
         let x = req(&node, inputs, 0)?;
         let w = req(&node, inputs, 3)?;
