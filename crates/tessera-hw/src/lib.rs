@@ -1,13 +1,27 @@
-//! Hardware detection: what Linux and macOS expose (core count, CPU model,
-//! feature flags), runtime x86 feature detection, Intel AMX status (CPUID,
-//! XCR0 and the Linux tile-data permission), power sensors, a user switch to
-//! turn features off, and the kernel choice that follows from all of it.
+//! Hardware detection: one typed description of the machine ([`Machine`]:
+//! CPU identity and microarchitecture, core classes and caches, SIMD and
+//! matrix features, memory, Neural Engine, power sensors) from what Linux
+//! and macOS expose, runtime x86 feature detection, Intel AMX status (CPUID,
+//! XCR0 and the Linux tile-data permission), a user switch to turn features
+//! off, the chip atlas with expected peaks (or a cached calibration), and
+//! the kernel choice that follows from all of it.
 //!
-//! `unsafe` is confined to the `x86` module.
+//! Every parser is a pure function over text or over a directory root, so
+//! it runs on the fixtures in `fixtures/`; the live readers only feed them.
+//! `unsafe` is confined to the FFI modules `x86` and `macos_sysctl`.
 
 #![deny(unsafe_code)]
 
 mod amx;
+pub mod atlas;
+pub mod calibration;
+pub mod linux;
+pub mod machine;
+pub mod macos;
+#[cfg(target_os = "macos")]
+#[allow(unsafe_code)]
+mod macos_sysctl;
+pub mod microarch;
 mod power;
 mod switch;
 #[cfg(target_arch = "x86_64")]
@@ -17,6 +31,10 @@ pub mod x86;
 use serde::Serialize;
 
 pub use amx::{amx, amx_enabled, amx_usable, AmxPalette, AmxStatus};
+pub use atlas::ChipRow;
+pub use calibration::{expected_peaks, Calibration, PeakSource, Peaks};
+pub use machine::{CoreClass, CoreKind, CpuFeatures, Machine};
+pub use microarch::Microarch;
 pub use power::{find_power_sensors, find_power_sensors_in};
 pub use switch::{disabled_by_user, disabled_features, parse_disable_list, set_disabled, DISABLE_ENV, KNOWN_SWITCHES};
 
@@ -108,10 +126,13 @@ fn detect_x86() -> Option<X86Features> {
     None
 }
 
-/// Everything `tessera detect` reports. Hardware facts (`cpu`, `x86`) are
-/// kept apart from the user's switch (`user_disabled`).
+/// Everything `tessera detect` reports. Hardware facts (`machine`, `cpu`,
+/// `x86`) are kept apart from the user's switch (`user_disabled`).
 #[derive(Clone, Debug, Serialize)]
 pub struct MachineReport {
+    /// The typed description of the machine.
+    pub machine: Machine,
+    /// The flag summary kept for existing callers (see [`detect_cpu`]).
     pub cpu: CpuInfo,
     /// `std::env::consts::OS`.
     pub os: String,
@@ -127,28 +148,75 @@ pub struct MachineReport {
 /// Detects the machine. The first call on an AMX-capable Linux machine
 /// requests the tile-data permission (see [`amx`]).
 pub fn detect() -> MachineReport {
+    let machine = detect_machine();
     MachineReport {
+        power_sensors: machine.power_sensors.clone(),
+        machine,
         cpu: detect_cpu(),
         os: std::env::consts::OS.to_string(),
         x86: detect_x86(),
-        power_sensors: find_power_sensors(),
         user_disabled: disabled_features(),
     }
+}
+
+/// The [`Machine`] of this computer: the Linux or macOS parser fed from
+/// the live system, then gaps filled from the runtime (CPU count, and on
+/// x86-64 the CPUID brand string and features when the OS gave none).
+pub fn detect_machine() -> Machine {
+    #[cfg(target_os = "linux")]
+    #[allow(unused_mut)]
+    let mut m = linux::read_machine(std::path::Path::new("/"));
+    #[cfg(target_os = "macos")]
+    #[allow(unused_mut)]
+    let mut m = {
+        let mut m = macos::parse_sysctl(&macos_sysctl::sysctl_text());
+        m.power_sensors = find_power_sensors();
+        m
+    };
+    #[cfg(not(any(target_os = "linux", target_os = "macos")))]
+    #[allow(unused_mut)]
+    let mut m = Machine::unknown(std::env::consts::OS);
+    if m.logical_cores == 0 {
+        m.logical_cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        if m.model == "unknown" {
+            if let Some(brand) = x86::read_brand() {
+                m.model = brand;
+            }
+        }
+        if m.features.present().is_empty() {
+            if let Some(x) = detect_x86() {
+                let f = &mut m.features;
+                (f.avx2, f.fma, f.f16c, f.avx512f, f.avx512bw, f.avx512vl) =
+                    (x.avx2, x.fma, x.f16c, x.avx512f, x.avx512bw, x.avx512vl);
+                (f.avx512_vnni, f.avx512_bf16, f.avx512_fp16) = (x.avx512_vnni, x.avx512_bf16, x.avx512_fp16);
+                (f.amx_tile, f.amx_bf16, f.amx_int8, f.amx_fp16) = (x.amx.tile, x.amx.bf16, x.amx.int8, x.amx.fp16);
+            }
+        }
+    }
+    m
 }
 
 /// Which kernel family handles one precision, and why.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct KernelChoice {
-    /// "fp32", "bf16" or "int8".
+    /// "fp32", "bf16", "int8" or "fp16".
     pub precision: &'static str,
     pub kernel: String,
     pub why: String,
 }
 
-/// The kernel-selection policy applied to a report: one entry each for fp32,
-/// bf16 and int8. This is the policy the providers follow; it does not by
-/// itself mean the named kernel is implemented.
+/// The kernel-selection policy applied to a report: one entry each for
+/// fp32, bf16, int8 and fp16, in that order. The choice follows detected
+/// features only; a chip's name may tune block sizes but never picks a
+/// kernel. This is the policy the providers follow; it does not by itself
+/// mean the named kernel is implemented.
 pub fn kernel_choices(report: &MachineReport) -> Vec<KernelChoice> {
+    if report.x86.is_none() && report.machine.features.neon {
+        return arm_kernel_choices(report);
+    }
     let off = |f: &str| report.user_disabled.iter().any(|d| d == f);
     let x = report.x86.as_ref();
     let mut out = Vec::new();
@@ -159,7 +227,7 @@ pub fn kernel_choices(report: &MachineReport) -> Vec<KernelChoice> {
         }
         Some(x) if x.avx2 && x.fma => ("avx2+fma (gemm crate)", "AVX2 and FMA present, no AVX-512F".to_string()),
         Some(_) => ("portable", "no AVX2+FMA".to_string()),
-        None => ("portable", format!("no x86-64 SIMD detection on {}", report.cpu.arch)),
+        None => ("portable", format!("no x86-64 SIMD detection and no NEON on {}", report.cpu.arch)),
     };
     if x.is_some_and(|x| x.amx.usable) {
         // Measured on a Xeon with AMX (AMX issue's closing note): six bf16
@@ -208,6 +276,60 @@ pub fn kernel_choices(report: &MachineReport) -> Vec<KernelChoice> {
             kernel: "scalar/vector int8 fallback".into(),
             why: format!("no AMX: {r}"),
         },
+    });
+    let fp16_why = match x {
+        Some(x) if x.avx512_fp16 => "tessera has no fp16 GEMM on x86 (AVX512-FP16 is present but unused)",
+        Some(_) => "tessera has no fp16 GEMM on x86 (and this CPU has no AVX512-FP16)",
+        None => "no fp16 arithmetic detected",
+    };
+    out.push(KernelChoice { precision: "fp16", kernel: "fp32 vector path".into(), why: fp16_why.to_string() });
+    out
+}
+
+/// The Arm policy: SME (outer products into ZA) for fp32 and bf16 where
+/// FEAT_SME is present, NEON otherwise; fp16 on NEON with FEAT_FP16; int8
+/// through I8MM, else DotProd, else widening NEON multiplies.
+fn arm_kernel_choices(report: &MachineReport) -> Vec<KernelChoice> {
+    let f = &report.machine.features;
+    let off = |name: &str| report.user_disabled.iter().any(|d| d == name);
+    let sme = f.sme && !off("sme");
+    let svl = f.sme_vector_bits.map(|b| format!(", {b}-bit streaming vectors")).unwrap_or_default();
+    let sme_off = if f.sme && off("sme") { "FEAT_SME present but disabled by the user" } else { "no FEAT_SME" };
+    let choice = |precision, kernel: &str, why: String| KernelChoice { precision, kernel: kernel.into(), why };
+    let mut out = Vec::new();
+    out.push(if sme {
+        choice("fp32", "sme-fp32 (FMOPA into ZA)", format!("FEAT_SME present{svl}: fp32 outer products into ZA"))
+    } else {
+        choice("fp32", "neon-fp32", format!("NEON present, {sme_off}"))
+    });
+    out.push(if sme {
+        choice(
+            "bf16",
+            "sme-bf16 (BFMOPA into ZA)",
+            format!("FEAT_SME present{svl}: bf16 pairs widened into fp32 ZA tiles"),
+        )
+    } else {
+        choice("bf16", "fp32 vector path", format!("{sme_off}: bf16 products run as fp32 on NEON"))
+    });
+    out.push(if f.i8mm {
+        choice(
+            "int8",
+            "neon-i8mm (SMMLA/UMMLA)",
+            "FEAT_I8MM present (preferred over DotProd: 2x8 by 8x2 blocks per instruction)".into(),
+        )
+    } else if f.dotprod {
+        choice("int8", "neon-dotprod (SDOT/UDOT)", "FEAT_DotProd present, no FEAT_I8MM".into())
+    } else {
+        choice(
+            "int8",
+            "neon-int8 (widening multiply-add)",
+            "no FEAT_DotProd or FEAT_I8MM: plain NEON widening multiplies".into(),
+        )
+    });
+    out.push(if f.fp16 {
+        choice("fp16", "neon-fp16 (FMLA .8h)", "FEAT_FP16 present: half-precision NEON arithmetic".into())
+    } else {
+        choice("fp16", "fp32 vector path", "no FEAT_FP16: fp16 values are widened to fp32".into())
     });
     out
 }
@@ -261,6 +383,7 @@ mod tests {
 
     fn report(avx512: bool, amx: AmxStatus, user_disabled: &[&str]) -> MachineReport {
         MachineReport {
+            machine: Machine::unknown("test"),
             cpu: parse_cpuinfo("", "x86_64".into(), 2),
             os: "linux".into(),
             x86: Some(X86Features {
@@ -293,6 +416,7 @@ mod tests {
                 ("fp32", "avx512 (gemm crate)".to_string()),
                 ("bf16", "amx-bf16".to_string()),
                 ("int8", "amx-int8 (tdpbusd/tdpbssd)".to_string()),
+                ("fp16", "fp32 vector path".to_string()),
             ]
         );
         assert!(kernel_choices(&r)[1].why.contains("8 tiles of 16 rows x 64 bytes"));
@@ -411,7 +535,7 @@ mod tests {
                 assert_eq!(x.avx512f, r.cpu.features.iter().any(|f| f == "avx512f"));
             }
         }
-        assert_eq!(kernel_choices(&r).len(), 3);
+        assert_eq!(kernel_choices(&r).len(), 4);
     }
 
     #[test]
