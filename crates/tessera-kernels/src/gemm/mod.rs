@@ -8,12 +8,14 @@ pub mod epilogue;
 pub mod pack;
 pub mod tile;
 pub mod ukernel;
+pub mod vector;
 
 pub use batched::{gemm_batched, BatchRef, RowEpilogue};
 pub use epilogue::{Activation, Epilogue, Residual};
 pub use pack::Split;
 pub use tile::{tile_igemm, tile_sgemm, I8Mat, I8Out, PackedB};
 pub use ukernel::TileIsa;
+pub use vector::{vector_igemm, vector_sgemm, Blocking, VectorKernel};
 
 /// Element types the `gemm` crate multiplies natively (f32 and f64).
 pub trait GemmScalar:

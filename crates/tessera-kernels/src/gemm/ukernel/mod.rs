@@ -1,4 +1,8 @@
-//! Tile microkernels: the only ISA-specific code of the tile GEMM.
+//! Microkernels: the only ISA-specific code of the GEMMs. The tile kernels
+//! below feed the tile driver ([`super::tile`]); [`neon`] and [`sme`]
+//! implement [`super::vector::VectorKernel`] for the vector driver.
+//!
+//! Tile microkernels:
 //!
 //! Every kernel computes one 32x32 block of accumulators from packed
 //! panels (see [`super::pack`] for the layouts):
@@ -12,7 +16,13 @@
 //! the reference for the packed layouts and where no tile unit exists).
 
 pub mod amx;
+#[cfg(all(test, target_arch = "aarch64"))]
+mod arm_tests;
 pub mod emulated;
+#[cfg(target_arch = "aarch64")]
+pub mod neon;
+#[cfg(target_arch = "aarch64")]
+pub mod sme;
 
 /// Rows and columns of the accumulator block one microkernel call produces.
 pub const MR: usize = 32;
