@@ -536,6 +536,14 @@ mod tests {
             }
         }
         assert_eq!(kernel_choices(&r).len(), 4);
+        // The typed machine agrees with the flag summary read from the same OS.
+        assert!(r.machine.logical_cores >= 1);
+        for f in &r.cpu.features {
+            if let Some(present) = r.machine.features.get(f) {
+                assert!(present, "{f} is in /proc/cpuinfo but not in the typed features");
+            }
+        }
+        assert_eq!(v["machine"]["gpus_note"], machine::GPUS_NOTE);
     }
 
     #[test]
