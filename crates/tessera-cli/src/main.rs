@@ -1,5 +1,7 @@
 mod bench_gemm;
+mod calibrate;
 mod conformance;
+mod detect;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -109,9 +111,18 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Report the CPU, its matrix/vector features (AMX status), power sensors and kernel choices.
+    /// Report the machine (CPU, cores and caches, SIMD/matrix features, AMX status, memory, Neural Engine,
+    /// power sensors), its chip atlas row, expected peaks and the kernel chosen per precision.
     Detect {
         /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Measure this machine's peak throughput per precision (under 2 s) and cache it for chips not in the atlas.
+    Calibrate {
+        /// Threads to measure with (0 = one per core).
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
         #[arg(long)]
         json: bool,
     },
@@ -151,7 +162,8 @@ fn main() {
         Cmd::Info { m, nodes, json } => cmd_info(&m, nodes, json),
         Cmd::Demo { threads } => cmd_demo(threads),
         Cmd::Conformance(a) => conformance::run(&a).map(|code| std::process::exit(code)),
-        Cmd::Detect { json } => cmd_detect(json),
+        Cmd::Detect { json } => detect::run(json),
+        Cmd::Calibrate { threads, json } => calibrate::run(threads, json),
         Cmd::BenchGemm { shapes, threads, kernels, seconds, cold, json } => {
             cmd_bench_gemm(&shapes, threads, kernels, seconds, cold, json)
         }
@@ -449,100 +461,6 @@ fn cmd_info(m: &ModelArgs, nodes: bool, json: bool) -> Result<(), String> {
 
 fn fmt_hist(h: &[(String, usize)]) -> String {
     h.iter().map(|(k, v)| format!("{k}×{v}")).collect::<Vec<_>>().join(" ")
-}
-
-fn yes_no(b: bool) -> &'static str {
-    if b {
-        "yes"
-    } else {
-        "no"
-    }
-}
-
-fn cmd_detect(json: bool) -> Result<(), String> {
-    let report = tessera_hw::detect();
-    let choices = tessera_hw::kernel_choices(&report);
-    if json {
-        #[derive(serde::Serialize)]
-        struct Out<'a> {
-            #[serde(flatten)]
-            report: &'a tessera_hw::MachineReport,
-            kernel_choices: &'a [tessera_hw::KernelChoice],
-        }
-        let out = Out { report: &report, kernel_choices: &choices };
-        println!("{}", serde_json::to_string_pretty(&out).map_err(|e| e.to_string())?);
-        return Ok(());
-    }
-    let cpu = &report.cpu;
-    println!("cpu        {} ({}, {}, {})", cpu.model, cpu.vendor, cpu.arch, report.os);
-    println!("cores      {} logical", cpu.logical_cores);
-    println!(
-        "os flags   {}",
-        if cpu.features.is_empty() { "none of interest".to_string() } else { cpu.features.join(" ") }
-    );
-    match &report.x86 {
-        Some(x) => {
-            let simd = [
-                ("avx2", x.avx2),
-                ("fma", x.fma),
-                ("f16c", x.f16c),
-                ("avx512f", x.avx512f),
-                ("avx512bw", x.avx512bw),
-                ("avx512vl", x.avx512vl),
-                ("avx512_vnni", x.avx512_vnni),
-                ("avx512_bf16", x.avx512_bf16),
-                ("avx512_fp16", x.avx512_fp16),
-            ];
-            let has: Vec<&str> = simd.iter().filter(|(_, b)| *b).map(|(n, _)| *n).collect();
-            let lacks: Vec<&str> = simd.iter().filter(|(_, b)| !*b).map(|(n, _)| *n).collect();
-            println!(
-                "simd       {}{}",
-                if has.is_empty() { "none".to_string() } else { has.join(" ") },
-                if lacks.is_empty() { String::new() } else { format!("  (not: {})", lacks.join(" ")) }
-            );
-            let a = &x.amx;
-            println!(
-                "amx        usable: {}{}",
-                yes_no(a.usable),
-                a.reason.as_ref().map(|r| format!(" ({r})")).unwrap_or_default()
-            );
-            println!(
-                "           tile {}, bf16 {}, int8 {}, fp16 {}; XCR0 tile state {}; Linux permission {}",
-                yes_no(a.tile),
-                yes_no(a.bf16),
-                yes_no(a.int8),
-                yes_no(a.fp16),
-                if a.os_enabled { "on" } else { "off" },
-                if a.permission_granted { "granted" } else { "not granted" }
-            );
-            if let Some(p) = a.palette {
-                println!(
-                    "           palette 1: {} tiles x {} rows x {} B/row ({} B/tile, {} B total); tmul maxk {}, maxn {}",
-                    p.max_names,
-                    p.max_rows,
-                    p.bytes_per_row,
-                    p.bytes_per_tile,
-                    p.total_tile_bytes,
-                    p.tmul_maxk,
-                    p.tmul_maxn
-                );
-            }
-        }
-        None => println!("amx        usable: no ({})", tessera_hw::amx().reason.as_deref().unwrap_or("")),
-    }
-    if report.power_sensors.is_empty() {
-        println!("power      none found (checked powercap/intel-rapl*, hwmon/*/power*_input, power_supply)");
-    } else {
-        println!("power      {}", report.power_sensors.join("\n           "));
-    }
-    if !report.user_disabled.is_empty() {
-        println!("disabled   {} (by the user)", report.user_disabled.join(", "));
-    }
-    println!("kernels");
-    for k in &choices {
-        println!("  {:5} {:28} {}", k.precision, k.kernel, k.why);
-    }
-    Ok(())
 }
 
 fn cmd_demo(threads: usize) -> Result<(), String> {
