@@ -53,7 +53,55 @@ pub const DEFAULT_SHAPES: &[(usize, usize, usize)] = &[
     (1024, 768, 3072),
 ];
 
-pub const ALL_KERNELS: &[&str] = &["fp32-vector", "amx-bf16", "amx-bf16x3", "amx-bf16x6", "amx-int8"];
+pub const ALL_KERNELS: &[&str] = &[
+    "fp32-vector",
+    "amx-bf16",
+    "amx-bf16x3",
+    "amx-bf16x6",
+    "amx-int8",
+    "neon-fp32",
+    "neon-fp16",
+    "neon-i8dot",
+    "sme-fp32",
+    "sme-bf16",
+];
+
+/// Seconds per call of an Arm kernel through the vector driver, or why it
+/// cannot run here.
+#[cfg(target_arch = "aarch64")]
+fn arm_seconds(kernel: &str, a: &[f32], b: &[f32], m: usize, n: usize, k: usize, min_seconds: f64) -> Result<f64, String> {
+    use tessera_kernels::gemm::ukernel::{neon, sme};
+    use tessera_kernels::gemm::vector::{vector_igemm, vector_sgemm, Blocking, FromF32, ToF32, VectorKernel};
+    fn float<K: VectorKernel>(kern: &K, a: &[f32], b: &[f32], m: usize, n: usize, k: usize, t: f64) -> f64
+    where
+        K::In: FromF32,
+        K::Acc: ToF32,
+    {
+        let mut c = vec![0f32; m * n];
+        let (av, bv) = (MatRef::row_major(a, m, k), MatRef::row_major(b, k, n));
+        time(t, || vector_sgemm(kern, Blocking::DEFAULT, av, bv, &mut c, n, &Epilogue::default()))
+    }
+    match kernel {
+        "neon-fp32" => Ok(float(&neon::NeonF32, a, b, m, n, k, min_seconds)),
+        "neon-fp16" if neon::has_fp16() => Ok(float(&neon::NeonF16, a, b, m, n, k, min_seconds)),
+        "neon-fp16" => Err("CPU lacks FEAT_FP16".into()),
+        "neon-i8dot" if neon::has_dotprod() => {
+            let q = |v: &[f32]| v.iter().map(|x| (x * 127.0) as i8).collect::<Vec<i8>>();
+            let (ai, bi) = (q(a), q(b));
+            let mut c = vec![0i32; m * n];
+            Ok(time(min_seconds, || vector_igemm(&neon::NeonI8Dot, Blocking::DEFAULT, &ai, &bi, m, k, n, &mut c, n)))
+        }
+        "neon-i8dot" => Err("CPU lacks FEAT_DotProd".into()),
+        "sme-fp32" => sme::SmeF32::new().map(|kern| float(&kern, a, b, m, n, k, min_seconds)).ok_or("CPU lacks FEAT_SME".into()),
+        "sme-bf16" => sme::SmeBf16::new().map(|kern| float(&kern, a, b, m, n, k, min_seconds)).ok_or("CPU lacks FEAT_SME".into()),
+        _ => Err(format!("unknown Arm kernel {kernel}")),
+    }
+}
+
+#[cfg(not(target_arch = "aarch64"))]
+fn arm_seconds(_: &str, _: &[f32], _: &[f32], _: usize, _: usize, _: usize, _: f64) -> Result<f64, String> {
+    Err(format!("not an Arm CPU ({})", std::env::consts::ARCH))
+}
 
 /// The bf16 microkernel alone on L1-resident panels (8 k-blocks of A and B,
 /// 32 KiB): the ceiling the driver and packing can reach. GFLOP/s per core
@@ -215,6 +263,15 @@ pub fn run(opts: &Options) -> Result<Vec<Row>, String> {
                             })
                         });
                         (s, peak_i8)
+                    }
+                    arm if arm.starts_with("neon-") || arm.starts_with("sme-") => {
+                        match pool.install(|| arm_seconds(arm, &a, &b, m, n, k, opts.min_seconds)) {
+                            Ok(s) => (s, 0.0),
+                            Err(why) => {
+                                eprintln!("skipping {kernel}: {why}");
+                                continue;
+                            }
+                        }
                     }
                     other => return Err(format!("unknown kernel '{other}' (known: {})", ALL_KERNELS.join(", "))),
                 };
