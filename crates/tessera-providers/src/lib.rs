@@ -4,6 +4,7 @@
 //! its memory. The session's partitioner assigns every node; the CPU provider
 //! takes whatever no other provider claims.
 
+pub mod accelerate;
 pub mod amx;
 pub mod cpu;
 pub mod precision;

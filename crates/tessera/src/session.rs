@@ -7,6 +7,7 @@ use std::path::Path;
 use tessera_core::passes::{self, PassReport};
 use tessera_core::plan::MemoryPlan;
 use tessera_core::{Dim, Error, Graph, Result, Tensor, ValueInfo};
+use tessera_providers::accelerate::AccelerateProvider;
 use tessera_providers::amx::AmxProvider;
 use tessera_providers::cpu::CpuProvider;
 use tessera_providers::{CompiledPartition, ExecutionProvider, Precision, RunOptions, Value};
@@ -84,15 +85,34 @@ fn available_providers(opts: &SessionOptions) -> Result<(Providers, Vec<String>)
         }
         AmxProvider::new(opts.precision)
     };
+    let accelerate = || -> std::result::Result<AccelerateProvider, String> {
+        if opts.disable.iter().any(|d| d == "accelerate") {
+            return Err("disabled by the session options".into());
+        }
+        AccelerateProvider::new()
+    };
     for n in &opts.providers {
         match n.as_str() {
-            "auto" => match amx() {
-                Ok(p) => out.push(Box::new(p)),
-                Err(why) => skipped.push(format!("amx: {why}")),
-            },
+            "auto" => {
+                // Accelerate first: on macOS it is the way to Apple's matrix
+                // unit (AMX on M1-M3) for fp32 products; elsewhere it is
+                // skipped with its reason.
+                match accelerate() {
+                    Ok(p) => out.push(Box::new(p)),
+                    Err(why) => skipped.push(format!("accelerate: {why}")),
+                }
+                match amx() {
+                    Ok(p) => out.push(Box::new(p)),
+                    Err(why) => skipped.push(format!("amx: {why}")),
+                }
+            }
+            "accelerate" => out
+                .push(Box::new(accelerate().map_err(|why| Error::Unsupported(format!("provider accelerate: {why}")))?)),
             "amx" => out.push(Box::new(amx().map_err(|why| Error::Unsupported(format!("provider amx: {why}")))?)),
             "cpu" => {}
-            other => return Err(Error::Input(format!("unknown provider '{other}' (available: auto, amx, cpu)"))),
+            other => {
+                return Err(Error::Input(format!("unknown provider '{other}' (available: auto, accelerate, amx, cpu)")))
+            }
         }
     }
     out.push(Box::new(CpuProvider::new()));
