@@ -195,7 +195,9 @@ fn fused_matmul_bias_activation_residual_match_cpu() {
     let (m, k, n) = (50, 64, 96);
     let a = rng.tensor(&[2, m, k]);
     let w = rng.tensor(&[k, n]);
-    let cases: [(&str, Option<Vec<usize>>, Option<Vec<usize>>); 7] = [
+    // (activation, bias shape, residual shape); None leaves the input out.
+    type Case = (&'static str, Option<Vec<usize>>, Option<Vec<usize>>);
+    let cases: [Case; 7] = [
         ("gelu_erf", Some(vec![n]), Some(vec![2, m, n])),
         ("relu", Some(vec![n]), Some(vec![n])),
         ("silu", Some(vec![]), Some(vec![2, m, n])),
