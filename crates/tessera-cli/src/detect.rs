@@ -43,7 +43,7 @@ fn class_line(c: &CoreClass) -> String {
         CoreKind::Efficiency => "efficiency",
         CoreKind::Uniform => "all cores",
     };
-    let mut s = format!("{kind} ({})", c.name);
+    let mut s = if c.name == "all" { kind.to_string() } else { format!("{kind} ({})", c.name) };
     if let Some(a) = c.microarchitecture {
         s.push_str(&format!(", {a}"));
     }
@@ -234,6 +234,15 @@ fn print_text(report: &MachineReport, x: &Extras) {
     match x.row {
         Some(r) => {
             println!("atlas      {}", r.name);
+            if !r.is_apple() && !m.model.contains(r.brand) {
+                // A generic brand string ("Intel(R) Xeon(R) Processor" in a VM): the row
+                // describes the generation's flagship; the peaks below are scaled to this machine.
+                println!(
+                    "           matched by microarchitecture ({}): cores, bandwidth and clock below are the flagship SKU's; \
+                     the peaks are scaled to this machine",
+                    r.microarchitecture
+                );
+            }
             let mut facts = vec![if r.efficiency_cores > 0 {
                 format!("{}P+{}E cores", r.performance_cores, r.efficiency_cores)
             } else {
