@@ -88,7 +88,12 @@ fn gflops(m: usize, n: usize, k: usize, mut f: impl FnMut()) -> String {
 const ACC: (usize, usize, usize) = (67, 45, 83);
 const SPEED: usize = 256;
 
-fn float_check(name: &str, limit: f64, round: fn(f32) -> f32, run: &dyn Fn(&[f32], &[f32], usize, usize, usize) -> Vec<f32>) -> Check {
+fn float_check(
+    name: &str,
+    limit: f64,
+    round: fn(f32) -> f32,
+    run: &dyn Fn(&[f32], &[f32], usize, usize, usize) -> Vec<f32>,
+) -> Check {
     let (m, n, k) = ACC;
     let (a, b) = (rand_f32(m * k, 1), rand_f32(k * n, 2));
     let got = run(&a, &b, m, k, n);
@@ -121,7 +126,8 @@ fn int_check(name: &str, run: &dyn Fn(&[i8], &[i8], usize, usize, usize) -> Vec<
     let status = if wrong == 0 { Status::Pass } else { Status::Fail };
     let s = SPEED;
     let (sa, sb) = (q(rand_f32(s * s, 7)), q(rand_f32(s * s, 8)));
-    let speed = (status == Status::Pass).then(|| gflops(s, s, s, || drop(run(&sa, &sb, s, s, s))).replace("FLOP", "OP"));
+    let speed =
+        (status == Status::Pass).then(|| gflops(s, s, s, || drop(run(&sa, &sb, s, s, s))).replace("FLOP", "OP"));
     Check {
         kind: "kernel",
         name: name.into(),
@@ -149,7 +155,9 @@ where
     }
 }
 
-fn vector_int<K: VectorKernel<In = i8, Acc = i32>>(kern: &K) -> impl Fn(&[i8], &[i8], usize, usize, usize) -> Vec<i32> + '_ {
+fn vector_int<K: VectorKernel<In = i8, Acc = i32>>(
+    kern: &K,
+) -> impl Fn(&[i8], &[i8], usize, usize, usize) -> Vec<i32> + '_ {
     move |a, b, m, k, n| {
         let mut c = vec![0i32; m * n];
         vector_igemm(kern, Blocking::DEFAULT, a, b, m, k, n, &mut c, n);
@@ -185,7 +193,12 @@ fn kernel_checks() -> Vec<Check> {
         sgemm(MatRef::row_major(a, m, k), MatRef::row_major(b, k, n), &mut c, n, 1.0, 0.0, Parallel::Rayon(0));
         c
     }));
-    out.push(float_check("vector driver, portable kernel", 1e-6, same, &vector_float(&Reference::<f32, f32>::new(8, 12, 1))));
+    out.push(float_check(
+        "vector driver, portable kernel",
+        1e-6,
+        same,
+        &vector_float(&Reference::<f32, f32>::new(8, 12, 1)),
+    ));
     out.push(int_check("vector driver, portable int8 kernel", &vector_int(&Reference::<i8, i32>::new(8, 12, 4))));
     out.push(float_check("tile contract, emulated bf16", 1e-5, to_bf16, &tile_float(TileIsa::Emulated, Split::Bf16)));
     out.push(int_check("tile contract, emulated int8", &tile_int(TileIsa::Emulated)));
@@ -225,7 +238,12 @@ fn arm_checks() -> Vec<Check> {
         (Some(f), Some(b)) => {
             let bits = streaming_vector_bytes().unwrap_or(0) * 8;
             out.push(float_check(&format!("sme-fp32 ({bits}-bit streaming vectors)"), 1e-6, same, &vector_float(&f)));
-            out.push(float_check(&format!("sme-bf16 ({bits}-bit streaming vectors)"), 1e-5, to_bf16, &vector_float(&b)));
+            out.push(float_check(
+                &format!("sme-bf16 ({bits}-bit streaming vectors)"),
+                1e-5,
+                to_bf16,
+                &vector_float(&b),
+            ));
         }
         _ => {
             for name in ["sme-fp32", "sme-bf16"] {
@@ -348,7 +366,13 @@ fn output_error(got: &[(String, Tensor)], want: &[(String, Tensor)]) -> Result<f
     let mut worst = 0f64;
     for ((gn, g), (_, w)) in got.iter().zip(want) {
         if g.shape() != w.shape() || g.dtype() != w.dtype() {
-            return Err(format!("output {gn}: {:?} {} vs reference {:?} {}", g.shape(), g.dtype(), w.shape(), w.dtype()));
+            return Err(format!(
+                "output {gn}: {:?} {} vs reference {:?} {}",
+                g.shape(),
+                g.dtype(),
+                w.shape(),
+                w.dtype()
+            ));
         }
         let (gv, wv) = (g.to_f64_vec(), w.to_f64_vec());
         let scale = wv.iter().fold(1e-12f64, |m, v| m.max(v.abs()));
@@ -361,7 +385,15 @@ fn output_error(got: &[(String, Tensor)], want: &[(String, Tensor)]) -> Result<f
 fn provider_checks(threads: usize) -> Vec<Check> {
     let cases = match cases() {
         Ok(c) => c,
-        Err(e) => return vec![Check { kind: "provider", name: "test cases".into(), status: Status::Fail, detail: e.to_string(), speed: None }],
+        Err(e) => {
+            return vec![Check {
+                kind: "provider",
+                name: "test cases".into(),
+                status: Status::Fail,
+                detail: e.to_string(),
+                speed: None,
+            }]
+        }
     };
     // (provider, precision, limit relative to the output's scale).
     let runs: &[(&str, Precision, f64)] = &[
@@ -369,6 +401,8 @@ fn provider_checks(threads: usize) -> Vec<Check> {
         ("amx", Precision::Fp32Tiles, 1e-4),
         ("amx", Precision::Int8, 6e-2),
         ("accelerate", Precision::Fp32, 1e-4),
+        ("sme", Precision::Fp32, 1e-4),
+        ("sme", Precision::Bf16, 3e-2),
     ];
     // Why a provider cannot start on this machine (checked once, so that
     // an unavailable provider reads as such, not as a failure).
@@ -376,6 +410,7 @@ fn provider_checks(threads: usize) -> Vec<Check> {
         match provider {
             "amx" => tessera_providers::amx::AmxProvider::new(Precision::Bf16).err(),
             "accelerate" => tessera_providers::accelerate::AccelerateProvider::new().err(),
+            "sme" => tessera_providers::amx::sme::SmeProvider::new(Precision::Fp32).err(),
             _ => None,
         }
     };
@@ -388,7 +423,13 @@ fn provider_checks(threads: usize) -> Vec<Check> {
         let (ref_ms, want) = match reference {
             Ok(r) => r,
             Err(e) => {
-                out.push(Check { kind: "provider", name: format!("cpu / {}", case.name), status: Status::Fail, detail: e.to_string(), speed: None });
+                out.push(Check {
+                    kind: "provider",
+                    name: format!("cpu / {}", case.name),
+                    status: Status::Fail,
+                    detail: e.to_string(),
+                    speed: None,
+                });
                 continue;
             }
         };
@@ -408,7 +449,13 @@ fn provider_checks(threads: usize) -> Vec<Check> {
             let s = match session(case, provider, precision, threads) {
                 Ok(s) => s,
                 Err(e) => {
-                    out.push(Check { kind: "provider", name, status: Status::Fail, detail: e.to_string(), speed: None });
+                    out.push(Check {
+                        kind: "provider",
+                        name,
+                        status: Status::Fail,
+                        detail: e.to_string(),
+                        speed: None,
+                    });
                     continue;
                 }
             };
@@ -418,13 +465,20 @@ fn provider_checks(threads: usize) -> Vec<Check> {
             }
             let on_it = s.assignments().iter().filter(|a| a.provider == provider).count();
             if on_it == 0 {
-                out.push(unavailable("provider", &name, format!("{provider} claims no node of this case at {precision}")));
+                out.push(unavailable(
+                    "provider",
+                    &name,
+                    format!("{provider} claims no node of this case at {precision}"),
+                ));
                 continue;
             }
-            let checked = s.run(case.inputs.clone()).map_err(|e| e.to_string()).and_then(|got| output_error(&got, &want));
+            let checked =
+                s.run(case.inputs.clone()).map_err(|e| e.to_string()).and_then(|got| output_error(&got, &want));
             let limit = if case.name == "int8 model" && precision != Precision::Int8 { 0.0 } else { limit };
             let (status, detail) = match checked {
-                Ok(e) if e <= limit => (Status::Pass, format!("{on_it} nodes on {provider}; error {e:.1e} (limit {limit:.0e})")),
+                Ok(e) if e <= limit => {
+                    (Status::Pass, format!("{on_it} nodes on {provider}; error {e:.1e} (limit {limit:.0e})"))
+                }
                 Ok(e) => (Status::Fail, format!("{on_it} nodes on {provider}; error {e:.1e} > limit {limit:.0e}")),
                 Err(e) => (Status::Fail, e),
             };
@@ -452,9 +506,18 @@ pub fn run(threads: usize, json: bool) -> Result<i32, String> {
             checks: &'a [Check],
             failed: usize,
         }
-        println!("{}", serde_json::to_string_pretty(&Out { cpu: &report.cpu.model, os: &report.os, checks: &checks, failed }).map_err(|e| e.to_string())?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&Out { cpu: &report.cpu.model, os: &report.os, checks: &checks, failed })
+                .map_err(|e| e.to_string())?
+        );
     } else {
-        println!("tessera doctor: {} ({}, {} threads)", report.cpu.model, report.os, if threads == 0 { report.cpu.logical_cores } else { threads });
+        println!(
+            "tessera doctor: {} ({}, {} threads)",
+            report.cpu.model,
+            report.os,
+            if threads == 0 { report.cpu.logical_cores } else { threads }
+        );
         for kind in ["kernel", "provider"] {
             println!("\n{kind}s:");
             for c in checks.iter().filter(|c| c.kind == kind) {

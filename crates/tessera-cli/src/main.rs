@@ -2,6 +2,7 @@ mod bench_gemm;
 mod calibrate;
 mod conformance;
 mod detect;
+mod doctor;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -99,7 +100,8 @@ enum Cmd {
         /// Thread counts to run, comma separated.
         #[arg(long, value_delimiter = ',', default_value = "1")]
         threads: Vec<usize>,
-        /// Kernels: fp32-vector, amx-bf16, amx-bf16x3, amx-bf16x6, amx-int8.
+        /// Kernels: fp32-vector, amx-bf16, amx-bf16x3, amx-bf16x6, amx-int8, neon-fp32, neon-fp16, neon-i8dot,
+        /// sme-fp32, sme-bf16 (default: all; those this CPU lacks say why they are skipped).
         #[arg(long, value_delimiter = ',')]
         kernels: Vec<String>,
         /// Seconds to time each case (at least 3 calls).
@@ -108,6 +110,16 @@ enum Cmd {
         /// Weights from DRAM: cycle through copies that overflow the caches.
         #[arg(long)]
         cold: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run every kernel and provider this machine offers on small cases
+    /// against the portable reference: pass/fail, speed, and why the rest
+    /// is unavailable. Exit status 1 if an available path fails.
+    Doctor {
+        /// Worker threads (0: one per core).
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
         #[arg(long)]
         json: bool,
     },
@@ -162,6 +174,7 @@ fn main() {
         Cmd::Info { m, nodes, json } => cmd_info(&m, nodes, json),
         Cmd::Demo { threads } => cmd_demo(threads),
         Cmd::Conformance(a) => conformance::run(&a).map(|code| std::process::exit(code)),
+        Cmd::Doctor { threads, json } => doctor::run(threads, json).map(|code| std::process::exit(code)),
         Cmd::Detect { json } => detect::run(json),
         Cmd::Calibrate { threads, json } => calibrate::run(threads, json),
         Cmd::BenchGemm { shapes, threads, kernels, seconds, cold, json } => {

@@ -9,7 +9,7 @@ pub const DISABLE_ENV: &str = "TESSERA_DISABLE";
 
 /// Feature names some part of tessera looks at. Others are accepted and
 /// recorded but change nothing.
-pub const KNOWN_SWITCHES: &[&str] = &["amx", "avx512"];
+pub const KNOWN_SWITCHES: &[&str] = &["amx", "avx512", "sme", "accelerate"];
 
 pub(crate) const DISABLED_AMX: &str = "disabled by the user (--disable amx / TESSERA_DISABLE)";
 

@@ -8,6 +8,7 @@ use tessera_core::passes::{self, PassReport};
 use tessera_core::plan::MemoryPlan;
 use tessera_core::{Dim, Error, Graph, Result, Tensor, ValueInfo};
 use tessera_providers::accelerate::AccelerateProvider;
+use tessera_providers::amx::sme::SmeProvider;
 use tessera_providers::amx::AmxProvider;
 use tessera_providers::cpu::CpuProvider;
 use tessera_providers::{CompiledPartition, ExecutionProvider, Precision, RunOptions, Value};
@@ -91,15 +92,37 @@ fn available_providers(opts: &SessionOptions) -> Result<(Providers, Vec<String>)
         }
         AccelerateProvider::new()
     };
+    let sme = || -> std::result::Result<SmeProvider, String> {
+        if opts.disable.iter().any(|d| d == "sme") {
+            return Err("disabled by the session options".into());
+        }
+        SmeProvider::new(opts.precision)
+    };
     for n in &opts.providers {
         match n.as_str() {
             "auto" => {
                 // Accelerate first: on macOS it is the way to Apple's matrix
                 // unit (AMX on M1-M3) for fp32 products; elsewhere it is
                 // skipped with its reason.
+                // SME (M4) first for bf16 products, which cblas_sgemm cannot
+                // do; Accelerate first for fp32, where Apple's own library
+                // (itself on SME on M4) is the tuned path.
+                let sme_first = matches!(opts.precision, Precision::Bf16 | Precision::Auto);
+                if sme_first {
+                    match sme() {
+                        Ok(p) => out.push(Box::new(p)),
+                        Err(why) => skipped.push(format!("sme: {why}")),
+                    }
+                }
                 match accelerate() {
                     Ok(p) => out.push(Box::new(p)),
                     Err(why) => skipped.push(format!("accelerate: {why}")),
+                }
+                if !sme_first {
+                    match sme() {
+                        Ok(p) => out.push(Box::new(p)),
+                        Err(why) => skipped.push(format!("sme: {why}")),
+                    }
                 }
                 match amx() {
                     Ok(p) => out.push(Box::new(p)),
@@ -109,9 +132,12 @@ fn available_providers(opts: &SessionOptions) -> Result<(Providers, Vec<String>)
             "accelerate" => out
                 .push(Box::new(accelerate().map_err(|why| Error::Unsupported(format!("provider accelerate: {why}")))?)),
             "amx" => out.push(Box::new(amx().map_err(|why| Error::Unsupported(format!("provider amx: {why}")))?)),
+            "sme" => out.push(Box::new(sme().map_err(|why| Error::Unsupported(format!("provider sme: {why}")))?)),
             "cpu" => {}
             other => {
-                return Err(Error::Input(format!("unknown provider '{other}' (available: auto, accelerate, amx, cpu)")))
+                return Err(Error::Input(format!(
+                    "unknown provider '{other}' (available: auto, accelerate, amx, sme, cpu)"
+                )))
             }
         }
     }

@@ -15,7 +15,7 @@ pub use epilogue::{Activation, Epilogue, Residual};
 pub use pack::Split;
 pub use tile::{tile_igemm, tile_sgemm, I8Mat, I8Out, PackedB};
 pub use ukernel::TileIsa;
-pub use vector::{vector_igemm, vector_sgemm, Blocking, VectorKernel};
+pub use vector::{vector_igemm, vector_sgemm, vector_sgemm_packed, Blocking, PackedRhs, VectorKernel};
 
 /// Element types the `gemm` crate multiplies natively (f32 and f64).
 pub trait GemmScalar:

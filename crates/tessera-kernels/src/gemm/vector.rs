@@ -112,6 +112,82 @@ fn pack_panel<T: Copy + Default>(
     }
 }
 
+/// Packs one `kc x ncur` block of B (from column `jc`, row `pc`) into
+/// `nr`-column panels, in parallel.
+#[allow(clippy::too_many_arguments)]
+fn pack_rhs_block<T: Copy + Default + Send>(
+    dst: &mut [T],
+    nr: usize,
+    kg: usize,
+    n: usize,
+    jc: usize,
+    pc: usize,
+    kc: usize,
+    b_at: &(dyn Fn(usize, usize) -> T + Sync),
+) {
+    let panel_b = kc.div_ceil(kg) * nr * kg;
+    dst.par_chunks_mut(panel_b.max(1)).enumerate().for_each(|(p, d)| {
+        let j0 = jc + p * nr;
+        pack_panel(d, nr, nr.min(n - j0), kc, kg, |j, kk| b_at(pc + kk, j0 + j));
+    });
+}
+
+/// Where the driver gets B: packed per call, or packed once (a weight).
+enum RhsSource<'a, T> {
+    Pack(&'a (dyn Fn(usize, usize) -> T + Sync)),
+    Packed(&'a PackedRhs<T>),
+}
+
+/// A constant right-hand side (a weight) packed once for one kernel and
+/// blocking, every K and N block in the kernel's panel layout.
+pub struct PackedRhs<T> {
+    k: usize,
+    n: usize,
+    kc: usize,
+    nc: usize,
+    nr: usize,
+    kgroup: usize,
+    /// `[N block][K block]`.
+    blocks: Vec<Vec<T>>,
+}
+
+impl<T: Copy + Default + Send + Sync> PackedRhs<T> {
+    /// Packs fp32 `b` (`k x n`) for `kern` with blocking `blk`.
+    pub fn from_f32<K: VectorKernel<In = T>>(kern: &K, blk: Blocking, b: MatRef<f32>) -> PackedRhs<T>
+    where
+        T: FromF32,
+    {
+        b.check();
+        let (k, n) = (b.rows, b.cols);
+        let (nr, kg) = (kern.nr(), kern.kgroup());
+        let kc = blk.kc.max(kg).div_ceil(kg) * kg;
+        let nc = blk.nc.max(nr).div_ceil(nr) * nr;
+        let b_at = |kk: usize, j: usize| T::from_f32(b.data[kk * b.row_stride + j * b.col_stride]);
+        let k_blocks: Vec<(usize, usize)> =
+            if k == 0 { vec![(0, 0)] } else { (0..k).step_by(kc).map(|p| (p, kc.min(k - p))).collect() };
+        let mut blocks = Vec::new();
+        for jc in (0..n).step_by(nc) {
+            let npanels = nc.min(n - jc).div_ceil(nr);
+            for &(pc, kcur) in &k_blocks {
+                let mut d = vec![T::default(); kcur.div_ceil(kg) * nr * kg * npanels];
+                pack_rhs_block(&mut d, nr, kg, n, jc, pc, kcur, &b_at);
+                blocks.push(d);
+            }
+        }
+        PackedRhs { k, n, kc, nc, nr, kgroup: kg, blocks }
+    }
+
+    pub fn k(&self) -> usize {
+        self.k
+    }
+    pub fn n(&self) -> usize {
+        self.n
+    }
+    pub fn packed_bytes(&self) -> usize {
+        self.blocks.iter().map(|b| b.len()).sum::<usize>() * std::mem::size_of::<T>()
+    }
+}
+
 /// The loops: `store(first, last, row, j0, tile_row, c_row)` adds or writes
 /// one tile row into C (`first`/`last`: first and last K block).
 #[allow(clippy::too_many_arguments)]
@@ -122,7 +198,7 @@ fn drive<K: VectorKernel, O: Send>(
     n: usize,
     k: usize,
     a_at: impl Fn(usize, usize) -> K::In + Sync,
-    b_at: impl Fn(usize, usize) -> K::In + Sync,
+    b: RhsSource<'_, K::In>,
     c: &mut [O],
     ldc: usize,
     store: impl Fn(bool, bool, usize, usize, &[K::Acc], &mut [O]) + Sync,
@@ -140,21 +216,29 @@ fn drive<K: VectorKernel, O: Send>(
     let k_blocks: Vec<(usize, usize)> =
         if k == 0 { vec![(0, 0)] } else { (0..k).step_by(kc_max).map(|p| (p, kc_max.min(k - p))).collect() };
     let c = &mut c[..(m - 1) * ldc + n];
-    let mut b_pack: Vec<K::In> = Vec::new();
-    for jc in (0..n).step_by(nc) {
+    let mut b_own: Vec<K::In> = Vec::new();
+    if let RhsSource::Packed(p) = &b {
+        assert!(
+            p.k == k && p.n == n && p.kc == kc_max && p.nc == nc && p.nr == nr && p.kgroup == kg,
+            "prepacked B does not match this product and kernel"
+        );
+    }
+    for (jci, jc) in (0..n).step_by(nc).enumerate() {
         let ncur = nc.min(n - jc);
         let npanels = ncur.div_ceil(nr);
         for (bi, &(pc, kc)) in k_blocks.iter().enumerate() {
             let groups = kc.div_ceil(kg);
             let panel_b = groups * nr * kg;
-            b_pack.clear();
-            b_pack.resize(panel_b * npanels, K::In::default());
-            b_pack.par_chunks_mut(panel_b.max(1)).enumerate().for_each(|(p, dst)| {
-                let j0 = jc + p * nr;
-                pack_panel(dst, nr, nr.min(n - j0), kc, kg, |j, kk| b_at(pc + kk, j0 + j));
-            });
+            let b_pack: &[K::In] = match &b {
+                RhsSource::Packed(p) => &p.blocks[jci * k_blocks.len() + bi],
+                RhsSource::Pack(b_at) => {
+                    b_own.clear();
+                    b_own.resize(panel_b * npanels, K::In::default());
+                    pack_rhs_block(&mut b_own, nr, kg, n, jc, pc, kc, b_at);
+                    &b_own
+                }
+            };
             let (first, last) = (bi == 0, bi + 1 == k_blocks.len());
-            let b_pack = &b_pack;
             c.par_chunks_mut(mc * ldc).enumerate().for_each(|(ib, c_rows)| {
                 let i0 = ib * mc;
                 let mcur = mc.min(m - i0);
@@ -204,11 +288,51 @@ pub fn vector_sgemm<K>(
     assert_eq!(a.cols, b.rows, "inner dimensions differ");
     a.check();
     b.check();
-    let (m, k, n) = (a.rows, a.cols, b.cols);
+    let (m, n) = (a.rows, b.cols);
     epi.check(m, n);
-    let a_at = |i: usize, kk: usize| K::In::from_f32(a.data[i * a.row_stride + kk * a.col_stride]);
     let b_at = |kk: usize, j: usize| K::In::from_f32(b.data[kk * b.row_stride + j * b.col_stride]);
-    drive(kern, blk, m, n, k, a_at, b_at, c, ldc, |first, last, row, j0, t, dst| {
+    float_product(kern, blk, a, n, RhsSource::Pack(&b_at), c, ldc, epi)
+}
+
+/// [`vector_sgemm`] with a weight packed once by [`PackedRhs::from_f32`]
+/// for the same kernel and blocking.
+pub fn vector_sgemm_packed<K>(
+    kern: &K,
+    blk: Blocking,
+    a: MatRef<f32>,
+    b: &PackedRhs<K::In>,
+    c: &mut [f32],
+    ldc: usize,
+    epi: &Epilogue,
+) where
+    K: VectorKernel,
+    K::In: FromF32,
+    K::Acc: ToF32,
+{
+    assert_eq!(a.cols, b.k, "inner dimensions differ");
+    a.check();
+    epi.check(a.rows, b.n);
+    float_product(kern, blk, a, b.n, RhsSource::Packed(b), c, ldc, epi)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn float_product<K>(
+    kern: &K,
+    blk: Blocking,
+    a: MatRef<f32>,
+    n: usize,
+    b: RhsSource<'_, K::In>,
+    c: &mut [f32],
+    ldc: usize,
+    epi: &Epilogue,
+) where
+    K: VectorKernel,
+    K::In: FromF32,
+    K::Acc: ToF32,
+{
+    let (m, k) = (a.rows, a.cols);
+    let a_at = |i: usize, kk: usize| K::In::from_f32(a.data[i * a.row_stride + kk * a.col_stride]);
+    drive(kern, blk, m, n, k, a_at, b, c, ldc, |first, last, row, j0, t, dst| {
         for (d, v) in dst.iter_mut().zip(t) {
             *d = if first { v.to_f32() } else { *d + v.to_f32() };
         }
@@ -243,7 +367,7 @@ pub fn vector_igemm<K>(
     assert!(a.len() >= m * k && b.len() >= k * n, "operands do not fit their slices");
     let a_at = |i: usize, kk: usize| a[i * k + kk];
     let b_at = |kk: usize, j: usize| b[kk * n + j];
-    drive(kern, blk, m, n, k, a_at, b_at, c, ldc, |first, _, _, _, t, dst| {
+    drive(kern, blk, m, n, k, a_at, RhsSource::Pack(&b_at), c, ldc, |first, _, _, _, t, dst| {
         for (d, &v) in dst.iter_mut().zip(t) {
             *d = if first { v } else { d.wrapping_add(v) };
         }
@@ -375,6 +499,28 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn prepacked_weight_gives_the_same_result() {
+        let (m, k, n) = (37, 70, 53);
+        let a = rand_f32(m * k, 5);
+        let b = rand_f32(k * n, 6);
+        let kern = Reference::<f32, f32>::new(8, 12, 2);
+        let blk = Blocking { kc: 16, mc: 16, nc: 24 };
+        let (av, bv) = (MatRef::row_major(&a, m, k), MatRef::row_major(&b, k, n));
+        let mut c1 = vec![0f32; m * n];
+        vector_sgemm(&kern, blk, av, bv, &mut c1, n, &Epilogue::default());
+        let packed = PackedRhs::from_f32(&kern, blk, bv);
+        let mut c2 = vec![0f32; m * n];
+        vector_sgemm_packed(&kern, blk, av, &packed, &mut c2, n, &Epilogue::default());
+        assert_eq!(c1, c2);
+        // A weight stored transposed (Gemm's transB), read through a view.
+        let bt: Vec<f32> = (0..n * k).map(|i| b[(i % k) * n + i / k]).collect();
+        let t = PackedRhs::from_f32(&kern, blk, MatRef::row_major(&bt, n, k).t());
+        let mut c3 = vec![0f32; m * n];
+        vector_sgemm_packed(&kern, blk, av, &t, &mut c3, n, &Epilogue::default());
+        assert_eq!(c1, c3);
     }
 
     #[test]

@@ -13,6 +13,7 @@
 //!   per row); integer models' products always run on int8 tiles.
 
 mod ops;
+pub mod sme;
 
 use tessera_core::{DType, Graph, Node, Result};
 use tessera_kernels::gemm::{Split, TileIsa};

@@ -24,8 +24,8 @@ pub(crate) fn build(node: &Node, plan: TilePlan, isa: TileIsa, bctx: &BuildCtx) 
     let constant = bctx.constant;
     match (plan, node.op_type.as_str()) {
         (TilePlan::Float(split), "Conv") => Ok(Box::new(Conv::build(node, split, isa, constant)?)),
-        (TilePlan::Float(split), _) => Ok(Box::new(Linear::build(node, Some(split), isa, constant)?)),
-        (TilePlan::DynamicInt8, _) => Ok(Box::new(Linear::build(node, None, isa, constant)?)),
+        (TilePlan::Float(split), _) => Ok(Box::new(Linear::build(node, WeightPlan::Tiles(split), isa, constant)?)),
+        (TilePlan::DynamicInt8, _) => Ok(Box::new(Linear::build(node, WeightPlan::Int8, isa, constant)?)),
         (TilePlan::Integer, "MatMulInteger") => Ok(Box::new(MatMulInteger::build(node, isa, constant)?)),
         (TilePlan::Integer, "QLinearMatMul") => {
             let b = IntWeight::matmul(node, 3, 5, constant)?;
@@ -41,6 +41,12 @@ pub(crate) fn build(node: &Node, plan: TilePlan, isa: TileIsa, bctx: &BuildCtx) 
         }
         (TilePlan::Integer, op) => Err(Error::node(node, format!("{op} is not an integer product"))),
     }
+}
+
+/// MatMul, Gemm or FusedMatMul on Arm SME (the weight packed once).
+pub(super) fn build_sme(node: &Node, bf16: bool, constant: Constant) -> Result<Box<dyn CpuOp>> {
+    // The tile ISA is unused by SME weights.
+    Ok(Box::new(Linear::build(node, WeightPlan::Sme { bf16 }, TileIsa::Emulated, constant)?))
 }
 
 /// A constant 8-bit weight packed for the int8 tiles as the `k x n`
@@ -179,11 +185,52 @@ fn weight(node: &Node, i: usize, constant: Constant) -> Result<Tensor> {
         .ok_or_else(|| Error::node(node, format!("input {i} must be a constant for the tile provider")))
 }
 
+/// How a Linear's fp32 weight is packed and multiplied.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub(crate) enum WeightPlan {
+    /// bf16 tiles with this split.
+    Tiles(Split),
+    /// Symmetric int8 per column, activations quantized per row.
+    Int8,
+    /// Arm SME outer products: fp32 (`false`) or bf16 pairs (`true`).
+    Sme { bf16: bool },
+}
+
 enum Weight {
+    /// Arm SME, fp32 operands.
+    #[cfg(target_arch = "aarch64")]
+    SmeF32(tessera_kernels::gemm::PackedRhs<f32>, tessera_kernels::gemm::ukernel::sme::SmeF32),
+    /// Arm SME, bf16 operands and fp32 accumulators.
+    #[cfg(target_arch = "aarch64")]
+    SmeBf16(tessera_kernels::gemm::PackedRhs<half::bf16>, tessera_kernels::gemm::ukernel::sme::SmeBf16),
     /// bf16 tiles (any split).
     Tiles(PackedB),
     /// Symmetric int8 per column, with each column's scale.
     Int8 { packed: PackedB, scales: Vec<f32> },
+}
+
+/// Block sizes of the SME kernels: a 256-deep K block keeps a 32-column B
+/// panel (32 KiB fp32) in the M4's 128 KiB L1 beside the A panel.
+#[cfg(target_arch = "aarch64")]
+const SME_BLOCKING: tessera_kernels::gemm::Blocking = tessera_kernels::gemm::Blocking::DEFAULT;
+
+#[cfg(target_arch = "aarch64")]
+fn sme_weight(node: &Node, bf16: bool, b: MatRef<f32>) -> Result<Weight> {
+    use tessera_kernels::gemm::ukernel::sme::{SmeBf16, SmeF32};
+    use tessera_kernels::gemm::PackedRhs;
+    let missing = || Error::node(node, "CPU lacks FEAT_SME");
+    Ok(if bf16 {
+        let kern = SmeBf16::new().ok_or_else(missing)?;
+        Weight::SmeBf16(PackedRhs::from_f32(&kern, SME_BLOCKING, b), kern)
+    } else {
+        let kern = SmeF32::new().ok_or_else(missing)?;
+        Weight::SmeF32(PackedRhs::from_f32(&kern, SME_BLOCKING, b), kern)
+    })
+}
+
+#[cfg(not(target_arch = "aarch64"))]
+fn sme_weight(node: &Node, _: bool, _: MatRef<f32>) -> Result<Weight> {
+    Err(Error::node(node, "SME kernels exist only on aarch64"))
 }
 
 /// Quantizes `b` (`k x n`, row-major) to int8 per column, symmetric.
@@ -240,7 +287,7 @@ struct Linear {
 }
 
 impl Linear {
-    fn build(node: &Node, split: Option<Split>, isa: TileIsa, constant: Constant) -> Result<Linear> {
+    pub(crate) fn build(node: &Node, plan: WeightPlan, isa: TileIsa, constant: Constant) -> Result<Linear> {
         let gemm = node.op_type == "Gemm";
         let fused = node.op_type == "FusedMatMul";
         let b = weight(node, 1, constant)?;
@@ -251,9 +298,10 @@ impl Linear {
         let (k, n) = if trans_b { (b.shape()[1], b.shape()[0]) } else { (b.shape()[0], b.shape()[1]) };
         let bs = b.as_slice::<f32>()?;
         let bview = if trans_b { MatRef::row_major(bs, n, k).t() } else { MatRef::row_major(bs, k, n) };
-        let weight = match split {
-            Some(s) => Weight::Tiles(PackedB::from_f32(bview, s)),
-            None => {
+        let weight = match plan {
+            WeightPlan::Tiles(s) => Weight::Tiles(PackedB::from_f32(bview, s)),
+            WeightPlan::Sme { bf16 } => sme_weight(node, bf16, bview)?,
+            WeightPlan::Int8 => {
                 let dense: Vec<f32> =
                     (0..k * n).map(|i| bview.data[(i / n) * bview.row_stride + (i % n) * bview.col_stride]).collect();
                 let (q, scales) = quantize_columns(&dense, k, n);
@@ -372,6 +420,14 @@ impl CpuOp for Linear {
         let t0 = crate::profile::enabled().then(std::time::Instant::now);
         match self.weight.as_ref() {
             Weight::Tiles(pb) => tile_sgemm(self.isa, av, pb, out, n, &epi),
+            #[cfg(target_arch = "aarch64")]
+            Weight::SmeF32(pb, kern) => {
+                tessera_kernels::gemm::vector_sgemm_packed(kern, SME_BLOCKING, av, pb, out, n, &epi)
+            }
+            #[cfg(target_arch = "aarch64")]
+            Weight::SmeBf16(pb, kern) => {
+                tessera_kernels::gemm::vector_sgemm_packed(kern, SME_BLOCKING, av, pb, out, n, &epi)
+            }
             Weight::Int8 { packed, scales } => {
                 let (mut q, mut sa) = (Vec::new(), Vec::new());
                 quantize_rows(av.data, k, &mut q, &mut sa);
@@ -384,6 +440,10 @@ impl CpuOp for Linear {
             let kind = match self.weight.as_ref() {
                 Weight::Tiles(pb) => pb.split().map_or("?", |s| s.name()),
                 Weight::Int8 { .. } => "int8",
+                #[cfg(target_arch = "aarch64")]
+                Weight::SmeF32(..) => "sme-fp32",
+                #[cfg(target_arch = "aarch64")]
+                Weight::SmeBf16(..) => "sme-bf16",
             };
             crate::profile::record(&format!("amx:gemm {kind} {rows}x{n}x{k}"), t0.elapsed().as_secs_f64());
         }

@@ -301,3 +301,52 @@ fn integer_convolutions_on_int8_tiles_match_cpu_exactly() {
         }
     }
 }
+
+#[test]
+fn sme_provider_claims_products_with_constant_weights() {
+    use super::sme::SmeProvider;
+    let w = Tensor::from_vec(&[8, 4], vec![0f32; 32]).unwrap();
+    let g = graph(Node::new("MatMul", "mm", &["a", "w"], &["y"]), &["a"], vec![("w", w)]);
+    for prec in [Precision::Fp32, Precision::Bf16, Precision::Auto] {
+        assert!(matches!(SmeProvider::unchecked(prec).claim(&g, &[false])[0], NodeVerdict::Claim { .. }), "{prec}");
+    }
+    match &SmeProvider::unchecked(Precision::Int8).claim(&g, &[false])[0] {
+        NodeVerdict::Decline { reason } => assert!(reason.contains("int8"), "{reason}"),
+        v => panic!("claimed {v:?}"),
+    }
+    let g = graph(Node::new("MatMul", "mm", &["a", "b"], &["y"]), &["a", "b"], vec![]);
+    match &SmeProvider::unchecked(Precision::Fp32).claim(&g, &[false])[0] {
+        NodeVerdict::Decline { reason } => assert!(reason.contains("not a constant"), "{reason}"),
+        v => panic!("claimed {v:?}"),
+    }
+    #[cfg(not(target_arch = "aarch64"))]
+    assert!(SmeProvider::new(Precision::Fp32).unwrap_err().contains("not an Arm CPU"));
+}
+
+/// Under qemu-aarch64 with SME (scripts/test's arm stage builds this crate's
+/// tests only for the kernels; run by hand with
+/// `cargo test -p tessera-providers --target aarch64-unknown-linux-gnu sme`).
+#[cfg(target_arch = "aarch64")]
+#[test]
+fn sme_provider_matches_cpu() {
+    use super::sme::SmeProvider;
+    if !tessera_kernels::gemm::ukernel::sme::has_sme() {
+        assert!(std::env::var("TESSERA_REQUIRE_SME").ok().as_deref() != Some("1"), "SME required but absent");
+        eprintln!("SKIPPED: CPU lacks FEAT_SME");
+        return;
+    }
+    let (m, k, n) = (37, 70, 45);
+    let w = Tensor::from_vec(&[n, k], rand_vec(k * n, 41)).unwrap();
+    let c = Tensor::from_vec(&[n], rand_vec(n, 42)).unwrap();
+    let a = Tensor::from_vec(&[m, k], rand_vec(m * k, 43)).unwrap();
+    let node = Node::new("Gemm", "g", &["a", "w", "c"], &["y"])
+        .with_attr("transB", Attr::Int(1))
+        .with_attr("alpha", Attr::Float(0.5));
+    let g = graph(node, &["a"], vec![("w", w), ("c", c)]);
+    let want = run_on(&CpuProvider::new(), &g, std::slice::from_ref(&a));
+    for (prec, tol) in [(Precision::Fp32, 1e-5), (Precision::Bf16, 2e-2)] {
+        let got = run_on(&SmeProvider::new(prec).unwrap(), &g, std::slice::from_ref(&a));
+        let e = max_rel_err(&got, &want);
+        assert!(e <= tol, "{prec}: relative error {e:e} > {tol:e}");
+    }
+}
