@@ -69,7 +69,15 @@ pub const ALL_KERNELS: &[&str] = &[
 /// Seconds per call of an Arm kernel through the vector driver, or why it
 /// cannot run here.
 #[cfg(target_arch = "aarch64")]
-fn arm_seconds(kernel: &str, a: &[f32], b: &[f32], m: usize, n: usize, k: usize, min_seconds: f64) -> Result<f64, String> {
+fn arm_seconds(
+    kernel: &str,
+    a: &[f32],
+    b: &[f32],
+    m: usize,
+    n: usize,
+    k: usize,
+    min_seconds: f64,
+) -> Result<f64, String> {
     use tessera_kernels::gemm::ukernel::{neon, sme};
     use tessera_kernels::gemm::vector::{vector_igemm, vector_sgemm, Blocking, FromF32, ToF32, VectorKernel};
     fn float<K: VectorKernel>(kern: &K, a: &[f32], b: &[f32], m: usize, n: usize, k: usize, t: f64) -> f64
@@ -92,8 +100,12 @@ fn arm_seconds(kernel: &str, a: &[f32], b: &[f32], m: usize, n: usize, k: usize,
             Ok(time(min_seconds, || vector_igemm(&neon::NeonI8Dot, Blocking::DEFAULT, &ai, &bi, m, k, n, &mut c, n)))
         }
         "neon-i8dot" => Err("CPU lacks FEAT_DotProd".into()),
-        "sme-fp32" => sme::SmeF32::new().map(|kern| float(&kern, a, b, m, n, k, min_seconds)).ok_or("CPU lacks FEAT_SME".into()),
-        "sme-bf16" => sme::SmeBf16::new().map(|kern| float(&kern, a, b, m, n, k, min_seconds)).ok_or("CPU lacks FEAT_SME".into()),
+        "sme-fp32" => {
+            sme::SmeF32::new().map(|kern| float(&kern, a, b, m, n, k, min_seconds)).ok_or("CPU lacks FEAT_SME".into())
+        }
+        "sme-bf16" => {
+            sme::SmeBf16::new().map(|kern| float(&kern, a, b, m, n, k, min_seconds)).ok_or("CPU lacks FEAT_SME".into())
+        }
         _ => Err(format!("unknown Arm kernel {kernel}")),
     }
 }
