@@ -1,7 +1,9 @@
 //! The Accelerate provider: fp32 matrix products through a BLAS `sgemm`, on
 //! macOS Apple's Accelerate framework. On M1-M3 Accelerate's sgemm runs on
 //! the matrix coprocessor (AMX), which Apple exposes only through its
-//! libraries; on M4 Accelerate uses the chip's SME unit itself.
+//! libraries. On M4 and later the same call is Apple's to map onto SME
+//! (not verified here: no Mac has run this code); `auto` still puts this
+//! provider first on macOS until an SME provider exists to prefer there.
 //!
 //! It claims fp32 MatMul (any rank, ONNX batch broadcasting), Gemm (transA,
 //! transB, alpha, beta, C broadcast to the output), `tessera:FusedMatMul`
@@ -10,7 +12,7 @@
 //! values: BLAS needs no packed weights. Products are fp32 whatever the
 //! session's precision (fp32 is at least as accurate as every setting).
 //!
-//! The BLAS call sits behind [`Sgemm`]: [`AccelerateBlas`] on macOS,
+//! The BLAS call sits behind [`Sgemm`]: `AccelerateBlas` (macOS only),
 //! [`PortableSgemm`] (the kernels' fp32 GEMM) elsewhere, which the tests use
 //! to check all the graph-level logic on Linux. The provider runs its ops
 //! with the CPU provider's partition executor.
