@@ -2,8 +2,8 @@
 //! macOS Apple's Accelerate framework. On M1-M3 Accelerate's sgemm runs on
 //! the matrix coprocessor (AMX), which Apple exposes only through its
 //! libraries. On M4 and later the same call is Apple's to map onto SME
-//! (not verified here: no Mac has run this code); `auto` still puts this
-//! provider first on macOS until an SME provider exists to prefer there.
+//! (not verified here: no Mac has run this code). The session's `auto`
+//! puts this provider first for fp32 products on macOS.
 //!
 //! It claims fp32 MatMul (any rank, ONNX batch broadcasting), Gemm (transA,
 //! transB, alpha, beta, C broadcast to the output), `tessera:FusedMatMul`
