@@ -88,12 +88,11 @@ fn gflops(m: usize, n: usize, k: usize, mut f: impl FnMut()) -> String {
 const ACC: (usize, usize, usize) = (67, 45, 83);
 const SPEED: usize = 256;
 
-fn float_check(
-    name: &str,
-    limit: f64,
-    round: fn(f32) -> f32,
-    run: &dyn Fn(&[f32], &[f32], usize, usize, usize) -> Vec<f32>,
-) -> Check {
+/// A product under test: `(a, b, m, k, n) -> c`, all row-major.
+type FloatProduct<'a> = &'a dyn Fn(&[f32], &[f32], usize, usize, usize) -> Vec<f32>;
+type IntProduct<'a> = &'a dyn Fn(&[i8], &[i8], usize, usize, usize) -> Vec<i32>;
+
+fn float_check(name: &str, limit: f64, round: fn(f32) -> f32, run: FloatProduct) -> Check {
     let (m, n, k) = ACC;
     let (a, b) = (rand_f32(m * k, 1), rand_f32(k * n, 2));
     let got = run(&a, &b, m, k, n);
@@ -111,7 +110,7 @@ fn float_check(
     }
 }
 
-fn int_check(name: &str, run: &dyn Fn(&[i8], &[i8], usize, usize, usize) -> Vec<i32>) -> Check {
+fn int_check(name: &str, run: IntProduct) -> Check {
     let (m, n, k) = ACC;
     let q = |v: Vec<f32>| v.iter().map(|x| (x * 127.0) as i8).collect::<Vec<i8>>();
     let (a, b) = (q(rand_f32(m * k, 5)), q(rand_f32(k * n, 6)));

@@ -30,7 +30,7 @@ struct ModelArgs {
     /// Value of a symbolic dimension, e.g. --dim batch=1 --dim seq=128.
     #[arg(long = "dim", value_parser = parse_kv::<usize>)]
     dims: Vec<(String, usize)>,
-    /// Execution providers: auto, amx or cpu.
+    /// Execution providers: auto, amx, sme, accelerate or cpu.
     #[arg(long, default_value = "auto")]
     provider: String,
     /// Matrix-product precision: fp32 (accurate, default), bf16, int8 or auto.

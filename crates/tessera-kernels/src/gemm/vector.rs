@@ -351,6 +351,7 @@ fn float_product<K>(
 
 /// `c = a · b` for signed 8-bit operands (`a` row-major `m x k`, `b`
 /// row-major `k x n`), exact i32 results, on an int8 kernel.
+#[allow(clippy::too_many_arguments)]
 pub fn vector_igemm<K>(
     kern: &K,
     blk: Blocking,

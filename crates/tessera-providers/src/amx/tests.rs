@@ -201,6 +201,17 @@ fn conv_on_tiles_matches_cpu() {
             assert!(e <= tol, "{prec} conv {xs:?} * {ws:?}: {e:e}");
         }
     }
+    // Under `auto` convolutions stay on the vector path (measured faster).
+    let w = Tensor::from_vec(&[4, 2, 3, 3], vec![0f32; 72]).unwrap();
+    let g = graph(Node::new("Conv", "c", &["x", "w"], &["y"]), &["x"], vec![("w", w)]);
+    match &AmxProvider::with_isa(Precision::Auto, isa()).claim(&g, &[false])[0] {
+        NodeVerdict::Decline { reason } => assert!(reason.contains("auto"), "{reason}"),
+        v => panic!("claimed {v:?}"),
+    }
+    assert!(matches!(
+        AmxProvider::with_isa(Precision::Bf16, isa()).claim(&g, &[false])[0],
+        NodeVerdict::Claim { .. }
+    ));
     // Depthwise stays on the vector units.
     let w = Tensor::from_vec(&[4, 1, 3, 3], vec![0f32; 36]).unwrap();
     let node = Node::new("Conv", "c", &["x", "w"], &["y"]).with_attr("group", Attr::Int(4));
@@ -320,7 +331,7 @@ fn sme_provider_claims_products_with_constant_weights() {
         v => panic!("claimed {v:?}"),
     }
     #[cfg(not(target_arch = "aarch64"))]
-    assert!(SmeProvider::new(Precision::Fp32).unwrap_err().contains("not an Arm CPU"));
+    assert!(SmeProvider::new(Precision::Fp32).err().unwrap().contains("not an Arm CPU"));
 }
 
 /// Under qemu-aarch64 with SME (scripts/test's arm stage builds this crate's
