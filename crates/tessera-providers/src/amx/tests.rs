@@ -208,10 +208,7 @@ fn conv_on_tiles_matches_cpu() {
         NodeVerdict::Decline { reason } => assert!(reason.contains("auto"), "{reason}"),
         v => panic!("claimed {v:?}"),
     }
-    assert!(matches!(
-        AmxProvider::with_isa(Precision::Bf16, isa()).claim(&g, &[false])[0],
-        NodeVerdict::Claim { .. }
-    ));
+    assert!(matches!(AmxProvider::with_isa(Precision::Bf16, isa()).claim(&g, &[false])[0], NodeVerdict::Claim { .. }));
     // Depthwise stays on the vector units.
     let w = Tensor::from_vec(&[4, 1, 3, 3], vec![0f32; 36]).unwrap();
     let node = Node::new("Conv", "c", &["x", "w"], &["y"]).with_attr("group", Attr::Int(4));
