@@ -21,6 +21,26 @@ pub struct Row {
     /// Peak of the unit this kernel runs on, for these threads (0 if none).
     pub peak_gflops: f64,
     pub pct_of_peak: f64,
+    /// This chip's expected peak for the kernel's precision, scaled to the
+    /// threads used (atlas row or calibration; 0 if neither has one).
+    pub chip_peak_gflops: f64,
+    pub pct_of_chip_peak: f64,
+}
+
+/// The chip's expected peak (GFLOP/s) for a kernel, scaled from all cores
+/// to `threads` of them; None when the atlas and calibration have none.
+fn chip_peak(peaks: &tessera_hw::Peaks, cores: usize, kernel: &str, threads: usize) -> Option<f64> {
+    let whole = match kernel {
+        "fp32-vector" | "neon-fp32" | "sme-fp32" => peaks.fp32,
+        "amx-bf16" | "sme-bf16" => peaks.bf16,
+        // The splits compute one fp32 product from several bf16 ones.
+        "amx-bf16x3" => peaks.bf16.map(|p| p / 3.0),
+        "amx-bf16x6" => peaks.bf16.map(|p| p / 6.0),
+        "neon-fp16" => peaks.fp16,
+        "amx-int8" | "neon-i8dot" => peaks.int8,
+        _ => None,
+    }?;
+    Some(whole * threads.min(cores) as f64 / cores.max(1) as f64)
 }
 
 pub struct Options {
@@ -179,6 +199,13 @@ fn tile_peak(pool: &rayon::ThreadPool, kind: DotKind) -> f64 {
 
 pub fn run(opts: &Options) -> Result<Vec<Row>, String> {
     let amx_ok = tessera_hw::amx_enabled();
+    let report = tessera_hw::detect();
+    let peaks = tessera_hw::expected_peaks(&report);
+    match &peaks.source {
+        tessera_hw::PeakSource::Unknown => eprintln!("chip peak: unknown ({})", peaks.note),
+        src => eprintln!("chip peak from {src:?}"),
+    }
+    let cores = report.cpu.logical_cores;
     let mut rows = Vec::new();
     for &threads in &opts.threads {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().map_err(|e| e.to_string())?;
@@ -288,6 +315,7 @@ pub fn run(opts: &Options) -> Result<Vec<Row>, String> {
                     other => return Err(format!("unknown kernel '{other}' (known: {})", ALL_KERNELS.join(", "))),
                 };
                 let gflops = flops / secs / 1e9;
+                let chip = chip_peak(&peaks, cores, kernel, threads).unwrap_or(0.0);
                 rows.push(Row {
                     kernel: kernel.clone(),
                     m,
@@ -297,6 +325,8 @@ pub fn run(opts: &Options) -> Result<Vec<Row>, String> {
                     gflops,
                     peak_gflops: peak,
                     pct_of_peak: if peak > 0.0 { 100.0 * gflops / peak } else { 0.0 },
+                    chip_peak_gflops: chip,
+                    pct_of_chip_peak: if chip > 0.0 { 100.0 * gflops / chip } else { 0.0 },
                 });
             }
         }
@@ -306,15 +336,23 @@ pub fn run(opts: &Options) -> Result<Vec<Row>, String> {
 
 pub fn print(rows: &[Row]) {
     println!(
-        "{:<12} {:>6} {:>6} {:>6} {:>4} {:>10} {:>10} {:>7}",
-        "kernel", "M", "N", "K", "thr", "GFLOP/s", "peak", "%peak"
+        "{:<12} {:>6} {:>6} {:>6} {:>4} {:>10} {:>10} {:>7} {:>10} {:>7}",
+        "kernel", "M", "N", "K", "thr", "GFLOP/s", "probe", "%probe", "chip peak", "%chip"
     );
     for r in rows {
-        let peak = if r.peak_gflops > 0.0 { format!("{:.0}", r.peak_gflops) } else { "-".into() };
-        let pct = if r.peak_gflops > 0.0 { format!("{:.1}", r.pct_of_peak) } else { "-".into() };
+        let opt = |v: f64, digits: usize| if v > 0.0 { format!("{v:.digits$}") } else { "-".into() };
         println!(
-            "{:<12} {:>6} {:>6} {:>6} {:>4} {:>10.1} {:>10} {:>7}",
-            r.kernel, r.m, r.n, r.k, r.threads, r.gflops, peak, pct
+            "{:<12} {:>6} {:>6} {:>6} {:>4} {:>10.1} {:>10} {:>7} {:>10} {:>7}",
+            r.kernel,
+            r.m,
+            r.n,
+            r.k,
+            r.threads,
+            r.gflops,
+            opt(r.peak_gflops, 0),
+            opt(r.pct_of_peak, 1),
+            opt(r.chip_peak_gflops, 0),
+            opt(r.pct_of_chip_peak, 1)
         );
     }
 }
