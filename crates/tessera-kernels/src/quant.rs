@@ -157,8 +157,81 @@ pub fn conv_i16(g: &ConvGeom, x: &[i16], w: &[i16], y: &mut [i32]) {
     y.par_chunks_mut(chunk).enumerate().for_each(|(ng, yg)| task(ng, yg));
 }
 
+/// Values per parallel task of the elementwise quantizers: large enough to
+/// amortize the task, small enough to spread a 128x768 activation.
+const QUANT_CHUNK: usize = 16 * 1024;
+
+/// `round_ties_even(v)` for `|v| <= 2^22`, without a libm call: adding and
+/// removing 1.5 * 2^23 leaves the value rounded to an integer by the FPU's
+/// round-to-nearest-even mode, and the loop vectorizes.
+#[inline(always)]
+fn round_even_small(v: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0; // 1.5 * 2^23
+    (v + MAGIC) - MAGIC
+}
+
+/// DynamicQuantizeLinear on fp32: `scale = (max(x, 0) - min(x, 0)) / 255`
+/// (1/255 when that range is empty), `zero = saturate(round(-min / scale))`,
+/// `y = saturate(round(x / scale) + zero)`, rounding half to even as the
+/// ONNX operator specifies. Returns `(scale, zero)`.
+pub fn dynamic_quantize_u8(x: &[f32], y: &mut [u8]) -> (f32, u8) {
+    assert_eq!(x.len(), y.len(), "input and output lengths differ");
+    let (mn, mx) = x
+        .par_chunks(QUANT_CHUNK)
+        .map(|c| c.iter().fold((0f32, 0f32), |(a, b), &v| (a.min(v), b.max(v))))
+        .reduce(|| (0.0, 0.0), |(a, b), (c, d)| (a.min(c), b.max(d)));
+    let scale = (if mx == mn { 1.0 } else { mx - mn }) / 255.0f32;
+    let zero = (0.0 - mn / scale).clamp(0.0, 255.0).round_ties_even();
+    y.par_chunks_mut(QUANT_CHUNK).zip(x.par_chunks(QUANT_CHUNK)).for_each(|(yc, xc)| {
+        for (o, &v) in yc.iter_mut().zip(xc) {
+            // Clamping first keeps the rounding trick in range; anything
+            // beyond +-512 saturates either way.
+            let q = round_even_small((v / scale).clamp(-512.0, 512.0)) + zero;
+            *o = q.clamp(0.0, 255.0) as u8;
+        }
+    });
+    (scale, zero as u8)
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn dynamic_quantize_matches_the_operator_definition() {
+        // Random values, exact ties at x / scale = n + 0.5, all-positive,
+        // all-negative and constant inputs, and a large ragged length.
+        let mut s = 0x1234_5678u64;
+        let mut rnd = || {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        };
+        let mut cases: Vec<Vec<f32>> = vec![
+            (0..40_003).map(|_| rnd() * 3.0).collect(),
+            (0..1000).map(|_| rnd().abs() + 0.5).collect(),
+            (0..1000).map(|_| -rnd().abs() - 0.5).collect(),
+            vec![0.7; 33],
+            vec![],
+        ];
+        // Exact ties: the range [-100, 155] gives scale 1 and zero 100.
+        let mut ties: Vec<f32> = (-20..20).map(|i| i as f32 + 0.5).collect();
+        ties.extend([-100.0, 155.0]);
+        cases.push(ties);
+        for x in cases {
+            let mut y = vec![0u8; x.len()];
+            let (scale, zero) = dynamic_quantize_u8(&x, &mut y);
+            let (mn, mx) = x.iter().fold((0f32, 0f32), |(a, b), &v| (a.min(v), b.max(v)));
+            let want_scale = (if mx == mn { 1.0 } else { mx - mn }) / 255.0;
+            assert_eq!(scale, want_scale);
+            let want_zero = (0.0 - mn / want_scale).clamp(0.0, 255.0).round_ties_even();
+            assert_eq!(zero as f32, want_zero);
+            for (&v, &q) in x.iter().zip(&y) {
+                let want = ((v / want_scale).round_ties_even() + want_zero).clamp(0.0, 255.0) as u8;
+                assert_eq!(q, want, "x = {v}");
+            }
+        }
+    }
     use super::*;
     use proptest::prelude::*;
 

@@ -241,6 +241,11 @@ fn build_dynamic_quantize(node: &Node, _: &BuildCtx) -> Result<Box<dyn CpuOp>> {
         if !x.dtype().is_float() {
             return Err(Error::node(&node, format!("input must be float, got {}", x.dtype())));
         }
+        if x.dtype() == DType::F32 {
+            let mut y = ctx.alloc(DType::U8, x.shape())?;
+            let (scale, zero) = tessera_kernels::quant::dynamic_quantize_u8(x.as_slice::<f32>()?, y.as_mut_slice()?);
+            return Ok(vec![y, Tensor::scalar(scale), Tensor::scalar(zero)]);
+        }
         let xs = to_f32_vec(x);
         let (mut mn, mut mx) = (0.0f32, 0.0f32);
         for &v in &xs {
