@@ -6,10 +6,7 @@
 //! operators defined on integers (Abs, Neg, Sign, Relu, Shrink, Clip,
 //! BitwiseNot) have integer paths.
 
-use rayon::prelude::*;
 use tessera_core::{DType, Error, Node, Result, Tensor};
-use tessera_kernels::gemm::epilogue::activate;
-use tessera_kernels::gemm::Activation;
 
 use super::scalar::{bad_dtype, map, store_f32, to_f32_vec, with_float, with_int, with_numeric, IntOps, Real, Scalar};
 use crate::cpu::registry::{BuildCtx, CpuOp, OpRegistry, RunCtx};
@@ -225,16 +222,6 @@ pub(crate) fn run_unary(node: &Node, op: Un, x: &Tensor, ctx: &mut RunCtx) -> Re
         _ if dt.is_float() => {
             let mut out = ctx.alloc(dt, x.shape())?;
             match dt {
-                DType::F32 if matches!(op, Un::Gelu { .. }) => {
-                    // The vectorized f32 GELU the matmul epilogues use.
-                    let act = match op {
-                        Un::Gelu { tanh: true } => Activation::GeluTanh,
-                        _ => Activation::GeluErf,
-                    };
-                    let y = out.as_mut_slice::<f32>()?;
-                    y.copy_from_slice(x.as_slice::<f32>()?);
-                    y.par_chunks_mut(16 * 1024).for_each(|c| activate(act, c));
-                }
                 DType::F32 => apply_real::<f32>(op, x.as_slice()?, out.as_mut_slice()?),
                 DType::F64 => apply_real::<f64>(op, x.as_slice()?, out.as_mut_slice()?),
                 _ => {
