@@ -61,6 +61,30 @@ pub enum NodeVerdict {
     Decline { reason: String },
 }
 
+/// The verdicts of a provider that claims nodes one at a time, all in
+/// group 0: nodes already `taken` are declined, the others claimed when
+/// `check` accepts them and declined with its reason otherwise.
+pub fn claim_each(
+    graph: &tessera_core::Graph,
+    taken: &[bool],
+    check: impl Fn(&tessera_core::Node) -> std::result::Result<(), String>,
+) -> Vec<NodeVerdict> {
+    graph
+        .nodes
+        .iter()
+        .zip(taken)
+        .map(|(n, &t)| {
+            if t {
+                return NodeVerdict::Decline { reason: "taken by another provider".into() };
+            }
+            match check(n) {
+                Ok(()) => NodeVerdict::Claim { group: 0 },
+                Err(reason) => NodeVerdict::Decline { reason },
+            }
+        })
+        .collect()
+}
+
 /// A subgraph handed to a provider for compilation: node indices of the
 /// session's graph, in topological order, plus the values crossing its border.
 #[derive(Clone, Debug)]

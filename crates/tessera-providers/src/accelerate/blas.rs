@@ -44,8 +44,44 @@ pub trait Sgemm: Send + Sync {
         beta: f32,
         c: &mut [f32],
         ldc: usize,
+    ) -> Result<(), String> {
+        match check_sgemm_args(trans_a, trans_b, m, n, k, a.len(), lda, b.len(), ldb, c.len(), ldc)? {
+            SgemmWork::Nothing => Ok(()),
+            SgemmWork::ScaleOnly => {
+                scale_output(m, n, beta, c, ldc);
+                Ok(())
+            }
+            SgemmWork::Product => {
+                self.product(Checked(()), trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+            }
+        }
+    }
+
+    /// The product itself, for arguments [`Sgemm::sgemm`] has checked
+    /// (`Checked` can only be made here): m, n, k >= 1 and every operand
+    /// inside its slice with leading dimensions at least its row length.
+    #[allow(clippy::too_many_arguments)]
+    fn product(
+        &self,
+        checked: Checked,
+        trans_a: Transpose,
+        trans_b: Transpose,
+        m: usize,
+        n: usize,
+        k: usize,
+        alpha: f32,
+        a: &[f32],
+        lda: usize,
+        b: &[f32],
+        ldb: usize,
+        beta: f32,
+        c: &mut [f32],
+        ldc: usize,
     ) -> Result<(), String>;
 }
+
+/// Proof that [`check_sgemm_args`] accepted a product's arguments.
+pub struct Checked(());
 
 /// What remains to be done once the arguments are known to be valid.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -145,8 +181,9 @@ impl Sgemm for PortableSgemm {
         "portable"
     }
 
-    fn sgemm(
+    fn product(
         &self,
+        _: Checked,
         trans_a: Transpose,
         trans_b: Transpose,
         m: usize,
@@ -161,14 +198,6 @@ impl Sgemm for PortableSgemm {
         c: &mut [f32],
         ldc: usize,
     ) -> Result<(), String> {
-        match check_sgemm_args(trans_a, trans_b, m, n, k, a.len(), lda, b.len(), ldb, c.len(), ldc)? {
-            SgemmWork::Nothing => return Ok(()),
-            SgemmWork::ScaleOnly => {
-                scale_output(m, n, beta, c, ldc);
-                return Ok(());
-            }
-            SgemmWork::Product => {}
-        }
         let view = |data, rows, cols, ld, trans| {
             if trans == Transpose::No {
                 MatRef { data, rows, cols, row_stride: ld, col_stride: 1 }

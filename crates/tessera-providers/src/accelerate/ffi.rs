@@ -5,7 +5,7 @@
 
 use std::ffi::c_int;
 
-use super::blas::{check_sgemm_args, scale_output, Sgemm, SgemmWork, Transpose};
+use super::blas::{Checked, Sgemm, Transpose};
 
 // Values of `enum CBLAS_ORDER` and `enum CBLAS_TRANSPOSE` as declared in
 // Accelerate's `<Accelerate/vecLib/cblas.h>` (the same numbers as the
@@ -60,8 +60,9 @@ impl Sgemm for AccelerateBlas {
         "accelerate"
     }
 
-    fn sgemm(
+    fn product(
         &self,
+        _: Checked,
         trans_a: Transpose,
         trans_b: Transpose,
         m: usize,
@@ -76,17 +77,10 @@ impl Sgemm for AccelerateBlas {
         c: &mut [f32],
         ldc: usize,
     ) -> Result<(), String> {
-        match check_sgemm_args(trans_a, trans_b, m, n, k, a.len(), lda, b.len(), ldb, c.len(), ldc)? {
-            SgemmWork::Nothing => return Ok(()),
-            SgemmWork::ScaleOnly => {
-                scale_output(m, n, beta, c, ldc);
-                return Ok(());
-            }
-            SgemmWork::Product => {}
-        }
         let (cm, cn, ck) = (c_dim("m", m)?, c_dim("n", n)?, c_dim("k", k)?);
         let (clda, cldb, cldc) = (c_dim("lda", lda)?, c_dim("ldb", ldb)?, c_dim("ldc", ldc)?);
-        // SAFETY: `check_sgemm_args` returned `Product`, so m, n, k >= 1;
+        // SAFETY: `Checked` proves `check_sgemm_args` accepted these
+        // arguments (it is made only by `Sgemm::sgemm`), so m, n, k >= 1;
         // lda, ldb and ldc are at least the stored row lengths (and >= 1),
         // which is all CBLAS requires of them; and the last element BLAS may
         // touch of each operand, `(rows - 1) * ld + cols - 1` of the stored

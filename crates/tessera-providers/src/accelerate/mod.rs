@@ -31,7 +31,7 @@ pub use ffi::AccelerateBlas;
 use tessera_core::{DType, Graph, Node, Result};
 
 use crate::cpu::provider::compile_partition;
-use crate::provider::{CompiledPartition, ExecutionProvider, NodeVerdict, Subgraph};
+use crate::provider::{claim_each, CompiledPartition, ExecutionProvider, NodeVerdict, Subgraph};
 
 pub struct AccelerateProvider {
     blas: Arc<dyn Sgemm>,
@@ -142,20 +142,7 @@ impl ExecutionProvider for AccelerateProvider {
     }
 
     fn claim(&self, graph: &Graph, taken: &[bool]) -> Vec<NodeVerdict> {
-        graph
-            .nodes
-            .iter()
-            .zip(taken)
-            .map(|(n, &t)| {
-                if t {
-                    return NodeVerdict::Decline { reason: "taken by another provider".into() };
-                }
-                match self.check(graph, n) {
-                    Ok(()) => NodeVerdict::Claim { group: 0 },
-                    Err(reason) => NodeVerdict::Decline { reason },
-                }
-            })
-            .collect()
+        claim_each(graph, taken, |n| self.check(graph, n))
     }
 
     fn compile(&self, graph: &Graph, sub: &Subgraph) -> Result<Box<dyn CompiledPartition>> {

@@ -20,7 +20,7 @@ use tessera_kernels::gemm::{Split, TileIsa};
 
 use crate::cpu::provider::compile_partition;
 use crate::precision::Precision;
-use crate::provider::{CompiledPartition, ExecutionProvider, NodeVerdict, Subgraph};
+use crate::provider::{claim_each, CompiledPartition, ExecutionProvider, NodeVerdict, Subgraph};
 
 /// What the provider does with one claimed node.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -172,20 +172,7 @@ impl ExecutionProvider for AmxProvider {
     }
 
     fn claim(&self, graph: &Graph, taken: &[bool]) -> Vec<NodeVerdict> {
-        graph
-            .nodes
-            .iter()
-            .zip(taken)
-            .map(|(n, &t)| {
-                if t {
-                    return NodeVerdict::Decline { reason: "taken by another provider".into() };
-                }
-                match self.plan(graph, n) {
-                    Ok(_) => NodeVerdict::Claim { group: 0 },
-                    Err(reason) => NodeVerdict::Decline { reason },
-                }
-            })
-            .collect()
+        claim_each(graph, taken, |n| self.plan(graph, n).map(|_| ()))
     }
 
     fn compile(&self, graph: &Graph, sub: &Subgraph) -> Result<Box<dyn CompiledPartition>> {

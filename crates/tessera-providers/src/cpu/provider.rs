@@ -8,7 +8,7 @@ use std::sync::Arc;
 use tessera_core::{Error, Graph, Node, Result, Tensor};
 
 use super::registry::{BuildCtx, CpuOp, OpRegistry, RunCtx};
-use crate::provider::{CompiledPartition, ExecutionProvider, NodeVerdict, RunOptions, Subgraph, Value};
+use crate::provider::{claim_each, CompiledPartition, ExecutionProvider, NodeVerdict, RunOptions, Subgraph, Value};
 
 /// Ops whose bodies are subgraphs; not supported yet.
 const CONTROL_FLOW: &[&str] = &["If", "Loop", "Scan", "SequenceMap"];
@@ -104,20 +104,7 @@ impl ExecutionProvider for CpuProvider {
     }
 
     fn claim(&self, graph: &Graph, taken: &[bool]) -> Vec<NodeVerdict> {
-        graph
-            .nodes
-            .iter()
-            .zip(taken)
-            .map(|(n, &t)| {
-                if t {
-                    NodeVerdict::Decline { reason: "taken by another provider".into() }
-                } else if let Some(reason) = self.decline_reason(n) {
-                    NodeVerdict::Decline { reason }
-                } else {
-                    NodeVerdict::Claim { group: 0 }
-                }
-            })
-            .collect()
+        claim_each(graph, taken, |n| self.decline_reason(n).map_or(Ok(()), Err))
     }
 
     fn compile(&self, graph: &Graph, sub: &Subgraph) -> Result<Box<dyn CompiledPartition>> {
