@@ -99,12 +99,8 @@ fn arm_seconds(
     min_seconds: f64,
 ) -> Result<f64, String> {
     use tessera_kernels::gemm::ukernel::{neon, sme};
-    use tessera_kernels::gemm::vector::{vector_igemm, vector_sgemm, Blocking, FromF32, ToF32, VectorKernel};
-    fn float<K: VectorKernel>(kern: &K, a: &[f32], b: &[f32], m: usize, n: usize, k: usize, t: f64) -> f64
-    where
-        K::In: FromF32,
-        K::Acc: ToF32,
-    {
+    use tessera_kernels::gemm::vector::{vector_igemm, vector_sgemm, Blocking, FloatKernel};
+    fn float<K: FloatKernel>(kern: &K, a: &[f32], b: &[f32], m: usize, n: usize, k: usize, t: f64) -> f64 {
         let mut c = vec![0f32; m * n];
         let (av, bv) = (MatRef::row_major(a, m, k), MatRef::row_major(b, k, n));
         time(t, || vector_sgemm(kern, Blocking::DEFAULT, av, bv, &mut c, n, &Epilogue::default()))

@@ -9,7 +9,7 @@ use std::time::Instant;
 use serde::Serialize;
 use tessera::{Session, SessionOptions};
 use tessera_core::{Attr, DType, Graph, Node, Tensor, ValueInfo};
-use tessera_kernels::gemm::vector::{vector_igemm, vector_sgemm, Blocking, Reference, VectorKernel};
+use tessera_kernels::gemm::vector::{vector_igemm, vector_sgemm, Blocking, FloatKernel, Reference, VectorKernel};
 use tessera_kernels::gemm::{
     sgemm, tile_igemm, tile_sgemm, Epilogue, I8Mat, I8Out, MatRef, PackedB, Parallel, Split, TileIsa,
 };
@@ -71,16 +71,26 @@ fn to_f16(v: f32) -> f32 {
     half::f16::from_f32(v).to_f32()
 }
 
-/// GFLOP/s of `f` (one `m x n x k` product per call), timed for about 0.2 s.
-fn gflops(m: usize, n: usize, k: usize, mut f: impl FnMut()) -> String {
-    f();
+/// Seconds per call of `f` after one warm-up call, timed for about 0.2 s
+/// (at least 3 calls); the first error stops the timing.
+fn seconds_per_call<E>(mut f: impl FnMut() -> Result<(), E>) -> Result<f64, E> {
+    f()?;
     let t0 = Instant::now();
     let mut calls = 0u32;
     while calls < 3 || t0.elapsed().as_secs_f64() < 0.2 {
-        f();
+        f()?;
         calls += 1;
     }
-    let s = t0.elapsed().as_secs_f64() / calls as f64;
+    Ok(t0.elapsed().as_secs_f64() / calls as f64)
+}
+
+/// GFLOP/s of `f` (one `m x n x k` product per call).
+fn gflops(m: usize, n: usize, k: usize, mut f: impl FnMut()) -> String {
+    let s = seconds_per_call(|| -> Result<(), ()> {
+        f();
+        Ok(())
+    })
+    .unwrap_or(f64::NAN);
     format!("{:.1} GFLOP/s at {m}x{n}x{k}", 2.0 * (m * n * k) as f64 / s / 1e9)
 }
 
@@ -140,12 +150,7 @@ fn unavailable(kind: &'static str, name: &str, why: impl Into<String>) -> Check 
     Check { kind, name: name.into(), status: Status::Unavailable, detail: why.into(), speed: None }
 }
 
-fn vector_float<K>(kern: &K) -> impl Fn(&[f32], &[f32], usize, usize, usize) -> Vec<f32> + '_
-where
-    K: VectorKernel,
-    K::In: tessera_kernels::gemm::vector::FromF32,
-    K::Acc: tessera_kernels::gemm::vector::ToF32,
-{
+fn vector_float<K: FloatKernel>(kern: &K) -> impl Fn(&[f32], &[f32], usize, usize, usize) -> Vec<f32> + '_ {
     move |a, b, m, k, n| {
         let mut c = vec![0f32; m * n];
         let (av, bv) = (MatRef::row_major(a, m, k), MatRef::row_major(b, k, n));
@@ -349,14 +354,7 @@ fn session(case: &Case, provider: &str, precision: Precision, threads: usize) ->
 }
 
 fn time_ms(s: &Session, inputs: &[(String, Tensor)]) -> tessera_core::Result<f64> {
-    s.run(inputs.to_vec())?;
-    let t0 = Instant::now();
-    let mut calls = 0u32;
-    while calls < 3 || t0.elapsed().as_secs_f64() < 0.2 {
-        s.run(inputs.to_vec())?;
-        calls += 1;
-    }
-    Ok(t0.elapsed().as_secs_f64() * 1e3 / calls as f64)
+    Ok(seconds_per_call(|| s.run(inputs.to_vec()).map(drop))? * 1e3)
 }
 
 /// Largest difference relative to the reference's largest magnitude, over

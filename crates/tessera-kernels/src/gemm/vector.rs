@@ -71,6 +71,11 @@ impl ToF32 for f16 {
     }
 }
 
+/// A kernel the fp32 entry points can drive: fp32 operands convert into its
+/// input type and its accumulators widen back to fp32.
+pub trait FloatKernel: VectorKernel<In: FromF32, Acc: ToF32> {}
+impl<K: VectorKernel<In: FromF32, Acc: ToF32>> FloatKernel for K {}
+
 /// Block sizes of the driver's loops (per kernel; tuned per chip family).
 #[derive(Copy, Clone, Debug)]
 pub struct Blocking {
@@ -281,9 +286,7 @@ pub fn vector_sgemm<K>(
     ldc: usize,
     epi: &Epilogue,
 ) where
-    K: VectorKernel,
-    K::In: FromF32,
-    K::Acc: ToF32,
+    K: FloatKernel,
 {
     assert_eq!(a.cols, b.rows, "inner dimensions differ");
     a.check();
@@ -305,9 +308,7 @@ pub fn vector_sgemm_packed<K>(
     ldc: usize,
     epi: &Epilogue,
 ) where
-    K: VectorKernel,
-    K::In: FromF32,
-    K::Acc: ToF32,
+    K: FloatKernel,
 {
     assert_eq!(a.cols, b.k, "inner dimensions differ");
     a.check();
@@ -326,9 +327,7 @@ fn float_product<K>(
     ldc: usize,
     epi: &Epilogue,
 ) where
-    K: VectorKernel,
-    K::In: FromF32,
-    K::Acc: ToF32,
+    K: FloatKernel,
 {
     let (m, k) = (a.rows, a.cols);
     let a_at = |i: usize, kk: usize| K::In::from_f32(a.data[i * a.row_stride + kk * a.col_stride]);

@@ -10,7 +10,7 @@ use proptest::prelude::*;
 
 use super::neon::{has_dotprod, has_fp16, NeonF16, NeonF32, NeonI8Dot};
 use super::sme::{has_sme, streaming_vector_bytes, SmeBf16, SmeF32};
-use crate::gemm::vector::{vector_igemm, vector_sgemm, Blocking, VectorKernel};
+use crate::gemm::vector::{vector_igemm, vector_sgemm, Blocking, FloatKernel, VectorKernel};
 use crate::gemm::{Epilogue, MatRef};
 
 fn rand_f32(n: usize, seed: u64) -> Vec<f32> {
@@ -37,12 +37,7 @@ fn present(have: bool, var: &str) -> bool {
 
 /// Runs a float kernel on `m x k · k x n` with small blocks (several K,
 /// M and N blocks) and returns the largest error relative to `sum |a||b|`.
-fn float_error<K>(kern: &K, m: usize, k: usize, n: usize, seed: u64, round: fn(f32) -> f32) -> f64
-where
-    K: VectorKernel,
-    K::In: crate::gemm::vector::FromF32,
-    K::Acc: crate::gemm::vector::ToF32,
-{
+fn float_error<K: FloatKernel>(kern: &K, m: usize, k: usize, n: usize, seed: u64, round: fn(f32) -> f32) -> f64 {
     let a = rand_f32(m * k, seed);
     let b = rand_f32(k * n, seed + 7);
     let blk = Blocking { kc: 48, mc: 2 * kern.mr(), nc: 3 * kern.nr() };
