@@ -1,6 +1,7 @@
 mod bench_gemm;
 mod calibrate;
 mod conformance;
+mod coreml;
 mod detect;
 mod doctor;
 
@@ -89,6 +90,10 @@ enum Cmd {
         #[arg(long, default_value_t = 0)]
         threads: usize,
     },
+    /// Convert a model for another runtime: --to coreml writes a Core ML ML Program .mlpackage.
+    Convert(coreml::ConvertArgs),
+    /// Run a Core ML .mlpackage with Tessera's MIL interpreter (checks a conversion off Apple hardware).
+    CoremlRun(coreml::CoremlRunArgs),
     /// Run ONNX backend test cases and model cases, write a per-case table.
     Conformance(conformance::ConformanceArgs),
     /// GFLOP/s of each GEMM kernel per shape, against the tile unit's
@@ -173,6 +178,8 @@ fn main() {
         Cmd::Bench { m, warmup, iterations, json, profile } => cmd_bench(&m, warmup, iterations, json, profile),
         Cmd::Info { m, nodes, json } => cmd_info(&m, nodes, json),
         Cmd::Demo { threads } => cmd_demo(threads),
+        Cmd::Convert(a) => coreml::convert(&a),
+        Cmd::CoremlRun(a) => coreml::coreml_run(&a),
         Cmd::Conformance(a) => conformance::run(&a).map(|code| std::process::exit(code)),
         Cmd::Doctor { threads, json } => doctor::run(threads, json).map(|code| std::process::exit(code)),
         Cmd::Detect { json } => detect::run(json),

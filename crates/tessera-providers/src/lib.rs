@@ -6,6 +6,7 @@
 
 pub mod accelerate;
 pub mod amx;
+pub mod coreml;
 pub mod cpu;
 pub mod precision;
 pub mod profile;

@@ -1,0 +1,1 @@
+//! What the Neural Engine takes (filled in below).
