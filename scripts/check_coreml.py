@@ -129,8 +129,8 @@ def main():
         variants += [
             ("fp32", ["--precision", "fp32"], 1e-4, 0.999999),
             ("int8", ["--quantize", "int8"], 0.25, 0.99),
-            ("palette6", ["--quantize", "palette6"], 0.5, 0.95),
-            ("palette4", ["--quantize", "palette4"], 1.0, 0.8),
+            ("palette6", ["--quantize", "palette6"], 1.0, 0.95),
+            ("palette4", ["--quantize", "palette4"], 1.0, 0.85),
         ]
     rows, failures = [], []
     rng = np.random.default_rng(0)

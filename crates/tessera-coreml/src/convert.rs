@@ -898,7 +898,21 @@ impl<'g, 'w> Ctx<'g, 'w> {
                 if axis < 0 {
                     axis += shape.len() as i64;
                 }
-                let x = self.val(n, &n.inputs[0])?;
+                // Embedding tables are weights too (most of a small
+                // transformer's bytes): compress them like the others.
+                let x = match self.constant_tensor(&n.inputs[0]) {
+                    Some(t) if t.dtype().is_float() && t.rank() >= 2 && self.opts.compression.is_some() => {
+                        if let Some(v) = self.vals.get(&n.inputs[0]) {
+                            v.clone()
+                        } else {
+                            let data: Vec<f32> = t.to_f64_vec().into_iter().map(|v| v as f32).collect();
+                            let w = self.weight(&n.inputs[0], t.shape(), data)?;
+                            self.set(&n.inputs[0], w.clone());
+                            w
+                        }
+                    }
+                    _ => self.val(n, &n.inputs[0])?,
+                };
                 // Constant indices are made non-negative here; run-time
                 // indices (token ids) are used as given.
                 let idx_name = if let Some(t) = self.constant_tensor(&n.inputs[1]) {
