@@ -36,12 +36,21 @@ impl std::fmt::Display for PassReport {
 }
 
 pub fn optimize(graph: &mut Graph, eval: &Evaluator) -> Result<PassReport> {
+    optimize_with(graph, eval, true)
+}
+
+/// [`optimize`], optionally without the MatMul fusions, whose fused nodes
+/// (`tessera:FusedMatMul`) only Tessera's CPU-side providers run: a session
+/// that places regions on another runtime (Core ML) keeps plain ONNX ops.
+pub fn optimize_with(graph: &mut Graph, eval: &Evaluator, fuse_matmul_ops: bool) -> Result<PassReport> {
     let mut r = PassReport { folded: fold::fold_constants(graph, eval)?, ..Default::default() };
     r.dead_removed += dce::eliminate_dead_nodes(graph);
     r.layernorm_fused = fuse_layernorm::fuse_layer_norm(graph);
     r.gelu_fused = fuse_gelu::fuse_gelu(graph);
-    r.matmul_bias_fused = fuse_matmul::fuse_matmul_bias(graph);
-    r.epilogue_fused = fuse_matmul::fuse_epilogues(graph);
+    if fuse_matmul_ops {
+        r.matmul_bias_fused = fuse_matmul::fuse_matmul_bias(graph);
+        r.epilogue_fused = fuse_matmul::fuse_epilogues(graph);
+    }
     r.dead_removed += dce::eliminate_dead_nodes(graph);
     graph.toposort()?;
     Ok(r)

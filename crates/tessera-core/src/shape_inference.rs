@@ -804,7 +804,14 @@ fn conv_shape(n: &Node, s: &Shape, w: Option<&Shape>) -> Result<Option<Shape>> {
             _ => {
                 let num = x + pads[i] + pads[i + sp] - ek;
                 if ceil {
-                    (num + st - 1).div_euclid(st) + 1
+                    // A last window that would start in the end padding is
+                    // dropped (ONNX Runtime, PyTorch).
+                    let o = (num + st - 1).div_euclid(st) + 1;
+                    if (o - 1) * st >= x + pads[i] {
+                        o - 1
+                    } else {
+                        o
+                    }
                 } else {
                     num.div_euclid(st) + 1
                 }

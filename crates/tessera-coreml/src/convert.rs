@@ -517,7 +517,24 @@ impl<'g, 'w> Ctx<'g, 'w> {
         if dil.iter().any(|&d| d != 1) {
             return Err(node_err(n, "dilated pooling has no MIL equivalent"));
         }
-        let pads = self.spatial_pads(n, &x_shape, &kernel, &strides, &vec![1; sp])?;
+        let mut pads = self.spatial_pads(n, &x_shape, &kernel, &strides, &vec![1; sp])?;
+        let out = self.out_type(n, 0)?;
+        // ceil_mode: ONNX drops a last window that would start in the end
+        // padding, which MIL's ceil_mode does not promise. Emit floor mode
+        // with the end padding that yields exactly ONNX's output size
+        // (padding is never part of a max, nor of an average that excludes
+        // it).
+        if n.attr_int_or("ceil_mode", 0)? != 0 {
+            if ty == "avg_pool" && n.attr_int_or("count_include_pad", 0)? != 0 {
+                return Err(node_err(n, "ceil_mode with count_include_pad is not converted"));
+            }
+            for i in 0..sp {
+                let need = (out.shape[2 + i] as i64 - 1) * strides[i] as i64 + kernel[i] as i64
+                    - x_shape[2 + i] as i64
+                    - pads[2 * i];
+                pads[2 * i + 1] = pads[2 * i + 1].max(need);
+            }
+        }
         let o = &n.outputs[0];
         let x = self.val(n, &n.inputs[0])?;
         let k =
@@ -525,7 +542,7 @@ impl<'g, 'w> Ctx<'g, 'w> {
         let s = self.b.const_ints(&format!("{o}_strides"), &strides.iter().map(|&v| v as i64).collect::<Vec<_>>())?;
         let pt = self.b.const_str(&format!("{o}_pad_type"), "custom")?;
         let p = self.b.const_ints(&format!("{o}_pad"), &pads)?;
-        let c = self.b.const_bool(&format!("{o}_ceil_mode"), n.attr_int_or("ceil_mode", 0)? != 0)?;
+        let c = self.b.const_bool(&format!("{o}_ceil_mode"), false)?;
         let mut ins: Vec<(&str, Vec<String>)> = vec![
             ("x", vec![x]),
             ("kernel_sizes", vec![k]),
@@ -538,7 +555,6 @@ impl<'g, 'w> Ctx<'g, 'w> {
             let ex = self.b.const_bool(&format!("{o}_exclude_pad"), n.attr_int_or("count_include_pad", 0)? == 0)?;
             ins.push(("exclude_padding_from_average", vec![ex]));
         }
-        let out = self.out_type(n, 0)?;
         let refs: Vec<Vec<&str>> = ins.iter().map(|(_, v)| v.iter().map(|s| s.as_str()).collect()).collect();
         let args: Vec<(&str, &[&str])> = ins.iter().zip(&refs).map(|((k, _), v)| (*k, v.as_slice())).collect();
         let y = self.b.op1(ty, o, &args, out)?;

@@ -455,13 +455,10 @@ fn conv_out(i: usize, k: usize, s: usize, d: usize, pb: usize, pe: usize, ceil: 
     Ok(if ceil { span.div_ceil(s) + 1 } else { span / s + 1 })
 }
 
-fn spatial(
-    op: &spec::Operation,
-    frame: &Frame,
-    sp: usize,
-    kernel: &[usize],
-    x: &[usize],
-) -> Result<(Vec<usize>, Vec<usize>, Vec<(usize, usize)>)> {
+/// Strides, dilations and (begin, end) pads per spatial dim.
+type Window = (Vec<usize>, Vec<usize>, Vec<(usize, usize)>);
+
+fn spatial(op: &spec::Operation, frame: &Frame, sp: usize, kernel: &[usize], x: &[usize]) -> Result<Window> {
     let strides: Vec<usize> = match arg(op, frame, "strides")? {
         Some(a) => a.ints()?.iter().map(|&v| v as usize).collect(),
         None => vec![1; sp],
@@ -972,13 +969,7 @@ fn run_op(op: &spec::Operation, frame: &Frame) -> Result<Vec<Arr>> {
             let mut shape = Vec::with_capacity(s.len());
             for (i, &d) in s.iter().enumerate() {
                 shape.push(match d {
-                    -1 => {
-                        if known == 0 {
-                            0
-                        } else {
-                            n / known
-                        }
-                    }
+                    -1 => n.checked_div(known).unwrap_or(0),
                     0 => *a.shape.get(i).ok_or_else(|| err("reshape 0 past the input rank"))?,
                     d if d > 0 => d as usize,
                     d => return Err(err(format!("reshape dim {d}"))),

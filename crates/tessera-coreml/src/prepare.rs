@@ -154,6 +154,34 @@ pub fn fold_batchnorm_into_conv(graph: &mut Graph) -> Result<usize> {
     Ok(folded)
 }
 
+/// Binds the dims given (others stay symbolic) and, when every input is
+/// then static, folds shape computations and constants to a fixpoint.
+/// Returns whether the graph is static. For sessions that place regions on
+/// Core ML, which needs static shapes.
+pub fn make_static(graph: &mut Graph, dims: &HashMap<String, usize>, eval: &Evaluator) -> Result<bool> {
+    for i in &mut graph.inputs {
+        for d in i.shape.iter_mut().flatten() {
+            if let Dim::Sym(s) = d {
+                if let Some(&v) = dims.get(s.as_str()) {
+                    *d = Dim::Known(v);
+                }
+            }
+        }
+    }
+    let all_static = graph.inputs.iter().all(|i| i.concrete_shape().is_some());
+    if all_static {
+        for _ in 0..16 {
+            if fold_shape_ops(graph)? + fold::fold_constants(graph, eval)? == 0 {
+                break;
+            }
+        }
+        dce::eliminate_dead_nodes(graph);
+        graph.toposort()?;
+        graph.value_info.clear();
+    }
+    Ok(all_static)
+}
+
 /// Everything above, to a fixpoint, then shape inference.
 pub fn prepare(graph: &mut Graph, dims: &HashMap<String, usize>, eval: &Evaluator) -> Result<PrepareReport> {
     graph.toposort()?;

@@ -10,6 +10,7 @@ use tessera_core::{Dim, Error, Graph, Result, Tensor, ValueInfo};
 use tessera_providers::accelerate::AccelerateProvider;
 use tessera_providers::amx::sme::SmeProvider;
 use tessera_providers::amx::AmxProvider;
+use tessera_providers::coreml::CoreMlProvider;
 use tessera_providers::cpu::CpuProvider;
 use tessera_providers::{CompiledPartition, ExecutionProvider, Precision, RunOptions, Value};
 
@@ -133,11 +134,18 @@ fn available_providers(opts: &SessionOptions) -> Result<(Providers, Vec<String>)
                 .push(Box::new(accelerate().map_err(|why| Error::Unsupported(format!("provider accelerate: {why}")))?)),
             "amx" => out.push(Box::new(amx().map_err(|why| Error::Unsupported(format!("provider amx: {why}")))?)),
             "sme" => out.push(Box::new(sme().map_err(|why| Error::Unsupported(format!("provider sme: {why}")))?)),
+            // Core ML (macOS): the Neural Engine regions, in fp16.
+            "coreml" => out.push(Box::new(
+                CoreMlProvider::new().map_err(|why| Error::Unsupported(format!("provider coreml: {why}")))?,
+            )),
+            // The same regions and conversions, run by the MIL interpreter:
+            // previews the Core ML split and checks it off Apple hardware.
+            "coreml-interpreter" => out.push(Box::new(CoreMlProvider::interpreter())),
             "cpu" => {}
             other => {
                 return Err(Error::Input(format!(
-                    "unknown provider '{other}' (available: auto, accelerate, amx, sme, cpu)"
-                )))
+                "unknown provider '{other}' (available: auto, accelerate, amx, sme, coreml, coreml-interpreter, cpu)"
+            )))
             }
         }
     }
@@ -159,7 +167,15 @@ impl Session {
         let (providers, skipped_providers) = available_providers(&opts)?;
         let cpu = CpuProvider::new();
         let eval = |g: &Graph, n: &tessera_core::Node, ins: &[Option<Tensor>]| cpu.eval_node(g, n, ins);
-        let pass_report = if opts.optimize { passes::optimize(&mut graph, &eval)? } else { PassReport::default() };
+        // Core ML needs static shapes: bind the given dims and fold the shape
+        // computations they decide, and keep plain ONNX ops (no CPU-only
+        // fused nodes) so that regions convert.
+        let coreml = opts.providers.iter().any(|p| p.starts_with("coreml"));
+        if coreml {
+            tessera_coreml::prepare::make_static(&mut graph, &opts.dims, &eval)?;
+        }
+        let pass_report =
+            if opts.optimize { passes::optimize_with(&mut graph, &eval, !coreml)? } else { PassReport::default() };
         tessera_core::shape_inference::infer(&mut graph)?;
 
         let refs: Vec<&dyn ExecutionProvider> = providers.iter().map(|p| p.as_ref()).collect();

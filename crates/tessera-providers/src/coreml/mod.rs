@@ -1,9 +1,293 @@
-//! The Core ML provider: converts the claimed subgraph into a Core ML model
-//! with the `tessera-coreml` crate and runs it through Core ML (on the Apple
-//! Neural Engine where Core ML places it).
+//! The Core ML provider: claims the regions of the graph the Neural Engine
+//! takes (the rule table in `tessera_coreml::rules`), converts each region
+//! into an ML Program with the `tessera-coreml` converter (fp16), and runs it
+//! through Core ML with CPU + Neural Engine compute units on macOS. Values
+//! cross into and out of a region only at its border.
 //!
-//! This file will be extended by the provider implementation; the raw Core ML
-//! calls live in the macOS-only `ffi` module.
+//! Off Apple hardware the same claim/convert/bind path runs with the MIL
+//! interpreter as its back end ([`CoreMlProvider::interpreter`]), so the
+//! partitioning and the conversion of real subgraphs are tested here; only
+//! the thin `ffi` module is macOS-specific (rung 4: it compiles for
+//! aarch64-apple-darwin; nothing here has run on a Mac).
 
 #[cfg(target_os = "macos")]
 pub mod ffi;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+#[cfg(target_os = "macos")]
+use std::sync::Mutex;
+
+use tessera_core::{DType, Error, Graph, Node, Result, Tensor, ValueInfo};
+use tessera_coreml::interp::{self, Arr, Data};
+use tessera_coreml::rules::{neural_engine_verdict, HEAVY_OPS};
+use tessera_coreml::spec::DataType;
+use tessera_coreml::{Compute, ConvertOptions, Package};
+
+use crate::cpu::CpuProvider;
+use crate::{CompiledPartition, ExecutionProvider, NodeVerdict, RunOptions, Subgraph, Value};
+
+/// Where a compiled region runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// Core ML (macOS), CPU + Neural Engine.
+    CoreMl,
+    /// Tessera's MIL interpreter on the CPU: the reference for tests and
+    /// for `tessera info`/`doctor` off Apple hardware.
+    Interpreter,
+}
+
+#[derive(Debug)]
+pub struct CoreMlProvider {
+    backend: Backend,
+}
+
+impl CoreMlProvider {
+    /// The Core ML back end, or why it is unavailable.
+    pub fn new() -> std::result::Result<CoreMlProvider, String> {
+        if cfg!(target_os = "macos") {
+            Ok(CoreMlProvider { backend: Backend::CoreMl })
+        } else {
+            Err("Core ML is macOS-only (use `tessera convert --to coreml` to build packages here)".into())
+        }
+    }
+
+    /// The same claims and conversions, run by the MIL interpreter.
+    pub fn interpreter() -> CoreMlProvider {
+        CoreMlProvider { backend: Backend::Interpreter }
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+}
+
+/// Copies a region out of `graph` as a graph of its own.
+pub fn region_graph(graph: &Graph, sub: &Subgraph) -> Result<Graph> {
+    let info = |name: &str| -> Result<ValueInfo> {
+        graph
+            .inputs
+            .iter()
+            .find(|i| i.name == name)
+            .or_else(|| graph.value_info.get(name))
+            .cloned()
+            .or_else(|| graph.outputs.iter().find(|o| o.name == name).cloned())
+            .ok_or_else(|| Error::Other(format!("value '{name}' at a Core ML region border has no type")))
+    };
+    let nodes: Vec<Node> = sub.nodes.iter().map(|&i| graph.nodes[i].clone()).collect();
+    let mut initializers = HashMap::new();
+    for n in &nodes {
+        for i in &n.inputs {
+            if let Some(t) = graph.initializers.get(i) {
+                initializers.insert(i.clone(), t.clone());
+            }
+        }
+    }
+    let mut value_info = HashMap::new();
+    for n in &nodes {
+        for v in n.inputs.iter().chain(&n.outputs) {
+            if let Some(vi) = graph.value_info.get(v) {
+                value_info.insert(v.clone(), vi.clone());
+            }
+        }
+    }
+    Ok(Graph {
+        name: format!("{}_coreml", graph.name),
+        nodes,
+        inputs: sub.inputs.iter().map(|n| info(n)).collect::<Result<_>>()?,
+        outputs: sub.outputs.iter().map(|n| info(n)).collect::<Result<_>>()?,
+        initializers,
+        value_info,
+        opsets: graph.opsets.clone(),
+    })
+}
+
+impl ExecutionProvider for CoreMlProvider {
+    fn name(&self) -> &str {
+        "coreml"
+    }
+
+    /// Eligible nodes are grouped into regions of consecutive nodes (in
+    /// topological order); a region without a matrix product or
+    /// convolution is declined, since the hop to Core ML would cost more
+    /// than it saves.
+    fn claim(&self, graph: &Graph, taken: &[bool]) -> Vec<NodeVerdict> {
+        let mut verdicts: Vec<NodeVerdict> = graph
+            .nodes
+            .iter()
+            .zip(taken)
+            .map(|(n, &t)| {
+                if t {
+                    return NodeVerdict::Decline { reason: "taken by another provider".into() };
+                }
+                match neural_engine_verdict(graph, n) {
+                    Ok(()) => NodeVerdict::Claim { group: 0 },
+                    Err(reason) => NodeVerdict::Decline { reason },
+                }
+            })
+            .collect();
+        let mut group = 0;
+        let mut i = 0;
+        while i < verdicts.len() {
+            if !matches!(verdicts[i], NodeVerdict::Claim { .. }) {
+                i += 1;
+                continue;
+            }
+            let start = i;
+            while i < verdicts.len() && matches!(verdicts[i], NodeVerdict::Claim { .. }) {
+                i += 1;
+            }
+            let heavy = graph.nodes[start..i].iter().any(|n| HEAVY_OPS.contains(&n.op_type.as_str()));
+            for v in &mut verdicts[start..i] {
+                *v = if heavy {
+                    NodeVerdict::Claim { group }
+                } else {
+                    NodeVerdict::Decline {
+                        reason: format!(
+                            "its Neural Engine region ({} nodes) has no MatMul/Gemm/Conv: not worth a Core ML call",
+                            i - start
+                        ),
+                    }
+                };
+            }
+            group += 1;
+        }
+        verdicts
+    }
+
+    fn compile(&self, graph: &Graph, sub: &Subgraph) -> Result<Box<dyn CompiledPartition>> {
+        let region = region_graph(graph, sub)?;
+        let cpu = CpuProvider::new();
+        let eval = |g: &Graph, n: &Node, ins: &[Option<Tensor>]| cpu.eval_node(g, n, ins);
+        let opts = ConvertOptions { compute: Compute::F16, ..Default::default() };
+        let (pkg, _) = tessera_coreml::convert_graph(&region, &opts, &eval)?;
+        let desc = pkg.model.description.clone().unwrap_or_default();
+        let in_names: Vec<String> = desc.input.iter().map(|f| f.name.clone()).collect();
+        let out_names: Vec<String> = desc.output.iter().map(|f| f.name.clone()).collect();
+        let out_dtypes: Vec<DType> = region.outputs.iter().map(|o| o.dtype.unwrap_or(DType::F32)).collect();
+        let runner = match self.backend {
+            Backend::Interpreter => Runner::Interpreter(pkg),
+            Backend::CoreMl => Runner::native(&pkg)?,
+        };
+        Ok(Box::new(CoreMlPartition { runner, in_names, out_names, out_dtypes }))
+    }
+}
+
+enum Runner {
+    Interpreter(Package),
+    #[cfg(target_os = "macos")]
+    Native(Mutex<ffi::CoreMlModel>),
+}
+
+impl Runner {
+    #[cfg(target_os = "macos")]
+    fn native(pkg: &Package) -> Result<Runner> {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "tessera-coreml-{}-{}.mlpackage",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        tessera_coreml::write_package(pkg, &dir)?;
+        let compiled = ffi::compile_package(&dir).map_err(Error::Other)?;
+        let model = ffi::CoreMlModel::load(&compiled, ffi::ComputeUnits::CpuAndNeuralEngine).map_err(Error::Other)?;
+        Ok(Runner::Native(Mutex::new(model)))
+    }
+
+    #[cfg(not(target_os = "macos"))]
+    fn native(_pkg: &Package) -> Result<Runner> {
+        Err(Error::Unsupported("Core ML is macOS-only".into()))
+    }
+}
+
+struct CoreMlPartition {
+    runner: Runner,
+    in_names: Vec<String>,
+    out_names: Vec<String>,
+    out_dtypes: Vec<DType>,
+}
+
+fn to_arr(t: &Tensor) -> Arr {
+    if t.dtype().is_float() {
+        Arr {
+            dtype: DataType::Float32,
+            shape: t.shape().to_vec(),
+            data: Data::F(t.to_f64_vec().into_iter().map(|v| v as f32).collect()),
+        }
+    } else {
+        Arr {
+            dtype: DataType::Int32,
+            shape: t.shape().to_vec(),
+            data: Data::I(t.to_f64_vec().into_iter().map(|v| v as i32).collect()),
+        }
+    }
+}
+
+fn from_f32(dtype: DType, shape: &[usize], v: &[f32]) -> Result<Tensor> {
+    Tensor::from_f64(dtype, shape, &v.iter().map(|&x| x as f64).collect::<Vec<_>>())
+}
+
+impl CompiledPartition for CoreMlPartition {
+    fn run(&self, inputs: Vec<Value>, _opts: &RunOptions) -> Result<Vec<Value>> {
+        let tensors: Vec<Tensor> = inputs.into_iter().map(|v| v.into_host()).collect::<Result<_>>()?;
+        if tensors.len() != self.in_names.len() {
+            return Err(Error::Other(format!("Core ML region: {} inputs for {}", tensors.len(), self.in_names.len())));
+        }
+        let outs: Vec<(Vec<usize>, Vec<f32>)> = match &self.runner {
+            Runner::Interpreter(pkg) => {
+                let feeds: Vec<(String, Arr)> = self.in_names.iter().cloned().zip(tensors.iter().map(to_arr)).collect();
+                let got = interp::run(pkg, "main", &feeds)?;
+                self.out_names
+                    .iter()
+                    .map(|n| {
+                        let a = got
+                            .iter()
+                            .find(|(g, _)| g == n)
+                            .map(|(_, a)| a)
+                            .ok_or_else(|| Error::Other(format!("the region computed no output '{n}'")))?;
+                        Ok((a.shape.clone(), a.floats()?))
+                    })
+                    .collect::<Result<_>>()?
+            }
+            #[cfg(target_os = "macos")]
+            Runner::Native(model) => {
+                let f32s: Vec<Option<Vec<f32>>> = tensors
+                    .iter()
+                    .map(|t| t.dtype().is_float().then(|| t.to_f64_vec().into_iter().map(|v| v as f32).collect()))
+                    .collect();
+                let i32s: Vec<Option<Vec<i32>>> = tensors
+                    .iter()
+                    .map(|t| (!t.dtype().is_float()).then(|| t.to_f64_vec().into_iter().map(|v| v as i32).collect()))
+                    .collect();
+                let feeds: Vec<(&str, &[usize], ffi::InputData)> = self
+                    .in_names
+                    .iter()
+                    .zip(&tensors)
+                    .zip(f32s.iter().zip(&i32s))
+                    .map(|((n, t), (f, i))| {
+                        let data = match (f, i) {
+                            (Some(f), _) => ffi::InputData::F32(f),
+                            (_, Some(i)) => ffi::InputData::I32(i),
+                            _ => unreachable!("each input is float or integer"),
+                        };
+                        (n.as_str(), t.shape(), data)
+                    })
+                    .collect();
+                let model = model.lock().map_err(|_| Error::Other("Core ML model lock poisoned".into()))?;
+                let got = model.predict(&feeds).map_err(Error::Other)?;
+                self.out_names
+                    .iter()
+                    .map(|n| {
+                        got.iter()
+                            .find(|(g, _, _)| g == n)
+                            .map(|(_, s, v)| (s.clone(), v.clone()))
+                            .ok_or_else(|| Error::Other(format!("Core ML returned no output '{n}'")))
+                    })
+                    .collect::<Result<_>>()?
+            }
+        };
+        outs.iter().zip(&self.out_dtypes).map(|((shape, v), &dt)| Ok(Value::Host(from_f32(dt, shape, v)?))).collect()
+    }
+}
