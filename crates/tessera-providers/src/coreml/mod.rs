@@ -167,7 +167,7 @@ impl ExecutionProvider for CoreMlProvider {
         let out_names: Vec<String> = desc.output.iter().map(|f| f.name.clone()).collect();
         let out_dtypes: Vec<DType> = region.outputs.iter().map(|o| o.dtype.unwrap_or(DType::F32)).collect();
         let runner = match self.backend {
-            Backend::Interpreter => Runner::Interpreter(pkg),
+            Backend::Interpreter => Runner::Interpreter(Box::new(pkg)),
             Backend::CoreMl => Runner::native(&pkg)?,
         };
         Ok(Box::new(CoreMlPartition { runner, in_names, out_names, out_dtypes }))
@@ -175,7 +175,7 @@ impl ExecutionProvider for CoreMlProvider {
 }
 
 enum Runner {
-    Interpreter(Package),
+    Interpreter(Box<Package>),
     #[cfg(target_os = "macos")]
     Native(Mutex<ffi::CoreMlModel>),
 }
