@@ -41,6 +41,8 @@ pub fn lowering_for(op: &str) -> Option<&'static str> {
         "Pow" => "pow",
         "Max" => "maximum",
         "Min" => "minimum",
+        "Sum" => "add",
+        "LRN" => "local_response_norm",
         "Equal" => "equal",
         "Less" => "less",
         "LessOrEqual" => "less_equal",
@@ -641,6 +643,44 @@ impl<'g, 'w> Ctx<'g, 'w> {
                 }
                 self.binary(n, "pow")
             }
+            "Sum" | "Max" | "Min" if n.inputs.len() > 2 || n.op_type == "Sum" => {
+                // Variadic: a chain of binary operations.
+                let ty = match n.op_type.as_str() {
+                    "Sum" => "add",
+                    "Max" => "maximum",
+                    _ => "minimum",
+                };
+                let out = self.out_type(n, 0)?;
+                let mut acc = self.val(n, &n.inputs[0])?;
+                let mut shape = self.b.ty(&acc)?.shape.clone();
+                for (i, name) in n.inputs.iter().enumerate().skip(1) {
+                    let y = self.val(n, name)?;
+                    shape = broadcast(&shape, &self.b.ty(&y)?.shape)
+                        .ok_or_else(|| node_err(n, "inputs do not broadcast"))?;
+                    let last = i + 1 == n.inputs.len();
+                    let hint = if last { o0.clone() } else { format!("{o0}_partial{i}") };
+                    acc = self.b.op1(ty, &hint, &[("x", &[&acc]), ("y", &[&y])], TType::new(out.dtype, &shape))?;
+                }
+                self.set(&o0, acc);
+                Ok(())
+            }
+            "LRN" => {
+                let size = n.attr_int("size")?.ok_or_else(|| node_err(n, "size missing"))?;
+                let x = self.val(n, &n.inputs[0])?;
+                let sz = self.b.const_int(&format!("{o0}_size"), size)?;
+                let al = self.scalar(&format!("{o0}_alpha"), n.attr_float_or("alpha", 1e-4)?)?;
+                let be = self.scalar(&format!("{o0}_beta"), n.attr_float_or("beta", 0.75)?)?;
+                let k = self.scalar(&format!("{o0}_k"), n.attr_float_or("bias", 1.0)?)?;
+                let out = self.out_type(n, 0)?;
+                let y = self.b.op1(
+                    "local_response_norm",
+                    &o0,
+                    &[("x", &[&x]), ("size", &[&sz]), ("alpha", &[&al]), ("beta", &[&be]), ("k", &[&k])],
+                    out,
+                )?;
+                self.set(&o0, y);
+                Ok(())
+            }
             "Max" | "Min" if n.inputs.len() == 2 => {
                 self.binary(n, if n.op_type == "Max" { "maximum" } else { "minimum" })
             }
@@ -760,12 +800,23 @@ impl<'g, 'w> Ctx<'g, 'w> {
                 if axis < 0 {
                     axis += rank;
                 }
-                if self.g.opset() < 13 && axis != rank - 1 {
-                    return Err(node_err(n, "opset < 13 Softmax over several axes is not converted"));
-                }
                 let x = self.val(n, &n.inputs[0])?;
-                let a = self.b.const_int(&format!("{o0}_axis"), axis)?;
                 let out = self.out_type(n, 0)?;
+                if self.g.opset() < 13 && axis != rank - 1 {
+                    // Before opset 13 Softmax normalizes over all dims from
+                    // `axis` on: flatten them, normalize, restore.
+                    let shape = out.shape.clone();
+                    let outer: usize = shape[..axis as usize].iter().product();
+                    let inner: usize = shape[axis as usize..].iter().product();
+                    let flat = self.reshape_to(&format!("{o0}_flat"), &x, &[outer, inner])?;
+                    let a = self.b.const_int(&format!("{o0}_axis"), -1)?;
+                    let t = TType::new(out.dtype, &[outer, inner]);
+                    let sm = self.b.op1("softmax", &format!("{o0}_2d"), &[("x", &[&flat]), ("axis", &[&a])], t)?;
+                    let y = self.reshape_to(&o0, &sm, &shape)?;
+                    self.set(&o0, y);
+                    return Ok(());
+                }
+                let a = self.b.const_int(&format!("{o0}_axis"), axis)?;
                 let y = self.b.op1("softmax", &o0, &[("x", &[&x]), ("axis", &[&a])], out)?;
                 self.set(&o0, y);
                 Ok(())
@@ -1070,6 +1121,23 @@ impl<'g, 'w> Ctx<'g, 'w> {
             other => Err(node_err(n, format!("'{other}' has no Core ML lowering"))),
         }
     }
+}
+
+/// Numpy broadcasting of two shapes.
+fn broadcast(a: &[usize], b: &[usize]) -> Option<Vec<usize>> {
+    let r = a.len().max(b.len());
+    (0..r)
+        .map(|i| {
+            let da = if i + a.len() >= r { a[i + a.len() - r] } else { 1 };
+            let db = if i + b.len() >= r { b[i + b.len() - r] } else { 1 };
+            match (da, db) {
+                (x, y) if x == y => Some(x),
+                (1, y) => Some(y),
+                (x, 1) => Some(x),
+                _ => None,
+            }
+        })
+        .collect()
 }
 
 /// Converts a prepared graph into one MIL function.

@@ -806,6 +806,29 @@ fn run_op(op: &spec::Operation, frame: &Frame) -> Result<Vec<Arr>> {
             }
             one(Arr::f(a.dtype, a.shape.clone(), v))
         }
+        "local_response_norm" => {
+            // x / (k + alpha / size * sum of squares over `size` channels
+            // centred on each channel)^beta, the ONNX/PyTorch definition.
+            let a = x()?;
+            let size = req(op, frame, "size")?.scalar_i()?.max(1) as usize;
+            let al = arg(op, frame, "alpha")?.map(|v| v.scalar_f()).transpose()?.unwrap_or(1e-4);
+            let be = arg(op, frame, "beta")?.map(|v| v.scalar_f()).transpose()?.unwrap_or(0.75);
+            let k = arg(op, frame, "k")?.map(|v| v.scalar_f()).transpose()?.unwrap_or(1.0);
+            if a.shape.len() < 3 {
+                return Err(err("local_response_norm needs rank >= 3"));
+            }
+            let (c, inner) = (a.shape[1], a.shape[2..].iter().product::<usize>());
+            let xv = a.fref()?;
+            let (lo, hi) = ((size - 1) / 2, size / 2);
+            let mut y = vec![0f32; xv.len()];
+            for (i, out) in y.iter_mut().enumerate() {
+                let (ch, base) = ((i / inner) % c, i - ((i / inner) % c) * inner);
+                let (c0, c1) = (ch.saturating_sub(lo), (ch + hi).min(c - 1));
+                let sq: f32 = (c0..=c1).map(|cc| xv[base + cc * inner].powi(2)).sum();
+                *out = xv[i] / (k + al / size as f32 * sq).powf(be);
+            }
+            one(Arr::f(a.dtype, a.shape.clone(), y))
+        }
         "batch_norm" => {
             let a = x()?;
             let (mean, var) = (req(op, frame, "mean")?.floats()?, req(op, frame, "variance")?.floats()?);
