@@ -31,7 +31,8 @@ struct ModelArgs {
     /// Value of a symbolic dimension, e.g. --dim batch=1 --dim seq=128.
     #[arg(long = "dim", value_parser = parse_kv::<usize>)]
     dims: Vec<(String, usize)>,
-    /// Execution providers: auto, amx, sme, accelerate or cpu.
+    /// Execution providers: auto, amx, sme, accelerate, coreml (macOS), coreml-interpreter
+    /// (the Core ML split, run by the MIL interpreter) or cpu.
     #[arg(long, default_value = "auto")]
     provider: String,
     /// Matrix-product precision: fp32 (accurate, default), bf16, int8 or auto.
