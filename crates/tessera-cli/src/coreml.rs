@@ -134,15 +134,6 @@ pub struct CoremlRunArgs {
     seed: u64,
 }
 
-fn to_arr(t: &Tensor) -> Arr {
-    let shape = t.shape().to_vec();
-    if t.dtype().is_float() {
-        Arr { dtype: DataType::Float32, shape, data: Data::F(t.to_f64_vec().into_iter().map(|v| v as f32).collect()) }
-    } else {
-        Arr { dtype: DataType::Int32, shape, data: Data::I(t.to_f64_vec().into_iter().map(|v| v as i32).collect()) }
-    }
-}
-
 pub fn coreml_run(a: &CoremlRunArgs) -> Result<(), String> {
     let pkg = tessera_coreml::read_package(&a.package).map_err(|e| format!("{}: {e}", a.package.display()))?;
     let prog = pkg.model.ml_program.as_ref().ok_or("not an ML Program")?;
@@ -174,7 +165,7 @@ pub fn coreml_run(a: &CoremlRunArgs) -> Result<(), String> {
                 crate::generate_input(&vi, &HashMap::new(), &mut rng)?
             }
         };
-        inputs.push((inp.name.clone(), to_arr(&t)));
+        inputs.push((inp.name.clone(), Arr::from_tensor(&t)));
     }
     let t0 = Instant::now();
     let outs = interp::run(&pkg, &a.function, &inputs).map_err(|e| format!("{}: {e}", a.package.display()))?;

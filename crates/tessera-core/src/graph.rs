@@ -180,6 +180,38 @@ impl Graph {
         self.inputs.iter().any(|i| i.name == name)
     }
 
+    /// What is known of a non-constant value: its graph input, shape
+    /// inference's entry, its graph output, in that order.
+    fn declared<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a ValueInfo> + 'a {
+        self.inputs
+            .iter()
+            .filter(move |v| v.name == name)
+            .chain(self.value_info.get(name))
+            .chain(self.outputs.iter().filter(move |v| v.name == name))
+    }
+
+    /// Element type of a value: an initializer's, else the first known.
+    pub fn dtype_of(&self, name: &str) -> Option<DType> {
+        match self.initializers.get(name) {
+            Some(t) => Some(t.dtype()),
+            None => self.declared(name).find_map(|v| v.dtype),
+        }
+    }
+
+    /// Shape of a value (possibly symbolic): an initializer's, else the
+    /// first known.
+    pub fn shape_of(&self, name: &str) -> Option<Vec<Dim>> {
+        match self.initializers.get(name) {
+            Some(t) => Some(t.shape().iter().map(|&d| Dim::Known(d)).collect()),
+            None => self.declared(name).find_map(|v| v.shape.clone()),
+        }
+    }
+
+    /// [`Graph::shape_of`] when every dimension is known.
+    pub fn concrete_shape_of(&self, name: &str) -> Option<Vec<usize>> {
+        self.shape_of(name)?.iter().map(|d| d.known()).collect()
+    }
+
     /// Sorts nodes topologically (stable with respect to file order) and
     /// checks that every value consumed is defined exactly once.
     pub fn toposort(&mut self) -> Result<()> {

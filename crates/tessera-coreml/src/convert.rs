@@ -11,7 +11,7 @@ use std::collections::{HashMap, HashSet};
 
 use tessera_core::{DType, Error, Graph, Node, Result, Tensor};
 
-use crate::mil::{sanitize, ConstData, FnBuilder, TType};
+use crate::mil::{broadcast_shapes, ConstData, FnBuilder, TType};
 use crate::quantize::{self, WeightCompression};
 use crate::spec::DataType;
 
@@ -173,28 +173,12 @@ fn node_err(n: &Node, msg: impl Into<String>) -> Error {
 }
 
 impl<'g, 'w> Ctx<'g, 'w> {
-    fn dtype_of(&self, name: &str) -> Option<DType> {
-        if let Some(t) = self.g.initializers.get(name) {
-            return Some(t.dtype());
-        }
-        self.g.inputs.iter().find(|i| i.name == name).or_else(|| self.g.value_info.get(name)).and_then(|v| v.dtype)
-    }
-    fn shape_of(&self, name: &str) -> Option<Vec<usize>> {
-        if let Some(t) = self.g.initializers.get(name) {
-            return Some(t.shape().to_vec());
-        }
-        self.g
-            .inputs
-            .iter()
-            .find(|i| i.name == name)
-            .or_else(|| self.g.value_info.get(name))
-            .and_then(|v| v.concrete_shape())
-    }
     fn out_type(&self, n: &Node, i: usize) -> Result<TType> {
         let name = &n.outputs[i];
-        let dt = self.dtype_of(name).ok_or_else(|| node_err(n, format!("output '{name}' has no inferred type")))?;
+        let dt = self.g.dtype_of(name).ok_or_else(|| node_err(n, format!("output '{name}' has no inferred type")))?;
         let shape = self
-            .shape_of(name)
+            .g
+            .concrete_shape_of(name)
             .ok_or_else(|| node_err(n, format!("output '{name}' has no static shape after preparation")))?;
         Ok(TType::new(mil_dtype(dt, self.opts.compute)?, &shape))
     }
@@ -289,7 +273,7 @@ impl<'g, 'w> Ctx<'g, 'w> {
     }
 
     fn reduce(&mut self, n: &Node, ty: &str) -> Result<()> {
-        let rank = self.shape_of(&n.inputs[0]).map(|s| s.len()).unwrap_or(0) as i64;
+        let rank = self.g.concrete_shape_of(&n.inputs[0]).map(|s| s.len()).unwrap_or(0) as i64;
         let axes = match self.axes_attr_or_input(n, 1)? {
             Some(a) if !a.is_empty() => a,
             _ => {
@@ -327,7 +311,6 @@ impl<'g, 'w> Ctx<'g, 'w> {
             (1.0, 1.0, false, false)
         };
         let out = self.out_type(n, 0)?;
-        let a_shape = self.shape_of(&n.inputs[0]).ok_or_else(|| node_err(n, "input has no static shape"))?;
         let b_const = self.constant_tensor(&n.inputs[1]).filter(|t| t.rank() == 2);
         let c_name = n.inputs.get(2).filter(|s| !s.is_empty()).cloned();
         if let (Some(w), false, true) = (b_const, ta, alpha == 1.0) {
@@ -356,7 +339,6 @@ impl<'g, 'w> Ctx<'g, 'w> {
                 out_ty = self.out_type(add, 0)?;
                 self.absorbed.insert(ai);
             }
-            let _ = a_shape;
             let x = self.val(n, &n.inputs[0])?;
             let wname = self.weight(&format!("{}_weight", n.name), &[nn, k], wt)?;
             let mut ins: Vec<(&str, Vec<String>)> = vec![("x", vec![x]), ("weight", vec![wname])];
@@ -365,9 +347,7 @@ impl<'g, 'w> Ctx<'g, 'w> {
                 let bname = self.b.const_float(&format!("{}_bias", n.name), dt, &[nn], b)?;
                 ins.push(("bias", vec![bname]));
             }
-            let refs: Vec<Vec<&str>> = ins.iter().map(|(_, v)| v.iter().map(|s| s.as_str()).collect()).collect();
-            let args: Vec<(&str, &[&str])> = ins.iter().zip(&refs).map(|((k, _), v)| (*k, v.as_slice())).collect();
-            let y = self.b.op1("linear", &out_name, &args, out_ty)?;
+            let y = self.b.op1_owned("linear", &out_name, &ins, out_ty)?;
             self.set(&out_name, y);
             return Ok(());
         }
@@ -392,7 +372,7 @@ impl<'g, 'w> Ctx<'g, 'w> {
             return None;
         }
         // The Add's output must keep the matmul's shape (no broadcast up).
-        if self.shape_of(&add.outputs[0]) != self.shape_of(out) {
+        if self.g.concrete_shape_of(&add.outputs[0]) != self.g.concrete_shape_of(out) {
             return None;
         }
         let g: &'g Graph = self.g;
@@ -465,7 +445,7 @@ impl<'g, 'w> Ctx<'g, 'w> {
 
     fn conv(&mut self, n: &Node) -> Result<()> {
         let w = self.constant_tensor(&n.inputs[1]).ok_or_else(|| node_err(n, "Core ML needs constant conv weights"))?;
-        let x_shape = self.shape_of(&n.inputs[0]).ok_or_else(|| node_err(n, "input has no static shape"))?;
+        let x_shape = self.g.concrete_shape_of(&n.inputs[0]).ok_or_else(|| node_err(n, "input has no static shape"))?;
         let sp = w.rank() - 2;
         let kernel: Vec<usize> = w.shape()[2..].to_vec();
         let strides: Vec<usize> =
@@ -497,15 +477,13 @@ impl<'g, 'w> Ctx<'g, 'w> {
             ins.push(("bias", vec![b]));
         }
         let out = self.out_type(n, 0)?;
-        let refs: Vec<Vec<&str>> = ins.iter().map(|(_, v)| v.iter().map(|s| s.as_str()).collect()).collect();
-        let args: Vec<(&str, &[&str])> = ins.iter().zip(&refs).map(|((k, _), v)| (*k, v.as_slice())).collect();
-        let y = self.b.op1("conv", o, &args, out)?;
+        let y = self.b.op1_owned("conv", o, &ins, out)?;
         self.set(o, y);
         Ok(())
     }
 
     fn pool(&mut self, n: &Node, ty: &str) -> Result<()> {
-        let x_shape = self.shape_of(&n.inputs[0]).ok_or_else(|| node_err(n, "input has no static shape"))?;
+        let x_shape = self.g.concrete_shape_of(&n.inputs[0]).ok_or_else(|| node_err(n, "input has no static shape"))?;
         let kernel: Vec<usize> = n
             .attr_ints("kernel_shape")?
             .ok_or_else(|| node_err(n, "kernel_shape missing"))?
@@ -557,15 +535,13 @@ impl<'g, 'w> Ctx<'g, 'w> {
             let ex = self.b.const_bool(&format!("{o}_exclude_pad"), n.attr_int_or("count_include_pad", 0)? == 0)?;
             ins.push(("exclude_padding_from_average", vec![ex]));
         }
-        let refs: Vec<Vec<&str>> = ins.iter().map(|(_, v)| v.iter().map(|s| s.as_str()).collect()).collect();
-        let args: Vec<(&str, &[&str])> = ins.iter().zip(&refs).map(|((k, _), v)| (*k, v.as_slice())).collect();
-        let y = self.b.op1(ty, o, &args, out)?;
+        let y = self.b.op1_owned(ty, o, &ins, out)?;
         self.set(o, y);
         Ok(())
     }
 
     fn slice(&mut self, n: &Node) -> Result<()> {
-        let shape = self.shape_of(&n.inputs[0]).ok_or_else(|| node_err(n, "input has no static shape"))?;
+        let shape = self.g.concrete_shape_of(&n.inputs[0]).ok_or_else(|| node_err(n, "input has no static shape"))?;
         let r = shape.len();
         let (starts, ends, axes, steps) = if n.inputs.len() >= 3 {
             let starts = self.const_ints(n, &n.inputs[1])?;
@@ -625,7 +601,7 @@ impl<'g, 'w> Ctx<'g, 'w> {
             "Sub" => self.binary(n, "sub"),
             "Mul" => self.binary(n, "mul"),
             "Div" => {
-                if self.dtype_of(&n.inputs[0]).is_some_and(|d| !d.is_float()) {
+                if self.g.dtype_of(&n.inputs[0]).is_some_and(|d| !d.is_float()) {
                     return Err(node_err(n, "integer division is not converted (truncation differs)"));
                 }
                 self.binary(n, "real_div")
@@ -655,7 +631,7 @@ impl<'g, 'w> Ctx<'g, 'w> {
                 let mut shape = self.b.ty(&acc)?.shape.clone();
                 for (i, name) in n.inputs.iter().enumerate().skip(1) {
                     let y = self.val(n, name)?;
-                    shape = broadcast(&shape, &self.b.ty(&y)?.shape)
+                    shape = broadcast_shapes(&shape, &self.b.ty(&y)?.shape)
                         .ok_or_else(|| node_err(n, "inputs do not broadcast"))?;
                     let last = i + 1 == n.inputs.len();
                     let hint = if last { o0.clone() } else { format!("{o0}_partial{i}") };
@@ -794,7 +770,7 @@ impl<'g, 'w> Ctx<'g, 'w> {
                 Ok(())
             }
             "Softmax" => {
-                let rank = self.shape_of(&n.inputs[0]).map(|s| s.len() as i64).unwrap_or(0);
+                let rank = self.g.concrete_shape_of(&n.inputs[0]).map(|s| s.len() as i64).unwrap_or(0);
                 let default = if self.g.opset() >= 13 { -1 } else { 1 };
                 let mut axis = n.attr_int_or("axis", default)?;
                 if axis < 0 {
@@ -822,7 +798,8 @@ impl<'g, 'w> Ctx<'g, 'w> {
                 Ok(())
             }
             "LayerNormalization" => {
-                let shape = self.shape_of(&n.inputs[0]).ok_or_else(|| node_err(n, "input has no static shape"))?;
+                let shape =
+                    self.g.concrete_shape_of(&n.inputs[0]).ok_or_else(|| node_err(n, "input has no static shape"))?;
                 let r = shape.len() as i64;
                 let mut axis = n.attr_int_or("axis", -1)?;
                 if axis < 0 {
@@ -876,9 +853,7 @@ impl<'g, 'w> Ctx<'g, 'w> {
                 let e = self.scalar(&format!("{o0}_epsilon"), n.attr_float_or("epsilon", 1e-5)?)?;
                 ins.push(("epsilon", vec![e]));
                 let out = self.out_type(n, 0)?;
-                let refs: Vec<Vec<&str>> = ins.iter().map(|(_, v)| v.iter().map(|s| s.as_str()).collect()).collect();
-                let args: Vec<(&str, &[&str])> = ins.iter().zip(&refs).map(|((k, _), v)| (*k, v.as_slice())).collect();
-                let y = self.b.op1("batch_norm", &o0, &args, out)?;
+                let y = self.b.op1_owned("batch_norm", &o0, &ins, out)?;
                 self.set(&o0, y);
                 Ok(())
             }
@@ -887,7 +862,7 @@ impl<'g, 'w> Ctx<'g, 'w> {
             "MaxPool" if n.outputs.len() == 1 || n.outputs[1].is_empty() => self.pool(n, "max_pool"),
             "AveragePool" => self.pool(n, "avg_pool"),
             "GlobalAveragePool" | "GlobalMaxPool" => {
-                let r = self.shape_of(&n.inputs[0]).map(|s| s.len() as i64).unwrap_or(4);
+                let r = self.g.concrete_shape_of(&n.inputs[0]).map(|s| s.len() as i64).unwrap_or(4);
                 let x = self.val(n, &n.inputs[0])?;
                 let axes = self.b.const_ints(&format!("{o0}_axes"), &(2..r).collect::<Vec<_>>())?;
                 let k = self.b.const_bool(&format!("{o0}_keep_dims"), true)?;
@@ -899,7 +874,7 @@ impl<'g, 'w> Ctx<'g, 'w> {
             }
             "Reshape" | "Flatten" | "Squeeze" | "Unsqueeze" => self.reshape(n),
             "Transpose" => {
-                let r = self.shape_of(&n.inputs[0]).map(|s| s.len() as i64).unwrap_or(0);
+                let r = self.g.concrete_shape_of(&n.inputs[0]).map(|s| s.len() as i64).unwrap_or(0);
                 let perm = n.attr_ints("perm")?.unwrap_or_else(|| (0..r).rev().collect());
                 let x = self.val(n, &n.inputs[0])?;
                 let p = self.b.const_ints(&format!("{o0}_perm"), &perm)?;
@@ -909,7 +884,7 @@ impl<'g, 'w> Ctx<'g, 'w> {
                 Ok(())
             }
             "Concat" => {
-                let r = self.shape_of(&o0).map(|s| s.len() as i64).unwrap_or(0);
+                let r = self.g.concrete_shape_of(&o0).map(|s| s.len() as i64).unwrap_or(0);
                 let mut axis = n.attr_int_or("axis", 0)?;
                 if axis < 0 {
                     axis += r;
@@ -917,7 +892,7 @@ impl<'g, 'w> Ctx<'g, 'w> {
                 // Empty inputs add nothing and MIL rejects zero-sized dims.
                 let mut xs = Vec::new();
                 for i in n.inputs.iter().filter(|s| !s.is_empty()) {
-                    if self.shape_of(i).is_some_and(|s| s.contains(&0)) {
+                    if self.g.concrete_shape_of(i).is_some_and(|s| s.contains(&0)) {
                         continue;
                     }
                     xs.push(self.val(n, i)?);
@@ -936,7 +911,8 @@ impl<'g, 'w> Ctx<'g, 'w> {
                 Ok(())
             }
             "Split" => {
-                let shape = self.shape_of(&n.inputs[0]).ok_or_else(|| node_err(n, "input has no static shape"))?;
+                let shape =
+                    self.g.concrete_shape_of(&n.inputs[0]).ok_or_else(|| node_err(n, "input has no static shape"))?;
                 let r = shape.len() as i64;
                 let mut axis = n.attr_int_or("axis", 0)?;
                 if axis < 0 {
@@ -945,7 +921,7 @@ impl<'g, 'w> Ctx<'g, 'w> {
                 let sizes: Vec<i64> = n
                     .outputs
                     .iter()
-                    .map(|o| self.shape_of(o).map(|s| s[axis as usize] as i64))
+                    .map(|o| self.g.concrete_shape_of(o).map(|s| s[axis as usize] as i64))
                     .collect::<Option<_>>()
                     .ok_or_else(|| node_err(n, "outputs have no static shapes"))?;
                 let x = self.val(n, &n.inputs[0])?;
@@ -960,7 +936,8 @@ impl<'g, 'w> Ctx<'g, 'w> {
             }
             "Slice" => self.slice(n),
             "Gather" => {
-                let shape = self.shape_of(&n.inputs[0]).ok_or_else(|| node_err(n, "input has no static shape"))?;
+                let shape =
+                    self.g.concrete_shape_of(&n.inputs[0]).ok_or_else(|| node_err(n, "input has no static shape"))?;
                 let mut axis = n.attr_int_or("axis", 0)?;
                 if axis < 0 {
                     axis += shape.len() as i64;
@@ -1003,7 +980,7 @@ impl<'g, 'w> Ctx<'g, 'w> {
             "ReduceProd" => self.reduce(n, "reduce_prod"),
             "ReduceL2" => self.reduce(n, "reduce_l2_norm"),
             "ArgMax" | "ArgMin" => {
-                let r = self.shape_of(&n.inputs[0]).map(|s| s.len() as i64).unwrap_or(0);
+                let r = self.g.concrete_shape_of(&n.inputs[0]).map(|s| s.len() as i64).unwrap_or(0);
                 let mut axis = n.attr_int_or("axis", 0)?;
                 if axis < 0 {
                     axis += r;
@@ -1043,7 +1020,8 @@ impl<'g, 'w> Ctx<'g, 'w> {
             }
             "Expand" | "Tile" => {
                 let out = self.out_type(n, 0)?;
-                let in_shape = self.shape_of(&n.inputs[0]).ok_or_else(|| node_err(n, "input has no static shape"))?;
+                let in_shape =
+                    self.g.concrete_shape_of(&n.inputs[0]).ok_or_else(|| node_err(n, "input has no static shape"))?;
                 let mut x = self.val(n, &n.inputs[0])?;
                 let reps: Vec<i64> = if n.op_type == "Tile" {
                     self.const_ints(n, &n.inputs[1])?
@@ -1099,7 +1077,7 @@ impl<'g, 'w> Ctx<'g, 'w> {
                 Ok(())
             }
             "CumSum" => {
-                let r = self.shape_of(&n.inputs[0]).map(|s| s.len() as i64).unwrap_or(0);
+                let r = self.g.concrete_shape_of(&n.inputs[0]).map(|s| s.len() as i64).unwrap_or(0);
                 let mut axis = *self.const_ints(n, &n.inputs[1])?.first().ok_or_else(|| node_err(n, "axis missing"))?;
                 if axis < 0 {
                     axis += r;
@@ -1121,23 +1099,6 @@ impl<'g, 'w> Ctx<'g, 'w> {
             other => Err(node_err(n, format!("'{other}' has no Core ML lowering"))),
         }
     }
-}
-
-/// Numpy broadcasting of two shapes.
-fn broadcast(a: &[usize], b: &[usize]) -> Option<Vec<usize>> {
-    let r = a.len().max(b.len());
-    (0..r)
-        .map(|i| {
-            let da = if i + a.len() >= r { a[i + a.len() - r] } else { 1 };
-            let db = if i + b.len() >= r { b[i + b.len() - r] } else { 1 };
-            match (da, db) {
-                (x, y) if x == y => Some(x),
-                (1, y) => Some(y),
-                (x, 1) => Some(x),
-                _ => None,
-            }
-        })
-        .collect()
 }
 
 /// Converts a prepared graph into one MIL function.
@@ -1193,7 +1154,7 @@ pub fn convert_function(
         let t = ctx.b.ty(&v)?.clone();
         let dt = o
             .dtype
-            .or_else(|| ctx.dtype_of(&o.name))
+            .or_else(|| ctx.g.dtype_of(&o.name))
             .ok_or_else(|| Error::Unsupported(format!("output '{}' has no type", o.name)))?;
         let io = io_dtype(dt)?;
         // The output value must carry the interface name.
@@ -1240,9 +1201,4 @@ fn rename_last_output(b: &mut FnBuilder, from: &str, to: &str) {
             }
         }
     }
-}
-
-/// Used by tests: the MIL name an ONNX name gets.
-pub fn mil_name(onnx: &str) -> String {
-    sanitize(onnx)
 }

@@ -14,6 +14,7 @@ use tessera_kernels::conv::{conv_forward, ConvGeom};
 use tessera_kernels::gemm::{sgemm, MatRef, Parallel};
 
 use crate::blob::{BlobDType, BlobReader};
+use crate::mil::broadcast_shapes;
 use crate::package::Package;
 use crate::quantize::unpack_bits;
 use crate::spec::{self, binding, tensor_value, value, value_type, DataType};
@@ -49,6 +50,17 @@ fn round_f16(v: &mut [f32]) {
 }
 
 impl Arr {
+    /// An interface value from a tensor: floats as fp32, integers as int32.
+    pub fn from_tensor(t: &tessera_core::Tensor) -> Arr {
+        let shape = t.shape().to_vec();
+        let v = t.to_f64_vec();
+        if t.dtype().is_float() {
+            Arr { dtype: DataType::Float32, shape, data: Data::F(v.into_iter().map(|x| x as f32).collect()) }
+        } else {
+            Arr { dtype: DataType::Int32, shape, data: Data::I(v.into_iter().map(|x| x as i32).collect()) }
+        }
+    }
+
     pub fn f(dtype: DataType, shape: Vec<usize>, mut v: Vec<f32>) -> Arr {
         if dtype == DataType::Float16 {
             round_f16(&mut v);
@@ -229,19 +241,7 @@ fn strides(shape: &[usize]) -> Vec<usize> {
 }
 
 fn broadcast_shape(a: &[usize], b: &[usize]) -> Result<Vec<usize>> {
-    let r = a.len().max(b.len());
-    let mut out = vec![0; r];
-    for i in 0..r {
-        let da = if i + a.len() >= r { a[i + a.len() - r] } else { 1 };
-        let db = if i + b.len() >= r { b[i + b.len() - r] } else { 1 };
-        out[i] = match (da, db) {
-            (x, y) if x == y => x,
-            (1, y) => y,
-            (x, 1) => x,
-            _ => return Err(err(format!("shapes {a:?} and {b:?} do not broadcast"))),
-        };
-    }
-    Ok(out)
+    broadcast_shapes(a, b).ok_or_else(|| err(format!("shapes {a:?} and {b:?} do not broadcast")))
 }
 
 /// For each output element, the index into an input of `shape` broadcast to `out`.
@@ -370,37 +370,14 @@ fn pick(d: &Data, idx: &[usize]) -> Data {
 }
 
 fn concat_data(parts: &[&Data]) -> Result<Data> {
+    fn join<T: Clone>(parts: &[&Data], get: impl Fn(&Data) -> Option<&Vec<T>>) -> Result<Vec<T>> {
+        let slices = parts.iter().map(|d| get(d).map(Vec::as_slice).ok_or_else(|| err("mixed types")));
+        Ok(slices.collect::<Result<Vec<_>>>()?.concat())
+    }
     Ok(match parts.first() {
-        Some(Data::F(_)) => Data::F(
-            parts
-                .iter()
-                .map(|d| match d {
-                    Data::F(v) => Ok(v.clone()),
-                    _ => Err(err("mixed types")),
-                })
-                .collect::<Result<Vec<_>>>()?
-                .concat(),
-        ),
-        Some(Data::I(_)) => Data::I(
-            parts
-                .iter()
-                .map(|d| match d {
-                    Data::I(v) => Ok(v.clone()),
-                    _ => Err(err("mixed types")),
-                })
-                .collect::<Result<Vec<_>>>()?
-                .concat(),
-        ),
-        Some(Data::B(_)) => Data::B(
-            parts
-                .iter()
-                .map(|d| match d {
-                    Data::B(v) => Ok(v.clone()),
-                    _ => Err(err("mixed types")),
-                })
-                .collect::<Result<Vec<_>>>()?
-                .concat(),
-        ),
+        Some(Data::F(_)) => Data::F(join(parts, |d| if let Data::F(v) = d { Some(v) } else { None })?),
+        Some(Data::I(_)) => Data::I(join(parts, |d| if let Data::I(v) = d { Some(v) } else { None })?),
+        Some(Data::B(_)) => Data::B(join(parts, |d| if let Data::B(v) = d { Some(v) } else { None })?),
         _ => return Err(err("concat of unsupported type")),
     })
 }

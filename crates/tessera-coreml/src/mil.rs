@@ -47,6 +47,23 @@ impl TType {
     }
 }
 
+/// Numpy broadcasting of two shapes, or `None` when they do not broadcast.
+pub fn broadcast_shapes(a: &[usize], b: &[usize]) -> Option<Vec<usize>> {
+    let r = a.len().max(b.len());
+    (0..r)
+        .map(|i| {
+            let da = if i + a.len() >= r { a[i + a.len() - r] } else { 1 };
+            let db = if i + b.len() >= r { b[i + b.len() - r] } else { 1 };
+            match (da, db) {
+                (x, y) if x == y => Some(x),
+                (1, y) => Some(y),
+                (x, 1) => Some(x),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
 /// Data of a constant.
 #[derive(Clone, Debug, PartialEq)]
 pub enum ConstData {
@@ -290,6 +307,13 @@ impl<'w> FnBuilder<'w> {
             self.types.insert(n.clone(), t);
         }
         Ok(names)
+    }
+
+    /// [`FnBuilder::op1`] with each parameter's values owned.
+    pub fn op1_owned(&mut self, ty: &str, hint: &str, inputs: &[(&str, Vec<String>)], out: TType) -> Result<String> {
+        let refs: Vec<Vec<&str>> = inputs.iter().map(|(_, v)| v.iter().map(|s| s.as_str()).collect()).collect();
+        let args: Vec<(&str, &[&str])> = inputs.iter().zip(&refs).map(|((k, _), v)| (*k, v.as_slice())).collect();
+        self.op1(ty, hint, &args, out)
     }
 
     /// Shorthand for a one-output operation.

@@ -49,13 +49,6 @@ pub fn bind_dims(graph: &mut Graph, dims: &HashMap<String, usize>) -> Result<()>
     Ok(())
 }
 
-fn concrete(graph: &Graph, name: &str) -> Option<Vec<usize>> {
-    if let Some(t) = graph.initializers.get(name) {
-        return Some(t.shape().to_vec());
-    }
-    graph.inputs.iter().find(|i| i.name == name).or_else(|| graph.value_info.get(name)).and_then(|v| v.concrete_shape())
-}
-
 /// Replaces `Shape`/`Size` of statically shaped values by constants.
 fn fold_shape_ops(graph: &mut Graph) -> Result<usize> {
     tessera_core::shape_inference::infer(graph)?;
@@ -65,7 +58,7 @@ fn fold_shape_ops(graph: &mut Graph) -> Result<usize> {
         let node = &graph.nodes[i];
         let standard = node.domain.is_empty() || node.domain == "ai.onnx";
         if standard && (node.op_type == "Shape" || node.op_type == "Size") {
-            if let Some(shape) = node.inputs.first().and_then(|x| concrete(graph, x)) {
+            if let Some(shape) = node.inputs.first().and_then(|x| graph.concrete_shape_of(x)) {
                 let t = if node.op_type == "Size" {
                     Tensor::scalar(shape.iter().product::<usize>() as i64)
                 } else {
@@ -154,6 +147,22 @@ pub fn fold_batchnorm_into_conv(graph: &mut Graph) -> Result<usize> {
     Ok(folded)
 }
 
+/// Folds shape ops and the constants they decide until nothing changes;
+/// returns how many of each were folded.
+fn fold_to_fixpoint(graph: &mut Graph, eval: &Evaluator) -> Result<(usize, usize)> {
+    let (mut shapes, mut consts) = (0, 0);
+    for _ in 0..16 {
+        let s = fold_shape_ops(graph)?;
+        let c = fold::fold_constants(graph, eval)?;
+        shapes += s;
+        consts += c;
+        if s + c == 0 {
+            break;
+        }
+    }
+    Ok((shapes, consts))
+}
+
 /// Binds the dims given (others stay symbolic) and, when every input is
 /// then static, folds shape computations and constants to a fixpoint.
 /// Returns whether the graph is static. For sessions that place regions on
@@ -170,11 +179,7 @@ pub fn make_static(graph: &mut Graph, dims: &HashMap<String, usize>, eval: &Eval
     }
     let all_static = graph.inputs.iter().all(|i| i.concrete_shape().is_some());
     if all_static {
-        for _ in 0..16 {
-            if fold_shape_ops(graph)? + fold::fold_constants(graph, eval)? == 0 {
-                break;
-            }
-        }
+        fold_to_fixpoint(graph, eval)?;
         dce::eliminate_dead_nodes(graph);
         graph.toposort()?;
         graph.value_info.clear();
@@ -187,15 +192,7 @@ pub fn prepare(graph: &mut Graph, dims: &HashMap<String, usize>, eval: &Evaluato
     graph.toposort()?;
     bind_dims(graph, dims)?;
     let mut r = PrepareReport::default();
-    for _ in 0..16 {
-        let s = fold_shape_ops(graph)?;
-        let c = fold::fold_constants(graph, eval)?;
-        r.shapes_folded += s;
-        r.constants_folded += c;
-        if s + c == 0 {
-            break;
-        }
-    }
+    (r.shapes_folded, r.constants_folded) = fold_to_fixpoint(graph, eval)?;
     dce::eliminate_dead_nodes(graph);
     r.batchnorms_folded = fold_batchnorm_into_conv(graph)?;
     r.layernorms_fused = fuse_layernorm::fuse_layer_norm(graph);

@@ -80,20 +80,6 @@ const ANE_OPS: &[&str] = &[
 /// hop to Core ML.
 pub const HEAVY_OPS: &[&str] = &["MatMul", "Gemm", "Conv"];
 
-fn static_shape(g: &Graph, name: &str) -> Option<Vec<usize>> {
-    if let Some(t) = g.initializers.get(name) {
-        return Some(t.shape().to_vec());
-    }
-    g.inputs.iter().find(|i| i.name == name).or_else(|| g.value_info.get(name)).and_then(|v| v.concrete_shape())
-}
-
-fn dtype(g: &Graph, name: &str) -> Option<tessera_core::DType> {
-    if let Some(t) = g.initializers.get(name) {
-        return Some(t.dtype());
-    }
-    g.inputs.iter().find(|i| i.name == name).or_else(|| g.value_info.get(name)).and_then(|v| v.dtype)
-}
-
 /// `Ok` when the node converts and its lowering suits the Neural Engine;
 /// otherwise why not.
 pub fn neural_engine_verdict(g: &Graph, n: &Node) -> Result<(), String> {
@@ -107,7 +93,7 @@ pub fn neural_engine_verdict(g: &Graph, n: &Node) -> Result<(), String> {
         return Err(format!("'{}' lowers to Core ML but runs on its CPU, not the Neural Engine", n.op_type));
     }
     for v in n.inputs.iter().chain(&n.outputs).filter(|s| !s.is_empty()) {
-        let Some(shape) = static_shape(g, v) else {
+        let Some(shape) = g.concrete_shape_of(v) else {
             return Err(format!("'{v}' has no static shape (bind the model's dims with --dim)"));
         };
         if shape.len() > MAX_RANK {
@@ -121,7 +107,7 @@ pub fn neural_engine_verdict(g: &Graph, n: &Node) -> Result<(), String> {
         }
     }
     for o in n.outputs.iter().filter(|s| !s.is_empty()) {
-        match dtype(g, o) {
+        match g.dtype_of(o) {
             Some(d) if d.is_float() => {}
             Some(tessera_core::DType::Bool) if matches!(n.op_type.as_str(), "Where" | "Identity") => {}
             Some(d) => return Err(format!("'{o}' is {d}: Core ML runs integer and boolean math on its CPU")),

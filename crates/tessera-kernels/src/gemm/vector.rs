@@ -439,7 +439,7 @@ impl<In: Copy + Default + Send + Sync + 'static, Acc: RefMac<In>> VectorKernel f
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::gemm::Activation;
     use proptest::prelude::*;

@@ -84,7 +84,7 @@ impl AccelerateProvider {
                     Ok(g) => return Err(format!("grouped or depthwise convolution (group {g}) stays on the CPU")),
                     Err(e) => return Err(e.to_string()),
                 }
-                if let Some(rank) = node.input(1).and_then(|w| known_rank(graph, w)) {
+                if let Some(rank) = node.input(1).and_then(|w| graph.shape_of(w).map(|s| s.len())) {
                     if !(3..=5).contains(&rank) {
                         return Err(format!("weight of rank {rank} (1 to 3 spatial dimensions are supported)"));
                     }
@@ -99,35 +99,12 @@ impl AccelerateProvider {
     }
 }
 
-/// The element type of value `name` where the graph states it: a constant's
-/// type, a graph input's declared type, or an inferred one.
-fn known_dtype(graph: &Graph, name: &str) -> Option<DType> {
-    if let Some(t) = graph.initializers.get(name) {
-        return Some(t.dtype());
-    }
-    graph
-        .inputs
-        .iter()
-        .chain(graph.outputs.iter())
-        .find(|v| v.name == name)
-        .and_then(|v| v.dtype)
-        .or_else(|| graph.value_info.get(name).and_then(|v| v.dtype))
-}
-
-fn known_rank(graph: &Graph, name: &str) -> Option<usize> {
-    if let Some(t) = graph.initializers.get(name) {
-        return Some(t.rank());
-    }
-    let info = graph.inputs.iter().find(|v| v.name == name).or_else(|| graph.value_info.get(name));
-    info.and_then(|v| v.shape.as_ref()).map(|s| s.len())
-}
-
 /// `Ok` when every present input among `idx` is known to be fp32: the BLAS
 /// path is fp32 only, and a claim must not depend on types seen at run time.
 fn fp32_inputs(graph: &Graph, node: &Node, idx: &[usize]) -> std::result::Result<(), String> {
     for &i in idx {
         let Some(name) = node.input(i) else { continue };
-        match known_dtype(graph, name) {
+        match graph.dtype_of(name) {
             Some(DType::F32) => {}
             Some(d) => return Err(format!("input '{name}' is {d} (Accelerate's sgemm takes fp32)")),
             None => return Err(format!("the type of input '{name}' is not known")),

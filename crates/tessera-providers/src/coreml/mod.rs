@@ -20,13 +20,12 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use tessera_core::{DType, Error, Graph, Node, Result, Tensor, ValueInfo};
-use tessera_coreml::interp::{self, Arr, Data};
+use tessera_coreml::interp::{self, Arr};
 use tessera_coreml::rules::{neural_engine_verdict, HEAVY_OPS};
-use tessera_coreml::spec::DataType;
 use tessera_coreml::{Compute, ConvertOptions, Package};
 
 use crate::cpu::CpuProvider;
-use crate::{CompiledPartition, ExecutionProvider, NodeVerdict, RunOptions, Subgraph, Value};
+use crate::{claim_each, CompiledPartition, ExecutionProvider, NodeVerdict, RunOptions, Subgraph, Value};
 
 /// Where a compiled region runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,14 +65,10 @@ impl CoreMlProvider {
 /// Copies a region out of `graph` as a graph of its own.
 pub fn region_graph(graph: &Graph, sub: &Subgraph) -> Result<Graph> {
     let info = |name: &str| -> Result<ValueInfo> {
-        graph
-            .inputs
-            .iter()
-            .find(|i| i.name == name)
-            .or_else(|| graph.value_info.get(name))
-            .cloned()
-            .or_else(|| graph.outputs.iter().find(|o| o.name == name).cloned())
-            .ok_or_else(|| Error::Other(format!("value '{name}' at a Core ML region border has no type")))
+        match (graph.dtype_of(name), graph.shape_of(name)) {
+            (Some(dtype), Some(shape)) => Ok(ValueInfo { name: name.into(), dtype: Some(dtype), shape: Some(shape) }),
+            _ => Err(Error::Other(format!("value '{name}' at a Core ML region border has no type"))),
+        }
     };
     let nodes: Vec<Node> = sub.nodes.iter().map(|&i| graph.nodes[i].clone()).collect();
     let mut initializers = HashMap::new();
@@ -113,20 +108,7 @@ impl ExecutionProvider for CoreMlProvider {
     /// convolution is declined, since the hop to Core ML would cost more
     /// than it saves.
     fn claim(&self, graph: &Graph, taken: &[bool]) -> Vec<NodeVerdict> {
-        let mut verdicts: Vec<NodeVerdict> = graph
-            .nodes
-            .iter()
-            .zip(taken)
-            .map(|(n, &t)| {
-                if t {
-                    return NodeVerdict::Decline { reason: "taken by another provider".into() };
-                }
-                match neural_engine_verdict(graph, n) {
-                    Ok(()) => NodeVerdict::Claim { group: 0 },
-                    Err(reason) => NodeVerdict::Decline { reason },
-                }
-            })
-            .collect();
+        let mut verdicts = claim_each(graph, taken, |n| neural_engine_verdict(graph, n));
         let mut group = 0;
         let mut i = 0;
         while i < verdicts.len() {
@@ -209,22 +191,6 @@ struct CoreMlPartition {
     out_dtypes: Vec<DType>,
 }
 
-fn to_arr(t: &Tensor) -> Arr {
-    if t.dtype().is_float() {
-        Arr {
-            dtype: DataType::Float32,
-            shape: t.shape().to_vec(),
-            data: Data::F(t.to_f64_vec().into_iter().map(|v| v as f32).collect()),
-        }
-    } else {
-        Arr {
-            dtype: DataType::Int32,
-            shape: t.shape().to_vec(),
-            data: Data::I(t.to_f64_vec().into_iter().map(|v| v as i32).collect()),
-        }
-    }
-}
-
 fn from_f32(dtype: DType, shape: &[usize], v: &[f32]) -> Result<Tensor> {
     Tensor::from_f64(dtype, shape, &v.iter().map(|&x| x as f64).collect::<Vec<_>>())
 }
@@ -235,59 +201,61 @@ impl CompiledPartition for CoreMlPartition {
         if tensors.len() != self.in_names.len() {
             return Err(Error::Other(format!("Core ML region: {} inputs for {}", tensors.len(), self.in_names.len())));
         }
-        let outs: Vec<(Vec<usize>, Vec<f32>)> = match &self.runner {
+        // Outputs by name, each as (shape, values).
+        let mut got: HashMap<String, (Vec<usize>, Vec<f32>)> = match &self.runner {
             Runner::Interpreter(pkg) => {
-                let feeds: Vec<(String, Arr)> = self.in_names.iter().cloned().zip(tensors.iter().map(to_arr)).collect();
-                let got = interp::run(pkg, "main", &feeds)?;
-                self.out_names
-                    .iter()
-                    .map(|n| {
-                        let a = got
-                            .iter()
-                            .find(|(g, _)| g == n)
-                            .map(|(_, a)| a)
-                            .ok_or_else(|| Error::Other(format!("the region computed no output '{n}'")))?;
-                        Ok((a.shape.clone(), a.floats()?))
-                    })
+                let feeds: Vec<(String, Arr)> =
+                    self.in_names.iter().cloned().zip(tensors.iter().map(Arr::from_tensor)).collect();
+                interp::run(pkg, "main", &feeds)?
+                    .into_iter()
+                    .map(|(n, a)| Ok((n, (a.shape.clone(), a.floats()?))))
                     .collect::<Result<_>>()?
             }
             #[cfg(target_os = "macos")]
             Runner::Native(model) => {
-                let f32s: Vec<Option<Vec<f32>>> = tensors
+                // fp32 tensors are lent to Core ML as they are; the others
+                // are converted to its interface types (fp32, int32).
+                enum Buf<'a> {
+                    F(std::borrow::Cow<'a, [f32]>),
+                    I(Vec<i32>),
+                }
+                let bufs: Vec<Buf> = tensors
                     .iter()
-                    .map(|t| t.dtype().is_float().then(|| t.to_f64_vec().into_iter().map(|v| v as f32).collect()))
-                    .collect();
-                let i32s: Vec<Option<Vec<i32>>> = tensors
-                    .iter()
-                    .map(|t| (!t.dtype().is_float()).then(|| t.to_f64_vec().into_iter().map(|v| v as i32).collect()))
-                    .collect();
+                    .map(|t| {
+                        let v = || t.to_f64_vec().into_iter();
+                        Ok(match t.dtype() {
+                            DType::F32 => Buf::F(std::borrow::Cow::Borrowed(t.as_slice::<f32>()?)),
+                            d if d.is_float() => Buf::F(std::borrow::Cow::Owned(v().map(|x| x as f32).collect())),
+                            _ => Buf::I(v().map(|x| x as i32).collect()),
+                        })
+                    })
+                    .collect::<Result<_>>()?;
                 let feeds: Vec<(&str, &[usize], ffi::InputData)> = self
                     .in_names
                     .iter()
                     .zip(&tensors)
-                    .zip(f32s.iter().zip(&i32s))
-                    .map(|((n, t), (f, i))| {
-                        let data = match (f, i) {
-                            (Some(f), _) => ffi::InputData::F32(f),
-                            (_, Some(i)) => ffi::InputData::I32(i),
-                            _ => unreachable!("each input is float or integer"),
+                    .zip(&bufs)
+                    .map(|((n, t), b)| {
+                        let data = match b {
+                            Buf::F(f) => ffi::InputData::F32(f),
+                            Buf::I(i) => ffi::InputData::I32(i),
                         };
                         (n.as_str(), t.shape(), data)
                     })
                     .collect();
                 let model = model.lock().map_err(|_| Error::Other("Core ML model lock poisoned".into()))?;
-                let got = model.predict(&feeds).map_err(Error::Other)?;
-                self.out_names
-                    .iter()
-                    .map(|n| {
-                        got.iter()
-                            .find(|(g, _, _)| g == n)
-                            .map(|(_, s, v)| (s.clone(), v.clone()))
-                            .ok_or_else(|| Error::Other(format!("Core ML returned no output '{n}'")))
-                    })
-                    .collect::<Result<_>>()?
+                model.predict(&feeds).map_err(Error::Other)?.into_iter().map(|(n, s, v)| (n, (s, v))).collect()
             }
         };
-        outs.iter().zip(&self.out_dtypes).map(|((shape, v), &dt)| Ok(Value::Host(from_f32(dt, shape, v)?))).collect()
+        self.out_names
+            .iter()
+            .zip(&self.out_dtypes)
+            .map(|(n, &dt)| {
+                let (shape, v) = got
+                    .remove(n)
+                    .ok_or_else(|| Error::Other(format!("the Core ML region returned no output '{n}'")))?;
+                Ok(Value::Host(from_f32(dt, &shape, &v)?))
+            })
+            .collect()
     }
 }

@@ -10,20 +10,9 @@ use proptest::prelude::*;
 
 use super::neon::{has_dotprod, has_fp16, NeonF16, NeonF32, NeonI8Dot};
 use super::sme::{has_sme, streaming_vector_bytes, SmeBf16, SmeF32};
+use crate::gemm::vector::tests::rand_f32;
 use crate::gemm::vector::{vector_igemm, vector_sgemm, Blocking, FloatKernel, VectorKernel};
 use crate::gemm::{Epilogue, MatRef};
-
-fn rand_f32(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
 
 /// Whether the feature is present; panics if the environment requires it
 /// and it is missing (so a misconfigured runner cannot skip silently).
