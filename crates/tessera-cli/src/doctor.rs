@@ -41,25 +41,6 @@ fn rand_f32(n: usize, seed: u64) -> Vec<f32> {
     (0..n).map(|_| r.uniform() * 2.0 - 1.0).collect()
 }
 
-/// Largest `|got - want|` relative to `sum_k |a b|` of each output (the
-/// error scale of a dot product), over an `m x n` result.
-fn dot_error(a: &[f32], b: &[f32], m: usize, k: usize, n: usize, got: &[f32], round: fn(f32) -> f32) -> f64 {
-    let mut worst = 0f64;
-    for i in 0..m {
-        for j in 0..n {
-            let (mut want, mut mag) = (0f64, 1e-30f64);
-            for kk in 0..k {
-                let p = round(a[i * k + kk]) as f64 * round(b[kk * n + j]) as f64;
-                want += p;
-                mag += p.abs();
-            }
-            let g = got[i * n + j] as f64;
-            worst = worst.max(if g.is_finite() { (g - want).abs() / mag } else { f64::INFINITY });
-        }
-    }
-    worst
-}
-
 fn same(v: f32) -> f32 {
     v
 }
@@ -106,7 +87,7 @@ fn float_check(name: &str, limit: f64, round: fn(f32) -> f32, run: FloatProduct)
     let (m, n, k) = ACC;
     let (a, b) = (rand_f32(m * k, 1), rand_f32(k * n, 2));
     let got = run(&a, &b, m, k, n);
-    let e = dot_error(&a, &b, m, k, n, &got, round);
+    let e = tessera_kernels::gemm::dot_error(&a, &b, m, k, n, &got, round);
     let status = if e <= limit { Status::Pass } else { Status::Fail };
     let s = SPEED;
     let (sa, sb) = (rand_f32(s * s, 3), rand_f32(s * s, 4));

@@ -227,6 +227,27 @@ pub(crate) unsafe fn gemm_raw<T: GemmScalar>(
     }
 }
 
+/// Largest `|got - want|` relative to `sum_k |a b|` of each output (the
+/// error scale of a dot product), over an `m x n` result (row-major `a` and
+/// `b`); `round` models the kernel's input precision. Infinite when `got`
+/// holds a non-finite value.
+pub fn dot_error(a: &[f32], b: &[f32], m: usize, k: usize, n: usize, got: &[f32], round: fn(f32) -> f32) -> f64 {
+    let mut worst = 0f64;
+    for i in 0..m {
+        for j in 0..n {
+            let (mut want, mut mag) = (0f64, 1e-30f64);
+            for kk in 0..k {
+                let p = round(a[i * k + kk]) as f64 * round(b[kk * n + j]) as f64;
+                want += p;
+                mag += p.abs();
+            }
+            let g = got[i * n + j] as f64;
+            worst = worst.max(if g.is_finite() { (g - want).abs() / mag } else { f64::INFINITY });
+        }
+    }
+    worst
+}
+
 /// Plain triple loop, the reference the fast paths are tested against.
 pub fn sgemm_reference(a: MatRef, b: MatRef, c: &mut [f32], ldc: usize, alpha: f32, beta: f32) {
     for i in 0..a.rows {

@@ -12,7 +12,7 @@ use super::neon::{has_dotprod, has_fp16, NeonF16, NeonF32, NeonI8Dot};
 use super::sme::{has_sme, streaming_vector_bytes, SmeBf16, SmeF32};
 use crate::gemm::vector::tests::rand_f32;
 use crate::gemm::vector::{vector_igemm, vector_sgemm, Blocking, FloatKernel, VectorKernel};
-use crate::gemm::{Epilogue, MatRef};
+use crate::gemm::{dot_error, Epilogue, MatRef};
 
 /// Whether the feature is present; panics if the environment requires it
 /// and it is missing (so a misconfigured runner cannot skip silently).
@@ -32,20 +32,8 @@ fn float_error<K: FloatKernel>(kern: &K, m: usize, k: usize, n: usize, seed: u64
     let blk = Blocking { kc: 48, mc: 2 * kern.mr(), nc: 3 * kern.nr() };
     let mut c = vec![f32::NAN; m * n];
     vector_sgemm(kern, blk, MatRef::row_major(&a, m, k), MatRef::row_major(&b, k, n), &mut c, n, &Epilogue::default());
-    let mut worst = 0f64;
-    for i in 0..m {
-        for j in 0..n {
-            let (mut want, mut mag) = (0f64, 1e-30f64);
-            for kk in 0..k {
-                let p = round(a[i * k + kk]) as f64 * round(b[kk * n + j]) as f64;
-                want += p;
-                mag += p.abs();
-            }
-            let got = c[i * n + j] as f64;
-            assert!(got.is_finite(), "{} left a non-finite value at ({i}, {j})", kern.name());
-            worst = worst.max((got - want).abs() / mag);
-        }
-    }
+    let worst = dot_error(&a, &b, m, k, n, &c, round);
+    assert!(worst.is_finite(), "{} left a non-finite value", kern.name());
     worst
 }
 
