@@ -6,7 +6,7 @@
 //! the type the package declares, so a wrong layout, transpose or shape in a
 //! conversion fails here. Covers the operations [`crate::convert`] emits.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use half::f16;
 use tessera_core::{Error, Result};
@@ -402,17 +402,26 @@ fn reduce(x: &Arr, axes: &[usize], keep: bool, f: impl Fn(&[f32]) -> f32) -> Res
     Ok(Arr::f(x.dtype, shape, v))
 }
 
-/// A function's values while it runs.
+/// A function's values while it runs. Constants are decoded once, by
+/// [`Prepared::new`], and become visible when the run reaches their `const`
+/// operation.
 struct Frame<'p> {
     vals: HashMap<String, Arr>,
-    blobs: Option<BlobReader<'p>>,
+    consts: &'p HashMap<String, Arr>,
+    live_consts: HashSet<&'p str>,
+}
+
+impl Frame<'_> {
+    fn get(&self, name: &str) -> Option<&Arr> {
+        self.vals.get(name).or_else(|| self.live_consts.get(name).and_then(|n| self.consts.get(*n)))
+    }
 }
 
 fn arg<'a>(op: &'a spec::Operation, frame: &'a Frame, key: &str) -> Result<Option<&'a Arr>> {
     let Some(a) = op.inputs.get(key) else { return Ok(None) };
     match a.arguments.first().and_then(|b| b.binding.as_ref()) {
         Some(binding::Binding::Name(n)) => {
-            frame.vals.get(n).map(Some).ok_or_else(|| err(format!("{} reads '{n}' before it is defined", op.r#type)))
+            frame.get(n).map(Some).ok_or_else(|| err(format!("{} reads '{n}' before it is defined", op.r#type)))
         }
         _ => Err(err(format!("{}: parameter '{key}' is not bound by name", op.r#type))),
     }
@@ -994,7 +1003,7 @@ fn run_op(op: &spec::Operation, frame: &Frame) -> Result<Vec<Arr>> {
                 .iter()
                 .map(|b| match &b.binding {
                     Some(binding::Binding::Name(n)) => {
-                        frame.vals.get(n).ok_or_else(|| err(format!("concat reads undefined '{n}'")))
+                        frame.get(n).ok_or_else(|| err(format!("concat reads undefined '{n}'")))
                     }
                     _ => Err(err("concat value not bound by name")),
                 })
@@ -1272,69 +1281,110 @@ fn run_op(op: &spec::Operation, frame: &Frame) -> Result<Vec<Arr>> {
     }
 }
 
+fn check_declared(op: &spec::Operation, decl: &spec::NamedValueType, a: &Arr) -> Result<()> {
+    let (dt, shape) = tensor_type(decl.r#type.as_ref().ok_or_else(|| err("output without a type"))?)?;
+    if shape != a.shape || dt != a.dtype {
+        return Err(err(format!(
+            "{} '{}' computes {:?} {:?} but declares {dt:?} {shape:?}",
+            op.r#type, decl.name, a.dtype, a.shape
+        )));
+    }
+    Ok(())
+}
+
+/// One function of a package, ready to run many times: its constants
+/// (weights included) decoded and type-checked once.
+pub struct Prepared {
+    inputs: Vec<spec::NamedValueType>,
+    ops: Vec<spec::Operation>,
+    outputs: Vec<String>,
+    consts: HashMap<String, Arr>,
+}
+
+impl Prepared {
+    /// Function `name` ("main" or a multifunction entry) of `pkg`.
+    pub fn new(pkg: &Package, name: &str) -> Result<Prepared> {
+        let prog = pkg.model.ml_program.as_ref().ok_or_else(|| err("the model is not an ML Program"))?;
+        let f = prog.functions.get(name).ok_or_else(|| {
+            err(format!(
+                "no function '{name}' (has: {})",
+                prog.functions.keys().cloned().collect::<Vec<_>>().join(", ")
+            ))
+        })?;
+        let block =
+            f.block_specializations.get(&f.opset).ok_or_else(|| err(format!("no block for opset '{}'", f.opset)))?;
+        let blobs = if pkg.weights.is_empty() { None } else { Some(BlobReader::new(&pkg.weights)?) };
+        let mut consts = HashMap::new();
+        for op in block.operations.iter().filter(|op| op.r#type == "const") {
+            let v = op.attributes.get("val").ok_or_else(|| err("const without val"))?;
+            let a = const_value(v, blobs.as_ref())?;
+            let [decl] = op.outputs.as_slice() else {
+                return Err(err(format!("const produced 1 value for {} declared outputs", op.outputs.len())));
+            };
+            check_declared(op, decl, &a)?;
+            consts.insert(decl.name.clone(), a);
+        }
+        Ok(Prepared { inputs: f.inputs.clone(), ops: block.operations.clone(), outputs: block.outputs.clone(), consts })
+    }
+
+    /// Runs on `inputs` (interface dtypes: fp32 or int32).
+    pub fn run(&self, inputs: &[(String, Arr)]) -> Result<Vec<(String, Arr)>> {
+        let mut frame = Frame { vals: HashMap::new(), consts: &self.consts, live_consts: HashSet::new() };
+        for inp in &self.inputs {
+            let (dt, shape) = tensor_type(inp.r#type.as_ref().ok_or_else(|| err("input without a type"))?)?;
+            let given = inputs
+                .iter()
+                .find(|(n, _)| *n == inp.name)
+                .map(|(_, a)| a)
+                .ok_or_else(|| Error::Input(format!("missing input '{}'", inp.name)))?;
+            if given.shape != shape {
+                return Err(Error::Input(format!(
+                    "input '{}' must have shape {shape:?}, got {:?}",
+                    inp.name, given.shape
+                )));
+            }
+            let a = match dt {
+                DataType::Int32 => {
+                    Arr { dtype: dt, shape, data: Data::I(given.ints()?.iter().map(|&v| v as i32).collect()) }
+                }
+                DataType::Float32 | DataType::Float16 => Arr::f(dt, shape, given.floats()?),
+                other => return Err(err(format!("input type {other:?}"))),
+            };
+            frame.vals.insert(inp.name.clone(), a);
+        }
+        for op in &self.ops {
+            if op.r#type == "const" {
+                frame.live_consts.extend(op.outputs.iter().map(|o| o.name.as_str()));
+                continue;
+            }
+            let outs = run_op(op, &frame).map_err(|e| {
+                err(format!("{} '{}': {e}", op.r#type, op.outputs.first().map(|o| o.name.as_str()).unwrap_or("?")))
+            })?;
+            if outs.len() != op.outputs.len() {
+                return Err(err(format!(
+                    "{} produced {} values for {} declared outputs",
+                    op.r#type,
+                    outs.len(),
+                    op.outputs.len()
+                )));
+            }
+            for (decl, a) in op.outputs.iter().zip(outs) {
+                check_declared(op, decl, &a)?;
+                frame.vals.insert(decl.name.clone(), a);
+            }
+        }
+        self.outputs
+            .iter()
+            .map(|o| {
+                let a = frame.get(o).cloned().ok_or_else(|| err(format!("output '{o}' is never computed")))?;
+                Ok((o.clone(), a))
+            })
+            .collect()
+    }
+}
+
 /// Runs function `name` ("main" or a multifunction entry) on `inputs`
 /// (values in the function's input order, interface dtypes: fp32 or int32).
 pub fn run(pkg: &Package, name: &str, inputs: &[(String, Arr)]) -> Result<Vec<(String, Arr)>> {
-    let prog = pkg.model.ml_program.as_ref().ok_or_else(|| err("the model is not an ML Program"))?;
-    let f = prog.functions.get(name).ok_or_else(|| {
-        err(format!("no function '{name}' (has: {})", prog.functions.keys().cloned().collect::<Vec<_>>().join(", ")))
-    })?;
-    let block =
-        f.block_specializations.get(&f.opset).ok_or_else(|| err(format!("no block for opset '{}'", f.opset)))?;
-    let blobs = if pkg.weights.is_empty() { None } else { Some(BlobReader::new(&pkg.weights)?) };
-    let mut frame = Frame { vals: HashMap::new(), blobs };
-    for inp in &f.inputs {
-        let (dt, shape) = tensor_type(inp.r#type.as_ref().ok_or_else(|| err("input without a type"))?)?;
-        let given = inputs
-            .iter()
-            .find(|(n, _)| *n == inp.name)
-            .map(|(_, a)| a)
-            .ok_or_else(|| Error::Input(format!("missing input '{}'", inp.name)))?;
-        if given.shape != shape {
-            return Err(Error::Input(format!("input '{}' must have shape {shape:?}, got {:?}", inp.name, given.shape)));
-        }
-        let a = match dt {
-            DataType::Int32 => {
-                Arr { dtype: dt, shape, data: Data::I(given.ints()?.iter().map(|&v| v as i32).collect()) }
-            }
-            DataType::Float32 | DataType::Float16 => Arr::f(dt, shape, given.floats()?),
-            other => return Err(err(format!("input type {other:?}"))),
-        };
-        frame.vals.insert(inp.name.clone(), a);
-    }
-    for op in &block.operations {
-        let outs = if op.r#type == "const" {
-            let v = op.attributes.get("val").ok_or_else(|| err("const without val"))?;
-            vec![const_value(v, frame.blobs.as_ref())?]
-        } else {
-            run_op(op, &frame).map_err(|e| {
-                err(format!("{} '{}': {e}", op.r#type, op.outputs.first().map(|o| o.name.as_str()).unwrap_or("?")))
-            })?
-        };
-        if outs.len() != op.outputs.len() {
-            return Err(err(format!(
-                "{} produced {} values for {} declared outputs",
-                op.r#type,
-                outs.len(),
-                op.outputs.len()
-            )));
-        }
-        for (decl, a) in op.outputs.iter().zip(outs) {
-            let (dt, shape) = tensor_type(decl.r#type.as_ref().ok_or_else(|| err("output without a type"))?)?;
-            if shape != a.shape || dt != a.dtype {
-                return Err(err(format!(
-                    "{} '{}' computes {:?} {:?} but declares {dt:?} {shape:?}",
-                    op.r#type, decl.name, a.dtype, a.shape
-                )));
-            }
-            frame.vals.insert(decl.name.clone(), a);
-        }
-    }
-    block
-        .outputs
-        .iter()
-        .map(|o| {
-            Ok((o.clone(), frame.vals.get(o).cloned().ok_or_else(|| err(format!("output '{o}' is never computed")))?))
-        })
-        .collect()
+    Prepared::new(pkg, name)?.run(inputs)
 }

@@ -149,7 +149,7 @@ impl ExecutionProvider for CoreMlProvider {
         let out_names: Vec<String> = desc.output.iter().map(|f| f.name.clone()).collect();
         let out_dtypes: Vec<DType> = region.outputs.iter().map(|o| o.dtype.unwrap_or(DType::F32)).collect();
         let runner = match self.backend {
-            Backend::Interpreter => Runner::Interpreter(Box::new(pkg)),
+            Backend::Interpreter => Runner::Interpreter(Box::new(interp::Prepared::new(&pkg, "main")?)),
             Backend::CoreMl => Runner::native(&pkg)?,
         };
         Ok(Box::new(CoreMlPartition { runner, in_names, out_names, out_dtypes }))
@@ -157,7 +157,7 @@ impl ExecutionProvider for CoreMlProvider {
 }
 
 enum Runner {
-    Interpreter(Box<Package>),
+    Interpreter(Box<interp::Prepared>),
     #[cfg(target_os = "macos")]
     Native(Mutex<ffi::CoreMlModel>),
 }
@@ -203,10 +203,11 @@ impl CompiledPartition for CoreMlPartition {
         }
         // Outputs by name, each as (shape, values).
         let mut got: HashMap<String, (Vec<usize>, Vec<f32>)> = match &self.runner {
-            Runner::Interpreter(pkg) => {
+            Runner::Interpreter(prepared) => {
                 let feeds: Vec<(String, Arr)> =
                     self.in_names.iter().cloned().zip(tensors.iter().map(Arr::from_tensor)).collect();
-                interp::run(pkg, "main", &feeds)?
+                prepared
+                    .run(&feeds)?
                     .into_iter()
                     .map(|(n, a)| Ok((n, (a.shape.clone(), a.floats()?))))
                     .collect::<Result<_>>()?
