@@ -15,6 +15,15 @@ give these architectures:
                 [max, max] buffer by Shape (Where with a large negative),
                 GELU tanh form (Pow 3, Tanh), final LayerNorm, logits through
                 the tied (transposed) embedding. input_ids int64 [batch, seq].
+  gpt_kv.onnx   the same decoder with a KV cache, in the interface Hugging
+                Face exports give GPT-2 with past: input_ids [batch, seq],
+                attention_mask [batch, total] (total = past + seq),
+                position_ids [batch, seq], past_key_values.{l}.key/value
+                [batch, heads, past, head_dim]; outputs logits and
+                present.{l}.key/value = Concat(past, new) on axis 2. The
+                causal mask is sliced from a constant buffer at rows
+                [total - seq, total) by Shape, the padding mask is
+                (1 - attention_mask) * float32 min, as those exports do.
 
 Usage: make_coreml_models.py --out DIR [--seed 0]
 """
@@ -174,6 +183,49 @@ def gpt(seed, vocab=256, d=64, heads=4, layers=2, max_pos=128):
                    [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "seq", vocab])], "gpt")
 
 
+def gpt_kv(seed, vocab=256, d=64, heads=4, layers=2, max_pos=128):
+    g = G(seed)
+    hd = d // heads
+    emb = g.w(vocab, d, scale=0.1)
+    x = g.op("Add", [g.op("Gather", [emb, "input_ids"], axis=0), g.op("Gather", [g.w(max_pos, d, scale=0.1), "position_ids"], axis=0)])
+    fmin = np.finfo(np.float32).min
+    pad = g.op("Mul", [g.op("Sub", [g.const(np.array(1, np.float32)), g.op("Cast", [g.op("Unsqueeze", ["attention_mask", g.const(np.array([1, 2], np.int64))])], to=TensorProto.FLOAT)]),
+                       g.const(np.array(fmin, np.float32))])
+    causal = g.const(np.tril(np.ones((1, 1, max_pos, max_pos), bool)), "causal")
+    shape = g.const(np.array([0, 0, heads, hd], np.int64), "shape")
+    def split(t):
+        return g.op("Transpose", [g.op("Reshape", [t, shape])], perm=[0, 2, 1, 3])
+    inputs = [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"]),
+              helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "total"]),
+              helper.make_tensor_value_info("position_ids", TensorProto.INT64, ["batch", "seq"])]
+    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "seq", vocab])]
+    for l in range(layers):
+        h = g.layernorm(x, d)
+        q, k, v = (split(g.linear(h, d, d)) for _ in range(3))
+        kv = []
+        for kind, new in [("key", k), ("value", v)]:
+            past = f"past_key_values.{l}.{kind}"
+            present = f"present.{l}.{kind}"
+            inputs.append(helper.make_tensor_value_info(past, TensorProto.FLOAT, ["batch", heads, "past", hd]))
+            outputs.append(helper.make_tensor_value_info(present, TensorProto.FLOAT, ["batch", heads, "total", hd]))
+            g.nodes.append(helper.make_node("Concat", [past, new], [present], name=g.name("Concat"), axis=2))
+            kv.append(present)
+        k_all, v_all = kv
+        s = g.op("Div", [g.op("MatMul", [q, g.op("Transpose", [k_all], perm=[0, 1, 3, 2])]), g.const(np.array(math.sqrt(hd), np.float32))])
+        key_len = g.op("Gather", [g.op("Shape", [k_all]), g.const(np.array([2], np.int64))], axis=0)
+        q_len = g.op("Gather", [g.op("Shape", [q]), g.const(np.array([2], np.int64))], axis=0)
+        rows = g.op("Slice", [causal, g.op("Sub", [key_len, q_len]), key_len, g.const(np.array([2], np.int64))])
+        m = g.op("Slice", [rows, g.const(np.array([0], np.int64)), key_len, g.const(np.array([3], np.int64))])
+        s = g.op("Add", [g.op("Where", [m, s, g.const(np.array(fmin, np.float32))]), pad])
+        o = g.op("Transpose", [g.op("MatMul", [g.op("Softmax", [s], axis=-1), v_all])], perm=[0, 2, 1, 3])
+        x = g.op("Add", [x, g.linear(g.op("Reshape", [o, g.const(np.array([0, 0, d], np.int64), "shape")]), d, d)])
+        h = g.layernorm(x, d)
+        x = g.op("Add", [x, g.linear(gelu_tanh(g, g.linear(h, d, 4 * d)), 4 * d, d)])
+    x = g.layernorm(x, d)
+    g.nodes.append(helper.make_node("MatMul", [x, g.op("Transpose", [emb], perm=[1, 0])], ["logits"], name=g.name("MatMul")))
+    return g.model(inputs, outputs, "gpt_kv")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
@@ -181,7 +233,7 @@ def main():
     a = ap.parse_args()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    for name, build in [("cnn", cnn), ("vit", vit), ("gpt", gpt)]:
+    for name, build in [("cnn", cnn), ("vit", vit), ("gpt", gpt), ("gpt_kv", gpt_kv)]:
         onnx.save(build(a.seed), out / f"{name}.onnx")
         print(out / f"{name}.onnx")
 

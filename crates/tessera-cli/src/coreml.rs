@@ -36,9 +36,19 @@ pub struct ConvertArgs {
     /// The dimension --seq-lens sets (default: the one symbolic dim left unbound).
     #[arg(long)]
     seq_dim: Option<String>,
-    /// Keep a decoder's KV cache in Core ML state (not built yet: refused with the reason).
+    /// Keep a decoder's KV cache (present = Concat(past, new) pairs) in Core ML
+    /// state: a right-aligned window of the last --max-context positions
+    /// (iOS 18 / macOS 15).
     #[arg(long)]
     stateful_kv: bool,
+    /// Capacity of each state, in positions (with --stateful-kv).
+    #[arg(long)]
+    max_context: Option<usize>,
+    /// Oldest OS to load on: ios16 (= macos13) or ios18 (= macos15: states,
+    /// palettes per group of output channels). Default: ios18 with
+    /// --stateful-kv, else ios16.
+    #[arg(long)]
+    target: Option<tessera_coreml::Target>,
     #[arg(long)]
     json: bool,
 }
@@ -47,9 +57,12 @@ pub fn convert(a: &ConvertArgs) -> Result<(), String> {
     if a.to != "coreml" {
         return Err(format!("--to {}: only 'coreml' is supported", a.to));
     }
-    if a.stateful_kv {
-        return Err("--stateful-kv is not implemented yet: the converter has no KV-cache rewrite to Core ML state (read_state / coreml_update_state)".into());
-    }
+    let stateful_kv = match (a.stateful_kv, a.max_context) {
+        (true, Some(n)) => Some(n),
+        (true, None) => return Err("--stateful-kv needs --max-context N (the cache capacity in positions)".into()),
+        (false, Some(_)) => return Err("--max-context is the capacity of --stateful-kv; give both".into()),
+        (false, None) => None,
+    };
     let compute = match a.precision.as_str() {
         "fp16" => Compute::F16,
         "fp32" => Compute::F32,
@@ -63,6 +76,12 @@ pub fn convert(a: &ConvertArgs) -> Result<(), String> {
         dims: a.dims.iter().cloned().collect(),
         seq_lens: a.seq_lens.clone(),
         seq_dim: a.seq_dim.clone(),
+        stateful_kv,
+        target: a.target.unwrap_or(if stateful_kv.is_some() {
+            tessera_coreml::Target::Ios18
+        } else {
+            tessera_coreml::Target::Ios16
+        }),
     };
     let cpu = CpuProvider::new();
     let eval = |g: &Graph, n: &Node, ins: &[Option<Tensor>]| cpu.eval_node(g, n, ins);
@@ -132,6 +151,17 @@ pub struct CoremlRunArgs {
     output_dir: PathBuf,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Stateful packages: read the states from NAME.npy files in this folder
+    /// (missing ones start at zero, as a fresh Core ML state does).
+    #[arg(long)]
+    state_in: Option<PathBuf>,
+    /// Stateful packages: write the updated states here as NAME.npy.
+    #[arg(long)]
+    state_out: Option<PathBuf>,
+    /// Also write each decompressed weight (constexpr_* outputs) here as
+    /// NAME.npy, for comparison with another decoder of the package.
+    #[arg(long)]
+    dump_constexpr: Option<PathBuf>,
 }
 
 pub fn coreml_run(a: &CoremlRunArgs) -> Result<(), String> {
@@ -142,6 +172,12 @@ pub fn coreml_run(a: &CoremlRunArgs) -> Result<(), String> {
     let mut rng = tessera::demo::Rng::new(a.seed);
     let mut inputs = Vec::new();
     for inp in &f.inputs {
+        if matches!(
+            inp.r#type.as_ref().and_then(|t| t.r#type.as_ref()),
+            Some(tessera_coreml::spec::value_type::Type::StateType(_))
+        ) {
+            continue;
+        }
         let t = match given.get(inp.name.as_str()) {
             Some(p) => tessera::npy::read_npy(p).map_err(|e| format!("{}: {e}", p.display()))?,
             None => {
@@ -167,9 +203,40 @@ pub fn coreml_run(a: &CoremlRunArgs) -> Result<(), String> {
         };
         inputs.push((inp.name.clone(), Arr::from_tensor(&t)));
     }
+    let prepared =
+        interp::Prepared::new(&pkg, &a.function).map_err(|e| format!("{}: {e}", a.package.display()))?;
+    if let Some(dir) = &a.dump_constexpr {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        for (name, arr) in prepared.constexpr_values().map_err(|e| e.to_string())? {
+            let t = Tensor::from_vec(&arr.shape, arr.floats().map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+            let p = out_path(dir, &name);
+            tessera::npy::write_npy(&p, &t).map_err(|e| format!("{}: {e}", p.display()))?;
+        }
+    }
+    let mut states = HashMap::new();
+    if let Some(dir) = &a.state_in {
+        for (name, _) in prepared.states().map_err(|e| e.to_string())? {
+            let p = out_path(dir, &name);
+            if p.exists() {
+                let t = tessera::npy::read_npy(&p).map_err(|e| format!("{}: {e}", p.display()))?;
+                states.insert(name, Arr::from_tensor(&t));
+            }
+        }
+    }
     let t0 = Instant::now();
-    let outs = interp::run(&pkg, &a.function, &inputs).map_err(|e| format!("{}: {e}", a.package.display()))?;
+    let outs =
+        prepared.run_with_states(&inputs, &mut states).map_err(|e| format!("{}: {e}", a.package.display()))?;
     let secs = t0.elapsed().as_secs_f64();
+    if let Some(dir) = &a.state_out {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        for (name, arr) in &states {
+            let t = Tensor::from_vec(&arr.shape, arr.floats().map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+            let p = out_path(dir, name);
+            tessera::npy::write_npy(&p, &t).map_err(|e| format!("{}: {e}", p.display()))?;
+        }
+    } else if !states.is_empty() {
+        println!("{} states updated (give --state-out DIR to keep them)", states.len());
+    }
     std::fs::create_dir_all(&a.output_dir).map_err(|e| format!("{}: {e}", a.output_dir.display()))?;
     for (name, arr) in outs {
         let t = match &arr.data {

@@ -24,8 +24,9 @@ pub enum BlobDType {
     I8,
     I16,
     U16,
-    /// 4-bit unsigned, packed two per byte, low nibble first.
-    U4,
+    /// Unsigned of 1, 2, 3, 4 or 6 bits, packed least significant bit first
+    /// (the iOS 18 palette indices).
+    UBits(u8),
     I32,
     U32,
 }
@@ -39,7 +40,12 @@ impl BlobDType {
             BlobDType::I8 => 4,
             BlobDType::I16 => 6,
             BlobDType::U16 => 7,
-            BlobDType::U4 => 11,
+            BlobDType::UBits(1) => 9,
+            BlobDType::UBits(2) => 10,
+            BlobDType::UBits(4) => 11,
+            BlobDType::UBits(3) => 12,
+            // 6 bits; no other width is made (see `mil::index_dtype`).
+            BlobDType::UBits(_) => 13,
             BlobDType::I32 => 14,
             BlobDType::U32 => 15,
         }
@@ -52,7 +58,11 @@ impl BlobDType {
             4 => BlobDType::I8,
             6 => BlobDType::I16,
             7 => BlobDType::U16,
-            11 => BlobDType::U4,
+            9 => BlobDType::UBits(1),
+            10 => BlobDType::UBits(2),
+            11 => BlobDType::UBits(4),
+            12 => BlobDType::UBits(3),
+            13 => BlobDType::UBits(6),
             14 => BlobDType::I32,
             15 => BlobDType::U32,
             _ => return None,

@@ -14,6 +14,7 @@ use tessera_core::{DType, Error, Graph, Node, Result, Tensor};
 use crate::mil::{broadcast_shapes, ConstData, FnBuilder, TType};
 use crate::quantize::{self, WeightCompression};
 use crate::spec::DataType;
+use crate::state::KvState;
 
 /// Float precision inside the program.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -114,6 +115,9 @@ pub struct FunctionOptions {
     pub opset: &'static str,
     pub compute: Compute,
     pub compression: Option<WeightCompression>,
+    /// KV caches kept in Core ML state (graph preparation bound each past
+    /// to the state's capacity minus the new entries).
+    pub states: Vec<KvState>,
 }
 
 /// MIL type of an ONNX element type.
@@ -152,6 +156,8 @@ pub struct ConvertedFunction {
     /// (name, interface dtype, shape) of the inputs and outputs.
     pub inputs: Vec<(String, DataType, Vec<usize>)>,
     pub outputs: Vec<(String, DataType, Vec<usize>)>,
+    /// (name, shape) of the fp16 states.
+    pub states: Vec<(String, Vec<usize>)>,
     /// MIL operation counts by type (consts excluded).
     pub op_counts: Vec<(String, usize)>,
     pub weights_compressed: usize,
@@ -166,6 +172,8 @@ struct Ctx<'g, 'w> {
     /// ONNX nodes already emitted as part of an earlier node's lowering.
     absorbed: HashSet<usize>,
     compressed: usize,
+    /// ONNX past input → (MIL state, its cache).
+    states: HashMap<String, (String, KvState)>,
 }
 
 fn node_err(n: &Node, msg: impl Into<String>) -> Error {
@@ -216,7 +224,8 @@ impl<'g, 'w> Ctx<'g, 'w> {
         if let Some(c) = self.opts.compression {
             if data.len() >= quantize::MIN_COMPRESSED_ELEMENTS && shape.len() >= 2 {
                 self.compressed += 1;
-                return quantize::emit_compressed(&mut self.b, hint, dt, shape, &data, c);
+                let ios18 = self.opts.opset == "CoreML8";
+                return quantize::emit_compressed(&mut self.b, hint, dt, shape, &data, c, ios18);
             }
         }
         self.b.const_float(hint, dt, shape, data)
@@ -591,6 +600,66 @@ impl<'g, 'w> Ctx<'g, 'w> {
         Ok(())
     }
 
+    /// `present = Concat(past, new)` on a state: read the cache, drop its
+    /// oldest entries, append the new ones, write it back (see [`crate::state`]).
+    fn kv_concat(&mut self, n: &Node) -> Result<()> {
+        let (state, st) = self.states[&n.inputs[0]].clone();
+        let o0 = &n.outputs[0];
+        let full = self.out_type(n, 0)?;
+        let axis = st.axis;
+        let cache = TType::new(DataType::Float16, &full.shape);
+        let read = self.b.op1("read_state", &format!("{o0}_cache"), &[("input", &[&state])], cache)?;
+        let mut new_len = 0;
+        let mut xs = Vec::new();
+        for x in n.inputs.iter().skip(1).filter(|x| !x.is_empty()) {
+            let sh = self.g.concrete_shape_of(x).ok_or_else(|| node_err(n, format!("'{x}' has no static shape")))?;
+            new_len += sh[axis];
+            xs.push(self.val(n, x)?);
+        }
+        let mut begin = vec![0i64; full.shape.len()];
+        begin[axis] = new_len as i64;
+        let end: Vec<i64> = full.shape.iter().map(|&d| d as i64).collect();
+        let mut kept_shape = full.shape.clone();
+        kept_shape[axis] -= new_len;
+        let b = self.b.const_ints(&format!("{o0}_keep_begin"), &begin)?;
+        let e = self.b.const_ints(&format!("{o0}_keep_end"), &end)?;
+        let mut kept = self.b.op1(
+            "slice_by_index",
+            &format!("{o0}_kept"),
+            &[("x", &[&read]), ("begin", &[&b]), ("end", &[&e])],
+            TType::new(DataType::Float16, &kept_shape),
+        )?;
+        if full.dtype != DataType::Float16 {
+            let d = self.b.const_str(&format!("{o0}_kept_dtype"), cast_name(full.dtype))?;
+            kept = self.b.op1(
+                "cast",
+                &format!("{o0}_kept_cast"),
+                &[("x", &[&kept]), ("dtype", &[&d])],
+                TType::new(full.dtype, &kept_shape),
+            )?;
+        }
+        xs.insert(0, kept);
+        let a = self.b.const_int(&format!("{o0}_axis"), axis as i64)?;
+        let il = self.b.const_bool(&format!("{o0}_interleave"), false)?;
+        let refs: Vec<&str> = xs.iter().map(|s| s.as_str()).collect();
+        let cat =
+            self.b.op1("concat", o0, &[("values", &refs), ("axis", &[&a]), ("interleave", &[&il])], full.clone())?;
+        let store = if full.dtype != DataType::Float16 {
+            let d = self.b.const_str(&format!("{o0}_store_dtype"), "fp16")?;
+            self.b.op1(
+                "cast",
+                &format!("{o0}_store"),
+                &[("x", &[&cat]), ("dtype", &[&d])],
+                TType::new(DataType::Float16, &full.shape),
+            )?
+        } else {
+            cat.clone()
+        };
+        self.b.op("write_state", &format!("{o0}_write"), &[("input", &[&state]), ("data", &[&store])], vec![])?;
+        self.set(o0, cat);
+        Ok(())
+    }
+
     fn convert_node(&mut self, idx: usize, n: &Node) -> Result<()> {
         if !(n.domain.is_empty() || n.domain == "ai.onnx") {
             return Err(node_err(n, format!("domain '{}' has no Core ML lowering", n.domain)));
@@ -883,6 +952,7 @@ impl<'g, 'w> Ctx<'g, 'w> {
                 self.set(&o0, y);
                 Ok(())
             }
+            "Concat" if self.states.get(&n.inputs[0]).is_some_and(|(_, st)| st.present == o0) => self.kv_concat(n),
             "Concat" => {
                 let r = self.g.concrete_shape_of(&o0).map(|s| s.len() as i64).unwrap_or(0);
                 let mut axis = n.attr_int_or("axis", 0)?;
@@ -1111,9 +1181,37 @@ pub fn convert_function(
     // Interface names first, so that nothing else takes them.
     let in_names: Vec<String> = g.inputs.iter().map(|i| b.fresh(&i.name)).collect();
     let out_names: Vec<String> = g.outputs.iter().map(|o| b.fresh(&o.name)).collect();
-    let mut ctx = Ctx { g, b, opts: opts.clone(), vals: HashMap::new(), absorbed: HashSet::new(), compressed: 0 };
+    let mut ctx = Ctx {
+        g,
+        b,
+        opts: opts.clone(),
+        vals: HashMap::new(),
+        absorbed: HashSet::new(),
+        compressed: 0,
+        states: HashMap::new(),
+    };
     let mut inputs = Vec::new();
+    let mut states = Vec::new();
     for (i, name) in g.inputs.iter().zip(&in_names) {
+        if let Some(st) = opts.states.iter().find(|s| s.past == i.name) {
+            for n in g.nodes.iter().filter(|n| n.inputs.contains(&i.name)) {
+                if n.op_type != "Concat" || n.outputs[0] != st.present || n.inputs[0] != i.name {
+                    return Err(Error::node(
+                        n,
+                        format!("the cache '{}' is read here too: only its Concat with the new entries can use a state", i.name),
+                    ));
+                }
+            }
+            let shape = g
+                .concrete_shape_of(&st.present)
+                .ok_or_else(|| Error::Input(format!("'{}' has no static shape", st.present)))?;
+            let t = TType::new(DataType::Float16, &shape);
+            ctx.b.types.insert(name.clone(), t.clone());
+            ctx.b.states.push((name.clone(), t));
+            ctx.states.insert(i.name.clone(), (name.clone(), st.clone()));
+            states.push((name.clone(), shape));
+            continue;
+        }
         let dt = i.dtype.ok_or_else(|| Error::Unsupported(format!("input '{}' has no element type", i.name)))?;
         let shape =
             i.concrete_shape().ok_or_else(|| Error::Input(format!("input '{}' has no static shape", i.name)))?;
@@ -1144,6 +1242,9 @@ pub fn convert_function(
     let mut outputs = Vec::new();
     let mut block_outputs = Vec::new();
     for (o, name) in g.outputs.iter().zip(&out_names) {
+        if opts.states.iter().any(|s| s.present == o.name) {
+            continue;
+        }
         let v = match ctx.vals.get(&o.name) {
             Some(v) => v.clone(),
             None => {
@@ -1178,7 +1279,7 @@ pub fn convert_function(
     op_counts.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
     let compressed = ctx.compressed;
     let function = ctx.b.finish(opts.opset, block_outputs);
-    Ok(ConvertedFunction { function, inputs, outputs, op_counts, weights_compressed: compressed })
+    Ok(ConvertedFunction { function, inputs, outputs, states, op_counts, weights_compressed: compressed })
 }
 
 /// Gives the last operation's output (named `from`) the reserved `to`.

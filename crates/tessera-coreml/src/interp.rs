@@ -188,7 +188,7 @@ fn const_value(v: &spec::Value, blobs: Option<&BlobReader>) -> Result<Arr> {
                 BlobDType::F16 | BlobDType::I16 | BlobDType::U16 => 2 * n,
                 BlobDType::F32 | BlobDType::I32 | BlobDType::U32 => 4 * n,
                 BlobDType::U8 | BlobDType::I8 => n,
-                BlobDType::U4 => n.div_ceil(2),
+                BlobDType::UBits(b) => (n * b as usize).div_ceil(8),
             };
             if bytes.len() != want {
                 return Err(err(format!(
@@ -212,6 +212,9 @@ fn const_value(v: &spec::Value, blobs: Option<&BlobReader>) -> Result<Arr> {
                 }
                 (BlobDType::I8, DataType::Int8) => Data::I8(bytes.iter().map(|&x| x as i8).collect()),
                 (BlobDType::U8, DataType::Uint8) => Data::U8(bytes.to_vec()),
+                (BlobDType::UBits(b), d) if crate::mil::index_dtype(b).ok() == Some(d) => {
+                    Data::U8(unpack_bits(bytes, b, n)?)
+                }
                 (b, d) => return Err(err(format!("blob of type {b:?} for a {d:?} value"))),
             }
         }
@@ -407,6 +410,8 @@ fn reduce(x: &Arr, axes: &[usize], keep: bool, f: impl Fn(&[f32]) -> f32) -> Res
 /// operation.
 struct Frame<'p> {
     vals: HashMap<String, Arr>,
+    /// State inputs, apart: only read_state / write_state reach them.
+    states: HashMap<String, Arr>,
     consts: &'p HashMap<String, Arr>,
     live_consts: HashSet<&'p str>,
 }
@@ -424,6 +429,18 @@ fn arg<'a>(op: &'a spec::Operation, frame: &'a Frame, key: &str) -> Result<Optio
             frame.get(n).map(Some).ok_or_else(|| err(format!("{} reads '{n}' before it is defined", op.r#type)))
         }
         _ => Err(err(format!("{}: parameter '{key}' is not bound by name", op.r#type))),
+    }
+}
+
+/// The state a parameter names, with its current value.
+fn state_arg<'a>(op: &'a spec::Operation, frame: &'a Frame, key: &str) -> Result<(&'a str, &'a Arr)> {
+    match op.inputs.get(key).and_then(|a| a.arguments.first()).and_then(|b| b.binding.as_ref()) {
+        Some(binding::Binding::Name(n)) => frame
+            .states
+            .get(n)
+            .map(|a| (n.as_str(), a))
+            .ok_or_else(|| err(format!("{}: '{n}' is not a state input", op.r#type))),
+        _ => Err(err(format!("{}: parameter '{key}' must name a state", op.r#type))),
     }
 }
 
@@ -1231,6 +1248,7 @@ fn run_op(op: &spec::Operation, frame: &Frame) -> Result<Vec<Arr>> {
             })
         }
         "identity" => one(x()?.clone()),
+        "read_state" => one(state_arg(op, frame, "input")?.1.clone()),
         "constexpr_affine_dequantize" => {
             let q = req(op, frame, "quantized_data")?;
             let zp = req(op, frame, "zero_point")?.floats()?;
@@ -1256,6 +1274,49 @@ fn run_op(op: &spec::Operation, frame: &Frame) -> Result<Vec<Arr>> {
                 })
                 .collect();
             one(Arr::f(sc.dtype, q.shape.clone(), y))
+        }
+        // iOS 18 form: indices of the output's shape, one table per block.
+        "constexpr_lut_to_dense" if !op.inputs.contains_key("shape") => {
+            let lut = req(op, frame, "lut")?;
+            let ix = req(op, frame, "indices")?;
+            let Data::U8(idx) = &ix.data else { return Err(err("lut indices must be unsigned sub-byte or uint8")) };
+            let k = ix.shape.len();
+            if lut.shape.len() != k + 2 || lut.shape[k + 1] != 1 {
+                return Err(err(format!(
+                    "lut of shape {:?} for indices of rank {k} (vector palettes are not interpreted)",
+                    lut.shape
+                )));
+            }
+            let entries = lut.shape[k];
+            let bits = match ix.dtype {
+                DataType::Uint1 => 1,
+                DataType::Uint2 => 2,
+                DataType::Uint3 => 3,
+                DataType::Uint4 => 4,
+                DataType::Uint6 => 6,
+                DataType::Uint8 => 8,
+                d => return Err(err(format!("lut indices of type {d:?}"))),
+            };
+            if entries != 1 << bits {
+                return Err(err(format!("{entries} lut entries for {bits}-bit indices")));
+            }
+            let mut block = Vec::with_capacity(k);
+            for d in 0..k {
+                let g = lut.shape[d];
+                if g == 0 || ix.shape[d] % g != 0 {
+                    return Err(err(format!("lut dim {d} ({g}) does not divide indices dim {}", ix.shape[d])));
+                }
+                block.push(ix.shape[d] / g);
+            }
+            let lv = lut.floats()?;
+            let ist = strides(&ix.shape);
+            let gst = strides(&lut.shape[..k]);
+            let mut out = Vec::with_capacity(idx.len());
+            for (flat, &i) in idx.iter().enumerate() {
+                let table: usize = (0..k).map(|d| (flat / ist[d] % ix.shape[d]) / block[d] * gst[d]).sum();
+                out.push(lv[table * entries + i as usize]);
+            }
+            one(Arr::f(lut.dtype, ix.shape.clone(), out))
         }
         "constexpr_lut_to_dense" => {
             let lut = req(op, frame, "lut")?;
@@ -1327,11 +1388,79 @@ impl Prepared {
         Ok(Prepared { inputs: f.inputs.clone(), ops: block.operations.clone(), outputs: block.outputs.clone(), consts })
     }
 
-    /// Runs on `inputs` (interface dtypes: fp32 or int32).
+    /// The values of the `constexpr_*` operations (decompressed weights),
+    /// by output name: what Core ML materializes at load time.
+    pub fn constexpr_values(&self) -> Result<Vec<(String, Arr)>> {
+        let mut frame =
+            Frame { vals: HashMap::new(), states: HashMap::new(), consts: &self.consts, live_consts: HashSet::new() };
+        frame.live_consts.extend(self.consts.keys().map(|k| k.as_str()));
+        let mut out = Vec::new();
+        for op in self.ops.iter().filter(|op| op.r#type.starts_with("constexpr_")) {
+            let vals = run_op(op, &frame).map_err(|e| err(format!("{}: {e}", op.r#type)))?;
+            for (decl, a) in op.outputs.iter().zip(vals) {
+                check_declared(op, decl, &a)?;
+                out.push((decl.name.clone(), a));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Runs on `inputs` (interface dtypes: fp32 or int32), with states
+    /// starting at zero.
     pub fn run(&self, inputs: &[(String, Arr)]) -> Result<Vec<(String, Arr)>> {
-        let mut frame = Frame { vals: HashMap::new(), consts: &self.consts, live_consts: HashSet::new() };
+        self.run_with_states(inputs, &mut HashMap::new())
+    }
+
+    /// The function's state inputs: (name, fp16 shape).
+    pub fn states(&self) -> Result<Vec<(String, Vec<usize>)>> {
+        let mut out = Vec::new();
         for inp in &self.inputs {
-            let (dt, shape) = tensor_type(inp.r#type.as_ref().ok_or_else(|| err("input without a type"))?)?;
+            let t = inp.r#type.as_ref().ok_or_else(|| err("input without a type"))?;
+            if let Some(value_type::Type::StateType(st)) = &t.r#type {
+                let (dt, shape) = tensor_type(st.wrapped_type.as_ref().ok_or_else(|| err("state wraps no type"))?)?;
+                if dt != DataType::Float16 {
+                    return Err(err(format!("state '{}' wraps {dt:?}: Core ML states are fp16", inp.name)));
+                }
+                if shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).is_none_or(|n| n > MAX_ELEMENTS) {
+                    return Err(err(format!("state '{}' of shape {shape:?} is too large", inp.name)));
+                }
+                out.push((inp.name.clone(), shape));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Runs on `inputs`, reading and updating `states` (by state name;
+    /// a state not in the map starts at zero, as a fresh Core ML state).
+    pub fn run_with_states(
+        &self,
+        inputs: &[(String, Arr)],
+        states: &mut HashMap<String, Arr>,
+    ) -> Result<Vec<(String, Arr)>> {
+        let mut frame =
+            Frame { vals: HashMap::new(), states: HashMap::new(), consts: &self.consts, live_consts: HashSet::new() };
+        for (name, shape) in self.states()? {
+            let a = match states.get(&name) {
+                Some(a) if a.shape == shape => Arr::f(DataType::Float16, shape, a.floats()?),
+                Some(a) => {
+                    return Err(Error::Input(format!(
+                        "state '{name}' must have shape {shape:?}, got {:?}",
+                        a.shape
+                    )))
+                }
+                None => {
+                    let n = shape.iter().product();
+                    Arr::f(DataType::Float16, shape, vec![0.0; n])
+                }
+            };
+            frame.states.insert(name, a);
+        }
+        for inp in &self.inputs {
+            let t = inp.r#type.as_ref().ok_or_else(|| err("input without a type"))?;
+            if matches!(t.r#type, Some(value_type::Type::StateType(_))) {
+                continue;
+            }
+            let (dt, shape) = tensor_type(t)?;
             let given = inputs
                 .iter()
                 .find(|(n, _)| *n == inp.name)
@@ -1357,6 +1486,22 @@ impl Prepared {
                 frame.live_consts.extend(op.outputs.iter().map(|o| o.name.as_str()));
                 continue;
             }
+            if op.r#type == "write_state" {
+                let (name, old) = state_arg(op, &frame, "input")?;
+                let data = req(op, &frame, "data")?;
+                if data.dtype != old.dtype || data.shape != old.shape {
+                    return Err(err(format!(
+                        "write_state '{name}': {:?} {:?} into a state of {:?} {:?}",
+                        data.dtype, data.shape, old.dtype, old.shape
+                    )));
+                }
+                if !op.outputs.is_empty() {
+                    return Err(err("write_state declares outputs"));
+                }
+                let (name, data) = (name.to_string(), data.clone());
+                frame.states.insert(name, data);
+                continue;
+            }
             let outs = run_op(op, &frame).map_err(|e| {
                 err(format!("{} '{}': {e}", op.r#type, op.outputs.first().map(|o| o.name.as_str()).unwrap_or("?")))
             })?;
@@ -1373,13 +1518,16 @@ impl Prepared {
                 frame.vals.insert(decl.name.clone(), a);
             }
         }
-        self.outputs
+        let outs = self
+            .outputs
             .iter()
             .map(|o| {
                 let a = frame.get(o).cloned().ok_or_else(|| err(format!("output '{o}' is never computed")))?;
                 Ok((o.clone(), a))
             })
-            .collect()
+            .collect::<Result<Vec<_>>>()?;
+        states.extend(frame.states);
+        Ok(outs)
     }
 }
 

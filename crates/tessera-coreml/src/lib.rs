@@ -6,7 +6,7 @@
 //! Layers: [`spec`] (protobuf messages, hand-written from the field numbers)
 //! → [`blob`] (`weight.bin`) → [`mil`] (building a function) → [`prepare`] +
 //! [`convert`] (IR → MIL) → [`package`] (the `.mlpackage`), with
-//! [`quantize`], [`rules`] (what the Neural Engine takes) and [`interp`]
+//! [`state`] (KV caches as Core ML state), [`quantize`], [`rules`] (what the Neural Engine takes) and [`interp`]
 //! (running a package).
 
 pub mod blob;
@@ -18,7 +18,8 @@ pub mod prepare;
 pub mod quantize;
 pub mod rules;
 pub mod spec;
+pub mod state;
 
 pub use convert::Compute;
-pub use package::{convert_graph, read_package, write_package, ConvertOptions, ConvertReport, Package};
+pub use package::{convert_graph, read_package, write_package, ConvertOptions, ConvertReport, Package, Target};
 pub use quantize::WeightCompression;

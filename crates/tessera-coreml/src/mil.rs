@@ -75,6 +75,22 @@ pub enum ConstData {
     U8(Vec<u8>),
     Bool(Vec<bool>),
     Str(String),
+    /// Unsigned `bits`-wide values (1, 2, 3, 4, 6), one per element; stored
+    /// packed in the blob file.
+    Indices { bits: u8, values: Vec<u8> },
+}
+
+/// MIL type of `bits`-wide unsigned indices.
+pub fn index_dtype(bits: u8) -> Result<DataType> {
+    Ok(match bits {
+        1 => DataType::Uint1,
+        2 => DataType::Uint2,
+        3 => DataType::Uint3,
+        4 => DataType::Uint4,
+        6 => DataType::Uint6,
+        8 => DataType::Uint8,
+        b => return Err(Error::Unsupported(format!("{b}-bit indices have no MIL type"))),
+    })
 }
 
 /// The name MIL accepts for a value: letters, digits and `_`, not starting
@@ -106,6 +122,8 @@ fn str_value(s: &str) -> spec::Value {
 /// One function being built.
 pub struct FnBuilder<'w> {
     pub inputs: Vec<(String, TType)>,
+    /// State inputs (`state<tensor>`), with the tensor type they wrap.
+    pub states: Vec<(String, TType)>,
     pub ops: Vec<spec::Operation>,
     pub types: HashMap<String, TType>,
     /// Values of the constants, for conversion rules that need them.
@@ -118,6 +136,7 @@ impl<'w> FnBuilder<'w> {
     pub fn new(blobs: &'w mut BlobWriter) -> FnBuilder<'w> {
         FnBuilder {
             inputs: Vec::new(),
+            states: Vec::new(),
             ops: Vec::new(),
             types: HashMap::new(),
             consts: HashMap::new(),
@@ -161,6 +180,7 @@ impl<'w> FnBuilder<'w> {
             ConstData::U8(v) => v.len(),
             ConstData::Bool(v) => v.len(),
             ConstData::Str(_) => 1,
+            ConstData::Indices { values, .. } => values.len(),
         };
         // Packed sub-byte data is the only case where bytes != elements.
         if len != n && !matches!(data, ConstData::U8(_)) {
@@ -175,8 +195,14 @@ impl<'w> FnBuilder<'w> {
             (d, _) => d,
         };
         let name = self.fresh(hint);
-        let val = if n > MAX_IMMEDIATE && !matches!(data, ConstData::Bool(_) | ConstData::Str(_)) {
+        let sub_byte = matches!(data, ConstData::Indices { .. });
+        let val = if (n > MAX_IMMEDIATE || sub_byte) && !matches!(data, ConstData::Bool(_) | ConstData::Str(_)) {
+            let mut padding_bits = 0;
             let (bt, bytes): (BlobDType, Vec<u8>) = match (&data, t.dtype) {
+                (ConstData::Indices { bits, values }, dt) if index_dtype(*bits)? == dt && *bits < 8 => {
+                    padding_bits = ((8 - (values.len() * *bits as usize) % 8) % 8) as u64;
+                    (BlobDType::UBits(*bits), crate::quantize::pack_bits(values, *bits))
+                }
                 (ConstData::Float(v), DataType::Float16) => {
                     (BlobDType::F16, v.iter().flat_map(|&x| f16::from_f32(x).to_le_bytes()).collect())
                 }
@@ -187,7 +213,7 @@ impl<'w> FnBuilder<'w> {
                 (ConstData::U8(v), DataType::Uint8) => (BlobDType::U8, v.clone()),
                 (d, dt) => return Err(Error::Other(format!("constant '{hint}': cannot store {d:?} as {dt:?}"))),
             };
-            let offset = self.blobs.add(bt, &bytes, 0);
+            let offset = self.blobs.add(bt, &bytes, padding_bits);
             value::Value::BlobFileValue(value::BlobFileValue {
                 file_name: "@model_path/weights/weight.bin".into(),
                 offset,
@@ -291,7 +317,9 @@ impl<'w> FnBuilder<'w> {
             .map(|i| self.fresh(&if i == 0 { hint.to_string() } else { format!("{hint}_{i}") }))
             .collect();
         let mut attributes = BTreeMap::new();
-        attributes.insert("name".to_string(), str_value(&names[0]));
+        // An operation without outputs (write_state) still has a name.
+        let op_name = names.first().cloned().unwrap_or_else(|| self.fresh(hint));
+        attributes.insert("name".to_string(), str_value(&op_name));
         self.ops.push(spec::Operation {
             r#type: ty.into(),
             inputs: args,
@@ -321,12 +349,30 @@ impl<'w> FnBuilder<'w> {
         Ok(self.op(ty, hint, inputs, vec![out])?.remove(0))
     }
 
+    /// A state input holding a tensor of type `t` (read with `read_state`,
+    /// written with `write_state`).
+    pub fn add_state(&mut self, hint: &str, t: TType) -> String {
+        let name = self.fresh(hint);
+        self.types.insert(name.clone(), t.clone());
+        self.states.push((name.clone(), t));
+        name
+    }
+
     /// The finished function, returning `outputs`.
     pub fn finish(self, opset: &str, outputs: Vec<String>) -> spec::Function {
+        let states = self.states.iter().map(|(n, t)| spec::NamedValueType {
+            name: n.clone(),
+            r#type: Some(spec::ValueType {
+                r#type: Some(spec::value_type::Type::StateType(Box::new(spec::StateType {
+                    wrapped_type: Some(t.to_spec()),
+                }))),
+            }),
+        });
         let inputs: Vec<spec::NamedValueType> = self
             .inputs
             .iter()
             .map(|(n, t)| spec::NamedValueType { name: n.clone(), r#type: Some(t.to_spec()) })
+            .chain(states)
             .collect();
         let block = spec::Block { inputs: vec![], outputs, operations: self.ops, attributes: BTreeMap::new() };
         let mut specs = BTreeMap::new();

@@ -26,6 +26,33 @@ pub struct ConvertOptions {
     /// than one), for the dimension named `seq_dim`.
     pub seq_lens: Vec<usize>,
     pub seq_dim: Option<String>,
+    /// Keep the KV caches in Core ML state of this capacity (positions).
+    /// Needs iOS 18 / macOS 15.
+    pub stateful_kv: Option<usize>,
+    /// Oldest OS the package must load on.
+    pub target: Target,
+}
+
+/// Deployment target: what the package may use.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Target {
+    /// iOS 16 / macOS 13: spec 7, MIL opset CoreML6, per-tensor palettes.
+    #[default]
+    Ios16,
+    /// iOS 18 / macOS 15: spec 9, MIL opset CoreML8, states, palettes per
+    /// group of output channels.
+    Ios18,
+}
+
+impl std::str::FromStr for Target {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "ios16" | "macos13" => Ok(Target::Ios16),
+            "ios18" | "macos15" => Ok(Target::Ios18),
+            other => Err(format!("unknown target '{other}' (ios16 = macos13, ios18 = macos15)")),
+        }
+    }
 }
 
 impl Default for ConvertOptions {
@@ -36,6 +63,8 @@ impl Default for ConvertOptions {
             dims: HashMap::new(),
             seq_lens: vec![],
             seq_dim: None,
+            stateful_kv: None,
+            target: Target::Ios16,
         }
     }
 }
@@ -66,29 +95,46 @@ pub struct ConvertReport {
 }
 
 /// Core ML specification version and MIL opset: iOS 16 / macOS 13 (spec 7,
-/// opset CoreML6) unless several functions need iOS 18 / macOS 15 (spec 9).
-fn versions(functions: usize) -> (i32, &'static str) {
-    if functions > 1 {
+/// opset CoreML6) unless several functions need spec 9 (iOS 18 / macOS 15),
+/// or the target is iOS 18, whose opset CoreML8 states need.
+fn versions(functions: usize, target: Target) -> (i32, &'static str) {
+    if target == Target::Ios18 {
+        (9, "CoreML8")
+    } else if functions > 1 {
         (9, "CoreML6")
     } else {
         (7, "CoreML6")
     }
 }
 
-fn feature(name: &str, dt: DataType, shape: &[usize]) -> spec::FeatureDescription {
+fn array_type(dt: DataType, shape: &[usize]) -> spec::ArrayFeatureType {
     let data_type = match dt {
         DataType::Int32 => array_data_type::INT32,
         DataType::Float16 => array_data_type::FLOAT16,
         _ => array_data_type::FLOAT32,
     };
+    spec::ArrayFeatureType { shape: shape.iter().map(|&d| d as i64).collect(), data_type, shape_flexibility: None }
+}
+
+fn feature(name: &str, dt: DataType, shape: &[usize]) -> spec::FeatureDescription {
     spec::FeatureDescription {
         name: name.into(),
         short_description: String::new(),
         r#type: Some(spec::FeatureType {
-            r#type: Some(feature_type::Type::MultiArrayType(spec::ArrayFeatureType {
-                shape: shape.iter().map(|&d| d as i64).collect(),
-                data_type,
-                shape_flexibility: None,
+            r#type: Some(feature_type::Type::MultiArrayType(array_type(dt, shape))),
+            is_optional: false,
+        }),
+    }
+}
+
+/// A state feature: Core ML keeps states in fp16.
+fn state_feature(name: &str, shape: &[usize]) -> spec::FeatureDescription {
+    spec::FeatureDescription {
+        name: name.into(),
+        short_description: String::new(),
+        r#type: Some(spec::FeatureType {
+            r#type: Some(feature_type::Type::StateType(spec::StateFeatureType {
+                array_type: Some(array_type(DataType::Float16, shape)),
             })),
             is_optional: false,
         }),
@@ -113,11 +159,26 @@ pub fn symbolic_dims(g: &Graph) -> Vec<String> {
 /// Converts a whole graph. `eval` runs single nodes on constants (the CPU
 /// provider's), for folding.
 pub fn convert_graph(graph: &Graph, opts: &ConvertOptions, eval: &Evaluator) -> Result<(Package, ConvertReport)> {
+    let states = match opts.stateful_kv {
+        None => vec![],
+        Some(_) => {
+            let s = crate::state::find_kv_states(graph)?;
+            if s.is_empty() {
+                return Err(Error::Input(
+                    "--stateful-kv: no KV cache found (a graph output made by Concat(past input, new entries))".into(),
+                ));
+            }
+            s
+        }
+    };
     let mut variants: Vec<(String, HashMap<String, usize>)> = Vec::new();
     if opts.seq_lens.is_empty() {
         variants.push(("main".into(), opts.dims.clone()));
     } else {
-        let free: Vec<String> = symbolic_dims(graph).into_iter().filter(|d| !opts.dims.contains_key(d)).collect();
+        let free: Vec<String> = symbolic_dims(graph)
+            .into_iter()
+            .filter(|d| !opts.dims.contains_key(d) && !states.iter().any(|s| &s.past_dim == d))
+            .collect();
         let seq = match &opts.seq_dim {
             Some(s) => s.clone(),
             None => match free.as_slice() {
@@ -140,7 +201,15 @@ pub fn convert_graph(graph: &Graph, opts: &ConvertOptions, eval: &Evaluator) -> 
             variants.push((if opts.seq_lens.len() == 1 { "main".into() } else { format!("{seq}_{l}") }, d));
         }
     }
-    let (spec_version, opset) = versions(variants.len());
+    if let Some(cap) = opts.stateful_kv {
+        for (_, dims) in &mut variants {
+            *dims = crate::state::bind_past_dims(graph, &states, dims, cap)?;
+        }
+    }
+    if !states.is_empty() && opts.target != Target::Ios18 {
+        return Err(Error::Input("--stateful-kv needs the iOS 18 / macOS 15 target (Core ML state)".into()));
+    }
+    let (spec_version, opset) = versions(variants.len(), opts.target);
     let mut blobs = BlobWriter::new();
     let mut program = spec::Program { version: 1, ..Default::default() };
     let mut descs = Vec::new();
@@ -151,13 +220,13 @@ pub fn convert_graph(graph: &Graph, opts: &ConvertOptions, eval: &Evaluator) -> 
         let f = convert_function(
             &g,
             &mut blobs,
-            &FunctionOptions { opset, compute: opts.compute, compression: opts.compression },
+            &FunctionOptions { opset, compute: opts.compute, compression: opts.compression, states: states.clone() },
         )?;
         descs.push(spec::FunctionDescription {
             name: name.clone(),
             input: f.inputs.iter().map(|(n, d, s)| feature(n, *d, s)).collect(),
             output: f.outputs.iter().map(|(n, d, s)| feature(n, *d, s)).collect(),
-            state: vec![],
+            state: f.states.iter().map(|(n, s)| state_feature(n, s)).collect(),
         });
         reports.push(FunctionReport {
             name: name.clone(),
@@ -180,9 +249,13 @@ pub fn convert_graph(graph: &Graph, opts: &ConvertOptions, eval: &Evaluator) -> 
     if let Some(c) = opts.compression {
         user_defined.insert("com.tessera.quantize".to_string(), format!("{c:?}"));
     }
+    if let Some(cap) = opts.stateful_kv {
+        user_defined.insert("com.tessera.kv_capacity".to_string(), cap.to_string());
+    }
     let mut description = spec::ModelDescription {
         input: descs[0].input.clone(),
         output: descs[0].output.clone(),
+        state: descs[0].state.clone(),
         metadata: Some(spec::Metadata { user_defined, ..Default::default() }),
         ..Default::default()
     };

@@ -1,7 +1,9 @@
 //! Weight compression for the Neural Engine: int8 per-channel symmetric
 //! (`constexpr_affine_dequantize`) and k-means palettization
-//! (`constexpr_lut_to_dense`, 2^bits entries per tensor, indices packed
-//! least-significant bit first as the iOS 16 opset defines).
+//! (`constexpr_lut_to_dense`). For iOS 16 a palette has 2^bits entries per
+//! tensor, indices packed least-significant bit first into uint8; for
+//! iOS 18 (opset CoreML8) each group of [`PALETTE_GROUP`] output channels
+//! has its own palette and the indices are a typed `uint{bits}` tensor.
 
 use tessera_core::{Error, Result};
 
@@ -11,6 +13,16 @@ use crate::spec::DataType;
 /// Weights smaller than this stay dense (the lookup or scale vectors would
 /// cost more than they save).
 pub const MIN_COMPRESSED_ELEMENTS: usize = 4096;
+
+/// Output channels sharing one palette in the iOS 18 form (fewer rows when
+/// this does not divide the channel count; one palette per tensor when no
+/// group of 4 to 16 does).
+pub const PALETTE_GROUP: usize = 16;
+
+/// Rows per palette for a tensor of `rows` output channels.
+pub fn palette_group(rows: usize) -> usize {
+    (4..=PALETTE_GROUP).rev().find(|g| rows % g == 0).unwrap_or(rows.max(1))
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WeightCompression {
@@ -57,14 +69,20 @@ pub fn kmeans_palette(w: &[f32], bits: u8) -> (Vec<f32>, Vec<u8>) {
     }
     let n = sorted.len();
     let mut prefix = Vec::with_capacity(n + 1);
+    let mut prefix2 = Vec::with_capacity(n + 1);
     prefix.push(0f64);
+    prefix2.push(0f64);
     for &x in &sorted {
         prefix.push(prefix.last().expect("seeded") + x as f64);
+        prefix2.push(prefix2.last().expect("seeded") + (x as f64) * (x as f64));
     }
+    let mean = |s: usize, e: usize| (prefix[e] - prefix[s]) / (e - s) as f64;
+    let sse = |s: usize, e: usize| (prefix2[e] - prefix2[s]) - (prefix[e] - prefix[s]).powi(2) / (e - s) as f64;
     // Start where high-resolution quantization theory puts the levels:
-    // equal steps of the cumulative cube root of the density (a histogram).
+    // equal steps of the cumulative cube root of the density (a histogram
+    // with about 8 values per bin, so that small groups are not noise).
     let (lo, hi) = (sorted[0] as f64, sorted[n - 1] as f64);
-    let bins = 4096usize;
+    let bins = (n / 8).clamp(16, 4096);
     let width = ((hi - lo) / bins as f64).max(f64::MIN_POSITIVE);
     let mut hist = vec![0f64; bins];
     for &x in &sorted {
@@ -86,14 +104,14 @@ pub fn kmeans_palette(w: &[f32], bits: u8) -> (Vec<f32>, Vec<u8>) {
         })
         .collect();
     // An iteration costs k binary searches over the sorted values (prefix
-    // sums give each cluster's mean), so many are cheap; Lloyd's steps
-    // converge slowly for large k.
+    // sums give each cluster's mean and squared error), so many are cheap;
+    // Lloyd's steps converge slowly for large k.
     for _ in 0..2000 {
         c.sort_by(|a, b| a.partial_cmp(b).expect("finite"));
         c.dedup();
         // Boundaries between neighbouring centroids split the sorted data.
         let mut start = 0usize;
-        let mut next = Vec::with_capacity(c.len());
+        let mut ranges = Vec::with_capacity(k);
         for i in 0..c.len() {
             let end = if i + 1 == c.len() {
                 n
@@ -102,10 +120,26 @@ pub fn kmeans_palette(w: &[f32], bits: u8) -> (Vec<f32>, Vec<u8>) {
                 sorted.partition_point(|&x| x <= mid)
             };
             if end > start {
-                next.push((prefix[end] - prefix[start]) / (end - start) as f64);
+                ranges.push((start, end));
             }
             start = end.max(start);
         }
+        // A centroid that lost all its values is reborn by splitting the
+        // cluster with the largest squared error (small groups lose many).
+        while ranges.len() < k {
+            let (j, &(s, e)) = ranges
+                .iter()
+                .enumerate()
+                .max_by(|a, b| sse(a.1 .0, a.1 .1).partial_cmp(&sse(b.1 .0, b.1 .1)).expect("finite"))
+                .expect("at least one cluster");
+            if sse(s, e) <= 1e-12 * (1.0 + prefix2[n]) || e - s < 2 {
+                break;
+            }
+            let mid = s + (e - s) / 2;
+            ranges[j] = (s, mid);
+            ranges.insert(j + 1, (mid, e));
+        }
+        let next: Vec<f64> = ranges.iter().map(|&(s, e)| mean(s, e)).collect();
         let moved = next.len() != c.len() || next.iter().zip(&c).any(|(a, b)| (a - b).abs() > 1e-9 * (1.0 + b.abs()));
         c = next;
         if !moved {
@@ -168,7 +202,8 @@ pub fn unpack_bits(packed: &[u8], bits: u8, count: usize) -> Result<Vec<u8>> {
 }
 
 /// Emits `data` (shape `shape`, rows along axis 0) compressed; returns the
-/// name of the dense value the program sees.
+/// name of the dense value the program sees. `ios18` selects the opset
+/// CoreML8 forms.
 pub fn emit_compressed(
     b: &mut FnBuilder,
     hint: &str,
@@ -176,6 +211,7 @@ pub fn emit_compressed(
     shape: &[usize],
     data: &[f32],
     c: WeightCompression,
+    ios18: bool,
 ) -> Result<String> {
     let out = TType::new(dt, shape);
     match c {
@@ -196,6 +232,27 @@ pub fn emit_compressed(
                 &[("quantized_data", &[&qd]), ("zero_point", &[&zp]), ("scale", &[&sc]), ("axis", &[&ax])],
                 out,
             )
+        }
+        WeightCompression::Palette(bits) if ios18 => {
+            let rows = shape[0];
+            let group = palette_group(rows);
+            let per_group = data.len() / rows * group;
+            let k = 1usize << bits;
+            let mut luts = Vec::with_capacity(rows / group * k);
+            let mut idx = Vec::with_capacity(data.len());
+            for chunk in data.chunks(per_group) {
+                let (l, i) = kmeans_palette(chunk, bits);
+                luts.extend(l);
+                idx.extend(i);
+            }
+            let mut lut_shape = vec![rows / group];
+            lut_shape.extend(std::iter::repeat_n(1, shape.len() - 1));
+            lut_shape.extend([k, 1]);
+            let l = b.const_float(&format!("{hint}_lut"), dt, &lut_shape, luts)?;
+            let idt = crate::mil::index_dtype(bits)?;
+            let data = if bits == 8 { ConstData::U8(idx) } else { ConstData::Indices { bits, values: idx } };
+            let ix = b.constant(&format!("{hint}_indices"), TType::new(idt, shape), data)?;
+            b.op1("constexpr_lut_to_dense", hint, &[("indices", &[&ix]), ("lut", &[&l])], out)
         }
         WeightCompression::Palette(bits) => {
             let (lut, idx) = kmeans_palette(data, bits);
@@ -286,6 +343,28 @@ mod quality {
         let e: f64 = w.iter().zip(&idx).map(|(&x, &i)| ((x - lut[i as usize]) as f64).powi(2)).sum();
         let s: f64 = w.iter().map(|&x| (x as f64).powi(2)).sum();
         (e / s).sqrt()
+    }
+
+    #[test]
+    fn small_groups_keep_every_palette_entry() {
+        // 1024 values for 64 entries (one iOS 18 group of 16 rows of 64):
+        // fitting a small sample must beat the large-sample optimum (0.026
+        // at 6 bits), which needs all 64 entries in use.
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let w: Vec<f32> = (0..1024)
+            .map(|_| {
+                let (u1, u2): (f64, f64) = (rng.random::<f64>().max(1e-12), rng.random());
+                ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
+            })
+            .collect();
+        let (lut, idx) = kmeans_palette(&w, 6);
+        let used: std::collections::HashSet<u8> = idx.iter().copied().collect();
+        let e: f64 = w.iter().zip(&idx).map(|(&x, &i)| ((x - lut[i as usize]) as f64).powi(2)).sum();
+        let s: f64 = w.iter().map(|&x| (x as f64).powi(2)).sum();
+        let rel = (e / s).sqrt();
+        eprintln!("1024 values, 6 bits: {} entries used, rel rms {rel:.4}", used.len());
+        assert_eq!(used.len(), 64);
+        assert!(rel < 0.026, "{rel}");
     }
 
     #[test]
