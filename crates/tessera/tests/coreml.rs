@@ -234,3 +234,126 @@ proptest! {
         roundtrip(g, vec![("a".into(), a)])?;
     }
 }
+
+/// A one-head attention with a KV cache in the exporters' interface: `past`
+/// [1, past, 4] in, `present = Concat(past, k)` out, an additive padding
+/// mask from `mask` [1, total].
+fn cached_attention() -> Graph {
+    let mut g = Graph::default();
+    g.opsets.insert("".into(), 17);
+    let sym = |s: &str| Dim::Sym(s.into());
+    g.inputs = vec![
+        vi("x", DType::F32, vec![Dim::Known(1), sym("seq"), Dim::Known(4)]),
+        vi("mask", DType::F32, vec![Dim::Known(1), sym("total")]),
+        vi("past", DType::F32, vec![Dim::Known(1), sym("past"), Dim::Known(4)]),
+    ];
+    for (i, name) in ["wq", "wk"].iter().enumerate() {
+        g.initializers.insert(name.to_string(), Tensor::from_vec(&[4, 4], randn(16, 20 + i as u64)).unwrap());
+    }
+    g.initializers.insert("one".into(), Tensor::scalar(1f32));
+    g.initializers.insert("neg".into(), Tensor::scalar(-1e4f32));
+    g.nodes = vec![
+        Node::new("MatMul", "k", &["x", "wk"], &["k"]),
+        Node::new("Concat", "cat", &["past", "k"], &["present"]).with_attr("axis", Attr::Int(1)),
+        Node::new("MatMul", "q", &["x", "wq"], &["q"]),
+        Node::new("Transpose", "kt", &["present"], &["kt"]).with_attr("perm", Attr::Ints(vec![0, 2, 1])),
+        Node::new("MatMul", "s", &["q", "kt"], &["s"]),
+        Node::new("Sub", "inv", &["one", "mask"], &["inv"]),
+        Node::new("Mul", "madd", &["inv", "neg"], &["madd"]),
+        Node::new("Add", "sm", &["s", "madd"], &["sm"]),
+        Node::new("Softmax", "p", &["sm"], &["p"]).with_attr("axis", Attr::Int(-1)),
+        Node::new("MatMul", "y", &["p", "present"], &["y"]),
+    ];
+    g.outputs = vec![vi("y", DType::F32, vec![]), vi("present", DType::F32, vec![])];
+    for o in &mut g.outputs {
+        o.shape = None;
+    }
+    g
+}
+
+#[test]
+fn a_kv_cache_in_core_ml_state_follows_the_growing_past() {
+    let capacity = 8;
+    let g = cached_attention();
+    let cpu = CpuProvider::new();
+    let eval = |gr: &Graph, n: &Node, ins: &[Option<Tensor>]| cpu.eval_node(gr, n, ins);
+    let opts = ConvertOptions {
+        compute: Compute::F16,
+        dims: [("total".to_string(), capacity)].into(),
+        seq_lens: vec![1, 3],
+        seq_dim: Some("seq".into()),
+        stateful_kv: Some(capacity),
+        target: tessera_coreml::Target::Ios18,
+        ..Default::default()
+    };
+    let (pkg, report) = tessera_coreml::convert_graph(&g, &opts, &eval).unwrap();
+    assert_eq!(report.specification_version, 9);
+    let past_dims: Vec<usize> = report.functions.iter().map(|f| f.dims["past"]).collect();
+    assert_eq!(past_dims, vec![7, 5], "past = capacity - new tokens per function");
+    let desc = pkg.model.description.as_ref().unwrap();
+    assert_eq!(desc.functions[0].state.len(), 1);
+    assert!(desc.functions.iter().all(|f| f.output.len() == 1), "present is state, not an output");
+
+    let reference =
+        Session::from_graph(g, SessionOptions { providers: vec!["cpu".into()], threads: 1, ..Default::default() })
+            .unwrap();
+    let mut past = Tensor::from_vec(&[1, 0, 4], Vec::<f32>::new()).unwrap();
+    let mut states = HashMap::new();
+    let mut pos = 0;
+    for (step, n_new) in [3usize, 1, 3, 1].into_iter().enumerate() {
+        let x = Tensor::from_vec(&[1, n_new, 4], randn(n_new * 4, 100 + step as u64)).unwrap();
+        let want = reference
+            .run(vec![
+                ("x".into(), x.clone()),
+                ("mask".into(), Tensor::from_vec(&[1, pos + n_new], vec![1f32; pos + n_new]).unwrap()),
+                ("past".into(), past.clone()),
+            ])
+            .unwrap();
+        past = want[1].1.clone();
+        let mut window = vec![0f32; capacity];
+        window[capacity - (pos + n_new)..].fill(1.0);
+        let f = tessera_coreml::interp::Prepared::new(&pkg, &format!("seq_{n_new}")).unwrap();
+        let got = f
+            .run_with_states(
+                &[
+                    ("x".into(), Arr::from_tensor(&x)),
+                    ("mask".into(), Arr::f(DataType::Float32, vec![1, capacity], window)),
+                ],
+                &mut states,
+            )
+            .unwrap();
+        let (w, a) = (want[0].1.as_slice::<f32>().unwrap(), got[0].1.floats().unwrap());
+        assert_eq!(got[0].1.shape, vec![1, n_new, 4]);
+        let scale = w.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let err = w.iter().zip(&a).fold(0f32, |m, (p, q)| m.max((p - q).abs()));
+        assert!(err <= 1e-2 * scale, "step {step}: max error {err} vs scale {scale}");
+        // The state holds the newest `pos + n_new` keys, right-aligned.
+        let state = states.values().next().unwrap().floats().unwrap();
+        let keys = past.as_slice::<f32>().unwrap();
+        let tail = &state[(capacity - (pos + n_new)) * 4..];
+        let kerr = keys.iter().zip(tail).fold(0f32, |m, (p, q)| m.max((p - q).abs()));
+        assert!(kerr <= 1e-2, "step {step}: cached keys differ by {kerr}");
+        pos += n_new;
+    }
+}
+
+#[test]
+fn a_cache_read_elsewhere_cannot_become_state() {
+    let mut g = cached_attention();
+    g.nodes.push(Node::new("ReduceSum", "peek", &["past"], &["peek"]));
+    g.outputs.push(vi("peek", DType::F32, vec![]));
+    g.outputs.last_mut().unwrap().shape = None;
+    let cpu = CpuProvider::new();
+    let eval = |gr: &Graph, n: &Node, ins: &[Option<Tensor>]| cpu.eval_node(gr, n, ins);
+    let opts = ConvertOptions {
+        dims: [("total".to_string(), 8), ("seq".to_string(), 1)].into(),
+        stateful_kv: Some(8),
+        target: tessera_coreml::Target::Ios18,
+        ..Default::default()
+    };
+    let e = tessera_coreml::convert_graph(&g, &opts, &eval).unwrap_err().to_string();
+    assert!(e.contains("read here too"), "{e}");
+    let opts16 = ConvertOptions { target: tessera_coreml::Target::Ios16, ..opts };
+    let e = tessera_coreml::convert_graph(&cached_attention(), &opts16, &eval).unwrap_err().to_string();
+    assert!(e.contains("iOS 18"), "{e}");
+}
