@@ -233,6 +233,7 @@ def main():
             ("palette4", ["--quantize", "palette4"], 1.0, 0.85),
             ("pal6-i18", ["--quantize", "palette6", "--target", "ios18"], 1.0, 0.95),
             ("pal4-i18", ["--quantize", "palette4", "--target", "ios18"], 1.0, 0.85),
+            ("ane", ["--layout", "ane"], 2e-2, 0.9995),
         ]
     rows, failures = [], []
     rng = np.random.default_rng(0)

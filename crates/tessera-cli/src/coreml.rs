@@ -49,6 +49,12 @@ pub struct ConvertArgs {
     /// --stateful-kv, else ios16.
     #[arg(long)]
     target: Option<tessera_coreml::Target>,
+    /// Tensor layout inside the program: onnx (as exported) or ane (sequence
+    /// models channels-first as (B, C, 1, S), linear layers as 1x1
+    /// convolutions, attention one head at a time: Apple's Neural Engine
+    /// guidance).
+    #[arg(long, default_value = "onnx")]
+    layout: String,
     #[arg(long)]
     json: bool,
 }
@@ -68,6 +74,11 @@ pub fn convert(a: &ConvertArgs) -> Result<(), String> {
         "fp32" => Compute::F32,
         p => return Err(format!("--precision {p}: use fp16 or fp32")),
     };
+    let ane_layout = match a.layout.as_str() {
+        "onnx" => false,
+        "ane" => true,
+        l => return Err(format!("--layout {l}: use onnx or ane")),
+    };
     let t0 = Instant::now();
     let model = tessera_onnx::load_model(&a.model).map_err(|e| format!("{}: {e}", a.model.display()))?;
     let opts = ConvertOptions {
@@ -82,6 +93,7 @@ pub fn convert(a: &ConvertArgs) -> Result<(), String> {
         } else {
             tessera_coreml::Target::Ios16
         }),
+        ane_layout,
     };
     let cpu = CpuProvider::new();
     let eval = |g: &Graph, n: &Node, ins: &[Option<Tensor>]| cpu.eval_node(g, n, ins);
@@ -203,12 +215,12 @@ pub fn coreml_run(a: &CoremlRunArgs) -> Result<(), String> {
         };
         inputs.push((inp.name.clone(), Arr::from_tensor(&t)));
     }
-    let prepared =
-        interp::Prepared::new(&pkg, &a.function).map_err(|e| format!("{}: {e}", a.package.display()))?;
+    let prepared = interp::Prepared::new(&pkg, &a.function).map_err(|e| format!("{}: {e}", a.package.display()))?;
     if let Some(dir) = &a.dump_constexpr {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         for (name, arr) in prepared.constexpr_values().map_err(|e| e.to_string())? {
-            let t = Tensor::from_vec(&arr.shape, arr.floats().map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+            let t =
+                Tensor::from_vec(&arr.shape, arr.floats().map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
             let p = out_path(dir, &name);
             tessera::npy::write_npy(&p, &t).map_err(|e| format!("{}: {e}", p.display()))?;
         }
@@ -224,13 +236,13 @@ pub fn coreml_run(a: &CoremlRunArgs) -> Result<(), String> {
         }
     }
     let t0 = Instant::now();
-    let outs =
-        prepared.run_with_states(&inputs, &mut states).map_err(|e| format!("{}: {e}", a.package.display()))?;
+    let outs = prepared.run_with_states(&inputs, &mut states).map_err(|e| format!("{}: {e}", a.package.display()))?;
     let secs = t0.elapsed().as_secs_f64();
     if let Some(dir) = &a.state_out {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         for (name, arr) in &states {
-            let t = Tensor::from_vec(&arr.shape, arr.floats().map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+            let t =
+                Tensor::from_vec(&arr.shape, arr.floats().map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
             let p = out_path(dir, name);
             tessera::npy::write_npy(&p, &t).map_err(|e| format!("{}: {e}", p.display()))?;
         }

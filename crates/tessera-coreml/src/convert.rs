@@ -16,6 +16,9 @@ use crate::quantize::{self, WeightCompression};
 use crate::spec::DataType;
 use crate::state::KvState;
 
+mod ane;
+use ane::Layout;
+
 /// Float precision inside the program.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Compute {
@@ -118,6 +121,9 @@ pub struct FunctionOptions {
     /// KV caches kept in Core ML state (graph preparation bound each past
     /// to the state's capacity minus the new entries).
     pub states: Vec<KvState>,
+    /// Sequence models in the Neural Engine's channels-first layout (see
+    /// `convert/ane.rs`).
+    pub ane_layout: bool,
 }
 
 /// MIL type of an ONNX element type.
@@ -174,6 +180,10 @@ struct Ctx<'g, 'w> {
     compressed: usize,
     /// ONNX past input → (MIL state, its cache).
     states: HashMap<String, (String, KvState)>,
+    /// ONNX values held in another layout (`--layout ane`).
+    held: HashMap<String, (String, Layout)>,
+    /// ONNX-layout values already moved into the channels-first layout.
+    entered: HashMap<String, String>,
 }
 
 fn node_err(n: &Node, msg: impl Into<String>) -> Error {
@@ -203,6 +213,9 @@ impl<'g, 'w> Ctx<'g, 'w> {
     fn val(&mut self, n: &Node, name: &str) -> Result<String> {
         if let Some(v) = self.vals.get(name) {
             return Ok(v.clone());
+        }
+        if let Some((h, l)) = self.held.get(name).cloned() {
+            return self.materialize(name, &h, &l);
         }
         let t = self.g.initializers.get(name).ok_or_else(|| node_err(n, format!("value '{name}' is not defined")))?;
         let dt = mil_dtype(t.dtype(), self.opts.compute)?;
@@ -663,6 +676,9 @@ impl<'g, 'w> Ctx<'g, 'w> {
     fn convert_node(&mut self, idx: usize, n: &Node) -> Result<()> {
         if !(n.domain.is_empty() || n.domain == "ai.onnx") {
             return Err(node_err(n, format!("domain '{}' has no Core ML lowering", n.domain)));
+        }
+        if self.opts.ane_layout && self.lower_ane(idx, n)? {
+            return Ok(());
         }
         let o0 = n.outputs[0].clone();
         match n.op_type.as_str() {
@@ -1189,6 +1205,8 @@ pub fn convert_function(
         absorbed: HashSet::new(),
         compressed: 0,
         states: HashMap::new(),
+        held: HashMap::new(),
+        entered: HashMap::new(),
     };
     let mut inputs = Vec::new();
     let mut states = Vec::new();
@@ -1198,7 +1216,10 @@ pub fn convert_function(
                 if n.op_type != "Concat" || n.outputs[0] != st.present || n.inputs[0] != i.name {
                     return Err(Error::node(
                         n,
-                        format!("the cache '{}' is read here too: only its Concat with the new entries can use a state", i.name),
+                        format!(
+                            "the cache '{}' is read here too: only its Concat with the new entries can use a state",
+                            i.name
+                        ),
                     ));
                 }
             }
@@ -1245,13 +1266,8 @@ pub fn convert_function(
         if opts.states.iter().any(|s| s.present == o.name) {
             continue;
         }
-        let v = match ctx.vals.get(&o.name) {
-            Some(v) => v.clone(),
-            None => {
-                let n = Node::new("Identity", &o.name, &[&o.name], &[&o.name]);
-                ctx.val(&n, &o.name)?
-            }
-        };
+        let n = Node::new("Identity", &o.name, &[&o.name], &[&o.name]);
+        let v = ctx.val(&n, &o.name)?;
         let t = ctx.b.ty(&v)?.clone();
         let dt = o
             .dtype

@@ -779,10 +779,14 @@ fn run_op(op: &spec::Operation, frame: &Frame) -> Result<Vec<Arr>> {
             let mut axes: Vec<usize> =
                 ints_of(op, frame, "axes")?.iter().map(|&v| norm_axis(v, r)).collect::<Result<_>>()?;
             axes.sort();
-            if axes.is_empty() || axes.iter().enumerate().any(|(i, &v)| v != r - axes.len() + i) {
-                return Err(err(format!("layer_norm over axes {axes:?} (only trailing axes are interpreted)")));
+            axes.dedup();
+            // Contiguous axes: the tensor is [outer, lane, inner] (the
+            // channels-first layout normalizes axis 1 of [B, C, 1, S]).
+            if axes.is_empty() || axes.windows(2).any(|w| w[1] != w[0] + 1) {
+                return Err(err(format!("layer_norm over axes {axes:?} (only contiguous axes are interpreted)")));
             }
             let lane: usize = axes.iter().map(|&v| a.shape[v]).product();
+            let inner: usize = a.shape[axes[axes.len() - 1] + 1..].iter().product();
             let eps = arg(op, frame, "epsilon")?.map(|e| e.scalar_f()).transpose()?.unwrap_or(1e-5);
             let gamma = arg(op, frame, "gamma")?.map(|g| g.floats()).transpose()?;
             let beta = arg(op, frame, "beta")?.map(|g| g.floats()).transpose()?;
@@ -792,19 +796,23 @@ fn run_op(op: &spec::Operation, frame: &Frame) -> Result<Vec<Arr>> {
                 }
             }
             let mut v = a.fref()?.to_vec();
-            for row in v.chunks_mut(lane) {
-                let mean = row.iter().map(|&q| q as f64).sum::<f64>() / lane as f64;
-                let var = row.iter().map(|&q| (q as f64 - mean).powi(2)).sum::<f64>() / lane as f64;
-                let inv = 1.0 / (var + eps as f64).sqrt();
-                for (i, e) in row.iter_mut().enumerate() {
-                    let mut y = ((*e as f64 - mean) * inv) as f32;
-                    if let Some(g) = &gamma {
-                        y *= g[i];
+            for block in v.chunks_mut(lane * inner) {
+                for j in 0..inner {
+                    let at = |i: usize| i * inner + j;
+                    let mean = (0..lane).map(|i| block[at(i)] as f64).sum::<f64>() / lane as f64;
+                    let var = (0..lane).map(|i| (block[at(i)] as f64 - mean).powi(2)).sum::<f64>() / lane as f64;
+                    let inv = 1.0 / (var + eps as f64).sqrt();
+                    for i in 0..lane {
+                        let e = &mut block[at(i)];
+                        let mut y = ((*e as f64 - mean) * inv) as f32;
+                        if let Some(g) = &gamma {
+                            y *= g[i];
+                        }
+                        if let Some(b) = &beta {
+                            y += b[i];
+                        }
+                        *e = y;
                     }
-                    if let Some(b) = &beta {
-                        y += b[i];
-                    }
-                    *e = y;
                 }
             }
             one(Arr::f(a.dtype, a.shape.clone(), v))
@@ -1443,10 +1451,7 @@ impl Prepared {
             let a = match states.get(&name) {
                 Some(a) if a.shape == shape => Arr::f(DataType::Float16, shape, a.floats()?),
                 Some(a) => {
-                    return Err(Error::Input(format!(
-                        "state '{name}' must have shape {shape:?}, got {:?}",
-                        a.shape
-                    )))
+                    return Err(Error::Input(format!("state '{name}' must have shape {shape:?}, got {:?}", a.shape)))
                 }
                 None => {
                     let n = shape.iter().product();

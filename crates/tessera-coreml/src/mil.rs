@@ -77,7 +77,10 @@ pub enum ConstData {
     Str(String),
     /// Unsigned `bits`-wide values (1, 2, 3, 4, 6), one per element; stored
     /// packed in the blob file.
-    Indices { bits: u8, values: Vec<u8> },
+    Indices {
+        bits: u8,
+        values: Vec<u8>,
+    },
 }
 
 /// MIL type of `bits`-wide unsigned indices.

@@ -31,6 +31,8 @@ pub struct ConvertOptions {
     pub stateful_kv: Option<usize>,
     /// Oldest OS the package must load on.
     pub target: Target,
+    /// Sequence models in the Neural Engine's channels-first layout.
+    pub ane_layout: bool,
 }
 
 /// Deployment target: what the package may use.
@@ -65,6 +67,7 @@ impl Default for ConvertOptions {
             seq_dim: None,
             stateful_kv: None,
             target: Target::Ios16,
+            ane_layout: false,
         }
     }
 }
@@ -220,7 +223,13 @@ pub fn convert_graph(graph: &Graph, opts: &ConvertOptions, eval: &Evaluator) -> 
         let f = convert_function(
             &g,
             &mut blobs,
-            &FunctionOptions { opset, compute: opts.compute, compression: opts.compression, states: states.clone() },
+            &FunctionOptions {
+                opset,
+                compute: opts.compute,
+                compression: opts.compression,
+                states: states.clone(),
+                ane_layout: opts.ane_layout,
+            },
         )?;
         descs.push(spec::FunctionDescription {
             name: name.clone(),
