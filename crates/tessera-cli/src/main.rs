@@ -424,6 +424,9 @@ fn cmd_info(m: &ModelArgs, nodes: bool, json: bool) -> Result<(), String> {
             "providers_not_used": s.skipped_providers(),
             "precision": m.precision.to_string(),
             "planned_peak_bytes": plan.as_ref().map(|p| p.peak_bytes),
+            "device_plans": s.device_plans().iter().map(|(i, prov, p)| serde_json::json!({
+                "partition": i, "provider": prov, "source": p.source, "by_device": p.by_device(), "ops": p.ops,
+            })).collect::<Vec<_>>(),
         });
         println!("{o}");
         return Ok(());
@@ -458,6 +461,19 @@ fn cmd_info(m: &ModelArgs, nodes: bool, json: bool) -> Result<(), String> {
     println!("placement ({} partition{}):", s.partition_count(), if s.partition_count() == 1 { "" } else { "s" });
     for ((p, r), c) in by {
         println!("  {p:6} {c:5} nodes  ({r})");
+    }
+    for (i, prov, plan) in s.device_plans() {
+        let devices: Vec<String> = plan.by_device().iter().map(|(d, c)| format!("{d} {c}")).collect();
+        println!(
+            "  partition {i} ({prov}): {} operations placed by {}: {}",
+            plan.ops.len(),
+            plan.source,
+            devices.join(", ")
+        );
+        for (dev, _) in plan.by_device() {
+            let types: Vec<String> = plan.op_types_on(&dev).iter().take(12).map(|(t, c)| format!("{t} {c}")).collect();
+            println!("    {dev}: {}", types.join(", "));
+        }
     }
     if let Some(p) = plan {
         println!(

@@ -21,7 +21,7 @@ pub const PALETTE_GROUP: usize = 16;
 
 /// Rows per palette for a tensor of `rows` output channels.
 pub fn palette_group(rows: usize) -> usize {
-    (4..=PALETTE_GROUP).rev().find(|g| rows % g == 0).unwrap_or(rows.max(1))
+    (4..=PALETTE_GROUP).rev().find(|&g| rows.is_multiple_of(g)).unwrap_or(rows.max(1))
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

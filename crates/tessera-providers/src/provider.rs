@@ -7,6 +7,7 @@
 //! own memory (a GPU) returns [`Value::Device`] values; the session inserts
 //! copies only where a value crosses from one memory domain to another.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use tessera_core::{DType, Graph, Result, Tensor};
@@ -110,6 +111,51 @@ pub trait CompiledPartition: Send + Sync {
     /// when known.
     fn planned_peak_bytes(&self) -> Option<usize> {
         None
+    }
+    /// Where the back end placed the partition's operations, for back ends
+    /// that decide that themselves (Core ML).
+    fn device_plan(&self) -> Option<&DevicePlan> {
+        None
+    }
+}
+
+/// The devices a back end chose for a compiled partition's operations.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct DevicePlan {
+    /// Who decided, or why nothing is known.
+    pub source: String,
+    /// One entry per operation.
+    pub ops: Vec<PlannedOp>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct PlannedOp {
+    pub op_type: String,
+    /// The operation's first output name.
+    pub label: String,
+    /// "ane", "gpu" or "cpu".
+    pub device: String,
+}
+
+impl DevicePlan {
+    /// Operation counts per device.
+    pub fn by_device(&self) -> std::collections::BTreeMap<String, usize> {
+        let mut m = std::collections::BTreeMap::new();
+        for o in &self.ops {
+            *m.entry(o.device.clone()).or_default() += 1;
+        }
+        m
+    }
+
+    /// Operation types placed on `device`, with counts, most frequent first.
+    pub fn op_types_on(&self, device: &str) -> Vec<(String, usize)> {
+        let mut m: HashMap<String, usize> = HashMap::new();
+        for o in self.ops.iter().filter(|o| o.device == device) {
+            *m.entry(o.op_type.clone()).or_default() += 1;
+        }
+        let mut v: Vec<(String, usize)> = m.into_iter().collect();
+        v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        v
     }
 }
 

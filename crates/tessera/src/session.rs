@@ -250,6 +250,18 @@ impl Session {
         self.partitions.len()
     }
 
+    /// The device plans of partitions whose back end places operations
+    /// itself (Core ML): (partition index, provider, plan).
+    pub fn device_plans(&self) -> Vec<(usize, String, tessera_providers::DevicePlan)> {
+        self.partitions
+            .iter()
+            .enumerate()
+            .filter_map(|(i, (p, c))| {
+                c.device_plan().map(|plan| (i, self.providers[p.provider].name().to_string(), plan.clone()))
+            })
+            .collect()
+    }
+
     pub fn assignments(&self) -> Vec<NodeAssignment> {
         self.graph
             .nodes

@@ -25,7 +25,9 @@ use tessera_coreml::rules::{neural_engine_verdict, HEAVY_OPS};
 use tessera_coreml::{Compute, ConvertOptions, Package};
 
 use crate::cpu::CpuProvider;
-use crate::{claim_each, CompiledPartition, ExecutionProvider, NodeVerdict, RunOptions, Subgraph, Value};
+use crate::{
+    claim_each, CompiledPartition, DevicePlan, ExecutionProvider, NodeVerdict, PlannedOp, RunOptions, Subgraph, Value,
+};
 
 /// Where a compiled region runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -148,11 +150,66 @@ impl ExecutionProvider for CoreMlProvider {
         let in_names: Vec<String> = desc.input.iter().map(|f| f.name.clone()).collect();
         let out_names: Vec<String> = desc.output.iter().map(|f| f.name.clone()).collect();
         let out_dtypes: Vec<DType> = region.outputs.iter().map(|o| o.dtype.unwrap_or(DType::F32)).collect();
-        let runner = match self.backend {
-            Backend::Interpreter => Runner::Interpreter(Box::new(interp::Prepared::new(&pkg, "main")?)),
+        let (runner, plan) = match self.backend {
+            Backend::Interpreter => {
+                let ops = op_labels(&pkg).into_iter().map(|(label, _)| (label, "cpu".to_string())).collect::<Vec<_>>();
+                let plan = label_plan(
+                    &pkg,
+                    &ops,
+                    "the MIL interpreter, on the CPU (on a Mac, Core ML's compute plan says which operations the Neural Engine takes)",
+                );
+                (Runner::Interpreter(Box::new(interp::Prepared::new(&pkg, "main")?)), plan)
+            }
             Backend::CoreMl => Runner::native(&pkg)?,
         };
-        Ok(Box::new(CoreMlPartition { runner, in_names, out_names, out_dtypes }))
+        Ok(Box::new(CoreMlPartition { runner, in_names, out_names, out_dtypes, plan }))
+    }
+}
+
+/// (label, operation type) of each non-const operation of `main`: the
+/// label is the first output's name, or the operation's name without
+/// outputs, as `MLComputePlan` labels them.
+fn op_labels(pkg: &Package) -> Vec<(String, String)> {
+    let Some(f) = pkg.model.ml_program.as_ref().and_then(|p| p.functions.get("main")) else { return vec![] };
+    let Some(block) = f.block_specializations.get(&f.opset) else { return vec![] };
+    block
+        .operations
+        .iter()
+        .filter(|op| op.r#type != "const")
+        .map(|op| {
+            let label = op.outputs.first().map(|o| o.name.clone()).unwrap_or_else(|| {
+                match op.attributes.get("name").and_then(|v| v.value.as_ref()) {
+                    Some(tessera_coreml::spec::value::Value::ImmediateValue(iv)) => {
+                        match iv.tensor.as_ref().and_then(|t| t.values.as_ref()) {
+                            Some(tessera_coreml::spec::tensor_value::Values::Strings(s)) => {
+                                s.values.first().cloned().unwrap_or_default()
+                            }
+                            _ => String::new(),
+                        }
+                    }
+                    _ => String::new(),
+                }
+            });
+            (label, op.r#type.clone())
+        })
+        .collect()
+}
+
+/// A device plan from `(label, device)` pairs (Core ML's compute plan
+/// speaks in operation labels), with each label's operation type from the
+/// package.
+pub fn label_plan(pkg: &Package, placed: &[(String, String)], source: &str) -> DevicePlan {
+    let types: HashMap<String, String> = op_labels(pkg).into_iter().collect();
+    DevicePlan {
+        source: source.to_string(),
+        ops: placed
+            .iter()
+            .map(|(label, device)| PlannedOp {
+                op_type: types.get(label).cloned().unwrap_or_else(|| "?".into()),
+                label: label.clone(),
+                device: device.clone(),
+            })
+            .collect(),
     }
 }
 
@@ -164,7 +221,7 @@ enum Runner {
 
 impl Runner {
     #[cfg(target_os = "macos")]
-    fn native(pkg: &Package) -> Result<Runner> {
+    fn native(pkg: &Package) -> Result<(Runner, DevicePlan)> {
         use std::sync::atomic::{AtomicUsize, Ordering};
         static NEXT: AtomicUsize = AtomicUsize::new(0);
         let dir = std::env::temp_dir().join(format!(
@@ -175,11 +232,15 @@ impl Runner {
         tessera_coreml::write_package(pkg, &dir)?;
         let compiled = ffi::compile_package(&dir).map_err(Error::Other)?;
         let model = ffi::CoreMlModel::load(&compiled, ffi::ComputeUnits::CpuAndNeuralEngine).map_err(Error::Other)?;
-        Ok(Runner::Native(Mutex::new(model)))
+        let plan = match ffi::neural_engine_ops(&compiled) {
+            Ok(placed) => label_plan(pkg, &placed, "Core ML's compute plan (MLComputePlan)"),
+            Err(e) => DevicePlan { source: format!("no compute plan: {e}"), ops: vec![] },
+        };
+        Ok((Runner::Native(Mutex::new(model)), plan))
     }
 
     #[cfg(not(target_os = "macos"))]
-    fn native(_pkg: &Package) -> Result<Runner> {
+    fn native(_pkg: &Package) -> Result<(Runner, DevicePlan)> {
         Err(Error::Unsupported("Core ML is macOS-only".into()))
     }
 }
@@ -189,6 +250,7 @@ struct CoreMlPartition {
     in_names: Vec<String>,
     out_names: Vec<String>,
     out_dtypes: Vec<DType>,
+    plan: DevicePlan,
 }
 
 fn from_f32(dtype: DType, shape: &[usize], v: &[f32]) -> Result<Tensor> {
@@ -196,6 +258,10 @@ fn from_f32(dtype: DType, shape: &[usize], v: &[f32]) -> Result<Tensor> {
 }
 
 impl CompiledPartition for CoreMlPartition {
+    fn device_plan(&self) -> Option<&DevicePlan> {
+        Some(&self.plan)
+    }
+
     fn run(&self, inputs: Vec<Value>, _opts: &RunOptions) -> Result<Vec<Value>> {
         let tensors: Vec<Tensor> = inputs.into_iter().map(|v| v.into_host()).collect::<Result<_>>()?;
         if tensors.len() != self.in_names.len() {

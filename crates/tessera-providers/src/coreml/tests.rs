@@ -70,3 +70,29 @@ fn native_backend_is_unavailable_off_macos_with_a_reason() {
         assert!(CoreMlProvider::new().unwrap_err().contains("macOS"));
     }
 }
+
+#[test]
+fn compute_plan_labels_map_to_operation_types() {
+    // A compute plan as Core ML reports it (labels = first output names),
+    // for a region converted here: each label must find its MIL type.
+    let g = graph();
+    let sub = crate::Subgraph { nodes: vec![0, 1], inputs: vec!["x".into()], outputs: vec!["b".into()] };
+    let region = region_graph(&g, &sub).unwrap();
+    let cpu = CpuProvider::new();
+    let eval = |gr: &Graph, n: &Node, ins: &[Option<Tensor>]| cpu.eval_node(gr, n, ins);
+    let (pkg, _) = tessera_coreml::convert_graph(&region, &ConvertOptions::default(), &eval).unwrap();
+    let labels = op_labels(&pkg);
+    assert!(labels.iter().any(|(_, t)| t == "relu") && labels.iter().any(|(_, t)| t == "linear"), "{labels:?}");
+    let placed: Vec<(String, String)> = labels
+        .iter()
+        .map(|(l, t)| (l.clone(), if t == "linear" || t == "relu" { "ane" } else { "cpu" }.to_string()))
+        .collect();
+    let plan = label_plan(&pkg, &placed, "fixture");
+    assert!(plan.ops.iter().all(|o| o.op_type != "?"), "{:?}", plan.ops);
+    assert_eq!(plan.by_device()["ane"], 2);
+    assert_eq!(plan.op_types_on("ane"), vec![("linear".to_string(), 1), ("relu".to_string(), 1)]);
+    let compiled = CoreMlProvider::interpreter().compile(&g, &sub).unwrap();
+    let p = compiled.device_plan().unwrap();
+    assert_eq!(p.ops.len(), labels.len());
+    assert!(p.source.contains("interpreter"), "{}", p.source);
+}
