@@ -253,7 +253,8 @@ fn arm_checks() -> Vec<Check> {
 fn conv_graph() -> tessera_core::Result<Graph> {
     let mut g = Graph { name: "doctor-cnn".into(), ..Default::default() };
     g.opsets.insert(String::new(), 17);
-    g.inputs.push(ValueInfo { name: "x".into(), dtype: Some(DType::F32), shape: None });
+    let shape = [1, 8, 12, 12].map(tessera_core::Dim::Known).to_vec();
+    g.inputs.push(ValueInfo { name: "x".into(), dtype: Some(DType::F32), shape: Some(shape) });
     let t = |shape: &[usize], seed: u64, scale: f32| {
         Tensor::from_vec(shape, rand_f32(shape.iter().product(), seed).iter().map(|v| v * scale).collect())
     };
@@ -381,6 +382,9 @@ fn provider_checks(threads: usize) -> Vec<Check> {
         ("accelerate", Precision::Fp32, 1e-4),
         ("sme", Precision::Fp32, 1e-4),
         ("sme", Precision::Bf16, 3e-2),
+        // fp16 inside the converted regions.
+        ("coreml", Precision::Fp32, 1e-2),
+        ("coreml-interpreter", Precision::Fp32, 1e-2),
     ];
     // Why a provider cannot start on this machine (checked once, so that
     // an unavailable provider reads as such, not as a failure).
@@ -389,6 +393,7 @@ fn provider_checks(threads: usize) -> Vec<Check> {
             "amx" => tessera_providers::amx::AmxProvider::new(Precision::Bf16).err(),
             "accelerate" => tessera_providers::accelerate::AccelerateProvider::new().err(),
             "sme" => tessera_providers::amx::sme::SmeProvider::new(Precision::Fp32).err(),
+            "coreml" => tessera_providers::coreml::CoreMlProvider::new().err(),
             _ => None,
         }
     };
@@ -441,23 +446,36 @@ fn provider_checks(threads: usize) -> Vec<Check> {
                 out.push(unavailable("provider", &name, why.clone()));
                 continue;
             }
-            let on_it = s.assignments().iter().filter(|a| a.provider == provider).count();
+            // The interpreter back end is the same provider ("coreml").
+            let placed_as = if provider.starts_with("coreml") { "coreml" } else { provider };
+            let on_it = s.assignments().iter().filter(|a| a.provider == placed_as).count();
             if on_it == 0 {
+                let first = s.assignments().into_iter().next();
+                let why = first.map(|a| format!(" (first node, {}: {})", a.op_type, a.reason)).unwrap_or_default();
                 out.push(unavailable(
                     "provider",
                     &name,
-                    format!("{provider} claims no node of this case at {precision}"),
+                    format!("{provider} claims no node of this case at {precision}{why}"),
                 ));
                 continue;
             }
             let checked =
                 s.run(case.inputs.clone()).map_err(|e| e.to_string()).and_then(|got| output_error(&got, &want));
             let limit = if case.name == "int8 model" && precision != Precision::Int8 { 0.0 } else { limit };
+            // Back ends that place operations themselves say where.
+            let plans: Vec<String> = s
+                .device_plans()
+                .iter()
+                .map(|(_, _, p)| p.by_device().iter().map(|(d, c)| format!("{d} {c}")).collect::<Vec<_>>().join(", "))
+                .collect();
+            let plan = if plans.is_empty() { String::new() } else { format!("; operations on {}", plans.join(" | ")) };
             let (status, detail) = match checked {
                 Ok(e) if e <= limit => {
-                    (Status::Pass, format!("{on_it} nodes on {provider}; error {e:.1e} (limit {limit:.0e})"))
+                    (Status::Pass, format!("{on_it} nodes on {provider}; error {e:.1e} (limit {limit:.0e}){plan}"))
                 }
-                Ok(e) => (Status::Fail, format!("{on_it} nodes on {provider}; error {e:.1e} > limit {limit:.0e}")),
+                Ok(e) => {
+                    (Status::Fail, format!("{on_it} nodes on {provider}; error {e:.1e} > limit {limit:.0e}{plan}"))
+                }
                 Err(e) => (Status::Fail, e),
             };
             let speed = (status == Status::Pass)
