@@ -3,6 +3,7 @@
 
 pub mod dce;
 pub mod fold;
+pub mod fuse_attention;
 pub mod fuse_gelu;
 pub mod fuse_layernorm;
 pub mod fuse_matmul;
@@ -23,14 +24,21 @@ pub struct PassReport {
     pub gelu_fused: usize,
     pub matmul_bias_fused: usize,
     pub epilogue_fused: usize,
+    pub attention_fused: usize,
 }
 
 impl std::fmt::Display for PassReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "constant-folded {} nodes, removed {} dead nodes, fused {} LayerNorm, {} GELU, {} MatMul+bias, {} epilogues",
-            self.folded, self.dead_removed, self.layernorm_fused, self.gelu_fused, self.matmul_bias_fused, self.epilogue_fused
+            "constant-folded {} nodes, removed {} dead nodes, fused {} LayerNorm, {} GELU, {} attention, {} MatMul+bias, {} epilogues",
+            self.folded,
+            self.dead_removed,
+            self.layernorm_fused,
+            self.gelu_fused,
+            self.attention_fused,
+            self.matmul_bias_fused,
+            self.epilogue_fused
         )
     }
 }
@@ -39,8 +47,9 @@ pub fn optimize(graph: &mut Graph, eval: &Evaluator) -> Result<PassReport> {
     optimize_with(graph, eval, true)
 }
 
-/// [`optimize`], optionally without the MatMul fusions, whose fused nodes
-/// (`tessera:FusedMatMul`) only Tessera's CPU-side providers run: a session
+/// [`optimize`], optionally without the MatMul and attention fusions, whose
+/// fused nodes (`tessera:FusedMatMul`, `tessera:Attention`) only Tessera's
+/// CPU-side providers run: a session
 /// that places regions on another runtime (Core ML) keeps plain ONNX ops.
 pub fn optimize_with(graph: &mut Graph, eval: &Evaluator, fuse_matmul_ops: bool) -> Result<PassReport> {
     let mut r = PassReport { folded: fold::fold_constants(graph, eval)?, ..Default::default() };
@@ -48,6 +57,7 @@ pub fn optimize_with(graph: &mut Graph, eval: &Evaluator, fuse_matmul_ops: bool)
     r.layernorm_fused = fuse_layernorm::fuse_layer_norm(graph);
     r.gelu_fused = fuse_gelu::fuse_gelu(graph);
     if fuse_matmul_ops {
+        r.attention_fused = fuse_attention::fuse_attention(graph);
         r.matmul_bias_fused = fuse_matmul::fuse_matmul_bias(graph);
         r.epilogue_fused = fuse_matmul::fuse_epilogues(graph);
     }

@@ -148,73 +148,13 @@ fn roundtrip_with(g: Graph, inputs: Vec<(String, Tensor)>, opts: ConvertOptions)
     Ok(())
 }
 
-/// A post-LN encoder layer as exporters write it: Q/K/V linears with
-/// biases, heads split by Reshape [0, 0, H, d] and Transpose (K straight to
-/// [0, 2, 3, 1]), scaled scores, an additive mask, Softmax, PV, heads merged
-/// back, output linear, residual, LayerNorm, GELU MLP, residual.
-fn encoder_layer(b: usize, s: usize, heads: usize, d: usize, seed: u64) -> Graph {
-    let c = heads * d;
-    let mut g = Graph::default();
-    g.opsets.insert("".into(), 20);
-    g.inputs.push(vi("x", DType::F32, vec![Dim::Known(b), Dim::Known(s), Dim::Known(c)]));
-    let mut k = seed;
-    let mut init = |g: &mut Graph, name: &str, shape: &[usize]| {
-        k += 1;
-        let n = shape.iter().product();
-        g.initializers.insert(name.into(), Tensor::from_vec(shape, randn(n, k)).unwrap());
-    };
-    for w in ["wq", "wk", "wv", "wo"] {
-        init(&mut g, w, &[c, c]);
-        init(&mut g, &format!("{w}_b"), &[c]);
-    }
-    init(&mut g, "w1", &[c, 2 * c]);
-    init(&mut g, "w2", &[2 * c, c]);
-    init(&mut g, "ln_g", &[c]);
-    init(&mut g, "ln_b", &[c]);
-    init(&mut g, "mask", &[1, 1, 1, s]);
-    g.initializers.insert("split".into(), Tensor::from_vec(&[4], vec![0i64, 0, heads as i64, d as i64]).unwrap());
-    g.initializers.insert("merge".into(), Tensor::from_vec(&[3], vec![0i64, 0, c as i64]).unwrap());
-    g.initializers.insert("scale".into(), Tensor::scalar((d as f32).sqrt()));
-    let perm = |v: &[i64]| Attr::Ints(v.to_vec());
-    g.nodes = vec![
-        Node::new("MatMul", "q0", &["x", "wq"], &["q0"]),
-        Node::new("Add", "q1", &["q0", "wq_b"], &["q1"]),
-        Node::new("Reshape", "q2", &["q1", "split"], &["q2"]),
-        Node::new("Transpose", "q", &["q2"], &["q"]).with_attr("perm", perm(&[0, 2, 1, 3])),
-        Node::new("MatMul", "k0", &["x", "wk"], &["k0"]),
-        Node::new("Add", "k1", &["k0", "wk_b"], &["k1"]),
-        Node::new("Reshape", "k2", &["k1", "split"], &["k2"]),
-        Node::new("Transpose", "kt", &["k2"], &["kt"]).with_attr("perm", perm(&[0, 2, 3, 1])),
-        Node::new("MatMul", "v0", &["x", "wv"], &["v0"]),
-        Node::new("Add", "v1", &["v0", "wv_b"], &["v1"]),
-        Node::new("Reshape", "v2", &["v1", "split"], &["v2"]),
-        Node::new("Transpose", "v", &["v2"], &["v"]).with_attr("perm", perm(&[0, 2, 1, 3])),
-        Node::new("MatMul", "s0", &["q", "kt"], &["s0"]),
-        Node::new("Div", "s1", &["s0", "scale"], &["s1"]),
-        Node::new("Add", "s2", &["s1", "mask"], &["s2"]),
-        Node::new("Softmax", "p", &["s2"], &["p"]).with_attr("axis", Attr::Int(-1)),
-        Node::new("MatMul", "o0", &["p", "v"], &["o0"]),
-        Node::new("Transpose", "o1", &["o0"], &["o1"]).with_attr("perm", perm(&[0, 2, 1, 3])),
-        Node::new("Reshape", "o2", &["o1", "merge"], &["o2"]),
-        Node::new("MatMul", "o3", &["o2", "wo"], &["o3"]),
-        Node::new("Add", "o4", &["o3", "wo_b"], &["o4"]),
-        Node::new("Add", "r1", &["o4", "x"], &["r1"]),
-        Node::new("LayerNormalization", "ln", &["r1", "ln_g", "ln_b"], &["h"]).with_attr("axis", Attr::Int(-1)),
-        Node::new("MatMul", "f1", &["h", "w1"], &["f1"]),
-        Node::new("Gelu", "ge", &["f1"], &["f2"]),
-        Node::new("MatMul", "f3", &["f2", "w2"], &["f3"]),
-        Node::new("Add", "y", &["f3", "h"], &["y"]),
-    ];
-    g.outputs.push(ValueInfo { name: "y".into(), dtype: Some(DType::F32), shape: None });
-    g
-}
-
 #[test]
 fn the_ane_layout_runs_linears_as_convolutions_and_attention_per_head() {
     let cpu = CpuProvider::new();
     let eval = |gr: &Graph, n: &Node, ins: &[Option<Tensor>]| cpu.eval_node(gr, n, ins);
     let opts = ConvertOptions { compute: Compute::F32, ane_layout: true, ..Default::default() };
-    let (_, report) = tessera_coreml::convert_graph(&encoder_layer(1, 5, 3, 4, 0), &opts, &eval).unwrap();
+    let (_, report) =
+        tessera_coreml::convert_graph(&tessera::demo::exported_encoder_layer(1, 5, 3, 4, 0), &opts, &eval).unwrap();
     let ops: HashMap<String, usize> = report.functions[0].op_counts.iter().cloned().collect();
     assert_eq!(ops.get("conv"), Some(&6), "{ops:?}");
     assert_eq!(ops.get("linear"), None, "{ops:?}");
@@ -230,7 +170,7 @@ proptest! {
     fn ane_layout_encoder_layers_match(
         b in 1usize..3, s in 1usize..7, heads in 1usize..4, d in 1usize..5, seed in 0u64..1000,
     ) {
-        let g = encoder_layer(b, s, heads, d, seed);
+        let g = tessera::demo::exported_encoder_layer(b, s, heads, d, seed);
         let x = Tensor::from_vec(&[b, s, heads * d], randn(b * s * heads * d, seed + 77)).unwrap();
         roundtrip_with(g, vec![("x".into(), x)], ConvertOptions { compute: Compute::F32, ane_layout: true, ..Default::default() })?;
     }

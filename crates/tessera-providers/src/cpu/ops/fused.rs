@@ -19,6 +19,103 @@ use crate::cpu::util::{broadcast_index, broadcast_shapes, broadcast_strides, opt
 
 pub fn register(r: &mut OpRegistry) {
     r.add_domain("tessera", "FusedMatMul", build_fused_matmul);
+    r.add_domain("tessera", "Attention", build_attention);
+}
+
+/// ONNX Reshape's target shape for `input` (0 copies a dim, -1 is inferred).
+fn reshape_dims(spec: &[i64], input: &[usize]) -> Option<Vec<usize>> {
+    let total: usize = input.iter().product();
+    let mut out = Vec::with_capacity(spec.len());
+    let mut infer = None;
+    for (i, &v) in spec.iter().enumerate() {
+        match v {
+            0 => out.push(*input.get(i)?),
+            -1 if infer.is_none() => {
+                infer = Some(i);
+                out.push(1);
+            }
+            v if v > 0 => out.push(v as usize),
+            _ => return None,
+        }
+    }
+    if let Some(i) = infer {
+        let known: usize = out.iter().product();
+        if known == 0 || !total.is_multiple_of(known) {
+            return None;
+        }
+        out[i] = total / known;
+    }
+    (out.iter().product::<usize>() == total).then_some(out)
+}
+
+/// `tessera:Attention(Q, K, V, q_shape, k_shape, v_shape, out_shape, [mask])`,
+/// attribute `scale`: the exporters' attention block (Reshape to
+/// `[B, S, H, d]`, Transposes, `MatMul`, scale, `Add` mask, `Softmax`,
+/// `MatMul`, Transpose back, Reshape to `[B, S, H·d]`) on `[B, S, H·d]`
+/// inputs, with the Reshape shapes checked at run time.
+fn build_attention(node: &Node, _bctx: &BuildCtx) -> Result<Box<dyn CpuOp>> {
+    let node = node.clone();
+    let scale = node.attr_float_or("scale", 1.0)?;
+    Ok(Box::new(move |inputs: &[Option<&Tensor>], ctx: &mut RunCtx| {
+        let (q, k, v) = (req(&node, inputs, 0)?, req(&node, inputs, 1)?, req(&node, inputs, 2)?);
+        let shape_of = |i: usize| -> Result<Vec<i64>> { req(&node, inputs, i)?.to_i64_vec() };
+        let mask = opt(inputs, 7);
+        for t in [q, k, v].into_iter().chain(mask) {
+            if t.dtype() != tessera_core::DType::F32 {
+                return Err(Error::node(&node, format!("fused attention runs f32, got {}", t.dtype())));
+            }
+        }
+        let [b, sq, c] = *q.shape() else {
+            return Err(Error::node(&node, format!("fused attention: Q of shape {:?} is not [B, S, C]", q.shape())));
+        };
+        let split = reshape_dims(&shape_of(3)?, q.shape())
+            .filter(|s| s.len() == 4 && s[0] == b && s[1] == sq && s[2] * s[3] == c)
+            .ok_or_else(|| Error::node(&node, "fused attention: the Q reshape does not split [B, S, C] into heads"))?;
+        let (heads, d) = (split[2], split[3]);
+        let [kb, sk, kc] = *k.shape() else {
+            return Err(Error::node(&node, format!("fused attention: K of shape {:?} is not [B, S, C]", k.shape())));
+        };
+        let heads_of = |t: &Tensor, i: usize| -> Result<bool> {
+            Ok(reshape_dims(&shape_of(i)?, t.shape()).as_deref() == Some(&[kb, sk, heads, d][..]))
+        };
+        if kb != b || kc != c || v.shape() != k.shape() || !heads_of(k, 4)? || !heads_of(v, 5)? {
+            return Err(Error::node(
+                &node,
+                format!(
+                    "fused attention: K {:?} / V {:?} do not match Q {:?} in {heads} heads",
+                    k.shape(),
+                    v.shape(),
+                    q.shape()
+                ),
+            ));
+        }
+        if reshape_dims(&shape_of(6)?, &[b, sq, heads, d]).as_deref() != Some(&[b, sq, c][..]) {
+            return Err(Error::node(&node, "fused attention: the output reshape does not merge the heads"));
+        }
+        let full = [b, heads, sq, sk];
+        let mask_view = match mask {
+            Some(m) => {
+                if m.rank() > 4 || broadcast_shapes(&node, &[m.shape(), &full])? != full {
+                    return Err(Error::node(&node, format!("mask {:?} does not broadcast to {full:?}", m.shape())));
+                }
+                let st = broadcast_strides(m.shape(), &full);
+                Some((m.as_slice::<f32>()?, [st[0], st[1], st[2], st[3]]))
+            }
+            None => None,
+        };
+        let dims = tessera_kernels::attention::AttentionDims { batch: b, q_len: sq, kv_len: sk, heads, head_dim: d };
+        let mut out = ctx.alloc(tessera_core::DType::F32, &[b, sq, c])?;
+        tessera_kernels::attention::attention(
+            q.as_slice::<f32>()?,
+            k.as_slice::<f32>()?,
+            v.as_slice::<f32>()?,
+            mask_view.map(|(data, strides)| tessera_kernels::attention::MaskView { data, strides }),
+            scale,
+            dims,
+            out.as_mut_slice::<f32>()?,
+        );
+        Ok(vec![out])
+    }))
 }
 
 /// The epilogue's activation: the kernels' definition, parsed from the
