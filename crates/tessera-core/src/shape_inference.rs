@@ -320,6 +320,13 @@ fn infer_node(n: &Node, ins: &[Option<&Known>]) -> Result<Vec<Known>> {
     let onnx = n.domain.is_empty() || n.domain == "ai.onnx";
     let op = n.op_type.as_str();
     let fused_matmul = n.domain == "tessera" && op == "FusedMatMul";
+    if n.domain == "tessera" && op == "Attention" {
+        // [B, S, H·d] in, the same out.
+        if let Some(q) = ins.first().copied().flatten() {
+            outs[0] = Known { dtype: q.dtype, shape: q.shape.clone(), ..Default::default() };
+        }
+        return Ok(outs);
+    }
     if !onnx && !fused_matmul {
         return Ok(outs);
     }

@@ -44,8 +44,11 @@ impl BlobDType {
             BlobDType::UBits(2) => 10,
             BlobDType::UBits(4) => 11,
             BlobDType::UBits(3) => 12,
-            // 6 bits; no other width is made (see `mil::index_dtype`).
-            BlobDType::UBits(_) => 13,
+            BlobDType::UBits(b) => {
+                // `mil::index_dtype` admits 1, 2, 3, 4, 6 (and 8 as UInt8).
+                debug_assert_eq!(b, 6, "no blob type for {b}-bit values");
+                13
+            }
             BlobDType::I32 => 14,
             BlobDType::U32 => 15,
         }

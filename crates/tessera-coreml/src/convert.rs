@@ -337,13 +337,7 @@ impl<'g, 'w> Ctx<'g, 'w> {
         let c_name = n.inputs.get(2).filter(|s| !s.is_empty()).cloned();
         if let (Some(w), false, true) = (b_const, ta, alpha == 1.0) {
             let (k, nn) = if tb { (w.shape()[1], w.shape()[0]) } else { (w.shape()[0], w.shape()[1]) };
-            let wv = w.to_f64_vec();
-            let mut wt = vec![0f32; k * nn];
-            for r in 0..nn {
-                for c in 0..k {
-                    wt[r * k + c] = if tb { wv[r * k + c] } else { wv[c * nn + r] } as f32;
-                }
-            }
+            let wt = out_major_weight(w, tb);
             // A bias from Gemm's C or from the single Add that follows.
             let mut bias: Option<Vec<f32>> = None;
             let mut out_name = n.outputs[0].clone();
@@ -1187,6 +1181,24 @@ impl<'g, 'w> Ctx<'g, 'w> {
     }
 }
 
+/// A constant 2-D MatMul/Gemm weight as `[out, in]` f32 values (MIL
+/// `linear` and 1x1 `conv` layout): transposed from ONNX's `[in, out]`,
+/// as it is when `transposed` (Gemm's transB).
+fn out_major_weight(w: &Tensor, transposed: bool) -> Vec<f32> {
+    let wv = w.to_f64_vec();
+    if transposed {
+        return wv.into_iter().map(|v| v as f32).collect();
+    }
+    let (k, n) = (w.shape()[0], w.shape()[1]);
+    let mut wt = vec![0f32; k * n];
+    for r in 0..n {
+        for c in 0..k {
+            wt[r * k + c] = wv[c * n + r] as f32;
+        }
+    }
+    wt
+}
+
 /// Converts a prepared graph into one MIL function.
 pub fn convert_function(
     g: &Graph,
@@ -1226,9 +1238,7 @@ pub fn convert_function(
             let shape = g
                 .concrete_shape_of(&st.present)
                 .ok_or_else(|| Error::Input(format!("'{}' has no static shape", st.present)))?;
-            let t = TType::new(DataType::Float16, &shape);
-            ctx.b.types.insert(name.clone(), t.clone());
-            ctx.b.states.push((name.clone(), t));
+            ctx.b.add_state_named(name, TType::new(DataType::Float16, &shape));
             ctx.states.insert(i.name.clone(), (name.clone(), st.clone()));
             states.push((name.clone(), shape));
             continue;

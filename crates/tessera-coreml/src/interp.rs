@@ -796,6 +796,9 @@ fn run_op(op: &spec::Operation, frame: &Frame) -> Result<Vec<Arr>> {
                 }
             }
             let mut v = a.fref()?.to_vec();
+            if v.is_empty() {
+                return one(Arr::f(a.dtype, a.shape.clone(), v));
+            }
             for block in v.chunks_mut(lane * inner) {
                 for j in 0..inner {
                     let at = |i: usize| i * inner + j;

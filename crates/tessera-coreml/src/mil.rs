@@ -353,12 +353,11 @@ impl<'w> FnBuilder<'w> {
     }
 
     /// A state input holding a tensor of type `t` (read with `read_state`,
-    /// written with `write_state`).
-    pub fn add_state(&mut self, hint: &str, t: TType) -> String {
-        let name = self.fresh(hint);
-        self.types.insert(name.clone(), t.clone());
-        self.states.push((name.clone(), t));
-        name
+    /// written with `write_state`), under a name already reserved with
+    /// [`FnBuilder::fresh`].
+    pub fn add_state_named(&mut self, name: &str, t: TType) {
+        self.types.insert(name.to_string(), t.clone());
+        self.states.push((name.to_string(), t));
     }
 
     /// The finished function, returning `outputs`.

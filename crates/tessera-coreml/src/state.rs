@@ -45,6 +45,10 @@ pub fn find_kv_states(g: &Graph) -> Result<Vec<KvState>> {
         if g.initializers.contains_key(past) {
             continue;
         }
+        // Only float caches: a state holds fp16.
+        if !inp.dtype.is_some_and(|d| d.is_float()) {
+            continue;
+        }
         let Some(shape) = &inp.shape else { continue };
         let r = shape.len() as i64;
         let mut axis = n.attr_int_or("axis", 0)?;

@@ -11,11 +11,13 @@
 //!
 //! `Attention(Q, K, V, qs, ks, vs, os, [mask])` with attribute `scale`
 //! checks at run time that the reshapes split `[B, S, C]` into heads and
-//! merge them back, so the rewrite holds for every shape the graph admits.
-//! Every intermediate must have no other reader; only f32 blocks fuse.
+//! merge them back. Only blocks that fit the kernel fuse: f32, Q/K/V of
+//! rank 3 with one batch and channel count (no heads shared by broadcasting,
+//! as in grouped-query attention), a mask of rank 4 at most that does not
+//! broadcast the scores up, and intermediates with no other reader.
 
 use super::pattern::{const_scalar, is_onnx, other_input, Index};
-use crate::{Attr, DType, Graph, Node};
+use crate::{Attr, DType, Dim, Graph, Node};
 
 pub fn fuse_attention(g: &mut Graph) -> usize {
     // Element types decide what fuses; a graph whose types cannot be
@@ -36,6 +38,35 @@ pub fn fuse_attention(g: &mut Graph) -> usize {
     fused
 }
 
+/// Q/K/V of rank 3 agreeing on batch and channels where known, and a mask
+/// of rank 4 at most that leaves the scores' shape as it is.
+fn fits_the_kernel(g: &Graph, qkv: [&str; 3], mask: Option<&str>, scores: &str, masked: &str) -> bool {
+    let shapes: Vec<Vec<Dim>> = match qkv.iter().map(|x| g.shape_of(x)).collect::<Option<Vec<_>>>() {
+        Some(s) if s.iter().all(|s| s.len() == 3) => s,
+        _ => return false,
+    };
+    let differ = |a: &Dim, b: &Dim| matches!((a, b), (Dim::Known(x), Dim::Known(y)) if x != y);
+    for s in &shapes[1..] {
+        if differ(&shapes[0][0], &s[0]) || differ(&shapes[0][2], &s[2]) {
+            return false;
+        }
+    }
+    if differ(&shapes[1][1], &shapes[2][1]) {
+        return false;
+    }
+    match mask {
+        None => true,
+        Some(m) => {
+            let rank_ok = g.shape_of(m).is_some_and(|s| s.len() <= 4);
+            let same = match (g.shape_of(scores), g.shape_of(masked)) {
+                (Some(a), Some(b)) => a.len() == b.len() && !a.iter().zip(&b).any(|(x, y)| differ(x, y)),
+                _ => false,
+            };
+            rank_ok && same
+        }
+    }
+}
+
 fn perm_of(n: &Node) -> Option<Vec<i64>> {
     n.attr_ints("perm").ok().flatten()
 }
@@ -47,7 +78,7 @@ fn split_heads(g: &Graph, ix: &Index, v: &str, perm: &[i64]) -> Option<(String, 
     if perm_of(t)?.as_slice() != perm || !ix.single_use(v) {
         return None;
     }
-    let (_, r) = ix.producer_of(g, &t.inputs[0], "Reshape")?;
+    let (_, r) = ix.producer_of(g, t.inputs.first()?, "Reshape")?;
     if !ix.single_use(&t.inputs[0]) || r.inputs.len() < 2 || r.attr_int_or("allowzero", 0).ok()? != 0 {
         return None;
     }
@@ -90,10 +121,18 @@ fn find_one(g: &Graph) -> Option<(usize, Node, Vec<usize>, String)> {
         }
         let mut scale = 1.0f64;
         if let Some((_, d)) = ix.producer_of(g, &s, "Div") {
-            let Some(c) = const_scalar(g, &d.inputs[1]).filter(|&c| c != 0.0) else { continue };
+            let (Some(x), Some(c)) = (d.inputs.first(), d.inputs.get(1).and_then(|c| const_scalar(g, c))) else {
+                continue;
+            };
+            if c == 0.0 || d.inputs.len() != 2 {
+                continue;
+            }
             scale = 1.0 / c;
-            s = d.inputs[0].clone();
+            s = x.clone();
         } else if let Some((_, m)) = ix.producer_of(g, &s, "Mul") {
+            if m.inputs.len() != 2 {
+                continue;
+            }
             let Some((ci, c)) = m.inputs.iter().enumerate().find_map(|(i, x)| const_scalar(g, x).map(|c| (i, c)))
             else {
                 continue;
@@ -104,7 +143,7 @@ fn find_one(g: &Graph) -> Option<(usize, Node, Vec<usize>, String)> {
         if !ix.single_use(&s) {
             continue;
         }
-        let Some((_, qk)) = ix.producer_of(g, &s, "MatMul") else { continue };
+        let Some((_, qk)) = ix.producer_of(g, &s, "MatMul").filter(|(_, n)| n.inputs.len() == 2) else { continue };
         let Some((q_in, q_shape, q_split)) = split_heads(g, &ix, &qk.inputs[0], &[0, 2, 1, 3]) else { continue };
         let kt = &qk.inputs[1];
         let k = split_heads(g, &ix, kt, &[0, 2, 3, 1]).or_else(|| {
@@ -116,11 +155,11 @@ fn find_one(g: &Graph) -> Option<(usize, Node, Vec<usize>, String)> {
         });
         let Some((k_in, k_shape, _)) = k else { continue };
         // Softmax → MatMul(p, v) → Transpose[0,2,1,3] → Reshape.
-        let p = &sm.outputs[0];
+        let Some(p) = sm.outputs.first() else { continue };
         let users = ix.consumers(g, p);
         let [pv_i] = users.as_slice() else { continue };
         let pv = &g.nodes[*pv_i];
-        if pv.op_type != "MatMul" || !is_onnx(pv) || pv.inputs[0] != *p || !ix.single_use(p) {
+        if pv.op_type != "MatMul" || !is_onnx(pv) || pv.inputs.len() != 2 || pv.inputs[0] != *p || !ix.single_use(p) {
             continue;
         }
         let Some((v_in, v_shape, _)) = split_heads(g, &ix, &pv.inputs[1], &[0, 2, 1, 3]) else { continue };
@@ -139,12 +178,20 @@ fn find_one(g: &Graph) -> Option<(usize, Node, Vec<usize>, String)> {
             .partition(|&i| g.nodes[i].op_type == "Shape" && is_onnx(&g.nodes[i]));
         let [r_i] = users.as_slice() else { continue };
         let r = &g.nodes[*r_i];
-        if r.op_type != "Reshape" || !is_onnx(r) || r.inputs[0] != t.outputs[0] || r.inputs.len() < 2 {
+        if r.op_type != "Reshape"
+            || !is_onnx(r)
+            || r.inputs.len() < 2
+            || r.inputs[0] != t.outputs[0]
+            || r.attr_int_or("allowzero", 0).ok() != Some(0)
+        {
             continue;
         }
         let f32_only =
             [&q_in, &k_in, &v_in].into_iter().chain(mask.as_ref()).all(|x| g.dtype_of(x) == Some(DType::F32));
         if !f32_only || g.outputs.iter().any(|go| [p, o, &t.outputs[0]].contains(&&go.name)) {
+            continue;
+        }
+        if !fits_the_kernel(g, [&q_in, &k_in, &v_in], mask.as_deref(), &s, &sm.inputs[0]) {
             continue;
         }
         let mut inputs = vec![q_in, k_in, v_in, q_shape, k_shape, v_shape, r.inputs[1].clone()];

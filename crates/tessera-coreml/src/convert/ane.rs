@@ -140,31 +140,30 @@ impl Ctx<'_, '_> {
         Ok(Some(h))
     }
 
-    /// A constant operand of an op on a held value, in the held layout;
-    /// None where it would broadcast the held operand up.
-    fn const_held(&mut self, hint: &str, t: &Tensor, plain_out: &[usize], l: &Layout) -> Result<Option<String>> {
-        let dt = self.opts.compute.dtype();
+    /// A constant operand of an op on a held value, rearranged into the held
+    /// layout: (shape, values); None where it would broadcast the held
+    /// operand up.
+    fn const_held_data(t: &Tensor, plain_out: &[usize], l: &Layout) -> Option<(Vec<usize>, Vec<f32>)> {
         let data: Vec<f32> = t.to_f64_vec().into_iter().map(|v| v as f32).collect();
         if t.numel() == 1 {
-            return Ok(Some(self.b.const_float(hint, dt, &[], data)?));
+            return Some((vec![], data));
         }
         let r = plain_out.len();
         if t.rank() > r {
-            return Ok(None);
+            return None;
         }
         let mut cs = vec![1usize; r - t.rank()];
         cs.extend_from_slice(t.shape());
         if cs.iter().zip(plain_out).any(|(&c, &o)| c != 1 && c != o) {
-            return Ok(None);
+            return None;
         }
-        let (shape, v) = match l {
+        Some(match l {
             Layout::Ane => {
                 let (sh, v) = transpose_data(&data, &cs, &[0, 2, 1]);
                 (vec![sh[0], sh[1], 1, sh[2]], v)
             }
             Layout::Perm(p) => transpose_data(&data, &cs, &inverse(p)),
-        };
-        Ok(Some(self.b.const_float(hint, dt, &shape, v)?))
+        })
     }
 
     /// Lowers `n` on held values when a rule applies; false leaves it to
@@ -290,13 +289,7 @@ impl Ctx<'_, '_> {
         if xt.shape[1] != k {
             return Ok(false);
         }
-        let wv = w.to_f64_vec();
-        let mut wt = vec![0f32; k * nn];
-        for r in 0..nn {
-            for c in 0..k {
-                wt[r * k + c] = wv[c * nn + r] as f32;
-            }
-        }
+        let wt = super::out_major_weight(w, false);
         let mut out_name = n.outputs[0].clone();
         let mut bias = None;
         if let Some((ai, add, b)) = self.following_bias_add(idx, &n.outputs[0], nn) {
@@ -428,25 +421,40 @@ impl Ctx<'_, '_> {
             (_, Some((_, lb))) => lb.clone(),
             _ => return Ok(false),
         };
-        // The held operand must already have the output's shape.
+        // Decide every operand before emitting anything, so that a rule
+        // that declines leaves no dead operations behind.
+        enum Operand {
+            Held(String),
+            Const(Vec<usize>, Vec<f32>),
+            Enter,
+        }
         let same = |s: &Self, v: &str| s.g.concrete_shape_of(v).as_deref() == Some(&out_plain[..]);
-        let operand = |s: &mut Self, i: usize, v: &str| -> Result<Option<String>> {
+        let plan = |s: &Self, v: &str| -> Option<Operand> {
             if let Some((h, l)) = s.held(v) {
-                return Ok((l == layout && same(s, v)).then_some(h));
+                return (l == layout && same(s, v)).then_some(Operand::Held(h));
             }
             if let Some(t) = s.constant_tensor(v) {
                 if !t.dtype().is_float() {
-                    return Ok(None);
+                    return None;
                 }
-                return s.const_held(&format!("{o0}_{i}_held"), t, &out_plain, &layout);
+                return Self::const_held_data(t, &out_plain, &layout).map(|(sh, d)| Operand::Const(sh, d));
             }
-            if layout == Layout::Ane && same(s, v) {
-                return s.enter_ane(n, v);
-            }
-            Ok(None)
+            let float = s.g.dtype_of(v).is_some_and(|d| d.is_float());
+            (layout == Layout::Ane && same(s, v) && float).then_some(Operand::Enter)
         };
-        let Some(x) = operand(self, 0, a)? else { return Ok(false) };
-        let Some(y) = operand(self, 1, b)? else { return Ok(false) };
+        let (Some(pa), Some(pb)) = (plan(self, a), plan(self, b)) else { return Ok(false) };
+        let emit = |s: &mut Self, i: usize, v: &str, p: Operand| -> Result<Option<String>> {
+            match p {
+                Operand::Held(h) => Ok(Some(h)),
+                Operand::Const(sh, d) => {
+                    let dt = s.opts.compute.dtype();
+                    Ok(Some(s.b.const_float(&format!("{o0}_{i}_held"), dt, &sh, d)?))
+                }
+                Operand::Enter => s.enter_ane(n, v),
+            }
+        };
+        let Some(x) = emit(self, 0, a, pa)? else { return Ok(false) };
+        let Some(y) = emit(self, 1, b, pb)? else { return Ok(false) };
         let held_ty = match (&ha, &hb) {
             (Some((h, _)), _) | (_, Some((h, _))) => self.b.ty(h)?.clone(),
             _ => return Ok(false),

@@ -14,38 +14,13 @@ use tessera_kernels::gemm::{gemm_batched, GemmScalar};
 
 use super::nn::common::{read_or_pre, widen_const, with_float, write_output, Float};
 use super::nn::matmul::plan_matmul;
+use super::shape::reshape_target;
 use crate::cpu::registry::{BuildCtx, CpuOp, OpRegistry, RunCtx};
 use crate::cpu::util::{broadcast_index, broadcast_shapes, broadcast_strides, opt, req};
 
 pub fn register(r: &mut OpRegistry) {
     r.add_domain("tessera", "FusedMatMul", build_fused_matmul);
     r.add_domain("tessera", "Attention", build_attention);
-}
-
-/// ONNX Reshape's target shape for `input` (0 copies a dim, -1 is inferred).
-fn reshape_dims(spec: &[i64], input: &[usize]) -> Option<Vec<usize>> {
-    let total: usize = input.iter().product();
-    let mut out = Vec::with_capacity(spec.len());
-    let mut infer = None;
-    for (i, &v) in spec.iter().enumerate() {
-        match v {
-            0 => out.push(*input.get(i)?),
-            -1 if infer.is_none() => {
-                infer = Some(i);
-                out.push(1);
-            }
-            v if v > 0 => out.push(v as usize),
-            _ => return None,
-        }
-    }
-    if let Some(i) = infer {
-        let known: usize = out.iter().product();
-        if known == 0 || !total.is_multiple_of(known) {
-            return None;
-        }
-        out[i] = total / known;
-    }
-    (out.iter().product::<usize>() == total).then_some(out)
 }
 
 /// `tessera:Attention(Q, K, V, q_shape, k_shape, v_shape, out_shape, [mask])`,
@@ -68,16 +43,17 @@ fn build_attention(node: &Node, _bctx: &BuildCtx) -> Result<Box<dyn CpuOp>> {
         let [b, sq, c] = *q.shape() else {
             return Err(Error::node(&node, format!("fused attention: Q of shape {:?} is not [B, S, C]", q.shape())));
         };
-        let split = reshape_dims(&shape_of(3)?, q.shape())
-            .filter(|s| s.len() == 4 && s[0] == b && s[1] == sq && s[2] * s[3] == c)
-            .ok_or_else(|| Error::node(&node, "fused attention: the Q reshape does not split [B, S, C] into heads"))?;
+        // The exporters' Reshapes, resolved as Reshape does (checked sizes).
+        let reshaped = |t: &Tensor, i: usize| reshape_target(&node, t.shape(), &shape_of(i)?, false);
+        let split = reshaped(q, 3)?;
+        if split.len() != 4 || split[0] != b || split[1] != sq || split[2].checked_mul(split[3]) != Some(c) {
+            return Err(Error::node(&node, "fused attention: the Q reshape does not split [B, S, C] into heads"));
+        }
         let (heads, d) = (split[2], split[3]);
         let [kb, sk, kc] = *k.shape() else {
             return Err(Error::node(&node, format!("fused attention: K of shape {:?} is not [B, S, C]", k.shape())));
         };
-        let heads_of = |t: &Tensor, i: usize| -> Result<bool> {
-            Ok(reshape_dims(&shape_of(i)?, t.shape()).as_deref() == Some(&[kb, sk, heads, d][..]))
-        };
+        let heads_of = |t: &Tensor, i: usize| -> Result<bool> { Ok(reshaped(t, i)? == [kb, sk, heads, d]) };
         if kb != b || kc != c || v.shape() != k.shape() || !heads_of(k, 4)? || !heads_of(v, 5)? {
             return Err(Error::node(
                 &node,
@@ -89,7 +65,7 @@ fn build_attention(node: &Node, _bctx: &BuildCtx) -> Result<Box<dyn CpuOp>> {
                 ),
             ));
         }
-        if reshape_dims(&shape_of(6)?, &[b, sq, heads, d]).as_deref() != Some(&[b, sq, c][..]) {
+        if reshape_target(&node, &[b, sq, heads, d], &shape_of(6)?, false)? != [b, sq, c] {
             return Err(Error::node(&node, "fused attention: the output reshape does not merge the heads"));
         }
         let full = [b, heads, sq, sk];

@@ -14,6 +14,7 @@
 //! - `resize`: Resize and Upsample.
 
 mod basic;
+pub(crate) use basic::reshape_target;
 mod copy;
 mod index;
 mod layout;

@@ -26,7 +26,7 @@ pub(super) fn register(r: &mut OpRegistry) {
 
 /// Output shape of Reshape for the requested `spec` (0 copies the input
 /// dimension unless `allowzero`, one -1 is inferred).
-pub(super) fn reshape_target(node: &Node, in_shape: &[usize], spec: &[i64], allowzero: bool) -> Result<Vec<usize>> {
+pub(crate) fn reshape_target(node: &Node, in_shape: &[usize], spec: &[i64], allowzero: bool) -> Result<Vec<usize>> {
     let total = numel(node, in_shape)?;
     let mut out = Vec::with_capacity(spec.len());
     let mut infer = None;
