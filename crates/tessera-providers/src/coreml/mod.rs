@@ -1,6 +1,7 @@
 //! The Core ML provider: claims the regions of the graph the Neural Engine
 //! takes (the rule table in `tessera_coreml::rules`), converts each region
-//! into an ML Program with the `tessera-coreml` converter (fp16), and runs it
+//! into an ML Program with the `tessera-coreml` converter (fp16, the
+//! channels-first Neural Engine layout for sequence models), and runs it
 //! through Core ML with CPU + Neural Engine compute units on macOS. Values
 //! cross into and out of a region only at its border.
 //!
@@ -144,7 +145,9 @@ impl ExecutionProvider for CoreMlProvider {
         let region = region_graph(graph, sub)?;
         let cpu = CpuProvider::new();
         let eval = |g: &Graph, n: &Node, ins: &[Option<Tensor>]| cpu.eval_node(g, n, ins);
-        let opts = ConvertOptions { compute: Compute::F16, ..Default::default() };
+        // The Neural Engine's layout for sequence models; the interpreter
+        // back end runs the same program a Mac would.
+        let opts = ConvertOptions { compute: Compute::F16, ane_layout: true, ..Default::default() };
         let (pkg, _) = tessera_coreml::convert_graph(&region, &opts, &eval)?;
         let desc = pkg.model.description.clone().unwrap_or_default();
         let in_names: Vec<String> = desc.input.iter().map(|f| f.name.clone()).collect();
