@@ -86,17 +86,12 @@ def check_types(pkg):
                 checked += 1
                 if (dt, shape) != declared[key]:
                     mismatches.append(f"{fname}/{v.name}: coremltools infers {dt}{list(shape)}, package declares {declared[key][0]}{list(declared[key][1])}")
-    return spec, checked, mismatches
+    return spec, prog, checked, mismatches
 
 
-def decompressed_by_coremltools(pkg, function):
-    """coremltools' own decompression of each constexpr_* weight of `function`."""
-    import coremltools as ct
-    from coremltools.converters.mil.frontend.milproto.load import load as milproto_load
-
-    spec = ct.utils.load_spec(str(pkg))
-    prog = milproto_load(model_spec=spec, specification_version=spec.specificationVersion,
-                         file_weights_dir=str(pkg / "Data" / "com.apple.CoreML" / "weights"))
+def decompressed_by_coremltools(prog, function):
+    """coremltools' own decompression of each constexpr_* weight of `function`
+    (`prog`: the program its MIL proto frontend rebuilt)."""
     out = {}
     for op in prog.functions[function].operations:
         if op.op_type.startswith("constexpr_"):
@@ -105,10 +100,10 @@ def decompressed_by_coremltools(pkg, function):
     return out
 
 
-def compare_decompression(pkg, function, dump_dir):
+def compare_decompression(prog, function, dump_dir):
     """Our interpreter's decompressed weights must equal coremltools' (same
     bits, so the packing, group layout and scales agree with a third party)."""
-    theirs = decompressed_by_coremltools(pkg, function)
+    theirs = decompressed_by_coremltools(prog, function)
     worst, problems = 0.0, []
     for name, ref in theirs.items():
         p = dump_dir / f"{name}.npy"
@@ -156,7 +151,7 @@ def check_stateful(a, work, rows, failures, ort, capacity=16, chunks=(4, 4, 1, 1
     dims = ["--dim", "batch=1", "--dim", f"total={capacity}", "--seq-lens", "1,4", "--seq-dim", "seq"]
     rep = json.loads(run([a.tessera, "convert", str(path), str(pkg), "--json", "--stateful-kv", "--max-context", str(capacity)] + dims))
     try:
-        spec, checked, mism = check_types(pkg)
+        spec, _prog, checked, mism = check_types(pkg)
     except Exception as e:  # noqa: BLE001
         failures.append(f"gpt_kv/stateful: coremltools could not load the package: {e}")
         return
@@ -252,7 +247,7 @@ def main():
         pkg = work / f"{model}-{variant}.mlpackage"
         rep = json.loads(run([a.tessera, "convert", str(path), str(pkg), "--json"] + dims + extra))
         try:
-            spec, checked, mism = check_types(pkg)
+            spec, prog, checked, mism = check_types(pkg)
         except Exception as e:  # noqa: BLE001 - any loader failure is a failed check
             failures.append(f"{model}/{variant}: coremltools could not load the package: {e}")
             continue
@@ -277,7 +272,7 @@ def main():
             run(args)
             decomp = ""
             if dump_dir.exists():
-                n_w, worst, probs = compare_decompression(pkg, fname, dump_dir)
+                n_w, worst, probs = compare_decompression(prog, fname, dump_dir)
                 decomp = f"{n_w} weights, max diff {worst:.1g}"
                 if n_w == 0:
                     probs.append("no compressed weight found")

@@ -227,11 +227,11 @@ pub fn coreml_run(a: &CoremlRunArgs) -> Result<(), String> {
     }
     let mut states = HashMap::new();
     if let Some(dir) = &a.state_in {
-        for (name, _) in prepared.states().map_err(|e| e.to_string())? {
-            let p = out_path(dir, &name);
+        for (name, _) in prepared.states() {
+            let p = out_path(dir, name);
             if p.exists() {
                 let t = tessera::npy::read_npy(&p).map_err(|e| format!("{}: {e}", p.display()))?;
-                states.insert(name, Arr::from_tensor(&t));
+                states.insert(name.clone(), Arr::from_tensor(&t));
             }
         }
     }

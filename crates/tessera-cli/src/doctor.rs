@@ -446,8 +446,9 @@ fn provider_checks(threads: usize) -> Vec<Check> {
                 out.push(unavailable("provider", &name, why.clone()));
                 continue;
             }
-            // The interpreter back end is the same provider ("coreml").
-            let placed_as = if provider.starts_with("coreml") { "coreml" } else { provider };
+            // Nodes carry the provider's own name ("coreml" for the
+            // interpreter back end too): the session's first provider.
+            let placed_as = s.provider_names().into_iter().next().unwrap_or_default();
             let on_it = s.assignments().iter().filter(|a| a.provider == placed_as).count();
             if on_it == 0 {
                 let first = s.assignments().into_iter().next();

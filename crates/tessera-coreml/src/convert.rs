@@ -474,28 +474,85 @@ impl<'g, 'w> Ctx<'g, 'w> {
         let wv: Vec<f32> = w.to_f64_vec().into_iter().map(|v| v as f32).collect();
         let wname = self.weight(&format!("{}_weight", n.name), w.shape(), wv)?;
         let o = &n.outputs[0];
-        let s = self.b.const_ints(&format!("{o}_strides"), &strides.iter().map(|&v| v as i64).collect::<Vec<_>>())?;
-        let d = self.b.const_ints(&format!("{o}_dilations"), &dil.iter().map(|&v| v as i64).collect::<Vec<_>>())?;
+        let bias = match n.inputs.get(2).filter(|s| !s.is_empty()) {
+            Some(bn) => Some(self.val(n, bn)?),
+            None => None,
+        };
+        let out = self.out_type(n, 0)?;
+        let as_i64 = |v: &[usize]| v.iter().map(|&x| x as i64).collect::<Vec<_>>();
+        let geom = ConvGeometry { strides: as_i64(&strides), pads, dilations: as_i64(&dil), groups: group };
+        let y = self.emit_conv(o, x, wname, &geom, bias, out)?;
+        self.set(o, y);
+        Ok(())
+    }
+
+    /// A MIL `conv` with explicit padding.
+    fn emit_conv(
+        &mut self,
+        o: &str,
+        x: String,
+        weight: String,
+        geom: &ConvGeometry,
+        bias: Option<String>,
+        out: TType,
+    ) -> Result<String> {
+        let s = self.b.const_ints(&format!("{o}_strides"), &geom.strides)?;
+        let d = self.b.const_ints(&format!("{o}_dilations"), &geom.dilations)?;
         let pt = self.b.const_str(&format!("{o}_pad_type"), "custom")?;
-        let p = self.b.const_ints(&format!("{o}_pad"), &pads)?;
-        let gr = self.b.const_int(&format!("{o}_groups"), group)?;
+        let p = self.b.const_ints(&format!("{o}_pad"), &geom.pads)?;
+        let gr = self.b.const_int(&format!("{o}_groups"), geom.groups)?;
         let mut ins: Vec<(&str, Vec<String>)> = vec![
             ("x", vec![x]),
-            ("weight", vec![wname]),
+            ("weight", vec![weight]),
             ("strides", vec![s]),
             ("pad_type", vec![pt]),
             ("pad", vec![p]),
             ("dilations", vec![d]),
             ("groups", vec![gr]),
         ];
-        if let Some(bn) = n.inputs.get(2).filter(|s| !s.is_empty()) {
-            let b = self.val(n, bn)?;
+        if let Some(b) = bias {
             ins.push(("bias", vec![b]));
         }
-        let out = self.out_type(n, 0)?;
-        let y = self.b.op1_owned("conv", o, &ins, out)?;
-        self.set(o, y);
-        Ok(())
+        self.b.op1_owned("conv", o, &ins, out)
+    }
+
+    /// LayerNormalization's scale (input `i` = 1) or bias (2) as `numel`
+    /// values: `d` when absent, one value repeated; None when it is not a
+    /// constant of 1 or `numel` values.
+    fn ln_param(&self, n: &Node, i: usize, d: f32, numel: usize) -> Option<Vec<f32>> {
+        let Some(name) = n.inputs.get(i).filter(|s| !s.is_empty()) else { return Some(vec![d; numel]) };
+        let v: Vec<f32> = self.constant_tensor(name)?.to_f64_vec().into_iter().map(|v| v as f32).collect();
+        match v.len() {
+            1 => Some(vec![v[0]; numel]),
+            l if l == numel => Some(v),
+            _ => None,
+        }
+    }
+
+    /// A MIL `layer_norm` over `axes` with constant `gamma`/`beta` of shape `norm`.
+    #[allow(clippy::too_many_arguments)]
+    fn emit_layer_norm(
+        &mut self,
+        o0: &str,
+        x: &str,
+        axes: &[i64],
+        norm: &[usize],
+        gamma: Vec<f32>,
+        beta: Vec<f32>,
+        eps: f32,
+        out: TType,
+    ) -> Result<String> {
+        let dt = self.opts.compute.dtype();
+        let axes = self.b.const_ints(&format!("{o0}_axes"), axes)?;
+        let g = self.b.const_float(&format!("{o0}_gamma"), dt, norm, gamma)?;
+        let b = self.b.const_float(&format!("{o0}_beta"), dt, norm, beta)?;
+        let e = self.scalar(&format!("{o0}_epsilon"), eps)?;
+        self.b.op1(
+            "layer_norm",
+            o0,
+            &[("x", &[x]), ("axes", &[&axes]), ("gamma", &[&g]), ("beta", &[&b]), ("epsilon", &[&e])],
+            out,
+        )
     }
 
     fn pool(&mut self, n: &Node, ty: &str) -> Result<()> {
@@ -886,37 +943,15 @@ impl<'g, 'w> Ctx<'g, 'w> {
                 }
                 let norm: Vec<usize> = shape[axis as usize..].to_vec();
                 let numel: usize = norm.iter().product();
-                let param = |i: usize, d: f32| -> Result<Vec<f32>> {
-                    match n.inputs.get(i).filter(|s| !s.is_empty()) {
-                        Some(name) => {
-                            let t = self
-                                .constant_tensor(name)
-                                .ok_or_else(|| node_err(n, "scale/bias must be constants"))?;
-                            let v: Vec<f32> = t.to_f64_vec().into_iter().map(|v| v as f32).collect();
-                            match v.len() {
-                                1 => Ok(vec![v[0]; numel]),
-                                l if l == numel => Ok(v),
-                                l => Err(node_err(n, format!("scale/bias has {l} values for {numel}"))),
-                            }
-                        }
-                        None => Ok(vec![d; numel]),
-                    }
+                let param = |i: usize, d: f32| {
+                    self.ln_param(n, i, d, numel)
+                        .ok_or_else(|| node_err(n, format!("scale/bias must be constants of {numel} values (or one)")))
                 };
                 let (gamma, beta) = (param(1, 1.0)?, param(2, 0.0)?);
                 let eps = n.attr_float_or("epsilon", 1e-5)?;
                 let x = self.val(n, &n.inputs[0])?;
-                let dt = self.opts.compute.dtype();
-                let axes = self.b.const_ints(&format!("{o0}_axes"), &(axis..r).collect::<Vec<_>>())?;
-                let gname = self.b.const_float(&format!("{o0}_gamma"), dt, &norm, gamma)?;
-                let bname = self.b.const_float(&format!("{o0}_beta"), dt, &norm, beta)?;
-                let e = self.scalar(&format!("{o0}_epsilon"), eps)?;
                 let out = self.out_type(n, 0)?;
-                let y = self.b.op1(
-                    "layer_norm",
-                    &o0,
-                    &[("x", &[&x]), ("axes", &[&axes]), ("gamma", &[&gname]), ("beta", &[&bname]), ("epsilon", &[&e])],
-                    out,
-                )?;
+                let y = self.emit_layer_norm(&o0, &x, &(axis..r).collect::<Vec<_>>(), &norm, gamma, beta, eps, out)?;
                 self.set(&o0, y);
                 Ok(())
             }
@@ -1179,6 +1214,15 @@ impl<'g, 'w> Ctx<'g, 'w> {
             other => Err(node_err(n, format!("'{other}' has no Core ML lowering"))),
         }
     }
+}
+
+/// Strides, padding (MIL order `[b1, e1, b2, e2]`), dilations and groups
+/// of a `conv`.
+struct ConvGeometry {
+    strides: Vec<i64>,
+    pads: Vec<i64>,
+    dilations: Vec<i64>,
+    groups: i64,
 }
 
 /// A constant 2-D MatMul/Gemm weight as `[out, in]` f32 values (MIL

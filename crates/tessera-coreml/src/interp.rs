@@ -1364,6 +1364,25 @@ fn check_declared(op: &spec::Operation, decl: &spec::NamedValueType, a: &Arr) ->
     Ok(())
 }
 
+/// The state inputs of a function: (name, fp16 shape), bounded.
+fn state_inputs(inputs: &[spec::NamedValueType]) -> Result<Vec<(String, Vec<usize>)>> {
+    let mut out = Vec::new();
+    for inp in inputs {
+        let t = inp.r#type.as_ref().ok_or_else(|| err("input without a type"))?;
+        if let Some(value_type::Type::StateType(st)) = &t.r#type {
+            let (dt, shape) = tensor_type(st.wrapped_type.as_ref().ok_or_else(|| err("state wraps no type"))?)?;
+            if dt != DataType::Float16 {
+                return Err(err(format!("state '{}' wraps {dt:?}: Core ML states are fp16", inp.name)));
+            }
+            if shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).is_none_or(|n| n > MAX_ELEMENTS) {
+                return Err(err(format!("state '{}' of shape {shape:?} is too large", inp.name)));
+            }
+            out.push((inp.name.clone(), shape));
+        }
+    }
+    Ok(out)
+}
+
 /// One function of a package, ready to run many times: its constants
 /// (weights included) decoded and type-checked once.
 pub struct Prepared {
@@ -1371,6 +1390,8 @@ pub struct Prepared {
     ops: Vec<spec::Operation>,
     outputs: Vec<String>,
     consts: HashMap<String, Arr>,
+    /// State inputs: (name, fp16 shape), checked once.
+    states: Vec<(String, Vec<usize>)>,
 }
 
 impl Prepared {
@@ -1396,7 +1417,14 @@ impl Prepared {
             check_declared(op, decl, &a)?;
             consts.insert(decl.name.clone(), a);
         }
-        Ok(Prepared { inputs: f.inputs.clone(), ops: block.operations.clone(), outputs: block.outputs.clone(), consts })
+        let states = state_inputs(&f.inputs)?;
+        Ok(Prepared {
+            inputs: f.inputs.clone(),
+            ops: block.operations.clone(),
+            outputs: block.outputs.clone(),
+            consts,
+            states,
+        })
     }
 
     /// The values of the `constexpr_*` operations (decompressed weights),
@@ -1423,22 +1451,8 @@ impl Prepared {
     }
 
     /// The function's state inputs: (name, fp16 shape).
-    pub fn states(&self) -> Result<Vec<(String, Vec<usize>)>> {
-        let mut out = Vec::new();
-        for inp in &self.inputs {
-            let t = inp.r#type.as_ref().ok_or_else(|| err("input without a type"))?;
-            if let Some(value_type::Type::StateType(st)) = &t.r#type {
-                let (dt, shape) = tensor_type(st.wrapped_type.as_ref().ok_or_else(|| err("state wraps no type"))?)?;
-                if dt != DataType::Float16 {
-                    return Err(err(format!("state '{}' wraps {dt:?}: Core ML states are fp16", inp.name)));
-                }
-                if shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).is_none_or(|n| n > MAX_ELEMENTS) {
-                    return Err(err(format!("state '{}' of shape {shape:?} is too large", inp.name)));
-                }
-                out.push((inp.name.clone(), shape));
-            }
-        }
-        Ok(out)
+    pub fn states(&self) -> &[(String, Vec<usize>)] {
+        &self.states
     }
 
     /// Runs on `inputs`, reading and updating `states` (by state name;
@@ -1450,7 +1464,7 @@ impl Prepared {
     ) -> Result<Vec<(String, Arr)>> {
         let mut frame =
             Frame { vals: HashMap::new(), states: HashMap::new(), consts: &self.consts, live_consts: HashSet::new() };
-        for (name, shape) in self.states()? {
+        for (name, shape) in self.states.iter().cloned() {
             let a = match states.get(&name) {
                 Some(a) if a.shape == shape => Arr::f(DataType::Float16, shape, a.floats()?),
                 Some(a) => {

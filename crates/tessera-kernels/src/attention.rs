@@ -107,6 +107,7 @@ pub fn attention(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::gemm::vector::tests::rand_f32 as rnd;
     use proptest::prelude::*;
 
     fn reference(q: &[f32], k: &[f32], v: &[f32], mask: Option<MaskView>, scale: f32, dm: AttentionDims) -> Vec<f32> {
@@ -142,18 +143,6 @@ mod tests {
             }
         }
         out
-    }
-
-    fn rnd(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect()
     }
 
     proptest! {

@@ -187,31 +187,11 @@ impl Ctx<'_, '_> {
                 }
                 let ty = self.b.ty(&h)?.clone();
                 let c = ty.shape[1];
-                let param = |i: usize, d: f32| -> Result<Option<Vec<f32>>> {
-                    match n.inputs.get(i).filter(|s| !s.is_empty()) {
-                        Some(name) => Ok(self.constant_tensor(name).and_then(|t| {
-                            let v: Vec<f32> = t.to_f64_vec().into_iter().map(|v| v as f32).collect();
-                            match v.len() {
-                                1 => Some(vec![v[0]; c]),
-                                l if l == c => Some(v),
-                                _ => None,
-                            }
-                        })),
-                        None => Ok(Some(vec![d; c])),
-                    }
+                let (Some(gamma), Some(beta)) = (self.ln_param(n, 1, 1.0, c), self.ln_param(n, 2, 0.0, c)) else {
+                    return Ok(false);
                 };
-                let (Some(gamma), Some(beta)) = (param(1, 1.0)?, param(2, 0.0)?) else { return Ok(false) };
-                let dt = self.opts.compute.dtype();
-                let axes = self.b.const_ints(&format!("{o0}_axes"), &[1])?;
-                let g = self.b.const_float(&format!("{o0}_gamma"), dt, &[c], gamma)?;
-                let bb = self.b.const_float(&format!("{o0}_beta"), dt, &[c], beta)?;
-                let e = self.scalar(&format!("{o0}_epsilon"), n.attr_float_or("epsilon", 1e-5)?)?;
-                let y = self.b.op1(
-                    "layer_norm",
-                    &o0,
-                    &[("x", &[&h]), ("axes", &[&axes]), ("gamma", &[&g]), ("beta", &[&bb]), ("epsilon", &[&e])],
-                    ty,
-                )?;
+                let eps = n.attr_float_or("epsilon", 1e-5)?;
+                let y = self.emit_layer_norm(&o0, &h, &[1], &[c], gamma, beta, eps, ty)?;
                 self.set_held(&o0, y, Layout::Ane);
                 Ok(true)
             }
@@ -299,24 +279,13 @@ impl Ctx<'_, '_> {
         }
         let o = out_name.clone();
         let wname = self.weight(&format!("{}_weight", n.name), &[nn, k, 1, 1], wt)?;
-        let s = self.b.const_ints(&format!("{o}_strides"), &[1, 1])?;
-        let d = self.b.const_ints(&format!("{o}_dilations"), &[1, 1])?;
-        let pt = self.b.const_str(&format!("{o}_pad_type"), "valid")?;
-        let gr = self.b.const_int(&format!("{o}_groups"), 1)?;
-        let mut ins: Vec<(&str, Vec<String>)> = vec![
-            ("x", vec![x]),
-            ("weight", vec![wname]),
-            ("strides", vec![s]),
-            ("pad_type", vec![pt]),
-            ("dilations", vec![d]),
-            ("groups", vec![gr]),
-        ];
-        if let Some(b) = bias {
-            let dt = self.opts.compute.dtype();
-            ins.push(("bias", vec![self.b.const_float(&format!("{}_bias", n.name), dt, &[nn], b)?]));
-        }
+        let bias = match bias {
+            Some(b) => Some(self.b.const_float(&format!("{}_bias", n.name), self.opts.compute.dtype(), &[nn], b)?),
+            None => None,
+        };
         let out = TType::new(xt.dtype, &[xt.shape[0], nn, 1, xt.shape[3]]);
-        let y = self.b.op1_owned("conv", &o, &ins, out)?;
+        let geom = super::ConvGeometry { strides: vec![1, 1], pads: vec![0; 4], dilations: vec![1, 1], groups: 1 };
+        let y = self.emit_conv(&o, x, wname, &geom, bias, out)?;
         self.set_held(&o, y, Layout::Ane);
         Ok(true)
     }

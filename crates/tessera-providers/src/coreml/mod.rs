@@ -155,12 +155,13 @@ impl ExecutionProvider for CoreMlProvider {
         let out_dtypes: Vec<DType> = region.outputs.iter().map(|o| o.dtype.unwrap_or(DType::F32)).collect();
         let (runner, plan) = match self.backend {
             Backend::Interpreter => {
-                let ops = op_labels(&pkg).into_iter().map(|(label, _)| (label, "cpu".to_string())).collect::<Vec<_>>();
-                let plan = label_plan(
-                    &pkg,
-                    &ops,
-                    "the MIL interpreter, on the CPU (on a Mac, Core ML's compute plan says which operations the Neural Engine takes)",
-                );
+                let plan = DevicePlan {
+                    source: "the MIL interpreter, on the CPU (on a Mac, Core ML's compute plan says which operations the Neural Engine takes)".into(),
+                    ops: op_labels(&pkg)
+                        .into_iter()
+                        .map(|(label, op_type)| PlannedOp { op_type, label, device: "cpu".into() })
+                        .collect(),
+                };
                 (Runner::Interpreter(Box::new(interp::Prepared::new(&pkg, "main")?)), plan)
             }
             Backend::CoreMl => Runner::native(&pkg)?,
