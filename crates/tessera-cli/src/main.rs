@@ -116,6 +116,13 @@ enum Cmd {
         /// Weights from DRAM: cycle through copies that overflow the caches.
         #[arg(long)]
         cold: bool,
+        /// Tile driver blockings to compare, each kc:panels:prefetch (k-blocks per K chunk, 0 = all of K;
+        /// A panels per task; microkernel prefetch none, a or ab), comma separated.
+        #[arg(long, value_delimiter = ',')]
+        tile_blocking: Vec<String>,
+        /// Report each case's fastest call instead of the median (noise on a shared machine only adds time).
+        #[arg(long)]
+        best: bool,
         #[arg(long)]
         json: bool,
     },
@@ -185,8 +192,8 @@ fn main() {
         Cmd::Doctor { threads, json } => doctor::run(threads, json).map(|code| std::process::exit(code)),
         Cmd::Detect { json } => detect::run(json),
         Cmd::Calibrate { threads, json } => calibrate::run(threads, json),
-        Cmd::BenchGemm { shapes, threads, kernels, seconds, cold, json } => {
-            cmd_bench_gemm(&shapes, threads, kernels, seconds, cold, json)
+        Cmd::BenchGemm { shapes, threads, kernels, seconds, cold, tile_blocking, best, json } => {
+            cmd_bench_gemm(&shapes, threads, kernels, seconds, cold, &tile_blocking, best, json)
         }
     };
     if let Err(e) = result {
@@ -566,14 +573,22 @@ fn cmd_demo(threads: usize) -> Result<(), String> {
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
 fn cmd_bench_gemm(
     shapes: &[String],
     threads: Vec<usize>,
     kernels: Vec<String>,
     seconds: f64,
     cold: bool,
+    tile_blocking: &[String],
+    best: bool,
     json: bool,
 ) -> Result<(), String> {
+    let blockings = if tile_blocking.is_empty() {
+        vec![tessera_kernels::gemm::TileBlocking::DEFAULT]
+    } else {
+        tile_blocking.iter().map(|s| tessera_kernels::gemm::TileBlocking::parse(s)).collect::<Result<_, _>>()?
+    };
     let shapes = if shapes.is_empty() {
         bench_gemm::DEFAULT_SHAPES.to_vec()
     } else {
@@ -594,7 +609,7 @@ fn cmd_bench_gemm(
     };
     let kernels =
         if kernels.is_empty() { bench_gemm::ALL_KERNELS.iter().map(|s| s.to_string()).collect() } else { kernels };
-    let opts = bench_gemm::Options { shapes, threads, kernels, min_seconds: seconds, cold };
+    let opts = bench_gemm::Options { shapes, threads, kernels, min_seconds: seconds, cold, blockings, best };
     let rows = bench_gemm::run(&opts)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&rows).map_err(|e| e.to_string())?);

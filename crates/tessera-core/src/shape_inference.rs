@@ -456,6 +456,36 @@ fn infer_node(n: &Node, ins: &[Option<&Known>]) -> Result<Vec<Known>> {
             }
         }
         "Size" => set(&mut outs, Some(vec![])),
+        "Range" => {
+            // Integer bounds: ceil((limit - start) / delta) values, or the
+            // limit itself counting from 0 in steps of 1 (the exporters'
+            // position ids, `Range(0, seq, 1)` with `seq` from a Shape).
+            let int = |i: usize| -> Option<i64> {
+                let k = ins.get(i).copied().flatten()?;
+                let v = k.value.as_ref().filter(|t| t.dtype().is_int() && t.numel() == 1)?.to_i64_vec().ok()?;
+                v.first().copied()
+            };
+            let dim = |i: usize| elems(i).filter(|e| e.len() == 1).map(|e| e[0].clone());
+            let len = match (int(0), int(2)) {
+                (Some(start), Some(delta)) if delta != 0 => match (int(1), dim(1)) {
+                    (Some(limit), _) => {
+                        let span = limit.saturating_sub(start);
+                        let n = if span.signum() * delta.signum() <= 0 {
+                            0
+                        } else {
+                            (span.unsigned_abs()).div_ceil(delta.unsigned_abs())
+                        };
+                        usize::try_from(n).ok().map(Dim::Known)
+                    }
+                    (None, Some(limit)) if start == 0 && delta == 1 => Some(limit),
+                    _ => None,
+                },
+                _ => None,
+            };
+            if let Some(len) = len {
+                set(&mut outs, Some(vec![len]));
+            }
+        }
         "Gemm" => {
             if let (Some(a), Some(b)) = (shape(0), shape(1)) {
                 if a.len() == 2 && b.len() == 2 {
@@ -871,6 +901,36 @@ mod tests {
         let bound =
             infer_with(&g, &[("batch".to_string(), 2), ("seq".to_string(), 7)].into_iter().collect(), None).unwrap();
         assert_eq!(bound["z"].concrete_shape(), Some(vec![2, 4, 7, 5]));
+    }
+
+    #[test]
+    fn range_lengths_known_and_symbolic() {
+        // Position ids: Range(0, Gather(Shape(x), 1), 1) has `seq` values,
+        // and the embedding rows gathered with them keep that length.
+        let mut g = Graph {
+            nodes: vec![
+                Node::new("Shape", "s", &["x"], &["s"]),
+                Node::new("Gather", "g", &["s", "one"], &["seq"]),
+                Node::new("Range", "r", &["zero", "seq", "one"], &["pos"]),
+                Node::new("Gather", "e", &["table", "pos"], &["emb"]),
+                Node::new("Add", "a", &["x", "emb"], &["y"]),
+                Node::new("Range", "down", &["ten", "zero", "minus3"], &["down"]),
+                Node::new("Range", "empty", &["ten", "zero", "one"], &["empty"]),
+            ],
+            inputs: vec![vi("x", DType::F32, vec![sym("batch"), sym("seq"), Dim::Known(8)])],
+            outputs: vec![vi("y", DType::F32, vec![])],
+            ..Default::default()
+        };
+        for (name, v) in [("zero", 0i64), ("one", 1), ("ten", 10), ("minus3", -3)] {
+            g.initializers.insert(name.into(), Tensor::scalar(v));
+        }
+        g.initializers.insert("table".into(), Tensor::zeros(DType::F32, &[64, 8]).unwrap());
+        infer(&mut g).unwrap();
+        assert_eq!(g.value_info["pos"].shape, Some(vec![sym("seq")]));
+        assert_eq!(g.value_info["y"].shape, Some(vec![sym("batch"), sym("seq"), Dim::Known(8)]));
+        // 10, 7, 4, 1: four values; counting up from 10 to 0: none.
+        assert_eq!(g.value_info["down"].shape, Some(vec![Dim::Known(4)]));
+        assert_eq!(g.value_info["empty"].shape, Some(vec![Dim::Known(0)]));
     }
 
     #[test]

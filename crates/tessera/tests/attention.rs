@@ -56,3 +56,37 @@ proptest! {
         close(&fused, &plain)?;
     }
 }
+
+/// Position ids from `Range(0, seq, 1)` (how the exporters and
+/// `scripts/make_bert.py` add position embeddings) must not hide the
+/// shapes the fusion checks: the layer after them still fuses.
+#[test]
+fn attention_after_range_position_ids_still_fuses() {
+    use tessera_core::{Attr, Node};
+    let mut g = tessera::demo::encoder_layer(7).unwrap();
+    let hidden = tessera::demo::HIDDEN;
+    for n in g.nodes.iter_mut() {
+        for i in n.inputs.iter_mut().filter(|i| i.as_str() == "x") {
+            *i = "x_pos".into();
+        }
+    }
+    let pre = [
+        Node::new("Shape", "pos_shape", &["x"], &["pos_shape"]),
+        Node::new("Gather", "pos_seq", &["pos_shape", "pos_one"], &["pos_seq"]).with_attr("axis", Attr::Int(0)),
+        Node::new("Range", "pos_range", &["pos_zero", "pos_seq", "pos_one"], &["pos_ids"]),
+        Node::new("Gather", "pos_gather", &["pos_table", "pos_ids"], &["pos_emb"]).with_attr("axis", Attr::Int(0)),
+        Node::new("Add", "pos_add", &["x", "pos_emb"], &["x_pos"]),
+    ];
+    g.nodes.splice(0..0, pre);
+    g.initializers.insert("pos_zero".into(), Tensor::scalar(0i64));
+    g.initializers.insert("pos_one".into(), Tensor::scalar(1i64));
+    let table = tessera::demo::Rng::new(3).vec(64 * hidden, 0.1);
+    g.initializers.insert("pos_table".into(), Tensor::from_vec(&[64, hidden], table).unwrap());
+    let (batch, seq) = (2, 33);
+    let x = Tensor::from_vec(&[batch, seq, hidden], tessera::demo::Rng::new(9).vec(batch * seq * hidden, 1.0)).unwrap();
+    let dims = [("batch", batch), ("seq", seq)];
+    let (fused, n) = run(g.clone(), &x, true, &dims);
+    assert_eq!(n, 1, "the attention block after Range position ids did not fuse");
+    let (plain, _) = run(g, &x, false, &dims);
+    close(&fused, &plain).unwrap();
+}

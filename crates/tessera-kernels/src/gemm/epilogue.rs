@@ -49,25 +49,15 @@ impl Activation {
 /// Applies `act` to every element of `x`, vectorized for the widest unit
 /// the CPU has (the activations are branch-free polynomial forms).
 pub fn activate(act: Activation, x: &mut [f32]) {
-    #[inline(always)]
-    fn body(act: Activation, x: &mut [f32]) {
-        match act {
-            Activation::None => {}
-            Activation::Relu => x.iter_mut().for_each(|v| *v = Activation::Relu.apply(*v)),
-            Activation::GeluErf => x.iter_mut().for_each(|v| *v = gelu_erf_f32(*v)),
-            Activation::GeluTanh => x.iter_mut().for_each(|v| *v = gelu_tanh_f32(*v)),
-            Activation::Silu => x.iter_mut().for_each(|v| *v *= sigmoid_f32(*v)),
-        }
-    }
     #[cfg(target_arch = "x86_64")]
     {
         #[target_feature(enable = "avx512f")]
         fn wide(act: Activation, x: &mut [f32]) {
-            body(act, x)
+            activate_body(act, x)
         }
         #[target_feature(enable = "avx2,fma")]
         fn narrow(act: Activation, x: &mut [f32]) {
-            body(act, x)
+            activate_body(act, x)
         }
         if std::arch::is_x86_feature_detected!("avx512f") {
             // SAFETY: the CPU supports AVX-512F (checked just above).
@@ -78,7 +68,38 @@ pub fn activate(act: Activation, x: &mut [f32]) {
             return unsafe { narrow(act, x) };
         }
     }
-    body(act, x)
+    activate_body(act, x)
+}
+
+/// The activation loops, inlined into each vector-feature wrapper.
+#[inline(always)]
+fn activate_body(act: Activation, x: &mut [f32]) {
+    // Plain loops, not `for_each` closures: a closure the compiler
+    // declines to inline is compiled without the caller's vector
+    // features, and the activation then runs scalar.
+    match act {
+        Activation::None => {}
+        Activation::Relu => {
+            for v in x.iter_mut() {
+                *v = Activation::Relu.apply(*v);
+            }
+        }
+        Activation::GeluErf => {
+            for v in x.iter_mut() {
+                *v = gelu_erf_f32(*v);
+            }
+        }
+        Activation::GeluTanh => {
+            for v in x.iter_mut() {
+                *v = gelu_tanh_f32(*v);
+            }
+        }
+        Activation::Silu => {
+            for v in x.iter_mut() {
+                *v *= sigmoid_f32(*v);
+            }
+        }
+    }
 }
 
 /// A residual operand: element (i, j) at `data[i * row_stride + j]`.
@@ -157,13 +178,9 @@ impl<'a> Epilogue<'a> {
             Some(b) => dst.iter_mut().zip(acc).zip(&b[j0..j0 + n]).for_each(|((d, &a), &b)| *d = alpha * a + b),
             None => dst.iter_mut().zip(acc).for_each(|(d, &a)| *d = alpha * a),
         }
-        match self.activation {
-            Activation::None => {}
-            Activation::Relu => dst.iter_mut().for_each(|v| *v = Activation::Relu.apply(*v)),
-            Activation::GeluErf => dst.iter_mut().for_each(|v| *v = gelu_erf_f32(*v)),
-            Activation::GeluTanh => dst.iter_mut().for_each(|v| *v = gelu_tanh_f32(*v)),
-            Activation::Silu => dst.iter_mut().for_each(|v| *v *= sigmoid_f32(*v)),
-        }
+        // The activation loops live in `activate`'s body, which is inlined
+        // here and so compiled with this function's vector features.
+        activate_body(self.activation, dst);
         if let Some(r) = self.residual {
             let src = &r.data[row * r.row_stride + j0..][..n];
             dst.iter_mut().zip(src).for_each(|(d, &s)| *d += s);

@@ -15,6 +15,7 @@
 use half::bf16;
 
 use super::ukernel::{DotKind, BLOCK_BYTES, TILE_BYTES, TILE_ROWS, TILE_ROW_BYTES};
+use super::MatRef;
 
 /// How an fp32 GEMM runs on bf16 tiles.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
@@ -109,55 +110,90 @@ fn split_block(src: &[f32; 32], parts: usize, out: &mut [[u16; 32]; 3]) {
     }
 }
 
+/// Writes 32 bf16 values (bit patterns) as one 64-byte tile row.
 #[inline(always)]
-fn pack_a_f32_body(dst: &mut [u8], rows: usize, k: usize, split: Split, row: &dyn Fn(usize, &mut [f32])) {
+fn put_tile_row(dst: &mut [u8], vals: &[u16; 32]) {
+    const { assert!(cfg!(target_endian = "little"), "tile rows are little-endian") };
+    let dst = &mut dst[..64];
+    // SAFETY: `dst` holds exactly 64 bytes (sliced above) and `vals` is 64
+    // bytes of plain integers; on a little-endian target their bytes are
+    // the tile row's bytes. The regions cannot overlap (one is borrowed
+    // mutably, the other shared).
+    unsafe { std::ptr::copy_nonoverlapping(vals.as_ptr() as *const u8, dst.as_mut_ptr(), 64) };
+}
+
+#[inline(always)]
+fn pack_a_f32_body(dst: &mut [u8], a: MatRef<f32>, split: Split) {
+    let (rows, k) = (a.rows, a.cols);
     let kb = k_blocks(DotKind::Bf16, k);
     let prods = split.products();
     let np = prods.len();
     assert!(dst.len() >= kb * np * BLOCK_BYTES && rows <= 32);
-    dst[..kb * np * BLOCK_BYTES].fill(0);
-    let mut src = vec![0f32; kb * 32];
+    let mut gathered = Vec::new();
+    let mut converted: Vec<u16> = Vec::with_capacity(kb * 32);
     let mut planes = [[0u16; 32]; 3];
-    for i in 0..rows {
-        row(i, &mut src[..k]);
-        src[k..].fill(0.0);
+    for i in 0..32 {
+        if i >= rows {
+            for blk in 0..kb * np {
+                dst[blk * BLOCK_BYTES + a_offset(i, 0)..][..TILE_ROW_BYTES].fill(0);
+            }
+            continue;
+        }
+        let base = i * a.row_stride;
+        let src: &[f32] = if a.col_stride == 1 {
+            &a.data[base..base + k]
+        } else {
+            gathered.clear();
+            gathered.extend((0..k).map(|kk| a.data[base + kk * a.col_stride]));
+            &gathered
+        };
+        if split == Split::Bf16 {
+            // The common case: one pass over the row (a loop the compiler
+            // vectorizes), then whole tile rows copied out.
+            converted.clear();
+            converted.extend(src.iter().map(|&x| bf16_rne(x)));
+            converted.resize(kb * 32, 0);
+            for (b, vals) in converted.chunks_exact(32).enumerate() {
+                let vals: &[u16; 32] = vals.try_into().expect("32 values");
+                put_tile_row(&mut dst[b * BLOCK_BYTES + a_offset(i, 0)..], vals);
+            }
+            continue;
+        }
         for b in 0..kb {
-            let chunk: &[f32; 32] = src[b * 32..b * 32 + 32].try_into().expect("32 values");
-            split_block(chunk, split.parts(), &mut planes);
+            let part = &src[b * 32..k.min(b * 32 + 32)];
+            let mut chunk = [0f32; 32];
+            chunk[..part.len()].copy_from_slice(part);
+            split_block(&chunk, split.parts(), &mut planes);
             for (p, &(pa, _)) in prods.iter().enumerate() {
-                let off = (b * np + p) * BLOCK_BYTES + a_offset(i, 0);
-                for (d, v) in dst[off..off + 64].chunks_exact_mut(2).zip(&planes[pa]) {
-                    d.copy_from_slice(&v.to_le_bytes());
-                }
+                put_tile_row(&mut dst[(b * np + p) * BLOCK_BYTES + a_offset(i, 0)..], &planes[pa]);
             }
         }
     }
 }
 
-/// Packs rows `0..rows` (at most 32) of an fp32 A panel into `dst`
-/// (k-blocks for every product, zero padded); `row(i, out)` fills `out`
-/// with the `k` values of row `i`.
-pub fn pack_a_f32(dst: &mut [u8], rows: usize, k: usize, split: Split, row: &dyn Fn(usize, &mut [f32])) {
+/// Packs the rows of `a` (at most 32: one panel) into `dst`, k-blocks for
+/// every product of `split`, zero padded to 32 rows and whole k-blocks.
+pub fn pack_a_f32(dst: &mut [u8], a: MatRef<f32>, split: Split) {
     #[cfg(target_arch = "x86_64")]
     {
         #[target_feature(enable = "avx512f,avx512bw")]
-        fn wide(dst: &mut [u8], rows: usize, k: usize, split: Split, row: &dyn Fn(usize, &mut [f32])) {
-            pack_a_f32_body(dst, rows, k, split, row)
+        fn wide(dst: &mut [u8], a: MatRef<f32>, split: Split) {
+            pack_a_f32_body(dst, a, split)
         }
         #[target_feature(enable = "avx2")]
-        fn narrow(dst: &mut [u8], rows: usize, k: usize, split: Split, row: &dyn Fn(usize, &mut [f32])) {
-            pack_a_f32_body(dst, rows, k, split, row)
+        fn narrow(dst: &mut [u8], a: MatRef<f32>, split: Split) {
+            pack_a_f32_body(dst, a, split)
         }
         if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512bw") {
             // SAFETY: the CPU has AVX-512F/BW (checked just above).
-            return unsafe { wide(dst, rows, k, split, row) };
+            return unsafe { wide(dst, a, split) };
         }
         if std::arch::is_x86_feature_detected!("avx2") {
             // SAFETY: the CPU has AVX2 (checked just above).
-            return unsafe { narrow(dst, rows, k, split, row) };
+            return unsafe { narrow(dst, a, split) };
         }
     }
-    pack_a_f32_body(dst, rows, k, split, row)
+    pack_a_f32_body(dst, a, split)
 }
 
 /// Packs columns `0..cols` (at most 32) of an fp32 B panel, `get(k, j)`

@@ -12,6 +12,7 @@ use rayon::prelude::*;
 
 use super::epilogue::{Epilogue, I8Correction};
 use super::pack::{self, Split};
+pub use super::ukernel::amx::Prefetch;
 use super::ukernel::{AccBlock, DotKind, TileIsa, TileSession, BLOCK_BYTES, MR, NR};
 use super::MatRef;
 
@@ -152,19 +153,80 @@ fn prefetch_l2(bytes: &[u8]) {
     let _ = bytes;
 }
 
-/// L2 bytes a task's A panels may take (a quarter of a 2 MiB L2, leaving
-/// room for the streaming B panel and the output).
-const A_CHUNK_BYTES: usize = 512 * 1024;
+/// How the tile driver blocks the loops, and which microkernel prefetch it
+/// uses. Measured with `tessera bench-gemm --tile-blocking`.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub struct TileBlocking {
+    /// k-blocks per K chunk (0: all of K). A chunk of one B panel stays in
+    /// L1 while every A panel of the task's chunk passes it, so only A
+    /// streams from L2; the accumulators go to memory between chunks.
+    pub kc_blocks: usize,
+    /// Most A panels a task keeps (in L2) and passes each B chunk over;
+    /// their accumulator blocks (4 KiB each) stay hot across the K chunks.
+    pub a_panels: usize,
+    /// L2 bytes the task's A panels may take in all.
+    pub a_bytes: usize,
+    pub prefetch: Prefetch,
+}
+
+impl TileBlocking {
+    /// K kept whole, up to 8 A panels (1 MiB) per task, the next A
+    /// k-blocks prefetched into L1. On the Xeon (Emerald Rapids) K chunks of
+    /// 4 to 16 k-blocks measured no faster at BERT shapes or 2048^3 (see
+    /// `benches/results/2026-11-27-tile-driver`), and cost accumulator
+    /// traffic.
+    pub const DEFAULT: TileBlocking =
+        TileBlocking { kc_blocks: 0, a_panels: 8, a_bytes: 1 << 20, prefetch: Prefetch::A };
+
+    /// Parses `kc:panels:prefetch` (prefetch `none`, `a` or `ab`), as in
+    /// `8:4:a`; `kc` 0 keeps K whole.
+    pub fn parse(s: &str) -> Result<TileBlocking, String> {
+        let parts: Vec<&str> = s.split(':').collect();
+        let [kc, panels, pf] = parts[..] else {
+            return Err(format!("tile blocking '{s}': want kc:panels:prefetch, like 8:4:a"));
+        };
+        let num =
+            |v: &str, what: &str| v.parse::<usize>().map_err(|_| format!("tile blocking '{s}': bad {what} '{v}'"));
+        let prefetch = match pf {
+            "none" => Prefetch::None,
+            "a" => Prefetch::A,
+            "ab" => Prefetch::Ab,
+            other => return Err(format!("tile blocking '{s}': prefetch '{other}' is not none, a or ab")),
+        };
+        let a_panels = num(panels, "panel count")?;
+        if a_panels == 0 || a_panels > 64 {
+            return Err(format!("tile blocking '{s}': panels must be 1..=64"));
+        }
+        Ok(TileBlocking { kc_blocks: num(kc, "kc")?, a_panels, prefetch, ..TileBlocking::DEFAULT })
+    }
+
+    pub fn name(&self) -> String {
+        let pf = match self.prefetch {
+            Prefetch::None => "none",
+            Prefetch::A => "a",
+            Prefetch::Ab => "ab",
+        };
+        format!("{}:{}:{pf}", self.kc_blocks, self.a_panels)
+    }
+}
+
+impl Default for TileBlocking {
+    fn default() -> Self {
+        TileBlocking::DEFAULT
+    }
+}
 
 /// Runs the microkernel over every 32x32 output block. `a` holds the packed
 /// A panels (`kblocks * BLOCK_BYTES` bytes each); `finish(acc, i0, j0)` gets
 /// each finished block.
 ///
 /// A task owns a chunk of A panels (kept in L2 across the task) and a range
-/// of B panels; each B panel, once loaded, serves every A panel of the
-/// chunk before the next one streams in.
+/// of B panels. For each B panel, K is walked in chunks: a chunk of the B
+/// panel is loaded into L1 by the first A panel and serves every other A
+/// panel of the task from there, each into its own accumulator block.
 fn drive(
     isa: TileIsa,
+    blk: TileBlocking,
     kind: DotKind,
     a: &[u8],
     m: usize,
@@ -173,9 +235,11 @@ fn drive(
 ) {
     let mb = m.div_ceil(MR);
     let nb = b.panels();
-    let a_len = b.kblocks * BLOCK_BYTES;
+    let kblocks = b.kblocks;
+    let a_len = kblocks * BLOCK_BYTES;
+    let kc = if blk.kc_blocks == 0 { kblocks.max(1) } else { blk.kc_blocks };
     let threads = rayon::current_num_threads().max(1);
-    let per_chunk = (A_CHUNK_BYTES / a_len.max(1)).clamp(1, 8).min(mb);
+    let per_chunk = (blk.a_bytes / a_len.max(1)).clamp(1, blk.a_panels.max(1)).min(mb);
     let m_chunks = mb.div_ceil(per_chunk);
     // At least two tasks per thread when the shape allows.
     let n_ranges = (2 * threads).div_ceil(m_chunks).clamp(1, nb);
@@ -184,8 +248,9 @@ fn drive(
     let tasks = m_chunks * n_ranges;
     let task = |t: usize| {
         let (mc, nr) = (t / n_ranges, t % n_ranges);
-        let sess = TileSession::begin(isa);
-        let mut acc = AccBlock::new();
+        let sess = TileSession::begin_with(isa, blk.prefetch);
+        let rows = mc * per_chunk..((mc + 1) * per_chunk).min(mb);
+        let mut accs: Vec<AccBlock> = (0..rows.len()).map(|_| AccBlock::new()).collect();
         let last = ((nr + 1) * per_range).min(nb);
         for pn in nr * per_range..last {
             let bp = b.panel(pn);
@@ -194,9 +259,18 @@ fn drive(
                 // panel's trip to L2 while this one is multiplied.
                 prefetch_l2(b.panel(pn + 1));
             }
-            for mi in mc * per_chunk..((mc + 1) * per_chunk).min(mb) {
-                sess.run(kind, &a[mi * a_len..(mi + 1) * a_len], bp, b.kblocks, &mut acc, false);
-                finish(&acc, mi * MR, pn * NR);
+            let mut k0 = 0;
+            while k0 < kblocks.max(1) {
+                let k1 = (k0 + kc).min(kblocks);
+                let (lo, hi) = (k0 * BLOCK_BYTES, k1 * BLOCK_BYTES);
+                for (acc, mi) in accs.iter_mut().zip(rows.clone()) {
+                    let ap = &a[mi * a_len..(mi + 1) * a_len];
+                    sess.run(kind, &ap[lo..hi], &bp[lo..hi], k1 - k0, acc, k0 > 0);
+                    if k1 >= kblocks {
+                        finish(acc, mi * MR, pn * NR);
+                    }
+                }
+                k0 = k1.max(k0 + 1);
             }
         }
     };
@@ -211,6 +285,19 @@ fn drive(
 /// fp32 weight, on bf16 tiles with the weight's split. `c` is row-major with
 /// row stride `ldc` and is overwritten.
 pub fn tile_sgemm(isa: TileIsa, a: MatRef<f32>, b: &PackedB, c: &mut [f32], ldc: usize, epi: &Epilogue) {
+    tile_sgemm_with(isa, TileBlocking::DEFAULT, a, b, c, ldc, epi)
+}
+
+/// [`tile_sgemm`] with explicit loop blocking (for measurements).
+pub fn tile_sgemm_with(
+    isa: TileIsa,
+    blk: TileBlocking,
+    a: MatRef<f32>,
+    b: &PackedB,
+    c: &mut [f32],
+    ldc: usize,
+    epi: &Epilogue,
+) {
     assert!(b.split.is_some(), "tile_sgemm needs a weight packed from fp32");
     let (m, k, n) = (a.rows, a.cols, b.n);
     assert_eq!(k, b.k, "inner dimensions differ");
@@ -221,12 +308,13 @@ pub fn tile_sgemm(isa: TileIsa, a: MatRef<f32>, b: &PackedB, c: &mut [f32], ldc:
     assert!((m - 1) * ldc + n <= c.len(), "output does not fit its slice");
     epi.check(m, n);
     let a_len = b.kblocks * BLOCK_BYTES;
-    with_a_buffer(a_len * m.div_ceil(MR), |ap| sgemm_packed(isa, a, ap, a_len, b, c, ldc, epi))
+    with_a_buffer(a_len * m.div_ceil(MR), |ap| sgemm_packed(isa, blk, a, ap, a_len, b, c, ldc, epi))
 }
 
 #[allow(clippy::too_many_arguments)]
 fn sgemm_packed(
     isa: TileIsa,
+    blk: TileBlocking,
     a: MatRef<f32>,
     ap: &mut [u8],
     a_len: usize,
@@ -236,18 +324,10 @@ fn sgemm_packed(
     epi: &Epilogue,
 ) {
     let split = b.split.expect("checked by tile_sgemm");
-    let (m, k, n) = (a.rows, a.cols, b.n);
+    let (m, n) = (a.rows, b.n);
     ap.par_chunks_mut(a_len.max(1)).enumerate().for_each(|(p, dst)| {
         let i0 = p * MR;
-        let row = |i: usize, out: &mut [f32]| {
-            let base = (i0 + i) * a.row_stride;
-            if a.col_stride == 1 {
-                out.copy_from_slice(&a.data[base..base + k]);
-            } else {
-                out.iter_mut().enumerate().for_each(|(kk, v)| *v = a.data[base + kk * a.col_stride]);
-            }
-        };
-        pack::pack_a_f32(dst, MR.min(m - i0), k, split, &row);
+        pack::pack_a_f32(dst, a.rows_range(i0, MR.min(m - i0)), split);
     });
     let out = OutPtr(c.as_mut_ptr());
     let finish = move |acc: &AccBlock, i0: usize, j0: usize| {
@@ -260,7 +340,7 @@ fn sgemm_packed(
             epi.apply_f32(&acc.as_f32()[i * NR..i * NR + cols], i0 + i, j0, dst);
         }
     };
-    drive(isa, DotKind::Bf16, ap, m, b, &finish);
+    drive(isa, blk, DotKind::Bf16, ap, m, b, &finish);
 }
 
 /// An 8-bit activation matrix (raw bytes, row-major with `row_stride`).
@@ -285,6 +365,11 @@ pub enum I8Out<'a> {
 /// `sum_k (a[i,k] - za[i]) * (b[k,j] - zb[j])` on int8 tiles, with the
 /// zero points folded in after the product (`a_zero` per tensor or per row).
 pub fn tile_igemm(isa: TileIsa, a: I8Mat, a_zero: &[i32], b: &PackedB, out: I8Out) {
+    tile_igemm_with(isa, TileBlocking::DEFAULT, a, a_zero, b, out)
+}
+
+/// [`tile_igemm`] with explicit loop blocking (for measurements).
+pub fn tile_igemm_with(isa: TileIsa, blk: TileBlocking, a: I8Mat, a_zero: &[i32], b: &PackedB, out: I8Out) {
     let DotKind::I8 { b_signed, .. } = b.kind else { panic!("tile_igemm needs a weight packed from 8-bit values") };
     let (m, k, n) = (a.rows, a.cols, b.n);
     assert_eq!(k, b.k, "inner dimensions differ");
@@ -295,13 +380,14 @@ pub fn tile_igemm(isa: TileIsa, a: I8Mat, a_zero: &[i32], b: &PackedB, out: I8Ou
     assert!((m - 1) * a.row_stride + k <= a.data.len(), "A does not fit its slice");
     let kind = DotKind::I8 { a_signed: a.signed, b_signed };
     let a_len = b.kblocks * BLOCK_BYTES;
-    with_a_buffer(a_len * m.div_ceil(MR), |ap| igemm_packed(kind, isa, a, a_zero, ap, a_len, b, out))
+    with_a_buffer(a_len * m.div_ceil(MR), |ap| igemm_packed(kind, isa, blk, a, a_zero, ap, a_len, b, out))
 }
 
 #[allow(clippy::too_many_arguments)]
 fn igemm_packed(
     kind: DotKind,
     isa: TileIsa,
+    blk: TileBlocking,
     a: I8Mat,
     a_zero: &[i32],
     ap: &mut [u8],
@@ -329,7 +415,7 @@ fn igemm_packed(
                     corr.apply_i32(&acc.as_i32()[i * NR..i * NR + cols], i0 + i, j0, dst);
                 }
             };
-            drive(isa, kind, ap, m, b, &finish);
+            drive(isa, blk, kind, ap, m, b, &finish);
         }
         I8Out::F32 { c, ldc, scale_a, scale_b, epi } => {
             assert!((m - 1) * ldc + n <= c.len(), "output does not fit its slice");
@@ -348,7 +434,7 @@ fn igemm_packed(
                     epi.apply_f32(&tmp[..cols], i0 + i, j0, dst);
                 }
             };
-            drive(isa, kind, ap, m, b, &finish);
+            drive(isa, blk, kind, ap, m, b, &finish);
         }
     }
 }
@@ -397,7 +483,19 @@ mod amx_tests {
         }
     }
 
-    fn check_sgemm(isa: TileIsa, m: usize, k: usize, n: usize, split: Split, seed: u64, ta: bool) {
+    /// Small blockings so that the K chunks, chunk edges and A-panel groups
+    /// of the driver are all reached on test-sized shapes.
+    fn blocking() -> impl Strategy<Value = TileBlocking> {
+        (0usize..4, 1usize..4, 0usize..3).prop_map(|(kc, panels, pf)| TileBlocking {
+            kc_blocks: kc,
+            a_panels: panels,
+            prefetch: [Prefetch::None, Prefetch::A, Prefetch::Ab][pf],
+            ..TileBlocking::DEFAULT
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn check_sgemm(isa: TileIsa, blk: TileBlocking, m: usize, k: usize, n: usize, split: Split, seed: u64, ta: bool) {
         let a = rand_vec(m * k, seed);
         let b = rand_vec(k * n, seed ^ 0x55);
         let bias = rand_vec(n, seed ^ 0x77);
@@ -411,7 +509,7 @@ mod amx_tests {
             activation: Activation::None,
             residual: Some(Residual { data: &res, row_stride: n }),
         };
-        tile_sgemm(isa, av, &pb, &mut c, n, &epi);
+        tile_sgemm_with(isa, blk, av, &pb, &mut c, n, &epi);
         let bound = rel_bound(split, k);
         for i in 0..m {
             for j in 0..n {
@@ -434,11 +532,12 @@ mod amx_tests {
         #![proptest_config(ProptestConfig::with_cases(24))]
         #[test]
         fn tile_sgemm_matches_reference(
-            m in 1usize..75, k in 1usize..100, n in 1usize..75, seed in any::<u64>(), ta in any::<bool>(),
+            m in 1usize..100, k in 1usize..200, n in 1usize..75, seed in any::<u64>(), ta in any::<bool>(),
             split in prop_oneof![Just(Split::Bf16), Just(Split::Bf16x3), Just(Split::Bf16x6)],
+            blk in blocking(),
         ) {
             for isa in isas() {
-                check_sgemm(isa, m, k, n, split, seed, ta);
+                check_sgemm(isa, blk, m, k, n, split, seed, ta);
             }
         }
 
@@ -446,9 +545,10 @@ mod amx_tests {
         fn tile_igemm_matches_reference(
             m in 1usize..70, k in 1usize..150, n in 1usize..70, seed in any::<u64>(),
             a_signed in any::<bool>(), b_signed in any::<bool>(), per_col in any::<bool>(), per_row in any::<bool>(),
+            blk in blocking(),
         ) {
             for isa in isas() {
-                check_igemm(isa, m, k, n, seed, a_signed, b_signed, per_row, per_col);
+                check_igemm(isa, blk, m, k, n, seed, a_signed, b_signed, per_row, per_col);
             }
         }
     }
@@ -456,6 +556,7 @@ mod amx_tests {
     #[allow(clippy::too_many_arguments)]
     fn check_igemm(
         isa: TileIsa,
+        blk: TileBlocking,
         m: usize,
         k: usize,
         n: usize,
@@ -480,7 +581,7 @@ mod amx_tests {
         };
         let am = I8Mat { data: &a, rows: m, cols: k, row_stride: k, signed: sa };
         let mut c = vec![i32::MIN; m * n];
-        tile_igemm(isa, am, &za, &pb, I8Out::I32 { c: &mut c, ldc: n });
+        tile_igemm_with(isa, blk, am, &za, &pb, I8Out::I32 { c: &mut c, ldc: n });
         for i in 0..m {
             for j in 0..n {
                 assert_eq!(c[i * n + j] as i64, want(i, j), "{isa:?} {m}x{k}x{n} s{sa}{sb} at ({i},{j})");
@@ -489,7 +590,14 @@ mod amx_tests {
         let scale_b: Vec<f32> = (0..n).map(|j| 0.01 + j as f32 * 1e-3).collect();
         let mut f = vec![f32::NAN; m * n];
         let epi = Epilogue { activation: Activation::Relu, ..Default::default() };
-        tile_igemm(isa, am, &za, &pb, I8Out::F32 { c: &mut f, ldc: n, scale_a: &[0.5], scale_b: &scale_b, epi: &epi });
+        tile_igemm_with(
+            isa,
+            blk,
+            am,
+            &za,
+            &pb,
+            I8Out::F32 { c: &mut f, ldc: n, scale_a: &[0.5], scale_b: &scale_b, epi: &epi },
+        );
         for i in 0..m {
             for j in 0..n {
                 let w = (want(i, j) as f64 * 0.5 * scale_b[j] as f64).max(0.0);

@@ -44,17 +44,33 @@ pub fn release_thread() {
     }
 }
 
+/// Software prefetch into L1 inside the k-loop: tile loads that miss L1
+/// stall the tile unit, and the streaming operand's next k-block is not in
+/// L1 when it comes from L2 (hardware prefetchers follow tile rows poorly).
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Prefetch {
+    None,
+    /// The A panel's k-block `PREFETCH_DISTANCE` ahead.
+    A,
+    /// Both panels' k-blocks `PREFETCH_DISTANCE` ahead.
+    Ab,
+}
+
+/// Bytes ahead of the current k-block that `Prefetch` reaches (two k-blocks).
+pub const PREFETCH_DISTANCE: usize = 2 * super::BLOCK_BYTES;
+
 #[cfg(target_arch = "x86_64")]
 macro_rules! tile_kernel {
-    ($name:ident, $insn:literal) => {
+    ($name:ident, $insn:literal, $pfa:literal, $pfb:literal) => {
         /// # Safety
         /// Tiles configured on this thread; `a` and `b` valid for
         /// `kblocks * BLOCK_BYTES` bytes; `c` valid for 4 KiB.
         #[inline(never)]
         unsafe fn $name(a: *const u8, b: *const u8, kblocks: usize, c: *mut u32, accumulate: bool) {
-            // SAFETY: the caller's contract above; every address formed is
-            // inside the panels (2 tiles of 1 KiB per k-block) or the
-            // 32x32x4-byte accumulator block.
+            // SAFETY: the caller's contract above; every address loaded or
+            // stored is inside the panels (2 tiles of 1 KiB per k-block) or
+            // the 32x32x4-byte accumulator block. Prefetches may point past
+            // the panels: a prefetch is a hint and never faults.
             unsafe {
                 std::arch::asm!(
                     "test {acc}, {acc}",
@@ -77,10 +93,33 @@ macro_rules! tile_kernel {
                     "tileloadd tmm6, [{b} + {s}*1]",
                     "tileloadd tmm5, [{a} + {s}*1 + 1024]",
                     "tileloadd tmm7, [{b} + {s}*1 + 1024]",
+                    // One quarter of the prefetch lines after each product,
+                    // so that they spread over the k-block's cycles.
+                    ".set pfo, 0",
                     concat!($insn, " tmm0, tmm4, tmm6"),
+                    ".rept 8",
+                    concat!($pfa, " [{a} + {pd} + pfo]"),
+                    concat!($pfb, " [{b} + {pd} + pfo]"),
+                    ".set pfo, pfo + 64",
+                    ".endr",
                     concat!($insn, " tmm1, tmm4, tmm7"),
+                    ".rept 8",
+                    concat!($pfa, " [{a} + {pd} + pfo]"),
+                    concat!($pfb, " [{b} + {pd} + pfo]"),
+                    ".set pfo, pfo + 64",
+                    ".endr",
                     concat!($insn, " tmm2, tmm5, tmm6"),
+                    ".rept 8",
+                    concat!($pfa, " [{a} + {pd} + pfo]"),
+                    concat!($pfb, " [{b} + {pd} + pfo]"),
+                    ".set pfo, pfo + 64",
+                    ".endr",
                     concat!($insn, " tmm3, tmm5, tmm7"),
+                    ".rept 8",
+                    concat!($pfa, " [{a} + {pd} + pfo]"),
+                    concat!($pfb, " [{b} + {pd} + pfo]"),
+                    ".set pfo, pfo + 64",
+                    ".endr",
                     "add {a}, 2048",
                     "add {b}, 2048",
                     "dec {k}",
@@ -97,6 +136,7 @@ macro_rules! tile_kernel {
                     acc = in(reg) accumulate as usize,
                     s = in(reg) TILE_ROW_BYTES,
                     sc = in(reg) 128usize,
+                    pd = in(reg) PREFETCH_DISTANCE,
                     options(nostack)
                 );
             }
@@ -104,39 +144,58 @@ macro_rules! tile_kernel {
     };
 }
 
+/// One kernel per dot kind and prefetch choice; "#" comments a prefetch
+/// line out, so the three variants share one template.
 #[cfg(target_arch = "x86_64")]
-tile_kernel!(kernel_bf16, "tdpbf16ps");
+macro_rules! tile_kernels {
+    ($none:ident, $a:ident, $ab:ident, $insn:literal) => {
+        tile_kernel!($none, $insn, "#", "#");
+        tile_kernel!($a, $insn, "prefetcht0", "#");
+        tile_kernel!($ab, $insn, "prefetcht0", "prefetcht0");
+    };
+}
+
 #[cfg(target_arch = "x86_64")]
-tile_kernel!(kernel_ss, "tdpbssd");
+tile_kernels!(bf16_n, bf16_a, bf16_ab, "tdpbf16ps");
 #[cfg(target_arch = "x86_64")]
-tile_kernel!(kernel_su, "tdpbsud");
+tile_kernels!(ss_n, ss_a, ss_ab, "tdpbssd");
 #[cfg(target_arch = "x86_64")]
-tile_kernel!(kernel_us, "tdpbusd");
+tile_kernels!(su_n, su_a, su_ab, "tdpbsud");
 #[cfg(target_arch = "x86_64")]
-tile_kernel!(kernel_uu, "tdpbuud");
+tile_kernels!(us_n, us_a, us_ab, "tdpbusd");
+#[cfg(target_arch = "x86_64")]
+tile_kernels!(uu_n, uu_a, uu_ab, "tdpbuud");
 
 /// # Safety
 /// Tiles configured on this thread ([`configure_thread`]); `a` and `b`
 /// valid for `kblocks * BLOCK_BYTES` bytes.
-pub unsafe fn run(kind: DotKind, a: *const u8, b: *const u8, kblocks: usize, acc: &mut AccBlock, accumulate: bool) {
+pub unsafe fn run(
+    kind: DotKind,
+    prefetch: Prefetch,
+    a: *const u8,
+    b: *const u8,
+    kblocks: usize,
+    acc: &mut AccBlock,
+    accumulate: bool,
+) {
     #[cfg(target_arch = "x86_64")]
     {
-        let c = acc.0.as_mut_ptr();
+        type Kernel = unsafe fn(*const u8, *const u8, usize, *mut u32, bool);
+        let variants: [Kernel; 3] = match kind {
+            DotKind::Bf16 => [bf16_n, bf16_a, bf16_ab],
+            DotKind::I8 { a_signed: true, b_signed: true } => [ss_n, ss_a, ss_ab],
+            DotKind::I8 { a_signed: true, b_signed: false } => [su_n, su_a, su_ab],
+            DotKind::I8 { a_signed: false, b_signed: true } => [us_n, us_a, us_ab],
+            DotKind::I8 { a_signed: false, b_signed: false } => [uu_n, uu_a, uu_ab],
+        };
+        let kernel = variants[prefetch as usize];
         // SAFETY: forwarded from this function's contract; `c` points at
         // the 4 KiB accumulator block.
-        unsafe {
-            match kind {
-                DotKind::Bf16 => kernel_bf16(a, b, kblocks, c, accumulate),
-                DotKind::I8 { a_signed: true, b_signed: true } => kernel_ss(a, b, kblocks, c, accumulate),
-                DotKind::I8 { a_signed: true, b_signed: false } => kernel_su(a, b, kblocks, c, accumulate),
-                DotKind::I8 { a_signed: false, b_signed: true } => kernel_us(a, b, kblocks, c, accumulate),
-                DotKind::I8 { a_signed: false, b_signed: false } => kernel_uu(a, b, kblocks, c, accumulate),
-            }
-        }
+        unsafe { kernel(a, b, kblocks, acc.0.as_mut_ptr(), accumulate) }
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (kind, a, b, kblocks, acc, accumulate);
+        let _ = (kind, prefetch, a, b, kblocks, acc, accumulate);
         unreachable!("AMX exists only on x86-64");
     }
 }

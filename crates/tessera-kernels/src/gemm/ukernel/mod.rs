@@ -118,6 +118,7 @@ impl TileIsa {
 /// configuration). Created at the start of a task, dropped at its end.
 pub struct TileSession {
     isa: TileIsa,
+    prefetch: amx::Prefetch,
     // Tile configuration is per thread: keep the session on its thread.
     _not_send: std::marker::PhantomData<*const ()>,
 }
@@ -126,11 +127,17 @@ impl TileSession {
     /// Prepares this thread for `isa`. Panics if `isa` is AMX and the tile
     /// unit is not usable (callers choose the ISA with [`TileIsa::best`]).
     pub fn begin(isa: TileIsa) -> Self {
+        Self::begin_with(isa, amx::Prefetch::A)
+    }
+
+    /// As [`TileSession::begin`], with the microkernel's prefetch choice
+    /// (AMX only; the emulation ignores it).
+    pub fn begin_with(isa: TileIsa, prefetch: amx::Prefetch) -> Self {
         if isa == TileIsa::Amx {
             assert!(tessera_hw::amx_usable(), "AMX microkernel requested but AMX is not usable");
             amx::configure_thread();
         }
-        TileSession { isa, _not_send: std::marker::PhantomData }
+        TileSession { isa, prefetch, _not_send: std::marker::PhantomData }
     }
 
     /// Runs one microkernel call over `kblocks` packed k-blocks.
@@ -142,7 +149,7 @@ impl TileSession {
         match self.isa {
             // SAFETY: lengths checked above; `begin` configured the tiles on
             // this thread (a TileSession is !Send, so we are still on it).
-            TileIsa::Amx => unsafe { amx::run(kind, a.as_ptr(), b.as_ptr(), kblocks, acc, accumulate) },
+            TileIsa::Amx => unsafe { amx::run(kind, self.prefetch, a.as_ptr(), b.as_ptr(), kblocks, acc, accumulate) },
             TileIsa::Emulated => emulated::run(kind, a, b, kblocks, acc, accumulate),
         }
     }
