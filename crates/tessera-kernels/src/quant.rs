@@ -193,8 +193,65 @@ pub fn dynamic_quantize_u8(x: &[f32], y: &mut [u8]) -> (f32, u8) {
     (scale, zero as u8)
 }
 
+/// Symmetric per-row int8 quantization of an `m x k` row-major matrix:
+/// `scale[i] = max |x[i, :]| / 127` (1 for an all-zero or non-finite row),
+/// `q[i, j] = round(x[i, j] / scale[i])` half to even, as i8 bit patterns.
+/// Rows are spread over the rayon pool; the loops vectorize (no libm
+/// rounding call).
+pub fn quantize_rows_i8(x: &[f32], k: usize, q: &mut Vec<u8>, scales: &mut Vec<f32>) {
+    let k = k.max(1);
+    assert_eq!(x.len() % k, 0, "input is not whole rows of {k}");
+    q.resize(x.len(), 0);
+    scales.resize(x.len() / k, 0.0);
+    let rows_per_task = (QUANT_CHUNK / k).max(1);
+    q.par_chunks_mut(rows_per_task * k)
+        .zip(x.par_chunks(rows_per_task * k))
+        .zip(scales.par_chunks_mut(rows_per_task))
+        .for_each(|((qc, xc), sc)| {
+            for ((qr, row), s) in qc.chunks_mut(k).zip(xc.chunks(k)).zip(sc.iter_mut()) {
+                let mut lanes = [0f32; 16];
+                let mut chunks = row.chunks_exact(16);
+                for c in &mut chunks {
+                    for (l, &v) in lanes.iter_mut().zip(c) {
+                        // `max` skips a NaN lane value; a NaN row scales by 1.
+                        *l = l.max(v.abs());
+                    }
+                }
+                let m =
+                    chunks.remainder().iter().fold(lanes.iter().fold(0f32, |a, &b| a.max(b)), |a, &v| a.max(v.abs()));
+                *s = if m > 0.0 && m.is_finite() { m / 127.0 } else { 1.0 };
+                let inv = 1.0 / *s;
+                for (d, &v) in qr.iter_mut().zip(row) {
+                    *d = round_even_small((v * inv).clamp(-127.0, 127.0)) as i8 as u8;
+                }
+            }
+        });
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn per_row_int8_quantization_matches_its_definition() {
+        let (m, k) = (37, 301);
+        let mut x: Vec<f32> = (0..m * k).map(|i| ((i * 7919 % 1000) as f32 - 500.0) * 0.013).collect();
+        x[5 * k..6 * k].fill(0.0); // an all-zero row scales by 1
+        let (mut q, mut s) = (Vec::new(), Vec::new());
+        super::quantize_rows_i8(&x, k, &mut q, &mut s);
+        for i in 0..m {
+            let row = &x[i * k..(i + 1) * k];
+            let mx = row.iter().fold(0f32, |a, v| a.max(v.abs()));
+            let want_s = if mx > 0.0 { mx / 127.0 } else { 1.0 };
+            assert_eq!(s[i], want_s, "row {i} scale");
+            for j in 0..k {
+                let want = (row[j] / want_s).clamp(-127.0, 127.0).round_ties_even() as i8;
+                let got = q[i * k + j] as i8;
+                // x * (1/s) and x / s may differ in the last bit, moving a
+                // value off an exact tie: one step at most.
+                assert!((got as i32 - want as i32).abs() <= 1, "({i},{j}): {got} vs {want}");
+            }
+            assert!(q[i * k..(i + 1) * k].iter().any(|&v| v as i8 == 127 || v as i8 == -127) || mx == 0.0);
+        }
+    }
 
     #[test]
     fn dynamic_quantize_matches_the_operator_definition() {

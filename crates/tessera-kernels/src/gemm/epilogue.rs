@@ -215,6 +215,20 @@ impl I8Correction<'_> {
     }
 
     pub fn apply_scaled(&self, acc: &[i32], row: usize, j0: usize, scale_a: f32, scale_b: &[f32], dst: &mut [f32]) {
+        let n = dst.len();
+        if self.b_zero.len() == 1 && scale_b.len() != 1 {
+            // Per-tensor B zero point, per-column scales (the weights of
+            // dynamic quantization): the row's terms hoisted, a loop that
+            // vectorizes.
+            let za = self.a_zero[if self.a_zero.len() == 1 { 0 } else { row }];
+            let zb = self.b_zero[0];
+            let row_term = self.k.wrapping_mul(za).wrapping_mul(zb).wrapping_sub(zb.wrapping_mul(self.row_sums[row]));
+            let (cs, sb) = (&self.col_sums[j0..j0 + n], &scale_b[j0..j0 + n]);
+            for (((d, &a), &c), &s) in dst.iter_mut().zip(&acc[..n]).zip(cs).zip(sb) {
+                *d = a.wrapping_sub(za.wrapping_mul(c)).wrapping_add(row_term) as f32 * scale_a * s;
+            }
+            return;
+        }
         for (j, (d, &a)) in dst.iter_mut().zip(acc).enumerate() {
             let sb = scale_b[if scale_b.len() == 1 { 0 } else { j0 + j }];
             *d = self.value(a, row, j0 + j) as f32 * scale_a * sb;

@@ -251,21 +251,6 @@ fn quantize_columns(b: &[f32], k: usize, n: usize) -> (Vec<u8>, Vec<f32>) {
     (q, scales)
 }
 
-/// Quantizes each row of `a` (`rows x k`) to int8, symmetric.
-fn quantize_rows(a: &[f32], k: usize, q: &mut Vec<u8>, scales: &mut Vec<f32>) {
-    q.resize(a.len(), 0);
-    scales.clear();
-    for (qr, row) in q.chunks_mut(k.max(1)).zip(a.chunks(k.max(1))) {
-        let m = row.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let s = if m > 0.0 && m.is_finite() { m / 127.0 } else { 1.0 };
-        let inv = 1.0 / s;
-        for (d, &v) in qr.iter_mut().zip(row) {
-            *d = (v * inv).round().clamp(-127.0, 127.0) as i8 as u8;
-        }
-        scales.push(s);
-    }
-}
-
 /// MatMul, Gemm and FusedMatMul with a constant weight.
 struct Linear {
     node: Node,
@@ -430,7 +415,7 @@ impl CpuOp for Linear {
             }
             Weight::Int8 { packed, scales } => {
                 let (mut q, mut sa) = (Vec::new(), Vec::new());
-                quantize_rows(av.data, k, &mut q, &mut sa);
+                tessera_kernels::quant::quantize_rows_i8(av.data, k, &mut q, &mut sa);
                 let am = I8Mat { data: &q, rows, cols: k, row_stride: k, signed: true };
                 let o = I8Out::F32 { c: out, ldc: n, scale_a: &sa, scale_b: scales, epi: &epi };
                 tile_igemm(self.isa, am, &[0], packed, o);

@@ -6,6 +6,7 @@
 //! operators defined on integers (Abs, Neg, Sign, Relu, Shrink, Clip,
 //! BitwiseNot) have integer paths.
 
+use rayon::prelude::*;
 use tessera_core::{DType, Error, Node, Result, Tensor};
 
 use super::scalar::{bad_dtype, map, store_f32, to_f32_vec, with_float, with_int, with_numeric, IntOps, Real, Scalar};
@@ -221,9 +222,21 @@ pub(crate) fn run_unary(node: &Node, op: Un, x: &Tensor, ctx: &mut RunCtx) -> Re
         }
         _ if dt.is_float() => {
             let mut out = ctx.alloc(dt, x.shape())?;
-            match dt {
-                DType::F32 => apply_real::<f32>(op, x.as_slice()?, out.as_mut_slice()?),
-                DType::F64 => apply_real::<f64>(op, x.as_slice()?, out.as_mut_slice()?),
+            match (dt, op) {
+                (DType::F32, Un::Gelu { tanh }) => {
+                    // The kernels' activation runs compiled for the CPU's
+                    // vector unit (a closure through `map` runs scalar).
+                    use tessera_kernels::gemm::{epilogue::activate, Activation};
+                    let act = if tanh { Activation::GeluTanh } else { Activation::GeluErf };
+                    let (xs, ys) = (x.as_slice::<f32>()?, out.as_mut_slice::<f32>()?);
+                    let ch = super::scalar::par_chunk(ys.len());
+                    ys.par_chunks_mut(ch).zip(xs.par_chunks(ch)).for_each(|(y, x)| {
+                        y.copy_from_slice(x);
+                        activate(act, y);
+                    });
+                }
+                (DType::F32, _) => apply_real::<f32>(op, x.as_slice()?, out.as_mut_slice()?),
+                (DType::F64, _) => apply_real::<f64>(op, x.as_slice()?, out.as_mut_slice()?),
                 _ => {
                     let v = to_f32_vec(x)?;
                     let mut y = vec![0f32; v.len()];
