@@ -250,7 +250,13 @@ fn drive(
         let (mc, nr) = (t / n_ranges, t % n_ranges);
         let sess = TileSession::begin_with(isa, blk.prefetch);
         let rows = mc * per_chunk..((mc + 1) * per_chunk).min(mb);
-        let mut accs: Vec<AccBlock> = (0..rows.len()).map(|_| AccBlock::new()).collect();
+        // One accumulator block per A panel only when K is chunked (each
+        // block must survive the other panels' chunks); with K whole, one
+        // block serves them all and a task allocates nothing.
+        let chunked = kc < kblocks;
+        let mut single = AccBlock::new();
+        let mut per_panel: Vec<AccBlock> =
+            if chunked { (0..rows.len()).map(|_| AccBlock::new()).collect() } else { Vec::new() };
         let last = ((nr + 1) * per_range).min(nb);
         for pn in nr * per_range..last {
             let bp = b.panel(pn);
@@ -263,7 +269,8 @@ fn drive(
             while k0 < kblocks.max(1) {
                 let k1 = (k0 + kc).min(kblocks);
                 let (lo, hi) = (k0 * BLOCK_BYTES, k1 * BLOCK_BYTES);
-                for (acc, mi) in accs.iter_mut().zip(rows.clone()) {
+                for (idx, mi) in rows.clone().enumerate() {
+                    let acc = if chunked { &mut per_panel[idx] } else { &mut single };
                     let ap = &a[mi * a_len..(mi + 1) * a_len];
                     sess.run(kind, &ap[lo..hi], &bp[lo..hi], k1 - k0, acc, k0 > 0);
                     if k1 >= kblocks {
