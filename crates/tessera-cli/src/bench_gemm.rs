@@ -149,7 +149,7 @@ fn microkernel_gflops(pool: &rayon::ThreadPool, seconds: f64) -> f64 {
         // 64-byte aligned panels, as the packed ones are.
         let a = tessera_kernels::gemm::tile::aligned_bytes(kb * BLOCK_BYTES, 0x3f);
         let b = tessera_kernels::gemm::tile::aligned_bytes(kb * BLOCK_BYTES, 0x3f);
-        let sess = TileSession::begin(TileIsa::Amx);
+        let sess = TileSession::begin(TileIsa::Amx, TileBlocking::DEFAULT.prefetch);
         let mut acc = AccBlock::new();
         let calls = 20_000;
         let s = time(seconds, || {

@@ -464,11 +464,7 @@ fn provider_checks(threads: usize) -> Vec<Check> {
                 s.run(case.inputs.clone()).map_err(|e| e.to_string()).and_then(|got| output_error(&got, &want));
             let limit = if case.name == "int8 model" && precision != Precision::Int8 { 0.0 } else { limit };
             // Back ends that place operations themselves say where.
-            let plans: Vec<String> = s
-                .device_plans()
-                .iter()
-                .map(|(_, _, p)| p.by_device().iter().map(|(d, c)| format!("{d} {c}")).collect::<Vec<_>>().join(", "))
-                .collect();
+            let plans: Vec<String> = s.device_plans().iter().map(|(_, _, p)| p.counts_text()).collect();
             let plan = if plans.is_empty() { String::new() } else { format!("; operations on {}", plans.join(" | ")) };
             let (status, detail) = match checked {
                 Ok(e) if e <= limit => {

@@ -470,12 +470,11 @@ fn cmd_info(m: &ModelArgs, nodes: bool, json: bool) -> Result<(), String> {
         println!("  {p:6} {c:5} nodes  ({r})");
     }
     for (i, prov, plan) in s.device_plans() {
-        let devices: Vec<String> = plan.by_device().iter().map(|(d, c)| format!("{d} {c}")).collect();
         println!(
             "  partition {i} ({prov}): {} operations placed by {}: {}",
             plan.ops.len(),
             plan.source,
-            devices.join(", ")
+            plan.counts_text()
         );
         for (dev, _) in plan.by_device() {
             let types: Vec<String> = plan.op_types_on(&dev).iter().take(12).map(|(t, c)| format!("{t} {c}")).collect();

@@ -54,6 +54,11 @@ pub fn optimize(graph: &mut Graph, eval: &Evaluator) -> Result<PassReport> {
 pub fn optimize_with(graph: &mut Graph, eval: &Evaluator, fuse_matmul_ops: bool) -> Result<PassReport> {
     let mut r = PassReport { folded: fold::fold_constants(graph, eval)?, ..Default::default() };
     r.dead_removed += dce::eliminate_dead_nodes(graph);
+    // The fusions read element types and shapes from `value_info`: infer
+    // them once, on the plain ONNX graph (before any fused node hides the
+    // shapes behind it). A graph whose types cannot be inferred keeps what
+    // its file declared, and the fusions that need more decline.
+    let _ = crate::shape_inference::infer(graph);
     r.layernorm_fused = fuse_layernorm::fuse_layer_norm(graph);
     r.gelu_fused = fuse_gelu::fuse_gelu(graph);
     if fuse_matmul_ops {

@@ -332,7 +332,7 @@ fn norm_axis(a: i64, r: usize) -> Result<usize> {
 }
 
 /// Gathers `x` re-laid out by `perm` (a transpose).
-fn transpose(x: &Arr, perm: &[usize]) -> Result<Arr> {
+pub(crate) fn transpose(x: &Arr, perm: &[usize]) -> Result<Arr> {
     let r = x.shape.len();
     if perm.len() != r || {
         let mut p = perm.to_vec();

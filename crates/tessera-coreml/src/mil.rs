@@ -122,6 +122,18 @@ fn str_value(s: &str) -> spec::Value {
     }
 }
 
+/// The text of a string immediate value (what [`str_value`] writes), as an
+/// operation's `name` attribute holds it.
+pub fn string_of(v: &spec::Value) -> Option<&str> {
+    match v.value.as_ref()? {
+        value::Value::ImmediateValue(iv) => match iv.tensor.as_ref()?.values.as_ref()? {
+            tensor_value::Values::Strings(s) => s.values.first().map(|s| s.as_str()),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
 /// One function being built.
 pub struct FnBuilder<'w> {
     pub inputs: Vec<(String, TType)>,

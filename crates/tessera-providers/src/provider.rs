@@ -147,6 +147,11 @@ impl DevicePlan {
         m
     }
 
+    /// "ane 40, cpu 2": operation counts per device, for one line of text.
+    pub fn counts_text(&self) -> String {
+        self.by_device().iter().map(|(d, c)| format!("{d} {c}")).collect::<Vec<_>>().join(", ")
+    }
+
     /// Operation types placed on `device`, with counts, most frequent first.
     pub fn op_types_on(&self, device: &str) -> Vec<(String, usize)> {
         let mut m: HashMap<String, usize> = HashMap::new();

@@ -184,19 +184,21 @@ pub fn exported_encoder_layer(b: usize, s: usize, heads: usize, d: usize, seed: 
     g.initializers.insert("merge".into(), Tensor::from_vec(&[3], vec![0i64, 0, c as i64]).expect("sized"));
     g.initializers.insert("scale".into(), Tensor::scalar((d as f32).sqrt()));
     let perm = |v: &[i64]| Attr::Ints(v.to_vec());
-    g.nodes = vec![
-        Node::new("MatMul", "q0", &["x", "wq"], &["q0"]),
-        Node::new("Add", "q1", &["q0", "wq_b"], &["q1"]),
-        Node::new("Reshape", "q2", &["q1", "split"], &["q2"]),
-        Node::new("Transpose", "q", &["q2"], &["q"]).with_attr("perm", perm(&[0, 2, 1, 3])),
-        Node::new("MatMul", "k0", &["x", "wk"], &["k0"]),
-        Node::new("Add", "k1", &["k0", "wk_b"], &["k1"]),
-        Node::new("Reshape", "k2", &["k1", "split"], &["k2"]),
-        Node::new("Transpose", "kt", &["k2"], &["kt"]).with_attr("perm", perm(&[0, 2, 3, 1])),
-        Node::new("MatMul", "v0", &["x", "wv"], &["v0"]),
-        Node::new("Add", "v1", &["v0", "wv_b"], &["v1"]),
-        Node::new("Reshape", "v2", &["v1", "split"], &["v2"]),
-        Node::new("Transpose", "v", &["v2"], &["v"]).with_attr("perm", perm(&[0, 2, 1, 3])),
+    // `x · w{p} + w{p}_b`, split into heads and transposed by `order`.
+    let heads_of = |p: &str, out: &str, order: &[i64]| {
+        let (w, b) = (format!("w{p}"), format!("w{p}_b"));
+        let t = |i: usize| format!("{p}{i}");
+        [
+            Node::new("MatMul", &t(0), &["x", &w], &[&t(0)]),
+            Node::new("Add", &t(1), &[&t(0), &b], &[&t(1)]),
+            Node::new("Reshape", &t(2), &[&t(1), "split"], &[&t(2)]),
+            Node::new("Transpose", out, &[&t(2)], &[out]).with_attr("perm", perm(order)),
+        ]
+    };
+    g.nodes =
+        [heads_of("q", "q", &[0, 2, 1, 3]), heads_of("k", "kt", &[0, 2, 3, 1]), heads_of("v", "v", &[0, 2, 1, 3])]
+            .concat();
+    g.nodes.extend([
         Node::new("MatMul", "s0", &["q", "kt"], &["s0"]),
         Node::new("Div", "s1", &["s0", "scale"], &["s1"]),
         Node::new("Add", "s2", &["s1", "mask"], &["s2"]),
@@ -212,7 +214,7 @@ pub fn exported_encoder_layer(b: usize, s: usize, heads: usize, d: usize, seed: 
         Node::new("Gelu", "ge", &["f1"], &["f2"]),
         Node::new("MatMul", "f3", &["f2", "w2"], &["f3"]),
         Node::new("Add", "y", &["f3", "h"], &["y"]),
-    ];
+    ]);
     g.outputs.push(ValueInfo { name: "y".into(), dtype: Some(DType::F32), shape: None });
     g
 }

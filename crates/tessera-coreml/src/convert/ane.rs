@@ -45,28 +45,15 @@ fn inverse(p: &[usize; 4]) -> [usize; 4] {
     q
 }
 
-/// `data` of `shape` transposed so that output axis i is input axis `perm[i]`.
+/// `data` of `shape` transposed so that output axis i is input axis
+/// `perm[i]` (the interpreter's transpose; `perm` is always a permutation
+/// here).
 fn transpose_data(data: &[f32], shape: &[usize], perm: &[usize]) -> (Vec<usize>, Vec<f32>) {
-    let r = shape.len();
-    let out_shape: Vec<usize> = perm.iter().map(|&p| shape[p]).collect();
-    let mut in_strides = vec![1usize; r];
-    for i in (0..r.saturating_sub(1)).rev() {
-        in_strides[i] = in_strides[i + 1] * shape[i + 1];
-    }
-    let n: usize = shape.iter().product();
-    let mut out = Vec::with_capacity(n);
-    let mut idx = vec![0usize; r];
-    for _ in 0..n {
-        out.push(data[(0..r).map(|i| idx[i] * in_strides[perm[i]]).sum::<usize>()]);
-        for d in (0..r).rev() {
-            idx[d] += 1;
-            if idx[d] < out_shape[d] {
-                break;
-            }
-            idx[d] = 0;
-        }
-    }
-    (out_shape, out)
+    use crate::interp::{transpose, Arr};
+    let t = transpose(&Arr::f(crate::spec::DataType::Float32, shape.to_vec(), data.to_vec()), perm)
+        .expect("layout permutations are permutations");
+    let v = t.floats().expect("f32 data");
+    (t.shape, v)
 }
 
 /// MIL unary operations that keep any layout.

@@ -248,7 +248,7 @@ fn drive(
     let tasks = m_chunks * n_ranges;
     let task = |t: usize| {
         let (mc, nr) = (t / n_ranges, t % n_ranges);
-        let sess = TileSession::begin_with(isa, blk.prefetch);
+        let sess = TileSession::begin(isa, blk.prefetch);
         let rows = mc * per_chunk..((mc + 1) * per_chunk).min(mb);
         // One accumulator block per A panel only when K is chunked (each
         // block must survive the other panels' chunks); with K whole, one

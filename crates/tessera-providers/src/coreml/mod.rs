@@ -182,17 +182,7 @@ fn op_labels(pkg: &Package) -> Vec<(String, String)> {
         .filter(|op| op.r#type != "const")
         .map(|op| {
             let label = op.outputs.first().map(|o| o.name.clone()).unwrap_or_else(|| {
-                match op.attributes.get("name").and_then(|v| v.value.as_ref()) {
-                    Some(tessera_coreml::spec::value::Value::ImmediateValue(iv)) => {
-                        match iv.tensor.as_ref().and_then(|t| t.values.as_ref()) {
-                            Some(tessera_coreml::spec::tensor_value::Values::Strings(s)) => {
-                                s.values.first().cloned().unwrap_or_default()
-                            }
-                            _ => String::new(),
-                        }
-                    }
-                    _ => String::new(),
-                }
+                op.attributes.get("name").and_then(tessera_coreml::mil::string_of).unwrap_or_default().to_string()
             });
             (label, op.r#type.clone())
         })

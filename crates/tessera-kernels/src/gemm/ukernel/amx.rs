@@ -59,6 +59,23 @@ pub enum Prefetch {
 /// Bytes ahead of the current k-block that `Prefetch` reaches (two k-blocks).
 pub const PREFETCH_DISTANCE: usize = 2 * super::BLOCK_BYTES;
 
+/// A quarter of a k-block's prefetches (8 lines of each prefetched panel),
+/// continuing at the running offset `pfo`.
+#[cfg(target_arch = "x86_64")]
+macro_rules! prefetch_quarter {
+    ($pfa:literal, $pfb:literal) => {
+        concat!(
+            ".rept 8\n",
+            $pfa,
+            " [{a} + {pd} + pfo]\n",
+            $pfb,
+            " [{b} + {pd} + pfo]\n",
+            ".set pfo, pfo + 64\n",
+            ".endr"
+        )
+    };
+}
+
 #[cfg(target_arch = "x86_64")]
 macro_rules! tile_kernel {
     ($name:ident, $insn:literal, $pfa:literal, $pfb:literal) => {
@@ -97,29 +114,13 @@ macro_rules! tile_kernel {
                     // so that they spread over the k-block's cycles.
                     ".set pfo, 0",
                     concat!($insn, " tmm0, tmm4, tmm6"),
-                    ".rept 8",
-                    concat!($pfa, " [{a} + {pd} + pfo]"),
-                    concat!($pfb, " [{b} + {pd} + pfo]"),
-                    ".set pfo, pfo + 64",
-                    ".endr",
+                    prefetch_quarter!($pfa, $pfb),
                     concat!($insn, " tmm1, tmm4, tmm7"),
-                    ".rept 8",
-                    concat!($pfa, " [{a} + {pd} + pfo]"),
-                    concat!($pfb, " [{b} + {pd} + pfo]"),
-                    ".set pfo, pfo + 64",
-                    ".endr",
+                    prefetch_quarter!($pfa, $pfb),
                     concat!($insn, " tmm2, tmm5, tmm6"),
-                    ".rept 8",
-                    concat!($pfa, " [{a} + {pd} + pfo]"),
-                    concat!($pfb, " [{b} + {pd} + pfo]"),
-                    ".set pfo, pfo + 64",
-                    ".endr",
+                    prefetch_quarter!($pfa, $pfb),
                     concat!($insn, " tmm3, tmm5, tmm7"),
-                    ".rept 8",
-                    concat!($pfa, " [{a} + {pd} + pfo]"),
-                    concat!($pfb, " [{b} + {pd} + pfo]"),
-                    ".set pfo, pfo + 64",
-                    ".endr",
+                    prefetch_quarter!($pfa, $pfb),
                     "add {a}, 2048",
                     "add {b}, 2048",
                     "dec {k}",

@@ -124,15 +124,11 @@ pub struct TileSession {
 }
 
 impl TileSession {
-    /// Prepares this thread for `isa`. Panics if `isa` is AMX and the tile
-    /// unit is not usable (callers choose the ISA with [`TileIsa::best`]).
-    pub fn begin(isa: TileIsa) -> Self {
-        Self::begin_with(isa, amx::Prefetch::A)
-    }
-
-    /// As [`TileSession::begin`], with the microkernel's prefetch choice
-    /// (AMX only; the emulation ignores it).
-    pub fn begin_with(isa: TileIsa, prefetch: amx::Prefetch) -> Self {
+    /// Prepares this thread for `isa`, with the microkernel's prefetch
+    /// choice (AMX only; the emulation ignores it). Panics if `isa` is AMX
+    /// and the tile unit is not usable (callers choose the ISA with
+    /// [`TileIsa::best`]).
+    pub fn begin(isa: TileIsa, prefetch: amx::Prefetch) -> Self {
         if isa == TileIsa::Amx {
             assert!(tessera_hw::amx_usable(), "AMX microkernel requested but AMX is not usable");
             amx::configure_thread();
