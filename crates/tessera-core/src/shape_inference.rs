@@ -223,6 +223,16 @@ pub fn infer_with(
             if name.is_empty() {
                 continue;
             }
+            // What the file declared stands where no rule knows better, and
+            // flows on to the values computed from it.
+            if let Some(vi) = graph.value_info.get(name) {
+                if k.shape.is_none() {
+                    k.shape = vi.shape.as_ref().map(&bind);
+                }
+                if k.dtype.is_none() {
+                    k.dtype = vi.dtype;
+                }
+            }
             if let Some(t) = evaluated.as_ref().and_then(|e| e.get(i)) {
                 k.dtype = Some(t.dtype());
                 k.shape = Some(t.shape().iter().map(|&d| Dim::Known(d)).collect());
@@ -614,7 +624,7 @@ fn infer_node(n: &Node, ins: &[Option<&Known>]) -> Result<Vec<Known>> {
             }
             if outs[0].shape.is_none() {
                 if let Some(s) = s0 {
-                    outs[0].shape = slice_shape(n, &s, ins);
+                    outs[0].shape = slice_shape(n, &s, ins).or_else(|| slice_to_dim(n, &s, ins, elems(2)));
                 }
             }
         }
@@ -623,11 +633,24 @@ fn infer_node(n: &Node, ins: &[Option<&Known>]) -> Result<Vec<Known>> {
                 set(&mut outs, Some(e));
             }
         }
-        "Expand" => {
-            if let (Some(s), Some(e)) = (s0, elems(1)) {
-                set(&mut outs, broadcast2(&s, &e));
+        "Expand" => match (s0, elems(1), shape(1).as_deref()) {
+            (Some(s), Some(e), _) => set(&mut outs, broadcast2(&s, &e)),
+            (Some(s), None, Some([Dim::Known(r)])) => {
+                // Target values unknown, their count known: the input's
+                // axes other than 1 survive (the target may only repeat
+                // or match them).
+                let r = (*r).max(s.len());
+                let lead = r - s.len();
+                let out = (0..r)
+                    .map(|i| match i.checked_sub(lead).map(|j| &s[j]) {
+                        Some(Dim::Known(1)) | None => Dim::Unknown,
+                        Some(d) => d.clone(),
+                    })
+                    .collect();
+                set(&mut outs, Some(out));
             }
-        }
+            _ => {}
+        },
         "Constant" => {
             if let Some(crate::Attr::Tensor(t)) = n.attrs.get("value") {
                 outs[0].shape = Some(t.shape().iter().map(|&d| Dim::Known(d)).collect());
@@ -796,6 +819,29 @@ fn slice_shape(n: &Node, s: &Shape, ins: &[Option<&Known>]) -> Option<Shape> {
     Some(out)
 }
 
+/// `Slice(x, [0], [end], [axis])` (step 1) with a symbolic `end`, a dim
+/// read from a Shape: how exporters cut a max-length buffer (position or
+/// token-type ids) to the sequence length. The axis becomes `end`, on the
+/// assumption that it does not exceed the axis; with dims bound, `end` is a
+/// constant and [`slice_shape`] clamps exactly.
+fn slice_to_dim(n: &Node, s: &Shape, ins: &[Option<&Known>], ends: Option<Vec<Dim>>) -> Option<Shape> {
+    let [end] = &ends?[..] else { return None };
+    let starts = ints_attr_or_input(n, "starts", ins, 1)?;
+    let axes = if n.input(3).is_some() { ints_attr_or_input(n, "axes", ins, 3)? } else { vec![0] };
+    let unit_step = n.input(4).is_none() || ints_attr_or_input(n, "steps", ins, 4)? == [1];
+    if starts != [0] || axes.len() != 1 || !unit_step {
+        return None;
+    }
+    let a = norm_axis(axes[0], s.len())?;
+    let mut out = s.clone();
+    out[a] = match (end, &s[a]) {
+        (Dim::Sym(_), _) => end.clone(),
+        (Dim::Known(e), Dim::Known(d)) => Dim::Known(*e.min(d)),
+        _ => Dim::Unknown,
+    };
+    Some(out)
+}
+
 fn conv_shape(n: &Node, s: &Shape, w: Option<&Shape>) -> Result<Option<Shape>> {
     if s.len() < 3 {
         return Ok(None);
@@ -931,6 +977,61 @@ mod tests {
         // 10, 7, 4, 1: four values; counting up from 10 to 0: none.
         assert_eq!(g.value_info["down"].shape, Some(vec![Dim::Known(4)]));
         assert_eq!(g.value_info["empty"].shape, Some(vec![Dim::Known(0)]));
+    }
+
+    #[test]
+    fn declared_shapes_stand_where_no_rule_applies() {
+        // An op without a rule here (a custom domain) whose output the file
+        // declares: the declaration is kept and flows on through Relu.
+        let mut foo = Node::new("Foo", "foo", &["x"], &["y"]);
+        foo.domain = "com.example".into();
+        let mut g = Graph {
+            nodes: vec![foo, Node::new("Relu", "r", &["y"], &["z"])],
+            inputs: vec![vi("x", DType::F32, vec![sym("b"), Dim::Known(4)])],
+            outputs: vec![vi("z", DType::F32, vec![])],
+            ..Default::default()
+        };
+        g.value_info.insert("y".into(), vi("y", DType::F32, vec![sym("b"), Dim::Known(4)]));
+        infer(&mut g).unwrap();
+        assert_eq!(g.value_info["y"].shape, Some(vec![sym("b"), Dim::Known(4)]));
+        assert_eq!(g.value_info["z"].shape, Some(vec![sym("b"), Dim::Known(4)]));
+        assert_eq!(g.value_info["z"].dtype, Some(DType::F32));
+    }
+
+    #[test]
+    fn slice_to_a_symbolic_length_and_expand_to_unknown_values() {
+        // ids = Expand(Slice(buffer[1, 64], [0], [seq], [1]), t): the
+        // exporters' token-type ids. The slice is [1, seq]; `t`'s values are
+        // unknown, so the expanded leading axis is too.
+        let mut g = Graph {
+            nodes: vec![
+                Node::new("Shape", "s", &["x"], &["s"]),
+                Node::new("Gather", "g", &["s", "one"], &["seq"]),
+                Node::new("Unsqueeze", "u", &["seq", "axis0"], &["end"]),
+                Node::new("Slice", "sl", &["buffer", "start0", "end", "axis1"], &["ids"]),
+                Node::new("Expand", "e", &["ids", "t"], &["wide"]),
+            ],
+            inputs: vec![
+                vi("x", DType::F32, vec![sym("batch"), sym("seq"), Dim::Known(8)]),
+                vi("t", DType::I64, vec![Dim::Known(2)]),
+            ],
+            outputs: vec![vi("wide", DType::I64, vec![])],
+            ..Default::default()
+        };
+        g.initializers.insert("one".into(), Tensor::scalar(1i64));
+        g.initializers.insert("axis0".into(), Tensor::from_vec(&[1], vec![0i64]).unwrap());
+        g.initializers.insert("start0".into(), Tensor::from_vec(&[1], vec![0i64]).unwrap());
+        g.initializers.insert("axis1".into(), Tensor::from_vec(&[1], vec![1i64]).unwrap());
+        g.initializers.insert("buffer".into(), Tensor::zeros(DType::I64, &[1, 64]).unwrap());
+        infer(&mut g).unwrap();
+        assert_eq!(g.value_info["ids"].shape, Some(vec![Dim::Known(1), sym("seq")]));
+        assert_eq!(g.value_info["wide"].shape, Some(vec![Dim::Unknown, sym("seq")]));
+        // Bound, the end is a constant and the slice is exact.
+        let ev = |_: &Graph, _: &Node, _: &[Option<Tensor>]| -> Result<Vec<Tensor>> { Err(Error::Other("no".into())) };
+        let bound =
+            infer_with(&g, &[("seq".to_string(), 7), ("batch".to_string(), 1)].into_iter().collect(), Some(&ev))
+                .unwrap();
+        assert_eq!(bound["ids"].concrete_shape(), Some(vec![1, 7]));
     }
 
     #[test]
