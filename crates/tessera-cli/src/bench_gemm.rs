@@ -5,8 +5,9 @@
 use std::time::Instant;
 
 use serde::Serialize;
+use tessera_kernels::weight_mem;
 use tessera_kernels::gemm::{
-    self, tile_igemm_with, tile_sgemm_with, ukernel::amx, ukernel::DotKind, Epilogue, I8Mat, I8Out, MatRef, PackedB,
+    self, tile_igemm_with, tile_sgemm_with, ukernel::amx, ukernel::DotKind, Activation, Epilogue, I8Mat, I8Out, MatRef, PackedB,
     Parallel, Split, TileBlocking, TileIsa,
 };
 
@@ -16,6 +17,10 @@ pub struct Row {
     /// The tile driver's blocking (`kc:panels:prefetch`; empty for other
     /// kernels).
     pub blocking: String,
+    /// The tile kernel's epilogue: "" (none) or "bias+ACTIVATION".
+    pub epilogue: String,
+    /// Whether the packed weights were on huge pages (tile kernels).
+    pub huge_pages: bool,
     pub m: usize,
     pub n: usize,
     pub k: usize,
@@ -46,6 +51,14 @@ fn chip_peak(peaks: &tessera_hw::Peaks, cores: usize, kernel: &str, threads: usi
     Some(whole * threads.min(cores) as f64 / cores.max(1) as f64)
 }
 
+/// The tile-kernel dimensions of `tessera bench-gemm`, as given on the
+/// command line.
+pub struct TileCases<'a> {
+    pub blocking: &'a [String],
+    pub epilogue: &'a [String],
+    pub huge_pages: &'a [String],
+}
+
 pub struct Options {
     pub shapes: Vec<(usize, usize, usize)>,
     pub threads: Vec<usize>,
@@ -58,6 +71,12 @@ pub struct Options {
     pub blockings: Vec<TileBlocking>,
     /// Fastest call instead of the median.
     pub best: bool,
+    /// Epilogues to compare for the tile kernels: None, or a bias and this
+    /// activation.
+    pub epilogues: Vec<Option<Activation>>,
+    /// Weight memory settings to compare for the tile kernels (huge pages
+    /// on, off).
+    pub huge_pages: Vec<bool>,
 }
 
 /// Number of weight copies so that they overflow any L3 (512 MiB in all).
@@ -142,24 +161,70 @@ fn arm_seconds(_: &str, _: &[f32], _: &[f32], _: usize, _: usize, _: usize, _: f
 /// 32 KiB): the ceiling the driver and packing can reach. GFLOP/s per core
 /// times the threads, each thread on its own panels.
 fn microkernel_gflops(pool: &rayon::ThreadPool, seconds: f64) -> f64 {
-    use tessera_kernels::gemm::ukernel::{AccBlock, TileSession, BLOCK_BYTES};
+    let case = UkernelCase { kblocks: 8, a_panels: 1, b_panels: 1, accumulate: true, prefetch: amx::Prefetch::A };
     let per = std::sync::Mutex::new(0.0);
-    pool.broadcast(|_| {
-        let kb = 8;
+    pool.broadcast(|_| *per.lock().unwrap() += case.gflops(seconds));
+    per.into_inner().unwrap()
+}
+
+/// One microkernel measurement: every B panel times every A panel (B
+/// outer, as the driver runs them), each call over `kblocks` k-blocks.
+#[derive(Copy, Clone)]
+struct UkernelCase {
+    kblocks: usize,
+    a_panels: usize,
+    b_panels: usize,
+    accumulate: bool,
+    prefetch: amx::Prefetch,
+}
+
+impl UkernelCase {
+    /// GFLOP/s on the calling thread.
+    fn gflops(self, seconds: f64) -> f64 {
+        use tessera_kernels::gemm::ukernel::{AccBlock, TileSession, BLOCK_BYTES};
+        let len = self.kblocks * BLOCK_BYTES;
         // 64-byte aligned panels, as the packed ones are.
-        let a = tessera_kernels::gemm::tile::aligned_bytes(kb * BLOCK_BYTES, 0x3f);
-        let b = tessera_kernels::gemm::tile::aligned_bytes(kb * BLOCK_BYTES, 0x3f);
-        let sess = TileSession::begin(TileIsa::Amx, TileBlocking::DEFAULT.prefetch);
+        let a = tessera_kernels::gemm::tile::aligned_bytes(len * self.a_panels, 0x3f);
+        let b = tessera_kernels::gemm::tile::aligned_bytes(len * self.b_panels, 0x3f);
+        let sess = TileSession::begin(TileIsa::Amx, self.prefetch);
         let mut acc = AccBlock::new();
-        let calls = 20_000;
+        let rounds = (20_000 / (self.a_panels * self.b_panels * self.kblocks / 8).max(1)).max(1);
         let s = time(seconds, || {
-            for _ in 0..calls {
-                sess.run(DotKind::Bf16, &a, &b, kb, &mut acc, true);
+            for _ in 0..rounds {
+                for bp in b.chunks_exact(len) {
+                    for ap in a.chunks_exact(len) {
+                        sess.run(DotKind::Bf16, ap, bp, self.kblocks, &mut acc, self.accumulate);
+                    }
+                }
             }
         });
-        *per.lock().unwrap() += calls as f64 * (32 * 32 * 32 * kb * 2) as f64 / s / 1e9;
-    });
-    per.into_inner().unwrap()
+        let calls = rounds * self.a_panels * self.b_panels;
+        calls as f64 * (32 * 32 * 32 * self.kblocks * 2) as f64 / s / 1e9
+    }
+}
+
+/// `--ukernel-study`: the microkernel on one thread with its operands in
+/// L1 or L2, with and without loading C, under each prefetch variant.
+pub fn ukernel_study(seconds: f64) -> Result<(), String> {
+    tessera_hw::amx_enabled()?;
+    let probe = amx::probe_peak(DotKind::Bf16, 2_000_000) / 1e9;
+    println!("tile probe (register-only), 1 thread: {probe:.0} GFLOP/s");
+    println!("{:<28} {:>10} {:>8} {:>8} {:>10} {:>7}", "operands", "kblocks", "C load", "prefetch", "GFLOP/s", "%probe");
+    let placements = [("L1 (1 A x 1 B panel)", 8, 1, 1), ("L2 (4 A x 8 B panels)", 24, 4, 8), ("L2, long K (2 A x 2 B)", 96, 2, 2)];
+    for (name, kblocks, a_panels, b_panels) in placements {
+        for accumulate in [false, true] {
+            for prefetch in [amx::Prefetch::None, amx::Prefetch::A, amx::Prefetch::Ab] {
+                let g = UkernelCase { kblocks, a_panels, b_panels, accumulate, prefetch }.gflops(seconds);
+                println!(
+                    "{name:<28} {kblocks:>10} {:>8} {:>8} {g:>10.0} {:>7.1}",
+                    if accumulate { "yes" } else { "no" },
+                    format!("{prefetch:?}").to_lowercase(),
+                    100.0 * g / probe
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
@@ -243,10 +308,22 @@ pub fn run(opts: &Options) -> Result<Vec<Row>, String> {
             let mut c = vec![0f32; m * n];
             let flops = 2.0 * (m * n * k) as f64;
             let cases = opts.kernels.iter().flat_map(|kern| {
-                let blks = if kern.starts_with("amx-") { opts.blockings.clone() } else { vec![TileBlocking::DEFAULT] };
-                blks.into_iter().map(move |blk| (kern, blk))
+                let tile = kern.starts_with("amx-");
+                let blks = if tile { opts.blockings.clone() } else { vec![TileBlocking::DEFAULT] };
+                let huge = if tile { opts.huge_pages.clone() } else { vec![weight_mem::huge_pages()] };
+                let epis = if tile { opts.epilogues.clone() } else { vec![None] };
+                blks.into_iter().flat_map(move |blk| {
+                    let epis = epis.clone();
+                    huge.clone().into_iter().flat_map(move |h| epis.clone().into_iter().map(move |e| (kern, blk, h, e)))
+                })
             });
-            for (kernel, blk) in cases {
+            let bias = rand_vec(n, 3);
+            for (kernel, blk, huge, act) in cases {
+                let epi = match act {
+                    Some(activation) => Epilogue { bias: Some(&bias), activation, ..Default::default() },
+                    None => Epilogue::default(),
+                };
+                weight_mem::set_huge_pages(huge);
                 let (secs, peak) = match kernel.as_str() {
                     "fp32-vector" => {
                         let bs: Vec<Vec<f32>> = (0..copies(opts.cold, 4 * k * n)).map(|_| b.clone()).collect();
@@ -281,7 +358,6 @@ pub fn run(opts: &Options) -> Result<Vec<Row>, String> {
                         let pbs: Vec<PackedB> = (0..copies(opts.cold, pb0.packed_bytes()))
                             .map(|_| PackedB::from_f32(MatRef::row_major(&b, k, n), split))
                             .collect();
-                        let epi = Epilogue::default();
                         let mut i = 0;
                         let s = pool.install(|| {
                             time(opts.min_seconds, || {
@@ -309,14 +385,19 @@ pub fn run(opts: &Options) -> Result<Vec<Row>, String> {
                             time(opts.min_seconds, || {
                                 i += 1;
                                 let am = I8Mat { data: &ab, rows: m, cols: k, row_stride: k, signed: false };
-                                tile_igemm_with(
-                                    TileIsa::Amx,
-                                    blk,
-                                    am,
-                                    &[128],
-                                    &pbs[i % pbs.len()],
-                                    I8Out::I32 { c: &mut ci, ldc: n },
-                                )
+                                // With an epilogue, the dynamic-quantization
+                                // output (scaled to fp32, then the epilogue).
+                                let out = match act {
+                                    Some(_) => I8Out::F32 {
+                                        c: &mut c,
+                                        ldc: n,
+                                        scale_a: &[0.01],
+                                        scale_b: &[0.01],
+                                        epi: &epi,
+                                    },
+                                    None => I8Out::I32 { c: &mut ci, ldc: n },
+                                };
+                                tile_igemm_with(TileIsa::Amx, blk, am, &[128], &pbs[i % pbs.len()], out)
                             })
                         });
                         (s, peak_i8)
@@ -337,6 +418,11 @@ pub fn run(opts: &Options) -> Result<Vec<Row>, String> {
                 rows.push(Row {
                     kernel: kernel.clone(),
                     blocking: if kernel.starts_with("amx-") { blk.name() } else { String::new() },
+                    huge_pages: huge,
+                    epilogue: match act {
+                        Some(a) if kernel.starts_with("amx-") => format!("bias+{}", a.name()),
+                        _ => String::new(),
+                    },
                     m,
                     n,
                     k,
@@ -355,15 +441,17 @@ pub fn run(opts: &Options) -> Result<Vec<Row>, String> {
 
 pub fn print(rows: &[Row]) {
     println!(
-        "{:<12} {:<9} {:>6} {:>6} {:>6} {:>4} {:>10} {:>10} {:>7} {:>10} {:>7}",
-        "kernel", "blocking", "M", "N", "K", "thr", "GFLOP/s", "probe", "%probe", "chip peak", "%chip"
+        "{:<12} {:<9} {:>5} {:<14} {:>6} {:>6} {:>6} {:>4} {:>10} {:>10} {:>7} {:>10} {:>7}",
+        "kernel", "blocking", "pages", "epilogue", "M", "N", "K", "thr", "GFLOP/s", "probe", "%probe", "chip peak", "%chip"
     );
     for r in rows {
         let opt = |v: f64, digits: usize| if v > 0.0 { format!("{v:.digits$}") } else { "-".into() };
         println!(
-            "{:<12} {:<9} {:>6} {:>6} {:>6} {:>4} {:>10.1} {:>10} {:>7} {:>10} {:>7}",
+            "{:<12} {:<9} {:>5} {:<14} {:>6} {:>6} {:>6} {:>4} {:>10.1} {:>10} {:>7} {:>10} {:>7}",
             r.kernel,
             if r.blocking.is_empty() { "-" } else { &r.blocking },
+            if r.blocking.is_empty() { "-" } else if r.huge_pages { "2M" } else { "4K" },
+            if r.epilogue.is_empty() { "-" } else { &r.epilogue },
             r.m,
             r.n,
             r.k,

@@ -123,6 +123,18 @@ enum Cmd {
         /// Report each case's fastest call instead of the median (noise on a shared machine only adds time).
         #[arg(long)]
         best: bool,
+        /// Instead of GEMMs: the bf16 microkernel alone on one thread, operands in L1 or L2, each
+        /// prefetch variant, with and without loading C.
+        #[arg(long)]
+        ukernel_study: bool,
+        /// Epilogue for the tile kernels: a bias per column, then this activation (none, relu, gelu_erf,
+        /// gelu_tanh, silu); comma separated to compare. Default: no epilogue.
+        #[arg(long, value_delimiter = ',')]
+        epilogue: Vec<String>,
+        /// Pack weights into huge-page mappings (on) or plain heap buffers (off), comma separated to
+        /// compare both.
+        #[arg(long, value_delimiter = ',', default_value = "on")]
+        huge_pages: Vec<String>,
         #[arg(long)]
         json: bool,
     },
@@ -192,8 +204,10 @@ fn main() {
         Cmd::Doctor { threads, json } => doctor::run(threads, json).map(|code| std::process::exit(code)),
         Cmd::Detect { json } => detect::run(json),
         Cmd::Calibrate { threads, json } => calibrate::run(threads, json),
-        Cmd::BenchGemm { shapes, threads, kernels, seconds, cold, tile_blocking, best, json } => {
-            cmd_bench_gemm(&shapes, threads, kernels, seconds, cold, &tile_blocking, best, json)
+        Cmd::BenchGemm { ukernel_study: true, seconds, .. } => bench_gemm::ukernel_study(seconds),
+        Cmd::BenchGemm { shapes, threads, kernels, seconds, cold, tile_blocking, best, epilogue, huge_pages, json, .. } => {
+            let tile = bench_gemm::TileCases { blocking: &tile_blocking, epilogue: &epilogue, huge_pages: &huge_pages };
+            cmd_bench_gemm(&shapes, threads, kernels, seconds, cold, tile, best, json)
         }
     };
     if let Err(e) = result {
@@ -579,14 +593,35 @@ fn cmd_bench_gemm(
     kernels: Vec<String>,
     seconds: f64,
     cold: bool,
-    tile_blocking: &[String],
+    tile: bench_gemm::TileCases,
     best: bool,
     json: bool,
 ) -> Result<(), String> {
-    let blockings = if tile_blocking.is_empty() {
+    let huge_pages = tile
+        .huge_pages
+        .iter()
+        .map(|s| match s.as_str() {
+            "on" => Ok(true),
+            "off" => Ok(false),
+            other => Err(format!("--huge-pages '{other}': want on, off or on,off")),
+        })
+        .collect::<Result<Vec<bool>, String>>()?;
+    let blockings = if tile.blocking.is_empty() {
         vec![tessera_kernels::gemm::TileBlocking::DEFAULT]
     } else {
-        tile_blocking.iter().map(|s| tessera_kernels::gemm::TileBlocking::parse(s)).collect::<Result<_, _>>()?
+        tile.blocking.iter().map(|s| tessera_kernels::gemm::TileBlocking::parse(s)).collect::<Result<_, _>>()?
+    };
+    let epilogues = if tile.epilogue.is_empty() {
+        vec![None]
+    } else {
+        tile.epilogue
+            .iter()
+            .map(|s| {
+                tessera_kernels::gemm::Activation::parse(s)
+                    .map(Some)
+                    .ok_or_else(|| format!("--epilogue '{s}': want none, relu, gelu_erf, gelu_tanh or silu"))
+            })
+            .collect::<Result<_, _>>()?
     };
     let shapes = if shapes.is_empty() {
         bench_gemm::DEFAULT_SHAPES.to_vec()
@@ -608,7 +643,8 @@ fn cmd_bench_gemm(
     };
     let kernels =
         if kernels.is_empty() { bench_gemm::ALL_KERNELS.iter().map(|s| s.to_string()).collect() } else { kernels };
-    let opts = bench_gemm::Options { shapes, threads, kernels, min_seconds: seconds, cold, blockings, best };
+    let opts =
+        bench_gemm::Options { shapes, threads, kernels, min_seconds: seconds, cold, blockings, epilogues, best, huge_pages };
     let rows = bench_gemm::run(&opts)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&rows).map_err(|e| e.to_string())?);

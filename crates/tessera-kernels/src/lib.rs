@@ -7,3 +7,4 @@ pub mod elementwise;
 pub mod gemm;
 pub mod pool;
 pub mod quant;
+pub mod weight_mem;

@@ -27,16 +27,29 @@ impl Activation {
             _ => return None,
         })
     }
+    /// The name [`Activation::parse`] reads.
+    pub fn name(self) -> &'static str {
+        match self {
+            Activation::None => "none",
+            Activation::Relu => "relu",
+            Activation::GeluErf => "gelu_erf",
+            Activation::GeluTanh => "gelu_tanh",
+            Activation::Silu => "silu",
+        }
+    }
+
     #[inline(always)]
     pub fn apply(self, x: f32) -> f32 {
         match self {
             Activation::None => x,
-            // max(x, 0) but NaN stays NaN.
+            // max(x, 0) but NaN stays NaN. `x + 0.0` (not `x`) so that an
+            // in-place loop stores a computed value in every lane rather
+            // than masking the unchanged ones (a slow masked store).
             Activation::Relu => {
                 if x < 0.0 {
                     0.0
                 } else {
-                    x
+                    x + 0.0
                 }
             }
             Activation::GeluErf => gelu_erf_f32(x),

@@ -15,6 +15,7 @@ use super::pack::{self, Split};
 pub use super::ukernel::amx::Prefetch;
 use super::ukernel::{AccBlock, DotKind, TileIsa, TileSession, BLOCK_BYTES, MR, NR};
 use super::MatRef;
+use crate::weight_mem::WeightBuf;
 
 pub(crate) type Bytes = AVec<u8, ConstAlign<64>>;
 
@@ -51,7 +52,7 @@ pub struct PackedB {
     n: usize,
     /// k-blocks per panel, all products included.
     kblocks: usize,
-    data: Bytes,
+    data: WeightBuf,
     /// int8: sum over K of each column (as the dot product reads it) and the
     /// zero point of each column (one value = per tensor).
     col_sums: Vec<i32>,
@@ -70,7 +71,7 @@ impl PackedB {
         let (k, n) = (b.rows, b.cols);
         let kblocks = pack::k_blocks(DotKind::Bf16, k) * split.products().len();
         let panel = kblocks * BLOCK_BYTES;
-        let mut data = zeroed(panel * n.div_ceil(NR));
+        let mut data = WeightBuf::zeroed(panel * n.div_ceil(NR));
         data.par_chunks_mut(panel.max(1)).enumerate().for_each(|(p, dst)| {
             let j0 = p * NR;
             pack::pack_b_f32(dst, NR.min(n - j0), k, split, |kk, j| {
@@ -88,7 +89,7 @@ impl PackedB {
         let kind = DotKind::I8 { a_signed: false, b_signed: signed };
         let kblocks = pack::k_blocks(kind, k);
         let panel = kblocks * BLOCK_BYTES;
-        let mut data = zeroed(panel * n.div_ceil(NR));
+        let mut data = WeightBuf::zeroed(panel * n.div_ceil(NR));
         data.par_chunks_mut(panel.max(1)).enumerate().for_each(|(p, dst)| {
             let j0 = p * NR;
             pack::pack_b_i8(dst, NR.min(n - j0), k, |kk, j| bytes[kk * n + j0 + j]);
