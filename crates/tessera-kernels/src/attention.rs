@@ -1,8 +1,9 @@
 //! Multi-head attention in one pass: `softmax(scale · Q Kᵀ + mask) V` per
 //! head, reading Q, K and V in their `[B, S, H·d]` layout (the linear
 //! layers' output) and writing `[B, S, H·d]`, so the head split and merge
-//! transposes never touch memory. Scores exist only for a block of query
-//! rows at a time (`rows × Sk` per task), never as a `[B, H, S, Sk]` tensor.
+//! transposes never touch memory. Scores exist only for one head and a
+//! block of query rows at a time (at most 32K values per task), never as a
+//! `[B, H, S, Sk]` tensor.
 
 use rayon::prelude::*;
 
@@ -51,58 +52,70 @@ pub fn attention(
         out[..batch * q_len * c].fill(0.0);
         return;
     }
-    // Enough row blocks for every thread, few enough that each block's
-    // products stay worth a GEMM call.
+    // A task is one (batch, head, block of query rows): its K and V head
+    // slices are packed once by the GEMMs and serve every row of the block.
+    // Blocks are whole sequences unless the scores of a block would exceed
+    // 32K values (long sequences) or the pool needs more tasks.
     let threads = rayon::current_num_threads().max(1);
-    let rows = (batch * q_len).div_ceil(4 * threads).clamp(4, 64).min(q_len);
+    let by_memory = (32768 / kv_len).max(8);
+    let by_tasks = q_len.div_ceil((2 * threads).div_ceil(batch * heads));
+    let rows = by_memory.min(by_tasks).clamp(1, q_len);
     let blocks_per_seq = q_len.div_ceil(rows);
-    let out = &mut out[..batch * q_len * c];
-    // One task per (batch, row block): its output rows are contiguous.
-    let tasks: Vec<(usize, usize, &mut [f32])> = {
-        let mut v = Vec::with_capacity(batch * blocks_per_seq);
-        let mut rest = out;
-        for b in 0..batch {
-            for blk in 0..blocks_per_seq {
-                let r0 = blk * rows;
-                let r = rows.min(q_len - r0);
-                let (head, tail) = rest.split_at_mut(r * c);
-                v.push((b, r0, head));
-                rest = tail;
-            }
-        }
-        v
-    };
-    tasks.into_par_iter().for_each(|(b, r0, o)| {
-        let r = o.len() / c;
+    let out = OutPtr(out.as_mut_ptr());
+    (0..batch * heads * blocks_per_seq).into_par_iter().for_each(|t| {
+        let (b, h, blk) = (t / (heads * blocks_per_seq), t / blocks_per_seq % heads, t % blocks_per_seq);
+        let r0 = blk * rows;
+        let r = rows.min(q_len - r0);
         let mut scores = vec![0f32; r * kv_len];
         let mut probs = vec![0f32; r * kv_len];
-        let qb = &q[(b * q_len + r0) * c..];
-        let kb = &k[b * kv_len * c..];
-        let vb = &v[b * kv_len * c..];
-        for h in 0..heads {
-            let qh = MatRef { data: &qb[h * d..], rows: r, cols: d, row_stride: c, col_stride: 1 };
-            let kt = MatRef { data: &kb[h * d..], rows: d, cols: kv_len, row_stride: 1, col_stride: c };
-            sgemm(qh, kt, &mut scores, kv_len, scale, 0.0, Parallel::None);
-            if let Some(m) = mask {
-                for i in 0..r {
-                    let base = b * m.strides[0] + h * m.strides[1] + (r0 + i) * m.strides[2];
-                    let row = &mut scores[i * kv_len..(i + 1) * kv_len];
-                    if m.strides[3] == 1 {
-                        row.iter_mut().zip(&m.data[base..base + kv_len]).for_each(|(s, &a)| *s += a);
-                    } else {
-                        row.iter_mut().enumerate().for_each(|(j, s)| *s += m.data[base + j * m.strides[3]]);
-                    }
+        let mut oh = vec![0f32; r * d];
+        let qh = MatRef { data: &q[(b * q_len + r0) * c + h * d..], rows: r, cols: d, row_stride: c, col_stride: 1 };
+        let kb = &k[b * kv_len * c + h * d..];
+        let kt = MatRef { data: kb, rows: d, cols: kv_len, row_stride: 1, col_stride: c };
+        sgemm(qh, kt, &mut scores, kv_len, scale, 0.0, Parallel::None);
+        if let Some(m) = mask {
+            for i in 0..r {
+                let base = b * m.strides[0] + h * m.strides[1] + (r0 + i) * m.strides[2];
+                let row = &mut scores[i * kv_len..(i + 1) * kv_len];
+                if m.strides[3] == 1 {
+                    row.iter_mut().zip(&m.data[base..base + kv_len]).for_each(|(s, &a)| *s += a);
+                } else {
+                    row.iter_mut().enumerate().for_each(|(j, s)| *s += m.data[base + j * m.strides[3]]);
                 }
             }
-            for (x, y) in scores.chunks(kv_len).zip(probs.chunks_mut(kv_len)) {
-                softmax_row(x, y);
-            }
-            let p = MatRef::row_major(&probs, r, kv_len);
-            let vh = MatRef { data: &vb[h * d..], rows: kv_len, cols: d, row_stride: c, col_stride: 1 };
-            sgemm(p, vh, &mut o[h * d..], c, 1.0, 0.0, Parallel::None);
+        }
+        for (x, y) in scores.chunks(kv_len).zip(probs.chunks_mut(kv_len)) {
+            softmax_row(x, y);
+        }
+        let p = MatRef::row_major(&probs, r, kv_len);
+        let vh = MatRef { data: &v[b * kv_len * c + h * d..], rows: kv_len, cols: d, row_stride: c, col_stride: 1 };
+        sgemm(p, vh, &mut oh, d, 1.0, 0.0, Parallel::None);
+        for (i, row) in oh.chunks_exact(d).enumerate() {
+            let at = (b * q_len + r0 + i) * c + h * d;
+            // SAFETY: `at + d <= batch * q_len * c`, the length of `out`
+            // (checked at the top); tasks differ in (b, h, block), so the
+            // `d` values of (row, head) written here belong to this task
+            // alone, and `out` outlives the parallel loop.
+            unsafe { std::ptr::copy_nonoverlapping(row.as_ptr(), out.at(at), d) };
         }
     });
 }
+
+/// The output pointer, shared by tasks that write disjoint (row, head)
+/// segments.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+impl OutPtr {
+    /// The address of element `i` (a method, so that closures capture the
+    /// whole `Sync` wrapper rather than its raw pointer field).
+    fn at(self, i: usize) -> *mut f32 {
+        self.0.wrapping_add(i)
+    }
+}
+// SAFETY: tasks write disjoint segments (see `attention`).
+unsafe impl Send for OutPtr {}
+// SAFETY: as above.
+unsafe impl Sync for OutPtr {}
 
 #[cfg(test)]
 mod tests {

@@ -48,20 +48,44 @@ const ERFC_LARGE: [f32; 10] = [
 /// `tanh(x) / x` as a polynomial in `x^2`, for |x| < 0.625.
 const TANH_SMALL: [f32; 6] = [1.0, -0.333_332_75, 0.133_313_66, -0.053_735_826, 0.020_630_192, -0.005_697_406];
 
+/// `a * b + c`: one fused instruction where the caller is compiled with
+/// FMA (`FMA = true`, only inside the vector-feature wrappers of
+/// `with_vector_features!`), else a multiply and an add. Rust never fuses
+/// `a * b + c` on its own, and `mul_add` in code built without FMA is a
+/// libm call, so the choice is made per caller.
 #[inline(always)]
-fn horner<const N: usize>(c: &[f32; N], u: f32) -> f32 {
+fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
+    if FMA {
+        a.mul_add(b, c)
+    } else {
+        a * b + c
+    }
+}
+
+#[inline(always)]
+fn horner<const N: usize, const FMA: bool>(c: &[f32; N], u: f32) -> f32 {
     let mut r = c[N - 1];
     let mut i = N - 1;
     while i > 0 {
         i -= 1;
-        r = r * u + c[i];
+        r = madd::<FMA>(r, u, c[i]);
     }
     r
 }
 
+/// Taylor coefficients of e^r (degree 7): truncation error < 6e-9 for
+/// |r| <= ln2/2.
+const EXP_TAYLOR: [f32; 8] = [1.0, 1.0, 0.5, 1.0 / 6.0, 1.0 / 24.0, 1.0 / 120.0, 1.0 / 720.0, 1.0 / 5040.0];
+
 /// e^x.
 #[inline(always)]
 pub fn exp_f32(x: f32) -> f32 {
+    exp_with::<false>(x)
+}
+
+/// [`exp_f32`], with fused multiply-adds when `FMA`.
+#[inline(always)]
+pub fn exp_with<const FMA: bool>(x: f32) -> f32 {
     // A NaN x stays NaN through the clamp and every float step (the integer
     // steps give garbage scale factors, which NaN times anything ignores).
     // No final `is_nan` select: in an in-place loop it lets the compiler
@@ -70,12 +94,8 @@ pub fn exp_f32(x: f32) -> f32 {
     let t = xc * LOG2_E + ROUND_MAGIC;
     let kf = t - ROUND_MAGIC;
     let k = (t.to_bits() as i32).wrapping_sub(ROUND_MAGIC.to_bits() as i32);
-    let r = (xc - kf * LN2_HI) - kf * LN2_LO;
-    // Taylor polynomial of e^r for |r| <= ln2/2: truncation error < 6e-9.
-    let p = 1.0
-        + r * (1.0
-            + r * (0.5
-                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
+    let r = madd::<FMA>(-kf, LN2_LO, madd::<FMA>(-kf, LN2_HI, xc));
+    let p = horner::<8, FMA>(&EXP_TAYLOR, r);
     // 2^k in two factors so that k = 128 (results near f32::MAX) works.
     let k1 = k >> 1;
     let k2 = k.wrapping_sub(k1);
@@ -100,7 +120,13 @@ const ERFC_ZERO_FROM: f32 = 9.0;
 /// Logistic sigmoid 1 / (1 + e^-x).
 #[inline(always)]
 pub fn sigmoid_f32(x: f32) -> f32 {
-    let s = 1.0 / (1.0 + exp_f32(-x));
+    sigmoid_with::<false>(x)
+}
+
+/// [`sigmoid_f32`], with fused multiply-adds when `FMA`.
+#[inline(always)]
+pub fn sigmoid_with<const FMA: bool>(x: f32) -> f32 {
+    let s = 1.0 / (1.0 + exp_with::<FMA>(-x));
     // Below -87 the quotient would be subnormal; the comparison is false
     // for NaN, which then propagates through `s`.
     if x < EXP_MIN_NORMAL_INPUT {
@@ -113,9 +139,15 @@ pub fn sigmoid_f32(x: f32) -> f32 {
 /// Hyperbolic tangent.
 #[inline(always)]
 pub fn tanh_f32(x: f32) -> f32 {
+    tanh_with::<false>(x)
+}
+
+/// [`tanh_f32`], with fused multiply-adds when `FMA`.
+#[inline(always)]
+pub fn tanh_with<const FMA: bool>(x: f32) -> f32 {
     let ax = x.abs();
-    let small = x * horner(&TANH_SMALL, x * x);
-    let e = exp_f32(2.0 * ax.min(10.0));
+    let small = x * horner::<6, FMA>(&TANH_SMALL, x * x);
+    let e = exp_with::<FMA>(2.0 * ax.min(10.0));
     let big = (1.0 - 2.0 / (e + 1.0)).copysign(x);
     // Written so that NaN (every comparison false) takes the small path,
     // which propagates it.
@@ -128,18 +160,24 @@ pub fn tanh_f32(x: f32) -> f32 {
 
 /// erfc(a) for 1 <= a <= 9 (relative error ~2e-6); beyond 9, erfc(9).
 #[inline(always)]
-fn erfc_large(a: f32) -> f32 {
+fn erfc_large<const FMA: bool>(a: f32) -> f32 {
     let a = a.min(ERFC_ZERO_FROM);
-    let t = 1.0 / (1.0 + 0.5 * a);
-    exp_f32(-a * a) * horner(&ERFC_LARGE, t)
+    let t = 1.0 / madd::<FMA>(0.5, a, 1.0);
+    exp_with::<FMA>(-a * a) * horner::<10, FMA>(&ERFC_LARGE, t)
 }
 
 /// The error function.
 #[inline(always)]
 pub fn erf_f32(x: f32) -> f32 {
+    erf_with::<false>(x)
+}
+
+/// [`erf_f32`], with fused multiply-adds when `FMA`.
+#[inline(always)]
+pub fn erf_with<const FMA: bool>(x: f32) -> f32 {
     let ax = x.abs();
-    let small = x * horner(&ERF_SMALL, x * x);
-    let big = (1.0 - erfc_large(ax.max(1.0))).copysign(x);
+    let small = x * horner::<7, FMA>(&ERF_SMALL, x * x);
+    let big = (1.0 - erfc_large::<FMA>(ax.max(1.0))).copysign(x);
     // NaN fails the comparison and takes the small path, which keeps it.
     if ax >= 1.0 {
         big
@@ -152,12 +190,18 @@ pub fn erf_f32(x: f32) -> f32 {
 /// negative tail uses erfc directly, so it keeps its relative accuracy.
 #[inline(always)]
 pub fn gelu_erf_f32(x: f32) -> f32 {
+    gelu_erf_with::<false>(x)
+}
+
+/// [`gelu_erf_f32`], with fused multiply-adds when `FMA`.
+#[inline(always)]
+pub fn gelu_erf_with<const FMA: bool>(x: f32) -> f32 {
     let z = x * FRAC_1_SQRT_2;
     let az = z.abs();
-    let small = 0.5 * x * (1.0 + z * horner(&ERF_SMALL, z * z));
-    let c = erfc_large(az.max(1.0));
+    let small = 0.5 * x * madd::<FMA>(z, horner::<7, FMA>(&ERF_SMALL, z * z), 1.0);
+    let c = erfc_large::<FMA>(az.max(1.0));
     let neg = if az < ERFC_ZERO_FROM { 0.5 * x * c } else { -0.0 };
-    let big = if z > 0.0 { x * (1.0 - 0.5 * c) } else { neg };
+    let big = if z > 0.0 { x * madd::<FMA>(-0.5, c, 1.0) } else { neg };
     // NaN fails the comparison and takes the small path, which keeps it.
     if az >= 1.0 {
         big
@@ -170,13 +214,20 @@ pub fn gelu_erf_f32(x: f32) -> f32 {
 /// function as x/2 * (1 + tanh y), without cancellation for negative x).
 #[inline(always)]
 pub fn gelu_tanh_f32(x: f32) -> f32 {
+    gelu_tanh_with::<false>(x)
+}
+
+/// [`gelu_tanh_f32`], with fused multiply-adds when `FMA`.
+#[inline(always)]
+pub fn gelu_tanh_with<const FMA: bool>(x: f32) -> f32 {
     const K: f32 = 0.797_884_6; // sqrt(2/pi)
-    let y = K * (x + 0.044_715 * x * x * x);
-    // NaN propagates through y and exp_f32.
-    x / (1.0 + exp_f32(-2.0 * y))
+    let y = K * madd::<FMA>(0.044_715 * x, x * x, x);
+    // NaN propagates through y and exp.
+    x / (1.0 + exp_with::<FMA>(-2.0 * y))
 }
 
 /// Maximum of a slice (NaNs are skipped; -inf for an empty slice).
+#[inline(always)]
 pub fn max_f32(x: &[f32]) -> f32 {
     let mut lanes = [f32::NEG_INFINITY; 16];
     let mut chunks = x.chunks_exact(16);
@@ -194,6 +245,7 @@ pub fn max_f32(x: &[f32]) -> f32 {
 
 /// Sum of a slice, with 16 partial sums (vectorizes, and is more accurate
 /// than a single running sum).
+#[inline(always)]
 pub fn sum_f32(x: &[f32]) -> f32 {
     let mut lanes = [0.0f32; 16];
     let mut chunks = x.chunks_exact(16);
@@ -216,9 +268,19 @@ pub fn sum_f32(x: &[f32]) -> f32 {
 
 /// `y = softmax(x)` over one contiguous row. `x` and `y` have equal length.
 pub fn softmax_row(x: &[f32], y: &mut [f32]) {
+    with_vector_features!(softmax_body(x: &[f32], y: &mut [f32]))
+}
+
+/// `y = log_softmax(x)` over one contiguous row.
+pub fn log_softmax_row(x: &[f32], y: &mut [f32]) {
+    with_vector_features!(log_softmax_body(x: &[f32], y: &mut [f32]))
+}
+
+#[inline(always)]
+fn softmax_body<const FMA: bool>(x: &[f32], y: &mut [f32]) {
     let m = max_f32(x);
     for (o, &v) in y.iter_mut().zip(x) {
-        *o = exp_f32(v - m);
+        *o = exp_with::<FMA>(v - m);
     }
     let inv = 1.0 / sum_f32(y);
     for o in y.iter_mut() {
@@ -226,16 +288,88 @@ pub fn softmax_row(x: &[f32], y: &mut [f32]) {
     }
 }
 
-/// `y = log_softmax(x)` over one contiguous row.
-pub fn log_softmax_row(x: &[f32], y: &mut [f32]) {
+#[inline(always)]
+fn log_softmax_body<const FMA: bool>(x: &[f32], y: &mut [f32]) {
     let m = max_f32(x);
     for (o, &v) in y.iter_mut().zip(x) {
-        *o = exp_f32(v - m);
+        *o = exp_with::<FMA>(v - m);
     }
     let shift = m + (sum_f32(y) as f64).ln() as f32;
     for (o, &v) in y.iter_mut().zip(x) {
         *o = v - shift;
     }
+}
+
+/// Normalizes one row: `y = (x - mean) * inv * scale + bias` with `inv =
+/// 1 / sqrt(var + eps)` (LayerNormalization), or with mean 0 and the mean
+/// square as variance (`rms`, RMSNormalization). Returns (mean, inv).
+/// Sums run in 16 f32 lanes over blocks of 1024 values, added up in f64,
+/// so that long rows keep their accuracy and short ones vectorize.
+pub fn norm_row(x: &[f32], y: &mut [f32], scale: &[f32], bias: Option<&[f32]>, eps: f32, rms: bool) -> (f32, f32) {
+    with_vector_features!(norm_row_body(
+        x: &[f32],
+        y: &mut [f32],
+        scale: &[f32],
+        bias: Option<&[f32]>,
+        eps: f32,
+        rms: bool,
+    ) -> (f32, f32))
+}
+
+#[inline(always)]
+fn norm_row_body<const FMA: bool>(
+    x: &[f32],
+    y: &mut [f32],
+    scale: &[f32],
+    bias: Option<&[f32]>,
+    eps: f32,
+    rms: bool,
+) -> (f32, f32) {
+    assert!(y.len() == x.len() && scale.len() == x.len(), "row, output and scale lengths differ");
+    if x.is_empty() {
+        return (0.0, 0.0);
+    }
+    let n = x.len() as f64;
+    let mean = if rms { 0.0 } else { (block_sum(x, 0.0, false) / n) as f32 };
+    let var = block_sum(x, mean, true) / n;
+    let inv = (1.0 / (var + eps as f64).sqrt()) as f32;
+    match bias {
+        Some(b) => {
+            assert_eq!(b.len(), x.len(), "bias length differs from the row's");
+            for (((o, &v), &s), &b) in y.iter_mut().zip(x).zip(scale).zip(b) {
+                *o = madd::<FMA>((v - mean) * inv, s, b);
+            }
+        }
+        None => {
+            for ((o, &v), &s) in y.iter_mut().zip(x).zip(scale) {
+                *o = (v - mean) * inv * s;
+            }
+        }
+    }
+    (mean, inv)
+}
+
+/// `sum(x - shift)` or, with `square`, `sum((x - shift)^2)`.
+#[inline(always)]
+fn block_sum(x: &[f32], shift: f32, square: bool) -> f64 {
+    let mut total = 0.0f64;
+    for block in x.chunks(1024) {
+        let mut lanes = [0.0f32; 16];
+        let mut chunks = block.chunks_exact(16);
+        for c in &mut chunks {
+            for j in 0..16 {
+                let d = c[j] - shift;
+                lanes[j] += if square { d * d } else { d };
+            }
+        }
+        let mut s = 0.0f32;
+        for &v in chunks.remainder() {
+            let d = v - shift;
+            s += if square { d * d } else { d };
+        }
+        total += lanes.iter().map(|&l| l as f64).sum::<f64>() + s as f64;
+    }
+    total
 }
 
 /// The error function in double precision (relative error ~1e-15): a
@@ -315,19 +449,24 @@ mod tests {
 
     #[test]
     fn erf_f32_abs_error_below_1e6() {
+        erf_f32_abs_error_below_1e6_impl::<false>();
+        erf_f32_abs_error_below_1e6_impl::<true>();
+    }
+
+    fn erf_f32_abs_error_below_1e6_impl<const F: bool>() {
         let mut worst = 0.0f64;
         let n = 400_000;
         for i in 0..=n {
             let x = -7.0 + 14.0 * i as f64 / n as f64;
-            let got = erf_f32(x as f32) as f64;
+            let got = erf_with::<F>(x as f32) as f64;
             let want = erf_f64(x as f32 as f64);
             worst = worst.max((got - want).abs());
         }
         assert!(worst < 2e-7, "worst abs error {worst}");
-        assert!(erf_f32(f32::NAN).is_nan());
-        assert_eq!(erf_f32(f32::INFINITY), 1.0);
-        assert_eq!(erf_f32(f32::NEG_INFINITY), -1.0);
-        assert_eq!(erf_f32(0.0), 0.0);
+        assert!(erf_with::<F>(f32::NAN).is_nan());
+        assert_eq!(erf_with::<F>(f32::INFINITY), 1.0);
+        assert_eq!(erf_with::<F>(f32::NEG_INFINITY), -1.0);
+        assert_eq!(erf_with::<F>(0.0), 0.0);
     }
 
     fn ulp_diff(a: f32, b: f32) -> u32 {
@@ -336,26 +475,31 @@ mod tests {
 
     #[test]
     fn exp_f32_accuracy_and_edges() {
+        exp_f32_accuracy_and_edges_impl::<false>();
+        exp_f32_accuracy_and_edges_impl::<true>();
+    }
+
+    fn exp_f32_accuracy_and_edges_impl<const F: bool>() {
         let mut worst = 0;
         let mut x = EXP_MIN_NORMAL_INPUT;
         while x < 88.7 {
             let want = (x as f64).exp() as f32;
             if want.is_normal() {
-                worst = worst.max(ulp_diff(exp_f32(x), want));
+                worst = worst.max(ulp_diff(exp_with::<F>(x), want));
             }
             x += 0.0137;
         }
         assert!(worst <= 2, "worst ulp error {worst}");
-        assert_eq!(exp_f32(0.0), 1.0);
-        assert_eq!(exp_f32(f32::INFINITY), f32::INFINITY);
-        assert_eq!(exp_f32(89.0), f32::INFINITY);
-        assert_eq!(exp_f32(f32::NEG_INFINITY), 0.0);
-        assert_eq!(exp_f32(-200.0), 0.0);
-        assert!(exp_f32(f32::NAN).is_nan());
+        assert_eq!(exp_with::<F>(0.0), 1.0);
+        assert_eq!(exp_with::<F>(f32::INFINITY), f32::INFINITY);
+        assert_eq!(exp_with::<F>(89.0), f32::INFINITY);
+        assert_eq!(exp_with::<F>(f32::NEG_INFINITY), 0.0);
+        assert_eq!(exp_with::<F>(-200.0), 0.0);
+        assert!(exp_with::<F>(f32::NAN).is_nan());
         // Flushed instead of subnormal.
-        assert_eq!(exp_f32(-87.5), 0.0);
-        assert_eq!(exp_f32(-100.0), 0.0);
-        let smallest = exp_f32(-87.0);
+        assert_eq!(exp_with::<F>(-87.5), 0.0);
+        assert_eq!(exp_with::<F>(-100.0), 0.0);
+        let smallest = exp_with::<F>(-87.0);
         assert!(smallest.is_normal() && ulp_diff(smallest, (-87.0f64).exp() as f32) <= 2);
     }
 
@@ -363,16 +507,21 @@ mod tests {
     /// (they cost a microcode assist per vector operation on Intel cores).
     #[test]
     fn no_subnormal_results() {
+        no_subnormal_results_impl::<false>();
+        no_subnormal_results_impl::<true>();
+    }
+
+    fn no_subnormal_results_impl<const F: bool>() {
         let mut x = -200.0f32;
         while x < 200.0 {
             for (name, y) in [
-                ("exp", exp_f32(x)),
-                ("erf", erf_f32(x)),
-                ("tanh", tanh_f32(x)),
-                ("sigmoid", sigmoid_f32(x)),
-                ("gelu_erf", gelu_erf_f32(x)),
-                ("gelu_tanh", gelu_tanh_f32(x)),
-                ("silu", x * sigmoid_f32(x)),
+                ("exp", exp_with::<F>(x)),
+                ("erf", erf_with::<F>(x)),
+                ("tanh", tanh_with::<F>(x)),
+                ("sigmoid", sigmoid_with::<F>(x)),
+                ("gelu_erf", gelu_erf_with::<F>(x)),
+                ("gelu_tanh", gelu_tanh_with::<F>(x)),
+                ("silu", x * sigmoid_with::<F>(x)),
             ] {
                 assert!(!y.is_subnormal(), "{name}({x}) = {y:e} is subnormal");
             }
@@ -382,34 +531,61 @@ mod tests {
 
     #[test]
     fn tanh_sigmoid_gelu_accuracy() {
+        tanh_sigmoid_gelu_accuracy_impl::<false>();
+        tanh_sigmoid_gelu_accuracy_impl::<true>();
+    }
+
+    fn tanh_sigmoid_gelu_accuracy_impl<const F: bool>() {
         let mut x = -20.0f32;
         while x < 20.0 {
             let xd = x as f64;
-            let t = tanh_f32(x) as f64;
+            let t = tanh_with::<F>(x) as f64;
             assert!((t - xd.tanh()).abs() <= 3e-7 * xd.tanh().abs() + 1e-30, "tanh({x}) = {t}");
-            let s = sigmoid_f32(x) as f64;
+            let s = sigmoid_with::<F>(x) as f64;
             let sw = 1.0 / (1.0 + (-xd).exp());
             assert!((s - sw).abs() <= 4e-7 * sw, "sigmoid({x}) = {s}");
-            let g = gelu_erf_f32(x) as f64;
+            let g = gelu_erf_with::<F>(x) as f64;
             let gw = 0.5 * xd * (1.0 + erf_f64(xd / 2f64.sqrt()));
             assert!((g - gw).abs() <= 2e-6 * gw.abs() + 1e-6, "gelu({x}) = {g}, want {gw}");
-            let gt = gelu_tanh_f32(x) as f64;
+            let gt = gelu_tanh_with::<F>(x) as f64;
             let y = (2.0 / std::f64::consts::PI).sqrt() * (xd + 0.044715 * xd.powi(3));
             let gtw = 0.5 * xd * (1.0 + y.tanh());
             assert!((gt - gtw).abs() <= 2e-6 * gtw.abs() + 1e-6, "gelu_tanh({x}) = {gt}, want {gtw}");
             x += 0.00731;
         }
-        assert_eq!(tanh_f32(f32::INFINITY), 1.0);
-        assert_eq!(tanh_f32(f32::NEG_INFINITY), -1.0);
-        assert!(tanh_f32(f32::NAN).is_nan());
-        assert_eq!(sigmoid_f32(f32::NEG_INFINITY), 0.0);
-        assert_eq!(sigmoid_f32(f32::INFINITY), 1.0);
-        assert_eq!(gelu_erf_f32(f32::NEG_INFINITY), 0.0);
-        assert_eq!(gelu_tanh_f32(f32::INFINITY), f32::INFINITY);
+        assert_eq!(tanh_with::<F>(f32::INFINITY), 1.0);
+        assert_eq!(tanh_with::<F>(f32::NEG_INFINITY), -1.0);
+        assert!(tanh_with::<F>(f32::NAN).is_nan());
+        assert_eq!(sigmoid_with::<F>(f32::NEG_INFINITY), 0.0);
+        assert_eq!(sigmoid_with::<F>(f32::INFINITY), 1.0);
+        assert_eq!(gelu_erf_with::<F>(f32::NEG_INFINITY), 0.0);
+        assert_eq!(gelu_tanh_with::<F>(f32::INFINITY), f32::INFINITY);
         // The negative tail keeps relative accuracy.
-        let g = gelu_erf_f32(-6.0) as f64;
+        let g = gelu_erf_with::<F>(-6.0) as f64;
         let gw = -5.919_525_870_226_207e-9; // -3 * erfc(6 / sqrt 2)
         assert!((g - gw).abs() <= 1e-4 * gw.abs(), "{g} vs {gw}");
+    }
+
+    #[test]
+    fn norm_row_matches_f64_statistics() {
+        for (len, rms) in [(1usize, false), (17, false), (768, false), (768, true), (5000, false), (3001, true)] {
+            let x: Vec<f32> = (0..len).map(|i| ((i * 37 % 101) as f32 - 40.0) * 0.37 + 3.0).collect();
+            let scale: Vec<f32> = (0..len).map(|i| 0.5 + (i % 7) as f32 * 0.1).collect();
+            let bias: Vec<f32> = (0..len).map(|i| (i % 5) as f32 * 0.2 - 0.4).collect();
+            let mut y = vec![f32::NAN; len];
+            let (mean, inv) = norm_row(&x, &mut y, &scale, if rms { None } else { Some(&bias) }, 1e-5, rms);
+            let n = len as f64;
+            let m = if rms { 0.0 } else { x.iter().map(|&v| v as f64).sum::<f64>() / n };
+            let var = x.iter().map(|&v| (v as f64 - m).powi(2)).sum::<f64>() / n;
+            let iv = 1.0 / (var + 1e-5).sqrt();
+            assert!((mean as f64 - m).abs() <= 1e-5 * m.abs().max(1.0), "{len}: mean {mean} vs {m}");
+            assert!((inv as f64 - iv).abs() <= 1e-5 * iv, "{len}: inv {inv} vs {iv}");
+            for i in 0..len {
+                let b = if rms { 0.0 } else { bias[i] as f64 };
+                let want = (x[i] as f64 - m) * iv * scale[i] as f64 + b;
+                assert!((y[i] as f64 - want).abs() <= 1e-5 * want.abs().max(1.0), "{len} at {i}: {} vs {want}", y[i]);
+            }
+        }
     }
 
     #[test]

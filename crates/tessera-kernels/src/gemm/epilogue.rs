@@ -3,7 +3,7 @@
 //! memory. The order is ONNX's unfused order: `act(alpha * acc + bias) +
 //! residual`.
 
-use crate::elementwise::{gelu_erf_f32, gelu_tanh_f32, sigmoid_f32};
+use crate::elementwise::{gelu_erf_f32, gelu_erf_with, gelu_tanh_f32, gelu_tanh_with, sigmoid_f32, sigmoid_with};
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Default)]
 pub enum Activation {
@@ -62,31 +62,12 @@ impl Activation {
 /// Applies `act` to every element of `x`, vectorized for the widest unit
 /// the CPU has (the activations are branch-free polynomial forms).
 pub fn activate(act: Activation, x: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx512f")]
-        fn wide(act: Activation, x: &mut [f32]) {
-            activate_body(act, x)
-        }
-        #[target_feature(enable = "avx2,fma")]
-        fn narrow(act: Activation, x: &mut [f32]) {
-            activate_body(act, x)
-        }
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU supports AVX-512F (checked just above).
-            return unsafe { wide(act, x) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-            // SAFETY: the CPU supports AVX2 and FMA (checked just above).
-            return unsafe { narrow(act, x) };
-        }
-    }
-    activate_body(act, x)
+    with_vector_features!(activate_body(act: Activation, x: &mut [f32]))
 }
 
 /// The activation loops, inlined into each vector-feature wrapper.
 #[inline(always)]
-fn activate_body(act: Activation, x: &mut [f32]) {
+fn activate_body<const FMA: bool>(act: Activation, x: &mut [f32]) {
     // Plain loops, not `for_each` closures: a closure the compiler
     // declines to inline is compiled without the caller's vector
     // features, and the activation then runs scalar.
@@ -99,17 +80,17 @@ fn activate_body(act: Activation, x: &mut [f32]) {
         }
         Activation::GeluErf => {
             for v in x.iter_mut() {
-                *v = gelu_erf_f32(*v);
+                *v = gelu_erf_with::<FMA>(*v);
             }
         }
         Activation::GeluTanh => {
             for v in x.iter_mut() {
-                *v = gelu_tanh_f32(*v);
+                *v = gelu_tanh_with::<FMA>(*v);
             }
         }
         Activation::Silu => {
             for v in x.iter_mut() {
-                *v *= sigmoid_f32(*v);
+                *v *= sigmoid_with::<FMA>(*v);
             }
         }
     }
@@ -153,36 +134,21 @@ impl<'a> Epilogue<'a> {
     /// output row `row`.
     #[inline]
     pub fn apply_f32(&self, acc: &[f32], row: usize, j0: usize, dst: &mut [f32]) {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx512f") {
-                // SAFETY: the CPU supports AVX-512F (checked just above).
-                return unsafe { self.apply_avx512(acc, row, j0, dst) };
-            }
-            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-                // SAFETY: the CPU supports AVX2 and FMA (checked just above).
-                return unsafe { self.apply_avx2(acc, row, j0, dst) };
-            }
-        }
-        self.apply_generic(acc, row, j0, dst)
+        let epi = self;
+        with_vector_features!(apply_epilogue(epi: &Epilogue, acc: &[f32], row: usize, j0: usize, dst: &mut [f32]))
     }
+}
 
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f")]
-    fn apply_avx512(&self, acc: &[f32], row: usize, j0: usize, dst: &mut [f32]) {
-        self.apply_generic(acc, row, j0, dst)
-    }
+/// The one definition of the epilogue, compiled for each vector unit by
+/// `with_vector_features!`.
+#[inline(always)]
+fn apply_epilogue<const FMA: bool>(epi: &Epilogue, acc: &[f32], row: usize, j0: usize, dst: &mut [f32]) {
+    epi.apply_generic::<FMA>(acc, row, j0, dst)
+}
 
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    fn apply_avx2(&self, acc: &[f32], row: usize, j0: usize, dst: &mut [f32]) {
-        self.apply_generic(acc, row, j0, dst)
-    }
-
-    /// The one definition of the epilogue; the wrappers above compile it
-    /// for wider vectors.
+impl Epilogue<'_> {
     #[inline(always)]
-    fn apply_generic(&self, acc: &[f32], row: usize, j0: usize, dst: &mut [f32]) {
+    fn apply_generic<const FMA: bool>(&self, acc: &[f32], row: usize, j0: usize, dst: &mut [f32]) {
         let n = dst.len();
         let acc = &acc[..n];
         let alpha = self.alpha;
@@ -193,7 +159,7 @@ impl<'a> Epilogue<'a> {
         }
         // The activation loops live in `activate`'s body, which is inlined
         // here and so compiled with this function's vector features.
-        activate_body(self.activation, dst);
+        activate_body::<FMA>(self.activation, dst);
         if let Some(r) = self.residual {
             let src = &r.data[row * r.row_stride + j0..][..n];
             dst.iter_mut().zip(src).for_each(|(d, &s)| *d += s);

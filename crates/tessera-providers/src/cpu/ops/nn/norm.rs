@@ -210,10 +210,45 @@ fn inner_param<T: Float>(node: &Node, t: &Tensor, inner: &[usize], what: &str) -
     Ok(out)
 }
 
+/// One row of LayerNorm or RMSNorm: the f32 rows run the vectorized
+/// kernel, f64 rows the plain loop (statistics in f64 either way).
+trait RowNorm: Float {
+    /// Normalizes `x` into `y`; returns (mean, inverse standard deviation).
+    fn norm_row(x: &[Self], y: &mut [Self], scale: &[Self], bias: Option<&[Self]>, eps: f64, rms: bool) -> (f64, f64);
+}
+
+impl RowNorm for f32 {
+    fn norm_row(x: &[f32], y: &mut [f32], scale: &[f32], bias: Option<&[f32]>, eps: f64, rms: bool) -> (f64, f64) {
+        let (mean, inv) = tessera_kernels::elementwise::norm_row(x, y, scale, bias, eps as f32, rms);
+        (mean as f64, inv as f64)
+    }
+}
+
+impl RowNorm for f64 {
+    fn norm_row(x: &[f64], y: &mut [f64], scale: &[f64], bias: Option<&[f64]>, eps: f64, rms: bool) -> (f64, f64) {
+        let n = x.len() as f64;
+        let (mean, var) = if rms { (0.0, x.iter().map(|v| v * v).sum::<f64>() / n) } else { mean_var(x) };
+        let inv = 1.0 / (var + eps).sqrt();
+        match bias {
+            Some(b) => {
+                for (((o, &xv), &s), &bv) in y.iter_mut().zip(x).zip(scale).zip(b) {
+                    *o = (xv - mean) * inv * s + bv;
+                }
+            }
+            None => {
+                for ((o, &xv), &s) in y.iter_mut().zip(x).zip(scale) {
+                    *o = (xv - mean) * inv * s;
+                }
+            }
+        }
+        (mean, inv)
+    }
+}
+
 /// Normalizes rows of length `inner`: LayerNorm (`rms == false`) or RMSNorm.
-/// Returns the per-row mean (0 for RMS) and inverse standard deviation.
+/// Fills the per-row mean (0 for RMS) and inverse standard deviation.
 #[allow(clippy::too_many_arguments)]
-fn norm_rows<T: Float>(
+fn norm_rows<T: RowNorm>(
     x: &[T],
     y: &mut [T],
     inner: usize,
@@ -227,26 +262,7 @@ fn norm_rows<T: Float>(
         return;
     }
     type Row<'a, T> = ((&'a mut [T], &'a [T]), &'a mut (f64, f64));
-    let f = |((yr, xr), st): Row<T>| {
-        let n = inner as f64;
-        let (mean, var) =
-            if rms { (0.0, xr.iter().map(|v| v.to_f64() * v.to_f64()).sum::<f64>() / n) } else { mean_var(xr) };
-        let inv = 1.0 / (var + eps).sqrt();
-        *st = (mean, inv);
-        let (m, iv) = (T::from_f64(mean), T::from_f64(inv));
-        match bias {
-            Some(b) => {
-                for (((o, &xv), &s), &bv) in yr.iter_mut().zip(xr).zip(scale).zip(b) {
-                    *o = (xv - m) * iv * s + bv;
-                }
-            }
-            None => {
-                for ((o, &xv), &s) in yr.iter_mut().zip(xr).zip(scale) {
-                    *o = (xv - m) * iv * s;
-                }
-            }
-        }
-    };
+    let f = |((yr, xr), st): Row<T>| *st = T::norm_row(xr, yr, scale, bias, eps, rms);
     if x.len() > (1 << 15) {
         y.par_chunks_mut(inner).zip(x.par_chunks(inner)).zip(stats.par_iter_mut()).for_each(f);
     } else {
