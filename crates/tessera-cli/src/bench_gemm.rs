@@ -5,11 +5,11 @@
 use std::time::Instant;
 
 use serde::Serialize;
-use tessera_kernels::weight_mem;
 use tessera_kernels::gemm::{
-    self, tile_igemm_with, tile_sgemm_with, ukernel::amx, ukernel::DotKind, Activation, Epilogue, I8Mat, I8Out, MatRef, PackedB,
-    Parallel, Split, TileBlocking, TileIsa,
+    self, tile_igemm_with, tile_sgemm_with, ukernel::amx, ukernel::DotKind, Activation, Epilogue, I8Mat, I8Out, MatRef,
+    PackedB, Parallel, Split, TileBlocking, TileIsa,
 };
+use tessera_kernels::weight_mem;
 
 #[derive(Serialize)]
 pub struct Row {
@@ -209,8 +209,12 @@ pub fn ukernel_study(seconds: f64) -> Result<(), String> {
     tessera_hw::amx_enabled()?;
     let probe = amx::probe_peak(DotKind::Bf16, 2_000_000) / 1e9;
     println!("tile probe (register-only), 1 thread: {probe:.0} GFLOP/s");
-    println!("{:<28} {:>10} {:>8} {:>8} {:>10} {:>7}", "operands", "kblocks", "C load", "prefetch", "GFLOP/s", "%probe");
-    let placements = [("L1 (1 A x 1 B panel)", 8, 1, 1), ("L2 (4 A x 8 B panels)", 24, 4, 8), ("L2, long K (2 A x 2 B)", 96, 2, 2)];
+    println!(
+        "{:<28} {:>10} {:>8} {:>8} {:>10} {:>7}",
+        "operands", "kblocks", "C load", "prefetch", "GFLOP/s", "%probe"
+    );
+    let placements =
+        [("L1 (1 A x 1 B panel)", 8, 1, 1), ("L2 (4 A x 8 B panels)", 24, 4, 8), ("L2, long K (2 A x 2 B)", 96, 2, 2)];
     for (name, kblocks, a_panels, b_panels) in placements {
         for accumulate in [false, true] {
             for prefetch in [amx::Prefetch::None, amx::Prefetch::A, amx::Prefetch::Ab] {
@@ -388,13 +392,9 @@ pub fn run(opts: &Options) -> Result<Vec<Row>, String> {
                                 // With an epilogue, the dynamic-quantization
                                 // output (scaled to fp32, then the epilogue).
                                 let out = match act {
-                                    Some(_) => I8Out::F32 {
-                                        c: &mut c,
-                                        ldc: n,
-                                        scale_a: &[0.01],
-                                        scale_b: &[0.01],
-                                        epi: &epi,
-                                    },
+                                    Some(_) => {
+                                        I8Out::F32 { c: &mut c, ldc: n, scale_a: &[0.01], scale_b: &[0.01], epi: &epi }
+                                    }
                                     None => I8Out::I32 { c: &mut ci, ldc: n },
                                 };
                                 tile_igemm_with(TileIsa::Amx, blk, am, &[128], &pbs[i % pbs.len()], out)
@@ -442,7 +442,19 @@ pub fn run(opts: &Options) -> Result<Vec<Row>, String> {
 pub fn print(rows: &[Row]) {
     println!(
         "{:<12} {:<9} {:>5} {:<14} {:>6} {:>6} {:>6} {:>4} {:>10} {:>10} {:>7} {:>10} {:>7}",
-        "kernel", "blocking", "pages", "epilogue", "M", "N", "K", "thr", "GFLOP/s", "probe", "%probe", "chip peak", "%chip"
+        "kernel",
+        "blocking",
+        "pages",
+        "epilogue",
+        "M",
+        "N",
+        "K",
+        "thr",
+        "GFLOP/s",
+        "probe",
+        "%probe",
+        "chip peak",
+        "%chip"
     );
     for r in rows {
         let opt = |v: f64, digits: usize| if v > 0.0 { format!("{v:.digits$}") } else { "-".into() };
@@ -450,7 +462,13 @@ pub fn print(rows: &[Row]) {
             "{:<12} {:<9} {:>5} {:<14} {:>6} {:>6} {:>6} {:>4} {:>10.1} {:>10} {:>7} {:>10} {:>7}",
             r.kernel,
             if r.blocking.is_empty() { "-" } else { &r.blocking },
-            if r.blocking.is_empty() { "-" } else if r.huge_pages { "2M" } else { "4K" },
+            if r.blocking.is_empty() {
+                "-"
+            } else if r.huge_pages {
+                "2M"
+            } else {
+                "4K"
+            },
             if r.epilogue.is_empty() { "-" } else { &r.epilogue },
             r.m,
             r.n,

@@ -205,7 +205,19 @@ fn main() {
         Cmd::Detect { json } => detect::run(json),
         Cmd::Calibrate { threads, json } => calibrate::run(threads, json),
         Cmd::BenchGemm { ukernel_study: true, seconds, .. } => bench_gemm::ukernel_study(seconds),
-        Cmd::BenchGemm { shapes, threads, kernels, seconds, cold, tile_blocking, best, epilogue, huge_pages, json, .. } => {
+        Cmd::BenchGemm {
+            shapes,
+            threads,
+            kernels,
+            seconds,
+            cold,
+            tile_blocking,
+            best,
+            epilogue,
+            huge_pages,
+            json,
+            ..
+        } => {
             let tile = bench_gemm::TileCases { blocking: &tile_blocking, epilogue: &epilogue, huge_pages: &huge_pages };
             cmd_bench_gemm(&shapes, threads, kernels, seconds, cold, tile, best, json)
         }
@@ -643,8 +655,17 @@ fn cmd_bench_gemm(
     };
     let kernels =
         if kernels.is_empty() { bench_gemm::ALL_KERNELS.iter().map(|s| s.to_string()).collect() } else { kernels };
-    let opts =
-        bench_gemm::Options { shapes, threads, kernels, min_seconds: seconds, cold, blockings, epilogues, best, huge_pages };
+    let opts = bench_gemm::Options {
+        shapes,
+        threads,
+        kernels,
+        min_seconds: seconds,
+        cold,
+        blockings,
+        epilogues,
+        best,
+        huge_pages,
+    };
     let rows = bench_gemm::run(&opts)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&rows).map_err(|e| e.to_string())?);

@@ -7,6 +7,7 @@ pub mod fuse_attention;
 pub mod fuse_gelu;
 pub mod fuse_layernorm;
 pub mod fuse_matmul;
+pub mod merge_qkv;
 mod pattern;
 
 use crate::{Graph, Node, Result, Tensor};
@@ -25,20 +26,23 @@ pub struct PassReport {
     pub matmul_bias_fused: usize,
     pub epilogue_fused: usize,
     pub attention_fused: usize,
+    /// Attention blocks whose Q, K and V projections became one GEMM.
+    pub qkv_merged: usize,
 }
 
 impl std::fmt::Display for PassReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "constant-folded {} nodes, removed {} dead nodes, fused {} LayerNorm, {} GELU, {} attention, {} MatMul+bias, {} epilogues",
+            "constant-folded {} nodes, removed {} dead nodes, fused {} LayerNorm, {} GELU, {} attention, {} MatMul+bias, {} epilogues, {} Q/K/V merges",
             self.folded,
             self.dead_removed,
             self.layernorm_fused,
             self.gelu_fused,
             self.attention_fused,
             self.matmul_bias_fused,
-            self.epilogue_fused
+            self.epilogue_fused,
+            self.qkv_merged
         )
     }
 }
@@ -65,6 +69,7 @@ pub fn optimize_with(graph: &mut Graph, eval: &Evaluator, fuse_matmul_ops: bool)
         r.attention_fused = fuse_attention::fuse_attention(graph);
         r.matmul_bias_fused = fuse_matmul::fuse_matmul_bias(graph);
         r.epilogue_fused = fuse_matmul::fuse_epilogues(graph);
+        r.qkv_merged = merge_qkv::merge_qkv_projections(graph);
     }
     r.dead_removed += dce::eliminate_dead_nodes(graph);
     graph.toposort()?;

@@ -331,9 +331,19 @@ fn infer_node(n: &Node, ins: &[Option<&Known>]) -> Result<Vec<Known>> {
     let op = n.op_type.as_str();
     let fused_matmul = n.domain == "tessera" && op == "FusedMatMul";
     if n.domain == "tessera" && op == "Attention" {
-        // [B, S, H·d] in, the same out.
+        // [B, S, H·d] in, the same out; a packed Q/K/V input is [B, S, 3·H·d].
+        let packed = n.attr_int_or(crate::passes::merge_qkv::QKV_PACKED, 0).unwrap_or(0) != 0;
         if let Some(q) = ins.first().copied().flatten() {
-            outs[0] = Known { dtype: q.dtype, shape: q.shape.clone(), ..Default::default() };
+            let shape = q.shape.clone().map(|mut s| {
+                if let (true, Some(last)) = (packed, s.last_mut()) {
+                    *last = match *last {
+                        Dim::Known(c) if c % 3 == 0 => Dim::Known(c / 3),
+                        _ => Dim::Unknown,
+                    };
+                }
+                s
+            });
+            outs[0] = Known { dtype: q.dtype, shape, ..Default::default() };
         }
         return Ok(outs);
     }

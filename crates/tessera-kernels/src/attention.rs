@@ -28,22 +28,32 @@ pub struct MaskView<'a> {
     pub strides: [usize; 4],
 }
 
+/// Q, K or V: row `t` (a position of the flattened `[B, S]`) holds the
+/// `H·d` values of all heads at `data[t * row_stride..]`. The stride is
+/// `H·d` for a plain `[B, S, H·d]` tensor and larger when Q, K and V are
+/// column ranges of one packed projection.
+#[derive(Clone, Copy, Debug)]
+pub struct Rows<'a> {
+    pub data: &'a [f32],
+    pub row_stride: usize,
+}
+
+impl Rows<'_> {
+    /// Whether `rows` rows of `width` values fit the slice.
+    fn holds(&self, rows: usize, width: usize) -> bool {
+        rows == 0 || (self.row_stride >= width && (rows - 1) * self.row_stride + width <= self.data.len())
+    }
+}
+
 /// `out[b, i, h·d..] = softmax_j(scale · q[b,i,h] · k[b,j,h] + mask[b,h,i,j]) · v[b,j,h]`.
-/// Slices must hold `B·Sq·H·d` (q, out) and `B·Sk·H·d` (k, v) values; the
-/// mask view must fit its data. Runs on the current rayon pool.
-pub fn attention(
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    mask: Option<MaskView>,
-    scale: f32,
-    dims: AttentionDims,
-    out: &mut [f32],
-) {
+/// Q must hold `B·Sq` rows and K, V `B·Sk` rows of `H·d` values; `out` is
+/// `[B, Sq, H·d]`; the mask view must fit its data. Runs on the current
+/// rayon pool.
+pub fn attention(q: Rows, k: Rows, v: Rows, mask: Option<MaskView>, scale: f32, dims: AttentionDims, out: &mut [f32]) {
     let AttentionDims { batch, q_len, kv_len, heads, head_dim: d } = dims;
     let c = heads * d;
-    assert!(q.len() >= batch * q_len * c && out.len() >= batch * q_len * c, "q/out too short");
-    assert!(k.len() >= batch * kv_len * c && v.len() >= batch * kv_len * c, "k/v too short");
+    assert!(q.holds(batch * q_len, c) && out.len() >= batch * q_len * c, "q/out too short");
+    assert!(k.holds(batch * kv_len, c) && v.holds(batch * kv_len, c), "k/v too short");
     if batch == 0 || q_len == 0 || c == 0 {
         return;
     }
@@ -69,9 +79,11 @@ pub fn attention(
         let mut scores = vec![0f32; r * kv_len];
         let mut probs = vec![0f32; r * kv_len];
         let mut oh = vec![0f32; r * d];
-        let qh = MatRef { data: &q[(b * q_len + r0) * c + h * d..], rows: r, cols: d, row_stride: c, col_stride: 1 };
-        let kb = &k[b * kv_len * c + h * d..];
-        let kt = MatRef { data: kb, rows: d, cols: kv_len, row_stride: 1, col_stride: c };
+        let (lq, lk, lv) = (q.row_stride, k.row_stride, v.row_stride);
+        let qh =
+            MatRef { data: &q.data[(b * q_len + r0) * lq + h * d..], rows: r, cols: d, row_stride: lq, col_stride: 1 };
+        let kb = &k.data[b * kv_len * lk + h * d..];
+        let kt = MatRef { data: kb, rows: d, cols: kv_len, row_stride: 1, col_stride: lk };
         sgemm(qh, kt, &mut scores, kv_len, scale, 0.0, Parallel::None);
         if let Some(m) = mask {
             for i in 0..r {
@@ -88,7 +100,8 @@ pub fn attention(
             softmax_row(x, y);
         }
         let p = MatRef::row_major(&probs, r, kv_len);
-        let vh = MatRef { data: &v[b * kv_len * c + h * d..], rows: kv_len, cols: d, row_stride: c, col_stride: 1 };
+        let vh =
+            MatRef { data: &v.data[b * kv_len * lv + h * d..], rows: kv_len, cols: d, row_stride: lv, col_stride: 1 };
         sgemm(p, vh, &mut oh, d, 1.0, 0.0, Parallel::None);
         for (i, row) in oh.chunks_exact(d).enumerate() {
             let at = (b * q_len + r0 + i) * c + h * d;
@@ -180,10 +193,24 @@ mod tests {
             };
             let scale = 1.0 / (d as f32).sqrt();
             let want = reference(&q, &k, &v, mask, scale, dm);
+            let rows = |data| Rows { data, row_stride: c };
             let mut got = vec![f32::NAN; want.len()];
-            attention(&q, &k, &v, mask, scale, dm, &mut got);
+            attention(rows(&q[..]), rows(&k[..]), rows(&v[..]), mask, scale, dm, &mut got);
             for (a, b) in got.iter().zip(&want) {
                 prop_assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{} vs {}", a, b);
+            }
+            // The same through one packed [B, S, 3C] projection (Q, K and V
+            // as column ranges), where the sequence lengths allow it.
+            if q_len == kv_len {
+                let packed: Vec<f32> = (0..batch * q_len)
+                    .flat_map(|t| [&q, &k, &v].into_iter().flat_map(move |x| x[t * c..(t + 1) * c].to_vec()))
+                    .collect();
+                let at = |o: usize| Rows { data: &packed[o..], row_stride: 3 * c };
+                let mut got = vec![f32::NAN; want.len()];
+                attention(at(0), at(c), at(2 * c), mask, scale, dm, &mut got);
+                for (a, b) in got.iter().zip(&want) {
+                    prop_assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "packed: {} vs {}", a, b);
+                }
             }
         }
     }

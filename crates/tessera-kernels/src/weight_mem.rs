@@ -57,7 +57,11 @@ pub struct WeightBuf {
 enum Inner {
     Heap(AVec<u8, ConstAlign<64>>),
     /// `segment` is held to keep the mapping alive while `ptr` points into it.
-    Carved { _segment: Arc<Segment>, ptr: *mut u8, len: usize },
+    Carved {
+        _segment: Arc<Segment>,
+        ptr: *mut u8,
+        len: usize,
+    },
 }
 
 // SAFETY: a carved buffer is the only handle to its byte range (ranges of

@@ -7,7 +7,9 @@ use proptest::prelude::*;
 use tessera::{Session, SessionOptions};
 use tessera_core::Tensor;
 
-fn run(g: tessera_core::Graph, x: &Tensor, optimize: bool, dims: &[(&str, usize)]) -> (Vec<f32>, usize) {
+/// Output, attention blocks fused, and of those, how many read one merged
+/// Q/K/V projection.
+fn run(g: tessera_core::Graph, x: &Tensor, optimize: bool, dims: &[(&str, usize)]) -> (Vec<f32>, usize, usize) {
     let opts = SessionOptions {
         providers: vec!["cpu".into()],
         threads: 2,
@@ -16,9 +18,9 @@ fn run(g: tessera_core::Graph, x: &Tensor, optimize: bool, dims: &[(&str, usize)
         ..Default::default()
     };
     let s = Session::from_graph(g, opts).unwrap();
-    let fused = s.pass_report().attention_fused;
+    let (fused, merged) = (s.pass_report().attention_fused, s.pass_report().qkv_merged);
     let out = s.run(vec![("x".into(), x.clone())]).unwrap();
-    (out[0].1.as_slice::<f32>().unwrap().to_vec(), fused)
+    (out[0].1.as_slice::<f32>().unwrap().to_vec(), fused, merged)
 }
 
 fn close(a: &[f32], b: &[f32]) -> Result<(), TestCaseError> {
@@ -38,9 +40,10 @@ proptest! {
     ) {
         let g = tessera::demo::exported_encoder_layer(b, s, heads, d, seed);
         let x = Tensor::from_vec(&[b, s, heads * d], tessera::demo::Rng::new(seed).vec(b * s * heads * d, 1.0)).unwrap();
-        let (fused, n) = run(g.clone(), &x, true, &[]);
+        let (fused, n, merged) = run(g.clone(), &x, true, &[]);
         prop_assert_eq!(n, 1);
-        let (plain, _) = run(g, &x, false, &[]);
+        prop_assert_eq!(merged, 1, "Q, K and V are projections of one input: one GEMM");
+        let (plain, _, _) = run(g, &x, false, &[]);
         close(&fused, &plain)?;
     }
 
@@ -50,9 +53,9 @@ proptest! {
         let hidden = tessera::demo::HIDDEN;
         let x = Tensor::from_vec(&[batch, seq, hidden], tessera::demo::Rng::new(seed).vec(batch * seq * hidden, 1.0)).unwrap();
         let dims = [("batch", batch), ("seq", seq)];
-        let (fused, n) = run(g.clone(), &x, true, &dims);
+        let (fused, n, _) = run(g.clone(), &x, true, &dims);
         prop_assert_eq!(n, 1);
-        let (plain, _) = run(g, &x, false, &dims);
+        let (plain, _, _) = run(g, &x, false, &dims);
         close(&fused, &plain)?;
     }
 }
@@ -85,8 +88,8 @@ fn attention_after_range_position_ids_still_fuses() {
     let (batch, seq) = (2, 33);
     let x = Tensor::from_vec(&[batch, seq, hidden], tessera::demo::Rng::new(9).vec(batch * seq * hidden, 1.0)).unwrap();
     let dims = [("batch", batch), ("seq", seq)];
-    let (fused, n) = run(g.clone(), &x, true, &dims);
+    let (fused, n, _) = run(g.clone(), &x, true, &dims);
     assert_eq!(n, 1, "the attention block after Range position ids did not fuse");
-    let (plain, _) = run(g, &x, false, &dims);
+    let (plain, _, _) = run(g, &x, false, &dims);
     close(&fused, &plain).unwrap();
 }

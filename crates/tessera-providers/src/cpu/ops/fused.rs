@@ -18,6 +18,8 @@ use super::shape::reshape_target;
 use crate::cpu::registry::{BuildCtx, CpuOp, OpRegistry, RunCtx};
 use crate::cpu::util::{broadcast_index, broadcast_shapes, broadcast_strides, opt, req};
 
+use tessera_kernels::attention::Rows;
+
 pub fn register(r: &mut OpRegistry) {
     r.add_domain("tessera", "FusedMatMul", build_fused_matmul);
     r.add_domain("tessera", "Attention", build_attention);
@@ -31,8 +33,25 @@ pub fn register(r: &mut OpRegistry) {
 fn build_attention(node: &Node, _bctx: &BuildCtx) -> Result<Box<dyn CpuOp>> {
     let node = node.clone();
     let scale = node.attr_float_or("scale", 1.0)?;
+    let packed = node.attr_int_or(tessera_core::passes::merge_qkv::QKV_PACKED, 0)? != 0;
     Ok(Box::new(move |inputs: &[Option<&Tensor>], ctx: &mut RunCtx| {
         let (q, k, v) = (req(&node, inputs, 0)?, req(&node, inputs, 1)?, req(&node, inputs, 2)?);
+        // Packed: one [B, S, 3C] tensor read as three column ranges.
+        let width = |t: &Tensor| -> Result<usize> {
+            let last = t.shape().last().copied().unwrap_or(0);
+            match packed {
+                false => Ok(last),
+                true if last % 3 == 0 => Ok(last / 3),
+                true => Err(Error::node(&node, format!("packed Q/K/V of shape {:?}: last axis not 3C", t.shape()))),
+            }
+        };
+        let logical = |t: &Tensor| -> Result<Vec<usize>> {
+            let mut s = t.shape().to_vec();
+            if let Some(last) = s.last_mut() {
+                *last = width(t)?;
+            }
+            Ok(s)
+        };
         let shape_of = |i: usize| -> Result<Vec<i64>> { req(&node, inputs, i)?.to_i64_vec() };
         let mask = opt(inputs, 7);
         for t in [q, k, v].into_iter().chain(mask) {
@@ -40,29 +59,25 @@ fn build_attention(node: &Node, _bctx: &BuildCtx) -> Result<Box<dyn CpuOp>> {
                 return Err(Error::node(&node, format!("fused attention runs f32, got {}", t.dtype())));
             }
         }
-        let [b, sq, c] = *q.shape() else {
-            return Err(Error::node(&node, format!("fused attention: Q of shape {:?} is not [B, S, C]", q.shape())));
+        let (qs, ks, vs) = (logical(q)?, logical(k)?, logical(v)?);
+        let [b, sq, c] = qs[..] else {
+            return Err(Error::node(&node, format!("fused attention: Q of shape {qs:?} is not [B, S, C]")));
         };
         // The exporters' Reshapes, resolved as Reshape does (checked sizes).
-        let reshaped = |t: &Tensor, i: usize| reshape_target(&node, t.shape(), &shape_of(i)?, false);
-        let split = reshaped(q, 3)?;
+        let reshaped = |shape: &[usize], i: usize| reshape_target(&node, shape, &shape_of(i)?, false);
+        let split = reshaped(&qs, 3)?;
         if split.len() != 4 || split[0] != b || split[1] != sq || split[2].checked_mul(split[3]) != Some(c) {
             return Err(Error::node(&node, "fused attention: the Q reshape does not split [B, S, C] into heads"));
         }
         let (heads, d) = (split[2], split[3]);
-        let [kb, sk, kc] = *k.shape() else {
-            return Err(Error::node(&node, format!("fused attention: K of shape {:?} is not [B, S, C]", k.shape())));
+        let [kb, sk, kc] = ks[..] else {
+            return Err(Error::node(&node, format!("fused attention: K of shape {ks:?} is not [B, S, C]")));
         };
-        let heads_of = |t: &Tensor, i: usize| -> Result<bool> { Ok(reshaped(t, i)? == [kb, sk, heads, d]) };
-        if kb != b || kc != c || v.shape() != k.shape() || !heads_of(k, 4)? || !heads_of(v, 5)? {
+        let heads_of = |shape: &[usize], i: usize| -> Result<bool> { Ok(reshaped(shape, i)? == [kb, sk, heads, d]) };
+        if kb != b || kc != c || vs != ks || !heads_of(&ks, 4)? || !heads_of(&vs, 5)? {
             return Err(Error::node(
                 &node,
-                format!(
-                    "fused attention: K {:?} / V {:?} do not match Q {:?} in {heads} heads",
-                    k.shape(),
-                    v.shape(),
-                    q.shape()
-                ),
+                format!("fused attention: K {ks:?} / V {vs:?} do not match Q {qs:?} in {heads} heads"),
             ));
         }
         if reshape_target(&node, &[b, sq, heads, d], &shape_of(6)?, false)? != [b, sq, c] {
@@ -81,10 +96,17 @@ fn build_attention(node: &Node, _bctx: &BuildCtx) -> Result<Box<dyn CpuOp>> {
         };
         let dims = tessera_kernels::attention::AttentionDims { batch: b, q_len: sq, kv_len: sk, heads, head_dim: d };
         let mut out = ctx.alloc(tessera_core::DType::F32, &[b, sq, c])?;
+        // Where each of Q, K and V starts in its tensor, and its row stride.
+        fn rows(t: &Tensor, start: usize) -> Result<Rows<'_>> {
+            let data = t.as_slice::<f32>()?;
+            let row_stride = t.shape().last().copied().unwrap_or(0);
+            Ok(Rows { data: data.get(start..).unwrap_or(&[]), row_stride })
+        }
+        let start = |part: usize| if packed { part * c } else { 0 };
         tessera_kernels::attention::attention(
-            q.as_slice::<f32>()?,
-            k.as_slice::<f32>()?,
-            v.as_slice::<f32>()?,
+            rows(q, start(0))?,
+            rows(k, start(1))?,
+            rows(v, start(2))?,
             mask_view.map(|(data, strides)| tessera_kernels::attention::MaskView { data, strides }),
             scale,
             dims,
