@@ -176,21 +176,50 @@ fn round_even_small(v: f32) -> f32 {
 /// ONNX operator specifies. Returns `(scale, zero)`.
 pub fn dynamic_quantize_u8(x: &[f32], y: &mut [u8]) -> (f32, u8) {
     assert_eq!(x.len(), y.len(), "input and output lengths differ");
-    let (mn, mx) = x
-        .par_chunks(QUANT_CHUNK)
-        .map(|c| c.iter().fold((0f32, 0f32), |(a, b), &v| (a.min(v), b.max(v))))
-        .reduce(|| (0.0, 0.0), |(a, b), (c, d)| (a.min(c), b.max(d)));
+    let (mn, mx) =
+        x.par_chunks(QUANT_CHUNK).map(min_max).reduce(|| (0.0, 0.0), |(a, b), (c, d)| (a.min(c), b.max(d)));
     let scale = (if mx == mn { 1.0 } else { mx - mn }) / 255.0f32;
     let zero = (0.0 - mn / scale).clamp(0.0, 255.0).round_ties_even();
-    y.par_chunks_mut(QUANT_CHUNK).zip(x.par_chunks(QUANT_CHUNK)).for_each(|(yc, xc)| {
-        for (o, &v) in yc.iter_mut().zip(xc) {
-            // Clamping first keeps the rounding trick in range; anything
-            // beyond +-512 saturates either way.
-            let q = round_even_small((v / scale).clamp(-512.0, 512.0)) + zero;
-            *o = q.clamp(0.0, 255.0) as u8;
-        }
-    });
+    y.par_chunks_mut(QUANT_CHUNK).zip(x.par_chunks(QUANT_CHUNK)).for_each(|(yc, xc)| quantize_u8(xc, yc, scale, zero));
     (scale, zero as u8)
+}
+
+/// (min(0, x), max(0, x)), NaNs skipped.
+fn min_max(x: &[f32]) -> (f32, f32) {
+    with_vector_features!(min_max_body(x: &[f32]) -> (f32, f32))
+}
+
+#[inline(always)]
+fn min_max_body<const FMA: bool>(x: &[f32]) -> (f32, f32) {
+    // 16 independent lanes (a single running min is a serial chain the
+    // compiler cannot reorder); a comparison select skips NaN as `min` does.
+    let (mut lo, mut hi) = ([0f32; 16], [0f32; 16]);
+    let mut chunks = x.chunks_exact(16);
+    for c in &mut chunks {
+        for j in 0..16 {
+            lo[j] = if c[j] < lo[j] { c[j] } else { lo[j] };
+            hi[j] = if c[j] > hi[j] { c[j] } else { hi[j] };
+        }
+    }
+    let fold = |acc: (f32, f32), v: f32| (if v < acc.0 { v } else { acc.0 }, if v > acc.1 { v } else { acc.1 });
+    let lanes = lo.iter().zip(&hi).fold((0f32, 0f32), |a, (&l, &h)| fold(fold(a, l), h));
+    chunks.remainder().iter().fold(lanes, |a, &v| fold(a, v))
+}
+
+/// `y = saturate(round(x / scale) + zero)` (the division as the operator
+/// defines it, not a multiply by the inverse, which can round differently).
+fn quantize_u8(x: &[f32], y: &mut [u8], scale: f32, zero: f32) {
+    with_vector_features!(quantize_u8_body(x: &[f32], y: &mut [u8], scale: f32, zero: f32))
+}
+
+#[inline(always)]
+fn quantize_u8_body<const FMA: bool>(x: &[f32], y: &mut [u8], scale: f32, zero: f32) {
+    for (o, &v) in y.iter_mut().zip(x) {
+        // Clamping first keeps the rounding trick in range; anything
+        // beyond +-512 saturates either way.
+        let q = round_even_small((v / scale).clamp(-512.0, 512.0)) + zero;
+        *o = q.clamp(0.0, 255.0) as u8;
+    }
 }
 
 /// Symmetric per-row int8 quantization of an `m x k` row-major matrix:
@@ -209,23 +238,33 @@ pub fn quantize_rows_i8(x: &[f32], k: usize, q: &mut Vec<u8>, scales: &mut Vec<f
         .zip(scales.par_chunks_mut(rows_per_task))
         .for_each(|((qc, xc), sc)| {
             for ((qr, row), s) in qc.chunks_mut(k).zip(xc.chunks(k)).zip(sc.iter_mut()) {
-                let mut lanes = [0f32; 16];
-                let mut chunks = row.chunks_exact(16);
-                for c in &mut chunks {
-                    for (l, &v) in lanes.iter_mut().zip(c) {
-                        // `max` skips a NaN lane value; a NaN row scales by 1.
-                        *l = l.max(v.abs());
-                    }
-                }
-                let m =
-                    chunks.remainder().iter().fold(lanes.iter().fold(0f32, |a, &b| a.max(b)), |a, &v| a.max(v.abs()));
-                *s = if m > 0.0 && m.is_finite() { m / 127.0 } else { 1.0 };
-                let inv = 1.0 / *s;
-                for (d, &v) in qr.iter_mut().zip(row) {
-                    *d = round_even_small((v * inv).clamp(-127.0, 127.0)) as i8 as u8;
-                }
+                *s = quantize_row_i8(row, qr);
             }
         });
+}
+
+/// One row of [`quantize_rows_i8`]; returns its scale.
+fn quantize_row_i8(row: &[f32], q: &mut [u8]) -> f32 {
+    with_vector_features!(quantize_row_i8_body(row: &[f32], q: &mut [u8]) -> f32)
+}
+
+#[inline(always)]
+fn quantize_row_i8_body<const FMA: bool>(row: &[f32], q: &mut [u8]) -> f32 {
+    let mut lanes = [0f32; 16];
+    let mut chunks = row.chunks_exact(16);
+    for c in &mut chunks {
+        for (l, &v) in lanes.iter_mut().zip(c) {
+            // `max` skips a NaN lane value; a NaN row scales by 1.
+            *l = l.max(v.abs());
+        }
+    }
+    let m = chunks.remainder().iter().fold(lanes.iter().fold(0f32, |a, &b| a.max(b)), |a, &v| a.max(v.abs()));
+    let s = if m > 0.0 && m.is_finite() { m / 127.0 } else { 1.0 };
+    let inv = 1.0 / s;
+    for (d, &v) in q.iter_mut().zip(row) {
+        *d = round_even_small((v * inv).clamp(-127.0, 127.0)) as i8 as u8;
+    }
+    s
 }
 
 #[cfg(test)]
