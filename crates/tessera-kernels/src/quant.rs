@@ -164,6 +164,16 @@ const QUANT_CHUNK: usize = 16 * 1024;
 /// `round_ties_even(v)` for `|v| <= 2^22`, without a libm call: adding and
 /// removing 1.5 * 2^23 leaves the value rounded to an integer by the FPU's
 /// round-to-nearest-even mode, and the loop vectorizes.
+/// The low byte of the integer `v` (|v| < 2^22) in two's complement:
+/// adding 1.5 * 2^23 puts the integer in the low mantissa bits. Unlike an
+/// `as` cast (which saturates, and compiles to a scalar check per lane),
+/// this vectorizes.
+#[inline(always)]
+fn low_byte(v: f32) -> u8 {
+    const MAGIC: f32 = 12_582_912.0; // 1.5 * 2^23
+    (v + MAGIC).to_bits() as u8
+}
+
 #[inline(always)]
 fn round_even_small(v: f32) -> f32 {
     const MAGIC: f32 = 12_582_912.0; // 1.5 * 2^23
@@ -218,7 +228,7 @@ fn quantize_u8_body<const FMA: bool>(x: &[f32], y: &mut [u8], scale: f32, zero: 
         // Clamping first keeps the rounding trick in range; anything
         // beyond +-512 saturates either way.
         let q = round_even_small((v / scale).clamp(-512.0, 512.0)) + zero;
-        *o = q.clamp(0.0, 255.0) as u8;
+        *o = low_byte(q.clamp(0.0, 255.0));
     }
 }
 
@@ -262,7 +272,7 @@ fn quantize_row_i8_body<const FMA: bool>(row: &[f32], q: &mut [u8]) -> f32 {
     let s = if m > 0.0 && m.is_finite() { m / 127.0 } else { 1.0 };
     let inv = 1.0 / s;
     for (d, &v) in q.iter_mut().zip(row) {
-        *d = round_even_small((v * inv).clamp(-127.0, 127.0)) as i8 as u8;
+        *d = low_byte(round_even_small((v * inv).clamp(-127.0, 127.0)));
     }
     s
 }
