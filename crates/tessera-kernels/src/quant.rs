@@ -186,8 +186,7 @@ fn round_even_small(v: f32) -> f32 {
 /// ONNX operator specifies. Returns `(scale, zero)`.
 pub fn dynamic_quantize_u8(x: &[f32], y: &mut [u8]) -> (f32, u8) {
     assert_eq!(x.len(), y.len(), "input and output lengths differ");
-    let (mn, mx) =
-        x.par_chunks(QUANT_CHUNK).map(min_max).reduce(|| (0.0, 0.0), |(a, b), (c, d)| (a.min(c), b.max(d)));
+    let (mn, mx) = x.par_chunks(QUANT_CHUNK).map(min_max).reduce(|| (0.0, 0.0), |(a, b), (c, d)| (a.min(c), b.max(d)));
     let scale = (if mx == mn { 1.0 } else { mx - mn }) / 255.0f32;
     let zero = (0.0 - mn / scale).clamp(0.0, 255.0).round_ties_even();
     y.par_chunks_mut(QUANT_CHUNK).zip(x.par_chunks(QUANT_CHUNK)).for_each(|(yc, xc)| quantize_u8(xc, yc, scale, zero));

@@ -79,6 +79,16 @@ pub(crate) fn cast_tensor(node: &Node, x: &Tensor, to: DType, ctx: &mut RunCtx) 
         (DType::F32, DType::BF16) => out.as_mut_slice::<bf16>()?.convert_from_f32_slice(x.as_slice()?),
         (DType::F16, DType::F32) => x.as_slice::<f16>()?.convert_to_f32_slice(out.as_mut_slice()?),
         (DType::BF16, DType::F32) => x.as_slice::<bf16>()?.convert_to_f32_slice(out.as_mut_slice()?),
+        // Exact or round-to-nearest conversions, the same as the generic
+        // path's, written directly so that they vectorize (the generic one
+        // goes through a per-element enum). Integer results of
+        // dequantization (MatMulInteger -> Cast) take the first.
+        (DType::I32, DType::F32) => map(x.as_slice::<i32>()?, out.as_mut_slice::<f32>()?, |v| v as f32),
+        (DType::U8, DType::F32) => map(x.as_slice::<u8>()?, out.as_mut_slice::<f32>()?, |v| v as f32),
+        (DType::I8, DType::F32) => map(x.as_slice::<i8>()?, out.as_mut_slice::<f32>()?, |v| v as f32),
+        (DType::I64, DType::F32) => map(x.as_slice::<i64>()?, out.as_mut_slice::<f32>()?, |v| v as f32),
+        (DType::F32, DType::F64) => map(x.as_slice::<f32>()?, out.as_mut_slice::<f64>()?, |v| v as f64),
+        (DType::F64, DType::F32) => map(x.as_slice::<f64>()?, out.as_mut_slice::<f32>()?, |v| v as f32),
         (_, DType::Bool) => {
             let o = out.as_mut_slice::<u8>()?;
             with_numeric!(from, S, { map(x.as_slice::<S>()?, o, |v| (!v.is_zero()) as u8) }, {
