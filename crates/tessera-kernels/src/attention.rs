@@ -2,8 +2,8 @@
 //! head, reading Q, K and V in their `[B, S, H·d]` layout (the linear
 //! layers' output) and writing `[B, S, H·d]`, so the head split and merge
 //! transposes never touch memory. Scores exist only for one head and a
-//! block of query rows at a time (at most 32K values per task), never as a
-//! `[B, H, S, Sk]` tensor.
+//! block of query rows at a time (about 32K values per task, at least 8
+//! rows), never as a `[B, H, S, Sk]` tensor.
 
 use rayon::prelude::*;
 
@@ -65,7 +65,8 @@ pub fn attention(q: Rows, k: Rows, v: Rows, mask: Option<MaskView>, scale: f32, 
     // A task is one (batch, head, block of query rows): its K and V head
     // slices are packed once by the GEMMs and serve every row of the block.
     // Blocks are whole sequences unless the scores of a block would exceed
-    // 32K values (long sequences) or the pool needs more tasks.
+    // 32K values (long sequences; 8 rows at least) or the pool needs more
+    // tasks.
     let threads = rayon::current_num_threads().max(1);
     let by_memory = (32768 / kv_len).max(8);
     let by_tasks = q_len.div_ceil((2 * threads).div_ceil(batch * heads));

@@ -5,9 +5,12 @@
 //! weights (170 MB for BERT-base in bf16) overflow every cache, so each
 //! 4 KiB page of a weight costs a TLB miss (a two-level walk under a
 //! hypervisor) and stops the L2 stream prefetcher, which does not cross
-//! pages. Carving many weights from one mapping keeps the waste to the
-//! unused tail of the last huge page, where one mapping per weight would
-//! round each up to 2 MiB.
+//! pages. Measured on the Xeon (`benches/results/2026-11-27-math-attention/
+//! hugepages_ab.txt`): 2048^3 bf16 +20% on one and two threads, weights
+//! streamed from DRAM at M = 128 +2% to +16%, warm M = 128 mixed (-12% to
+//! +18%), BERT end to end within the noise. Carving many weights from one
+//! mapping keeps the waste to the unused tail of the last huge page, where
+//! one mapping per weight would round each up to 2 MiB.
 //!
 //! Where huge pages are unavailable (THP `never`, not Linux), the mapping
 //! still works with small pages. [`set_huge_pages`]`(false)`, or
@@ -65,8 +68,8 @@ enum Inner {
 }
 
 // SAFETY: a carved buffer is the only handle to its byte range (ranges of
-// one segment never overlap, see `Arena::carve`), so moving it to another
-// thread or sharing `&WeightBuf` is as safe as for a `Vec<u8>`.
+// one segment never overlap, see `carve`), so moving it to another thread
+// or sharing `&WeightBuf` is as safe as for a `Vec<u8>`.
 unsafe impl Send for WeightBuf {}
 // SAFETY: as above; `&WeightBuf` only gives out `&[u8]`.
 unsafe impl Sync for WeightBuf {}
@@ -74,12 +77,23 @@ unsafe impl Sync for WeightBuf {}
 /// One anonymous mapping; unmapped when the last buffer carved from it is
 /// dropped.
 struct Segment {
-    map: memmap2::MmapMut,
+    /// Owns the mapping (unmapped on drop); reached only through `base`.
+    _map: memmap2::MmapMut,
+    /// The mapping's first byte, taken from it mutably so that buffers may
+    /// write through pointers derived from it.
+    base: *mut u8,
     /// Offset of the first 2 MiB boundary inside the mapping.
     start: usize,
     /// Usable bytes from `start`.
     len: usize,
 }
+
+// SAFETY: `base` points into the mapping the segment owns; the segment
+// itself never reads or writes through it, and the buffers carved from it
+// own disjoint ranges (see `WeightBuf`'s Send and Sync).
+unsafe impl Send for Segment {}
+// SAFETY: as above.
+unsafe impl Sync for Segment {}
 
 struct Arena {
     /// The segment new buffers come from: weak, so that a segment whose
@@ -111,16 +125,16 @@ fn new_segment(min_len: usize) -> Option<Arc<Segment>> {
     let len = min_len.max(SEGMENT_LEN).div_ceil(HUGE_PAGE) * HUGE_PAGE;
     // Anonymous memory reads as zero until written, so carved buffers need
     // no initialization pass (and untouched tails cost no memory).
-    let map = memmap2::MmapMut::map_anon(len + HUGE_PAGE).ok()?;
-    let addr = map.as_ptr() as usize;
-    let start = addr.next_multiple_of(HUGE_PAGE) - addr;
+    let mut map = memmap2::MmapMut::map_anon(len + HUGE_PAGE).ok()?;
+    let base = map.as_mut_ptr();
+    let start = (base as usize).next_multiple_of(HUGE_PAGE) - base as usize;
     #[cfg(target_os = "linux")]
     {
         // Best effort: with THP `never` the advice fails and the segment
         // keeps small pages.
         let _ = map.advise_range(memmap2::Advice::HugePage, start, len);
     }
-    Some(Arc::new(Segment { map, start, len }))
+    Some(Arc::new(Segment { _map: map, base, start, len }))
 }
 
 fn carve(len: usize) -> Option<WeightBuf> {
@@ -137,12 +151,12 @@ fn carve(len: usize) -> Option<WeightBuf> {
     };
     let offset = arena.cursor;
     arena.cursor = (offset + len).next_multiple_of(CARVE_ALIGN);
-    // SAFETY: `start + offset + len <= start + seg.len <= map.len()` (checked
-    // by `fits`, and `new_segment` maps `len + HUGE_PAGE` bytes with `start <
-    // HUGE_PAGE`); the cursor only moves forward, so no two buffers of one
-    // segment overlap; the pointer stays valid while `seg` (held by the
-    // buffer) keeps the mapping alive.
-    let ptr = unsafe { seg.map.as_ptr().add(seg.start + offset) as *mut u8 };
+    // SAFETY: `start + offset + len <= start + seg.len <= mapping length`
+    // (checked by `fits`, and `new_segment` maps `len + HUGE_PAGE` bytes with
+    // `start < HUGE_PAGE`); the cursor only moves forward, so no two buffers
+    // of one segment overlap; the pointer stays valid while `seg` (held by
+    // the buffer) keeps the mapping alive.
+    let ptr = unsafe { seg.base.add(seg.start + offset) };
     Some(WeightBuf { inner: Inner::Carved { _segment: seg, ptr, len } })
 }
 
