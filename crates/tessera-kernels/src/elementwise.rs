@@ -13,8 +13,9 @@
 //! cores every vector operation with a subnormal result takes a microcode
 //! assist (about a hundred cycles), and the deep tails of exp, erfc and
 //! GELU are common in real data (masked attention scores, large negative
-//! GELU inputs). A GELU epilogue on the Xeon ran 4-8x slower than its GEMM
-//! from this alone.
+//! GELU inputs). On the Xeon a 128x3072x768 bf16 GEMM with an erf-GELU
+//! epilogue ran 4.5x slower than without one; 1.9x once no subnormals (and
+//! no masked stores, see `exp_with`) were left.
 //! * [`erf_f32`]: absolute error below 2e-7.
 //! * [`tanh_f32`], [`sigmoid_f32`]: a few ulp relative error.
 //!
