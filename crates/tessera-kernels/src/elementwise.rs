@@ -414,6 +414,27 @@ fn erfc_cf(a: f64) -> f64 {
 mod tests {
     use super::*;
 
+    /// A test per name, running its `_impl` with and without fused
+    /// multiply-adds.
+    macro_rules! both_fma_variants {
+        ($($name:ident => $body:ident),* $(,)?) => {
+            $(
+                #[test]
+                fn $name() {
+                    $body::<false>();
+                    $body::<true>();
+                }
+            )*
+        };
+    }
+
+    both_fma_variants! {
+        erf_f32_abs_error_below_1e6 => erf_f32_abs_error_below_1e6_impl,
+        exp_f32_accuracy_and_edges => exp_f32_accuracy_and_edges_impl,
+        no_subnormal_results => no_subnormal_results_impl,
+        tanh_sigmoid_gelu_accuracy => tanh_sigmoid_gelu_accuracy_impl,
+    }
+
     /// (x, erf(x)) from Python's math.erf.
     const ERF_REF: [(f64, f64); 12] = [
         (0.0, 0.0),
@@ -448,12 +469,6 @@ mod tests {
         assert_eq!(erf_f64(f64::NEG_INFINITY), -1.0);
     }
 
-    #[test]
-    fn erf_f32_abs_error_below_1e6() {
-        erf_f32_abs_error_below_1e6_impl::<false>();
-        erf_f32_abs_error_below_1e6_impl::<true>();
-    }
-
     fn erf_f32_abs_error_below_1e6_impl<const F: bool>() {
         let mut worst = 0.0f64;
         let n = 400_000;
@@ -472,12 +487,6 @@ mod tests {
 
     fn ulp_diff(a: f32, b: f32) -> u32 {
         (a.to_bits() as i64 - b.to_bits() as i64).unsigned_abs() as u32
-    }
-
-    #[test]
-    fn exp_f32_accuracy_and_edges() {
-        exp_f32_accuracy_and_edges_impl::<false>();
-        exp_f32_accuracy_and_edges_impl::<true>();
     }
 
     fn exp_f32_accuracy_and_edges_impl<const F: bool>() {
@@ -506,12 +515,6 @@ mod tests {
 
     /// No subnormal comes out of a normal input, anywhere in the domain
     /// (they cost a microcode assist per vector operation on Intel cores).
-    #[test]
-    fn no_subnormal_results() {
-        no_subnormal_results_impl::<false>();
-        no_subnormal_results_impl::<true>();
-    }
-
     fn no_subnormal_results_impl<const F: bool>() {
         let mut x = -200.0f32;
         while x < 200.0 {
@@ -528,12 +531,6 @@ mod tests {
             }
             x += 0.0173;
         }
-    }
-
-    #[test]
-    fn tanh_sigmoid_gelu_accuracy() {
-        tanh_sigmoid_gelu_accuracy_impl::<false>();
-        tanh_sigmoid_gelu_accuracy_impl::<true>();
     }
 
     fn tanh_sigmoid_gelu_accuracy_impl<const F: bool>() {

@@ -161,23 +161,25 @@ pub fn conv_i16(g: &ConvGeom, x: &[i16], w: &[i16], y: &mut [i32]) {
 /// amortize the task, small enough to spread a 128x768 activation.
 const QUANT_CHUNK: usize = 16 * 1024;
 
+/// 1.5 * 2^23: adding it to an f32 of magnitude < 2^22 rounds it to an
+/// integer (kept in the low mantissa bits).
+const MAGIC: f32 = 12_582_912.0;
+
 /// `round_ties_even(v)` for `|v| <= 2^22`, without a libm call: adding and
 /// removing 1.5 * 2^23 leaves the value rounded to an integer by the FPU's
 /// round-to-nearest-even mode, and the loop vectorizes.
+#[inline(always)]
+fn round_even_small(v: f32) -> f32 {
+    (v + MAGIC) - MAGIC
+}
+
 /// The low byte of the integer `v` (|v| < 2^22) in two's complement:
 /// adding 1.5 * 2^23 puts the integer in the low mantissa bits. Unlike an
 /// `as` cast (which saturates, and compiles to a scalar check per lane),
 /// this vectorizes.
 #[inline(always)]
 fn low_byte(v: f32) -> u8 {
-    const MAGIC: f32 = 12_582_912.0; // 1.5 * 2^23
     (v + MAGIC).to_bits() as u8
-}
-
-#[inline(always)]
-fn round_even_small(v: f32) -> f32 {
-    const MAGIC: f32 = 12_582_912.0; // 1.5 * 2^23
-    (v + MAGIC) - MAGIC
 }
 
 /// DynamicQuantizeLinear on fp32: `scale = (max(x, 0) - min(x, 0)) / 255`

@@ -122,8 +122,9 @@ fn put_tile_row(dst: &mut [u8], vals: &[u16; 32]) {
     unsafe { std::ptr::copy_nonoverlapping(vals.as_ptr() as *const u8, dst.as_mut_ptr(), 64) };
 }
 
+/// (Packing only converts and copies: `FMA` is unused.)
 #[inline(always)]
-fn pack_a_f32_body(dst: &mut [u8], a: MatRef<f32>, split: Split) {
+fn pack_a_f32_body<const FMA: bool>(dst: &mut [u8], a: MatRef<f32>, split: Split) {
     let (rows, k) = (a.rows, a.cols);
     let kb = k_blocks(DotKind::Bf16, k);
     let prods = split.products();
@@ -174,26 +175,7 @@ fn pack_a_f32_body(dst: &mut [u8], a: MatRef<f32>, split: Split) {
 /// Packs the rows of `a` (at most 32: one panel) into `dst`, k-blocks for
 /// every product of `split`, zero padded to 32 rows and whole k-blocks.
 pub fn pack_a_f32(dst: &mut [u8], a: MatRef<f32>, split: Split) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx512f,avx512bw")]
-        fn wide(dst: &mut [u8], a: MatRef<f32>, split: Split) {
-            pack_a_f32_body(dst, a, split)
-        }
-        #[target_feature(enable = "avx2")]
-        fn narrow(dst: &mut [u8], a: MatRef<f32>, split: Split) {
-            pack_a_f32_body(dst, a, split)
-        }
-        if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512bw") {
-            // SAFETY: the CPU has AVX-512F/BW (checked just above).
-            return unsafe { wide(dst, a, split) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU has AVX2 (checked just above).
-            return unsafe { narrow(dst, a, split) };
-        }
-    }
-    pack_a_f32_body(dst, a, split)
+    with_vector_features!(pack_a_f32_body(dst: &mut [u8], a: MatRef<f32>, split: Split))
 }
 
 /// Packs columns `0..cols` (at most 32) of an fp32 B panel, `get(k, j)`
