@@ -24,6 +24,8 @@ pub struct PassReport {
     pub layernorm_fused: usize,
     pub gelu_fused: usize,
     pub matmul_bias_fused: usize,
+    /// Dequantized integer products (`MatMulInteger -> Cast -> Mul [-> Add]`).
+    pub integer_matmul_fused: usize,
     pub epilogue_fused: usize,
     pub attention_fused: usize,
     /// Attention blocks whose Q, K and V projections became one GEMM.
@@ -34,13 +36,14 @@ impl std::fmt::Display for PassReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "constant-folded {} nodes, removed {} dead nodes, fused {} LayerNorm, {} GELU, {} attention, {} MatMul+bias, {} epilogues, {} Q/K/V merges",
+            "constant-folded {} nodes, removed {} dead nodes, fused {} LayerNorm, {} GELU, {} attention, {} MatMul+bias, {} MatMulInteger+dequantization, {} epilogues, {} Q/K/V merges",
             self.folded,
             self.dead_removed,
             self.layernorm_fused,
             self.gelu_fused,
             self.attention_fused,
             self.matmul_bias_fused,
+            self.integer_matmul_fused,
             self.epilogue_fused,
             self.qkv_merged
         )
@@ -52,7 +55,8 @@ pub fn optimize(graph: &mut Graph, eval: &Evaluator) -> Result<PassReport> {
 }
 
 /// [`optimize`], optionally without the MatMul and attention fusions, whose
-/// fused nodes (`tessera:FusedMatMul`, `tessera:Attention`) only Tessera's
+/// fused nodes (`tessera:FusedMatMul`, `tessera:FusedMatMulInteger`,
+/// `tessera:Attention`) only Tessera's
 /// CPU-side providers run: a session
 /// that places regions on another runtime (Core ML) keeps plain ONNX ops.
 pub fn optimize_with(graph: &mut Graph, eval: &Evaluator, fuse_matmul_ops: bool) -> Result<PassReport> {
@@ -68,6 +72,7 @@ pub fn optimize_with(graph: &mut Graph, eval: &Evaluator, fuse_matmul_ops: bool)
     if fuse_matmul_ops {
         r.attention_fused = fuse_attention::fuse_attention(graph);
         r.matmul_bias_fused = fuse_matmul::fuse_matmul_bias(graph);
+        r.integer_matmul_fused = fuse_matmul::fuse_matmul_integer(graph);
         r.epilogue_fused = fuse_matmul::fuse_epilogues(graph);
         r.qkv_merged = merge_qkv::merge_qkv_projections(graph);
     }

@@ -330,6 +330,16 @@ fn infer_node(n: &Node, ins: &[Option<&Known>]) -> Result<Vec<Known>> {
     let onnx = n.domain.is_empty() || n.domain == "ai.onnx";
     let op = n.op_type.as_str();
     let fused_matmul = n.domain == "tessera" && op == "FusedMatMul";
+    let fused_integer = n.domain == "tessera" && op == "FusedMatMulInteger";
+    if fused_integer {
+        // The dequantized product: f32 of MatMul's shape.
+        let shape = |i: usize| ins.get(i).copied().flatten().and_then(|k| k.shape.clone());
+        if let Some(o) = outs.first_mut() {
+            o.dtype = Some(DType::F32);
+            o.shape = shape(0).zip(shape(1)).and_then(|(a, b)| matmul_shape(&a, &b));
+        }
+        return Ok(outs);
+    }
     if n.domain == "tessera" && op == "Attention" {
         // [B, S, H·d] in, the same out; a packed Q/K/V input is [B, S, 3·H·d].
         let packed = n.attr_int_or(crate::passes::merge_qkv::QKV_PACKED, 0).unwrap_or(0) != 0;

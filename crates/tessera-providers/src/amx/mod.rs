@@ -3,8 +3,9 @@
 //!
 //! It claims MatMul, Gemm, `tessera:FusedMatMul` and Conv (group 1) whose
 //! weight is a constant fp32 tensor (packed once, at session creation, into the
-//! kernel's layout), and the integer products (MatMulInteger, QLinearMatMul,
-//! ConvInteger and QLinearConv of group 1) with a constant 8-bit weight. What
+//! kernel's layout), and the integer products (MatMulInteger,
+//! `tessera:FusedMatMulInteger`, QLinearMatMul, ConvInteger and QLinearConv
+//! of group 1) with a constant 8-bit weight. What
 //! runs on the tiles follows the session's [`Precision`]:
 //! * fp32: left to the CPU provider's fp32 vector kernels;
 //! * fp32-tiles: bf16x6 split products (fp32-class error);
@@ -88,6 +89,15 @@ impl AmxProvider {
             DType::F32 => Ok(()),
             d => Err(format!("{d} weight (tiles take fp32 or 8-bit weights)")),
         };
+        // A product of an 8-bit constant weight (input `w`, zero point `zp`).
+        let int_product = |w: usize, zp: usize| {
+            match weight(w)? {
+                DType::I8 | DType::U8 => {}
+                d => return Err(format!("{d} weight")),
+            }
+            zero_point_const(graph, node, zp)?;
+            Ok(TilePlan::Integer)
+        };
         match (node.domain.as_str(), node.op_type.as_str()) {
             (_, "MatMul") if domain_ok => {
                 float_weight()?;
@@ -127,15 +137,9 @@ impl AmxProvider {
                     plan => Ok(plan),
                 }
             }
-            (_, op @ ("MatMulInteger" | "QLinearMatMul")) if domain_ok => {
-                let (w, zp) = if op == "MatMulInteger" { (1, 3) } else { (3, 5) };
-                match weight(w)? {
-                    DType::I8 | DType::U8 => {}
-                    d => return Err(format!("{d} weight")),
-                }
-                zero_point_const(graph, node, zp)?;
-                Ok(TilePlan::Integer)
-            }
+            ("tessera", "FusedMatMulInteger") => int_product(1, 3),
+            (_, "MatMulInteger") if domain_ok => int_product(1, 3),
+            (_, "QLinearMatMul") if domain_ok => int_product(3, 5),
             (_, op @ ("ConvInteger" | "QLinearConv")) if domain_ok => {
                 let (w, zp) = if op == "ConvInteger" { (1, 3) } else { (3, 5) };
                 let name = node.input(w).ok_or("no weight input")?;

@@ -26,7 +26,9 @@ pub(crate) fn build(node: &Node, plan: TilePlan, isa: TileIsa, bctx: &BuildCtx) 
         (TilePlan::Float(split), "Conv") => Ok(Box::new(Conv::build(node, split, isa, constant)?)),
         (TilePlan::Float(split), _) => Ok(Box::new(Linear::build(node, WeightPlan::Tiles(split), isa, constant)?)),
         (TilePlan::DynamicInt8, _) => Ok(Box::new(Linear::build(node, WeightPlan::Int8, isa, constant)?)),
-        (TilePlan::Integer, "MatMulInteger") => Ok(Box::new(MatMulInteger::build(node, isa, constant)?)),
+        (TilePlan::Integer, "MatMulInteger" | "FusedMatMulInteger") => {
+            Ok(Box::new(MatMulInteger::build(node, isa, constant)?))
+        }
         (TilePlan::Integer, "QLinearMatMul") => {
             let b = IntWeight::matmul(node, 3, 5, constant)?;
             quant::qlinear_matmul_op(node, bctx, Some(b.matmul_on(node, isa)))
@@ -445,13 +447,17 @@ impl CpuOp for Linear {
     }
 }
 
-/// MatMulInteger with a constant 8-bit weight: exact i32 output.
+/// MatMulInteger with a constant 8-bit weight: exact i32 output; or, as
+/// `tessera:FusedMatMulInteger`, the f32 output of its dequantization and
+/// epilogue, finished on each output tile.
 struct MatMulInteger {
     node: Node,
     isa: TileIsa,
     weight: Arc<PackedB>,
     k: usize,
     n: usize,
+    /// The fused form's activation (None: plain MatMulInteger).
+    dequant: Option<Activation>,
 }
 
 impl MatMulInteger {
@@ -479,12 +485,17 @@ impl MatMulInteger {
                 z.bytes().iter().map(|&v| if signed { v as i8 as i32 } else { v as i32 }).collect()
             }
         };
+        let dequant = match node.op_type.as_str() {
+            "FusedMatMulInteger" => Some(crate::cpu::ops::fused::parse_activation(node)?),
+            _ => None,
+        };
         Ok(MatMulInteger {
             node: node.clone(),
             isa,
             weight: Arc::new(PackedB::from_i8(b.bytes(), k, n, signed, &zero)),
             k,
             n,
+            dequant,
         })
     }
 }
@@ -518,9 +529,37 @@ impl CpuOp for MatMulInteger {
         };
         let mut y_shape = a.shape()[..a.rank() - 1].to_vec();
         y_shape.push(n);
-        let mut y = ctx.alloc(DType::I32, &y_shape)?;
         let am = I8Mat { data: a.bytes(), rows, cols: k, row_stride: k, signed: a_signed };
-        tile_igemm(self.isa, am, &a_zero, &self.weight, I8Out::I32 { c: y.as_mut_slice::<i32>()?, ldc: n });
+        let t0 = crate::profile::enabled().then(std::time::Instant::now);
+        let y = match self.dequant {
+            None => {
+                let mut y = ctx.alloc(DType::I32, &y_shape)?;
+                tile_igemm(self.isa, am, &a_zero, &self.weight, I8Out::I32 { c: y.as_mut_slice::<i32>()?, ldc: n });
+                y
+            }
+            Some(activation) => {
+                let d = quant::dequant_operands(node, inputs, &y_shape, n)?;
+                let epi = Epilogue {
+                    alpha: 1.0,
+                    bias: d.bias,
+                    activation,
+                    residual: d.residual.map(|data| Residual { data, row_stride: n }),
+                };
+                let mut y = ctx.alloc(DType::F32, &y_shape)?;
+                let c = y.as_mut_slice::<f32>()?;
+                tile_igemm(
+                    self.isa,
+                    am,
+                    &a_zero,
+                    &self.weight,
+                    I8Out::F32 { c, ldc: n, scale_a: &[1.0], scale_b: &d.scale, epi: &epi },
+                );
+                y
+            }
+        };
+        if let Some(t0) = t0 {
+            crate::profile::record(&format!("amx:igemm {rows}x{n}x{k}"), t0.elapsed().as_secs_f64());
+        }
         Ok(vec![y])
     }
 }

@@ -358,3 +358,51 @@ fn sme_provider_matches_cpu() {
         assert!(e <= tol, "{prec}: relative error {e:e} > {tol:e}");
     }
 }
+
+/// `tessera:FusedMatMulInteger` on the CPU provider and on int8 tiles
+/// against the chain it replaces, computed here from the exact i32 product:
+/// `act(float(acc) * scale + bias) + residual`.
+#[test]
+fn fused_matmul_integer_matches_the_dequantization_chain() {
+    use tessera_kernels::gemm::Activation;
+    let (m, k, n) = (21, 75, 38);
+    for (per_col, act) in [(false, "none"), (true, "gelu_erf"), (false, "relu"), (true, "none")] {
+        let a = Tensor::from_bytes(DType::U8, &[2, m, k], &rand_bytes(2 * m * k, 40)).unwrap();
+        let b = Tensor::from_bytes(DType::I8, &[k, n], &rand_bytes(k * n, 41)).unwrap();
+        let za = Tensor::from_bytes(DType::U8, &[], &[131]).unwrap();
+        let zb_shape: Vec<usize> = if per_col { vec![n] } else { vec![] };
+        let zb = Tensor::from_bytes(DType::I8, &zb_shape, &rand_bytes(if per_col { n } else { 1 }, 42)).unwrap();
+        let cols = if per_col { n } else { 1 };
+        let scale_v: Vec<f32> = rand_vec(cols, 43).iter().map(|v| 1e-4 + v.abs() * 1e-3).collect();
+        let scale = Tensor::from_vec(&zb_shape, scale_v.clone()).unwrap();
+        let bias_v = rand_vec(n, 44);
+        let res_v = rand_vec(2 * m * n, 45);
+        // The exact i32 product, from the CPU's MatMulInteger.
+        let plain = graph(Node::new("MatMulInteger", "mi", &["a", "b", "za", "zb"], &["y"]), &["a", "za"], {
+            vec![("b", b.clone()), ("zb", zb.clone())]
+        });
+        let acc = run_on(&CpuProvider::new(), &plain, &[a.clone(), za.clone()]).to_i64_vec().unwrap();
+        let activation = Activation::parse(act).unwrap();
+        let want: Vec<f32> = acc
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| {
+                let j = i % n;
+                activation.apply(v as f32 * scale_v[if per_col { j } else { 0 }] + bias_v[j]) + res_v[i]
+            })
+            .collect();
+        let mut node = Node::new("FusedMatMulInteger", "f", &["a", "b", "za", "zb", "s", "bias", "res"], &["y"])
+            .with_attr("activation", Attr::String(act.as_bytes().to_vec()));
+        node.domain = "tessera".into();
+        let bias = Tensor::from_vec(&[n], bias_v).unwrap();
+        let g = graph(node, &["a", "za", "s", "res"], vec![("b", b), ("zb", zb), ("bias", bias)]);
+        let ins = [a, za, scale, Tensor::from_vec(&[2, m, n], res_v).unwrap()];
+        let want = Tensor::from_vec(&[2, m, n], want).unwrap();
+        for p in [&CpuProvider::new() as &dyn ExecutionProvider, &AmxProvider::with_isa(Precision::Fp32, isa())] {
+            let got = run_on(p, &g, &ins);
+            assert_eq!(got.dtype(), DType::F32);
+            let e = max_rel_err(&got, &want);
+            assert!(e <= 1e-6, "{} per_col={per_col} {act}: relative error {e:e}", p.name());
+        }
+    }
+}

@@ -120,7 +120,7 @@ fn build_attention(node: &Node, _bctx: &BuildCtx) -> Result<Box<dyn CpuOp>> {
 /// node's `activation` attribute.
 pub(crate) use tessera_kernels::gemm::Activation;
 
-fn parse_activation(node: &Node) -> Result<Activation> {
+pub(crate) fn parse_activation(node: &Node) -> Result<Activation> {
     let a = node.attr_string("activation")?.unwrap_or_default();
     Activation::parse(&a).ok_or_else(|| Error::node(node, format!("unknown activation '{a}'")))
 }

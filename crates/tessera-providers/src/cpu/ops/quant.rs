@@ -1,6 +1,8 @@
 //! Quantization operators: QuantizeLinear, DequantizeLinear (per tensor,
 //! per axis and blocked), DynamicQuantizeLinear, and the integer products
-//! MatMulInteger, ConvInteger, QLinearMatMul and QLinearConv.
+//! MatMulInteger, ConvInteger, QLinearMatMul and QLinearConv, and the
+//! optimizer's `tessera:FusedMatMulInteger` (MatMulInteger with its
+//! dequantization and epilogue).
 //!
 //! Integer products subtract zero points into i16 (u8/i8 minus a zero point
 //! always fits), accumulate in i32 and, for the QLinear forms, requantize
@@ -12,6 +14,7 @@ use half::{bf16, f16};
 use rayon::prelude::*;
 use tessera_core::{DType, Error, Node, Result, Tensor};
 use tessera_kernels::conv::ConvGeom;
+use tessera_kernels::gemm::{Epilogue, Residual};
 use tessera_kernels::quant::{conv_i16, igemm_i16};
 
 use super::nn::common::{to_f32_vec, Spatial};
@@ -28,6 +31,7 @@ pub fn register(r: &mut OpRegistry) {
     r.add("ConvInteger", build_conv_integer);
     r.add("QLinearMatMul", build_qlinear_matmul);
     r.add("QLinearConv", build_qlinear_conv);
+    r.add_domain("tessera", "FusedMatMulInteger", build_fused_matmul_integer);
 }
 
 /// Range of an integer quantized type.
@@ -422,6 +426,82 @@ fn build_matmul_integer(node: &Node, bctx: &BuildCtx) -> Result<Box<dyn CpuOp>> 
         let (plan, acc, _) = int_matmul(&node, a, opt(inputs, 2), b, opt(inputs, 3), &packed, None)?;
         let mut out = ctx.alloc(DType::I32, &plan.out_shape)?;
         out.as_mut_slice::<i32>()?.copy_from_slice(&acc);
+        Ok(vec![out])
+    }))
+}
+
+/// The dequantization operands of `tessera:FusedMatMulInteger(A, B, a_zero,
+/// b_zero, scale, [bias], [residual])`, checked against an output of shape
+/// `out_shape` with `n` columns: the scale (one value or one per column),
+/// the bias (likewise) and the residual (the output's shape).
+pub(crate) struct Dequant<'a> {
+    pub scale: Vec<f32>,
+    pub bias: Option<&'a [f32]>,
+    pub residual: Option<&'a [f32]>,
+}
+
+pub(crate) fn dequant_operands<'a>(
+    node: &Node,
+    inputs: &[Option<&'a Tensor>],
+    out_shape: &[usize],
+    n: usize,
+) -> Result<Dequant<'a>> {
+    let scale = scale_vals(node, req(node, inputs, 4)?, &[1, n], "scale")?;
+    let bias = match opt(inputs, 5) {
+        Some(b) if b.dtype() == DType::F32 && (b.numel() == 1 || b.numel() == n) => Some(b.as_slice::<f32>()?),
+        Some(b) => {
+            return Err(Error::node(
+                node,
+                format!("bias must be f32 of 1 or {n} values, got {} {:?}", b.dtype(), b.shape()),
+            ))
+        }
+        None => None,
+    };
+    let residual = match opt(inputs, 6) {
+        Some(r) if r.dtype() == DType::F32 && r.shape() == out_shape => Some(r.as_slice::<f32>()?),
+        Some(r) => {
+            return Err(Error::node(
+                node,
+                format!("residual must be f32 of the output's shape {out_shape:?}, got {} {:?}", r.dtype(), r.shape()),
+            ))
+        }
+        None => None,
+    };
+    Ok(Dequant { scale, bias, residual })
+}
+
+/// `act(float(MatMulInteger(A, B, a_zero, b_zero)) * scale + bias) + residual`
+/// (ONNX Runtime's dynamic quantization chain, fused by the optimizer).
+fn build_fused_matmul_integer(node: &Node, bctx: &BuildCtx) -> Result<Box<dyn CpuOp>> {
+    let node = node.clone();
+    let packed = prepack_b(&node, bctx, 1, 3);
+    let activation = super::fused::parse_activation(&node)?;
+    Ok(Box::new(move |inputs: &[Option<&Tensor>], ctx: &mut RunCtx| {
+        let a = req(&node, inputs, 0)?;
+        let b = req(&node, inputs, 1)?;
+        let (plan, acc, _) = int_matmul(&node, a, opt(inputs, 2), b, opt(inputs, 3), &packed, None)?;
+        let n = plan.n;
+        let d = dequant_operands(&node, inputs, &plan.out_shape, n)?;
+        let epi = Epilogue {
+            alpha: 1.0,
+            bias: d.bias,
+            activation,
+            residual: d.residual.map(|data| Residual { data, row_stride: n }),
+        };
+        let mut out = ctx.alloc(DType::F32, &plan.out_shape)?;
+        if n > 0 {
+            let scale = &d.scale;
+            let o = out.as_mut_slice::<f32>()?;
+            o.par_chunks_mut(n).zip(acc.par_chunks(n)).enumerate().for_each_init(
+                || vec![0f32; n],
+                |tmp, (row, (dst, acc))| {
+                    for (j, (t, &v)) in tmp.iter_mut().zip(acc).enumerate() {
+                        *t = v as f32 * scale[if scale.len() == 1 { 0 } else { j }];
+                    }
+                    epi.apply_f32(tmp, row, 0, dst);
+                },
+            );
+        }
         Ok(vec![out])
     }))
 }

@@ -1,0 +1,87 @@
+//! ONNX Runtime's dynamic quantization (`DynamicQuantizeLinear ->
+//! MatMulInteger -> Cast -> Mul(scale) -> Add(bias)`, then GELU or a
+//! residual) against the same graph with `tessera:FusedMatMulInteger`, on
+//! random shapes. "auto" runs the fused node on AMX tiles where the machine
+//! has them.
+
+use proptest::prelude::*;
+use tessera::demo::Rng;
+use tessera::{Session, SessionOptions};
+use tessera_core::{Attr, DType, Dim, Graph, Node, Tensor, ValueInfo};
+
+/// `y1 = gelu(x @ W1 + b1)` and `y2 = x @ W2 + b2 + x`, quantized as
+/// `quantize_dynamic` writes it (weights int8, per column or per tensor).
+fn quantized_graph(k: usize, n: usize, per_column: bool, seed: u64) -> Graph {
+    let mut rng = Rng::new(seed);
+    let mut g = Graph { name: "q".into(), ..Default::default() };
+    let dims = |last: usize| Some(vec![Dim::Sym("batch".into()), Dim::Sym("seq".into()), Dim::Known(last)]);
+    g.inputs.push(ValueInfo { name: "x".into(), dtype: Some(DType::F32), shape: dims(k) });
+    g.opsets.insert(String::new(), 17);
+    g.nodes.push(Node::new("DynamicQuantizeLinear", "dql", &["x"], &["xq", "xs", "xz"]));
+    for (i, cols, tail) in [(1, n, "gelu"), (2, k, "residual")] {
+        let w: Vec<u8> = (0..k * cols).map(|_| (rng.next_u64() >> 56) as u8).collect();
+        let per = if per_column { cols } else { 1 };
+        let shape: Vec<usize> = if per_column { vec![cols] } else { vec![] };
+        let zero: Vec<u8> = (0..per).map(|_| (rng.next_u64() >> 61) as u8).collect();
+        let scale: Vec<f32> = (0..per).map(|_| 0.002 + 0.002 * rng.uniform().abs()).collect();
+        g.initializers.insert(format!("w{i}"), Tensor::from_bytes(DType::I8, &[k, cols], &w).unwrap());
+        g.initializers.insert(format!("wz{i}"), Tensor::from_bytes(DType::I8, &shape, &zero).unwrap());
+        g.initializers.insert(format!("ws{i}"), Tensor::from_vec(&shape, scale).unwrap());
+        g.initializers.insert(format!("b{i}"), Tensor::from_vec(&[cols], rng.vec(cols, 0.5)).unwrap());
+        let v = |s: &str| format!("{s}{i}");
+        g.nodes.extend([
+            Node::new("Mul", &v("scale"), &["xs", &v("ws")], &[&v("s")]),
+            Node::new("MatMulInteger", &v("mi"), &["xq", &v("w"), "xz", &v("wz")], &[&v("acc")]),
+            Node::new("Cast", &v("cast"), &[&v("acc")], &[&v("accf")]).with_attr("to", Attr::Int(1)),
+            Node::new("Mul", &v("deq"), &[&v("accf"), &v("s")], &[&v("mm")]),
+            Node::new("Add", &v("add"), &[&v("b"), &v("mm")], &[&v("h")]),
+        ]);
+        let out = format!("y{i}");
+        g.nodes.push(match tail {
+            "gelu" => Node::new("Gelu", &v("gelu"), &[&v("h")], &[&out]),
+            _ => Node::new("Add", &v("res"), &[&v("h"), "x"], &[&out]),
+        });
+        g.outputs.push(ValueInfo { name: out, dtype: Some(DType::F32), shape: None });
+    }
+    g
+}
+
+fn run(g: Graph, x: &Tensor, optimize: bool, provider: &str) -> (Vec<Vec<f32>>, usize) {
+    let (b, s) = (x.shape()[0], x.shape()[1]);
+    let opts = SessionOptions {
+        providers: vec![provider.into()],
+        threads: 2,
+        optimize,
+        dims: [("batch".to_string(), b), ("seq".to_string(), s)].into_iter().collect(),
+        ..Default::default()
+    };
+    let sess = Session::from_graph(g, opts).unwrap();
+    let fused = sess.pass_report().integer_matmul_fused;
+    let out = sess.run(vec![("x".into(), x.clone())]).unwrap();
+    (out.iter().map(|(_, t)| t.as_slice::<f32>().unwrap().to_vec()).collect(), fused)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]
+
+    /// Same quantized input, same i32 products: only float rounding of the
+    /// epilogue may differ.
+    #[test]
+    fn fused_integer_products_match_the_quantized_graph(
+        b in 1usize..3, s in 1usize..40, k in 1usize..80, n in 1usize..70, per_column: bool, seed in 0u64..1000,
+    ) {
+        let g = quantized_graph(k, n, per_column, seed);
+        let x = Tensor::from_vec(&[b, s, k], Rng::new(seed ^ 7).vec(b * s * k, 2.0)).unwrap();
+        let (plain, _) = run(g.clone(), &x, false, "cpu");
+        for provider in ["cpu", "auto"] {
+            let (fused, count) = run(g.clone(), &x, true, provider);
+            prop_assert_eq!(count, 2);
+            for (f, p) in fused.iter().zip(&plain) {
+                prop_assert_eq!(f.len(), p.len());
+                for (u, v) in f.iter().zip(p) {
+                    prop_assert!((u - v).abs() <= 1e-5 * (1.0 + v.abs()), "{} vs {} ({})", u, v, provider);
+                }
+            }
+        }
+    }
+}
