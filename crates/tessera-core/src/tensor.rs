@@ -74,6 +74,26 @@ impl Tensor {
         Ok(Tensor { dtype, shape: shape.to_vec(), storage: Arc::new(Storage::Owned(bytes)) })
     }
 
+    /// [`Tensor::from_pool`] for a producer that writes every element: a
+    /// recycled buffer keeps its stale (initialized) bytes instead of being
+    /// zeroed first, which is a full extra pass, on one core, over every
+    /// large output. Only bytes beyond the buffer's old length are zeroed.
+    pub fn from_pool_for_overwrite(dtype: DType, shape: &[usize], buf: Option<AlignedBytes>) -> Result<Tensor> {
+        let n = checked_numel(shape)? * dtype.size();
+        let bytes = match buf {
+            Some(mut b) if b.capacity() >= n => {
+                if b.len() >= n {
+                    b.truncate(n);
+                } else {
+                    b.resize(n, 0);
+                }
+                b
+            }
+            _ => zeroed_bytes(n),
+        };
+        Ok(Tensor { dtype, shape: shape.to_vec(), storage: Arc::new(Storage::Owned(bytes)) })
+    }
+
     pub fn from_vec<T: Element>(shape: &[usize], data: Vec<T>) -> Result<Tensor> {
         Self::from_slice(shape, &data)
     }

@@ -371,7 +371,9 @@ impl CpuOp for Linear {
         let rows = a.numel() / k.max(1);
         let mut y_shape = a.shape()[..a.rank() - 1].to_vec();
         y_shape.push(n);
-        let mut y = ctx.alloc(DType::F32, &y_shape)?;
+        // The products write every element, except with an empty K.
+        let mut y =
+            if k > 0 { ctx.alloc_for_overwrite(DType::F32, &y_shape)? } else { ctx.alloc(DType::F32, &y_shape)? };
         // Run-time bias: a row vector goes into the epilogue, anything else
         // is broadcast-added afterwards (before the activation only matters
         // for FusedMatMul, whose bias is always a row vector or a scalar).
@@ -533,7 +535,11 @@ impl CpuOp for MatMulInteger {
         let t0 = crate::profile::enabled().then(std::time::Instant::now);
         let y = match self.dequant {
             None => {
-                let mut y = ctx.alloc(DType::I32, &y_shape)?;
+                let mut y = if k > 0 {
+                    ctx.alloc_for_overwrite(DType::I32, &y_shape)?
+                } else {
+                    ctx.alloc(DType::I32, &y_shape)?
+                };
                 tile_igemm(self.isa, am, &a_zero, &self.weight, I8Out::I32 { c: y.as_mut_slice::<i32>()?, ldc: n });
                 y
             }
@@ -545,7 +551,11 @@ impl CpuOp for MatMulInteger {
                     activation,
                     residual: d.residual.map(|data| Residual { data, row_stride: n }),
                 };
-                let mut y = ctx.alloc(DType::F32, &y_shape)?;
+                let mut y = if k > 0 {
+                    ctx.alloc_for_overwrite(DType::F32, &y_shape)?
+                } else {
+                    ctx.alloc(DType::F32, &y_shape)?
+                };
                 let c = y.as_mut_slice::<f32>()?;
                 tile_igemm(
                     self.isa,

@@ -72,13 +72,25 @@ pub struct RunCtx {
 impl RunCtx {
     /// A zeroed output tensor, reusing a released buffer when one is big enough.
     pub fn alloc(&mut self, dtype: DType, shape: &[usize]) -> Result<Tensor> {
+        let buf = self.take(dtype, shape)?;
+        Tensor::from_pool(dtype, shape, buf)
+    }
+
+    /// [`RunCtx::alloc`] for an op that writes every element of its output:
+    /// the contents start unspecified (a recycled buffer's old values), not
+    /// zeroed.
+    pub fn alloc_for_overwrite(&mut self, dtype: DType, shape: &[usize]) -> Result<Tensor> {
+        let buf = self.take(dtype, shape)?;
+        Tensor::from_pool_for_overwrite(dtype, shape, buf)
+    }
+
+    fn take(&mut self, dtype: DType, shape: &[usize]) -> Result<Option<Buffer>> {
         let need = tessera_core::tensor::checked_numel(shape)? * dtype.size();
-        let buf = match self.pool.iter().position(|b| fits(b, need)) {
+        Ok(match self.pool.iter().position(|b| fits(b, need)) {
             Some(p) => Some(self.pool.swap_remove(p)),
             None if need >= 4096 => shared_take(need),
             None => None,
-        };
-        Tensor::from_pool(dtype, shape, buf)
+        })
     }
 
     /// Hands a dead tensor's memory back for reuse.
@@ -163,5 +175,32 @@ impl OpRegistry {
             self.builders.keys().map(|(d, o)| if d.is_empty() { o.clone() } else { format!("{d}:{o}") }).collect();
         v.sort();
         v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alloc_for_overwrite_reuses_without_zeroing_and_sizes_exactly() {
+        let mut ctx = RunCtx::default();
+        let mut t = ctx.alloc(DType::F32, &[2048]).unwrap();
+        t.as_mut_slice::<f32>().unwrap().fill(7.0);
+        ctx.release(t);
+        // Smaller: the same buffer, its old values kept, the length exact.
+        let t = ctx.alloc_for_overwrite(DType::F32, &[1500]).unwrap();
+        assert_eq!(t.shape(), &[1500]);
+        assert_eq!(t.as_slice::<f32>().unwrap().len(), 1500);
+        assert!(t.as_slice::<f32>().unwrap().iter().all(|&v| v == 7.0));
+        ctx.release(t);
+        // Larger than the old contents but within capacity: the new tail is zero.
+        let t = ctx.alloc_for_overwrite(DType::F32, &[2000]).unwrap();
+        let s = t.as_slice::<f32>().unwrap();
+        assert!(s[..1500].iter().all(|&v| v == 7.0) && s[1500..].iter().all(|&v| v == 0.0));
+        ctx.release(t);
+        // `alloc` still zeroes a recycled buffer.
+        let t = ctx.alloc(DType::F32, &[1800]).unwrap();
+        assert!(t.as_slice::<f32>().unwrap().iter().all(|&v| v == 0.0));
     }
 }

@@ -246,7 +246,7 @@ fn build_dynamic_quantize(node: &Node, _: &BuildCtx) -> Result<Box<dyn CpuOp>> {
             return Err(Error::node(&node, format!("input must be float, got {}", x.dtype())));
         }
         if x.dtype() == DType::F32 {
-            let mut y = ctx.alloc(DType::U8, x.shape())?;
+            let mut y = ctx.alloc_for_overwrite(DType::U8, x.shape())?;
             let (scale, zero) = tessera_kernels::quant::dynamic_quantize_u8(x.as_slice::<f32>()?, y.as_mut_slice()?);
             return Ok(vec![y, Tensor::scalar(scale), Tensor::scalar(zero)]);
         }
@@ -488,7 +488,7 @@ fn build_fused_matmul_integer(node: &Node, bctx: &BuildCtx) -> Result<Box<dyn Cp
             activation,
             residual: d.residual.map(|data| Residual { data, row_stride: n }),
         };
-        let mut out = ctx.alloc(DType::F32, &plan.out_shape)?;
+        let mut out = ctx.alloc_for_overwrite(DType::F32, &plan.out_shape)?;
         if n > 0 {
             let scale = &d.scale;
             let o = out.as_mut_slice::<f32>()?;

@@ -168,7 +168,7 @@ pub(crate) fn binary<A: Element, B: Element, O: Element>(
     f: impl Fn(A, B) -> O + Sync,
 ) -> Result<Tensor> {
     let plan = Plan::new(node, [a.shape(), b_shape])?;
-    let mut out = ctx.alloc(out_dtype, &plan.out_shape)?;
+    let mut out = ctx.alloc_for_overwrite(out_dtype, &plan.out_shape)?;
     binary_into(&plan, a.as_slice::<A>()?, b.as_slice::<B>()?, out.as_mut_slice::<O>()?, f);
     Ok(out)
 }

@@ -73,7 +73,7 @@ pub(crate) fn cast_tensor(node: &Node, x: &Tensor, to: DType, ctx: &mut RunCtx) 
     if from == to {
         return Ok(x.clone());
     }
-    let mut out = ctx.alloc(to, x.shape())?;
+    let mut out = ctx.alloc_for_overwrite(to, x.shape())?;
     match (from, to) {
         (DType::F32, DType::F16) => out.as_mut_slice::<f16>()?.convert_from_f32_slice(x.as_slice()?),
         (DType::F32, DType::BF16) => out.as_mut_slice::<bf16>()?.convert_from_f32_slice(x.as_slice()?),

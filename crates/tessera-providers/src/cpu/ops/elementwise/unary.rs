@@ -221,7 +221,7 @@ pub(crate) fn run_unary(node: &Node, op: Un, x: &Tensor, ctx: &mut RunCtx) -> Re
             Ok(out)
         }
         _ if dt.is_float() => {
-            let mut out = ctx.alloc(dt, x.shape())?;
+            let mut out = ctx.alloc_for_overwrite(dt, x.shape())?;
             match (dt, op) {
                 (DType::F32, Un::Gelu { tanh }) => {
                     // The kernels' activation runs compiled for the CPU's
