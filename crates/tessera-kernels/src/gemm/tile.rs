@@ -171,13 +171,16 @@ pub struct TileBlocking {
 }
 
 impl TileBlocking {
-    /// K kept whole, up to 8 A panels (1 MiB) per task, the next A
-    /// k-blocks prefetched into L1. On the Xeon (Emerald Rapids) K chunks of
-    /// 4 to 16 k-blocks measured no faster at BERT shapes or 2048^3 (see
-    /// `benches/results/2026-11-27-tile-driver`), and cost accumulator
-    /// traffic.
+    /// K kept whole, up to 8 A panels (1 MiB) per task, the next k-blocks
+    /// of both panels prefetched into L1. On the Xeon (Emerald Rapids) K
+    /// chunks of 4 to 16 k-blocks measured no faster at BERT shapes or
+    /// 2048^3 (see `benches/results/2026-11-27-tile-driver`), and cost
+    /// accumulator traffic. Prefetching B as well as A measured faster with
+    /// weights from DRAM (as in a model) at 2 threads in 12 of 16 same-run
+    /// pairs at BERT shapes, by about 10% (bf16 and int8), and level at one
+    /// thread (`benches/results/2026-11-27-int8-fusion/prefetch_ab_alternating.txt`).
     pub const DEFAULT: TileBlocking =
-        TileBlocking { kc_blocks: 0, a_panels: 8, a_bytes: 1 << 20, prefetch: Prefetch::A };
+        TileBlocking { kc_blocks: 0, a_panels: 8, a_bytes: 1 << 20, prefetch: Prefetch::Ab };
 
     /// Parses `kc:panels:prefetch` (prefetch `none`, `a` or `ab`), as in
     /// `8:4:a`; `kc` 0 keeps K whole.
