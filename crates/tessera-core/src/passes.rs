@@ -56,9 +56,8 @@ pub fn optimize(graph: &mut Graph, eval: &Evaluator) -> Result<PassReport> {
 
 /// [`optimize`], optionally without the MatMul and attention fusions, whose
 /// fused nodes (`tessera:FusedMatMul`, `tessera:FusedMatMulInteger`,
-/// `tessera:Attention`) only Tessera's
-/// CPU-side providers run: a session
-/// that places regions on another runtime (Core ML) keeps plain ONNX ops.
+/// `tessera:Attention`) only Tessera's CPU-side providers run: a session that
+/// places regions on another runtime (Core ML) keeps plain ONNX ops.
 pub fn optimize_with(graph: &mut Graph, eval: &Evaluator, fuse_matmul_ops: bool) -> Result<PassReport> {
     let mut r = PassReport { folded: fold::fold_constants(graph, eval)?, ..Default::default() };
     r.dead_removed += dce::eliminate_dead_nodes(graph);

@@ -330,8 +330,7 @@ fn infer_node(n: &Node, ins: &[Option<&Known>]) -> Result<Vec<Known>> {
     let onnx = n.domain.is_empty() || n.domain == "ai.onnx";
     let op = n.op_type.as_str();
     let fused_matmul = n.domain == "tessera" && op == "FusedMatMul";
-    let fused_integer = n.domain == "tessera" && op == "FusedMatMulInteger";
-    if fused_integer {
+    if n.domain == "tessera" && op == "FusedMatMulInteger" {
         // The dequantized product: f32 of MatMul's shape.
         let shape = |i: usize| ins.get(i).copied().flatten().and_then(|k| k.shape.clone());
         if let Some(o) = outs.first_mut() {

@@ -335,6 +335,16 @@ impl Linear {
     }
 }
 
+/// A product's output: the tile GEMMs write every element, so a recycled
+/// buffer is not zeroed first, except for an empty K (no block is finished).
+fn product_output(ctx: &mut RunCtx, dtype: DType, shape: &[usize], k: usize) -> Result<Tensor> {
+    if k > 0 {
+        ctx.alloc_for_overwrite(dtype, shape)
+    } else {
+        ctx.alloc(dtype, shape)
+    }
+}
+
 /// `y += scale * c`, with `c` broadcast to `y`'s shape.
 fn add_broadcast(node: &Node, y: &mut [f32], y_shape: &[usize], c: &Tensor, scale: f32) -> Result<()> {
     if c.rank() > y_shape.len() || c.shape().iter().rev().zip(y_shape.iter().rev()).any(|(&a, &b)| a != 1 && a != b) {
@@ -371,9 +381,7 @@ impl CpuOp for Linear {
         let rows = a.numel() / k.max(1);
         let mut y_shape = a.shape()[..a.rank() - 1].to_vec();
         y_shape.push(n);
-        // The products write every element, except with an empty K.
-        let mut y =
-            if k > 0 { ctx.alloc_for_overwrite(DType::F32, &y_shape)? } else { ctx.alloc(DType::F32, &y_shape)? };
+        let mut y = product_output(ctx, DType::F32, &y_shape, k)?;
         // Run-time bias: a row vector goes into the epilogue, anything else
         // is broadcast-added afterwards (before the activation only matters
         // for FusedMatMul, whose bias is always a row vector or a scalar).
@@ -464,41 +472,12 @@ struct MatMulInteger {
 
 impl MatMulInteger {
     fn build(node: &Node, isa: TileIsa, constant: Constant) -> Result<MatMulInteger> {
-        let b = weight(node, 1, constant)?;
-        let signed = match b.dtype() {
-            DType::I8 => true,
-            DType::U8 => false,
-            d => return Err(Error::node(node, format!("B must be int8 or uint8, got {d}"))),
-        };
-        if b.rank() != 2 {
-            return Err(Error::node(node, "B must be 2-D"));
-        }
-        let (k, n) = (b.shape()[0], b.shape()[1]);
-        let zero: Vec<i32> = match node.input(3) {
-            None => vec![0],
-            Some(z) => {
-                let z = constant(z).ok_or_else(|| Error::node(node, "B zero point must be a constant"))?;
-                if z.dtype() != b.dtype() || !(z.numel() == 1 || z.numel() == n) || z.rank() > 1 {
-                    return Err(Error::node(
-                        node,
-                        format!("B zero point {:?} must be a scalar or [N] of B's type", z.shape()),
-                    ));
-                }
-                z.bytes().iter().map(|&v| if signed { v as i8 as i32 } else { v as i32 }).collect()
-            }
-        };
+        let IntWeight { packed, k, n } = IntWeight::matmul(node, 1, 3, constant)?;
         let dequant = match node.op_type.as_str() {
             "FusedMatMulInteger" => Some(crate::cpu::ops::fused::parse_activation(node)?),
             _ => None,
         };
-        Ok(MatMulInteger {
-            node: node.clone(),
-            isa,
-            weight: Arc::new(PackedB::from_i8(b.bytes(), k, n, signed, &zero)),
-            k,
-            n,
-            dequant,
-        })
+        Ok(MatMulInteger { node: node.clone(), isa, weight: packed, k, n, dequant })
     }
 }
 
@@ -535,11 +514,7 @@ impl CpuOp for MatMulInteger {
         let t0 = crate::profile::enabled().then(std::time::Instant::now);
         let y = match self.dequant {
             None => {
-                let mut y = if k > 0 {
-                    ctx.alloc_for_overwrite(DType::I32, &y_shape)?
-                } else {
-                    ctx.alloc(DType::I32, &y_shape)?
-                };
+                let mut y = product_output(ctx, DType::I32, &y_shape, k)?;
                 tile_igemm(self.isa, am, &a_zero, &self.weight, I8Out::I32 { c: y.as_mut_slice::<i32>()?, ldc: n });
                 y
             }
@@ -551,11 +526,7 @@ impl CpuOp for MatMulInteger {
                     activation,
                     residual: d.residual.map(|data| Residual { data, row_stride: n }),
                 };
-                let mut y = if k > 0 {
-                    ctx.alloc_for_overwrite(DType::F32, &y_shape)?
-                } else {
-                    ctx.alloc(DType::F32, &y_shape)?
-                };
+                let mut y = product_output(ctx, DType::F32, &y_shape, k)?;
                 let c = y.as_mut_slice::<f32>()?;
                 tile_igemm(
                     self.isa,
