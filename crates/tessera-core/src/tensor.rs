@@ -60,18 +60,9 @@ impl Tensor {
         Ok(Tensor { dtype, shape: shape.to_vec(), storage: Arc::new(Storage::Owned(zeroed_bytes(n * dtype.size()))) })
     }
 
-    /// Reuses `buf` (from a buffer pool) when it is large enough.
+    /// Reuses `buf` (from a buffer pool) when it is large enough; zeroed.
     pub fn from_pool(dtype: DType, shape: &[usize], buf: Option<AlignedBytes>) -> Result<Tensor> {
-        let n = checked_numel(shape)? * dtype.size();
-        let bytes = match buf {
-            Some(mut b) if b.capacity() >= n => {
-                b.clear();
-                b.resize(n, 0);
-                b
-            }
-            _ => zeroed_bytes(n),
-        };
-        Ok(Tensor { dtype, shape: shape.to_vec(), storage: Arc::new(Storage::Owned(bytes)) })
+        Self::pooled(dtype, shape, buf, true)
     }
 
     /// [`Tensor::from_pool`] for a producer that writes every element: a
@@ -79,9 +70,16 @@ impl Tensor {
     /// zeroed first, which is a full extra pass, on one core, over every
     /// large output. Only bytes beyond the buffer's old length are zeroed.
     pub fn from_pool_for_overwrite(dtype: DType, shape: &[usize], buf: Option<AlignedBytes>) -> Result<Tensor> {
+        Self::pooled(dtype, shape, buf, false)
+    }
+
+    fn pooled(dtype: DType, shape: &[usize], buf: Option<AlignedBytes>, zero: bool) -> Result<Tensor> {
         let n = checked_numel(shape)? * dtype.size();
         let bytes = match buf {
             Some(mut b) if b.capacity() >= n => {
+                if zero {
+                    b.clear();
+                }
                 if b.len() >= n {
                     b.truncate(n);
                 } else {
