@@ -5,8 +5,9 @@
 /// `const FMA: bool`) compiled for the widest x86 vector unit the CPU has:
 /// the body is inlined into a wrapper with AVX-512 (F and BW, for byte and
 /// 16-bit lanes) or AVX2, FMA enabled (and `FMA = true`), so its plain
-/// loops vectorize to that width and its multiply-adds fuse. The crate itself is built for baseline x86-64,
-/// where the body runs with `FMA = false`.
+/// loops vectorize to that width and its multiply-adds fuse. The crate
+/// itself is built for baseline x86-64, where the body runs with
+/// `FMA = false`.
 macro_rules! with_vector_features {
     ($body:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)?) => {{
         #[cfg(target_arch = "x86_64")]

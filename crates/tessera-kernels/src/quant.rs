@@ -261,15 +261,10 @@ fn quantize_row_i8(row: &[f32], q: &mut [u8]) -> f32 {
 
 #[inline(always)]
 fn quantize_row_i8_body<const FMA: bool>(row: &[f32], q: &mut [u8]) -> f32 {
-    let mut lanes = [0f32; 16];
-    let mut chunks = row.chunks_exact(16);
-    for c in &mut chunks {
-        for (l, &v) in lanes.iter_mut().zip(c) {
-            // `max` skips a NaN lane value; a NaN row scales by 1.
-            *l = l.max(v.abs());
-        }
-    }
-    let m = chunks.remainder().iter().fold(lanes.iter().fold(0f32, |a, &b| a.max(b)), |a, &v| a.max(v.abs()));
+    // max |x| from the lane-parallel min and max (NaN skipped; a row of
+    // only NaN scales by 1, as does one with an infinity).
+    let (lo, hi) = min_max_body::<FMA>(row);
+    let m = hi.max(-lo);
     let s = if m > 0.0 && m.is_finite() { m / 127.0 } else { 1.0 };
     let inv = 1.0 / s;
     for (d, &v) in q.iter_mut().zip(row) {
