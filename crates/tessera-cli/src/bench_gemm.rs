@@ -26,6 +26,9 @@ pub struct Row {
     pub k: usize,
     pub threads: usize,
     pub gflops: f64,
+    /// Weight bytes read per call over the call's time: how close a call
+    /// comes to streaming its weight at memory speed (with `--cold`).
+    pub weight_gbs: f64,
     /// Peak of the unit this kernel runs on, for these threads (0 if none).
     pub peak_gflops: f64,
     pub pct_of_peak: f64,
@@ -186,7 +189,7 @@ impl UkernelCase {
         // 64-byte aligned panels, as the packed ones are.
         let a = tessera_kernels::gemm::tile::aligned_bytes(len * self.a_panels, 0x3f);
         let b = tessera_kernels::gemm::tile::aligned_bytes(len * self.b_panels, 0x3f);
-        let sess = TileSession::begin(TileIsa::Amx, self.prefetch);
+        let mut sess = TileSession::begin(TileIsa::Amx, self.prefetch);
         let mut acc = AccBlock::new();
         let rounds = (20_000 / (self.a_panels * self.b_panels * self.kblocks / 8).max(1)).max(1);
         let s = time(seconds, || {
@@ -328,7 +331,7 @@ pub fn run(opts: &Options) -> Result<Vec<Row>, String> {
                     None => Epilogue::default(),
                 };
                 weight_mem::set_huge_pages(huge);
-                let (secs, peak) = match kernel.as_str() {
+                let (secs, peak, weight_bytes) = match kernel.as_str() {
                     "fp32-vector" => {
                         let bs: Vec<Vec<f32>> = (0..copies(opts.cold, 4 * k * n)).map(|_| b.clone()).collect();
                         let mut i = 0;
@@ -346,7 +349,7 @@ pub fn run(opts: &Options) -> Result<Vec<Row>, String> {
                                 )
                             })
                         });
-                        (s, 0.0)
+                        (s, 0.0, 4 * k * n)
                     }
                     "amx-bf16" | "amx-bf16x3" | "amx-bf16x6" => {
                         if let Err(why) = &amx_ok {
@@ -372,7 +375,7 @@ pub fn run(opts: &Options) -> Result<Vec<Row>, String> {
                         });
                         // A split GEMM does `products` times the work of the
                         // fp32 GEMM it computes: compare with peak / products.
-                        (s, peak_bf16 / split.products().len() as f64)
+                        (s, peak_bf16 / split.products().len() as f64, pb0.packed_bytes())
                     }
                     "amx-int8" => {
                         if let Err(why) = &amx_ok {
@@ -400,11 +403,11 @@ pub fn run(opts: &Options) -> Result<Vec<Row>, String> {
                                 tile_igemm_with(TileIsa::Amx, blk, am, &[128], &pbs[i % pbs.len()], out)
                             })
                         });
-                        (s, peak_i8)
+                        (s, peak_i8, pbs[0].packed_bytes())
                     }
                     arm if arm.starts_with("neon-") || arm.starts_with("sme-") => {
                         match pool.install(|| arm_seconds(arm, &a, &b, m, n, k, opts.min_seconds)) {
-                            Ok(s) => (s, 0.0),
+                            Ok(s) => (s, 0.0, 4 * k * n),
                             Err(why) => {
                                 eprintln!("skipping {kernel}: {why}");
                                 continue;
@@ -428,6 +431,7 @@ pub fn run(opts: &Options) -> Result<Vec<Row>, String> {
                     k,
                     threads,
                     gflops,
+                    weight_gbs: weight_bytes as f64 / secs / 1e9,
                     peak_gflops: peak,
                     pct_of_peak: if peak > 0.0 { 100.0 * gflops / peak } else { 0.0 },
                     chip_peak_gflops: chip,
@@ -441,7 +445,7 @@ pub fn run(opts: &Options) -> Result<Vec<Row>, String> {
 
 pub fn print(rows: &[Row]) {
     println!(
-        "{:<12} {:<9} {:>5} {:<14} {:>6} {:>6} {:>6} {:>4} {:>10} {:>10} {:>7} {:>10} {:>7}",
+        "{:<12} {:<14} {:>5} {:<14} {:>6} {:>6} {:>6} {:>4} {:>10} {:>8} {:>10} {:>7} {:>10} {:>7}",
         "kernel",
         "blocking",
         "pages",
@@ -451,6 +455,7 @@ pub fn print(rows: &[Row]) {
         "K",
         "thr",
         "GFLOP/s",
+        "W GB/s",
         "probe",
         "%probe",
         "chip peak",
@@ -459,7 +464,7 @@ pub fn print(rows: &[Row]) {
     for r in rows {
         let opt = |v: f64, digits: usize| if v > 0.0 { format!("{v:.digits$}") } else { "-".into() };
         println!(
-            "{:<12} {:<9} {:>5} {:<14} {:>6} {:>6} {:>6} {:>4} {:>10.1} {:>10} {:>7} {:>10} {:>7}",
+            "{:<12} {:<14} {:>5} {:<14} {:>6} {:>6} {:>6} {:>4} {:>10.1} {:>8.1} {:>10} {:>7} {:>10} {:>7}",
             r.kernel,
             if r.blocking.is_empty() { "-" } else { &r.blocking },
             if r.blocking.is_empty() {
@@ -475,6 +480,7 @@ pub fn print(rows: &[Row]) {
             r.k,
             r.threads,
             r.gflops,
+            r.weight_gbs,
             opt(r.peak_gflops, 0),
             opt(r.pct_of_peak, 1),
             opt(r.chip_peak_gflops, 0),

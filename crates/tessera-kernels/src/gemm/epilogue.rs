@@ -3,6 +3,9 @@
 //! memory. The order is ONNX's unfused order: `act(alpha * acc + bias) +
 //! residual`.
 
+use std::ops::Range;
+
+use super::ukernel::{AccBlock, NR};
 use crate::elementwise::{gelu_erf_f32, gelu_erf_with, gelu_tanh_f32, gelu_tanh_with, sigmoid_f32, sigmoid_with};
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Default)]
@@ -139,6 +142,29 @@ impl<'a> Epilogue<'a> {
     }
 }
 
+#[inline(always)]
+fn apply_block_body<const FMA: bool>(
+    epi: &Epilogue,
+    acc: &mut AccBlock,
+    i0: usize,
+    j0: usize,
+    rows: Range<usize>,
+    cols: usize,
+) {
+    let bias = epi.block_bias(j0, cols);
+    for i in rows {
+        let row = &mut acc.0[i * NR..(i + 1) * NR];
+        let mut v = [0f32; NR];
+        for j in 0..NR {
+            v[j] = f32::from_bits(row[j]);
+        }
+        epi.finish_row::<FMA>(&mut v, &bias, i0 + i, j0, cols);
+        for j in 0..NR {
+            row[j] = v[j].to_bits();
+        }
+    }
+}
+
 /// The one definition of the epilogue, compiled for each vector unit by
 /// `with_vector_features!`.
 #[inline(always)]
@@ -147,6 +173,48 @@ fn apply_epilogue<const FMA: bool>(epi: &Epilogue, acc: &[f32], row: usize, j0: 
 }
 
 impl Epilogue<'_> {
+    /// Applies the epilogue in place to rows `rows` of a finished fp32
+    /// accumulator block whose top-left output is (i0, j0), `cols` of its
+    /// columns being outputs: one call per block (or part), its loops over
+    /// whole 32-value rows.
+    pub fn apply_block(&self, acc: &mut AccBlock, i0: usize, j0: usize, rows: Range<usize>, cols: usize) {
+        let epi = self;
+        with_vector_features!(apply_block_body(
+            epi: &Epilogue,
+            acc: &mut AccBlock,
+            i0: usize,
+            j0: usize,
+            rows: Range<usize>,
+            cols: usize,
+        ))
+    }
+
+    /// The bias for columns `j0..j0 + cols`, zero elsewhere.
+    #[inline(always)]
+    fn block_bias(&self, j0: usize, cols: usize) -> [f32; NR] {
+        let mut bias = [0f32; NR];
+        if let Some(b) = self.bias {
+            per_column(b, j0, cols, &mut bias);
+        }
+        bias
+    }
+
+    /// `act(alpha * v + bias) + residual` on one row of a block; lanes past
+    /// `cols` hold values that are never stored.
+    #[inline(always)]
+    fn finish_row<const FMA: bool>(&self, v: &mut [f32; NR], bias: &[f32; NR], row: usize, j0: usize, cols: usize) {
+        for j in 0..NR {
+            v[j] = self.alpha * v[j] + bias[j];
+        }
+        activate_body::<FMA>(self.activation, v);
+        if let Some(r) = self.residual {
+            let src = &r.data[row * r.row_stride + j0..][..cols];
+            for (d, &s) in v.iter_mut().zip(src) {
+                *d += s;
+            }
+        }
+    }
+
     #[inline(always)]
     fn apply_generic<const FMA: bool>(&self, acc: &[f32], row: usize, j0: usize, dst: &mut [f32]) {
         let n = dst.len();
@@ -178,39 +246,135 @@ pub(crate) struct I8Correction<'a> {
 }
 
 impl I8Correction<'_> {
+    /// Replaces the raw products in rows `rows` (of the block, whose
+    /// top-left output is (i0, j0)) of a finished accumulator block by the
+    /// zero-point-corrected results, in place; `cols` columns are outputs.
+    pub fn correct_block(&self, acc: &mut AccBlock, i0: usize, j0: usize, rows: Range<usize>, cols: usize) {
+        let corr = self;
+        with_vector_features!(correct_block_body(
+            corr: &I8Correction,
+            acc: &mut AccBlock,
+            i0: usize,
+            j0: usize,
+            rows: Range<usize>,
+            cols: usize,
+        ))
+    }
+
+    /// Replaces the raw products in rows `rows` of a finished accumulator
+    /// block by `epi(scale_a[i] * scale_b[j] * corrected)` as f32 bits, in
+    /// place (`scale_a` per tensor or per row, `scale_b` per tensor or per
+    /// column).
+    #[allow(clippy::too_many_arguments)]
+    pub fn dequantize_block(
+        &self,
+        scale_a: &[f32],
+        scale_b: &[f32],
+        epi: &Epilogue,
+        acc: &mut AccBlock,
+        i0: usize,
+        j0: usize,
+        rows: Range<usize>,
+        cols: usize,
+    ) {
+        let corr = self;
+        with_vector_features!(dequantize_block_body(
+            corr: &I8Correction,
+            scale_a: &[f32],
+            scale_b: &[f32],
+            epi: &Epilogue,
+            acc: &mut AccBlock,
+            i0: usize,
+            j0: usize,
+            rows: Range<usize>,
+            cols: usize,
+        ))
+    }
+
+    /// The block's column terms: column sums and B zero points (padded
+    /// with zeros past `cols`).
     #[inline(always)]
-    fn value(&self, acc: i32, row: usize, col: usize) -> i32 {
-        let za = self.a_zero[if self.a_zero.len() == 1 { 0 } else { row }];
-        let zb = self.b_zero[if self.b_zero.len() == 1 { 0 } else { col }];
-        acc.wrapping_sub(za.wrapping_mul(self.col_sums[col]))
-            .wrapping_sub(zb.wrapping_mul(self.row_sums[row]))
-            .wrapping_add(self.k.wrapping_mul(za).wrapping_mul(zb))
+    fn columns(&self, j0: usize, cols: usize) -> ([i32; NR], [i32; NR]) {
+        let (mut cs, mut zb) = ([0i32; NR], [0i32; NR]);
+        cs[..cols].copy_from_slice(&self.col_sums[j0..j0 + cols]);
+        per_column(self.b_zero, j0, cols, &mut zb);
+        (cs, zb)
     }
 
-    pub fn apply_i32(&self, acc: &[i32], row: usize, j0: usize, dst: &mut [i32]) {
-        for (j, (d, &a)) in dst.iter_mut().zip(acc).enumerate() {
-            *d = self.value(a, row, j0 + j);
+    /// The row's terms: its A zero point and `k * za - rowsum(a)`.
+    #[inline(always)]
+    fn row(&self, i: usize) -> (i32, i32) {
+        let za = self.a_zero[if self.a_zero.len() == 1 { 0 } else { i }];
+        (za, self.k.wrapping_mul(za).wrapping_sub(self.row_sums[i]))
+    }
+}
+
+/// `values` (one per tensor or one per column) for columns `j0..j0 + cols`
+/// into `out`, the rest left as they are.
+#[inline(always)]
+fn per_column<T: Copy>(values: &[T], j0: usize, cols: usize, out: &mut [T; NR]) {
+    if values.len() == 1 {
+        out[..cols].fill(values[0]);
+    } else {
+        out[..cols].copy_from_slice(&values[j0..j0 + cols]);
+    }
+}
+
+/// `acc - za * colsum + zb * (k * za - rowsum)`: the expansion of
+/// `sum (a - za)(b - zb)` above, in wrapping i32 as the exact product is.
+#[inline(always)]
+fn corrected(acc: u32, za: i32, cs: i32, zb: i32, row_term: i32) -> i32 {
+    (acc as i32).wrapping_sub(za.wrapping_mul(cs)).wrapping_add(zb.wrapping_mul(row_term))
+}
+
+#[inline(always)]
+fn correct_block_body<const FMA: bool>(
+    corr: &I8Correction,
+    acc: &mut AccBlock,
+    i0: usize,
+    j0: usize,
+    rows: Range<usize>,
+    cols: usize,
+) {
+    let (cs, zb) = corr.columns(j0, cols);
+    for i in rows {
+        let row = &mut acc.0[i * NR..(i + 1) * NR];
+        let (za, row_term) = corr.row(i0 + i);
+        for j in 0..NR {
+            row[j] = corrected(row[j], za, cs[j], zb[j], row_term) as u32;
         }
     }
+}
 
-    pub fn apply_scaled(&self, acc: &[i32], row: usize, j0: usize, scale_a: f32, scale_b: &[f32], dst: &mut [f32]) {
-        let n = dst.len();
-        if self.b_zero.len() == 1 && scale_b.len() != 1 {
-            // Per-tensor B zero point, per-column scales (the weights of
-            // dynamic quantization): the row's terms hoisted, a loop that
-            // vectorizes.
-            let za = self.a_zero[if self.a_zero.len() == 1 { 0 } else { row }];
-            let zb = self.b_zero[0];
-            let row_term = self.k.wrapping_mul(za).wrapping_mul(zb).wrapping_sub(zb.wrapping_mul(self.row_sums[row]));
-            let (cs, sb) = (&self.col_sums[j0..j0 + n], &scale_b[j0..j0 + n]);
-            for (((d, &a), &c), &s) in dst.iter_mut().zip(&acc[..n]).zip(cs).zip(sb) {
-                *d = a.wrapping_sub(za.wrapping_mul(c)).wrapping_add(row_term) as f32 * scale_a * s;
-            }
-            return;
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn dequantize_block_body<const FMA: bool>(
+    corr: &I8Correction,
+    scale_a: &[f32],
+    scale_b: &[f32],
+    epi: &Epilogue,
+    acc: &mut AccBlock,
+    i0: usize,
+    j0: usize,
+    rows: Range<usize>,
+    cols: usize,
+) {
+    let (cs, zb) = corr.columns(j0, cols);
+    let mut sb = [0f32; NR];
+    per_column(scale_b, j0, cols, &mut sb);
+    let bias = epi.block_bias(j0, cols);
+    for i in rows {
+        let row = &mut acc.0[i * NR..(i + 1) * NR];
+        let r = i0 + i;
+        let (za, row_term) = corr.row(r);
+        let sa = scale_a[if scale_a.len() == 1 { 0 } else { r }];
+        let mut v = [0f32; NR];
+        for j in 0..NR {
+            v[j] = corrected(row[j], za, cs[j], zb[j], row_term) as f32 * sa * sb[j];
         }
-        for (j, (d, &a)) in dst.iter_mut().zip(acc).enumerate() {
-            let sb = scale_b[if scale_b.len() == 1 { 0 } else { j0 + j }];
-            *d = self.value(a, row, j0 + j) as f32 * scale_a * sb;
+        epi.finish_row::<FMA>(&mut v, &bias, r, j0, cols);
+        for j in 0..NR {
+            row[j] = v[j].to_bits();
         }
     }
 }

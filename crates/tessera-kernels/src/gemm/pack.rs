@@ -91,11 +91,54 @@ fn b_offset(j: usize, kk: usize, group: usize, esz: usize) -> usize {
 }
 
 /// bf16 bits of `x`, rounded to nearest even (branch-free, so loops over
-/// it vectorize; NaN payloads are not preserved, which no GEMM needs).
+/// it vectorize). NaN becomes the quiet NaN, as the hardware conversion
+/// does (rounding its bits could carry a payload into infinity).
 #[inline(always)]
 fn bf16_rne(x: f32) -> u16 {
     let b = x.to_bits();
-    (b.wrapping_add(0x7FFF + ((b >> 16) & 1)) >> 16) as u16
+    let rounded = (b.wrapping_add(0x7FFF + ((b >> 16) & 1)) >> 16) as u16;
+    if x.is_nan() {
+        0x7FC0 | ((b >> 16) as u16 & 0x8000)
+    } else {
+        rounded
+    }
+}
+
+/// `out[i] = bf16_rne(src[i])`; with AVX-512 BF16 (every CPU with AMX has
+/// it) one instruction converts 32 values. The instruction treats
+/// subnormal inputs as zero, as the tile unit does with subnormal bf16.
+fn to_bf16(src: &[f32], out: &mut [u16]) {
+    assert_eq!(src.len(), out.len());
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512bf16") && std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has AVX-512F and AVX-512 BF16 (checked just above).
+        unsafe { to_bf16_avx512(src, out) };
+        return;
+    }
+    for (o, &x) in out.iter_mut().zip(src) {
+        *o = bf16_rne(x);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+fn to_bf16_avx512(src: &[f32], out: &mut [u16]) {
+    use std::arch::x86_64::*;
+    let whole = src.len() / 32 * 32;
+    for (s, o) in src[..whole].chunks_exact(32).zip(out[..whole].chunks_exact_mut(32)) {
+        // SAFETY: `s` holds 32 f32 and `o` 32 u16 (64 bytes); unaligned
+        // loads and stores; the features are enabled on this function.
+        unsafe {
+            let lo = _mm512_loadu_ps(s.as_ptr());
+            let hi = _mm512_loadu_ps(s.as_ptr().add(16));
+            // The second operand fills the low half.
+            let packed: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
+            _mm512_storeu_si512(o.as_mut_ptr() as *mut __m512i, packed);
+        }
+    }
+    for (o, &x) in out[whole..].iter_mut().zip(&src[whole..]) {
+        *o = bf16_rne(x);
+    }
 }
 
 /// Splits 32 values into `parts` bf16 planes (hi, mid, lo).
@@ -152,8 +195,8 @@ fn pack_a_f32_body<const FMA: bool>(dst: &mut [u8], a: MatRef<f32>, split: Split
             // The common case: one pass over the row (a loop the compiler
             // vectorizes), then whole tile rows copied out.
             converted.clear();
-            converted.extend(src.iter().map(|&x| bf16_rne(x)));
             converted.resize(kb * 32, 0);
+            to_bf16(src, &mut converted[..k]);
             for (b, vals) in converted.chunks_exact(32).enumerate() {
                 let vals: &[u16; 32] = vals.try_into().expect("32 values");
                 put_tile_row(&mut dst[b * BLOCK_BYTES + a_offset(i, 0)..], vals);
@@ -198,13 +241,29 @@ pub fn pack_b_f32(dst: &mut [u8], cols: usize, k: usize, split: Split, get: impl
 }
 
 /// Packs rows `0..rows` of an 8-bit A panel; `row(i)` is row `i`'s `k` bytes.
-pub fn pack_a_i8<'a>(dst: &mut [u8], rows: usize, k: usize, row: impl Fn(usize) -> &'a [u8]) {
+/// `sums[i]` gets row `i`'s sum (of signed or unsigned values), which the
+/// zero-point correction needs: taken here, while the row is in L1.
+pub fn pack_a_i8<'a>(
+    dst: &mut [u8],
+    rows: usize,
+    k: usize,
+    signed: bool,
+    row: impl Fn(usize) -> &'a [u8],
+    sums: &mut [i32],
+) {
     let kind = DotKind::I8 { a_signed: false, b_signed: false };
     let kb = k_blocks(kind, k);
-    assert!(dst.len() >= kb * BLOCK_BYTES && rows <= 32);
+    assert!(dst.len() >= kb * BLOCK_BYTES && rows <= 32 && sums.len() >= rows);
     dst[..kb * BLOCK_BYTES].fill(0);
-    for i in 0..rows {
+    for (i, sum) in sums.iter_mut().enumerate().take(rows) {
         let src = &row(i)[..k];
+        // Two loops, so that each vectorizes (a sign test per byte does not).
+        // Wrapping i32 as the product is: it cannot wrap for k < 2^23.
+        *sum = if signed {
+            src.iter().fold(0i32, |s, &v| s.wrapping_add(v as i8 as i32))
+        } else {
+            src.iter().fold(0i32, |s, &v| s.wrapping_add(v as i32))
+        };
         for (b, chunk) in src.chunks(64).enumerate() {
             let off = b * BLOCK_BYTES + a_offset(i, 0);
             dst[off..off + chunk.len()].copy_from_slice(chunk);
@@ -221,6 +280,56 @@ pub fn pack_b_i8(dst: &mut [u8], cols: usize, k: usize, get: impl Fn(usize, usiz
     for kk in 0..k {
         for j in 0..cols {
             dst[(kk / 64) * BLOCK_BYTES + b_offset(j, kk % 64, 4, 1)] = get(kk, j);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Round to nearest even, computed the slow way in f64.
+    fn bf16_reference(x: f32) -> u16 {
+        if x.is_nan() {
+            return 0x7FC0 | ((x.to_bits() >> 16) as u16 & 0x8000);
+        }
+        half::bf16::from_f32(x).to_bits()
+    }
+
+    fn normal_or_special() -> impl Strategy<Value = f32> {
+        prop_oneof![
+            (-1e30f32..1e30f32),
+            (-2.0f32..2.0f32),
+            // Exact ties between two bf16 values, both parities.
+            (0u32..1 << 15).prop_map(|m| f32::from_bits(0x3F80_8000 | (m << 16) & 0x007F_0000)),
+            Just(f32::NAN),
+            Just(-f32::NAN),
+            Just(f32::from_bits(0x7F80_0001)),
+            Just(f32::INFINITY),
+            Just(f32::NEG_INFINITY),
+            Just(f32::MAX),
+            Just(-0.0f32),
+        ]
+    }
+
+    proptest! {
+        /// Named for scripts/test's AMX check: every CPU with AMX has
+        /// AVX-512 BF16, so there the conversion's vector path must run.
+        #[test]
+        fn amx_bf16_conversion_rounds_to_nearest_even(vals in proptest::collection::vec(normal_or_special(), 0..100)) {
+            #[cfg(target_arch = "x86_64")]
+            let fast = std::arch::is_x86_feature_detected!("avx512bf16");
+            #[cfg(not(target_arch = "x86_64"))]
+            let fast = false;
+            if !fast {
+                assert!(std::env::var("TESSERA_REQUIRE_AMX").as_deref() != Ok("1"), "AMX machine without AVX-512 BF16");
+            }
+            let mut out = vec![0u16; vals.len()];
+            to_bf16(&vals, &mut out);
+            for (&x, &got) in vals.iter().zip(&out) {
+                prop_assert_eq!(got, bf16_reference(x), "{} ({:#x})", x, x.to_bits());
+            }
         }
     }
 }

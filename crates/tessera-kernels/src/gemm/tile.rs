@@ -7,6 +7,8 @@
 //! 32-column B panel and a run of 32-row A panels; inside a task the B panel
 //! stays hot while the A panels stream.
 
+use std::ops::Range;
+
 use aligned_vec::{AVec, ConstAlign};
 use rayon::prelude::*;
 
@@ -134,10 +136,26 @@ unsafe impl<T> Send for OutPtr<T> {}
 // SAFETY: as above.
 unsafe impl<T> Sync for OutPtr<T> {}
 
-impl<T> OutPtr<T> {
+impl<T: Copy> OutPtr<T> {
     // A method, not field access, so closures capture the Sync wrapper.
     fn at(&self, offset: usize) -> *mut T {
         self.0.wrapping_add(offset)
+    }
+
+    /// Stores rows `rows`, columns `0..cols` of a finished 32x32 block whose
+    /// top-left output is (i0, j0), in a row-major output with row stride
+    /// `ldc`.
+    ///
+    /// # Safety
+    /// The `rows x cols` region at (i0, j0) lies inside the output the
+    /// pointer was made from, and no other task writes it.
+    unsafe fn store_block(&self, ldc: usize, block: &[T; MR * NR], i0: usize, j0: usize, rows: Range<usize>, cols: usize) {
+        for i in rows {
+            let src = &block[i * NR..(i + 1) * NR];
+            // SAFETY: the row segment is inside the region the caller vouches for.
+            let dst = unsafe { std::slice::from_raw_parts_mut(self.at((i0 + i) * ldc + j0), cols) };
+            dst.copy_from_slice(&src[..cols]);
+        }
     }
 }
 
@@ -168,6 +186,36 @@ pub struct TileBlocking {
     /// L2 bytes the task's A panels may take in all.
     pub a_bytes: usize,
     pub prefetch: Prefetch,
+    /// How the next weight panel travels from memory to L2.
+    pub stream: WeightStream,
+    /// Run each block's epilogue in pieces between the next block's
+    /// k-blocks, so the vector units work while the tile unit multiplies
+    /// (K whole only).
+    pub overlap: bool,
+}
+
+/// How a task brings its next weight panel into L2 while it multiplies the
+/// current one (at M = 128 each weight byte feeds only 128 products, so the
+/// weight's trip from DRAM is as long as its multiplication).
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum WeightStream {
+    /// Hardware prefetchers only.
+    Off,
+    /// Every line of the next panel prefetched when a panel starts.
+    Bulk,
+    /// The next panel's lines shared among the current panel's microkernel
+    /// calls, a few per k-block, so that the prefetches never queue up.
+    Spread,
+}
+
+impl WeightStream {
+    fn name(self) -> &'static str {
+        match self {
+            WeightStream::Off => "off",
+            WeightStream::Bulk => "bulk",
+            WeightStream::Spread => "spread",
+        }
+    }
 }
 
 impl TileBlocking {
@@ -179,15 +227,44 @@ impl TileBlocking {
     /// weights from DRAM (as in a model) at 2 threads in 12 of 16 same-run
     /// pairs at BERT shapes, by about 10% (bf16 and int8), and level at one
     /// thread (`benches/results/2026-11-27-int8-fusion/prefetch_ab_alternating.txt`).
-    pub const DEFAULT: TileBlocking =
-        TileBlocking { kc_blocks: 0, a_panels: 8, a_bytes: 1 << 20, prefetch: Prefetch::Ab };
+    pub const DEFAULT: TileBlocking = TileBlocking {
+        kc_blocks: 0,
+        a_panels: 8,
+        a_bytes: 1 << 20,
+        prefetch: Prefetch::Ab,
+        stream: WeightStream::Bulk,
+        overlap: false,
+    };
 
-    /// Parses `kc:panels:prefetch` (prefetch `none`, `a` or `ab`), as in
-    /// `8:4:a`; `kc` 0 keeps K whole.
+    /// Parses `kc:panels:prefetch[:stream[:epilogue]]` (prefetch `none`,
+    /// `a` or `ab`; stream `off`, `bulk` or `spread`; epilogue `serial` or
+    /// `overlap`), as in `8:4:a`; `kc` 0 keeps K whole.
     pub fn parse(s: &str) -> Result<TileBlocking, String> {
         let parts: Vec<&str> = s.split(':').collect();
-        let [kc, panels, pf] = parts[..] else {
-            return Err(format!("tile blocking '{s}': want kc:panels:prefetch, like 8:4:a"));
+        let (kc, panels, pf, stream, epi) = match parts[..] {
+            [kc, panels, pf] => (kc, panels, pf, None, None),
+            [kc, panels, pf, stream] => (kc, panels, pf, Some(stream), None),
+            [kc, panels, pf, stream, epi] => (kc, panels, pf, Some(stream), Some(epi)),
+            _ => {
+                return Err(format!(
+                    "tile blocking '{s}': want kc:panels:prefetch[:stream[:epilogue]], like 8:4:a"
+                ))
+            }
+        };
+        let overlap = match epi {
+            None => TileBlocking::DEFAULT.overlap,
+            Some("serial") => false,
+            Some("overlap") => true,
+            Some(other) => return Err(format!("tile blocking '{s}': epilogue '{other}' is not serial or overlap")),
+        };
+        let stream = match stream {
+            None => TileBlocking::DEFAULT.stream,
+            Some("off") => WeightStream::Off,
+            Some("bulk") => WeightStream::Bulk,
+            Some("spread") => WeightStream::Spread,
+            Some(other) => {
+                return Err(format!("tile blocking '{s}': stream '{other}' is not off, bulk or spread"))
+            }
         };
         let num =
             |v: &str, what: &str| v.parse::<usize>().map_err(|_| format!("tile blocking '{s}': bad {what} '{v}'"));
@@ -201,7 +278,7 @@ impl TileBlocking {
         if a_panels == 0 || a_panels > 64 {
             return Err(format!("tile blocking '{s}': panels must be 1..=64"));
         }
-        Ok(TileBlocking { kc_blocks: num(kc, "kc")?, a_panels, prefetch, ..TileBlocking::DEFAULT })
+        Ok(TileBlocking { kc_blocks: num(kc, "kc")?, a_panels, prefetch, stream, overlap, ..TileBlocking::DEFAULT })
     }
 
     pub fn name(&self) -> String {
@@ -210,7 +287,8 @@ impl TileBlocking {
             Prefetch::A => "a",
             Prefetch::Ab => "ab",
         };
-        format!("{}:{}:{pf}", self.kc_blocks, self.a_panels)
+        let epi = if self.overlap { "overlap" } else { "serial" };
+        format!("{}:{}:{pf}:{}:{epi}", self.kc_blocks, self.a_panels, self.stream.name())
     }
 }
 
@@ -220,9 +298,32 @@ impl Default for TileBlocking {
     }
 }
 
+impl TileBlocking {
+    /// The blocking [`tile_sgemm`] and [`tile_igemm`] use: `DEFAULT`, or
+    /// `TESSERA_TILE_BLOCKING` from the environment (the syntax of
+    /// [`TileBlocking::parse`]), so that whole models can be measured under
+    /// another blocking without a rebuild. A value that does not parse is
+    /// reported once on stderr and ignored.
+    pub fn configured() -> TileBlocking {
+        static CONFIGURED: std::sync::OnceLock<TileBlocking> = std::sync::OnceLock::new();
+        *CONFIGURED.get_or_init(|| match std::env::var("TESSERA_TILE_BLOCKING") {
+            Ok(v) => TileBlocking::parse(&v).unwrap_or_else(|e| {
+                eprintln!("TESSERA_TILE_BLOCKING ignored: {e}");
+                TileBlocking::DEFAULT
+            }),
+            Err(_) => TileBlocking::DEFAULT,
+        })
+    }
+}
+
+/// Most pieces a block's k-loop is cut into when the previous block's
+/// epilogue runs between them (`TileBlocking::overlap`): each piece then
+/// finishes 32 / pieces rows.
+const OVERLAP_PIECES: usize = 8;
+
 /// Runs the microkernel over every 32x32 output block. `a` holds the packed
-/// A panels (`kblocks * BLOCK_BYTES` bytes each); `finish(acc, i0, j0)` gets
-/// each finished block.
+/// A panels (`kblocks * BLOCK_BYTES` bytes each); `finish(acc, i0, j0, rows)`
+/// gets rows `rows` (of 0..32) of each finished block, every row once.
 ///
 /// A task owns a chunk of A panels (kept in L2 across the task) and a range
 /// of B panels. For each B panel, K is walked in chunks: a chunk of the B
@@ -235,7 +336,7 @@ fn drive(
     a: &[u8],
     m: usize,
     b: &PackedB,
-    finish: &(dyn Fn(&AccBlock, usize, usize) + Sync),
+    finish: &(dyn Fn(&mut AccBlock, usize, usize, Range<usize>) + Sync),
 ) {
     let mb = m.div_ceil(MR);
     let nb = b.panels();
@@ -252,37 +353,80 @@ fn drive(
     let tasks = m_chunks * n_ranges;
     let task = |t: usize| {
         let (mc, nr) = (t / n_ranges, t % n_ranges);
-        let sess = TileSession::begin(isa, blk.prefetch);
+        let mut sess = TileSession::begin(isa, blk.prefetch);
         let rows = mc * per_chunk..((mc + 1) * per_chunk).min(mb);
         // One accumulator block per A panel only when K is chunked (each
-        // block must survive the other panels' chunks); with K whole, one
-        // block serves them all and a task allocates nothing.
+        // block must survive the other panels' chunks); with K whole, two
+        // blocks serve them all (the one being multiplied and the one being
+        // finished) and a task allocates nothing.
         let chunked = kc < kblocks;
-        let mut single = AccBlock::new();
+        let overlap = blk.overlap && !chunked;
+        let mut pair = [AccBlock::new(), AccBlock::new()];
+        // The block in pair[1] still to finish, by its top-left output.
+        let mut pending: Option<(usize, usize)> = None;
         let mut per_panel: Vec<AccBlock> =
             if chunked { (0..rows.len()).map(|_| AccBlock::new()).collect() } else { Vec::new() };
         let last = ((nr + 1) * per_range).min(nb);
+        // Microkernel calls per B panel, among which `Spread` shares the
+        // next panel's lines.
+        let calls = rows.len() * kblocks.max(1).div_ceil(kc);
+        let share = a_len.div_ceil(calls).next_multiple_of(64);
         for pn in nr * per_range..last {
             let bp = b.panel(pn);
-            if pn + 1 < last {
-                // Weights come from DRAM once per inference: start the next
-                // panel's trip to L2 while this one is multiplied.
-                prefetch_l2(b.panel(pn + 1));
+            // Weights come from DRAM once per inference: start the next
+            // panel's trip to L2 while this one is multiplied.
+            let next = if pn + 1 < last { b.panel(pn + 1) } else { &[][..] };
+            if blk.stream == WeightStream::Bulk {
+                prefetch_l2(next);
             }
+            let mut call = 0;
             let mut k0 = 0;
             while k0 < kblocks.max(1) {
                 let k1 = (k0 + kc).min(kblocks);
                 let (lo, hi) = (k0 * BLOCK_BYTES, k1 * BLOCK_BYTES);
                 for (idx, mi) in rows.clone().enumerate() {
-                    let acc = if chunked { &mut per_panel[idx] } else { &mut single };
                     let ap = &a[mi * a_len..(mi + 1) * a_len];
-                    sess.run(kind, &ap[lo..hi], &bp[lo..hi], k1 - k0, acc, k0 > 0);
+                    let stream = match blk.stream {
+                        WeightStream::Spread => {
+                            let from = (call * share).min(next.len());
+                            &next[from..(from + share).min(next.len())]
+                        }
+                        _ => &[][..],
+                    };
+                    call += 1;
+                    if overlap {
+                        // Software pipelining: the previous block's epilogue
+                        // runs in pieces between this block's k-blocks, on the
+                        // vector units while the tile unit multiplies.
+                        let [cur, prev] = &mut pair;
+                        let nk = k1 - k0;
+                        let pieces = nk.clamp(1, OVERLAP_PIECES);
+                        let mut acc = sess.start(None);
+                        for p in 0..pieces {
+                            let (s0, s1) = (k0 + p * nk / pieces, k0 + (p + 1) * nk / pieces);
+                            let cut = |q: usize| if q == pieces { stream.len() } else { (q * stream.len() / pieces) & !63 };
+                            let (a_s, b_s) = (&ap[s0 * BLOCK_BYTES..s1 * BLOCK_BYTES], &bp[s0 * BLOCK_BYTES..]);
+                            acc.steps(kind, a_s, b_s, s1 - s0, &stream[cut(p)..cut(p + 1)]);
+                            if let Some((pi, pj)) = pending {
+                                finish(prev, pi, pj, p * MR / pieces..(p + 1) * MR / pieces);
+                            }
+                        }
+                        acc.store(cur);
+                        pair.swap(0, 1);
+                        pending = Some((mi * MR, pn * NR));
+                        continue;
+                    }
+                    let acc = if chunked { &mut per_panel[idx] } else { &mut pair[0] };
+                    sess.run_streaming(kind, &ap[lo..hi], &bp[lo..hi], k1 - k0, acc, k0 > 0, stream);
                     if k1 >= kblocks {
-                        finish(acc, mi * MR, pn * NR);
+                        finish(acc, mi * MR, pn * NR, 0..MR);
                     }
                 }
                 k0 = k1.max(k0 + 1);
             }
+        }
+        if let Some((pi, pj)) = pending {
+            finish(&mut pair[1], pi, pj, 0..MR);
         }
     };
     if tasks <= 1 || threads == 1 {
@@ -296,7 +440,7 @@ fn drive(
 /// fp32 weight, on bf16 tiles with the weight's split. `c` is row-major with
 /// row stride `ldc` and is overwritten.
 pub fn tile_sgemm(isa: TileIsa, a: MatRef<f32>, b: &PackedB, c: &mut [f32], ldc: usize, epi: &Epilogue) {
-    tile_sgemm_with(isa, TileBlocking::DEFAULT, a, b, c, ldc, epi)
+    tile_sgemm_with(isa, TileBlocking::configured(), a, b, c, ldc, epi)
 }
 
 /// [`tile_sgemm`] with explicit loop blocking (for measurements).
@@ -341,15 +485,12 @@ fn sgemm_packed(
         pack::pack_a_f32(dst, a.rows_range(i0, MR.min(m - i0)), split);
     });
     let out = OutPtr(c.as_mut_ptr());
-    let finish = move |acc: &AccBlock, i0: usize, j0: usize| {
-        let rows = MR.min(m - i0);
-        let cols = NR.min(n - j0);
-        for i in 0..rows {
-            // SAFETY: row i0 + i < m and columns j0..j0 + cols <= n lie in
-            // `c` (checked above); blocks of different tasks are disjoint.
-            let dst = unsafe { std::slice::from_raw_parts_mut(out.at((i0 + i) * ldc + j0), cols) };
-            epi.apply_f32(&acc.as_f32()[i * NR..i * NR + cols], i0 + i, j0, dst);
-        }
+    let finish = move |acc: &mut AccBlock, i0: usize, j0: usize, rows: Range<usize>| {
+        let (rows, cols) = (rows.start.min(m - i0)..rows.end.min(m - i0), NR.min(n - j0));
+        epi.apply_block(acc, i0, j0, rows.clone(), cols);
+        // SAFETY: rows i0.. < m and columns j0..j0 + cols <= n lie in `c`
+        // (checked by the caller); blocks of different tasks are disjoint.
+        unsafe { out.store_block(ldc, acc.as_f32(), i0, j0, rows, cols) };
     };
     drive(isa, blk, DotKind::Bf16, ap, m, b, &finish);
 }
@@ -376,7 +517,7 @@ pub enum I8Out<'a> {
 /// `sum_k (a[i,k] - za[i]) * (b[k,j] - zb[j])` on int8 tiles, with the
 /// zero points folded in after the product (`a_zero` per tensor or per row).
 pub fn tile_igemm(isa: TileIsa, a: I8Mat, a_zero: &[i32], b: &PackedB, out: I8Out) {
-    tile_igemm_with(isa, TileBlocking::DEFAULT, a, a_zero, b, out)
+    tile_igemm_with(isa, TileBlocking::configured(), a, a_zero, b, out)
 }
 
 /// [`tile_igemm`] with explicit loop blocking (for measurements).
@@ -407,24 +548,21 @@ fn igemm_packed(
     out: I8Out,
 ) {
     let (m, k, n) = (a.rows, a.cols, b.n);
-    ap.par_chunks_mut(a_len.max(1)).enumerate().for_each(|(p, dst)| {
+    let mut row_sums = vec![0i32; m];
+    ap.par_chunks_mut(a_len.max(1)).zip(row_sums.par_chunks_mut(MR)).enumerate().for_each(|(p, (dst, sums))| {
         let i0 = p * MR;
-        pack::pack_a_i8(dst, MR.min(m - i0), k, |i| &a.data[(i0 + i) * a.row_stride..][..k]);
+        pack::pack_a_i8(dst, MR.min(m - i0), k, a.signed, |i| &a.data[(i0 + i) * a.row_stride..][..k], sums);
     });
-    let val = |v: u8| if a.signed { v as i8 as i32 } else { v as i32 };
-    let row_sums: Vec<i32> = (0..m).map(|i| a.data[i * a.row_stride..][..k].iter().map(|&v| val(v)).sum()).collect();
     let corr = I8Correction { k: k as i32, a_zero, row_sums: &row_sums, b_zero: &b.zero, col_sums: &b.col_sums };
     match out {
         I8Out::I32 { c, ldc } => {
             assert!((m - 1) * ldc + n <= c.len(), "output does not fit its slice");
             let out = OutPtr(c.as_mut_ptr());
-            let finish = move |acc: &AccBlock, i0: usize, j0: usize| {
-                let cols = NR.min(n - j0);
-                for i in 0..MR.min(m - i0) {
-                    // SAFETY: inside `c` (checked above); blocks are disjoint.
-                    let dst = unsafe { std::slice::from_raw_parts_mut(out.at((i0 + i) * ldc + j0), cols) };
-                    corr.apply_i32(&acc.as_i32()[i * NR..i * NR + cols], i0 + i, j0, dst);
-                }
+            let finish = move |acc: &mut AccBlock, i0: usize, j0: usize, rows: Range<usize>| {
+                let (rows, cols) = (rows.start.min(m - i0)..rows.end.min(m - i0), NR.min(n - j0));
+                corr.correct_block(acc, i0, j0, rows.clone(), cols);
+                // SAFETY: inside `c` (checked above); blocks are disjoint.
+                unsafe { out.store_block(ldc, acc.as_i32(), i0, j0, rows, cols) };
             };
             drive(isa, blk, kind, ap, m, b, &finish);
         }
@@ -434,16 +572,11 @@ fn igemm_packed(
             assert!(scale_b.len() == 1 || scale_b.len() == n, "B scale must be per tensor or per column");
             epi.check(m, n);
             let out = OutPtr(c.as_mut_ptr());
-            let finish = move |acc: &AccBlock, i0: usize, j0: usize| {
-                let cols = NR.min(n - j0);
-                let mut tmp = [0f32; NR];
-                for i in 0..MR.min(m - i0) {
-                    let sa = scale_a[if scale_a.len() == 1 { 0 } else { i0 + i }];
-                    corr.apply_scaled(&acc.as_i32()[i * NR..i * NR + cols], i0 + i, j0, sa, scale_b, &mut tmp[..cols]);
-                    // SAFETY: inside `c` (checked above); blocks are disjoint.
-                    let dst = unsafe { std::slice::from_raw_parts_mut(out.at((i0 + i) * ldc + j0), cols) };
-                    epi.apply_f32(&tmp[..cols], i0 + i, j0, dst);
-                }
+            let finish = move |acc: &mut AccBlock, i0: usize, j0: usize, rows: Range<usize>| {
+                let (rows, cols) = (rows.start.min(m - i0)..rows.end.min(m - i0), NR.min(n - j0));
+                corr.dequantize_block(scale_a, scale_b, epi, acc, i0, j0, rows.clone(), cols);
+                // SAFETY: inside `c` (checked above); blocks are disjoint.
+                unsafe { out.store_block(ldc, acc.as_f32(), i0, j0, rows, cols) };
             };
             drive(isa, blk, kind, ap, m, b, &finish);
         }
@@ -497,11 +630,15 @@ mod amx_tests {
     /// Small blockings so that the K chunks, chunk edges and A-panel groups
     /// of the driver are all reached on test-sized shapes.
     fn blocking() -> impl Strategy<Value = TileBlocking> {
-        (0usize..4, 1usize..4, 0usize..3).prop_map(|(kc, panels, pf)| TileBlocking {
-            kc_blocks: kc,
-            a_panels: panels,
-            prefetch: [Prefetch::None, Prefetch::A, Prefetch::Ab][pf],
-            ..TileBlocking::DEFAULT
+        (0usize..4, 1usize..4, 0usize..3, 0usize..3, any::<bool>()).prop_map(|(kc, panels, pf, st, overlap)| {
+            TileBlocking {
+                kc_blocks: kc,
+                a_panels: panels,
+                prefetch: [Prefetch::None, Prefetch::A, Prefetch::Ab][pf],
+                stream: [WeightStream::Off, WeightStream::Bulk, WeightStream::Spread][st],
+                overlap,
+                ..TileBlocking::DEFAULT
+            }
         })
     }
 
@@ -676,6 +813,24 @@ mod amx_tests {
             tile_sgemm(isa, MatRef::row_major(&a, m, k), &pb, &mut c, n, &Epilogue::default());
             let e6 = err(&c);
             assert!(e6 <= 4.0 * e32, "{isa:?}: bf16x6 max error {e6:e} vs fp32 {e32:e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod blocking_tests {
+    use super::*;
+
+    #[test]
+    fn blocking_names_parse_back() {
+        for s in ["0:8:ab:bulk:serial", "4:2:none:spread:overlap", "16:64:a:off:serial"] {
+            assert_eq!(TileBlocking::parse(s).unwrap().name(), s);
+        }
+        let three = TileBlocking::parse("0:8:ab").unwrap();
+        assert_eq!((three.stream, three.overlap), (TileBlocking::DEFAULT.stream, TileBlocking::DEFAULT.overlap));
+        assert!(TileBlocking::parse("0:8:ab:spread").unwrap().overlap == TileBlocking::DEFAULT.overlap);
+        for bad in ["0:8", "0:8:ab:fast", "0:0:ab", "x:8:ab", "0:8:ab:bulk:1", "0:8:ab:bulk:serial:x"] {
+            assert!(TileBlocking::parse(bad).is_err(), "{bad} parsed");
         }
     }
 }
