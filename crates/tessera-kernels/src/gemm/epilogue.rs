@@ -3,8 +3,6 @@
 //! memory. The order is ONNX's unfused order: `act(alpha * acc + bias) +
 //! residual`.
 
-use std::ops::Range;
-
 use super::ukernel::{AccBlock, NR};
 use crate::elementwise::{gelu_erf_f32, gelu_erf_with, gelu_tanh_f32, gelu_tanh_with, sigmoid_f32, sigmoid_with};
 
@@ -148,12 +146,11 @@ fn apply_block_body<const FMA: bool>(
     acc: &mut AccBlock,
     i0: usize,
     j0: usize,
-    rows: Range<usize>,
+    rows: usize,
     cols: usize,
 ) {
     let bias = epi.block_bias(j0, cols);
-    for i in rows {
-        let row = &mut acc.0[i * NR..(i + 1) * NR];
+    for (i, row) in acc.0.chunks_exact_mut(NR).take(rows).enumerate() {
         let mut v = [0f32; NR];
         for j in 0..NR {
             v[j] = f32::from_bits(row[j]);
@@ -173,18 +170,17 @@ fn apply_epilogue<const FMA: bool>(epi: &Epilogue, acc: &[f32], row: usize, j0: 
 }
 
 impl Epilogue<'_> {
-    /// Applies the epilogue in place to rows `rows` of a finished fp32
-    /// accumulator block whose top-left output is (i0, j0), `cols` of its
-    /// columns being outputs: one call per block (or part), its loops over
-    /// whole 32-value rows.
-    pub fn apply_block(&self, acc: &mut AccBlock, i0: usize, j0: usize, rows: Range<usize>, cols: usize) {
+    /// Applies the epilogue in place to a finished fp32 accumulator block
+    /// (rows `i0..i0 + rows`, columns `j0..j0 + cols` of the output): one
+    /// call per block, its loops over whole 32-value rows.
+    pub fn apply_block(&self, acc: &mut AccBlock, i0: usize, j0: usize, rows: usize, cols: usize) {
         let epi = self;
         with_vector_features!(apply_block_body(
             epi: &Epilogue,
             acc: &mut AccBlock,
             i0: usize,
             j0: usize,
-            rows: Range<usize>,
+            rows: usize,
             cols: usize,
         ))
     }
@@ -246,25 +242,24 @@ pub(crate) struct I8Correction<'a> {
 }
 
 impl I8Correction<'_> {
-    /// Replaces the raw products in rows `rows` (of the block, whose
-    /// top-left output is (i0, j0)) of a finished accumulator block by the
-    /// zero-point-corrected results, in place; `cols` columns are outputs.
-    pub fn correct_block(&self, acc: &mut AccBlock, i0: usize, j0: usize, rows: Range<usize>, cols: usize) {
+    /// Replaces the raw products of a finished accumulator block (rows
+    /// `i0..i0 + rows`, columns `j0..j0 + cols` of the output) by the
+    /// zero-point-corrected results, in place.
+    pub fn correct_block(&self, acc: &mut AccBlock, i0: usize, j0: usize, rows: usize, cols: usize) {
         let corr = self;
         with_vector_features!(correct_block_body(
             corr: &I8Correction,
             acc: &mut AccBlock,
             i0: usize,
             j0: usize,
-            rows: Range<usize>,
+            rows: usize,
             cols: usize,
         ))
     }
 
-    /// Replaces the raw products in rows `rows` of a finished accumulator
-    /// block by `epi(scale_a[i] * scale_b[j] * corrected)` as f32 bits, in
-    /// place (`scale_a` per tensor or per row, `scale_b` per tensor or per
-    /// column).
+    /// Replaces the raw products of a finished accumulator block by
+    /// `epi(scale_a[i] * scale_b[j] * corrected)` as f32 bits, in place
+    /// (`scale_a` per tensor or per row, `scale_b` per tensor or per column).
     #[allow(clippy::too_many_arguments)]
     pub fn dequantize_block(
         &self,
@@ -274,7 +269,7 @@ impl I8Correction<'_> {
         acc: &mut AccBlock,
         i0: usize,
         j0: usize,
-        rows: Range<usize>,
+        rows: usize,
         cols: usize,
     ) {
         let corr = self;
@@ -286,7 +281,7 @@ impl I8Correction<'_> {
             acc: &mut AccBlock,
             i0: usize,
             j0: usize,
-            rows: Range<usize>,
+            rows: usize,
             cols: usize,
         ))
     }
@@ -333,12 +328,11 @@ fn correct_block_body<const FMA: bool>(
     acc: &mut AccBlock,
     i0: usize,
     j0: usize,
-    rows: Range<usize>,
+    rows: usize,
     cols: usize,
 ) {
     let (cs, zb) = corr.columns(j0, cols);
-    for i in rows {
-        let row = &mut acc.0[i * NR..(i + 1) * NR];
+    for (i, row) in acc.0.chunks_exact_mut(NR).take(rows).enumerate() {
         let (za, row_term) = corr.row(i0 + i);
         for j in 0..NR {
             row[j] = corrected(row[j], za, cs[j], zb[j], row_term) as u32;
@@ -356,15 +350,14 @@ fn dequantize_block_body<const FMA: bool>(
     acc: &mut AccBlock,
     i0: usize,
     j0: usize,
-    rows: Range<usize>,
+    rows: usize,
     cols: usize,
 ) {
     let (cs, zb) = corr.columns(j0, cols);
     let mut sb = [0f32; NR];
     per_column(scale_b, j0, cols, &mut sb);
     let bias = epi.block_bias(j0, cols);
-    for i in rows {
-        let row = &mut acc.0[i * NR..(i + 1) * NR];
+    for (i, row) in acc.0.chunks_exact_mut(NR).take(rows).enumerate() {
         let r = i0 + i;
         let (za, row_term) = corr.row(r);
         let sa = scale_a[if scale_a.len() == 1 { 0 } else { r }];

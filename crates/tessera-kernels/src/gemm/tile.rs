@@ -7,8 +7,6 @@
 //! 32-column B panel and a run of 32-row A panels; inside a task the B panel
 //! stays hot while the A panels stream.
 
-use std::ops::Range;
-
 use aligned_vec::{AVec, ConstAlign};
 use rayon::prelude::*;
 
@@ -142,16 +140,15 @@ impl<T: Copy> OutPtr<T> {
         self.0.wrapping_add(offset)
     }
 
-    /// Stores rows `rows`, columns `0..cols` of a finished 32x32 block whose
-    /// top-left output is (i0, j0), in a row-major output with row stride
-    /// `ldc`.
+    /// Stores rows `0..rows`, columns `0..cols` of a finished 32x32 block
+    /// whose top-left output is (i0, j0), in a row-major output with row
+    /// stride `ldc`.
     ///
     /// # Safety
     /// The `rows x cols` region at (i0, j0) lies inside the output the
     /// pointer was made from, and no other task writes it.
-    unsafe fn store_block(&self, ldc: usize, block: &[T; MR * NR], i0: usize, j0: usize, rows: Range<usize>, cols: usize) {
-        for i in rows {
-            let src = &block[i * NR..(i + 1) * NR];
+    unsafe fn store_block(&self, ldc: usize, block: &[T; MR * NR], i0: usize, j0: usize, rows: usize, cols: usize) {
+        for (i, src) in block.chunks_exact(NR).take(rows).enumerate() {
             // SAFETY: the row segment is inside the region the caller vouches for.
             let dst = unsafe { std::slice::from_raw_parts_mut(self.at((i0 + i) * ldc + j0), cols) };
             dst.copy_from_slice(&src[..cols]);
@@ -188,10 +185,6 @@ pub struct TileBlocking {
     pub prefetch: Prefetch,
     /// How the next weight panel travels from memory to L2.
     pub stream: WeightStream,
-    /// Run each block's epilogue in pieces between the next block's
-    /// k-blocks, so the vector units work while the tile unit multiplies
-    /// (K whole only).
-    pub overlap: bool,
 }
 
 /// How a task brings its next weight panel into L2 while it multiplies the
@@ -227,35 +220,27 @@ impl TileBlocking {
     /// weights from DRAM (as in a model) at 2 threads in 12 of 16 same-run
     /// pairs at BERT shapes, by about 10% (bf16 and int8), and level at one
     /// thread (`benches/results/2026-11-27-int8-fusion/prefetch_ab_alternating.txt`).
+    /// Streaming the next weight panel from inside the k-loop (`Spread`)
+    /// beat prefetching it all at a panel's start (`Bulk`) in 16 of 16
+    /// same-run pairs at BERT shapes from DRAM at 2 threads, by 3% to 80%
+    /// (`benches/results/2026-11-27-weight-stream/`).
     pub const DEFAULT: TileBlocking = TileBlocking {
         kc_blocks: 0,
         a_panels: 8,
         a_bytes: 1 << 20,
         prefetch: Prefetch::Ab,
-        stream: WeightStream::Bulk,
-        overlap: false,
+        stream: WeightStream::Spread,
     };
 
-    /// Parses `kc:panels:prefetch[:stream[:epilogue]]` (prefetch `none`,
-    /// `a` or `ab`; stream `off`, `bulk` or `spread`; epilogue `serial` or
-    /// `overlap`), as in `8:4:a`; `kc` 0 keeps K whole.
+    /// Parses `kc:panels:prefetch[:stream]` (prefetch `none`, `a` or `ab`;
+    /// stream `off`, `bulk` or `spread`), as in `8:4:a`; `kc` 0 keeps K
+    /// whole.
     pub fn parse(s: &str) -> Result<TileBlocking, String> {
         let parts: Vec<&str> = s.split(':').collect();
-        let (kc, panels, pf, stream, epi) = match parts[..] {
-            [kc, panels, pf] => (kc, panels, pf, None, None),
-            [kc, panels, pf, stream] => (kc, panels, pf, Some(stream), None),
-            [kc, panels, pf, stream, epi] => (kc, panels, pf, Some(stream), Some(epi)),
-            _ => {
-                return Err(format!(
-                    "tile blocking '{s}': want kc:panels:prefetch[:stream[:epilogue]], like 8:4:a"
-                ))
-            }
-        };
-        let overlap = match epi {
-            None => TileBlocking::DEFAULT.overlap,
-            Some("serial") => false,
-            Some("overlap") => true,
-            Some(other) => return Err(format!("tile blocking '{s}': epilogue '{other}' is not serial or overlap")),
+        let (kc, panels, pf, stream) = match parts[..] {
+            [kc, panels, pf] => (kc, panels, pf, None),
+            [kc, panels, pf, stream] => (kc, panels, pf, Some(stream)),
+            _ => return Err(format!("tile blocking '{s}': want kc:panels:prefetch[:stream], like 8:4:a")),
         };
         let stream = match stream {
             None => TileBlocking::DEFAULT.stream,
@@ -278,7 +263,7 @@ impl TileBlocking {
         if a_panels == 0 || a_panels > 64 {
             return Err(format!("tile blocking '{s}': panels must be 1..=64"));
         }
-        Ok(TileBlocking { kc_blocks: num(kc, "kc")?, a_panels, prefetch, stream, overlap, ..TileBlocking::DEFAULT })
+        Ok(TileBlocking { kc_blocks: num(kc, "kc")?, a_panels, prefetch, stream, ..TileBlocking::DEFAULT })
     }
 
     pub fn name(&self) -> String {
@@ -287,8 +272,7 @@ impl TileBlocking {
             Prefetch::A => "a",
             Prefetch::Ab => "ab",
         };
-        let epi = if self.overlap { "overlap" } else { "serial" };
-        format!("{}:{}:{pf}:{}:{epi}", self.kc_blocks, self.a_panels, self.stream.name())
+        format!("{}:{}:{pf}:{}", self.kc_blocks, self.a_panels, self.stream.name())
     }
 }
 
@@ -316,14 +300,9 @@ impl TileBlocking {
     }
 }
 
-/// Most pieces a block's k-loop is cut into when the previous block's
-/// epilogue runs between them (`TileBlocking::overlap`): each piece then
-/// finishes 32 / pieces rows.
-const OVERLAP_PIECES: usize = 8;
-
 /// Runs the microkernel over every 32x32 output block. `a` holds the packed
-/// A panels (`kblocks * BLOCK_BYTES` bytes each); `finish(acc, i0, j0, rows)`
-/// gets rows `rows` (of 0..32) of each finished block, every row once.
+/// A panels (`kblocks * BLOCK_BYTES` bytes each); `finish(acc, i0, j0)` gets
+/// each finished block.
 ///
 /// A task owns a chunk of A panels (kept in L2 across the task) and a range
 /// of B panels. For each B panel, K is walked in chunks: a chunk of the B
@@ -336,7 +315,7 @@ fn drive(
     a: &[u8],
     m: usize,
     b: &PackedB,
-    finish: &(dyn Fn(&mut AccBlock, usize, usize, Range<usize>) + Sync),
+    finish: &(dyn Fn(&mut AccBlock, usize, usize) + Sync),
 ) {
     let mb = m.div_ceil(MR);
     let nb = b.panels();
@@ -356,14 +335,10 @@ fn drive(
         let mut sess = TileSession::begin(isa, blk.prefetch);
         let rows = mc * per_chunk..((mc + 1) * per_chunk).min(mb);
         // One accumulator block per A panel only when K is chunked (each
-        // block must survive the other panels' chunks); with K whole, two
-        // blocks serve them all (the one being multiplied and the one being
-        // finished) and a task allocates nothing.
+        // block must survive the other panels' chunks); with K whole, one
+        // block serves them all and a task allocates nothing.
         let chunked = kc < kblocks;
-        let overlap = blk.overlap && !chunked;
-        let mut pair = [AccBlock::new(), AccBlock::new()];
-        // The block in pair[1] still to finish, by its top-left output.
-        let mut pending: Option<(usize, usize)> = None;
+        let mut single = AccBlock::new();
         let mut per_panel: Vec<AccBlock> =
             if chunked { (0..rows.len()).map(|_| AccBlock::new()).collect() } else { Vec::new() };
         let last = ((nr + 1) * per_range).min(nb);
@@ -394,39 +369,14 @@ fn drive(
                         _ => &[][..],
                     };
                     call += 1;
-                    if overlap {
-                        // Software pipelining: the previous block's epilogue
-                        // runs in pieces between this block's k-blocks, on the
-                        // vector units while the tile unit multiplies.
-                        let [cur, prev] = &mut pair;
-                        let nk = k1 - k0;
-                        let pieces = nk.clamp(1, OVERLAP_PIECES);
-                        let mut acc = sess.start(None);
-                        for p in 0..pieces {
-                            let (s0, s1) = (k0 + p * nk / pieces, k0 + (p + 1) * nk / pieces);
-                            let cut = |q: usize| if q == pieces { stream.len() } else { (q * stream.len() / pieces) & !63 };
-                            let (a_s, b_s) = (&ap[s0 * BLOCK_BYTES..s1 * BLOCK_BYTES], &bp[s0 * BLOCK_BYTES..]);
-                            acc.steps(kind, a_s, b_s, s1 - s0, &stream[cut(p)..cut(p + 1)]);
-                            if let Some((pi, pj)) = pending {
-                                finish(prev, pi, pj, p * MR / pieces..(p + 1) * MR / pieces);
-                            }
-                        }
-                        acc.store(cur);
-                        pair.swap(0, 1);
-                        pending = Some((mi * MR, pn * NR));
-                        continue;
-                    }
-                    let acc = if chunked { &mut per_panel[idx] } else { &mut pair[0] };
+                    let acc = if chunked { &mut per_panel[idx] } else { &mut single };
                     sess.run_streaming(kind, &ap[lo..hi], &bp[lo..hi], k1 - k0, acc, k0 > 0, stream);
                     if k1 >= kblocks {
-                        finish(acc, mi * MR, pn * NR, 0..MR);
+                        finish(acc, mi * MR, pn * NR);
                     }
                 }
                 k0 = k1.max(k0 + 1);
             }
-        }
-        if let Some((pi, pj)) = pending {
-            finish(&mut pair[1], pi, pj, 0..MR);
         }
     };
     if tasks <= 1 || threads == 1 {
@@ -485,9 +435,9 @@ fn sgemm_packed(
         pack::pack_a_f32(dst, a.rows_range(i0, MR.min(m - i0)), split);
     });
     let out = OutPtr(c.as_mut_ptr());
-    let finish = move |acc: &mut AccBlock, i0: usize, j0: usize, rows: Range<usize>| {
-        let (rows, cols) = (rows.start.min(m - i0)..rows.end.min(m - i0), NR.min(n - j0));
-        epi.apply_block(acc, i0, j0, rows.clone(), cols);
+    let finish = move |acc: &mut AccBlock, i0: usize, j0: usize| {
+        let (rows, cols) = (MR.min(m - i0), NR.min(n - j0));
+        epi.apply_block(acc, i0, j0, rows, cols);
         // SAFETY: rows i0.. < m and columns j0..j0 + cols <= n lie in `c`
         // (checked by the caller); blocks of different tasks are disjoint.
         unsafe { out.store_block(ldc, acc.as_f32(), i0, j0, rows, cols) };
@@ -558,9 +508,9 @@ fn igemm_packed(
         I8Out::I32 { c, ldc } => {
             assert!((m - 1) * ldc + n <= c.len(), "output does not fit its slice");
             let out = OutPtr(c.as_mut_ptr());
-            let finish = move |acc: &mut AccBlock, i0: usize, j0: usize, rows: Range<usize>| {
-                let (rows, cols) = (rows.start.min(m - i0)..rows.end.min(m - i0), NR.min(n - j0));
-                corr.correct_block(acc, i0, j0, rows.clone(), cols);
+            let finish = move |acc: &mut AccBlock, i0: usize, j0: usize| {
+                let (rows, cols) = (MR.min(m - i0), NR.min(n - j0));
+                corr.correct_block(acc, i0, j0, rows, cols);
                 // SAFETY: inside `c` (checked above); blocks are disjoint.
                 unsafe { out.store_block(ldc, acc.as_i32(), i0, j0, rows, cols) };
             };
@@ -572,9 +522,9 @@ fn igemm_packed(
             assert!(scale_b.len() == 1 || scale_b.len() == n, "B scale must be per tensor or per column");
             epi.check(m, n);
             let out = OutPtr(c.as_mut_ptr());
-            let finish = move |acc: &mut AccBlock, i0: usize, j0: usize, rows: Range<usize>| {
-                let (rows, cols) = (rows.start.min(m - i0)..rows.end.min(m - i0), NR.min(n - j0));
-                corr.dequantize_block(scale_a, scale_b, epi, acc, i0, j0, rows.clone(), cols);
+            let finish = move |acc: &mut AccBlock, i0: usize, j0: usize| {
+                let (rows, cols) = (MR.min(m - i0), NR.min(n - j0));
+                corr.dequantize_block(scale_a, scale_b, epi, acc, i0, j0, rows, cols);
                 // SAFETY: inside `c` (checked above); blocks are disjoint.
                 unsafe { out.store_block(ldc, acc.as_f32(), i0, j0, rows, cols) };
             };
@@ -630,15 +580,12 @@ mod amx_tests {
     /// Small blockings so that the K chunks, chunk edges and A-panel groups
     /// of the driver are all reached on test-sized shapes.
     fn blocking() -> impl Strategy<Value = TileBlocking> {
-        (0usize..4, 1usize..4, 0usize..3, 0usize..3, any::<bool>()).prop_map(|(kc, panels, pf, st, overlap)| {
-            TileBlocking {
-                kc_blocks: kc,
-                a_panels: panels,
-                prefetch: [Prefetch::None, Prefetch::A, Prefetch::Ab][pf],
-                stream: [WeightStream::Off, WeightStream::Bulk, WeightStream::Spread][st],
-                overlap,
-                ..TileBlocking::DEFAULT
-            }
+        (0usize..4, 1usize..4, 0usize..3, 0usize..3).prop_map(|(kc, panels, pf, st)| TileBlocking {
+            kc_blocks: kc,
+            a_panels: panels,
+            prefetch: [Prefetch::None, Prefetch::A, Prefetch::Ab][pf],
+            stream: [WeightStream::Off, WeightStream::Bulk, WeightStream::Spread][st],
+            ..TileBlocking::DEFAULT
         })
     }
 
@@ -823,13 +770,12 @@ mod blocking_tests {
 
     #[test]
     fn blocking_names_parse_back() {
-        for s in ["0:8:ab:bulk:serial", "4:2:none:spread:overlap", "16:64:a:off:serial"] {
+        for s in ["0:8:ab:bulk", "4:2:none:spread", "16:64:a:off"] {
             assert_eq!(TileBlocking::parse(s).unwrap().name(), s);
         }
         let three = TileBlocking::parse("0:8:ab").unwrap();
-        assert_eq!((three.stream, three.overlap), (TileBlocking::DEFAULT.stream, TileBlocking::DEFAULT.overlap));
-        assert!(TileBlocking::parse("0:8:ab:spread").unwrap().overlap == TileBlocking::DEFAULT.overlap);
-        for bad in ["0:8", "0:8:ab:fast", "0:0:ab", "x:8:ab", "0:8:ab:bulk:1", "0:8:ab:bulk:serial:x"] {
+        assert_eq!(three.stream, TileBlocking::DEFAULT.stream);
+        for bad in ["0:8", "0:8:ab:fast", "0:0:ab", "x:8:ab", "0:8:ab:bulk:1"] {
             assert!(TileBlocking::parse(bad).is_err(), "{bad} parsed");
         }
     }

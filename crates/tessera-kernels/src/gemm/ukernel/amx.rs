@@ -3,11 +3,9 @@
 //! tile registers: tmm0-3 accumulate, tmm4-5 hold two 16-row A tiles, tmm6-7
 //! two 16-column B tiles, so each A and B tile loaded feeds two products.
 //!
-//! A block's accumulation is three calls ([`begin`], [`steps`] as often as
-//! wanted, [`store`]); the accumulators stay in the tile registers between
-//! them (no compiler-generated code touches tile registers), so the driver
-//! can run vector work, such as the previous block's epilogue, while the
-//! tile unit works through the k-blocks already issued.
+//! A block's accumulation is three calls ([`begin`], [`steps`], [`store`]);
+//! the accumulators stay in the tile registers between them (no
+//! compiler-generated code touches tile registers).
 
 use super::{DotKind, TILE_ROWS, TILE_ROW_BYTES};
 

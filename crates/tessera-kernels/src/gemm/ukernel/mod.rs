@@ -143,8 +143,9 @@ impl TileSession {
         self.run_streaming(kind, a, b, kblocks, acc, accumulate, &[])
     }
 
-    /// [`TileSession::run`] that also pulls `next` into L2 (see
-    /// [`Accumulation::steps`]).
+    /// [`TileSession::run`] that also pulls `next` (memory the caller reads
+    /// soon, such as the next weight panel) into L2, a few lines per
+    /// k-block, so that its trip from DRAM overlaps the multiplication.
     #[allow(clippy::too_many_arguments)]
     pub fn run_streaming(
         &mut self,
@@ -156,76 +157,25 @@ impl TileSession {
         accumulate: bool,
         next: &[u8],
     ) {
-        let mut run = self.start(if accumulate { Some(&*acc) } else { None });
-        run.steps(kind, a, b, kblocks, next);
-        run.store(acc);
-    }
-
-    /// Starts accumulating one 32x32 block, from zero or from `init`. The
-    /// accumulators live in the tile unit until [`Accumulation::store`]:
-    /// the caller may do other (non-tile) work between the steps.
-    pub fn start(&mut self, init: Option<&AccBlock>) -> Accumulation<'_> {
-        let emulated = match self.isa {
-            TileIsa::Amx => {
-                let c = init.map_or(std::ptr::null(), |acc| acc.0.as_ptr());
-                // SAFETY: `begin` configured the tiles on this thread (a
-                // TileSession is !Send); `c`, when loaded, is a 4 KiB block.
-                unsafe { amx::begin(c, init.is_some()) };
-                None
-            }
-            TileIsa::Emulated => {
-                let mut acc = Box::new(AccBlock::new());
-                if let Some(init) = init {
-                    acc.0.copy_from_slice(&init.0);
-                }
-                Some(acc)
-            }
-        };
-        Accumulation { sess: self, emulated }
-    }
-}
-
-/// One block's accumulation in progress (see [`TileSession::start`]). It
-/// borrows the session mutably, so no other block can start on this thread
-/// until it is stored or dropped.
-pub struct Accumulation<'s> {
-    sess: &'s mut TileSession,
-    /// The emulation's accumulators (the tile registers' stand-in).
-    emulated: Option<Box<AccBlock>>,
-}
-
-impl Accumulation<'_> {
-    /// Multiplies `kblocks` packed k-blocks of `a` and `b` into the block,
-    /// while pulling `next` (memory the caller reads soon, such as the next
-    /// weight panel) into L2 a few lines per k-block, so that its trip from
-    /// DRAM overlaps the multiplication.
-    ///
-    /// `a` and `b` must hold at least `kblocks * BLOCK_BYTES` bytes each.
-    pub fn steps(&mut self, kind: DotKind, a: &[u8], b: &[u8], kblocks: usize, next: &[u8]) {
         let need = kblocks * BLOCK_BYTES;
         assert!(a.len() >= need && b.len() >= need, "packed panels shorter than {kblocks} k-blocks");
-        match &mut self.emulated {
-            Some(acc) => emulated::run(kind, a, b, kblocks, acc, true),
-            None => {
+        match self.isa {
+            TileIsa::Amx => {
                 let l2_lines = if kblocks == 0 { 0 } else { next.len().div_ceil(64).div_ceil(kblocks) };
-                // SAFETY: lengths checked above; the tiles are configured on
-                // this thread and tmm0-3 were set by `start` (this value
-                // exists only between the two). The stream is only
-                // prefetched (it may run up to one k-block's share past
-                // `next`: a hint, never a fault).
+                let c = acc.0.as_mut_ptr();
+                // SAFETY: lengths checked above; `begin` configured the tiles
+                // on this thread (a TileSession is !Send, so we are still on
+                // it) and the three calls run back to back, so tmm0-3 hold
+                // this block's accumulators throughout; `c` is the 4 KiB
+                // block. The stream is only prefetched (it may run up to one
+                // k-block's share past `next`: a hint, never a fault).
                 unsafe {
-                    amx::steps(kind, self.sess.prefetch, a.as_ptr(), b.as_ptr(), kblocks, next.as_ptr(), l2_lines)
+                    amx::begin(c, accumulate);
+                    amx::steps(kind, self.prefetch, a.as_ptr(), b.as_ptr(), kblocks, next.as_ptr(), l2_lines);
+                    amx::store(c);
                 }
             }
-        }
-    }
-
-    /// Writes the finished block to `acc`.
-    pub fn store(self, acc: &mut AccBlock) {
-        match self.emulated {
-            Some(e) => acc.0.copy_from_slice(&e.0),
-            // SAFETY: as in `steps`; `acc` is a 4 KiB block.
-            None => unsafe { amx::store(acc.0.as_mut_ptr()) },
+            TileIsa::Emulated => emulated::run(kind, a, b, kblocks, acc, accumulate),
         }
     }
 }
