@@ -371,3 +371,44 @@ fn dequantize_block_body<const FMA: bool>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The block form (the tile driver's) and the row form (the vector
+        /// driver's) are one definition: the same bits for every
+        /// activation, bias shape and ragged block.
+        #[test]
+        fn block_epilogue_matches_the_row_epilogue(
+            rows in 1usize..=32, cols in 1usize..=32, j0 in 0usize..40, alpha in -2.0f32..2.0,
+            act in 0usize..5, bias_kind in 0usize..3, residual in any::<bool>(), seed in any::<u32>(),
+        ) {
+            let n = j0 + cols;
+            let val = |i: usize| ((i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) >> 8) as f32 / (1u32 << 22) as f32 - 2.0;
+            let bias_all: Vec<f32> = (0..n).map(|j| val(j + 5000)).collect();
+            let res: Vec<f32> = (0..rows * n).map(|i| val(i + 9000)).collect();
+            let epi = Epilogue {
+                alpha,
+                bias: match bias_kind { 0 => None, 1 => Some(&bias_all[..1]), _ => Some(&bias_all[..]) },
+                activation: [Activation::None, Activation::Relu, Activation::GeluErf, Activation::GeluTanh, Activation::Silu][act],
+                residual: residual.then_some(Residual { data: &res, row_stride: n }),
+            };
+            let mut block = AccBlock::new();
+            for (i, w) in block.0.iter_mut().enumerate() {
+                *w = (val(i) * 4.0).to_bits();
+            }
+            let acc = *block.as_f32();
+            epi.apply_block(&mut block, 0, j0, rows, cols);
+            for i in 0..rows {
+                let mut want = vec![0f32; cols];
+                epi.apply_f32(&acc[i * NR..i * NR + cols], i, j0, &mut want);
+                for j in 0..cols {
+                    prop_assert_eq!(block.as_f32()[i * NR + j].to_bits(), want[j].to_bits(), "({}, {})", i, j);
+                }
+            }
+        }
+    }
+}

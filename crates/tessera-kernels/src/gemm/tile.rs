@@ -682,20 +682,31 @@ mod amx_tests {
                 assert_eq!(c[i * n + j] as i64, want(i, j), "{isa:?} {m}x{k}x{n} s{sa}{sb} at ({i},{j})");
             }
         }
-        let scale_b: Vec<f32> = (0..n).map(|j| 0.01 + j as f32 * 1e-3).collect();
+        // The dequantized output: scales per row / column or per tensor
+        // (with the zero points' choice), a bias, ReLU and a residual.
+        let scale_a: Vec<f32> = (0..if per_row { m } else { 1 }).map(|i| 0.5 + i as f32 * 0.01).collect();
+        let scale_b: Vec<f32> = (0..if per_col { n } else { 1 }).map(|j| 0.01 + j as f32 * 1e-3).collect();
+        let bias: Vec<f32> = (0..n).map(|j| (j as f32 - 20.0) * 0.05).collect();
+        let res: Vec<f32> = (0..m * n).map(|i| (i % 7) as f32 * 0.25).collect();
         let mut f = vec![f32::NAN; m * n];
-        let epi = Epilogue { activation: Activation::Relu, ..Default::default() };
+        let epi = Epilogue {
+            activation: Activation::Relu,
+            bias: Some(&bias),
+            residual: Some(Residual { data: &res, row_stride: n }),
+            ..Default::default()
+        };
         tile_igemm_with(
             isa,
             blk,
             am,
             &za,
             &pb,
-            I8Out::F32 { c: &mut f, ldc: n, scale_a: &[0.5], scale_b: &scale_b, epi: &epi },
+            I8Out::F32 { c: &mut f, ldc: n, scale_a: &scale_a, scale_b: &scale_b, epi: &epi },
         );
         for i in 0..m {
             for j in 0..n {
-                let w = (want(i, j) as f64 * 0.5 * scale_b[j] as f64).max(0.0);
+                let (sa, sb) = (scale_a[if per_row { i } else { 0 }] as f64, scale_b[if per_col { j } else { 0 }] as f64);
+                let w = (want(i, j) as f64 * sa * sb + bias[j] as f64).max(0.0) + res[i * n + j] as f64;
                 assert!((f[i * n + j] as f64 - w).abs() <= 1e-5 * w.abs().max(1.0), "scaled ({i},{j})");
             }
         }
