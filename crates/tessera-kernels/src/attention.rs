@@ -8,7 +8,20 @@
 use rayon::prelude::*;
 
 use crate::elementwise::softmax_row;
+use crate::gemm::pack::{self, Split};
+use crate::gemm::tile::aligned_bytes;
+use crate::gemm::ukernel::{amx::Prefetch, AccBlock, DotKind, TileIsa, TileSession, BLOCK_BYTES, MR, NR};
 use crate::gemm::{sgemm, MatRef, Parallel};
+
+/// Where the two products of each head (scores and the weighted sum) run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Products {
+    /// fp32 on the vector units (fp32-accurate).
+    Vector,
+    /// bf16 operands on the tile unit, fp32 accumulation (the bf16
+    /// precision's error: about 3 significant digits per operand).
+    Tiles(TileIsa),
+}
 
 /// Geometry: batch, query length, key/value length, heads, head size.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,8 +61,23 @@ impl Rows<'_> {
 /// `out[b, i, h·d..] = softmax_j(scale · q[b,i,h] · k[b,j,h] + mask[b,h,i,j]) · v[b,j,h]`.
 /// Q must hold `B·Sq` rows and K, V `B·Sk` rows of `H·d` values; `out` is
 /// `[B, Sq, H·d]`; the mask view must fit its data. Runs on the current
-/// rayon pool.
+/// rayon pool, its products on the vector units.
 pub fn attention(q: Rows, k: Rows, v: Rows, mask: Option<MaskView>, scale: f32, dims: AttentionDims, out: &mut [f32]) {
+    attention_on(Products::Vector, q, k, v, mask, scale, dims, out)
+}
+
+/// [`attention`] with its products on `products`.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_on(
+    products: Products,
+    q: Rows,
+    k: Rows,
+    v: Rows,
+    mask: Option<MaskView>,
+    scale: f32,
+    dims: AttentionDims,
+    out: &mut [f32],
+) {
     let AttentionDims { batch, q_len, kv_len, heads, head_dim: d } = dims;
     let c = heads * d;
     assert!(q.holds(batch * q_len, c) && out.len() >= batch * q_len * c, "q/out too short");
@@ -83,9 +111,20 @@ pub fn attention(q: Rows, k: Rows, v: Rows, mask: Option<MaskView>, scale: f32, 
         let (lq, lk, lv) = (q.row_stride, k.row_stride, v.row_stride);
         let qh =
             MatRef { data: &q.data[(b * q_len + r0) * lq + h * d..], rows: r, cols: d, row_stride: lq, col_stride: 1 };
-        let kb = &k.data[b * kv_len * lk + h * d..];
-        let kt = MatRef { data: kb, rows: d, cols: kv_len, row_stride: 1, col_stride: lk };
-        sgemm(qh, kt, &mut scores, kv_len, scale, 0.0, Parallel::None);
+        let kh = |j: usize| &k.data[(b * kv_len + j) * lk + h * d..][..d];
+        let vh = MatRef { data: &v.data[b * kv_len * lv + h * d..], rows: kv_len, cols: d, row_stride: lv, col_stride: 1 };
+        let tiles = match products {
+            Products::Vector => {
+                let kt = MatRef { data: &k.data[b * kv_len * lk + h * d..], rows: d, cols: kv_len, row_stride: 1, col_stride: lk };
+                sgemm(qh, kt, &mut scores, kv_len, scale, 0.0, Parallel::None);
+                None
+            }
+            Products::Tiles(isa) => {
+                let mut sess = TileSession::begin(isa, Prefetch::None);
+                tile_product(&mut sess, qh, Operand::Columns(&kh), kv_len, scale, &mut scores);
+                Some(sess)
+            }
+        };
         if let Some(m) = mask {
             for i in 0..r {
                 let base = b * m.strides[0] + h * m.strides[1] + (r0 + i) * m.strides[2];
@@ -101,9 +140,13 @@ pub fn attention(q: Rows, k: Rows, v: Rows, mask: Option<MaskView>, scale: f32, 
             softmax_row(x, y);
         }
         let p = MatRef::row_major(&probs, r, kv_len);
-        let vh =
-            MatRef { data: &v.data[b * kv_len * lv + h * d..], rows: kv_len, cols: d, row_stride: lv, col_stride: 1 };
-        sgemm(p, vh, &mut oh, d, 1.0, 0.0, Parallel::None);
+        match tiles {
+            None => sgemm(p, vh, &mut oh, d, 1.0, 0.0, Parallel::None),
+            Some(mut sess) => {
+                let vrow = |kk: usize| &vh.data[kk * lv..][..d];
+                tile_product(&mut sess, p, Operand::Rows(&vrow), d, 1.0, &mut oh);
+            }
+        }
         for (i, row) in oh.chunks_exact(d).enumerate() {
             let at = (b * q_len + r0 + i) * c + h * d;
             // SAFETY: `at + d <= batch * q_len * c`, the length of `out`
@@ -113,6 +156,47 @@ pub fn attention(q: Rows, k: Rows, v: Rows, mask: Option<MaskView>, scale: f32, 
             unsafe { std::ptr::copy_nonoverlapping(row.as_ptr(), out.at(at), d) };
         }
     });
+}
+
+/// The B operand of a per-head tile product, by rows of the matrix it is
+/// read from: B's columns (B = Kᵀ) or B's rows (B = V).
+enum Operand<'a> {
+    Columns(&'a dyn Fn(usize) -> &'a [f32]),
+    Rows(&'a dyn Fn(usize) -> &'a [f32]),
+}
+
+/// `c = alpha · a · B` (`a` is `m x k`, B is `k x n`, `c` row-major `m x n`)
+/// on bf16 tiles: the small products of one attention head, packed here
+/// (both operands change with every call).
+fn tile_product(sess: &mut TileSession, a: MatRef<f32>, b: Operand, n: usize, alpha: f32, c: &mut [f32]) {
+    let (m, k) = (a.rows, a.cols);
+    let kb = pack::k_blocks(DotKind::Bf16, k);
+    let len = kb * BLOCK_BYTES;
+    let (mp, np) = (m.div_ceil(MR), n.div_ceil(NR));
+    let mut ap = aligned_bytes(mp * len, 0);
+    for (p, dst) in ap.chunks_exact_mut(len.max(1)).enumerate().take(mp) {
+        pack::pack_a_f32(dst, a.rows_range(p * MR, MR.min(m - p * MR)), Split::Bf16);
+    }
+    let mut bp = aligned_bytes(np * len, 0);
+    for (p, dst) in bp.chunks_exact_mut(len.max(1)).enumerate().take(np) {
+        let (j0, cols) = (p * NR, NR.min(n - p * NR));
+        match &b {
+            Operand::Columns(col) => pack::pack_b_bf16_from_columns(dst, cols, k, |j| col(j0 + j)),
+            Operand::Rows(row) => pack::pack_b_bf16_from_rows(dst, cols, k, |kk| &row(kk)[j0..]),
+        }
+    }
+    let mut acc = AccBlock::new();
+    for pn in 0..np {
+        let (j0, cols) = (pn * NR, NR.min(n - pn * NR));
+        for pm in 0..mp {
+            let (i0, rows) = (pm * MR, MR.min(m - pm * MR));
+            sess.run(DotKind::Bf16, &ap[pm * len..][..len], &bp[pn * len..][..len], kb, &mut acc, false);
+            for (i, src) in acc.as_f32().chunks_exact(NR).take(rows).enumerate() {
+                let dst = &mut c[(i0 + i) * n + j0..][..cols];
+                dst.iter_mut().zip(src).for_each(|(d, &s)| *d = alpha * s);
+            }
+        }
+    }
 }
 
 /// The output pointer, shared by tasks that write disjoint (row, head)
@@ -211,6 +295,51 @@ mod tests {
                 attention(at(0), at(c), at(2 * c), mask, scale, dm, &mut got);
                 for (a, b) in got.iter().zip(&want) {
                     prop_assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "packed: {} vs {}", a, b);
+                }
+            }
+        }
+    }
+
+    /// The ISAs a tile test runs: the emulation always, AMX where the
+    /// machine has it (`TESSERA_REQUIRE_AMX=1` turns its absence into a
+    /// failure).
+    fn tile_isas() -> Vec<TileIsa> {
+        if tessera_hw::amx_usable() {
+            vec![TileIsa::Emulated, TileIsa::Amx]
+        } else {
+            assert!(std::env::var("TESSERA_REQUIRE_AMX").as_deref() != Ok("1"), "AMX required but unusable");
+            eprintln!("SKIPPED amx attention: {}", tessera_hw::amx().reason.clone().unwrap_or_default());
+            vec![TileIsa::Emulated]
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+        /// Named for scripts/test's AMX check. bf16 operands: scores are
+        /// off by up to about scale·d·2⁻⁸ and probabilities by 2⁻⁸
+        /// relative, so the output is held to 3% of max |v|; a misplaced
+        /// element would be off by the order of |v| itself.
+        #[test]
+        fn amx_tile_attention_matches_the_reference(
+            batch in 1usize..3, q_len in 1usize..70, kv_len in 1usize..80, heads in 1usize..4, d in 1usize..70,
+            masked in any::<bool>(), seed in 0u64..500,
+        ) {
+            let dm = AttentionDims { batch, q_len, kv_len, heads, head_dim: d };
+            let c = heads * d;
+            let q = rnd(batch * q_len * c, seed);
+            let k = rnd(batch * kv_len * c, seed + 1);
+            let v = rnd(batch * kv_len * c, seed + 2);
+            let pad: Vec<f32> = (0..batch * kv_len).map(|i| if i % 5 == 4 { -1e4 } else { 0.0 }).collect();
+            let mask = masked.then_some(MaskView { data: &pad, strides: [kv_len, 0, 0, 1] });
+            let scale = 1.0 / (d as f32).sqrt();
+            let want = reference(&q, &k, &v, mask, scale, dm);
+            let vmax = v.iter().fold(0f32, |m, x| m.max(x.abs()));
+            let rows = |data| Rows { data, row_stride: c };
+            for isa in tile_isas() {
+                let mut got = vec![f32::NAN; want.len()];
+                attention_on(Products::Tiles(isa), rows(&q[..]), rows(&k[..]), rows(&v[..]), mask, scale, dm, &mut got);
+                for (a, b) in got.iter().zip(&want) {
+                    prop_assert!((a - b).abs() <= 0.03 * vmax, "{:?}: {} vs {}", isa, a, b);
                 }
             }
         }

@@ -240,6 +240,52 @@ pub fn pack_b_f32(dst: &mut [u8], cols: usize, k: usize, split: Split, get: impl
     }
 }
 
+/// Packs a bf16 B panel whose columns are rows of a matrix: column `j`
+/// (`j < cols <= 32`) of B is `row(j)[..k]` (B = Rᵀ, as Kᵀ in attention
+/// scores).
+pub fn pack_b_bf16_from_columns<'a>(dst: &mut [u8], cols: usize, k: usize, row: impl Fn(usize) -> &'a [f32]) {
+    let kb = k_blocks(DotKind::Bf16, k);
+    assert!(dst.len() >= kb * BLOCK_BYTES && cols <= 32);
+    dst[..kb * BLOCK_BYTES].fill(0);
+    let mut conv = vec![0u16; kb * 32];
+    for j in 0..cols {
+        to_bf16(&row(j)[..k], &mut conv[..k]);
+        for (blk, vals) in conv.chunks_exact(32).enumerate() {
+            let base = blk * BLOCK_BYTES + (j / 16) * TILE_BYTES + (j % 16) * 4;
+            // K pair (2p, 2p + 1) of column j: tile row p, 4 bytes.
+            for (p, pair) in vals.chunks_exact(2).enumerate() {
+                let at = base + p * TILE_ROW_BYTES;
+                dst[at..at + 2].copy_from_slice(&pair[0].to_le_bytes());
+                dst[at + 2..at + 4].copy_from_slice(&pair[1].to_le_bytes());
+            }
+        }
+    }
+}
+
+/// Packs a bf16 B panel from its rows: row `kk` (`kk < k`) of B, columns
+/// `0..cols` (`cols <= 32`), is `row(kk)[..cols]` (as V in attention).
+pub fn pack_b_bf16_from_rows<'a>(dst: &mut [u8], cols: usize, k: usize, row: impl Fn(usize) -> &'a [f32]) {
+    let kb = k_blocks(DotKind::Bf16, k);
+    assert!(dst.len() >= kb * BLOCK_BYTES && cols <= 32);
+    dst[..kb * BLOCK_BYTES].fill(0);
+    let (mut even, mut odd) = ([0u16; 32], [0u16; 32]);
+    for kk in (0..k).step_by(2) {
+        to_bf16(&row(kk)[..cols], &mut even[..cols]);
+        if kk + 1 < k {
+            to_bf16(&row(kk + 1)[..cols], &mut odd[..cols]);
+        } else {
+            odd = [0; 32];
+        }
+        // K pair (kk, kk + 1) of every column: one tile row per 16 columns.
+        let base = (kk / 32) * BLOCK_BYTES + ((kk % 32) / 2) * TILE_ROW_BYTES;
+        for j in 0..cols {
+            let at = base + (j / 16) * TILE_BYTES + (j % 16) * 4;
+            dst[at..at + 2].copy_from_slice(&even[j].to_le_bytes());
+            dst[at + 2..at + 4].copy_from_slice(&odd[j].to_le_bytes());
+        }
+    }
+}
+
 /// Packs rows `0..rows` of an 8-bit A panel; `row(i)` is row `i`'s `k` bytes.
 /// `sums[i]` gets row `i`'s sum (of signed or unsigned values), which the
 /// zero-point correction needs: taken here, while the row is in L1.
@@ -314,6 +360,26 @@ mod tests {
     }
 
     proptest! {
+        /// The two row-wise packers lay B out as the element-wise one does.
+        #[test]
+        fn bf16_panels_from_rows_and_columns_match_the_generic_packer(
+            k in 1usize..100, cols in 1usize..=32, seed in any::<u32>(),
+        ) {
+            let val = |i: usize| ((i as u32).wrapping_mul(2_654_435_761) ^ seed) as f32 / u32::MAX as f32 - 0.5;
+            // B is k x cols, row-major; R = Bᵀ is cols x k.
+            let b: Vec<f32> = (0..k * cols).map(val).collect();
+            let r: Vec<f32> = (0..cols * k).map(|i| b[(i % k) * cols + i / k]).collect();
+            let len = k_blocks(DotKind::Bf16, k) * BLOCK_BYTES;
+            let mut want = vec![0xAAu8; len];
+            pack_b_f32(&mut want, cols, k, Split::Bf16, |kk, j| b[kk * cols + j]);
+            let mut from_rows = vec![0xAAu8; len];
+            pack_b_bf16_from_rows(&mut from_rows, cols, k, |kk| &b[kk * cols..]);
+            prop_assert_eq!(&from_rows, &want);
+            let mut from_cols = vec![0xAAu8; len];
+            pack_b_bf16_from_columns(&mut from_cols, cols, k, |j| &r[j * k..]);
+            prop_assert_eq!(&from_cols, &want);
+        }
+
         /// Named for scripts/test's AMX check: every CPU with AMX has
         /// AVX-512 BF16, so there the conversion's vector path must run.
         #[test]

@@ -12,6 +12,9 @@
 //! * bf16 / auto: one bf16 product, fp32 accumulation;
 //! * int8: fp32 products quantized to int8 (weights per column, activations
 //!   per row); integer models' products always run on int8 tiles.
+//!
+//! Under bf16, auto and int8 it also claims `tessera:Attention`, whose two
+//! per-head products (scores, weighted sum) then run on bf16 tiles.
 
 mod ops;
 pub mod sme;
@@ -33,6 +36,8 @@ pub(crate) enum TilePlan {
     /// An integer model's MatMulInteger, QLinearMatMul, ConvInteger or
     /// QLinearConv.
     Integer,
+    /// `tessera:Attention` with its per-head products on bf16 tiles.
+    Attention,
 }
 
 pub struct AmxProvider {
@@ -137,6 +142,16 @@ impl AmxProvider {
                     plan => Ok(plan),
                 }
             }
+            ("tessera", "Attention") => match self.precision {
+                // The scores and the weighted sum are the graph's two
+                // MatMuls: under bf16 and int8 they take bf16 tiles like
+                // the other float products (int8 quantizes only weighted
+                // products; attention has no weights).
+                Precision::Bf16 | Precision::Auto | Precision::Int8 => Ok(TilePlan::Attention),
+                Precision::Fp32 | Precision::Fp32Tiles => {
+                    Err("fp32 precision: attention stays on the fp32 vector units".into())
+                }
+            },
             ("tessera", "FusedMatMulInteger") => int_product(1, 3),
             (_, "MatMulInteger") if domain_ok => int_product(1, 3),
             (_, "QLinearMatMul") if domain_ok => int_product(3, 5),

@@ -42,6 +42,9 @@ pub(crate) fn build(node: &Node, plan: TilePlan, isa: TileIsa, bctx: &BuildCtx) 
             quant::qlinear_conv_op(node, bctx, Some(w.conv_on(node, isa)))
         }
         (TilePlan::Integer, op) => Err(Error::node(node, format!("{op} is not an integer product"))),
+        (TilePlan::Attention, _) => {
+            crate::cpu::ops::fused::attention_op(node, tessera_kernels::attention::Products::Tiles(isa))
+        }
     }
 }
 

@@ -406,3 +406,38 @@ fn fused_matmul_integer_matches_the_dequantization_chain() {
         }
     }
 }
+
+/// `tessera:Attention` under bf16 runs its products on the tiles (within
+/// bf16 error of the CPU provider's fp32 result); under fp32 it is declined.
+#[test]
+fn attention_on_tiles_under_bf16_matches_cpu() {
+    let (b, s, h, d) = (2usize, 37usize, 3usize, 24usize);
+    let c = h * d;
+    let t = |seed: u64| Tensor::from_vec(&[b, s, c], rand_vec(b * s * c, seed)).unwrap();
+    let shape = |v: &[i64]| Tensor::from_vec(&[v.len()], v.to_vec()).unwrap();
+    let split = [b as i64, s as i64, h as i64, d as i64];
+    let mask: Vec<f32> = (0..b * s).map(|i| if i % 7 == 6 { -1e4 } else { 0.0 }).collect();
+    let mut node = Node::new("Attention", "att", &["q", "k", "v", "qs", "ks", "vs", "os", "mask"], &["y"])
+        .with_attr("scale", Attr::Float(1.0 / (d as f32).sqrt()));
+    node.domain = "tessera".into();
+    let g = graph(
+        node,
+        &["q", "k", "v", "mask"],
+        vec![("qs", shape(&split)), ("ks", shape(&split)), ("vs", shape(&split)), ("os", shape(&[b as i64, s as i64, c as i64]))],
+    );
+    let ins = [t(21), t(22), t(23), Tensor::from_vec(&[b, 1, 1, s], mask).unwrap()];
+    let want = run_on(&CpuProvider::new(), &g, &ins);
+    for precision in [Precision::Bf16, Precision::Int8] {
+        let got = run_on(&AmxProvider::with_isa(precision, isa()), &g, &ins);
+        let (x, y) = (got.to_f64_vec(), want.to_f64_vec());
+        let err = x.iter().zip(&y).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+        // Values are within [-1, 1]: bf16 operands keep the output within
+        // about 1%; a wrong element would be off by the order of 1.
+        assert!(err <= 0.03, "{precision:?}: max error {err}");
+        assert!(err > 0.0, "{precision:?}: bit-identical to fp32, so the tiles did not run");
+    }
+    match &AmxProvider::with_isa(Precision::Fp32, isa()).claim(&g, &[false])[0] {
+        NodeVerdict::Decline { reason } => assert!(reason.contains("attention"), "{reason}"),
+        v => panic!("claimed under fp32: {v:?}"),
+    }
+}

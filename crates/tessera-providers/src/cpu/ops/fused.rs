@@ -31,6 +31,12 @@ pub fn register(r: &mut OpRegistry) {
 /// `MatMul`, Transpose back, Reshape to `[B, S, H·d]`) on `[B, S, H·d]`
 /// inputs, with the Reshape shapes checked at run time.
 fn build_attention(node: &Node, _bctx: &BuildCtx) -> Result<Box<dyn CpuOp>> {
+    attention_op(node, tessera_kernels::attention::Products::Vector)
+}
+
+/// The attention op with its two per-head products on `products` (the
+/// tile provider passes its tiles under the bf16 and int8 precisions).
+pub(crate) fn attention_op(node: &Node, products: tessera_kernels::attention::Products) -> Result<Box<dyn CpuOp>> {
     let node = node.clone();
     let scale = node.attr_float_or("scale", 1.0)?;
     let packed = node.attr_int_or(tessera_core::passes::merge_qkv::QKV_PACKED, 0)? != 0;
@@ -103,7 +109,8 @@ fn build_attention(node: &Node, _bctx: &BuildCtx) -> Result<Box<dyn CpuOp>> {
             Ok(Rows { data: data.get(start..).unwrap_or(&[]), row_stride })
         }
         let start = |part: usize| if packed { part * c } else { 0 };
-        tessera_kernels::attention::attention(
+        tessera_kernels::attention::attention_on(
+            products,
             rows(q, start(0))?,
             rows(k, start(1))?,
             rows(v, start(2))?,
