@@ -246,17 +246,24 @@ pub fn pack_b_f32(dst: &mut [u8], cols: usize, k: usize, split: Split, get: impl
 pub fn pack_b_bf16_from_columns<'a>(dst: &mut [u8], cols: usize, k: usize, row: impl Fn(usize) -> &'a [f32]) {
     let kb = k_blocks(DotKind::Bf16, k);
     assert!(dst.len() >= kb * BLOCK_BYTES && cols <= 32);
-    dst[..kb * BLOCK_BYTES].fill(0);
-    let mut conv = vec![0u16; kb * 32];
-    for j in 0..cols {
-        to_bf16(&row(j)[..k], &mut conv[..k]);
-        for (blk, vals) in conv.chunks_exact(32).enumerate() {
-            let base = blk * BLOCK_BYTES + (j / 16) * TILE_BYTES + (j % 16) * 4;
-            // K pair (2p, 2p + 1) of column j: tile row p, 4 bytes.
-            for (p, pair) in vals.chunks_exact(2).enumerate() {
-                let at = base + p * TILE_ROW_BYTES;
-                dst[at..at + 2].copy_from_slice(&pair[0].to_le_bytes());
-                dst[at + 2..at + 4].copy_from_slice(&pair[1].to_le_bytes());
+    // Each group of 16 columns is one tile per k-block: its tile row p
+    // holds K pair (2p, 2p + 1) of the 16 columns side by side, a 16x16
+    // transpose of the columns' bf16 pairs.
+    let mut conv = vec![0u16; 16 * kb * 32];
+    for g in 0..2 {
+        let group = &mut conv[..];
+        group.fill(0);
+        for jj in 0..16.min(cols.saturating_sub(16 * g)) {
+            to_bf16(&row(16 * g + jj)[..k], &mut group[jj * kb * 32..][..k]);
+        }
+        for blk in 0..kb {
+            for p in 0..TILE_ROWS {
+                let mut tile_row = [0u16; 32];
+                for (jj, pair) in tile_row.chunks_exact_mut(2).enumerate() {
+                    let at = jj * kb * 32 + blk * 32 + 2 * p;
+                    pair.copy_from_slice(&conv[at..at + 2]);
+                }
+                put_tile_row(&mut dst[blk * BLOCK_BYTES + g * TILE_BYTES + p * TILE_ROW_BYTES..], &tile_row);
             }
         }
     }
@@ -276,12 +283,17 @@ pub fn pack_b_bf16_from_rows<'a>(dst: &mut [u8], cols: usize, k: usize, row: imp
         } else {
             odd = [0; 32];
         }
-        // K pair (kk, kk + 1) of every column: one tile row per 16 columns.
+        // K pair (kk, kk + 1) of every column, interleaved: one tile row
+        // per 16 columns.
+        let mut pairs = [0u16; 64];
+        for (j, pair) in pairs.chunks_exact_mut(2).enumerate() {
+            pair[0] = even[j];
+            pair[1] = odd[j];
+        }
         let base = (kk / 32) * BLOCK_BYTES + ((kk % 32) / 2) * TILE_ROW_BYTES;
-        for j in 0..cols {
-            let at = base + (j / 16) * TILE_BYTES + (j % 16) * 4;
-            dst[at..at + 2].copy_from_slice(&even[j].to_le_bytes());
-            dst[at + 2..at + 4].copy_from_slice(&odd[j].to_le_bytes());
+        for (g, half) in pairs.chunks_exact(32).enumerate().take(cols.div_ceil(16)) {
+            let half: &[u16; 32] = half.try_into().expect("32 values");
+            put_tile_row(&mut dst[base + g * TILE_BYTES..], half);
         }
     }
 }
