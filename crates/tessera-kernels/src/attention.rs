@@ -112,10 +112,17 @@ pub fn attention_on(
         let qh =
             MatRef { data: &q.data[(b * q_len + r0) * lq + h * d..], rows: r, cols: d, row_stride: lq, col_stride: 1 };
         let kh = |j: usize| &k.data[(b * kv_len + j) * lk + h * d..][..d];
-        let vh = MatRef { data: &v.data[b * kv_len * lv + h * d..], rows: kv_len, cols: d, row_stride: lv, col_stride: 1 };
+        let vh =
+            MatRef { data: &v.data[b * kv_len * lv + h * d..], rows: kv_len, cols: d, row_stride: lv, col_stride: 1 };
         let tiles = match products {
             Products::Vector => {
-                let kt = MatRef { data: &k.data[b * kv_len * lk + h * d..], rows: d, cols: kv_len, row_stride: 1, col_stride: lk };
+                let kt = MatRef {
+                    data: &k.data[b * kv_len * lk + h * d..],
+                    rows: d,
+                    cols: kv_len,
+                    row_stride: 1,
+                    col_stride: lk,
+                };
                 sgemm(qh, kt, &mut scores, kv_len, scale, 0.0, Parallel::None);
                 None
             }

@@ -405,8 +405,8 @@ mod tests {
             for i in 0..rows {
                 let mut want = vec![0f32; cols];
                 epi.apply_f32(&acc[i * NR..i * NR + cols], i, j0, &mut want);
-                for j in 0..cols {
-                    prop_assert_eq!(block.as_f32()[i * NR + j].to_bits(), want[j].to_bits(), "({}, {})", i, j);
+                for (j, w) in want.iter().enumerate() {
+                    prop_assert_eq!(block.as_f32()[i * NR + j].to_bits(), w.to_bits(), "({}, {})", i, j);
                 }
             }
         }

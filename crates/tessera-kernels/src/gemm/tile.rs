@@ -247,9 +247,7 @@ impl TileBlocking {
             Some("off") => WeightStream::Off,
             Some("bulk") => WeightStream::Bulk,
             Some("spread") => WeightStream::Spread,
-            Some(other) => {
-                return Err(format!("tile blocking '{s}': stream '{other}' is not off, bulk or spread"))
-            }
+            Some(other) => return Err(format!("tile blocking '{s}': stream '{other}' is not off, bulk or spread")),
         };
         let num =
             |v: &str, what: &str| v.parse::<usize>().map_err(|_| format!("tile blocking '{s}': bad {what} '{v}'"));
@@ -705,7 +703,8 @@ mod amx_tests {
         );
         for i in 0..m {
             for j in 0..n {
-                let (sa, sb) = (scale_a[if per_row { i } else { 0 }] as f64, scale_b[if per_col { j } else { 0 }] as f64);
+                let (sa, sb) =
+                    (scale_a[if per_row { i } else { 0 }] as f64, scale_b[if per_col { j } else { 0 }] as f64);
                 let w = (want(i, j) as f64 * sa * sb + bias[j] as f64).max(0.0) + res[i * n + j] as f64;
                 assert!((f[i * n + j] as f64 - w).abs() <= 1e-5 * w.abs().max(1.0), "scaled ({i},{j})");
             }

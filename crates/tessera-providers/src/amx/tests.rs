@@ -423,7 +423,12 @@ fn attention_on_tiles_under_bf16_matches_cpu() {
     let g = graph(
         node,
         &["q", "k", "v", "mask"],
-        vec![("qs", shape(&split)), ("ks", shape(&split)), ("vs", shape(&split)), ("os", shape(&[b as i64, s as i64, c as i64]))],
+        vec![
+            ("qs", shape(&split)),
+            ("ks", shape(&split)),
+            ("vs", shape(&split)),
+            ("os", shape(&[b as i64, s as i64, c as i64])),
+        ],
     );
     let ins = [t(21), t(22), t(23), Tensor::from_vec(&[b, 1, 1, s], mask).unwrap()];
     let want = run_on(&CpuProvider::new(), &g, &ins);
