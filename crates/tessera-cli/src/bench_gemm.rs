@@ -189,7 +189,7 @@ impl UkernelCase {
         // 64-byte aligned panels, as the packed ones are.
         let a = tessera_kernels::gemm::tile::aligned_bytes(len * self.a_panels, 0x3f);
         let b = tessera_kernels::gemm::tile::aligned_bytes(len * self.b_panels, 0x3f);
-        let mut sess = TileSession::begin(TileIsa::Amx, self.prefetch);
+        let sess = TileSession::begin(TileIsa::Amx, self.prefetch);
         let mut acc = AccBlock::new();
         let rounds = (20_000 / (self.a_panels * self.b_panels * self.kblocks / 8).max(1)).max(1);
         let s = time(seconds, || {

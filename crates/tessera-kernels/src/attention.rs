@@ -127,8 +127,8 @@ pub fn attention_on(
                 None
             }
             Products::Tiles(isa) => {
-                let mut sess = TileSession::begin(isa, Prefetch::None);
-                tile_product(&mut sess, qh, Operand::Columns(&kh), kv_len, scale, &mut scores);
+                let sess = TileSession::begin(isa, Prefetch::None);
+                tile_product(&sess, qh, Operand::Columns(&kh), kv_len, scale, &mut scores);
                 Some(sess)
             }
         };
@@ -149,9 +149,9 @@ pub fn attention_on(
         let p = MatRef::row_major(&probs, r, kv_len);
         match tiles {
             None => sgemm(p, vh, &mut oh, d, 1.0, 0.0, Parallel::None),
-            Some(mut sess) => {
+            Some(sess) => {
                 let vrow = |kk: usize| &vh.data[kk * lv..][..d];
-                tile_product(&mut sess, p, Operand::Rows(&vrow), d, 1.0, &mut oh);
+                tile_product(&sess, p, Operand::Rows(&vrow), d, 1.0, &mut oh);
             }
         }
         for (i, row) in oh.chunks_exact(d).enumerate() {
@@ -175,7 +175,7 @@ enum Operand<'a> {
 /// `c = alpha · a · B` (`a` is `m x k`, B is `k x n`, `c` row-major `m x n`)
 /// on bf16 tiles: the small products of one attention head, packed here
 /// (both operands change with every call).
-fn tile_product(sess: &mut TileSession, a: MatRef<f32>, b: Operand, n: usize, alpha: f32, c: &mut [f32]) {
+fn tile_product(sess: &TileSession, a: MatRef<f32>, b: Operand, n: usize, alpha: f32, c: &mut [f32]) {
     let (m, k) = (a.rows, a.cols);
     let kb = pack::k_blocks(DotKind::Bf16, k);
     let len = kb * BLOCK_BYTES;

@@ -264,23 +264,6 @@ impl TileBlocking {
         Ok(TileBlocking { kc_blocks: num(kc, "kc")?, a_panels, prefetch, stream, ..TileBlocking::DEFAULT })
     }
 
-    pub fn name(&self) -> String {
-        let pf = match self.prefetch {
-            Prefetch::None => "none",
-            Prefetch::A => "a",
-            Prefetch::Ab => "ab",
-        };
-        format!("{}:{}:{pf}:{}", self.kc_blocks, self.a_panels, self.stream.name())
-    }
-}
-
-impl Default for TileBlocking {
-    fn default() -> Self {
-        TileBlocking::DEFAULT
-    }
-}
-
-impl TileBlocking {
     /// The blocking [`tile_sgemm`] and [`tile_igemm`] use: `DEFAULT`, or
     /// `TESSERA_TILE_BLOCKING` from the environment (the syntax of
     /// [`TileBlocking::parse`]), so that whole models can be measured under
@@ -295,6 +278,21 @@ impl TileBlocking {
             }),
             Err(_) => TileBlocking::DEFAULT,
         })
+    }
+
+    pub fn name(&self) -> String {
+        let pf = match self.prefetch {
+            Prefetch::None => "none",
+            Prefetch::A => "a",
+            Prefetch::Ab => "ab",
+        };
+        format!("{}:{}:{pf}:{}", self.kc_blocks, self.a_panels, self.stream.name())
+    }
+}
+
+impl Default for TileBlocking {
+    fn default() -> Self {
+        TileBlocking::DEFAULT
     }
 }
 
@@ -330,7 +328,7 @@ fn drive(
     let tasks = m_chunks * n_ranges;
     let task = |t: usize| {
         let (mc, nr) = (t / n_ranges, t % n_ranges);
-        let mut sess = TileSession::begin(isa, blk.prefetch);
+        let sess = TileSession::begin(isa, blk.prefetch);
         let rows = mc * per_chunk..((mc + 1) * per_chunk).min(mb);
         // One accumulator block per A panel only when K is chunked (each
         // block must survive the other panels' chunks); with K whole, one

@@ -139,7 +139,7 @@ impl TileSession {
     /// Runs one microkernel call over `kblocks` packed k-blocks.
     ///
     /// `a` and `b` must hold at least `kblocks * BLOCK_BYTES` bytes each.
-    pub fn run(&mut self, kind: DotKind, a: &[u8], b: &[u8], kblocks: usize, acc: &mut AccBlock, accumulate: bool) {
+    pub fn run(&self, kind: DotKind, a: &[u8], b: &[u8], kblocks: usize, acc: &mut AccBlock, accumulate: bool) {
         self.run_streaming(kind, a, b, kblocks, acc, accumulate, &[])
     }
 
@@ -148,7 +148,7 @@ impl TileSession {
     /// k-block, so that its trip from DRAM overlaps the multiplication.
     #[allow(clippy::too_many_arguments)]
     pub fn run_streaming(
-        &mut self,
+        &self,
         kind: DotKind,
         a: &[u8],
         b: &[u8],
