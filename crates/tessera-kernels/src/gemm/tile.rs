@@ -140,6 +140,12 @@ impl<T: Copy> OutPtr<T> {
         self.0.wrapping_add(offset)
     }
 
+    /// Prefetches, for writing, the output lines of the block at (i0, j0)
+    /// (see [`prefetch_rows`]).
+    fn prefetch_block(&self, ldc: usize, i0: usize, j0: usize, rows: usize, cols: usize) {
+        prefetch_rows(self.0 as *const T, ldc, i0, j0, rows, cols, true);
+    }
+
     /// Stores rows `0..rows`, columns `0..cols` of a finished 32x32 block
     /// whose top-left output is (i0, j0), in a row-major output with row
     /// stride `ldc`.
@@ -154,6 +160,34 @@ impl<T: Copy> OutPtr<T> {
             dst.copy_from_slice(&src[..cols]);
         }
     }
+}
+
+/// Asks for the lines of a block's output rows in L1, for writing (a
+/// hint), so that their misses overlap the block's multiplication instead
+/// of stalling its epilogue: `rows` rows of `cols` elements at (i0, j0),
+/// row stride `ld`. Addresses are computed, never dereferenced.
+fn prefetch_rows<T>(ptr: *const T, ld: usize, i0: usize, j0: usize, rows: usize, cols: usize, write: bool) {
+    #[cfg(target_arch = "x86_64")]
+    for i in 0..rows {
+        let row = ptr.wrapping_add((i0 + i) * ld + j0) as *const i8;
+        let bytes = cols * std::mem::size_of::<T>();
+        for off in (0..bytes).step_by(64).chain(std::iter::once(bytes.saturating_sub(1))) {
+            let line = row.wrapping_add(off);
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_ET0, _MM_HINT_T0};
+            // SAFETY: a prefetch is a hint and never faults, whatever the
+            // address; SSE is part of the x86-64 baseline (`prefetchw`
+            // decodes as a no-op where PRFCHW is absent).
+            unsafe {
+                if write {
+                    _mm_prefetch::<_MM_HINT_ET0>(line);
+                } else {
+                    _mm_prefetch::<_MM_HINT_T0>(line);
+                }
+            }
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (ptr, ld, i0, j0, rows, cols, write);
 }
 
 /// Asks the cache hierarchy to bring `bytes` into L2 (a hint; no effect
@@ -298,7 +332,8 @@ impl Default for TileBlocking {
 
 /// Runs the microkernel over every 32x32 output block. `a` holds the packed
 /// A panels (`kblocks * BLOCK_BYTES` bytes each); `finish(acc, i0, j0)` gets
-/// each finished block.
+/// each finished block, and `ahead(i0, j0)` runs before the block's last
+/// microkernel call (to prefetch what `finish` will touch).
 ///
 /// A task owns a chunk of A panels (kept in L2 across the task) and a range
 /// of B panels. For each B panel, K is walked in chunks: a chunk of the B
@@ -312,6 +347,7 @@ fn drive(
     m: usize,
     b: &PackedB,
     finish: &(dyn Fn(&mut AccBlock, usize, usize) + Sync),
+    ahead: &(dyn Fn(usize, usize) + Sync),
 ) {
     let mb = m.div_ceil(MR);
     let nb = b.panels();
@@ -366,6 +402,9 @@ fn drive(
                     };
                     call += 1;
                     let acc = if chunked { &mut per_panel[idx] } else { &mut single };
+                    if k1 >= kblocks {
+                        ahead(mi * MR, pn * NR);
+                    }
                     sess.run_streaming(kind, &ap[lo..hi], &bp[lo..hi], k1 - k0, acc, k0 > 0, stream);
                     if k1 >= kblocks {
                         finish(acc, mi * MR, pn * NR);
@@ -438,7 +477,14 @@ fn sgemm_packed(
         // (checked by the caller); blocks of different tasks are disjoint.
         unsafe { out.store_block(ldc, acc.as_f32(), i0, j0, rows, cols) };
     };
-    drive(isa, blk, DotKind::Bf16, ap, m, b, &finish);
+    let ahead = move |i0: usize, j0: usize| {
+        let (rows, cols) = (MR.min(m - i0), NR.min(n - j0));
+        out.prefetch_block(ldc, i0, j0, rows, cols);
+        if let Some(r) = epi.residual {
+            prefetch_rows(r.data.as_ptr(), r.row_stride, i0, j0, rows, cols, false);
+        }
+    };
+    drive(isa, blk, DotKind::Bf16, ap, m, b, &finish, &ahead);
 }
 
 /// An 8-bit activation matrix (raw bytes, row-major with `row_stride`).
@@ -510,7 +556,10 @@ fn igemm_packed(
                 // SAFETY: inside `c` (checked above); blocks are disjoint.
                 unsafe { out.store_block(ldc, acc.as_i32(), i0, j0, rows, cols) };
             };
-            drive(isa, blk, kind, ap, m, b, &finish);
+            let ahead = move |i0: usize, j0: usize| {
+                out.prefetch_block(ldc, i0, j0, MR.min(m - i0), NR.min(n - j0));
+            };
+            drive(isa, blk, kind, ap, m, b, &finish, &ahead);
         }
         I8Out::F32 { c, ldc, scale_a, scale_b, epi } => {
             assert!((m - 1) * ldc + n <= c.len(), "output does not fit its slice");
@@ -524,7 +573,14 @@ fn igemm_packed(
                 // SAFETY: inside `c` (checked above); blocks are disjoint.
                 unsafe { out.store_block(ldc, acc.as_f32(), i0, j0, rows, cols) };
             };
-            drive(isa, blk, kind, ap, m, b, &finish);
+            let ahead = move |i0: usize, j0: usize| {
+                let (rows, cols) = (MR.min(m - i0), NR.min(n - j0));
+                out.prefetch_block(ldc, i0, j0, rows, cols);
+                if let Some(r) = epi.residual {
+                    prefetch_rows(r.data.as_ptr(), r.row_stride, i0, j0, rows, cols, false);
+                }
+            };
+            drive(isa, blk, kind, ap, m, b, &finish, &ahead);
         }
     }
 }
