@@ -339,6 +339,7 @@ impl Default for TileBlocking {
 /// of B panels. For each B panel, K is walked in chunks: a chunk of the B
 /// panel is loaded into L1 by the first A panel and serves every other A
 /// panel of the task from there, each into its own accumulator block.
+#[allow(clippy::too_many_arguments)]
 fn drive(
     isa: TileIsa,
     blk: TileBlocking,
