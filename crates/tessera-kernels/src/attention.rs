@@ -263,6 +263,24 @@ mod tests {
         out
     }
 
+    /// Random Q, K and V for `dm`, and a padding mask over every fifth key.
+    struct Inputs {
+        q: Vec<f32>,
+        k: Vec<f32>,
+        v: Vec<f32>,
+        pad: Vec<f32>,
+    }
+
+    fn inputs(dm: AttentionDims, seed: u64) -> Inputs {
+        let c = dm.heads * dm.head_dim;
+        Inputs {
+            q: rnd(dm.batch * dm.q_len * c, seed),
+            k: rnd(dm.batch * dm.kv_len * c, seed + 1),
+            v: rnd(dm.batch * dm.kv_len * c, seed + 2),
+            pad: (0..dm.batch * dm.kv_len).map(|i| if i % 5 == 4 { -1e4 } else { 0.0 }).collect(),
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
         #[test]
@@ -272,11 +290,8 @@ mod tests {
         ) {
             let dm = AttentionDims { batch, q_len, kv_len, heads, head_dim: d };
             let c = heads * d;
-            let q = rnd(batch * q_len * c, seed);
-            let k = rnd(batch * kv_len * c, seed + 1);
-            let v = rnd(batch * kv_len * c, seed + 2);
+            let Inputs { q, k, v, pad } = inputs(dm, seed);
             // A padding mask [B, 1, 1, Sk] or a full [B, H, Sq, Sk] one.
-            let pad: Vec<f32> = (0..batch * kv_len).map(|i| if i % 5 == 4 { -1e4 } else { 0.0 }).collect();
             let full = rnd(batch * heads * q_len * kv_len, seed + 3);
             let mask = match mask_kind {
                 1 => Some(MaskView { data: &pad, strides: [kv_len, 0, 0, 1] }),
@@ -333,10 +348,7 @@ mod tests {
         ) {
             let dm = AttentionDims { batch, q_len, kv_len, heads, head_dim: d };
             let c = heads * d;
-            let q = rnd(batch * q_len * c, seed);
-            let k = rnd(batch * kv_len * c, seed + 1);
-            let v = rnd(batch * kv_len * c, seed + 2);
-            let pad: Vec<f32> = (0..batch * kv_len).map(|i| if i % 5 == 4 { -1e4 } else { 0.0 }).collect();
+            let Inputs { q, k, v, pad } = inputs(dm, seed);
             let mask = masked.then_some(MaskView { data: &pad, strides: [kv_len, 0, 0, 1] });
             let scale = 1.0 / (d as f32).sqrt();
             let want = reference(&q, &k, &v, mask, scale, dm);

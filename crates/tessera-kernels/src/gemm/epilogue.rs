@@ -211,22 +211,17 @@ impl Epilogue<'_> {
         }
     }
 
+    /// The row form in runs of 32 columns through [`Epilogue::finish_row`],
+    /// so that the block form and it are one definition.
     #[inline(always)]
     fn apply_generic<const FMA: bool>(&self, acc: &[f32], row: usize, j0: usize, dst: &mut [f32]) {
         let n = dst.len();
-        let acc = &acc[..n];
-        let alpha = self.alpha;
-        match self.bias {
-            Some(b) if b.len() == 1 => dst.iter_mut().zip(acc).for_each(|(d, &a)| *d = alpha * a + b[0]),
-            Some(b) => dst.iter_mut().zip(acc).zip(&b[j0..j0 + n]).for_each(|((d, &a), &b)| *d = alpha * a + b),
-            None => dst.iter_mut().zip(acc).for_each(|(d, &a)| *d = alpha * a),
-        }
-        // The activation loops live in `activate`'s body, which is inlined
-        // here and so compiled with this function's vector features.
-        activate_body::<FMA>(self.activation, dst);
-        if let Some(r) = self.residual {
-            let src = &r.data[row * r.row_stride + j0..][..n];
-            dst.iter_mut().zip(src).for_each(|(d, &s)| *d += s);
+        for (off, out) in (0..n).step_by(NR).zip(dst.chunks_mut(NR)) {
+            let len = out.len();
+            let mut v = [0f32; NR];
+            v[..len].copy_from_slice(&acc[off..off + len]);
+            self.finish_row::<FMA>(&mut v, &self.block_bias(j0 + off, len), row, j0 + off, len);
+            out.copy_from_slice(&v[..len]);
         }
     }
 }

@@ -251,10 +251,9 @@ pub fn pack_b_bf16_from_columns<'a>(dst: &mut [u8], cols: usize, k: usize, row: 
     // transpose of the columns' bf16 pairs.
     let mut conv = vec![0u16; 16 * kb * 32];
     for g in 0..2 {
-        let group = &mut conv[..];
-        group.fill(0);
+        conv.fill(0);
         for jj in 0..16.min(cols.saturating_sub(16 * g)) {
-            to_bf16(&row(16 * g + jj)[..k], &mut group[jj * kb * 32..][..k]);
+            to_bf16(&row(16 * g + jj)[..k], &mut conv[jj * kb * 32..][..k]);
         }
         for blk in 0..kb {
             for p in 0..TILE_ROWS {

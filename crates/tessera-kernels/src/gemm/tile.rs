@@ -162,6 +162,17 @@ impl<T: Copy> OutPtr<T> {
     }
 }
 
+impl OutPtr<f32> {
+    /// Prefetches what a block's fp32 epilogue touches: its output rows
+    /// (for writing) and its residual rows.
+    fn prefetch_for_epilogue(&self, ldc: usize, epi: &Epilogue, i0: usize, j0: usize, rows: usize, cols: usize) {
+        self.prefetch_block(ldc, i0, j0, rows, cols);
+        if let Some(r) = epi.residual {
+            prefetch_rows(r.data.as_ptr(), r.row_stride, i0, j0, rows, cols, false);
+        }
+    }
+}
+
 /// Asks for the lines of a block's output rows in L1, for writing (a
 /// hint), so that their misses overlap the block's multiplication instead
 /// of stalling its epilogue: `rows` rows of `cols` elements at (i0, j0),
@@ -478,13 +489,7 @@ fn sgemm_packed(
         // (checked by the caller); blocks of different tasks are disjoint.
         unsafe { out.store_block(ldc, acc.as_f32(), i0, j0, rows, cols) };
     };
-    let ahead = move |i0: usize, j0: usize| {
-        let (rows, cols) = (MR.min(m - i0), NR.min(n - j0));
-        out.prefetch_block(ldc, i0, j0, rows, cols);
-        if let Some(r) = epi.residual {
-            prefetch_rows(r.data.as_ptr(), r.row_stride, i0, j0, rows, cols, false);
-        }
-    };
+    let ahead = move |i0: usize, j0: usize| out.prefetch_for_epilogue(ldc, epi, i0, j0, MR.min(m - i0), NR.min(n - j0));
     drive(isa, blk, DotKind::Bf16, ap, m, b, &finish, &ahead);
 }
 
@@ -574,13 +579,8 @@ fn igemm_packed(
                 // SAFETY: inside `c` (checked above); blocks are disjoint.
                 unsafe { out.store_block(ldc, acc.as_f32(), i0, j0, rows, cols) };
             };
-            let ahead = move |i0: usize, j0: usize| {
-                let (rows, cols) = (MR.min(m - i0), NR.min(n - j0));
-                out.prefetch_block(ldc, i0, j0, rows, cols);
-                if let Some(r) = epi.residual {
-                    prefetch_rows(r.data.as_ptr(), r.row_stride, i0, j0, rows, cols, false);
-                }
-            };
+            let ahead =
+                move |i0: usize, j0: usize| out.prefetch_for_epilogue(ldc, epi, i0, j0, MR.min(m - i0), NR.min(n - j0));
             drive(isa, blk, kind, ap, m, b, &finish, &ahead);
         }
     }
