@@ -11,7 +11,7 @@ use tessera::{Session, SessionOptions};
 use tessera_core::{Attr, DType, Graph, Node, Tensor, ValueInfo};
 use tessera_kernels::gemm::vector::{vector_igemm, vector_sgemm, Blocking, FloatKernel, Reference, VectorKernel};
 use tessera_kernels::gemm::{
-    sgemm, tile_igemm, tile_sgemm, Epilogue, I8Mat, I8Out, MatRef, PackedB, Parallel, Split, TileIsa,
+    sgemm, tile_igemm, tile_sgemm, Epilogue, I8Mat, I8Out, InputFormat, MatRef, PackedB, Parallel, Split, TileIsa,
 };
 use tessera_providers::Precision;
 
@@ -39,17 +39,6 @@ pub struct Check {
 fn rand_f32(n: usize, seed: u64) -> Vec<f32> {
     let mut r = tessera::demo::Rng::new(seed);
     (0..n).map(|_| r.uniform() * 2.0 - 1.0).collect()
-}
-
-fn same(v: f32) -> f32 {
-    v
-}
-fn to_bf16(v: f32) -> f32 {
-    half::bf16::from_f32(v).to_f32()
-}
-#[cfg(target_arch = "aarch64")]
-fn to_f16(v: f32) -> f32 {
-    half::f16::from_f32(v).to_f32()
 }
 
 /// Seconds per call of `f` after one warm-up call, timed for about 0.2 s
@@ -83,11 +72,11 @@ const SPEED: usize = 256;
 type FloatProduct<'a> = &'a dyn Fn(&[f32], &[f32], usize, usize, usize) -> Vec<f32>;
 type IntProduct<'a> = &'a dyn Fn(&[i8], &[i8], usize, usize, usize) -> Vec<i32>;
 
-fn float_check(name: &str, limit: f64, round: fn(f32) -> f32, run: FloatProduct) -> Check {
+fn float_check(name: &str, limit: f64, format: InputFormat, run: FloatProduct) -> Check {
     let (m, n, k) = ACC;
     let (a, b) = (rand_f32(m * k, 1), rand_f32(k * n, 2));
     let got = run(&a, &b, m, k, n);
-    let e = tessera_kernels::gemm::dot_error(&a, &b, m, k, n, &got, round);
+    let e = tessera_kernels::gemm::dot_error(&a, &b, m, k, n, &got, format);
     let status = if e <= limit { Status::Pass } else { Status::Fail };
     let s = SPEED;
     let (sa, sb) = (rand_f32(s * s, 3), rand_f32(s * s, 4));
@@ -173,7 +162,7 @@ fn tile_int(isa: TileIsa) -> impl Fn(&[i8], &[i8], usize, usize, usize) -> Vec<i
 
 fn kernel_checks() -> Vec<Check> {
     let mut out = Vec::new();
-    out.push(float_check("fp32-vector (gemm crate)", 1e-6, same, &|a, b, m, k, n| {
+    out.push(float_check("fp32-vector (gemm crate)", 1e-6, InputFormat::FP32, &|a, b, m, k, n| {
         let mut c = vec![0f32; m * n];
         sgemm(MatRef::row_major(a, m, k), MatRef::row_major(b, k, n), &mut c, n, 1.0, 0.0, Parallel::Rayon(0));
         c
@@ -181,16 +170,26 @@ fn kernel_checks() -> Vec<Check> {
     out.push(float_check(
         "vector driver, portable kernel",
         1e-6,
-        same,
+        InputFormat::FP32,
         &vector_float(&Reference::<f32, f32>::new(8, 12, 1)),
     ));
     out.push(int_check("vector driver, portable int8 kernel", &vector_int(&Reference::<i8, i32>::new(8, 12, 4))));
-    out.push(float_check("tile contract, emulated bf16", 1e-5, to_bf16, &tile_float(TileIsa::Emulated, Split::Bf16)));
+    out.push(float_check(
+        "tile contract, emulated bf16",
+        1e-5,
+        InputFormat::BF16,
+        &tile_float(TileIsa::Emulated, Split::Bf16),
+    ));
     out.push(int_check("tile contract, emulated int8", &tile_int(TileIsa::Emulated)));
     match tessera_hw::amx_enabled() {
         Ok(()) => {
-            out.push(float_check("amx-bf16", 1e-5, to_bf16, &tile_float(TileIsa::Amx, Split::Bf16)));
-            out.push(float_check("amx-bf16x6 (fp32-accurate)", 1e-6, same, &tile_float(TileIsa::Amx, Split::Bf16x6)));
+            out.push(float_check("amx-bf16", 1e-5, InputFormat::BF16, &tile_float(TileIsa::Amx, Split::Bf16)));
+            out.push(float_check(
+                "amx-bf16x6 (fp32-accurate)",
+                1e-6,
+                InputFormat::FP32,
+                &tile_float(TileIsa::Amx, Split::Bf16x6),
+            ));
             out.push(int_check("amx-int8", &tile_int(TileIsa::Amx)));
         }
         Err(why) => {
@@ -207,10 +206,10 @@ fn kernel_checks() -> Vec<Check> {
 fn arm_checks() -> Vec<Check> {
     use tessera_kernels::gemm::ukernel::neon::{has_dotprod, has_fp16, NeonF16, NeonF32, NeonI8Dot};
     use tessera_kernels::gemm::ukernel::sme::{streaming_vector_bytes, SmeBf16, SmeF32};
-    let mut out = vec![float_check("neon-fp32", 1e-6, same, &vector_float(&NeonF32))];
+    let mut out = vec![float_check("neon-fp32", 1e-6, InputFormat::FP32, &vector_float(&NeonF32))];
     out.push(if has_fp16() {
         // fp16 accumulators over one K block of 256: about 2^-11 per add.
-        float_check("neon-fp16", 2e-2, to_f16, &vector_float(&NeonF16))
+        float_check("neon-fp16", 2e-2, InputFormat::FP16, &vector_float(&NeonF16))
     } else {
         unavailable("kernel", "neon-fp16", "CPU lacks FEAT_FP16")
     });
@@ -222,11 +221,16 @@ fn arm_checks() -> Vec<Check> {
     match (SmeF32::new(), SmeBf16::new()) {
         (Some(f), Some(b)) => {
             let bits = streaming_vector_bytes().unwrap_or(0) * 8;
-            out.push(float_check(&format!("sme-fp32 ({bits}-bit streaming vectors)"), 1e-6, same, &vector_float(&f)));
+            out.push(float_check(
+                &format!("sme-fp32 ({bits}-bit streaming vectors)"),
+                1e-6,
+                InputFormat::FP32,
+                &vector_float(&f),
+            ));
             out.push(float_check(
                 &format!("sme-bf16 ({bits}-bit streaming vectors)"),
                 1e-5,
-                to_bf16,
+                InputFormat::BF16,
                 &vector_float(&b),
             ));
         }

@@ -230,11 +230,36 @@ pub(crate) unsafe fn gemm_raw<T: GemmScalar>(
     }
 }
 
+/// The number format a kernel reads its inputs in, as the accuracy checks
+/// model it: how an fp32 input is rounded, and the format's smallest normal
+/// magnitude (below it values and sums are subnormal, and their error is
+/// absolute, not relative).
+#[derive(Clone, Copy, Debug)]
+pub struct InputFormat {
+    pub round: fn(f32) -> f32,
+    pub smallest_normal: f64,
+}
+
+impl InputFormat {
+    pub const FP32: InputFormat = InputFormat { round: |v| v, smallest_normal: f32::MIN_POSITIVE as f64 };
+    pub const BF16: InputFormat =
+        InputFormat { round: |v| half::bf16::from_f32(v).to_f32(), smallest_normal: f32::MIN_POSITIVE as f64 };
+    /// fp16's smallest normal is 2^-14: a product of two inputs near 1e-2
+    /// already lands in its subnormals.
+    pub const FP16: InputFormat =
+        InputFormat { round: |v| half::f16::from_f32(v).to_f32(), smallest_normal: 6.103_515_625e-5 };
+}
+
 /// Largest `|got - want|` relative to `sum_k |a b|` of each output (the
 /// error scale of a dot product), over an `m x n` result (row-major `a` and
-/// `b`); `round` models the kernel's input precision. Infinite when `got`
+/// `b`); `format` models the kernel's input precision. Where `sum_k |a b|`
+/// falls below `k` times the format's smallest normal, the error is taken
+/// relative to that floor instead (subnormal products and sums carry an
+/// absolute error of up to half their spacing each). Infinite when `got`
 /// holds a non-finite value.
-pub fn dot_error(a: &[f32], b: &[f32], m: usize, k: usize, n: usize, got: &[f32], round: fn(f32) -> f32) -> f64 {
+pub fn dot_error(a: &[f32], b: &[f32], m: usize, k: usize, n: usize, got: &[f32], format: InputFormat) -> f64 {
+    let round = format.round;
+    let floor = k as f64 * format.smallest_normal;
     let mut worst = 0f64;
     for i in 0..m {
         for j in 0..n {
@@ -245,7 +270,7 @@ pub fn dot_error(a: &[f32], b: &[f32], m: usize, k: usize, n: usize, got: &[f32]
                 mag += p.abs();
             }
             let g = got[i * n + j] as f64;
-            worst = worst.max(if g.is_finite() { (g - want).abs() / mag } else { f64::INFINITY });
+            worst = worst.max(if g.is_finite() { (g - want).abs() / mag.max(floor) } else { f64::INFINITY });
         }
     }
     worst

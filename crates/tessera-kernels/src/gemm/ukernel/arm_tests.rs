@@ -5,14 +5,13 @@
 //! `TESSERA_REQUIRE_<NEON_FP16|NEON_DOTPROD|SME>=1` says it must be there,
 //! and is reported as skipped otherwise.
 
-use half::bf16;
 use proptest::prelude::*;
 
 use super::neon::{has_dotprod, has_fp16, NeonF16, NeonF32, NeonI8Dot};
 use super::sme::{has_sme, streaming_vector_bytes, SmeBf16, SmeF32};
 use crate::gemm::vector::tests::rand_f32;
 use crate::gemm::vector::{vector_igemm, vector_sgemm, Blocking, FloatKernel, VectorKernel};
-use crate::gemm::{dot_error, Epilogue, MatRef};
+use crate::gemm::{dot_error, Epilogue, InputFormat, MatRef};
 
 /// Whether the feature is present; panics if the environment requires it
 /// and it is missing (so a misconfigured runner cannot skip silently).
@@ -26,25 +25,15 @@ fn present(have: bool, var: &str) -> bool {
 
 /// Runs a float kernel on `m x k · k x n` with small blocks (several K,
 /// M and N blocks) and returns the largest error relative to `sum |a||b|`.
-fn float_error<K: FloatKernel>(kern: &K, m: usize, k: usize, n: usize, seed: u64, round: fn(f32) -> f32) -> f64 {
+fn float_error<K: FloatKernel>(kern: &K, m: usize, k: usize, n: usize, seed: u64, format: InputFormat) -> f64 {
     let a = rand_f32(m * k, seed);
     let b = rand_f32(k * n, seed + 7);
     let blk = Blocking { kc: 48, mc: 2 * kern.mr(), nc: 3 * kern.nr() };
     let mut c = vec![f32::NAN; m * n];
     vector_sgemm(kern, blk, MatRef::row_major(&a, m, k), MatRef::row_major(&b, k, n), &mut c, n, &Epilogue::default());
-    let worst = dot_error(&a, &b, m, k, n, &c, round);
+    let worst = dot_error(&a, &b, m, k, n, &c, format);
     assert!(worst.is_finite(), "{} left a non-finite value", kern.name());
     worst
-}
-
-fn identity(v: f32) -> f32 {
-    v
-}
-fn to_f16(v: f32) -> f32 {
-    half::f16::from_f32(v).to_f32()
-}
-fn to_bf16(v: f32) -> f32 {
-    bf16::from_f32(v).to_f32()
 }
 
 proptest! {
@@ -52,7 +41,7 @@ proptest! {
 
     #[test]
     fn neon_fp32_matches_reference(m in 1usize..40, k in 0usize..120, n in 1usize..40, seed in 0u64..1000) {
-        let e = float_error(&NeonF32, m, k, n, seed, identity);
+        let e = float_error(&NeonF32, m, k, n, seed, InputFormat::FP32);
         prop_assert!(e <= 1e-6, "relative error {e:e}");
     }
 
@@ -60,7 +49,7 @@ proptest! {
     fn neon_fp16_matches_reference(m in 1usize..40, k in 0usize..120, n in 1usize..40, seed in 0u64..1000) {
         if present(has_fp16(), "TESSERA_REQUIRE_NEON_FP16") {
             // fp16 sums over one K block (48 here): about 2^-11 per add.
-            let e = float_error(&NeonF16, m, k, n, seed, to_f16);
+            let e = float_error(&NeonF16, m, k, n, seed, InputFormat::FP16);
             prop_assert!(e <= 1e-2, "relative error {e:e}");
         }
     }
@@ -84,7 +73,7 @@ proptest! {
     #[test]
     fn sme_fp32_matches_reference(m in 1usize..80, k in 0usize..100, n in 1usize..80, seed in 0u64..1000) {
         if present(has_sme(), "TESSERA_REQUIRE_SME") {
-            let e = float_error(&SmeF32::new().unwrap(), m, k, n, seed, identity);
+            let e = float_error(&SmeF32::new().unwrap(), m, k, n, seed, InputFormat::FP32);
             prop_assert!(e <= 1e-6, "relative error {e:e}");
         }
     }
@@ -93,7 +82,7 @@ proptest! {
     fn sme_bf16_matches_reference(m in 1usize..80, k in 0usize..100, n in 1usize..80, seed in 0u64..1000) {
         if present(has_sme(), "TESSERA_REQUIRE_SME") {
             // Inputs rounded to bf16, products exact, fp32 sums.
-            let e = float_error(&SmeBf16::new().unwrap(), m, k, n, seed, to_bf16);
+            let e = float_error(&SmeBf16::new().unwrap(), m, k, n, seed, InputFormat::BF16);
             prop_assert!(e <= 1e-5, "relative error {e:e}");
         }
     }
