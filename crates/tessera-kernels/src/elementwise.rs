@@ -46,6 +46,23 @@ const ERFC_LARGE: [f32; 10] = [
     0.307_258_87,
     -0.062_207_833,
 ];
+/// `ln(erfc(a) / (2t)) + a^2` as a polynomial in `t = 1 / (1 + a/2)`, for
+/// 0 <= a <= 9 (absolute error 5e-8, so `t * exp(poly(t) - a^2)` is
+/// erfc(a)/2 with that relative error, tails included).
+const HALF_ERFC_LOG: [f32; 10] = [
+    -1.958_556,
+    0.997_849_4,
+    0.393_266_56,
+    0.003_364_663_3,
+    0.091_986_59,
+    -0.249_122_37,
+    -0.494_212_3,
+    1.006_375_4,
+    -0.617_495_4,
+    0.133_396_24,
+];
+/// `e^r` for |r| <= ln2/2 (relative error 9e-8).
+const EXP_MINIMAX: [f32; 6] = [1.0, 0.999_999_7, 0.499_991_5, 0.166_676_5, 0.041_897_826, 0.008_289_435];
 /// `tanh(x) / x` as a polynomial in `x^2`, for |x| < 0.625.
 const TANH_SMALL: [f32; 6] = [1.0, -0.333_332_75, 0.133_313_66, -0.053_735_826, 0.020_630_192, -0.005_697_406];
 
@@ -106,6 +123,32 @@ pub fn exp_with<const FMA: bool>(x: f32) -> f32 {
     let y = if x < EXP_MIN_NORMAL_INPUT { 0.0 } else { y };
     if x > 88.722_84 {
         f32::INFINITY
+    } else {
+        y
+    }
+}
+
+/// e^x for x <= 0 (softmax after its max is taken off, erfc's tails): no
+/// overflow to handle, so one scale factor and a shorter polynomial than
+/// [`exp_with`], about half its operations. Within 2 ulp wherever the
+/// result is a normal float; below that flushed to zero; NaN passes
+/// through. Positive inputs are outside the domain (their results are
+/// wrong above 88, never undefined behaviour).
+#[inline(always)]
+pub fn exp_nonpositive_with<const FMA: bool>(x: f32) -> f32 {
+    // Written as a comparison so that NaN keeps going (`f32::max` would
+    // replace it).
+    let xc = if x < EXP_MIN_NORMAL_INPUT { EXP_MIN_NORMAL_INPUT } else { x };
+    let t = madd::<FMA>(xc, LOG2_E, ROUND_MAGIC);
+    let kf = t - ROUND_MAGIC;
+    let r = madd::<FMA>(-kf, LN2_LO, madd::<FMA>(-kf, LN2_HI, xc));
+    let p = horner::<6, FMA>(&EXP_MINIMAX, r);
+    // k = t's bits less ROUND_MAGIC's, in [-126, 0]: 2^k is a normal float
+    // whose exponent field is k + 127.
+    let scale = f32::from_bits((t.to_bits().wrapping_sub(ROUND_MAGIC.to_bits() - 127)) << 23);
+    let y = p * scale;
+    if x < EXP_MIN_NORMAL_INPUT {
+        0.0
     } else {
         y
     }
@@ -187,8 +230,11 @@ pub fn erf_with<const FMA: bool>(x: f32) -> f32 {
     }
 }
 
-/// GELU with the exact (erf) formulation: x/2 * (1 + erf(x/sqrt 2)). The
-/// negative tail uses erfc directly, so it keeps its relative accuracy.
+/// GELU with the exact (erf) formulation: `x * Phi(x)`, Phi the normal
+/// CDF. One branch-free path for every x: with `a = |x|/sqrt 2`,
+/// `Phi(-|x|) = erfc(a)/2`, evaluated as `t * exp(poly(t) - a^2)`, so the
+/// negative tail keeps its relative accuracy and the positive side is
+/// `x * (1 - Phi(-|x|))`.
 #[inline(always)]
 pub fn gelu_erf_f32(x: f32) -> f32 {
     gelu_erf_with::<false>(x)
@@ -197,17 +243,17 @@ pub fn gelu_erf_f32(x: f32) -> f32 {
 /// [`gelu_erf_f32`], with fused multiply-adds when `FMA`.
 #[inline(always)]
 pub fn gelu_erf_with<const FMA: bool>(x: f32) -> f32 {
-    let z = x * FRAC_1_SQRT_2;
-    let az = z.abs();
-    let small = 0.5 * x * madd::<FMA>(z, horner::<7, FMA>(&ERF_SMALL, z * z), 1.0);
-    let c = erfc_large::<FMA>(az.max(1.0));
-    let neg = if az < ERFC_ZERO_FROM { 0.5 * x * c } else { -0.0 };
-    let big = if z > 0.0 { x * madd::<FMA>(-0.5, c, 1.0) } else { neg };
-    // NaN fails the comparison and takes the small path, which keeps it.
-    if az >= 1.0 {
-        big
+    let az = (x * FRAC_1_SQRT_2).abs();
+    // Comparisons rather than `min` so that NaN keeps going.
+    let a = if az > ERFC_ZERO_FROM { ERFC_ZERO_FROM } else { az };
+    let t = 1.0 / madd::<FMA>(0.5, a, 1.0);
+    let tail = t * exp_nonpositive_with::<FMA>(madd::<FMA>(-a, a, horner::<10, FMA>(&HALF_ERFC_LOG, t)));
+    // Past a = 9 the tail is under 3e-37: zero (and -inf gives -0, not NaN).
+    let neg = if az >= ERFC_ZERO_FROM { -0.0 } else { x * tail };
+    if x > 0.0 {
+        x * (1.0 - tail)
     } else {
-        small
+        neg
     }
 }
 
@@ -281,7 +327,7 @@ pub fn log_softmax_row(x: &[f32], y: &mut [f32]) {
 fn softmax_body<const FMA: bool>(x: &[f32], y: &mut [f32]) {
     let m = max_f32(x);
     for (o, &v) in y.iter_mut().zip(x) {
-        *o = exp_with::<FMA>(v - m);
+        *o = exp_nonpositive_with::<FMA>(v - m);
     }
     let inv = 1.0 / sum_f32(y);
     for o in y.iter_mut() {
@@ -293,7 +339,7 @@ fn softmax_body<const FMA: bool>(x: &[f32], y: &mut [f32]) {
 fn log_softmax_body<const FMA: bool>(x: &[f32], y: &mut [f32]) {
     let m = max_f32(x);
     for (o, &v) in y.iter_mut().zip(x) {
-        *o = exp_with::<FMA>(v - m);
+        *o = exp_nonpositive_with::<FMA>(v - m);
     }
     let shift = m + (sum_f32(y) as f64).ln() as f32;
     for (o, &v) in y.iter_mut().zip(x) {
@@ -431,6 +477,7 @@ mod tests {
     both_fma_variants! {
         erf_f32_abs_error_below_1e6 => erf_f32_abs_error_below_1e6_impl,
         exp_f32_accuracy_and_edges => exp_f32_accuracy_and_edges_impl,
+        exp_nonpositive_accuracy_and_edges => exp_nonpositive_accuracy_and_edges_impl,
         no_subnormal_results => no_subnormal_results_impl,
         tanh_sigmoid_gelu_accuracy => tanh_sigmoid_gelu_accuracy_impl,
     }
@@ -513,6 +560,29 @@ mod tests {
         assert!(smallest.is_normal() && ulp_diff(smallest, (-87.0f64).exp() as f32) <= 2);
     }
 
+    fn exp_nonpositive_accuracy_and_edges_impl<const F: bool>() {
+        let mut worst = 0;
+        let mut x = EXP_MIN_NORMAL_INPUT;
+        while x <= 0.0 {
+            let want = (x as f64).exp() as f32;
+            worst = worst.max(ulp_diff(exp_nonpositive_with::<F>(x), want));
+            x += 0.000_731;
+        }
+        // Near 0, where softmax's largest terms sit.
+        for i in 0..100_000 {
+            let x = -(i as f32) * 1e-6;
+            worst = worst.max(ulp_diff(exp_nonpositive_with::<F>(x), (x as f64).exp() as f32));
+        }
+        assert!(worst <= 2, "worst ulp error {worst}");
+        assert_eq!(exp_nonpositive_with::<F>(0.0), 1.0);
+        assert_eq!(exp_nonpositive_with::<F>(-0.0), 1.0);
+        assert_eq!(exp_nonpositive_with::<F>(f32::NEG_INFINITY), 0.0);
+        assert_eq!(exp_nonpositive_with::<F>(-87.5), 0.0);
+        assert!(exp_nonpositive_with::<F>(f32::NAN).is_nan());
+        let smallest = exp_nonpositive_with::<F>(-87.0);
+        assert!(smallest.is_normal() && ulp_diff(smallest, (-87.0f64).exp() as f32) <= 2);
+    }
+
     /// No subnormal comes out of a normal input, anywhere in the domain
     /// (they cost a microcode assist per vector operation on Intel cores).
     fn no_subnormal_results_impl<const F: bool>() {
@@ -520,6 +590,7 @@ mod tests {
         while x < 200.0 {
             for (name, y) in [
                 ("exp", exp_with::<F>(x)),
+                ("exp_nonpositive", exp_nonpositive_with::<F>(-x.abs())),
                 ("erf", erf_with::<F>(x)),
                 ("tanh", tanh_with::<F>(x)),
                 ("sigmoid", sigmoid_with::<F>(x)),
