@@ -7,9 +7,11 @@
 
 use rayon::prelude::*;
 
-use crate::elementwise::softmax_row;
+use std::cell::Cell;
+
+use crate::elementwise::softmax_exp_in_place;
 use crate::gemm::pack::{self, Split};
-use crate::gemm::tile::aligned_bytes;
+use crate::gemm::tile::{aligned_bytes, Bytes};
 use crate::gemm::ukernel::{amx::Prefetch, AccBlock, DotKind, TileIsa, TileSession, BLOCK_BYTES, MR, NR};
 use crate::gemm::{sgemm, MatRef, Parallel};
 
@@ -105,104 +107,175 @@ pub fn attention_on(
         let (b, h, blk) = (t / (heads * blocks_per_seq), t / blocks_per_seq % heads, t % blocks_per_seq);
         let r0 = blk * rows;
         let r = rows.min(q_len - r0);
-        let mut scores = vec![0f32; r * kv_len];
-        let mut probs = vec![0f32; r * kv_len];
-        let mut oh = vec![0f32; r * d];
         let (lq, lk, lv) = (q.row_stride, k.row_stride, v.row_stride);
         let qh =
             MatRef { data: &q.data[(b * q_len + r0) * lq + h * d..], rows: r, cols: d, row_stride: lq, col_stride: 1 };
         let kh = |j: usize| &k.data[(b * kv_len + j) * lk + h * d..][..d];
         let vh =
             MatRef { data: &v.data[b * kv_len * lv + h * d..], rows: kv_len, cols: d, row_stride: lv, col_stride: 1 };
-        let tiles = match products {
-            Products::Vector => {
-                let kt = MatRef {
-                    data: &k.data[b * kv_len * lk + h * d..],
-                    rows: d,
-                    cols: kv_len,
-                    row_stride: 1,
-                    col_stride: lk,
-                };
-                sgemm(qh, kt, &mut scores, kv_len, scale, 0.0, Parallel::None);
-                None
-            }
-            Products::Tiles(isa) => {
-                let sess = TileSession::begin(isa, Prefetch::None);
-                tile_product(&sess, qh, Operand::Columns(&kh), kv_len, scale, &mut scores);
-                Some(sess)
-            }
-        };
-        if let Some(m) = mask {
-            for i in 0..r {
+        // Adds the mask to row i of the block's scores.
+        let add_mask = |i: usize, row: &mut [f32]| {
+            if let Some(m) = mask {
                 let base = b * m.strides[0] + h * m.strides[1] + (r0 + i) * m.strides[2];
-                let row = &mut scores[i * kv_len..(i + 1) * kv_len];
                 if m.strides[3] == 1 {
                     row.iter_mut().zip(&m.data[base..base + kv_len]).for_each(|(s, &a)| *s += a);
                 } else {
                     row.iter_mut().enumerate().for_each(|(j, s)| *s += m.data[base + j * m.strides[3]]);
                 }
             }
-        }
-        for (x, y) in scores.chunks(kv_len).zip(probs.chunks_mut(kv_len)) {
-            softmax_row(x, y);
-        }
-        let p = MatRef::row_major(&probs, r, kv_len);
-        match tiles {
-            None => sgemm(p, vh, &mut oh, d, 1.0, 0.0, Parallel::None),
-            Some(sess) => {
-                let vrow = |kk: usize| &vh.data[kk * lv..][..d];
-                tile_product(&sess, p, Operand::Rows(&vrow), d, 1.0, &mut oh);
-            }
-        }
-        for (i, row) in oh.chunks_exact(d).enumerate() {
-            let at = (b * q_len + r0 + i) * c + h * d;
-            // SAFETY: `at + d <= batch * q_len * c`, the length of `out`
-            // (checked at the top); tasks differ in (b, h, block), so the
-            // `d` values of (row, head) written here belong to this task
+        };
+        // Writes `vals` to row i of the block's output, from column j0 of
+        // the head.
+        let out_row = |i: usize, j0: usize, vals: &[f32]| {
+            assert!(i < r && j0 + vals.len() <= d);
+            let at = (b * q_len + r0 + i) * c + h * d + j0;
+            // SAFETY: `at + vals.len() <= batch * q_len * c`, the length of
+            // `out` (checked at the top); tasks differ in (b, h, block), so
+            // the values of (row, head) written here belong to this task
             // alone, and `out` outlives the parallel loop.
-            unsafe { std::ptr::copy_nonoverlapping(row.as_ptr(), out.at(at), d) };
-        }
+            unsafe { std::ptr::copy_nonoverlapping(vals.as_ptr(), out.at(at), vals.len()) };
+        };
+        with_scratch(r * kv_len + r * d, |f32s| {
+            let (scores, oh) = f32s.split_at_mut(r * kv_len);
+            match products {
+                Products::Vector => {
+                    let kt = MatRef {
+                        data: &k.data[b * kv_len * lk + h * d..],
+                        rows: d,
+                        cols: kv_len,
+                        row_stride: 1,
+                        col_stride: lk,
+                    };
+                    sgemm(qh, kt, scores, kv_len, scale, 0.0, Parallel::None);
+                    for (i, row) in scores.chunks_exact_mut(kv_len).enumerate() {
+                        add_mask(i, row);
+                        let inv = softmax_exp_in_place(row);
+                        row.iter_mut().for_each(|p| *p *= inv);
+                    }
+                    sgemm(MatRef::row_major(scores, r, kv_len), vh, oh, d, 1.0, 0.0, Parallel::None);
+                    for (i, row) in oh.chunks_exact(d).enumerate() {
+                        out_row(i, 0, row);
+                    }
+                }
+                Products::Tiles(isa) => {
+                    let sess = TileSession::begin(isa, Prefetch::None);
+                    let vrow = |kk: usize| &vh.data[kk * lv..][..d];
+                    let head = Head { q: qh, k: &kh, v: &vrow, kv_len, scale };
+                    head.on_tiles(&sess, scores, &add_mask, &out_row);
+                }
+            }
+        });
     });
 }
 
-/// The B operand of a per-head tile product, by rows of the matrix it is
-/// read from: B's columns (B = Kᵀ) or B's rows (B = V).
-enum Operand<'a> {
-    Columns(&'a dyn Fn(usize) -> &'a [f32]),
-    Rows(&'a dyn Fn(usize) -> &'a [f32]),
+thread_local! {
+    /// A task's scores and output rows, reused so that a steady stream of
+    /// heads allocates (and zeroes) nothing.
+    static SCRATCH: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
+    /// A task's packed tile panels, reused likewise.
+    static PANELS: Cell<Option<Bytes>> = const { Cell::new(None) };
 }
 
-/// `c = alpha · a · B` (`a` is `m x k`, B is `k x n`, `c` row-major `m x n`)
-/// on bf16 tiles: the small products of one attention head, packed here
-/// (both operands change with every call).
-fn tile_product(sess: &TileSession, a: MatRef<f32>, b: Operand, n: usize, alpha: f32, c: &mut [f32]) {
-    let (m, k) = (a.rows, a.cols);
-    let kb = pack::k_blocks(DotKind::Bf16, k);
-    let len = kb * BLOCK_BYTES;
-    let (mp, np) = (m.div_ceil(MR), n.div_ceil(NR));
-    let mut ap = aligned_bytes(mp * len, 0);
-    for (p, dst) in ap.chunks_exact_mut(len.max(1)).enumerate().take(mp) {
-        pack::pack_a_f32(dst, a.rows_range(p * MR, MR.min(m - p * MR)), Split::Bf16);
+/// Runs `f` with at least `len` f32 of this thread's scratch (contents
+/// unspecified: every user writes before it reads).
+fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    let mut buf = SCRATCH.with(|c| c.take());
+    if buf.len() < len {
+        buf.resize(len, 0.0);
     }
-    let mut bp = aligned_bytes(np * len, 0);
-    for (p, dst) in bp.chunks_exact_mut(len.max(1)).enumerate().take(np) {
-        let (j0, cols) = (p * NR, NR.min(n - p * NR));
-        match &b {
-            Operand::Columns(col) => pack::pack_b_bf16_from_columns(dst, cols, k, |j| col(j0 + j)),
-            Operand::Rows(row) => pack::pack_b_bf16_from_rows(dst, cols, k, |kk| &row(kk)[j0..]),
-        }
-    }
-    let mut acc = AccBlock::new();
-    for pn in 0..np {
-        let (j0, cols) = (pn * NR, NR.min(n - pn * NR));
-        for pm in 0..mp {
-            let (i0, rows) = (pm * MR, MR.min(m - pm * MR));
-            sess.run(DotKind::Bf16, &ap[pm * len..][..len], &bp[pn * len..][..len], kb, &mut acc, false);
-            for (i, src) in acc.as_f32().chunks_exact(NR).take(rows).enumerate() {
-                let dst = &mut c[(i0 + i) * n + j0..][..cols];
-                dst.iter_mut().zip(src).for_each(|(d, &s)| *d = alpha * s);
+    let r = f(&mut buf[..len]);
+    SCRATCH.with(|c| c.set(buf));
+    r
+}
+
+/// [`with_scratch`] for 64-byte aligned packed panels.
+fn with_panels<R>(len: usize, f: impl FnOnce(&mut [u8]) -> R) -> R {
+    let mut buf = PANELS.with(|c| c.take()).filter(|b| b.len() >= len).unwrap_or_else(|| aligned_bytes(len, 0));
+    let r = f(&mut buf[..len]);
+    PANELS.with(|c| c.set(Some(buf)));
+    r
+}
+
+/// One head's block of query rows and its keys and values (row `j` of K
+/// or V is `k(j)` or `v(j)`, `d` values each).
+struct Head<'a, 'f> {
+    q: MatRef<'a, f32>,
+    k: &'f dyn Fn(usize) -> &'a [f32],
+    v: &'f dyn Fn(usize) -> &'a [f32],
+    kv_len: usize,
+    scale: f32,
+}
+
+impl Head<'_, '_> {
+    /// The head on bf16 tiles: `scores = scale · Q Kᵀ` (Kᵀ packed straight
+    /// from K's rows), the mask added and the softmax taken row by row,
+    /// each row rounded to bf16 straight into the A panels of the second
+    /// product, and `P · V` (V packed from its rows) written out by
+    /// `out_row(row, first column, values)`.
+    fn on_tiles(
+        &self,
+        sess: &TileSession,
+        scores: &mut [f32],
+        add_mask: &dyn Fn(usize, &mut [f32]),
+        out_row: &dyn Fn(usize, usize, &[f32]),
+    ) {
+        let (r, d, kv_len) = (self.q.rows, self.q.cols, self.kv_len);
+        let (kb_d, kb_kv) = (pack::k_blocks(DotKind::Bf16, d), pack::k_blocks(DotKind::Bf16, kv_len));
+        let (len_d, len_kv) = (kb_d * BLOCK_BYTES, kb_kv * BLOCK_BYTES);
+        let (mp, np_kv, np_d) = (r.div_ceil(MR), kv_len.div_ceil(NR), d.div_ceil(NR));
+        let sizes = [mp * len_d, np_kv * len_d, mp * len_kv, np_d * len_kv];
+        with_panels(sizes.iter().sum(), |panels| {
+            let (qp, rest) = panels.split_at_mut(sizes[0]);
+            let (kp, rest) = rest.split_at_mut(sizes[1]);
+            let (pp, vp) = rest.split_at_mut(sizes[2]);
+            for (p, dst) in qp.chunks_exact_mut(len_d).enumerate() {
+                pack::pack_a_f32(dst, self.q.rows_range(p * MR, MR.min(r - p * MR)), Split::Bf16);
             }
-        }
+            for (p, dst) in kp.chunks_exact_mut(len_d).enumerate() {
+                pack::pack_b_bf16_from_columns(dst, NR.min(kv_len - p * NR), d, |j| (self.k)(p * NR + j));
+            }
+            let mut acc = AccBlock::new();
+            for pn in 0..np_kv {
+                let (j0, cols) = (pn * NR, NR.min(kv_len - pn * NR));
+                for pm in 0..mp {
+                    sess.run(
+                        DotKind::Bf16,
+                        &qp[pm * len_d..][..len_d],
+                        &kp[pn * len_d..][..len_d],
+                        kb_d,
+                        &mut acc,
+                        false,
+                    );
+                    for (i, src) in acc.as_f32().chunks_exact(NR).take(r - pm * MR).enumerate() {
+                        let dst = &mut scores[(pm * MR + i) * kv_len + j0..][..cols];
+                        dst.iter_mut().zip(src).for_each(|(d, &s)| *d = self.scale * s);
+                    }
+                }
+            }
+            for (i, row) in scores.chunks_exact_mut(kv_len).enumerate() {
+                add_mask(i, row);
+                let inv = softmax_exp_in_place(row);
+                row.iter_mut().for_each(|p| *p *= inv);
+                pack::pack_a_row_bf16(&mut pp[(i / MR) * len_kv..][..len_kv], kb_kv, i % MR, row);
+            }
+            for i in r..mp * MR {
+                pack::pack_a_row_bf16(&mut pp[(i / MR) * len_kv..][..len_kv], kb_kv, i % MR, &[]);
+            }
+            for (p, dst) in vp.chunks_exact_mut(len_kv).enumerate() {
+                let j0 = p * NR;
+                pack::pack_b_bf16_from_rows(dst, NR.min(d - j0), kv_len, |kk| &(self.v)(kk)[j0..]);
+            }
+            for pn in 0..np_d {
+                let (j0, cols) = (pn * NR, NR.min(d - pn * NR));
+                for pm in 0..mp {
+                    let a = &pp[pm * len_kv..][..len_kv];
+                    sess.run(DotKind::Bf16, a, &vp[pn * len_kv..][..len_kv], kb_kv, &mut acc, false);
+                    for (i, src) in acc.as_f32().chunks_exact(NR).take(r - pm * MR).enumerate() {
+                        out_row(pm * MR + i, j0, &src[..cols]);
+                    }
+                }
+            }
+        })
     }
 }
 

@@ -318,6 +318,12 @@ pub fn softmax_row(x: &[f32], y: &mut [f32]) {
     with_vector_features!(softmax_body(x: &[f32], y: &mut [f32]))
 }
 
+/// Softmax's first half in place: `x = e^(x - max x)`; returns `1 / sum`
+/// (the caller scales, possibly while converting or packing the row).
+pub fn softmax_exp_in_place(x: &mut [f32]) -> f32 {
+    with_vector_features!(softmax_exp_body(x: &mut [f32]) -> f32)
+}
+
 /// `y = log_softmax(x)` over one contiguous row.
 pub fn log_softmax_row(x: &[f32], y: &mut [f32]) {
     with_vector_features!(log_softmax_body(x: &[f32], y: &mut [f32]))
@@ -333,6 +339,15 @@ fn softmax_body<const FMA: bool>(x: &[f32], y: &mut [f32]) {
     for o in y.iter_mut() {
         *o *= inv;
     }
+}
+
+#[inline(always)]
+fn softmax_exp_body<const FMA: bool>(x: &mut [f32]) -> f32 {
+    let m = max_f32(x);
+    for v in x.iter_mut() {
+        *v = exp_nonpositive_with::<FMA>(*v - m);
+    }
+    1.0 / sum_f32(x)
 }
 
 #[inline(always)]

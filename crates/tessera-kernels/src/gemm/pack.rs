@@ -221,6 +221,27 @@ pub fn pack_a_f32(dst: &mut [u8], a: MatRef<f32>, split: Split) {
     with_vector_features!(pack_a_f32_body(dst: &mut [u8], a: MatRef<f32>, split: Split))
 }
 
+/// Writes row `i` (0..32) of a bf16 A panel of `kb` k-blocks: `src`
+/// rounded to bf16, zero past its end (`src.len() <= 32 * kb`; an empty
+/// `src` zeroes the row). For operands made row by row, such as attention
+/// probabilities, which then need no fp32 copy of the whole panel.
+pub fn pack_a_row_bf16(dst: &mut [u8], kb: usize, i: usize, src: &[f32]) {
+    assert!(i < 32 && src.len() <= 32 * kb && dst.len() >= kb * BLOCK_BYTES);
+    // Converted 16 k-blocks at a time (one conversion call each).
+    const RUN: usize = 16;
+    let mut conv = [0u16; 32 * RUN];
+    for b0 in (0..kb).step_by(RUN) {
+        let blocks = RUN.min(kb - b0);
+        let part = &src[(32 * b0).min(src.len())..(32 * (b0 + blocks)).min(src.len())];
+        to_bf16(part, &mut conv[..part.len()]);
+        conv[part.len()..32 * blocks].fill(0);
+        for (b, vals) in conv[..32 * blocks].chunks_exact(32).enumerate() {
+            let vals: &[u16; 32] = vals.try_into().expect("32 values");
+            put_tile_row(&mut dst[(b0 + b) * BLOCK_BYTES + a_offset(i, 0)..], vals);
+        }
+    }
+}
+
 /// Packs columns `0..cols` (at most 32) of an fp32 B panel, `get(k, j)`
 /// giving B[k][j].
 pub fn pack_b_f32(dst: &mut [u8], cols: usize, k: usize, split: Split, get: impl Fn(usize, usize) -> f32) {
@@ -389,6 +410,24 @@ mod tests {
             let mut from_cols = vec![0xAAu8; len];
             pack_b_bf16_from_columns(&mut from_cols, cols, k, |j| &r[j * k..]);
             prop_assert_eq!(&from_cols, &want);
+        }
+
+        /// A panel written row by row (rows past `rows` zeroed) is the
+        /// panel the whole-panel packer writes, over stale bytes.
+        #[test]
+        fn bf16_a_panel_by_rows_matches_the_panel_packer(
+            k in 0usize..700, rows in 1usize..=32, seed in any::<u32>(),
+        ) {
+            let val = |i: usize| ((i as u32).wrapping_mul(2_654_435_761) ^ seed) as f32 / u32::MAX as f32 - 0.5;
+            let a: Vec<f32> = (0..rows * k).map(val).collect();
+            let kb = k_blocks(DotKind::Bf16, k);
+            let mut want = vec![0xAAu8; kb * BLOCK_BYTES];
+            pack_a_f32(&mut want, MatRef::row_major(&a, rows, k), Split::Bf16);
+            let mut by_rows = vec![0xAAu8; kb * BLOCK_BYTES];
+            for i in 0..32 {
+                pack_a_row_bf16(&mut by_rows, kb, i, if i < rows { &a[i * k..(i + 1) * k] } else { &[] });
+            }
+            prop_assert_eq!(&by_rows, &want);
         }
 
         /// Named for scripts/test's AMX check: every CPU with AMX has
