@@ -101,7 +101,8 @@ pub(crate) fn attention_op(node: &Node, products: tessera_kernels::attention::Pr
             None => None,
         };
         let dims = tessera_kernels::attention::AttentionDims { batch: b, q_len: sq, kv_len: sk, heads, head_dim: d };
-        let mut out = ctx.alloc(tessera_core::DType::F32, &[b, sq, c])?;
+        // The kernel writes every element (zeros when there are no keys).
+        let mut out = ctx.alloc_for_overwrite(tessera_core::DType::F32, &[b, sq, c])?;
         // Where each of Q, K and V starts in its tensor, and its row stride.
         fn rows(t: &Tensor, start: usize) -> Result<Rows<'_>> {
             let data = t.as_slice::<f32>()?;

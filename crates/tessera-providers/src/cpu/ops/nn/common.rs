@@ -95,6 +95,22 @@ pub(crate) fn write_output<T: Float>(
     Ok(out)
 }
 
+/// [`write_output`] for an `f` that writes every element: a recycled
+/// buffer is handed over as it is, not zeroed first.
+pub(crate) fn write_whole_output<T: Float>(
+    ctx: &mut RunCtx,
+    dtype: DType,
+    shape: &[usize],
+    f: impl FnOnce(&mut [T]) -> Result<()>,
+) -> Result<Tensor> {
+    if dtype != T::DTYPE {
+        return write_output(ctx, dtype, shape, f);
+    }
+    let mut out = ctx.alloc_for_overwrite(dtype, shape)?;
+    f(out.as_mut_slice::<T>()?)?;
+    Ok(out)
+}
+
 /// `t` as `T`, using `pre` (values prepared at build time from the same
 /// constant, already f32) when it matches.
 pub(crate) fn read_or_pre<'a, T: Float>(pre: Option<&'a [f32]>, t: &'a Tensor) -> Result<Cow<'a, [T]>> {

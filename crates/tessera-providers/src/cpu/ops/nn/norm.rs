@@ -9,7 +9,7 @@ use tessera_core::{Error, Node, Result, Tensor};
 
 use tessera_kernels::gemm::GemmScalar;
 
-use super::common::{expect_float, for_each_strided, strides_of, with_float, write_output, Float};
+use super::common::{expect_float, for_each_strided, strides_of, with_float, write_output, write_whole_output, Float};
 use crate::cpu::registry::{BuildCtx, CpuOp, OpRegistry, RunCtx};
 use crate::cpu::util::{broadcast_strides, norm_axis, opt, req};
 
@@ -299,7 +299,8 @@ fn build_row_norm(node: &Node, rms: bool) -> Result<Box<dyn CpuOp>> {
                 _ => None,
             };
             let mut stats = vec![(0.0, 0.0); rows];
-            let y = write_output::<T>(ctx, dt, s, |y| {
+            // Every row is written.
+            let y = write_whole_output::<T>(ctx, dt, s, |y| {
                 norm_rows(&xs, y, inner, &scale, bias.as_deref(), eps, rms, &mut stats);
                 Ok(())
             })?;
