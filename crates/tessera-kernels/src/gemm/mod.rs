@@ -114,6 +114,12 @@ impl<'a, T> MatRef<'a, T> {
         let start = (r0 * self.row_stride).min(self.data.len());
         MatRef { data: &self.data[start..], rows, ..self }
     }
+    /// Columns `c0..c0 + cols` as a view.
+    pub fn cols_range(self, c0: usize, cols: usize) -> Self {
+        assert!(c0 + cols <= self.cols, "column range exceeds the matrix");
+        let start = (c0 * self.col_stride).min(self.data.len());
+        MatRef { data: &self.data[start..], cols, ..self }
+    }
     pub(crate) fn check(&self) {
         if self.rows > 0 && self.cols > 0 {
             let last = (self.rows - 1) * self.row_stride + (self.cols - 1) * self.col_stride;
