@@ -257,29 +257,46 @@ impl WeightStream {
 }
 
 impl TileBlocking {
-    /// K kept whole, up to 8 A panels (1 MiB) per task, the next k-blocks
-    /// of both panels prefetched into L1. On the Xeon (Emerald Rapids) K
-    /// chunks of 4 to 16 k-blocks measured no faster at BERT shapes or
-    /// 2048^3 (see `benches/results/2026-11-27-tile-driver`), and cost
-    /// accumulator traffic. Prefetching B as well as A measured faster with
-    /// weights from DRAM (as in a model) at 2 threads in 12 of 16 same-run
-    /// pairs at BERT shapes, by about 10% (bf16 and int8), and level at one
-    /// thread (`benches/results/2026-11-27-int8-fusion/prefetch_ab_alternating.txt`).
+    /// K chunked by [`TileBlocking::KC_AUTO`], up to 8 A panels (1 MiB) per
+    /// task, the next k-blocks of A prefetched into L1, the next weight panel
+    /// streamed into L2 from inside the k-loop.
+    ///
+    /// Measured on the 2-core Xeon with AMX that CI runs on, weights from
+    /// DRAM (`benches/results/2026-11-27-attention-gelu/gemm_blockings.txt`):
+    /// 8-k-block chunks beat whole K at K = 768 (bf16 by 3-15%, int8 by
+    /// 6-30%), tied at K = 1024 and lost for bf16 at K = 1536 to 3072 (by
+    /// 6-16%), hence the 24-k-block (48 KiB panel) limit; prefetching only
+    /// A's next k-blocks beat prefetching B's as well in 8 of 8 pairs.
     /// Streaming the next weight panel from inside the k-loop (`Spread`)
     /// beat prefetching it all at a panel's start (`Bulk`) in 16 of 16
-    /// same-run pairs at BERT shapes from DRAM at 2 threads, by 3% to 80%
-    /// (`benches/results/2026-11-27-weight-stream/`).
+    /// same-run pairs at BERT shapes from DRAM at 2 threads on the lent
+    /// Xeon, by 3% to 80% (`benches/results/2026-11-27-weight-stream/`).
     pub const DEFAULT: TileBlocking = TileBlocking {
-        kc_blocks: 0,
+        kc_blocks: TileBlocking::KC_AUTO,
         a_panels: 8,
         a_bytes: 1 << 20,
-        prefetch: Prefetch::Ab,
+        prefetch: Prefetch::A,
         stream: WeightStream::Spread,
     };
 
+    /// `kc_blocks` for "chunks of 8 k-blocks when a panel has at most 24
+    /// (48 KiB, an L1's worth: a chunk of B then stays in L1 while every A
+    /// panel passes it), K whole beyond" (written `auto`).
+    pub const KC_AUTO: usize = usize::MAX;
+
+    /// The k-blocks per K chunk for panels of `kblocks` k-blocks.
+    pub fn k_chunk(&self, kblocks: usize) -> usize {
+        match self.kc_blocks {
+            0 => kblocks.max(1),
+            TileBlocking::KC_AUTO if kblocks <= 24 => 8,
+            TileBlocking::KC_AUTO => kblocks.max(1),
+            kc => kc,
+        }
+    }
+
     /// Parses `kc:panels:prefetch[:stream]` (prefetch `none`, `a` or `ab`;
     /// stream `off`, `bulk` or `spread`), as in `8:4:a`; `kc` 0 keeps K
-    /// whole.
+    /// whole, `auto` is [`TileBlocking::KC_AUTO`].
     pub fn parse(s: &str) -> Result<TileBlocking, String> {
         let parts: Vec<&str> = s.split(':').collect();
         let (kc, panels, pf, stream) = match parts[..] {
@@ -306,7 +323,8 @@ impl TileBlocking {
         if a_panels == 0 || a_panels > 64 {
             return Err(format!("tile blocking '{s}': panels must be 1..=64"));
         }
-        Ok(TileBlocking { kc_blocks: num(kc, "kc")?, a_panels, prefetch, stream, ..TileBlocking::DEFAULT })
+        let kc_blocks = if kc == "auto" { TileBlocking::KC_AUTO } else { num(kc, "kc")? };
+        Ok(TileBlocking { kc_blocks, a_panels, prefetch, stream, ..TileBlocking::DEFAULT })
     }
 
     /// The blocking [`tile_sgemm`] and [`tile_igemm`] use: `DEFAULT`, or
@@ -331,7 +349,8 @@ impl TileBlocking {
             Prefetch::A => "a",
             Prefetch::Ab => "ab",
         };
-        format!("{}:{}:{pf}:{}", self.kc_blocks, self.a_panels, self.stream.name())
+        let kc = if self.kc_blocks == TileBlocking::KC_AUTO { "auto".to_string() } else { self.kc_blocks.to_string() };
+        format!("{kc}:{}:{pf}:{}", self.a_panels, self.stream.name())
     }
 }
 
@@ -365,7 +384,7 @@ fn drive(
     let nb = b.panels();
     let kblocks = b.kblocks;
     let a_len = kblocks * BLOCK_BYTES;
-    let kc = if blk.kc_blocks == 0 { kblocks.max(1) } else { blk.kc_blocks };
+    let kc = blk.k_chunk(kblocks);
     let threads = rayon::current_num_threads().max(1);
     let per_chunk = (blk.a_bytes / a_len.max(1)).clamp(1, blk.a_panels.max(1)).min(mb);
     let m_chunks = mb.div_ceil(per_chunk);
@@ -633,8 +652,8 @@ mod amx_tests {
     /// Small blockings so that the K chunks, chunk edges and A-panel groups
     /// of the driver are all reached on test-sized shapes.
     fn blocking() -> impl Strategy<Value = TileBlocking> {
-        (0usize..4, 1usize..4, 0usize..3, 0usize..3).prop_map(|(kc, panels, pf, st)| TileBlocking {
-            kc_blocks: kc,
+        (0usize..5, 1usize..4, 0usize..3, 0usize..3).prop_map(|(kc, panels, pf, st)| TileBlocking {
+            kc_blocks: if kc == 4 { TileBlocking::KC_AUTO } else { kc },
             a_panels: panels,
             prefetch: [Prefetch::None, Prefetch::A, Prefetch::Ab][pf],
             stream: [WeightStream::Off, WeightStream::Bulk, WeightStream::Spread][st],
@@ -835,11 +854,15 @@ mod blocking_tests {
 
     #[test]
     fn blocking_names_parse_back() {
-        for s in ["0:8:ab:bulk", "4:2:none:spread", "16:64:a:off"] {
+        for s in ["0:8:ab:bulk", "4:2:none:spread", "16:64:a:off", "auto:8:a:spread"] {
             assert_eq!(TileBlocking::parse(s).unwrap().name(), s);
         }
         let three = TileBlocking::parse("0:8:ab").unwrap();
         assert_eq!(three.stream, TileBlocking::DEFAULT.stream);
+        assert_eq!(TileBlocking::parse(&TileBlocking::DEFAULT.name()).unwrap(), TileBlocking::DEFAULT);
+        let auto = TileBlocking::DEFAULT;
+        assert_eq!((auto.k_chunk(1), auto.k_chunk(24), auto.k_chunk(25), auto.k_chunk(96)), (8, 8, 25, 96));
+        assert_eq!(TileBlocking::parse("0:8:a").unwrap().k_chunk(12), 12);
         for bad in ["0:8", "0:8:ab:fast", "0:0:ab", "x:8:ab", "0:8:ab:bulk:1"] {
             assert!(TileBlocking::parse(bad).is_err(), "{bad} parsed");
         }
