@@ -11,7 +11,7 @@ use std::cell::Cell;
 
 use crate::elementwise::softmax_exp_in_place;
 use crate::gemm::pack::{self, Split};
-use crate::gemm::tile::{aligned_bytes, Bytes};
+use crate::gemm::tile::{with_reused_bytes, Bytes};
 use crate::gemm::ukernel::{amx::Prefetch, AccBlock, DotKind, TileIsa, TileSession, BLOCK_BYTES, MR, NR};
 use crate::gemm::{sgemm, MatRef, Parallel};
 
@@ -113,8 +113,9 @@ pub fn attention_on(
         let kh = |j: usize| &k.data[(b * kv_len + j) * lk + h * d..][..d];
         let vh =
             MatRef { data: &v.data[b * kv_len * lv + h * d..], rows: kv_len, cols: d, row_stride: lv, col_stride: 1 };
-        // Adds the mask to row i of the block's scores.
-        let add_mask = |i: usize, row: &mut [f32]| {
+        // Turns row i of the block's scores into probabilities: the mask
+        // added, then the softmax.
+        let probabilities = |i: usize, row: &mut [f32]| {
             if let Some(m) = mask {
                 let base = b * m.strides[0] + h * m.strides[1] + (r0 + i) * m.strides[2];
                 if m.strides[3] == 1 {
@@ -123,6 +124,8 @@ pub fn attention_on(
                     row.iter_mut().enumerate().for_each(|(j, s)| *s += m.data[base + j * m.strides[3]]);
                 }
             }
+            let inv = softmax_exp_in_place(row);
+            row.iter_mut().for_each(|p| *p *= inv);
         };
         // Writes `vals` to row i of the block's output, from column j0 of
         // the head.
@@ -148,9 +151,7 @@ pub fn attention_on(
                     };
                     sgemm(qh, kt, scores, kv_len, scale, 0.0, Parallel::None);
                     for (i, row) in scores.chunks_exact_mut(kv_len).enumerate() {
-                        add_mask(i, row);
-                        let inv = softmax_exp_in_place(row);
-                        row.iter_mut().for_each(|p| *p *= inv);
+                        probabilities(i, row);
                     }
                     sgemm(MatRef::row_major(scores, r, kv_len), vh, oh, d, 1.0, 0.0, Parallel::None);
                     for (i, row) in oh.chunks_exact(d).enumerate() {
@@ -161,7 +162,7 @@ pub fn attention_on(
                     let sess = TileSession::begin(isa, Prefetch::None);
                     let vrow = |kk: usize| &vh.data[kk * lv..][..d];
                     let head = Head { q: qh, k: &kh, v: &vrow, kv_len, scale };
-                    head.on_tiles(&sess, scores, &add_mask, &out_row);
+                    head.on_tiles(&sess, scores, &probabilities, &out_row);
                 }
             }
         });
@@ -188,14 +189,6 @@ fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     r
 }
 
-/// [`with_scratch`] for 64-byte aligned packed panels.
-fn with_panels<R>(len: usize, f: impl FnOnce(&mut [u8]) -> R) -> R {
-    let mut buf = PANELS.with(|c| c.take()).filter(|b| b.len() >= len).unwrap_or_else(|| aligned_bytes(len, 0));
-    let r = f(&mut buf[..len]);
-    PANELS.with(|c| c.set(Some(buf)));
-    r
-}
-
 /// One head's block of query rows and its keys and values (row `j` of K
 /// or V is `k(j)` or `v(j)`, `d` values each).
 struct Head<'a, 'f> {
@@ -208,15 +201,15 @@ struct Head<'a, 'f> {
 
 impl Head<'_, '_> {
     /// The head on bf16 tiles: `scores = scale · Q Kᵀ` (Kᵀ packed straight
-    /// from K's rows), the mask added and the softmax taken row by row,
-    /// each row rounded to bf16 straight into the A panels of the second
-    /// product, and `P · V` (V packed from its rows) written out by
+    /// from K's rows), each row made `probabilities` (mask and softmax) and
+    /// rounded to bf16 straight into the A panels of the second product,
+    /// and `P · V` (V packed from its rows) written out by
     /// `out_row(row, first column, values)`.
     fn on_tiles(
         &self,
         sess: &TileSession,
         scores: &mut [f32],
-        add_mask: &dyn Fn(usize, &mut [f32]),
+        probabilities: &dyn Fn(usize, &mut [f32]),
         out_row: &dyn Fn(usize, usize, &[f32]),
     ) {
         let (r, d, kv_len) = (self.q.rows, self.q.cols, self.kv_len);
@@ -224,7 +217,7 @@ impl Head<'_, '_> {
         let (len_d, len_kv) = (kb_d * BLOCK_BYTES, kb_kv * BLOCK_BYTES);
         let (mp, np_kv, np_d) = (r.div_ceil(MR), kv_len.div_ceil(NR), d.div_ceil(NR));
         let sizes = [mp * len_d, np_kv * len_d, mp * len_kv, np_d * len_kv];
-        with_panels(sizes.iter().sum(), |panels| {
+        with_reused_bytes(&PANELS, sizes.iter().sum(), |panels| {
             let (qp, rest) = panels.split_at_mut(sizes[0]);
             let (kp, rest) = rest.split_at_mut(sizes[1]);
             let (pp, vp) = rest.split_at_mut(sizes[2]);
@@ -253,9 +246,7 @@ impl Head<'_, '_> {
                 }
             }
             for (i, row) in scores.chunks_exact_mut(kv_len).enumerate() {
-                add_mask(i, row);
-                let inv = softmax_exp_in_place(row);
-                row.iter_mut().for_each(|p| *p *= inv);
+                probabilities(i, row);
                 pack::pack_a_row_bf16(&mut pp[(i / MR) * len_kv..][..len_kv], kb_kv, i % MR, row);
             }
             for i in r..mp * MR {

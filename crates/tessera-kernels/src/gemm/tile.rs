@@ -37,9 +37,19 @@ thread_local! {
 /// Runs `f` with a 64-byte aligned buffer of at least `len` bytes
 /// (contents unspecified: packing writes every byte it covers).
 fn with_a_buffer<R>(len: usize, f: impl FnOnce(&mut [u8]) -> R) -> R {
-    let mut buf = A_BUFFER.with(|c| c.take()).filter(|b| b.len() >= len).unwrap_or_else(|| zeroed(len));
+    with_reused_bytes(&A_BUFFER, len, f)
+}
+
+/// Runs `f` with at least `len` bytes of `slot`, a thread's reusable
+/// 64-byte aligned buffer (grown when too short; contents unspecified).
+pub(crate) fn with_reused_bytes<R>(
+    slot: &'static std::thread::LocalKey<std::cell::Cell<Option<Bytes>>>,
+    len: usize,
+    f: impl FnOnce(&mut [u8]) -> R,
+) -> R {
+    let mut buf = slot.with(|c| c.take()).filter(|b| b.len() >= len).unwrap_or_else(|| zeroed(len));
     let r = f(&mut buf[..len]);
-    A_BUFFER.with(|c| c.set(Some(buf)));
+    slot.with(|c| c.set(Some(buf)));
     r
 }
 
@@ -261,12 +271,14 @@ impl TileBlocking {
     /// task, the next k-blocks of A prefetched into L1, the next weight panel
     /// streamed into L2 from inside the k-loop.
     ///
-    /// Measured on the 2-core Xeon with AMX that CI runs on, weights from
-    /// DRAM (`benches/results/2026-11-27-attention-gelu/gemm_blockings.txt`):
-    /// 8-k-block chunks beat whole K at K = 768 (bf16 by 3-15%, int8 by
-    /// 6-30%), tied at K = 1024 and lost for bf16 at K = 1536 to 3072 (by
-    /// 6-16%), hence the 24-k-block (48 KiB panel) limit; prefetching only
-    /// A's next k-blocks beat prefetching B's as well in 8 of 8 pairs.
+    /// Measured on a 2-core Xeon with AMX, weights from DRAM, 2 threads
+    /// (`benches/results/2026-11-27-attention-gelu/`): against the previous
+    /// default (K whole, A and B prefetched) faster in 19 of 24 pairs, by
+    /// up to 18% at K = 768, slower in 3 of 4 at K = 3072 (up to 10%;
+    /// `gemm_blockings.txt`); for bf16, 8-k-block chunks lost to whole K at
+    /// 32 k-blocks and more (K = 1024 to 3072, `gemm_kchunks_local.txt`),
+    /// hence the 24-k-block (48 KiB) limit. End to end the change was mixed (ORT's
+    /// int8 BERT faster in 4 of 4 rounds, bf16 and int8 slower in 3 of 4).
     /// Streaming the next weight panel from inside the k-loop (`Spread`)
     /// beat prefetching it all at a panel's start (`Bulk`) in 16 of 16
     /// same-run pairs at BERT shapes from DRAM at 2 threads on the lent
