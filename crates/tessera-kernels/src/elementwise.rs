@@ -643,6 +643,8 @@ mod tests {
         assert_eq!(sigmoid_with::<F>(f32::NEG_INFINITY), 0.0);
         assert_eq!(sigmoid_with::<F>(f32::INFINITY), 1.0);
         assert_eq!(gelu_erf_with::<F>(f32::NEG_INFINITY), 0.0);
+        assert_eq!(gelu_erf_with::<F>(f32::INFINITY), f32::INFINITY);
+        assert!(gelu_erf_with::<F>(f32::NAN).is_nan());
         assert_eq!(gelu_tanh_with::<F>(f32::INFINITY), f32::INFINITY);
         // The negative tail keeps relative accuracy.
         let g = gelu_erf_with::<F>(-6.0) as f64;
