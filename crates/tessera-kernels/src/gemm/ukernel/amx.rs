@@ -2,12 +2,8 @@
 //! Rust 1.95). A 2x2 arrangement of 16x16 accumulator tiles uses all eight
 //! tile registers: tmm0-3 accumulate, tmm4-5 hold two 16-row A tiles, tmm6-7
 //! two 16-column B tiles, so each A and B tile loaded feeds two products.
-//!
-//! A block's accumulation is three calls ([`begin`], [`steps`], [`store`]);
-//! the accumulators stay in the tile registers between them (no
-//! compiler-generated code touches tile registers).
 
-use super::{DotKind, TILE_ROWS, TILE_ROW_BYTES};
+use super::{AccBlock, DotKind, TILE_ROWS, TILE_ROW_BYTES};
 
 /// The 64-byte operand of `ldtilecfg` (Intel SDM vol. 2, LDTILECFG).
 #[repr(C, align(64))]
@@ -80,23 +76,42 @@ macro_rules! prefetch_quarter {
     };
 }
 
-/// The k-loop: `kblocks` k-blocks of A and B multiplied into the
-/// accumulator tiles tmm0-3, which stay in the tile registers between calls
-/// (see [`begin`] and [`store`]).
 #[cfg(target_arch = "x86_64")]
 macro_rules! tile_kernel {
     ($name:ident, $insn:literal, $pfa:literal, $pfb:literal) => {
         /// # Safety
-        /// Tiles configured on this thread and tmm0-3 set by [`begin`];
-        /// `a` and `b` valid for `kblocks * BLOCK_BYTES` bytes.
+        /// Tiles configured on this thread; `a` and `b` valid for
+        /// `kblocks * BLOCK_BYTES` bytes; `c` valid for 4 KiB.
         #[inline(never)]
-        unsafe fn $name(a: *const u8, b: *const u8, kblocks: usize, l2: *const u8, l2_lines: usize) {
-            // SAFETY: the caller's contract above; every address loaded is
-            // inside the panels (2 tiles of 1 KiB per k-block). Prefetches
-            // may point past the panels (and `l2` anywhere): a prefetch is a
-            // hint and never faults.
+        unsafe fn $name(
+            a: *const u8,
+            b: *const u8,
+            kblocks: usize,
+            c: *mut u32,
+            accumulate: bool,
+            l2: *const u8,
+            l2_lines: usize,
+        ) {
+            // SAFETY: the caller's contract above; every address loaded or
+            // stored is inside the panels (2 tiles of 1 KiB per k-block) or
+            // the 32x32x4-byte accumulator block. Prefetches may point past
+            // the panels (and `l2` anywhere): a prefetch is a hint and never
+            // faults.
             unsafe {
                 std::arch::asm!(
+                    "test {acc}, {acc}",
+                    "jz 2f",
+                    "tileloadd tmm0, [{c} + {sc}*1]",
+                    "tileloadd tmm1, [{c} + {sc}*1 + 64]",
+                    "tileloadd tmm2, [{c} + {sc}*1 + 2048]",
+                    "tileloadd tmm3, [{c} + {sc}*1 + 2112]",
+                    "jmp 3f",
+                    "2:",
+                    "tilezero tmm0",
+                    "tilezero tmm1",
+                    "tilezero tmm2",
+                    "tilezero tmm3",
+                    "3:",
                     "test {k}, {k}",
                     "jz 5f",
                     "4:",
@@ -130,81 +145,26 @@ macro_rules! tile_kernel {
                     "dec {k}",
                     "jnz 4b",
                     "5:",
+                    "tilestored [{c} + {sc}*1], tmm0",
+                    "tilestored [{c} + {sc}*1 + 64], tmm1",
+                    "tilestored [{c} + {sc}*1 + 2048], tmm2",
+                    "tilestored [{c} + {sc}*1 + 2112], tmm3",
                     a = inout(reg) a => _,
                     b = inout(reg) b => _,
                     k = inout(reg) kblocks => _,
+                    c = in(reg) c,
+                    acc = in(reg) accumulate as usize,
                     s = in(reg) TILE_ROW_BYTES,
+                    sc = in(reg) 128usize,
                     pd = in(reg) PREFETCH_DISTANCE,
                     l2 = inout(reg) l2 => _,
                     l2n = in(reg) l2_lines,
                     t = out(reg) _,
-                    options(nostack, readonly)
+                    options(nostack)
                 );
             }
         }
     };
-}
-
-/// Sets the accumulator tiles tmm0-3 to zero, or to the 32x32 block at `c`
-/// (row-major, 128 bytes a row) when `load`.
-///
-/// # Safety
-/// Tiles configured on this thread; with `load`, `c` valid for 4 KiB.
-pub unsafe fn begin(c: *const u32, load: bool) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: the caller's contract; the loads read the 4 KiB block at `c`.
-    unsafe {
-        if load {
-            std::arch::asm!(
-                "tileloadd tmm0, [{c} + {sc}*1]",
-                "tileloadd tmm1, [{c} + {sc}*1 + 64]",
-                "tileloadd tmm2, [{c} + {sc}*1 + 2048]",
-                "tileloadd tmm3, [{c} + {sc}*1 + 2112]",
-                c = in(reg) c,
-                sc = in(reg) 128usize,
-                options(nostack, readonly, preserves_flags)
-            );
-        } else {
-            std::arch::asm!(
-                "tilezero tmm0",
-                "tilezero tmm1",
-                "tilezero tmm2",
-                "tilezero tmm3",
-                options(nostack, nomem, preserves_flags)
-            );
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = (c, load);
-        unreachable!("AMX exists only on x86-64");
-    }
-}
-
-/// Stores the accumulator tiles tmm0-3 as the 32x32 block at `c`.
-///
-/// # Safety
-/// Tiles configured on this thread and tmm0-3 set by [`begin`]; `c` valid
-/// for writing 4 KiB.
-pub unsafe fn store(c: *mut u32) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: the caller's contract; the stores write the 4 KiB block at `c`.
-    unsafe {
-        std::arch::asm!(
-            "tilestored [{c} + {sc}*1], tmm0",
-            "tilestored [{c} + {sc}*1 + 64], tmm1",
-            "tilestored [{c} + {sc}*1 + 2048], tmm2",
-            "tilestored [{c} + {sc}*1 + 2112], tmm3",
-            c = in(reg) c,
-            sc = in(reg) 128usize,
-            options(nostack, preserves_flags)
-        );
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = c;
-        unreachable!("AMX exists only on x86-64");
-    }
 }
 
 /// One kernel per dot kind and prefetch choice; "#" comments a prefetch
@@ -229,25 +189,28 @@ tile_kernels!(us_n, us_a, us_ab, "tdpbusd");
 #[cfg(target_arch = "x86_64")]
 tile_kernels!(uu_n, uu_a, uu_ab, "tdpbuud");
 
-/// Multiplies `kblocks` k-blocks of A and B into the accumulator tiles.
+/// `acc (+)= A · B` over `kblocks` k-blocks; `l2` (any address: only
+/// prefetched) gets `l2_lines` consecutive lines prefetched into L2 per
+/// k-block.
 ///
 /// # Safety
-/// Tiles configured on this thread ([`configure_thread`]) and tmm0-3 set by
-/// [`begin`]; `a` and `b` valid for `kblocks * BLOCK_BYTES` bytes. `l2` (any
-/// address: only prefetched) gets `l2_lines` consecutive lines prefetched
-/// into L2 per k-block.
-pub unsafe fn steps(
+/// Tiles configured on this thread ([`configure_thread`]); `a` and `b`
+/// valid for `kblocks * BLOCK_BYTES` bytes.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn run(
     kind: DotKind,
     prefetch: Prefetch,
     a: *const u8,
     b: *const u8,
     kblocks: usize,
+    acc: &mut AccBlock,
+    accumulate: bool,
     l2: *const u8,
     l2_lines: usize,
 ) {
     #[cfg(target_arch = "x86_64")]
     {
-        type Kernel = unsafe fn(*const u8, *const u8, usize, *const u8, usize);
+        type Kernel = unsafe fn(*const u8, *const u8, usize, *mut u32, bool, *const u8, usize);
         let variants: [Kernel; 3] = match kind {
             DotKind::Bf16 => [bf16_n, bf16_a, bf16_ab],
             DotKind::I8 { a_signed: true, b_signed: true } => [ss_n, ss_a, ss_ab],
@@ -256,12 +219,13 @@ pub unsafe fn steps(
             DotKind::I8 { a_signed: false, b_signed: false } => [uu_n, uu_a, uu_ab],
         };
         let kernel = variants[prefetch as usize];
-        // SAFETY: forwarded from this function's contract.
-        unsafe { kernel(a, b, kblocks, l2, l2_lines) }
+        // SAFETY: forwarded from this function's contract; `c` points at
+        // the 4 KiB accumulator block.
+        unsafe { kernel(a, b, kblocks, acc.0.as_mut_ptr(), accumulate, l2, l2_lines) }
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (kind, prefetch, a, b, kblocks, l2, l2_lines);
+        let _ = (kind, prefetch, a, b, kblocks, acc, accumulate, l2, l2_lines);
         unreachable!("AMX exists only on x86-64");
     }
 }

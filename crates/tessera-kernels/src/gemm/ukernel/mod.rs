@@ -162,17 +162,22 @@ impl TileSession {
         match self.isa {
             TileIsa::Amx => {
                 let l2_lines = if kblocks == 0 { 0 } else { next.len().div_ceil(64).div_ceil(kblocks) };
-                let c = acc.0.as_mut_ptr();
                 // SAFETY: lengths checked above; `begin` configured the tiles
                 // on this thread (a TileSession is !Send, so we are still on
-                // it) and the three calls run back to back, so tmm0-3 hold
-                // this block's accumulators throughout; `c` is the 4 KiB
-                // block. The stream is only prefetched (it may run up to one
+                // it). The stream is only prefetched (it may run up to one
                 // k-block's share past `next`: a hint, never a fault).
                 unsafe {
-                    amx::begin(c, accumulate);
-                    amx::steps(kind, self.prefetch, a.as_ptr(), b.as_ptr(), kblocks, next.as_ptr(), l2_lines);
-                    amx::store(c);
+                    amx::run(
+                        kind,
+                        self.prefetch,
+                        a.as_ptr(),
+                        b.as_ptr(),
+                        kblocks,
+                        acc,
+                        accumulate,
+                        next.as_ptr(),
+                        l2_lines,
+                    )
                 }
             }
             TileIsa::Emulated => emulated::run(kind, a, b, kblocks, acc, accumulate),
