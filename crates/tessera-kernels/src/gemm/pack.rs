@@ -174,7 +174,6 @@ fn pack_a_f32_body<const FMA: bool>(dst: &mut [u8], a: MatRef<f32>, split: Split
     let np = prods.len();
     assert!(dst.len() >= kb * np * BLOCK_BYTES && rows <= 32);
     let mut gathered = Vec::new();
-    let mut converted: Vec<u16> = Vec::with_capacity(kb * 32);
     let mut planes = [[0u16; 32]; 3];
     for i in 0..32 {
         if i >= rows {
@@ -192,15 +191,9 @@ fn pack_a_f32_body<const FMA: bool>(dst: &mut [u8], a: MatRef<f32>, split: Split
             &gathered
         };
         if split == Split::Bf16 {
-            // The common case: one pass over the row (a loop the compiler
-            // vectorizes), then whole tile rows copied out.
-            converted.clear();
-            converted.resize(kb * 32, 0);
-            to_bf16(src, &mut converted[..k]);
-            for (b, vals) in converted.chunks_exact(32).enumerate() {
-                let vals: &[u16; 32] = vals.try_into().expect("32 values");
-                put_tile_row(&mut dst[b * BLOCK_BYTES + a_offset(i, 0)..], vals);
-            }
+            // The common case: the row converted in runs, then whole tile
+            // rows copied out.
+            pack_a_row_bf16(dst, kb, i, src);
             continue;
         }
         for b in 0..kb {
