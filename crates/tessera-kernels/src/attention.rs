@@ -14,6 +14,7 @@ use crate::gemm::pack::{self, Split};
 use crate::gemm::tile::{with_reused_bytes, Bytes};
 use crate::gemm::ukernel::{amx::Prefetch, AccBlock, DotKind, TileIsa, TileSession, BLOCK_BYTES, MR, NR};
 use crate::gemm::{sgemm, MatRef, Parallel};
+use crate::SyncPtr;
 
 /// Where the two products of each head (scores and the weighted sum) run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -102,7 +103,8 @@ pub fn attention_on(
     let by_tasks = q_len.div_ceil((2 * threads).div_ceil(batch * heads));
     let rows = by_memory.min(by_tasks).clamp(1, q_len);
     let blocks_per_seq = q_len.div_ceil(rows);
-    let out = OutPtr(out.as_mut_ptr());
+    // Tasks write disjoint (row, head) segments of the output.
+    let out = SyncPtr(out.as_mut_ptr());
     (0..batch * heads * blocks_per_seq).into_par_iter().for_each(|t| {
         let (b, h, blk) = (t / (heads * blocks_per_seq), t / blocks_per_seq % heads, t % blocks_per_seq);
         let r0 = blk * rows;
@@ -269,22 +271,6 @@ impl Head<'_, '_> {
         })
     }
 }
-
-/// The output pointer, shared by tasks that write disjoint (row, head)
-/// segments.
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-impl OutPtr {
-    /// The address of element `i` (a method, so that closures capture the
-    /// whole `Sync` wrapper rather than its raw pointer field).
-    fn at(self, i: usize) -> *mut f32 {
-        self.0.wrapping_add(i)
-    }
-}
-// SAFETY: tasks write disjoint segments (see `attention`).
-unsafe impl Send for OutPtr {}
-// SAFETY: as above.
-unsafe impl Sync for OutPtr {}
 
 #[cfg(test)]
 mod tests {

@@ -14,6 +14,7 @@
 use rayon::prelude::*;
 
 use crate::gemm::{gemm_batched, gemm_raw, BatchRef, GemmScalar, MatRef, Parallel};
+use crate::SyncPtr;
 
 /// Shape of one convolution in canonical 3-D form. For a transposed
 /// convolution `input`/`output` are still the op's input and output sizes.
@@ -67,22 +68,6 @@ impl ConvGeom {
             return Err("strides and dilations must be positive".into());
         }
         Ok(())
-    }
-}
-
-/// A raw pointer that may cross threads; each task writes a region no other
-/// task touches.
-#[derive(Copy, Clone)]
-struct SyncPtr<T>(*mut T);
-// SAFETY: the pointer is only used to write regions that are disjoint
-// between tasks (documented at each use), and T itself is Send.
-unsafe impl<T: Send> Send for SyncPtr<T> {}
-// SAFETY: as above; shared access never touches the same element twice.
-unsafe impl<T: Send> Sync for SyncPtr<T> {}
-impl<T> SyncPtr<T> {
-    /// A method (not field access) so closures capture the whole wrapper.
-    fn get(self) -> *mut T {
-        self.0
     }
 }
 

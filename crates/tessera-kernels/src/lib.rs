@@ -37,6 +37,26 @@ macro_rules! with_vector_features {
     }};
 }
 
+/// A raw output pointer that may cross threads; each task writes a region
+/// no other task touches (documented at each use).
+#[derive(Copy, Clone)]
+pub(crate) struct SyncPtr<T>(pub(crate) *mut T);
+// SAFETY: the pointer is only used to write regions that are disjoint
+// between tasks (documented at each use), and T itself is Send.
+unsafe impl<T: Send> Send for SyncPtr<T> {}
+// SAFETY: as above; shared access never touches the same element twice.
+unsafe impl<T: Send> Sync for SyncPtr<T> {}
+impl<T> SyncPtr<T> {
+    /// A method (not field access) so closures capture the whole wrapper.
+    pub(crate) fn get(self) -> *mut T {
+        self.0
+    }
+    /// The address of element `i` (computed, not dereferenced).
+    pub(crate) fn at(self, i: usize) -> *mut T {
+        self.0.wrapping_add(i)
+    }
+}
+
 pub mod attention;
 pub mod conv;
 pub mod elementwise;

@@ -4,6 +4,7 @@
 use rayon::prelude::*;
 
 use super::{gemm_checked, GemmScalar, MatRef, Parallel};
+use crate::SyncPtr;
 
 /// A batch of equally shaped matrices in one slice: matrix `i` starts at
 /// `offsets[i]` (offsets may repeat, for broadcast operands).
@@ -147,7 +148,7 @@ fn product_by_columns<T: GemmScalar>(a: MatRef<T>, b: MatRef<T>, c: &mut [T], al
     b.check();
     assert!(m == 0 || (m - 1) * n + n <= c.len(), "output does not fit its slice");
     let width = n.div_ceil(2 * threads).next_multiple_of(COLUMN_RANGE);
-    let out = ColumnsPtr(c.as_mut_ptr());
+    let out = SyncPtr(c.as_mut_ptr());
     (0..n.div_ceil(width)).into_par_iter().for_each(|p| {
         let (j0, w) = (p * width, width.min(n - p * width));
         let bp = b.cols_range(j0, w);
@@ -159,22 +160,6 @@ fn product_by_columns<T: GemmScalar>(a: MatRef<T>, b: MatRef<T>, c: &mut [T], al
         unsafe { super::gemm_raw(a, bp, out.at(j0), n, alpha, beta, Parallel::None) };
     });
 }
-
-/// The output of a product split by columns, shared by tasks that write
-/// disjoint column ranges.
-#[derive(Clone, Copy)]
-struct ColumnsPtr<T>(*mut T);
-impl<T> ColumnsPtr<T> {
-    /// The address of element `i` (a method, so that closures capture the
-    /// whole `Sync` wrapper rather than its raw pointer field).
-    fn at(self, i: usize) -> *mut T {
-        self.0.wrapping_add(i)
-    }
-}
-// SAFETY: tasks write disjoint column ranges (see `product_by_columns`).
-unsafe impl<T> Send for ColumnsPtr<T> {}
-// SAFETY: as above.
-unsafe impl<T> Sync for ColumnsPtr<T> {}
 
 #[cfg(test)]
 mod tests {
