@@ -47,6 +47,10 @@ struct ModelArgs {
     /// Seed for generated inputs.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Let idle worker threads sleep during a run instead of polling for
+    /// work (less energy, more latency per parallel kernel).
+    #[arg(long)]
+    no_spin: bool,
 }
 
 #[derive(Subcommand)]
@@ -237,6 +241,7 @@ fn options(m: &ModelArgs) -> SessionOptions {
         providers: vec![m.provider.clone()],
         precision: m.precision,
         disable: Vec::new(),
+        spin: !m.no_spin,
     }
 }
 

@@ -35,6 +35,14 @@ pub struct SessionOptions {
     /// Hardware paths to leave unused for this session ("amx"), on top of
     /// the process-wide `TESSERA_DISABLE` / `--disable` switch.
     pub disable: Vec<String>,
+    /// While a run is in flight, keep the workers that have nothing to do
+    /// polling for work instead of sleeping (as ONNX Runtime's and OpenMP's
+    /// thread pools do by default). A sleeping worker is woken through the
+    /// kernel for each parallel kernel, which in a virtual machine costs
+    /// tens of microseconds, and a transformer runs hundreds of parallel
+    /// kernels per inference. Off: idle workers sleep (less energy between
+    /// kernels, more latency). Workers go back to sleep when the run ends.
+    pub spin: bool,
 }
 
 impl Default for SessionOptions {
@@ -46,6 +54,7 @@ impl Default for SessionOptions {
             providers: vec!["auto".into()],
             precision: Precision::default(),
             disable: Vec::new(),
+            spin: true,
         }
     }
 }
@@ -348,6 +357,16 @@ impl Session {
 
     /// Runs the model. Outputs come back in the graph's output order.
     pub fn run(&self, inputs: Vec<(String, Tensor)>) -> Result<Vec<(String, Tensor)>> {
+        // One entry into the pool for the whole run: each partition's own
+        // `install` then runs in place instead of handing its work to a
+        // worker and putting this thread to sleep until it returns.
+        self.pool.install(|| {
+            let _spinning = (self.options.spin && self.threads > 1).then(|| SpinningWorkers::start(&self.pool));
+            self.run_in_pool(inputs)
+        })
+    }
+
+    fn run_in_pool(&self, inputs: Vec<(String, Tensor)>) -> Result<Vec<(String, Tensor)>> {
         let inputs: HashMap<String, Tensor> = inputs.into_iter().collect();
         self.check_inputs(&inputs)?;
         let mut values: HashMap<String, Value> = inputs.into_iter().map(|(k, v)| (k, Value::Host(v))).collect();
@@ -390,5 +409,41 @@ impl Session {
                 Ok((o.name.clone(), t))
             })
             .collect()
+    }
+}
+
+/// Every worker of a pool but the calling one, polling for stolen work
+/// until this is dropped (see [`SessionOptions::spin`]).
+struct SpinningWorkers {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl SpinningWorkers {
+    /// Must be called from a worker of `pool` (the one that runs the
+    /// graph); that worker is left out, as it would otherwise spin on top
+    /// of its own unfinished run and never return to it.
+    fn start(pool: &rayon::ThreadPool) -> SpinningWorkers {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let runner = rayon::current_thread_index();
+        let flag = stop.clone();
+        pool.spawn_broadcast(move |ctx| {
+            if Some(ctx.index()) == runner {
+                return;
+            }
+            while !flag.load(Ordering::Acquire) {
+                // Runs one job stolen from the graph's worker, if any.
+                if rayon::yield_now() != Some(rayon::Yield::Executed) {
+                    std::hint::spin_loop();
+                }
+            }
+        });
+        SpinningWorkers { stop }
+    }
+}
+
+impl Drop for SpinningWorkers {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Release);
     }
 }
