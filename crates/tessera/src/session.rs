@@ -414,29 +414,56 @@ impl Session {
 
 /// Every worker of a pool but the calling one, polling for stolen work
 /// until this is dropped (see [`SessionOptions::spin`]).
+///
+/// A poller runs as a job, so a worker that picks one up while it is inside
+/// another job (waiting in a nested join) would poll on top of that job and
+/// hold it up until the poller's run ends. Rayon hands a worker its
+/// broadcast jobs before it steals, so a run's jobs, which appear only
+/// after its pollers are queued, are never under its own poller; but the
+/// previous run's poller can steal one of them in the moment between its
+/// last check of `stop` and its next steal, and then meet the new run's
+/// poller inside it (a hang seen once in a few thousand BERT runs). So a
+/// poller does not start on a thread where one is already running, and as
+/// a last resort against any other nesting (concurrent runs on one
+/// session) it returns after about [`IDLE_POLLS`] polls in a row that
+/// found no work (the worker then sleeps as usual).
 struct SpinningWorkers {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
+/// Idle polls before a poller gives up: each takes a few hundred
+/// nanoseconds, so this is some tenths of a second, far above the gaps
+/// between a run's parallel kernels.
+const IDLE_POLLS: u32 = 1 << 20;
+
+thread_local! {
+    static POLLING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 impl SpinningWorkers {
     /// Must be called from a worker of `pool` (the one that runs the
-    /// graph); that worker is left out, as it would otherwise spin on top
-    /// of its own unfinished run and never return to it.
+    /// graph); that worker is left out, as it would otherwise poll on top
+    /// of its own unfinished run.
     fn start(pool: &rayon::ThreadPool) -> SpinningWorkers {
         use std::sync::atomic::{AtomicBool, Ordering};
         let stop = std::sync::Arc::new(AtomicBool::new(false));
         let runner = rayon::current_thread_index();
         let flag = stop.clone();
         pool.spawn_broadcast(move |ctx| {
-            if Some(ctx.index()) == runner {
+            if Some(ctx.index()) == runner || POLLING.with(|p| p.replace(true)) {
                 return;
             }
-            while !flag.load(Ordering::Acquire) {
+            let mut idle = 0u32;
+            while !flag.load(Ordering::Acquire) && idle < IDLE_POLLS {
                 // Runs one job stolen from the graph's worker, if any.
-                if rayon::yield_now() != Some(rayon::Yield::Executed) {
+                if rayon::yield_now() == Some(rayon::Yield::Executed) {
+                    idle = 0;
+                } else {
+                    idle += 1;
                     std::hint::spin_loop();
                 }
             }
+            POLLING.with(|p| p.set(false));
         });
         SpinningWorkers { stop }
     }

@@ -71,3 +71,23 @@ fn concurrent_runs_on_one_session_all_finish_right() {
         }
     });
 }
+
+/// Back-to-back runs, where a run's pollers could outlive it and pick up
+/// the next run's jobs (an early form of the poller hung this way within a
+/// few hundred BERT runs): each run must finish, checked by a watchdog.
+#[test]
+fn many_back_to_back_runs_finish() {
+    let s = session(2, true, 11);
+    let x = input(2);
+    let want = run(&s, &x);
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            for _ in 0..1500 {
+                assert_eq!(run(&s, &x), want);
+            }
+            done_tx.send(()).unwrap();
+        });
+        assert!(done_rx.recv_timeout(std::time::Duration::from_secs(240)).is_ok(), "runs stopped finishing: a hang");
+    });
+}
