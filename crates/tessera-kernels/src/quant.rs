@@ -255,7 +255,7 @@ pub fn quantize_rows_i8(x: &[f32], k: usize, q: &mut Vec<u8>, scales: &mut Vec<f
 }
 
 /// One row of [`quantize_rows_i8`]; returns its scale.
-fn quantize_row_i8(row: &[f32], q: &mut [u8]) -> f32 {
+pub(crate) fn quantize_row_i8(row: &[f32], q: &mut [u8]) -> f32 {
     with_vector_features!(quantize_row_i8_body(row: &[f32], q: &mut [u8]) -> f32)
 }
 

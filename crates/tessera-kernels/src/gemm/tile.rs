@@ -561,7 +561,83 @@ pub fn tile_igemm_with(isa: TileIsa, blk: TileBlocking, a: I8Mat, a_zero: &[i32]
     assert!((m - 1) * a.row_stride + k <= a.data.len(), "A does not fit its slice");
     let kind = DotKind::I8 { a_signed: a.signed, b_signed };
     let a_len = b.kblocks * BLOCK_BYTES;
-    with_a_buffer(a_len * m.div_ceil(MR), |ap| igemm_packed(kind, isa, blk, a, a_zero, ap, a_len, b, out))
+    with_a_buffer(a_len * m.div_ceil(MR), |ap| {
+        let mut row_sums = vec![0i32; m];
+        ap.par_chunks_mut(a_len.max(1)).zip(row_sums.par_chunks_mut(MR)).enumerate().for_each(|(p, (dst, sums))| {
+            let i0 = p * MR;
+            pack::pack_a_i8(dst, MR.min(m - i0), k, a.signed, |i| &a.data[(i0 + i) * a.row_stride..][..k], sums);
+        });
+        igemm_packed(kind, isa, blk, m, k, a_zero, ap, &row_sums, b, out)
+    })
+}
+
+thread_local! {
+    /// A panel's rows quantized to 8 bits, before they are packed.
+    static QUANTIZED_ROWS: std::cell::Cell<Option<Bytes>> = const { std::cell::Cell::new(None) };
+}
+
+/// `c = epi(a @ b)` for fp32 `a` (`m x k`, rows contiguous) and an 8-bit
+/// weight, `a` quantized on the fly: each row symmetrically to int8 with its
+/// own scale (as [`crate::quant::quantize_rows_i8`], bit for bit), straight
+/// into the packed panels, so the quantized matrix never goes to memory.
+pub fn tile_igemm_quantizing(
+    isa: TileIsa,
+    a: MatRef<f32>,
+    b: &PackedB,
+    c: &mut [f32],
+    ldc: usize,
+    scale_b: &[f32],
+    epi: &Epilogue,
+) {
+    tile_igemm_quantizing_with(isa, TileBlocking::configured(), a, b, c, ldc, scale_b, epi)
+}
+
+/// [`tile_igemm_quantizing`] with explicit loop blocking.
+#[allow(clippy::too_many_arguments)]
+pub fn tile_igemm_quantizing_with(
+    isa: TileIsa,
+    blk: TileBlocking,
+    a: MatRef<f32>,
+    b: &PackedB,
+    c: &mut [f32],
+    ldc: usize,
+    scale_b: &[f32],
+    epi: &Epilogue,
+) {
+    let DotKind::I8 { b_signed, .. } = b.kind else { panic!("tile_igemm needs a weight packed from 8-bit values") };
+    let (m, k, n) = (a.rows, a.cols, b.n);
+    assert_eq!(k, b.k, "inner dimensions differ");
+    a.check();
+    if m == 0 || n == 0 {
+        return;
+    }
+    let kind = DotKind::I8 { a_signed: true, b_signed };
+    let a_len = b.kblocks * BLOCK_BYTES;
+    with_a_buffer(a_len * m.div_ceil(MR), |ap| {
+        let mut row_sums = vec![0i32; m];
+        let mut scale_a = vec![0f32; m];
+        let panels = ap.par_chunks_mut(a_len.max(1)).zip(row_sums.par_chunks_mut(MR)).zip(scale_a.par_chunks_mut(MR));
+        panels.enumerate().for_each(|(p, ((dst, sums), scales))| {
+            let (i0, rows) = (p * MR, MR.min(m - p * MR));
+            with_reused_bytes(&QUANTIZED_ROWS, rows * k, |q| {
+                let mut gathered = Vec::new();
+                for (i, (qr, s)) in q.chunks_exact_mut(k.max(1)).zip(scales.iter_mut()).enumerate() {
+                    let r = a.rows_range(i0 + i, 1);
+                    let row: &[f32] = if a.col_stride == 1 {
+                        &r.data[..k]
+                    } else {
+                        gathered.clear();
+                        gathered.extend((0..k).map(|kk| r.data[kk * r.col_stride]));
+                        &gathered
+                    };
+                    *s = crate::quant::quantize_row_i8(row, qr);
+                }
+                pack::pack_a_i8(dst, rows, k, true, |i| &q[i * k..][..k], sums);
+            });
+        });
+        let out = I8Out::F32 { c, ldc, scale_a: &scale_a, scale_b, epi };
+        igemm_packed(kind, isa, blk, m, k, &[0], ap, &row_sums, b, out)
+    })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -569,20 +645,16 @@ fn igemm_packed(
     kind: DotKind,
     isa: TileIsa,
     blk: TileBlocking,
-    a: I8Mat,
+    m: usize,
+    k: usize,
     a_zero: &[i32],
-    ap: &mut [u8],
-    a_len: usize,
+    ap: &[u8],
+    row_sums: &[i32],
     b: &PackedB,
     out: I8Out,
 ) {
-    let (m, k, n) = (a.rows, a.cols, b.n);
-    let mut row_sums = vec![0i32; m];
-    ap.par_chunks_mut(a_len.max(1)).zip(row_sums.par_chunks_mut(MR)).enumerate().for_each(|(p, (dst, sums))| {
-        let i0 = p * MR;
-        pack::pack_a_i8(dst, MR.min(m - i0), k, a.signed, |i| &a.data[(i0 + i) * a.row_stride..][..k], sums);
-    });
-    let corr = I8Correction { k: k as i32, a_zero, row_sums: &row_sums, b_zero: &b.zero, col_sums: &b.col_sums };
+    let n = b.n;
+    let corr = I8Correction { k: k as i32, a_zero, row_sums, b_zero: &b.zero, col_sums: &b.col_sums };
     match out {
         I8Out::I32 { c, ldc } => {
             assert!((m - 1) * ldc + n <= c.len(), "output does not fit its slice");
@@ -793,6 +865,46 @@ mod amx_tests {
                     (scale_a[if per_row { i } else { 0 }] as f64, scale_b[if per_col { j } else { 0 }] as f64);
                 let w = (want(i, j) as f64 * sa * sb + bias[j] as f64).max(0.0) + res[i * n + j] as f64;
                 assert!((f[i * n + j] as f64 - w).abs() <= 1e-5 * w.abs().max(1.0), "scaled ({i},{j})");
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+        /// Quantizing A while packing it gives the bits of quantizing it
+        /// first (`quantize_rows_i8`) and multiplying the bytes.
+        #[test]
+        fn quantizing_igemm_matches_quantize_then_multiply(
+            m in 1usize..80, k in 1usize..300, n in 1usize..70, seed in any::<u64>(), ta in any::<bool>(),
+            b_signed in any::<bool>(), per_col in any::<bool>(), gelu in any::<bool>(), blk in blocking(),
+        ) {
+            let a = rand_vec(m * k, seed);
+            let bytes: Vec<u8> = rand_vec(k * n, seed ^ 1).iter().map(|v| ((v + 1.0) * 127.9) as u8).collect();
+            let zb: Vec<i32> = (0..if per_col { n } else { 1 }).map(|j| (j as i32 * 3) % 11 - 5).collect();
+            let pb = PackedB::from_i8(&bytes, k, n, b_signed, &zb);
+            let scale_b: Vec<f32> = (0..if per_col { n } else { 1 }).map(|j| 0.02 + j as f32 * 1e-3).collect();
+            let bias = rand_vec(n, seed ^ 2);
+            let res = rand_vec(m * n, seed ^ 3);
+            let epi = Epilogue {
+                bias: Some(&bias),
+                activation: if gelu { Activation::GeluErf } else { Activation::None },
+                residual: Some(Residual { data: &res, row_stride: n }),
+                ..Default::default()
+            };
+            let av = if ta { MatRef::row_major(&a, k, m).t() } else { MatRef::row_major(&a, m, k) };
+            let dense: Vec<f32> = (0..m * k).map(|ij| av.data[(ij / k) * av.row_stride + (ij % k) * av.col_stride]).collect();
+            let (mut q, mut sa) = (Vec::new(), Vec::new());
+            crate::quant::quantize_rows_i8(&dense, k, &mut q, &mut sa);
+            for isa in isas() {
+                let mut want = vec![f32::NAN; m * n];
+                let am = I8Mat { data: &q, rows: m, cols: k, row_stride: k, signed: true };
+                let o = I8Out::F32 { c: &mut want, ldc: n, scale_a: &sa, scale_b: &scale_b, epi: &epi };
+                tile_igemm_with(isa, blk, am, &[0], &pb, o);
+                let mut got = vec![f32::NAN; m * n];
+                tile_igemm_quantizing_with(isa, blk, av, &pb, &mut got, n, &scale_b, &epi);
+                for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                    prop_assert_eq!(g.to_bits(), w.to_bits(), "{:?} {}x{}x{} at {}", isa, m, k, n, i);
+                }
             }
         }
     }

@@ -429,11 +429,7 @@ impl CpuOp for Linear {
                 tessera_kernels::gemm::vector_sgemm_packed(kern, SME_BLOCKING, av, pb, out, n, &epi)
             }
             Weight::Int8 { packed, scales } => {
-                let (mut q, mut sa) = (Vec::new(), Vec::new());
-                tessera_kernels::quant::quantize_rows_i8(av.data, k, &mut q, &mut sa);
-                let am = I8Mat { data: &q, rows, cols: k, row_stride: k, signed: true };
-                let o = I8Out::F32 { c: out, ldc: n, scale_a: &sa, scale_b: scales, epi: &epi };
-                tile_igemm(self.isa, am, &[0], packed, o);
+                tessera_kernels::gemm::tile::tile_igemm_quantizing(self.isa, av, packed, out, n, scales, &epi)
             }
         }
         if let Some(t0) = t0 {
