@@ -8,13 +8,14 @@
 //!   dot-product instructions read: pairs for bf16, quadruples for int8).
 //!
 //! fp32 operands can be split into up to three bf16 parts (`hi + mid + lo`
-//! holds all 24 bits of an fp32 significand). A [`Split`] mode lists which
-//! part of A meets which part of B; each product becomes its own k-block, so
-//! the microkernel needs no change: the product sum is one longer GEMM.
+//! holds all 24 bits of an fp32 significand). Each k-block is then packed as
+//! its parts side by side (a k-step of `parts` k-blocks), and the split
+//! microkernels run the products of [`Split::products`] on each k-step, so
+//! each part is stored, and read, once.
 
 use half::bf16;
 
-use super::ukernel::{DotKind, BLOCK_BYTES, TILE_BYTES, TILE_ROWS, TILE_ROW_BYTES};
+use super::ukernel::{split_products, DotKind, BLOCK_BYTES, TILE_BYTES, TILE_ROWS, TILE_ROW_BYTES};
 use super::MatRef;
 
 /// How an fp32 GEMM runs on bf16 tiles.
@@ -36,14 +37,10 @@ impl Split {
             Split::Bf16x6 => 3,
         }
     }
-    /// (part of A, part of B) per product, smallest terms first so that
-    /// they are added while the accumulator is still small.
+    /// (part of A, part of B) per product, in the order the microkernels
+    /// run them.
     pub fn products(self) -> &'static [(usize, usize)] {
-        match self {
-            Split::Bf16 => &[(0, 0)],
-            Split::Bf16x3 => &[(1, 0), (0, 1), (0, 0)],
-            Split::Bf16x6 => &[(2, 0), (1, 1), (0, 2), (1, 0), (0, 1), (0, 0)],
-        }
+        split_products(self.parts())
     }
     pub fn name(self) -> &'static str {
         match self {
@@ -170,8 +167,7 @@ fn put_tile_row(dst: &mut [u8], vals: &[u16; 32]) {
 fn pack_a_f32_body<const FMA: bool>(dst: &mut [u8], a: MatRef<f32>, split: Split) {
     let (rows, k) = (a.rows, a.cols);
     let kb = k_blocks(DotKind::Bf16, k);
-    let prods = split.products();
-    let np = prods.len();
+    let np = split.parts();
     assert!(dst.len() >= kb * np * BLOCK_BYTES && rows <= 32);
     let mut gathered = Vec::new();
     let mut planes = [[0u16; 32]; 3];
@@ -200,16 +196,17 @@ fn pack_a_f32_body<const FMA: bool>(dst: &mut [u8], a: MatRef<f32>, split: Split
             let part = &src[b * 32..k.min(b * 32 + 32)];
             let mut chunk = [0f32; 32];
             chunk[..part.len()].copy_from_slice(part);
-            split_block(&chunk, split.parts(), &mut planes);
-            for (p, &(pa, _)) in prods.iter().enumerate() {
-                put_tile_row(&mut dst[(b * np + p) * BLOCK_BYTES + a_offset(i, 0)..], &planes[pa]);
+            split_block(&chunk, np, &mut planes);
+            for (p, plane) in planes.iter().take(np).enumerate() {
+                put_tile_row(&mut dst[(b * np + p) * BLOCK_BYTES + a_offset(i, 0)..], plane);
             }
         }
     }
 }
 
-/// Packs the rows of `a` (at most 32: one panel) into `dst`, k-blocks for
-/// every product of `split`, zero padded to 32 rows and whole k-blocks.
+/// Packs the rows of `a` (at most 32: one panel) into `dst`, each k-block
+/// as the parts of `split` side by side, zero padded to 32 rows and whole
+/// k-blocks.
 pub fn pack_a_f32(dst: &mut [u8], a: MatRef<f32>, split: Split) {
     with_vector_features!(pack_a_f32_body(dst: &mut [u8], a: MatRef<f32>, split: Split))
 }
@@ -239,16 +236,16 @@ pub fn pack_a_row_bf16(dst: &mut [u8], kb: usize, i: usize, src: &[f32]) {
 /// giving B[k][j].
 pub fn pack_b_f32(dst: &mut [u8], cols: usize, k: usize, split: Split, get: impl Fn(usize, usize) -> f32) {
     let kb = k_blocks(DotKind::Bf16, k);
-    let prods = split.products();
-    assert!(dst.len() >= kb * prods.len() * BLOCK_BYTES && cols <= 32);
-    dst[..kb * prods.len() * BLOCK_BYTES].fill(0);
+    let np = split.parts();
+    assert!(dst.len() >= kb * np * BLOCK_BYTES && cols <= 32);
+    dst[..kb * np * BLOCK_BYTES].fill(0);
     for kk in 0..k {
         let (blk, pos) = (kk / 32, kk % 32);
         for j in 0..cols {
-            let parts = split_f32(get(kk, j), split.parts());
-            for (p, &(_, pb)) in prods.iter().enumerate() {
-                let off = (blk * prods.len() + p) * BLOCK_BYTES + b_offset(j, pos, 2, 2);
-                dst[off..off + 2].copy_from_slice(&parts[pb].to_le_bytes());
+            let parts = split_f32(get(kk, j), np);
+            for (p, part) in parts.iter().take(np).enumerate() {
+                let off = (blk * np + p) * BLOCK_BYTES + b_offset(j, pos, 2, 2);
+                dst[off..off + 2].copy_from_slice(&part.to_le_bytes());
             }
         }
     }

@@ -189,20 +189,242 @@ tile_kernels!(us_n, us_a, us_ab, "tdpbusd");
 #[cfg(target_arch = "x86_64")]
 tile_kernels!(uu_n, uu_a, uu_ab, "tdpbuud");
 
-/// `acc (+)= A · B` over `kblocks` k-blocks; `l2` (any address: only
+/// `n` prefetch lines of each prefetched panel, continuing at the running
+/// offset `pfo` (the split kernels' share of a k-step's lines per product).
+#[cfg(target_arch = "x86_64")]
+macro_rules! prefetch_lines {
+    ($n:literal, $pfa:literal, $pfb:literal) => {
+        concat!(
+            ".rept ",
+            $n,
+            "\n",
+            $pfa,
+            " [{a} + {pd} + pfo]\n",
+            $pfb,
+            " [{b} + {pd} + pfo]\n",
+            ".set pfo, pfo + 64\n",
+            ".endr"
+        )
+    };
+}
+
+/// Loads part `p` of the current k-step of a panel (`{a}` or `{b}`) into a
+/// tile pair: rows 0-15 (or columns 0-15) and 16-31.
+#[cfg(target_arch = "x86_64")]
+macro_rules! load_part {
+    ($t0:literal, $t1:literal, $panel:literal, $off0:literal, $off1:literal) => {
+        concat!(
+            "tileloadd ",
+            $t0,
+            ", [{",
+            $panel,
+            "} + {s}*1 + ",
+            $off0,
+            "]\n",
+            "tileloadd ",
+            $t1,
+            ", [{",
+            $panel,
+            "} + {s}*1 + ",
+            $off1,
+            "]"
+        )
+    };
+}
+
+/// The four products of the loaded A pair (tmm4-5) and B pair (tmm6-7).
+#[cfg(target_arch = "x86_64")]
+macro_rules! four_products {
+    () => {
+        concat!(
+            "tdpbf16ps tmm0, tmm4, tmm6\n",
+            "tdpbf16ps tmm1, tmm4, tmm7\n",
+            "tdpbf16ps tmm2, tmm5, tmm6\n",
+            "tdpbf16ps tmm3, tmm5, tmm7"
+        )
+    };
+}
+
+/// A bf16 kernel over split operands (see [`super::split_products`]): one
+/// k-step is `$step` bytes of each panel, its products given as asm lines
+/// (part loads, `four_products!` and each product's share of prefetches,
+/// which reach two k-steps ahead).
+#[cfg(target_arch = "x86_64")]
+macro_rules! split_kernel {
+    ($name:ident, $step:literal, $pfa:literal, $pfb:literal, [$($body:expr),* $(,)?]) => {
+        /// # Safety
+        /// Tiles configured on this thread; `a` and `b` valid for
+        /// `ksteps` k-steps (`$step` bytes each); `c` valid for 4 KiB.
+        #[inline(never)]
+        unsafe fn $name(
+            a: *const u8,
+            b: *const u8,
+            ksteps: usize,
+            c: *mut u32,
+            accumulate: bool,
+            l2: *const u8,
+            l2_lines: usize,
+        ) {
+            // SAFETY: the caller's contract above; every tile load reads one
+            // of the k-step's parts (inside `$step` bytes of each panel) and
+            // stores and loads of C stay in the 32x32x4-byte block.
+            // Prefetches may point past the panels (and `l2` anywhere): a
+            // prefetch is a hint and never faults.
+            unsafe {
+                std::arch::asm!(
+                    "test {acc}, {acc}",
+                    "jz 2f",
+                    "tileloadd tmm0, [{c} + {sc}*1]",
+                    "tileloadd tmm1, [{c} + {sc}*1 + 64]",
+                    "tileloadd tmm2, [{c} + {sc}*1 + 2048]",
+                    "tileloadd tmm3, [{c} + {sc}*1 + 2112]",
+                    "jmp 3f",
+                    "2:",
+                    "tilezero tmm0",
+                    "tilezero tmm1",
+                    "tilezero tmm2",
+                    "tilezero tmm3",
+                    "3:",
+                    "test {k}, {k}",
+                    "jz 5f",
+                    "4:",
+                    ".set pfo, 0",
+                    // `l2_lines` lines of the L2 stream per k-step.
+                    "mov {t}, {l2n}",
+                    "test {t}, {t}",
+                    "jz 7f",
+                    "6:",
+                    "prefetcht1 [{l2}]",
+                    "add {l2}, 64",
+                    "dec {t}",
+                    "jnz 6b",
+                    "7:",
+                    $($body,)*
+                    concat!("add {a}, ", $step),
+                    concat!("add {b}, ", $step),
+                    "dec {k}",
+                    "jnz 4b",
+                    "5:",
+                    "tilestored [{c} + {sc}*1], tmm0",
+                    "tilestored [{c} + {sc}*1 + 64], tmm1",
+                    "tilestored [{c} + {sc}*1 + 2048], tmm2",
+                    "tilestored [{c} + {sc}*1 + 2112], tmm3",
+                    a = inout(reg) a => _,
+                    b = inout(reg) b => _,
+                    k = inout(reg) ksteps => _,
+                    c = in(reg) c,
+                    acc = in(reg) accumulate as usize,
+                    s = in(reg) TILE_ROW_BYTES,
+                    sc = in(reg) 128usize,
+                    pd = in(reg) 2usize * $step,
+                    l2 = inout(reg) l2 => _,
+                    l2n = in(reg) l2_lines,
+                    t = out(reg) _,
+                    options(nostack)
+                );
+            }
+        }
+    };
+}
+
+/// Two parts (hi, lo; 4096-byte k-steps): products lo·hi, hi·hi, hi·lo,
+/// 8 tile loads for 12 products; 64 lines of each panel prefetched per step.
+#[cfg(target_arch = "x86_64")]
+macro_rules! split2_kernel {
+    ($name:ident, $pfa:literal, $pfb:literal) => {
+        split_kernel!(
+            $name,
+            4096,
+            $pfa,
+            $pfb,
+            [
+                load_part!("tmm4", "tmm5", "a", "2048", "3072"),
+                load_part!("tmm6", "tmm7", "b", "0", "1024"),
+                four_products!(),
+                prefetch_lines!(24, $pfa, $pfb),
+                load_part!("tmm4", "tmm5", "a", "0", "1024"),
+                four_products!(),
+                prefetch_lines!(24, $pfa, $pfb),
+                load_part!("tmm6", "tmm7", "b", "2048", "3072"),
+                four_products!(),
+                prefetch_lines!(16, $pfa, $pfb),
+            ]
+        );
+    };
+}
+
+/// Three parts (hi, mid, lo; 6144-byte k-steps): products in the order of
+/// `split_products(3)`, 14 tile loads for 24 products; 96 lines of each
+/// panel prefetched per step.
+#[cfg(target_arch = "x86_64")]
+macro_rules! split3_kernel {
+    ($name:ident, $pfa:literal, $pfb:literal) => {
+        split_kernel!(
+            $name,
+            6144,
+            $pfa,
+            $pfb,
+            [
+                // lo(A) · hi(B)
+                load_part!("tmm4", "tmm5", "a", "4096", "5120"),
+                load_part!("tmm6", "tmm7", "b", "0", "1024"),
+                four_products!(),
+                prefetch_lines!(16, $pfa, $pfb),
+                // mid · hi
+                load_part!("tmm4", "tmm5", "a", "2048", "3072"),
+                four_products!(),
+                prefetch_lines!(16, $pfa, $pfb),
+                // mid · mid
+                load_part!("tmm6", "tmm7", "b", "2048", "3072"),
+                four_products!(),
+                prefetch_lines!(16, $pfa, $pfb),
+                // hi · mid
+                load_part!("tmm4", "tmm5", "a", "0", "1024"),
+                four_products!(),
+                prefetch_lines!(16, $pfa, $pfb),
+                // hi · lo
+                load_part!("tmm6", "tmm7", "b", "4096", "5120"),
+                four_products!(),
+                prefetch_lines!(16, $pfa, $pfb),
+                // hi · hi
+                load_part!("tmm6", "tmm7", "b", "0", "1024"),
+                four_products!(),
+                prefetch_lines!(16, $pfa, $pfb),
+            ]
+        );
+    };
+}
+
+#[cfg(target_arch = "x86_64")]
+split2_kernel!(split2_n, "#", "#");
+#[cfg(target_arch = "x86_64")]
+split2_kernel!(split2_a, "prefetcht0", "#");
+#[cfg(target_arch = "x86_64")]
+split2_kernel!(split2_ab, "prefetcht0", "prefetcht0");
+#[cfg(target_arch = "x86_64")]
+split3_kernel!(split3_n, "#", "#");
+#[cfg(target_arch = "x86_64")]
+split3_kernel!(split3_a, "prefetcht0", "#");
+#[cfg(target_arch = "x86_64")]
+split3_kernel!(split3_ab, "prefetcht0", "prefetcht0");
+
+/// `acc (+)= A · B` over `ksteps` k-steps of `parts`-part operands (1 for
+/// plain operands; 2 or 3 for bf16 splits); `l2` (any address: only
 /// prefetched) gets `l2_lines` consecutive lines prefetched into L2 per
-/// k-block.
+/// k-step.
 ///
 /// # Safety
 /// Tiles configured on this thread ([`configure_thread`]); `a` and `b`
-/// valid for `kblocks * BLOCK_BYTES` bytes.
+/// valid for `ksteps * parts * BLOCK_BYTES` bytes; `parts` is 1, or 2 or 3
+/// with `kind` bf16 (else this panics).
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn run(
     kind: DotKind,
+    parts: usize,
     prefetch: Prefetch,
     a: *const u8,
     b: *const u8,
-    kblocks: usize,
+    ksteps: usize,
     acc: &mut AccBlock,
     accumulate: bool,
     l2: *const u8,
@@ -211,21 +433,24 @@ pub unsafe fn run(
     #[cfg(target_arch = "x86_64")]
     {
         type Kernel = unsafe fn(*const u8, *const u8, usize, *mut u32, bool, *const u8, usize);
-        let variants: [Kernel; 3] = match kind {
-            DotKind::Bf16 => [bf16_n, bf16_a, bf16_ab],
-            DotKind::I8 { a_signed: true, b_signed: true } => [ss_n, ss_a, ss_ab],
-            DotKind::I8 { a_signed: true, b_signed: false } => [su_n, su_a, su_ab],
-            DotKind::I8 { a_signed: false, b_signed: true } => [us_n, us_a, us_ab],
-            DotKind::I8 { a_signed: false, b_signed: false } => [uu_n, uu_a, uu_ab],
+        let variants: [Kernel; 3] = match (kind, parts) {
+            (DotKind::Bf16, 1) => [bf16_n, bf16_a, bf16_ab],
+            (DotKind::Bf16, 2) => [split2_n, split2_a, split2_ab],
+            (DotKind::Bf16, 3) => [split3_n, split3_a, split3_ab],
+            (DotKind::I8 { a_signed: true, b_signed: true }, 1) => [ss_n, ss_a, ss_ab],
+            (DotKind::I8 { a_signed: true, b_signed: false }, 1) => [su_n, su_a, su_ab],
+            (DotKind::I8 { a_signed: false, b_signed: true }, 1) => [us_n, us_a, us_ab],
+            (DotKind::I8 { a_signed: false, b_signed: false }, 1) => [uu_n, uu_a, uu_ab],
+            _ => panic!("{kind:?} operands in {parts} parts: no kernel"),
         };
         let kernel = variants[prefetch as usize];
         // SAFETY: forwarded from this function's contract; `c` points at
         // the 4 KiB accumulator block.
-        unsafe { kernel(a, b, kblocks, acc.0.as_mut_ptr(), accumulate, l2, l2_lines) }
+        unsafe { kernel(a, b, ksteps, acc.0.as_mut_ptr(), accumulate, l2, l2_lines) }
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (kind, prefetch, a, b, kblocks, acc, accumulate, l2, l2_lines);
+        let _ = (kind, parts, prefetch, a, b, ksteps, acc, accumulate, l2, l2_lines);
         unreachable!("AMX exists only on x86-64");
     }
 }

@@ -11,6 +11,14 @@
 //! columns of B, so a block covers 32 bf16 or 64 int8 values of K. The
 //! accumulator block is row-major with 32 elements (128 bytes) per row.
 //!
+//! Split calls: an fp32 operand split into `parts` bf16 parts (see
+//! [`super::pack::Split`]) is packed with the parts of each k-block side by
+//! side (`parts` blocks of [`BLOCK_BYTES`], hi first), and one k-step runs
+//! the products [`split_products`] lists, each a bf16 dot of one part of A
+//! with one part of B into the same accumulators. Each part is read once per
+//! k-step, and the AMX kernel reloads a tile only when the next product
+//! needs another part.
+//!
 //! Two implementations share that contract: [`amx`] (Intel AMX through
 //! `asm!`) and [`emulated`] (portable Rust with the same arithmetic, used as
 //! the reference for the packed layouts and where no tile unit exists).
@@ -58,6 +66,20 @@ impl DotKind {
             DotKind::Bf16 => 2,
             DotKind::I8 { .. } => 4,
         }
+    }
+}
+
+/// The (part of A, part of B) products a split k-step runs, in order, for
+/// operands split into `parts` bf16 parts: every product above 2^-8
+/// (2 parts) or 2^-16 (3 parts) relative to the leading one. Ordered so that
+/// consecutive products share a part of A or of B (the AMX kernel keeps
+/// that one in its tiles), the largest not first.
+pub fn split_products(parts: usize) -> &'static [(usize, usize)] {
+    match parts {
+        1 => &[(0, 0)],
+        2 => &[(1, 0), (0, 0), (0, 1)],
+        3 => &[(2, 0), (1, 0), (1, 1), (0, 1), (0, 2), (0, 0)],
+        _ => panic!("operands split into {parts} bf16 parts: 1, 2 or 3 supported"),
     }
 }
 
@@ -140,39 +162,47 @@ impl TileSession {
     ///
     /// `a` and `b` must hold at least `kblocks * BLOCK_BYTES` bytes each.
     pub fn run(&self, kind: DotKind, a: &[u8], b: &[u8], kblocks: usize, acc: &mut AccBlock, accumulate: bool) {
-        self.run_streaming(kind, a, b, kblocks, acc, accumulate, &[])
+        self.run_streaming(kind, 1, a, b, kblocks, acc, accumulate, &[])
     }
 
-    /// [`TileSession::run`] that also pulls `next` (memory the caller reads
-    /// soon, such as the next weight panel) into L2, a few lines per
-    /// k-block, so that its trip from DRAM overlaps the multiplication.
+    /// One microkernel call over `ksteps` k-steps of operands split into
+    /// `parts` bf16 parts (1 for plain operands; more only for
+    /// [`DotKind::Bf16`]), which also pulls `next` (memory the caller reads
+    /// soon, such as the next weight panel) into L2, a few lines per k-step,
+    /// so that its trip from DRAM overlaps the multiplication.
+    ///
+    /// `a` and `b` must hold at least `ksteps * parts * BLOCK_BYTES` bytes.
     #[allow(clippy::too_many_arguments)]
     pub fn run_streaming(
         &self,
         kind: DotKind,
+        parts: usize,
         a: &[u8],
         b: &[u8],
-        kblocks: usize,
+        ksteps: usize,
         acc: &mut AccBlock,
         accumulate: bool,
         next: &[u8],
     ) {
-        let need = kblocks * BLOCK_BYTES;
-        assert!(a.len() >= need && b.len() >= need, "packed panels shorter than {kblocks} k-blocks");
+        assert!(parts == 1 || (kind == DotKind::Bf16 && parts <= 3), "{kind:?} operands in {parts} parts");
+        let need = ksteps * parts * BLOCK_BYTES;
+        assert!(a.len() >= need && b.len() >= need, "packed panels shorter than {ksteps} k-steps of {parts} parts");
         match self.isa {
             TileIsa::Amx => {
-                let l2_lines = if kblocks == 0 { 0 } else { next.len().div_ceil(64).div_ceil(kblocks) };
-                // SAFETY: lengths checked above; `begin` configured the tiles
-                // on this thread (a TileSession is !Send, so we are still on
-                // it). The stream is only prefetched (it may run up to one
-                // k-block's share past `next`: a hint, never a fault).
+                let l2_lines = if ksteps == 0 { 0 } else { next.len().div_ceil(64).div_ceil(ksteps) };
+                // SAFETY: lengths checked above (and `parts` is one the
+                // kernels exist for); `begin` configured the tiles on this
+                // thread (a TileSession is !Send, so we are still on it). The
+                // stream is only prefetched (it may run up to one k-step's
+                // share past `next`: a hint, never a fault).
                 unsafe {
                     amx::run(
                         kind,
+                        parts,
                         self.prefetch,
                         a.as_ptr(),
                         b.as_ptr(),
-                        kblocks,
+                        ksteps,
                         acc,
                         accumulate,
                         next.as_ptr(),
@@ -180,7 +210,7 @@ impl TileSession {
                     )
                 }
             }
-            TileIsa::Emulated => emulated::run(kind, a, b, kblocks, acc, accumulate),
+            TileIsa::Emulated => emulated::run(kind, parts, a, b, ksteps, acc, accumulate),
         }
     }
 }
