@@ -3,13 +3,16 @@
 /// How fp32 models' matrix products may be computed.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Default, serde::Serialize)]
 pub enum Precision {
-    /// fp32-accurate (the default): the fp32 vector kernels.
+    /// fp32-accurate (the default): products with a constant weight on
+    /// bf16x6 tiles where the machine has them and they measured faster
+    /// (see [`crate::amx::FP32_TILE_MIN_ROWS`]), everything else on the fp32
+    /// vector kernels.
     #[default]
     Fp32,
-    /// fp32-accurate on bf16 tiles: each operand split into three bf16
-    /// parts, six products, error within a few times an fp32 GEMM's. Not
-    /// the default because on the machines measured so far it is no faster
-    /// than the fp32 vector path (see the AMX issue's closing note).
+    /// fp32-accurate on bf16 tiles wherever the tiles take the op: each
+    /// operand split into three bf16 parts, six products, error within a
+    /// few times an fp32 GEMM's (convolutions included, which the default
+    /// leaves on the vector kernels).
     Fp32Tiles,
     /// MatMul/Gemm/Conv on bf16 tiles with fp32 accumulation.
     Bf16,

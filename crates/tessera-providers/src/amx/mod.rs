@@ -7,8 +7,11 @@
 //! `tessera:FusedMatMulInteger`, QLinearMatMul, ConvInteger and QLinearConv
 //! of group 1) with a constant 8-bit weight. What
 //! runs on the tiles follows the session's [`Precision`]:
-//! * fp32: left to the CPU provider's fp32 vector kernels;
-//! * fp32-tiles: bf16x6 split products (fp32-class error);
+//! * fp32 (the default): MatMul, Gemm and FusedMatMul as bf16x6 split
+//!   products (fp32-class error) unless they are known to multiply fewer
+//!   than [`FP32_TILE_MIN_ROWS`] rows, where the CPU provider's fp32 vector
+//!   kernels measured faster; convolutions stay on the vector kernels;
+//! * fp32-tiles: every fp32 product, convolutions included, as bf16x6;
 //! * bf16 / auto: one bf16 product, fp32 accumulation;
 //! * int8: fp32 products quantized to int8 (weights per column, activations
 //!   per row); integer models' products always run on int8 tiles.
@@ -40,12 +43,18 @@ pub(crate) enum TilePlan {
     Attention,
 }
 
+/// Fewest rows of A for which the default fp32 precision runs a product on
+/// bf16x6 tiles. Measured on the 2-core AMX Xeon, weights from DRAM, 2
+/// threads (`tessera bench-gemm --kernels fp32-vector,amx-bf16x6 --cold`,
+/// `benches/results/2026-11-27-split-kernels/`): the tiles ran 1.6x the
+/// vector path's rate at 8 rows and 1.4-2.5x from 16 to 512 rows at BERT's
+/// K and N, but 0.8-0.9x at 1 row, where both only stream the weight and the
+/// split weight is 1.5x the bytes.
+pub const FP32_TILE_MIN_ROWS: usize = 8;
+
 pub struct AmxProvider {
     precision: Precision,
     isa: TileIsa,
-    /// How fp32-accurate products run on tiles under `Precision::Fp32`
-    /// (None: leave them to the CPU provider's fp32 vector kernels).
-    fp32_split: Option<Split>,
 }
 
 impl AmxProvider {
@@ -58,23 +67,22 @@ impl AmxProvider {
     /// The provider on a given ISA: tests run it on [`TileIsa::Emulated`]
     /// to check the graph-level logic on machines without AMX.
     pub fn with_isa(precision: Precision, isa: TileIsa) -> AmxProvider {
-        AmxProvider { precision, isa, fp32_split: None }
+        AmxProvider { precision, isa }
     }
 
-    /// Keeps fp32-precision products off the tiles (or sets their split).
-    pub fn with_fp32_split(mut self, split: Option<Split>) -> Self {
-        self.fp32_split = split;
-        self
-    }
-
-    fn float_plan(&self) -> std::result::Result<TilePlan, String> {
+    /// The plan for an fp32 product of `rows` rows of A (None: not known
+    /// before run time).
+    fn float_plan(&self, rows: Option<usize>) -> std::result::Result<TilePlan, String> {
         match self.precision {
             Precision::Bf16 | Precision::Auto => Ok(TilePlan::Float(Split::Bf16)),
             Precision::Int8 => Ok(TilePlan::DynamicInt8),
             Precision::Fp32Tiles => Ok(TilePlan::Float(Split::Bf16x6)),
-            Precision::Fp32 => match self.fp32_split {
-                Some(s) => Ok(TilePlan::Float(s)),
-                None => Err("fp32 precision: fp32 products stay on the vector units".into()),
+            Precision::Fp32 => match rows {
+                Some(m) if m < FP32_TILE_MIN_ROWS => Err(format!(
+                    "fp32 precision: {m} row(s) of A, fewer than {FP32_TILE_MIN_ROWS}, where the fp32 vector \
+                     kernels measured faster than bf16x6 tiles"
+                )),
+                _ => Ok(TilePlan::Float(Split::Bf16x6)),
             },
         }
     }
@@ -103,21 +111,28 @@ impl AmxProvider {
             zero_point_const(graph, node, zp)?;
             Ok(TilePlan::Integer)
         };
+        // Rows of A a product multiplies, where its shape is known: all
+        // dimensions but the last (MatMul's batch dimensions are rows too,
+        // the weight being 2-D).
+        let rows = || -> Option<usize> {
+            let shape = graph.concrete_shape_of(node.input(0)?)?;
+            Some(shape.iter().rev().skip(1).product())
+        };
         match (node.domain.as_str(), node.op_type.as_str()) {
             (_, "MatMul") if domain_ok => {
                 float_weight()?;
-                self.float_plan()
+                self.float_plan(rows())
             }
             (_, "Gemm") if domain_ok => {
                 if node.attr_int_or("transA", 0).unwrap_or(1) != 0 {
                     return Err("Gemm with transA".into());
                 }
                 float_weight()?;
-                self.float_plan()
+                self.float_plan(rows())
             }
             ("tessera", "FusedMatMul") => {
                 float_weight()?;
-                self.float_plan()
+                self.float_plan(rows())
             }
             (_, "Conv") if domain_ok => {
                 let name = node.input(1).ok_or("no weight input")?;
@@ -137,7 +152,11 @@ impl AmxProvider {
                     // bf16 tile convolutions 99.5 ms vs fp32 vector 88.2 ms.
                     return Err("precision auto: convolutions measured faster on the fp32 vector path".into());
                 }
-                match self.float_plan()? {
+                if self.precision == Precision::Fp32 {
+                    // Slower still in six products than in one (see above).
+                    return Err("fp32 precision: convolutions stay on the fp32 vector kernels".into());
+                }
+                match self.float_plan(None)? {
                     TilePlan::DynamicInt8 => Err("precision int8: convolution on int8 tiles is not implemented".into()),
                     plan => Ok(plan),
                 }

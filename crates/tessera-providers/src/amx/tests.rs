@@ -164,10 +164,45 @@ fn declines_with_reasons() {
         NodeVerdict::Decline { reason } => assert!(reason.contains("f64") || reason.contains("double"), "{reason}"),
         v => panic!("claimed {v:?}"),
     }
-    let fp32_off = AmxProvider::with_isa(Precision::Fp32, TileIsa::Emulated);
-    let w = Tensor::from_vec(&[2, 2], vec![0f32; 4]).unwrap();
-    let g = graph(Node::new("MatMul", "mm", &["a", "w"], &["y"]), &["a"], vec![("w", w)]);
-    assert!(matches!(fp32_off.claim(&g, &[false])[0], NodeVerdict::Decline { .. }));
+}
+
+/// The default fp32 precision takes a product with a constant weight onto
+/// bf16x6 tiles unless it is known to have fewer than FP32_TILE_MIN_ROWS
+/// rows (all dimensions of A but the last), and leaves convolutions alone.
+#[test]
+fn fp32_default_takes_products_of_enough_rows() {
+    use tessera_core::Dim;
+    let p = AmxProvider::with_isa(Precision::Fp32, TileIsa::Emulated);
+    let w = Tensor::from_vec(&[4, 2], vec![0f32; 8]).unwrap();
+    let with_a = |shape: Option<Vec<Dim>>| {
+        let mut g = graph(Node::new("MatMul", "mm", &["a", "w"], &["y"]), &["a"], vec![("w", w.clone())]);
+        g.inputs[0].shape = shape;
+        g
+    };
+    let known = |d: &[usize]| Some(d.iter().map(|&v| Dim::Known(v)).collect());
+    // 2 x 4 = 8 rows, or unknown: claimed; 7 or 1 known rows: declined.
+    for shape in [known(&[2, 4, 4]), known(&[128, 4]), None, Some(vec![Dim::Sym("seq".into()), Dim::Known(4)])] {
+        let v = p.claim(&with_a(shape.clone()), &[false]);
+        assert!(matches!(v[0], NodeVerdict::Claim { .. }), "{shape:?}: {:?}", v[0]);
+        assert_eq!(
+            p.plan(&with_a(shape), &Node::new("MatMul", "mm", &["a", "w"], &["y"])),
+            Ok(TilePlan::Float(Split::Bf16x6))
+        );
+    }
+    for shape in [known(&[7, 4]), known(&[1, 1, 4]), known(&[4])] {
+        match &p.claim(&with_a(shape.clone()), &[false])[0] {
+            NodeVerdict::Decline { reason } => assert!(reason.contains("fewer than 8"), "{reason}"),
+            v => panic!("{shape:?}: claimed {v:?}"),
+        }
+    }
+    let conv = Node::new("Conv", "c", &["x", "k"], &["y"]);
+    let k = Tensor::from_vec(&[2, 1, 1, 1], vec![1f32; 2]).unwrap();
+    match &p.claim(&graph(conv.clone(), &["x"], vec![("k", k.clone())]), &[false])[0] {
+        NodeVerdict::Decline { reason } => assert!(reason.contains("convolutions stay"), "{reason}"),
+        v => panic!("conv claimed under fp32: {v:?}"),
+    }
+    let tiles = AmxProvider::with_isa(Precision::Fp32Tiles, TileIsa::Emulated);
+    assert!(matches!(tiles.claim(&graph(conv, &["x"], vec![("k", k)]), &[false])[0], NodeVerdict::Claim { .. }));
 }
 
 #[test]
