@@ -46,11 +46,12 @@ pub(crate) enum TilePlan {
 /// Fewest rows of A for which the default fp32 precision runs a product on
 /// bf16x6 tiles. Measured on the 2-core AMX Xeon, weights from DRAM, 2
 /// threads (`tessera bench-gemm --kernels fp32-vector,amx-bf16x6 --cold`,
-/// `benches/results/2026-11-27-split-kernels/`): the tiles ran 1.6x the
-/// vector path's rate at 8 rows and 1.4-2.5x from 16 to 512 rows at BERT's
-/// K and N, but 0.8-0.9x at 1 row, where both only stream the weight and the
-/// split weight is 1.5x the bytes.
-pub const FP32_TILE_MIN_ROWS: usize = 8;
+/// `benches/results/2026-11-27-split-kernels/gemm_rows.txt`), at K and N of
+/// 768 and 3072: the tiles ran 1.15-1.3x the vector path's rate at 4 rows,
+/// 1.2-1.9x at 8, 1.4-2.7x from 16 to 512, but 0.85x at 2 rows and
+/// 0.8-1.1x at 1, where both only stream the weight and the split weight is
+/// 1.5x the bytes.
+pub const FP32_TILE_MIN_ROWS: usize = 4;
 
 pub struct AmxProvider {
     precision: Precision,

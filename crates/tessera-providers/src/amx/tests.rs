@@ -180,8 +180,8 @@ fn fp32_default_takes_products_of_enough_rows() {
         g
     };
     let known = |d: &[usize]| Some(d.iter().map(|&v| Dim::Known(v)).collect());
-    // 2 x 4 = 8 rows, or unknown: claimed; 7 or 1 known rows: declined.
-    for shape in [known(&[2, 4, 4]), known(&[128, 4]), None, Some(vec![Dim::Sym("seq".into()), Dim::Known(4)])] {
+    // 2 x 2 = 4 rows, 128, or unknown: claimed; 3 or 1 known rows: declined.
+    for shape in [known(&[2, 2, 4]), known(&[128, 4]), None, Some(vec![Dim::Sym("seq".into()), Dim::Known(4)])] {
         let v = p.claim(&with_a(shape.clone()), &[false]);
         assert!(matches!(v[0], NodeVerdict::Claim { .. }), "{shape:?}: {:?}", v[0]);
         assert_eq!(
@@ -189,9 +189,9 @@ fn fp32_default_takes_products_of_enough_rows() {
             Ok(TilePlan::Float(Split::Bf16x6))
         );
     }
-    for shape in [known(&[7, 4]), known(&[1, 1, 4]), known(&[4])] {
+    for shape in [known(&[3, 4]), known(&[1, 1, 4]), known(&[4])] {
         match &p.claim(&with_a(shape.clone()), &[false])[0] {
-            NodeVerdict::Decline { reason } => assert!(reason.contains("fewer than 8"), "{reason}"),
+            NodeVerdict::Decline { reason } => assert!(reason.contains("fewer than 4"), "{reason}"),
             v => panic!("{shape:?}: claimed {v:?}"),
         }
     }
