@@ -524,10 +524,12 @@ fn spread_share(stream: WeightStream, next: &[u8], i: usize, share: usize) -> &[
 }
 
 /// `auto` K chunk, in k-blocks, when K is outermost: 64 KiB of a B panel.
-/// Measured on the 2-core AMX Xeon, 128x768x3072 from DRAM at 2 threads
-/// (the fp32-accurate split kernels): chunks of 24 or 48 k-blocks ran 12-25%
-/// faster than 8 or K whole (the A-resident order's `auto`), 12 and 96
-/// between.
+/// Measured on the 2-core AMX Xeon, 128x768x3072 from DRAM at 2 threads,
+/// bf16x6 (`benches/results/2026-11-27-split-kernels/gemm_kouter_chunks.txt`
+/// and one earlier sweep): chunks of 8 to 96 k-blocks within the noise of
+/// each other (213-291 GFLOP/s), the largest chunk the A budget allows
+/// (126 k-blocks, what `0` gives there) the slowest in both sweeps (183 and
+/// 224); 32 sits in the middle of the flat range.
 const KOUTER_AUTO_CHUNK: usize = 32;
 
 /// Most bytes of accumulator blocks a task keeps when K is outermost (in
