@@ -456,9 +456,10 @@ fn drive(
         if resident {
             // One accumulator block per A panel only when K is chunked (each
             // block must survive the other panels' chunks); with K whole, one
-            // block serves them all.
-            let mut accs: Vec<AccBlock> =
-                (0..if chunks > 1 { rows.len() } else { 1 }).map(|_| AccBlock::new()).collect();
+            // block serves them all and a task allocates nothing.
+            let mut single = AccBlock::new();
+            let mut per_panel: Vec<AccBlock> =
+                if chunks > 1 { (0..rows.len()).map(|_| AccBlock::new()).collect() } else { Vec::new() };
             // Microkernel calls per B panel, among which `Spread` shares the
             // next panel's lines.
             let share = a_len.div_ceil(rows.len() * chunks).next_multiple_of(64);
@@ -473,8 +474,7 @@ fn drive(
                 for c in 0..chunks {
                     let (k0, k1) = (c * kc, ((c + 1) * kc).min(kblocks));
                     for (idx, mi) in rows.clone().enumerate() {
-                        let slots = accs.len();
-                        let acc = &mut accs[idx % slots];
+                        let acc = if chunks > 1 { &mut per_panel[idx] } else { &mut single };
                         call(mi, pn, k0, k1, acc, spread(next, i, share));
                         i += 1;
                     }
