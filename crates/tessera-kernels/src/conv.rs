@@ -209,7 +209,10 @@ fn col_block(ck: usize, out_size: usize, outer_tasks: usize, threads: usize, ele
     nb.min(out_size).max(1)
 }
 
-fn is_pointwise(g: &ConvGeom) -> bool {
+/// A 1x1 convolution with unit strides and no padding: each output
+/// position reads the input at the same position, so the input is already
+/// its own im2col matrix.
+pub fn is_pointwise(g: &ConvGeom) -> bool {
     g.kernel == [1, 1, 1] && g.stride == [1, 1, 1] && g.pad == [0isize; 3] && g.input == g.output
 }
 

@@ -176,6 +176,32 @@ impl<T: Copy> OutPtr<T> {
     }
 }
 
+impl<T: Copy> OutPtr<T> {
+    /// [`OutPtr::store_block`] transposed: element (i, j) of the block goes
+    /// to output row `j0 + j`, column `i0 + i`.
+    ///
+    /// # Safety
+    /// The `cols x rows` region at (j0, i0) lies inside the output the
+    /// pointer was made from, and no other task writes it.
+    unsafe fn store_block_transposed(
+        &self,
+        ld: usize,
+        block: &[T; MR * NR],
+        i0: usize,
+        j0: usize,
+        rows: usize,
+        cols: usize,
+    ) {
+        for j in 0..cols {
+            // SAFETY: the row segment is inside the region the caller vouches for.
+            let dst = unsafe { std::slice::from_raw_parts_mut(self.at((j0 + j) * ld + i0), rows) };
+            for (i, d) in dst.iter_mut().enumerate() {
+                *d = block[i * NR + j];
+            }
+        }
+    }
+}
+
 impl OutPtr<f32> {
     /// Prefetches what a block's fp32 epilogue touches: its output rows
     /// (for writing) and its residual rows.
@@ -563,7 +589,27 @@ pub fn tile_sgemm_with(
     assert!((m - 1) * ldc + n <= c.len(), "output does not fit its slice");
     epi.check(m, n);
     let a_len = b.kblocks * BLOCK_BYTES;
-    with_a_buffer(a_len * m.div_ceil(MR), |ap| sgemm_packed(isa, blk, a, ap, a_len, b, c, ldc, epi))
+    with_a_buffer(a_len * m.div_ceil(MR), |ap| sgemm_packed(isa, blk, a, ap, a_len, b, c, ldc, false, epi))
+}
+
+/// [`tile_sgemm`] storing the result transposed: element (i, j) of
+/// `epilogue(a @ b)` goes to `ct[j * ldct + i]` (the epilogue's bias is
+/// still per column j, its residual indexed (i, j) with its own stride). A
+/// convolution's `[positions, channels]` product lands in NCHW this way,
+/// with no transposing pass over memory.
+pub fn tile_sgemm_transposed(isa: TileIsa, a: MatRef<f32>, b: &PackedB, ct: &mut [f32], ldct: usize, epi: &Epilogue) {
+    assert!(b.split.is_some(), "tile_sgemm needs a weight packed from fp32");
+    let (m, k, n) = (a.rows, a.cols, b.n);
+    assert_eq!(k, b.k, "inner dimensions differ");
+    a.check();
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!((n - 1) * ldct + m <= ct.len(), "transposed output does not fit its slice");
+    epi.check(m, n);
+    let a_len = b.kblocks * BLOCK_BYTES;
+    let blk = TileBlocking::configured();
+    with_a_buffer(a_len * m.div_ceil(MR), |ap| sgemm_packed(isa, blk, a, ap, a_len, b, ct, ldct, true, epi))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -576,6 +622,7 @@ fn sgemm_packed(
     b: &PackedB,
     c: &mut [f32],
     ldc: usize,
+    transposed: bool,
     epi: &Epilogue,
 ) {
     let split = b.split.expect("checked by tile_sgemm");
@@ -588,11 +635,26 @@ fn sgemm_packed(
     let finish = move |acc: &mut AccBlock, i0: usize, j0: usize| {
         let (rows, cols) = (MR.min(m - i0), NR.min(n - j0));
         epi.apply_block(acc, i0, j0, rows, cols);
-        // SAFETY: rows i0.. < m and columns j0..j0 + cols <= n lie in `c`
-        // (checked by the caller); blocks of different tasks are disjoint.
-        unsafe { out.store_block(ldc, acc.as_f32(), i0, j0, rows, cols) };
+        if transposed {
+            // SAFETY: columns j0.. < n are rows of `c` and rows i0.. + rows
+            // <= m lie inside them (checked by the caller); blocks of
+            // different tasks are disjoint.
+            unsafe { out.store_block_transposed(ldc, acc.as_f32(), i0, j0, rows, cols) };
+        } else {
+            // SAFETY: rows i0.. < m and columns j0..j0 + cols <= n lie in
+            // `c` (checked by the caller); blocks of different tasks are
+            // disjoint.
+            unsafe { out.store_block(ldc, acc.as_f32(), i0, j0, rows, cols) };
+        }
     };
-    let ahead = move |i0: usize, j0: usize| out.prefetch_for_epilogue(ldc, epi, i0, j0, MR.min(m - i0), NR.min(n - j0));
+    let ahead = move |i0: usize, j0: usize| {
+        let (rows, cols) = (MR.min(m - i0), NR.min(n - j0));
+        if transposed {
+            out.prefetch_block(ldc, j0, i0, cols, rows);
+        } else {
+            out.prefetch_for_epilogue(ldc, epi, i0, j0, rows, cols);
+        }
+    };
     drive(isa, blk, DotKind::Bf16, ap, m, b, &finish, &ahead);
 }
 
@@ -1046,6 +1108,39 @@ mod amx_tests {
                     let (i, j) = (idx / NR, idx % NR);
                     let mag: f32 = (0..k).map(|p| (a[i * k + p] * b[p * 32 + j]).abs()).sum::<f32>() + 1.0;
                     prop_assert!((g - w).abs() <= 1e-6 * mag, "{isa:?} parts {parts} at ({i},{j}): {g} vs {w}");
+                }
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(12))]
+        /// The transposed store writes exactly the transpose of the normal
+        /// one (same bits), ragged shapes, strided A, with a leading
+        /// dimension wider than M.
+        #[test]
+        fn transposed_store_is_the_transpose(
+            m in 1usize..80, k in 1usize..70, n in 1usize..70, pad in 0usize..5, seed in any::<u64>(), ta in any::<bool>(),
+        ) {
+            let a = rand_vec(m * k, seed);
+            let b = rand_vec(k * n, seed ^ 1);
+            let bias = rand_vec(n, seed ^ 2);
+            let av = if ta { MatRef::row_major(&a, k, m).t() } else { MatRef::row_major(&a, m, k) };
+            let epi = Epilogue { bias: Some(&bias), activation: Activation::GeluErf, ..Default::default() };
+            for split in [Split::Bf16, Split::Bf16x6] {
+                let pb = PackedB::from_f32(MatRef::row_major(&b, k, n), split);
+                for isa in isas() {
+                    let mut c = vec![0f32; m * n];
+                    tile_sgemm(isa, av, &pb, &mut c, n, &epi);
+                    let ld = m + pad;
+                    let mut ct = vec![f32::NAN; n * ld];
+                    tile_sgemm_transposed(isa, av, &pb, &mut ct, ld, &epi);
+                    for i in 0..m {
+                        for j in 0..n {
+                            prop_assert_eq!(ct[j * ld + i].to_bits(), c[i * n + j].to_bits(), "{:?} ({}, {})", isa, i, j);
+                        }
+                    }
+                    prop_assert!(ct.chunks(ld).all(|r| r[m..].iter().all(|v| v.is_nan())), "wrote past M");
                 }
             }
         }

@@ -148,9 +148,13 @@ impl AmxProvider {
                     return Err("bias is not a constant".into());
                 }
                 if self.precision == Precision::Auto {
-                    // `auto` takes the tiles only where they measured faster:
-                    // ResNet-50 (onnx light model) on the Xeon, 2 threads,
-                    // bf16 tile convolutions 99.5 ms vs fp32 vector 88.2 ms.
+                    // `auto` takes the tiles only where they measured faster.
+                    // The onnx light CNNs on the 2-core Xeon, 2 threads, bf16
+                    // tile convolutions against the fp32 vector path
+                    // (`benches/results/2026-11-27-split-kernels/`): ResNet-50
+                    // faster (61-74 vs 74-84 ms), DenseNet-121 and SqueezeNet
+                    // slower (115 vs 94, 14.2 vs 13.4), Inception v1 and
+                    // VGG-19 level: mixed, so not yet.
                     return Err("precision auto: convolutions measured faster on the fp32 vector path".into());
                 }
                 if self.precision == Precision::Fp32 {

@@ -5,11 +5,12 @@ use std::sync::Arc;
 
 use tessera_core::{DType, Error, Node, Result, Tensor};
 use tessera_kernels::gemm::{
-    tile_igemm, tile_sgemm, Activation, Epilogue, I8Mat, I8Out, MatRef, PackedB, Residual, Split, TileIsa,
+    tile_igemm, tile_sgemm, tile_sgemm_transposed, Activation, Epilogue, I8Mat, I8Out, MatRef, PackedB, Residual,
+    Split, TileIsa,
 };
 
 use rayon::prelude::*;
-use tessera_kernels::conv::{im2row, im2row_padded, ConvGeom};
+use tessera_kernels::conv::{im2row, im2row_padded, is_pointwise, ConvGeom};
 
 use super::TilePlan;
 use crate::cpu::ops::nn::common::Spatial;
@@ -598,18 +599,27 @@ impl CpuOp for Conv {
         let xs = x.as_slice::<f32>()?;
         let mut y = ctx.alloc(DType::F32, &shape)?;
         let ys = y.as_mut_slice::<f32>()?;
-        let mut rows = vec![0f32; tessera_core::tensor::checked_numel(&[out_size, ck])?];
-        let mut tmp = vec![0f32; out_size * m];
+        // A pointwise convolution's input, read transposed, is its im2col
+        // matrix already.
+        let pointwise = is_pointwise(&g);
+        let mut rows =
+            if pointwise { Vec::new() } else { vec![0f32; tessera_core::tensor::checked_numel(&[out_size, ck])?] };
         let epi = Epilogue { bias: self.bias.as_deref(), ..Default::default() };
         let chunk = out_size.div_ceil(2 * rayon::current_num_threads().max(1)).max(1);
         for ni in 0..g.batch {
             let xn = &xs[ni * c * in_size..(ni + 1) * c * in_size];
-            rows.par_chunks_mut(chunk * ck.max(1)).enumerate().for_each(|(i, r)| {
-                let p0 = i * chunk;
-                im2row(&g, xn, c, p0, p0 + r.len() / ck.max(1), r);
-            });
-            tile_sgemm(self.isa, MatRef::row_major(&rows, out_size, ck), &self.weight, &mut tmp, m, &epi);
-            transpose_into(&tmp, out_size, m, &mut ys[ni * m * out_size..(ni + 1) * m * out_size]);
+            let a = if pointwise {
+                MatRef::row_major(xn, c, in_size).t()
+            } else {
+                rows.par_chunks_mut(chunk * ck.max(1)).enumerate().for_each(|(i, r)| {
+                    let p0 = i * chunk;
+                    im2row(&g, xn, c, p0, p0 + r.len() / ck.max(1), r);
+                });
+                MatRef::row_major(&rows, out_size, ck)
+            };
+            // `[positions, M]` stored transposed: NCHW.
+            let yn = &mut ys[ni * m * out_size..(ni + 1) * m * out_size];
+            tile_sgemm_transposed(self.isa, a, &self.weight, yn, out_size, &epi);
         }
         Ok(vec![y])
     }

@@ -208,7 +208,9 @@ fn fp32_default_takes_products_of_enough_rows() {
 #[test]
 fn conv_on_tiles_matches_cpu() {
     // (input shape, weight shape, attributes): 2-D with pads, strides and
-    // dilations, a 1-D case and a 3-D case, ragged channel counts.
+    // dilations, a 1-D case and a 3-D case, ragged channel counts, and
+    // pointwise (1x1) cases, which read the input in place, with a batch
+    // of 2 and more than 32 positions and channels.
     type Case = (Vec<usize>, Vec<usize>, Vec<(&'static str, Attr)>);
     let cases: Vec<Case> = vec![
         (vec![2, 3, 11, 13], vec![5, 3, 3, 3], vec![("pads", Attr::Ints(vec![1, 1, 1, 1]))]),
@@ -219,6 +221,9 @@ fn conv_on_tiles_matches_cpu() {
         ),
         (vec![1, 4, 20], vec![6, 4, 5], vec![("auto_pad", Attr::String(b"SAME_UPPER".to_vec()))]),
         (vec![1, 2, 5, 6, 7], vec![3, 2, 2, 3, 3], vec![]),
+        (vec![2, 37, 5, 9], vec![45, 37, 1, 1], vec![]),
+        (vec![1, 3, 7], vec![2, 3, 1], vec![]),
+        (vec![1, 8, 6, 6], vec![5, 8, 1, 1], vec![("strides", Attr::Ints(vec![2, 2]))]),
     ];
     for (xs, ws, attrs) in cases {
         let x = Tensor::from_vec(&xs, rand_vec(xs.iter().product(), 21)).unwrap();
