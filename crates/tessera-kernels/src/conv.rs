@@ -188,6 +188,21 @@ pub fn im2row_padded<T: Copy>(g: &ConvGeom, x: &[T], channels: usize, p0: usize,
                         continue;
                     }
                     let line = &xc[(z as usize * ih + y as usize) * iw..][..iw];
+                    let x0 = in_coord(ox, 0, s2, d2, q2);
+                    let x1 = in_coord(ox, kw - 1, s2, d2, q2);
+                    if x0 >= 0 && (x1 as usize) < iw {
+                        // Inside the line (the common case away from the
+                        // borders): no per-element bounds test.
+                        let x0 = x0 as usize;
+                        if d2 == 1 {
+                            dst.copy_from_slice(&line[x0..x0 + kw]);
+                        } else {
+                            for (e, v) in dst.iter_mut().enumerate() {
+                                *v = line[x0 + e * d2];
+                            }
+                        }
+                        continue;
+                    }
                     for (e, v) in dst.iter_mut().enumerate() {
                         let xx = in_coord(ox, e, s2, d2, q2);
                         *v = if xx >= 0 && (xx as usize) < iw { line[xx as usize] } else { zero };
@@ -685,19 +700,30 @@ mod tests {
         }
     }
 
-    #[test]
-    fn im2row_is_im2col_transposed() {
-        let g = geom(1, 2, 1, 1, &[(5, 3, 2, 1, 1, 2), (6, 2, 1, 2, 0, 1)], false).unwrap();
-        let x: Vec<f32> = (0..2 * g.in_size()).map(|v| v as f32 + 1.0).collect();
-        let ck = 2 * g.kernel_size();
-        let (p0, p1) = (1, g.out_size());
-        let mut col = vec![0.0; ck * (p1 - p0)];
-        let mut row = vec![0.0; ck * (p1 - p0)];
-        im2col(&g, &x, 2, p0, p1, &mut col);
-        im2row(&g, &x, 2, p0, p1, &mut row);
-        for r in 0..ck {
-            for p in 0..p1 - p0 {
-                assert_eq!(col[r * (p1 - p0) + p], row[p * ck + r]);
+    proptest! {
+        /// im2row (positions x taps) is im2col (taps x positions)
+        /// transposed, on random geometries: borders, strides, dilations,
+        /// asymmetric padding, 1 to 3 spatial dimensions, a range of
+        /// positions that starts and ends mid-row; the buffers start stale.
+        #[test]
+        fn im2row_is_im2col_transposed(
+            sp in proptest::collection::vec((1usize..9, 1usize..4, 1usize..3, 1usize..3, 0usize..3, 0usize..3), 1..=3),
+            c in 1usize..4, cut in 0usize..7,
+        ) {
+            let Some(g) = geom(1, c, 1, 1, &sp, false) else { return Ok(()) };
+            let x: Vec<f32> = (0..c * g.in_size()).map(|v| v as f32 + 1.0).collect();
+            let ck = c * g.kernel_size();
+            let out = g.out_size();
+            let p0 = cut.min(out - 1);
+            let p1 = out.saturating_sub(cut / 2).max(p0 + 1);
+            let mut col = vec![f32::NAN; ck * (p1 - p0)];
+            let mut row = vec![-7.0; ck * (p1 - p0)];
+            im2col(&g, &x, c, p0, p1, &mut col);
+            im2row(&g, &x, c, p0, p1, &mut row);
+            for r in 0..ck {
+                for p in 0..p1 - p0 {
+                    prop_assert_eq!(col[r * (p1 - p0) + p], row[p * ck + r], "tap {} position {}", r, p0 + p);
+                }
             }
         }
     }

@@ -151,10 +151,11 @@ impl AmxProvider {
                     // `auto` takes the tiles only where they measured faster.
                     // The onnx light CNNs on the 2-core Xeon, 2 threads, bf16
                     // tile convolutions against the fp32 vector path
-                    // (`benches/results/2026-11-27-split-kernels/`): ResNet-50
-                    // faster (61-74 vs 74-84 ms), DenseNet-121 and SqueezeNet
-                    // slower (115 vs 94, 14.2 vs 13.4), Inception v1 and
-                    // VGG-19 level: mixed, so not yet.
+                    // (`benches/results/2026-11-27-split-kernels/`
+                    // `cnn_fp32_vector_vs_bf16_after_blocks.txt`): ResNet-50,
+                    // Inception v1 and VGG-19 faster (72 vs 84, 67 vs 76, 204
+                    // vs 296 ms), SqueezeNet level (15.7 vs 15.1), DenseNet-121
+                    // much slower (155 vs 103): mixed, so not yet.
                     return Err("precision auto: convolutions measured faster on the fp32 vector path".into());
                 }
                 if self.precision == Precision::Fp32 {

@@ -602,24 +602,41 @@ impl CpuOp for Conv {
         // A pointwise convolution's input, read transposed, is its im2col
         // matrix already.
         let pointwise = is_pointwise(&g);
+        // Other convolutions go through im2row in blocks of positions whose
+        // rows take about 4 MiB, so that the product reads them from cache
+        // right after they are written, and the buffer stays that size
+        // whatever the image.
+        let block = ((4usize << 20) / (4 * ck.max(1))).next_multiple_of(32).clamp(32, out_size.next_multiple_of(32));
         let mut rows =
-            if pointwise { Vec::new() } else { vec![0f32; tessera_core::tensor::checked_numel(&[out_size, ck])?] };
+            if pointwise { Vec::new() } else { vec![0f32; tessera_core::tensor::checked_numel(&[block, ck])?] };
         let epi = Epilogue { bias: self.bias.as_deref(), ..Default::default() };
-        let chunk = out_size.div_ceil(2 * rayon::current_num_threads().max(1)).max(1);
+        let threads = rayon::current_num_threads().max(1);
         for ni in 0..g.batch {
             let xn = &xs[ni * c * in_size..(ni + 1) * c * in_size];
-            let a = if pointwise {
-                MatRef::row_major(xn, c, in_size).t()
-            } else {
-                rows.par_chunks_mut(chunk * ck.max(1)).enumerate().for_each(|(i, r)| {
-                    let p0 = i * chunk;
-                    im2row(&g, xn, c, p0, p0 + r.len() / ck.max(1), r);
-                });
-                MatRef::row_major(&rows, out_size, ck)
-            };
             // `[positions, M]` stored transposed: NCHW.
             let yn = &mut ys[ni * m * out_size..(ni + 1) * m * out_size];
-            tile_sgemm_transposed(self.isa, a, &self.weight, yn, out_size, &epi);
+            if pointwise {
+                tile_sgemm_transposed(
+                    self.isa,
+                    MatRef::row_major(xn, c, in_size).t(),
+                    &self.weight,
+                    yn,
+                    out_size,
+                    &epi,
+                );
+                continue;
+            }
+            for b0 in (0..out_size).step_by(block) {
+                let nb = block.min(out_size - b0);
+                let r = &mut rows[..nb * ck];
+                let chunk = nb.div_ceil(2 * threads).max(1);
+                r.par_chunks_mut(chunk * ck.max(1)).enumerate().for_each(|(i, part)| {
+                    let p0 = b0 + i * chunk;
+                    im2row(&g, xn, c, p0, p0 + part.len() / ck.max(1), part);
+                });
+                let a = MatRef::row_major(r, nb, ck);
+                tile_sgemm_transposed(self.isa, a, &self.weight, &mut yn[b0..], out_size, &epi);
+            }
         }
         Ok(vec![y])
     }

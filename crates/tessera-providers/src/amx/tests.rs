@@ -210,7 +210,8 @@ fn conv_on_tiles_matches_cpu() {
     // (input shape, weight shape, attributes): 2-D with pads, strides and
     // dilations, a 1-D case and a 3-D case, ragged channel counts, and
     // pointwise (1x1) cases, which read the input in place, with a batch
-    // of 2 and more than 32 positions and channels.
+    // of 2 and more than 32 positions and channels, and one whose im2row
+    // takes several blocks of positions.
     type Case = (Vec<usize>, Vec<usize>, Vec<(&'static str, Attr)>);
     let cases: Vec<Case> = vec![
         (vec![2, 3, 11, 13], vec![5, 3, 3, 3], vec![("pads", Attr::Ints(vec![1, 1, 1, 1]))]),
@@ -224,6 +225,8 @@ fn conv_on_tiles_matches_cpu() {
         (vec![2, 37, 5, 9], vec![45, 37, 1, 1], vec![]),
         (vec![1, 3, 7], vec![2, 3, 1], vec![]),
         (vec![1, 8, 6, 6], vec![5, 8, 1, 1], vec![("strides", Attr::Ints(vec![2, 2]))]),
+        // 625 positions of 2700 taps: more than one im2row block.
+        (vec![1, 300, 25, 25], vec![8, 300, 3, 3], vec![("pads", Attr::Ints(vec![1, 1, 1, 1]))]),
     ];
     for (xs, ws, attrs) in cases {
         let x = Tensor::from_vec(&xs, rand_vec(xs.iter().product(), 21)).unwrap();
