@@ -579,17 +579,7 @@ pub fn tile_sgemm_with(
     ldc: usize,
     epi: &Epilogue,
 ) {
-    assert!(b.split.is_some(), "tile_sgemm needs a weight packed from fp32");
-    let (m, k, n) = (a.rows, a.cols, b.n);
-    assert_eq!(k, b.k, "inner dimensions differ");
-    a.check();
-    if m == 0 || n == 0 {
-        return;
-    }
-    assert!((m - 1) * ldc + n <= c.len(), "output does not fit its slice");
-    epi.check(m, n);
-    let a_len = b.kblocks * BLOCK_BYTES;
-    with_a_buffer(a_len * m.div_ceil(MR), |ap| sgemm_packed(isa, blk, a, ap, a_len, b, c, ldc, false, epi))
+    sgemm_checked(isa, blk, a, b, c, ldc, false, epi)
 }
 
 /// [`tile_sgemm`] storing the result transposed: element (i, j) of
@@ -598,6 +588,22 @@ pub fn tile_sgemm_with(
 /// convolution's `[positions, channels]` product lands in NCHW this way,
 /// with no transposing pass over memory.
 pub fn tile_sgemm_transposed(isa: TileIsa, a: MatRef<f32>, b: &PackedB, ct: &mut [f32], ldct: usize, epi: &Epilogue) {
+    sgemm_checked(isa, TileBlocking::configured(), a, b, ct, ldct, true, epi)
+}
+
+/// The argument checks of [`tile_sgemm_with`] and [`tile_sgemm_transposed`]
+/// (`transposed`: `c` holds the result's transpose), then the product.
+#[allow(clippy::too_many_arguments)]
+fn sgemm_checked(
+    isa: TileIsa,
+    blk: TileBlocking,
+    a: MatRef<f32>,
+    b: &PackedB,
+    c: &mut [f32],
+    ldc: usize,
+    transposed: bool,
+    epi: &Epilogue,
+) {
     assert!(b.split.is_some(), "tile_sgemm needs a weight packed from fp32");
     let (m, k, n) = (a.rows, a.cols, b.n);
     assert_eq!(k, b.k, "inner dimensions differ");
@@ -605,11 +611,11 @@ pub fn tile_sgemm_transposed(isa: TileIsa, a: MatRef<f32>, b: &PackedB, ct: &mut
     if m == 0 || n == 0 {
         return;
     }
-    assert!((n - 1) * ldct + m <= ct.len(), "transposed output does not fit its slice");
+    let (rows, cols) = if transposed { (n, m) } else { (m, n) };
+    assert!((rows - 1) * ldc + cols <= c.len(), "output does not fit its slice");
     epi.check(m, n);
     let a_len = b.kblocks * BLOCK_BYTES;
-    let blk = TileBlocking::configured();
-    with_a_buffer(a_len * m.div_ceil(MR), |ap| sgemm_packed(isa, blk, a, ap, a_len, b, ct, ldct, true, epi))
+    with_a_buffer(a_len * m.div_ceil(MR), |ap| sgemm_packed(isa, blk, a, ap, a_len, b, c, ldc, transposed, epi))
 }
 
 #[allow(clippy::too_many_arguments)]

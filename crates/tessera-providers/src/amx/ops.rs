@@ -606,7 +606,7 @@ impl CpuOp for Conv {
         // rows take about 4 MiB, so that the product reads them from cache
         // right after they are written, and the buffer stays that size
         // whatever the image.
-        let block = ((4usize << 20) / (4 * ck.max(1))).next_multiple_of(32).clamp(32, out_size.next_multiple_of(32));
+        let block = ((4usize << 20) / (4 * ck.max(1))).next_multiple_of(32).min(out_size.next_multiple_of(32)).max(32);
         let mut rows =
             if pointwise { Vec::new() } else { vec![0f32; tessera_core::tensor::checked_numel(&[block, ck])?] };
         let epi = Epilogue { bias: self.bias.as_deref(), ..Default::default() };
