@@ -120,6 +120,24 @@ impl<'a, T> MatRef<'a, T> {
         let start = (c0 * self.col_stride).min(self.data.len());
         MatRef { data: &self.data[start..], cols, ..self }
     }
+    /// Row `i` as a slice: in place when its elements are adjacent, else
+    /// gathered into `scratch` (for views such as a transpose).
+    pub(crate) fn row<'s>(&self, i: usize, scratch: &'s mut Vec<T>) -> &'s [T]
+    where
+        'a: 's,
+        T: Copy,
+    {
+        let base = i * self.row_stride;
+        if self.cols == 0 {
+            &[]
+        } else if self.col_stride == 1 {
+            &self.data[base..base + self.cols]
+        } else {
+            scratch.clear();
+            scratch.extend((0..self.cols).map(|kk| self.data[base + kk * self.col_stride]));
+            scratch
+        }
+    }
     pub(crate) fn check(&self) {
         if self.rows > 0 && self.cols > 0 {
             let last = (self.rows - 1) * self.row_stride + (self.cols - 1) * self.col_stride;

@@ -178,14 +178,7 @@ fn pack_a_f32_body<const FMA: bool>(dst: &mut [u8], a: MatRef<f32>, split: Split
             }
             continue;
         }
-        let base = i * a.row_stride;
-        let src: &[f32] = if a.col_stride == 1 {
-            &a.data[base..base + k]
-        } else {
-            gathered.clear();
-            gathered.extend((0..k).map(|kk| a.data[base + kk * a.col_stride]));
-            &gathered
-        };
+        let src = a.row(i, &mut gathered);
         if split == Split::Bf16 {
             // The common case: the row converted in runs, then whole tile
             // rows copied out.

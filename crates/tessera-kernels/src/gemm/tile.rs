@@ -716,7 +716,7 @@ thread_local! {
     static QUANTIZED_ROWS: std::cell::Cell<Option<Bytes>> = const { std::cell::Cell::new(None) };
 }
 
-/// `c = epi(a @ b)` for fp32 `a` (`m x k`, rows contiguous) and an 8-bit
+/// `c = epi(a @ b)` for fp32 `a` (`m x k`, any strides) and an 8-bit
 /// weight, `a` quantized on the fly: each row symmetrically to int8 with its
 /// own scale (as [`crate::quant::quantize_rows_i8`], bit for bit), straight
 /// into the packed panels, so the quantized matrix never goes to memory.
@@ -762,15 +762,7 @@ pub fn tile_igemm_quantizing_with(
             with_reused_bytes(&QUANTIZED_ROWS, rows * k, |q| {
                 let mut gathered = Vec::new();
                 for (i, (qr, s)) in q.chunks_exact_mut(k.max(1)).zip(scales.iter_mut()).enumerate() {
-                    let r = a.rows_range(i0 + i, 1);
-                    let row: &[f32] = if a.col_stride == 1 {
-                        &r.data[..k]
-                    } else {
-                        gathered.clear();
-                        gathered.extend((0..k).map(|kk| r.data[kk * r.col_stride]));
-                        &gathered
-                    };
-                    *s = crate::quant::quantize_row_i8(row, qr);
+                    *s = crate::quant::quantize_row_i8(a.row(i0 + i, &mut gathered), qr);
                 }
                 pack::pack_a_i8(dst, rows, k, true, |i| &q[i * k..][..k], sums);
             });

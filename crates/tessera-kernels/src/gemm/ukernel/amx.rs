@@ -59,19 +59,76 @@ pub enum Prefetch {
 /// Bytes ahead of the current k-block that `Prefetch` reaches (two k-blocks).
 pub const PREFETCH_DISTANCE: usize = 2 * super::BLOCK_BYTES;
 
-/// A quarter of a k-block's prefetches (8 lines of each prefetched panel),
-/// continuing at the running offset `pfo`.
+/// `n` prefetch lines of each prefetched panel, continuing at the running
+/// offset `pfo` (one product's share of a k-block's or k-step's lines).
 #[cfg(target_arch = "x86_64")]
-macro_rules! prefetch_quarter {
-    ($pfa:literal, $pfb:literal) => {
+macro_rules! prefetch_lines {
+    ($n:literal, $pfa:literal, $pfb:literal) => {
         concat!(
-            ".rept 8\n",
+            ".rept ",
+            $n,
+            "\n",
             $pfa,
             " [{a} + {pd} + pfo]\n",
             $pfb,
             " [{b} + {pd} + pfo]\n",
             ".set pfo, pfo + 64\n",
             ".endr"
+        )
+    };
+}
+
+/// The accumulator tiles tmm0-3 at the start of a call: the 32x32 block at
+/// `{c}` (row stride `{sc}`) when `{acc}` is set, else zero.
+#[cfg(target_arch = "x86_64")]
+macro_rules! accumulators_in {
+    () => {
+        concat!(
+            "test {acc}, {acc}\n",
+            "jz 2f\n",
+            "tileloadd tmm0, [{c} + {sc}*1]\n",
+            "tileloadd tmm1, [{c} + {sc}*1 + 64]\n",
+            "tileloadd tmm2, [{c} + {sc}*1 + 2048]\n",
+            "tileloadd tmm3, [{c} + {sc}*1 + 2112]\n",
+            "jmp 3f\n",
+            "2:\n",
+            "tilezero tmm0\n",
+            "tilezero tmm1\n",
+            "tilezero tmm2\n",
+            "tilezero tmm3\n",
+            "3:"
+        )
+    };
+}
+
+/// The accumulator tiles back to the block at `{c}`.
+#[cfg(target_arch = "x86_64")]
+macro_rules! accumulators_out {
+    () => {
+        concat!(
+            "tilestored [{c} + {sc}*1], tmm0\n",
+            "tilestored [{c} + {sc}*1 + 64], tmm1\n",
+            "tilestored [{c} + {sc}*1 + 2048], tmm2\n",
+            "tilestored [{c} + {sc}*1 + 2112], tmm3"
+        )
+    };
+}
+
+/// `{l2n}` lines of the L2 stream from `{l2}` onwards (advancing it), with
+/// `{t}` as the counter: once per k-block or k-step.
+#[cfg(target_arch = "x86_64")]
+macro_rules! l2_stream {
+    () => {
+        concat!(
+            "mov {t}, {l2n}\n",
+            "test {t}, {t}\n",
+            "jz 7f\n",
+            "6:\n",
+            "prefetcht1 [{l2}]\n",
+            "add {l2}, 64\n",
+            "dec {t}\n",
+            "jnz 6b\n",
+            "7:"
         )
     };
 }
@@ -99,19 +156,7 @@ macro_rules! tile_kernel {
             // faults.
             unsafe {
                 std::arch::asm!(
-                    "test {acc}, {acc}",
-                    "jz 2f",
-                    "tileloadd tmm0, [{c} + {sc}*1]",
-                    "tileloadd tmm1, [{c} + {sc}*1 + 64]",
-                    "tileloadd tmm2, [{c} + {sc}*1 + 2048]",
-                    "tileloadd tmm3, [{c} + {sc}*1 + 2112]",
-                    "jmp 3f",
-                    "2:",
-                    "tilezero tmm0",
-                    "tilezero tmm1",
-                    "tilezero tmm2",
-                    "tilezero tmm3",
-                    "3:",
+                    accumulators_in!(),
                     "test {k}, {k}",
                     "jz 5f",
                     "4:",
@@ -123,32 +168,21 @@ macro_rules! tile_kernel {
                     // so that they spread over the k-block's cycles.
                     ".set pfo, 0",
                     concat!($insn, " tmm0, tmm4, tmm6"),
-                    prefetch_quarter!($pfa, $pfb),
+                    prefetch_lines!(8, $pfa, $pfb),
                     // `l2_lines` lines of the L2 stream per k-block.
-                    "mov {t}, {l2n}",
-                    "test {t}, {t}",
-                    "jz 7f",
-                    "6:",
-                    "prefetcht1 [{l2}]",
-                    "add {l2}, 64",
-                    "dec {t}",
-                    "jnz 6b",
-                    "7:",
+                    l2_stream!(),
                     concat!($insn, " tmm1, tmm4, tmm7"),
-                    prefetch_quarter!($pfa, $pfb),
+                    prefetch_lines!(8, $pfa, $pfb),
                     concat!($insn, " tmm2, tmm5, tmm6"),
-                    prefetch_quarter!($pfa, $pfb),
+                    prefetch_lines!(8, $pfa, $pfb),
                     concat!($insn, " tmm3, tmm5, tmm7"),
-                    prefetch_quarter!($pfa, $pfb),
+                    prefetch_lines!(8, $pfa, $pfb),
                     "add {a}, 2048",
                     "add {b}, 2048",
                     "dec {k}",
                     "jnz 4b",
                     "5:",
-                    "tilestored [{c} + {sc}*1], tmm0",
-                    "tilestored [{c} + {sc}*1 + 64], tmm1",
-                    "tilestored [{c} + {sc}*1 + 2048], tmm2",
-                    "tilestored [{c} + {sc}*1 + 2112], tmm3",
+                    accumulators_out!(),
                     a = inout(reg) a => _,
                     b = inout(reg) b => _,
                     k = inout(reg) kblocks => _,
@@ -188,25 +222,6 @@ tile_kernels!(su_n, su_a, su_ab, "tdpbsud");
 tile_kernels!(us_n, us_a, us_ab, "tdpbusd");
 #[cfg(target_arch = "x86_64")]
 tile_kernels!(uu_n, uu_a, uu_ab, "tdpbuud");
-
-/// `n` prefetch lines of each prefetched panel, continuing at the running
-/// offset `pfo` (the split kernels' share of a k-step's lines per product).
-#[cfg(target_arch = "x86_64")]
-macro_rules! prefetch_lines {
-    ($n:literal, $pfa:literal, $pfb:literal) => {
-        concat!(
-            ".rept ",
-            $n,
-            "\n",
-            $pfa,
-            " [{a} + {pd} + pfo]\n",
-            $pfb,
-            " [{b} + {pd} + pfo]\n",
-            ".set pfo, pfo + 64\n",
-            ".endr"
-        )
-    };
-}
 
 /// Loads part `p` of the current k-step of a panel (`{a}` or `{b}`) into a
 /// tile pair: rows 0-15 (or columns 0-15) and 16-31.
@@ -272,43 +287,20 @@ macro_rules! split_kernel {
             // prefetch is a hint and never faults.
             unsafe {
                 std::arch::asm!(
-                    "test {acc}, {acc}",
-                    "jz 2f",
-                    "tileloadd tmm0, [{c} + {sc}*1]",
-                    "tileloadd tmm1, [{c} + {sc}*1 + 64]",
-                    "tileloadd tmm2, [{c} + {sc}*1 + 2048]",
-                    "tileloadd tmm3, [{c} + {sc}*1 + 2112]",
-                    "jmp 3f",
-                    "2:",
-                    "tilezero tmm0",
-                    "tilezero tmm1",
-                    "tilezero tmm2",
-                    "tilezero tmm3",
-                    "3:",
+                    accumulators_in!(),
                     "test {k}, {k}",
                     "jz 5f",
                     "4:",
                     ".set pfo, 0",
                     // `l2_lines` lines of the L2 stream per k-step.
-                    "mov {t}, {l2n}",
-                    "test {t}, {t}",
-                    "jz 7f",
-                    "6:",
-                    "prefetcht1 [{l2}]",
-                    "add {l2}, 64",
-                    "dec {t}",
-                    "jnz 6b",
-                    "7:",
+                    l2_stream!(),
                     $($body,)*
                     concat!("add {a}, ", $step),
                     concat!("add {b}, ", $step),
                     "dec {k}",
                     "jnz 4b",
                     "5:",
-                    "tilestored [{c} + {sc}*1], tmm0",
-                    "tilestored [{c} + {sc}*1 + 64], tmm1",
-                    "tilestored [{c} + {sc}*1 + 2048], tmm2",
-                    "tilestored [{c} + {sc}*1 + 2112], tmm3",
+                    accumulators_out!(),
                     a = inout(reg) a => _,
                     b = inout(reg) b => _,
                     k = inout(reg) ksteps => _,
