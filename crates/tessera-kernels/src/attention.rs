@@ -115,9 +115,10 @@ pub fn attention_on(
         let kh = |j: usize| &k.data[(b * kv_len + j) * lk + h * d..][..d];
         let vh =
             MatRef { data: &v.data[b * kv_len * lv + h * d..], rows: kv_len, cols: d, row_stride: lv, col_stride: 1 };
-        // Turns row i of the block's scores into probabilities: the mask
-        // added, then the softmax.
-        let probabilities = |i: usize, row: &mut [f32]| {
+        // Turns row i of the block's scores into unnormalized
+        // probabilities (the mask added, then e^(s - max)); returns the
+        // factor that normalizes them.
+        let probabilities = |i: usize, row: &mut [f32]| -> f32 {
             if let Some(m) = mask {
                 let base = b * m.strides[0] + h * m.strides[1] + (r0 + i) * m.strides[2];
                 if m.strides[3] == 1 {
@@ -126,8 +127,7 @@ pub fn attention_on(
                     row.iter_mut().enumerate().for_each(|(j, s)| *s += m.data[base + j * m.strides[3]]);
                 }
             }
-            let inv = softmax_exp_in_place(row);
-            row.iter_mut().for_each(|p| *p *= inv);
+            softmax_exp_in_place(row)
         };
         // Writes `vals` to row i of the block's output, from column j0 of
         // the head.
@@ -153,7 +153,8 @@ pub fn attention_on(
                     };
                     sgemm(qh, kt, scores, kv_len, scale, 0.0, Parallel::None);
                     for (i, row) in scores.chunks_exact_mut(kv_len).enumerate() {
-                        probabilities(i, row);
+                        let inv = probabilities(i, row);
+                        row.iter_mut().for_each(|p| *p *= inv);
                     }
                     sgemm(MatRef::row_major(scores, r, kv_len), vh, oh, d, 1.0, 0.0, Parallel::None);
                     for (i, row) in oh.chunks_exact(d).enumerate() {
@@ -202,69 +203,64 @@ struct Head<'a, 'f> {
 }
 
 impl Head<'_, '_> {
-    /// The head on bf16 tiles: `scores = scale · Q Kᵀ` (Kᵀ packed straight
-    /// from K's rows), each row made `probabilities` (mask and softmax) and
-    /// rounded to bf16 straight into the A panels of the second product,
-    /// and `P · V` (V packed from its rows) written out by
-    /// `out_row(row, first column, values)`.
+    /// The head on bf16 tiles, one panel of 32 query rows at a time so
+    /// that its scores (32 rows) stay in L1: `scale · Q Kᵀ` (Kᵀ packed
+    /// straight from K's rows), each row made `probabilities` (mask and
+    /// unnormalized softmax) and rounded to bf16 straight into the A panel
+    /// of the second product, and `P · V` (V packed from its rows) scaled
+    /// by each row's normalizing factor as it is written out by
+    /// `out_row(row, first column, values)`. `scores` holds at least 32
+    /// rows of `kv_len`.
     fn on_tiles(
         &self,
         sess: &TileSession,
         scores: &mut [f32],
-        probabilities: &dyn Fn(usize, &mut [f32]),
+        probabilities: &dyn Fn(usize, &mut [f32]) -> f32,
         out_row: &dyn Fn(usize, usize, &[f32]),
     ) {
         let (r, d, kv_len) = (self.q.rows, self.q.cols, self.kv_len);
         let (kb_d, kb_kv) = (pack::k_blocks(DotKind::Bf16, d), pack::k_blocks(DotKind::Bf16, kv_len));
         let (len_d, len_kv) = (kb_d * BLOCK_BYTES, kb_kv * BLOCK_BYTES);
         let (mp, np_kv, np_d) = (r.div_ceil(MR), kv_len.div_ceil(NR), d.div_ceil(NR));
-        let sizes = [mp * len_d, np_kv * len_d, mp * len_kv, np_d * len_kv];
+        let sizes = [len_d, np_kv * len_d, len_kv, np_d * len_kv];
         with_reused_bytes(&PANELS, sizes.iter().sum(), |panels| {
             let (qp, rest) = panels.split_at_mut(sizes[0]);
             let (kp, rest) = rest.split_at_mut(sizes[1]);
             let (pp, vp) = rest.split_at_mut(sizes[2]);
-            for (p, dst) in qp.chunks_exact_mut(len_d).enumerate() {
-                pack::pack_a_f32(dst, self.q.rows_range(p * MR, MR.min(r - p * MR)), Split::Bf16);
-            }
             for (p, dst) in kp.chunks_exact_mut(len_d).enumerate() {
                 pack::pack_b_bf16_from_columns(dst, NR.min(kv_len - p * NR), d, |j| (self.k)(p * NR + j));
-            }
-            let mut acc = AccBlock::new();
-            for pn in 0..np_kv {
-                let (j0, cols) = (pn * NR, NR.min(kv_len - pn * NR));
-                for pm in 0..mp {
-                    sess.run(
-                        DotKind::Bf16,
-                        &qp[pm * len_d..][..len_d],
-                        &kp[pn * len_d..][..len_d],
-                        kb_d,
-                        &mut acc,
-                        false,
-                    );
-                    for (i, src) in acc.as_f32().chunks_exact(NR).take(r - pm * MR).enumerate() {
-                        let dst = &mut scores[(pm * MR + i) * kv_len + j0..][..cols];
-                        dst.iter_mut().zip(src).for_each(|(d, &s)| *d = self.scale * s);
-                    }
-                }
-            }
-            for (i, row) in scores.chunks_exact_mut(kv_len).enumerate() {
-                probabilities(i, row);
-                pack::pack_a_row_bf16(&mut pp[(i / MR) * len_kv..][..len_kv], kb_kv, i % MR, row);
-            }
-            for i in r..mp * MR {
-                pack::pack_a_row_bf16(&mut pp[(i / MR) * len_kv..][..len_kv], kb_kv, i % MR, &[]);
             }
             for (p, dst) in vp.chunks_exact_mut(len_kv).enumerate() {
                 let j0 = p * NR;
                 pack::pack_b_bf16_from_rows(dst, NR.min(d - j0), kv_len, |kk| &(self.v)(kk)[j0..]);
             }
-            for pn in 0..np_d {
-                let (j0, cols) = (pn * NR, NR.min(d - pn * NR));
-                for pm in 0..mp {
-                    let a = &pp[pm * len_kv..][..len_kv];
-                    sess.run(DotKind::Bf16, a, &vp[pn * len_kv..][..len_kv], kb_kv, &mut acc, false);
-                    for (i, src) in acc.as_f32().chunks_exact(NR).take(r - pm * MR).enumerate() {
-                        out_row(pm * MR + i, j0, &src[..cols]);
+            let mut acc = AccBlock::new();
+            for pm in 0..mp {
+                let (i0, rows) = (pm * MR, MR.min(r - pm * MR));
+                pack::pack_a_f32(qp, self.q.rows_range(i0, rows), Split::Bf16);
+                for pn in 0..np_kv {
+                    let (j0, cols) = (pn * NR, NR.min(kv_len - pn * NR));
+                    sess.run(DotKind::Bf16, qp, &kp[pn * len_d..][..len_d], kb_d, &mut acc, false);
+                    for (i, src) in acc.as_f32().chunks_exact(NR).take(rows).enumerate() {
+                        let dst = &mut scores[i * kv_len + j0..][..cols];
+                        dst.iter_mut().zip(src).for_each(|(d, &s)| *d = self.scale * s);
+                    }
+                }
+                let mut norm = [0f32; MR];
+                for (i, row) in scores.chunks_exact_mut(kv_len).take(rows).enumerate() {
+                    norm[i] = probabilities(i0 + i, row);
+                    pack::pack_a_row_bf16(pp, kb_kv, i, row);
+                }
+                for i in rows..MR {
+                    pack::pack_a_row_bf16(pp, kb_kv, i, &[]);
+                }
+                for pn in 0..np_d {
+                    let (j0, cols) = (pn * NR, NR.min(d - pn * NR));
+                    sess.run(DotKind::Bf16, pp, &vp[pn * len_kv..][..len_kv], kb_kv, &mut acc, false);
+                    for (i, src) in acc.as_f32().chunks_exact(NR).take(rows).enumerate() {
+                        let mut vals = [0f32; NR];
+                        vals.iter_mut().zip(src).for_each(|(v, &s)| *v = norm[i] * s);
+                        out_row(i0 + i, j0, &vals[..cols]);
                     }
                 }
             }

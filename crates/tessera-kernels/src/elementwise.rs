@@ -283,11 +283,16 @@ pub fn max_f32(x: &[f32]) -> f32 {
             lanes[j] = if c[j] > lanes[j] { c[j] } else { lanes[j] };
         }
     }
+    // Halving the lanes keeps the reduction's chain of dependent compares
+    // at 4 rather than 16 (it sits on the path of every short softmax row).
+    let pick = |a: f32, b: f32| if a > b { a } else { b };
     let mut m = f32::NEG_INFINITY;
-    for &v in lanes.iter().chain(chunks.remainder()) {
-        m = if v > m { v } else { m };
+    for &v in chunks.remainder() {
+        m = pick(v, m);
     }
-    m
+    let l8: [f32; 8] = std::array::from_fn(|j| pick(lanes[j], lanes[j + 8]));
+    let l4: [f32; 4] = std::array::from_fn(|j| pick(l8[j], l8[j + 4]));
+    pick(pick(pick(l4[0], l4[2]), pick(l4[1], l4[3])), m)
 }
 
 /// Sum of a slice, with 16 partial sums (vectorizes, and is more accurate
@@ -321,7 +326,59 @@ pub fn softmax_row(x: &[f32], y: &mut [f32]) {
 /// Softmax's first half in place: `x = e^(x - max x)`; returns `1 / sum`
 /// (the caller scales, possibly while converting or packing the row).
 pub fn softmax_exp_in_place(x: &mut [f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if wide_reductions::usable() {
+        // SAFETY: the CPU has the features the function enables (checked
+        // by `usable`).
+        return unsafe { wide_reductions::softmax_exp(x) };
+    }
     with_vector_features!(softmax_exp_body(x: &mut [f32]) -> f32)
+}
+
+/// Softmax rows with AVX-512: the compiler turns the portable reductions
+/// ([`max_f32`], [`sum_f32`]) into 2-lane code inside the softmax loop,
+/// and attention rows are short (one sequence), so the reductions cost as
+/// much as the exponentials. Here they are 16 lanes wide by construction.
+#[cfg(target_arch = "x86_64")]
+mod wide_reductions {
+    use super::exp_nonpositive_with;
+    use std::arch::x86_64::*;
+
+    pub(super) fn usable() -> bool {
+        std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("fma")
+    }
+
+    /// Lanes `at..at + 16` of `x` (`fill` past its end).
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn lanes(x: &[f32], at: usize, fill: f32) -> __m512 {
+        let n = x.len().saturating_sub(at).min(16);
+        let mask = ((1u32 << n) - 1) as __mmask16;
+        // SAFETY: only the `n` lanes inside `x` are read (masked-off lanes
+        // never fault).
+        unsafe { _mm512_mask_loadu_ps(_mm512_set1_ps(fill), mask, x.as_ptr().wrapping_add(at)) }
+    }
+
+    /// [`super::softmax_exp_body`]: `x = e^(x - max x)`, returns `1 / sum`.
+    /// NaNs are skipped by the maximum (as [`super::max_f32`] does) and
+    /// then propagate through the exponential and the sum.
+    #[target_feature(enable = "avx512f,fma")]
+    pub(super) fn softmax_exp(x: &mut [f32]) -> f32 {
+        let mut m = _mm512_set1_ps(f32::NEG_INFINITY);
+        for at in (0..x.len()).step_by(16) {
+            // A NaN in the first operand yields the second: skipped.
+            m = _mm512_max_ps(lanes(x, at, f32::NEG_INFINITY), m);
+        }
+        let m = _mm512_reduce_max_ps(m);
+        for v in x.iter_mut() {
+            *v = exp_nonpositive_with::<true>(*v - m);
+        }
+        let mut sum = _mm512_setzero_ps();
+        for at in (0..x.len()).step_by(16) {
+            sum = _mm512_add_ps(sum, lanes(x, at, 0.0));
+        }
+        1.0 / _mm512_reduce_add_ps(sum)
+    }
 }
 
 /// `y = log_softmax(x)` over one contiguous row.
@@ -692,5 +749,37 @@ mod tests {
         assert_eq!(max_f32(&v), 15.0);
         assert_eq!(sum_f32(&v), v.iter().sum::<f32>());
         assert_eq!(max_f32(&[]), f32::NEG_INFINITY);
+        assert_eq!(max_f32(&[f32::NAN, -2.0, f32::NAN]), -2.0);
+    }
+
+    /// The in-place softmax (AVX-512 reductions where the CPU has them) and
+    /// the portable body against f64, on every length up to 3 vectors and a
+    /// ragged tail, with masked keys (-1e9, -inf) and a NaN row.
+    #[test]
+    fn softmax_exp_in_place_matches_f64() {
+        for n in 1..=50usize {
+            let mut x: Vec<f32> = (0..n).map(|i| ((i * 7919 % 113) as f32 - 56.0) * 0.37).collect();
+            if n > 3 {
+                x[n / 2] = -1e9;
+                x[n - 1] = f32::NEG_INFINITY;
+            }
+            let m = x.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v as f64));
+            let e: Vec<f64> = x.iter().map(|&v| (v as f64 - m).exp()).collect();
+            let sum: f64 = e.iter().sum();
+            let mut portable = x.clone();
+            let inv_portable = softmax_exp_body::<false>(&mut portable);
+            let mut y = x.clone();
+            let inv = softmax_exp_in_place(&mut y);
+            for (got, inv) in [(&y, inv), (&portable, inv_portable)] {
+                assert!(((inv as f64) * sum - 1.0).abs() < 1e-6, "n {n}: 1/sum {inv} against {}", 1.0 / sum);
+                for (j, (&g, &w)) in got.iter().zip(&e).enumerate() {
+                    // 2 ulp for the exponential, plus the rounding of x - max in f32.
+                    let tol = if w == 0.0 { 0.0 } else { (2.5e-7 + (m - x[j] as f64) * 6e-8) * w + 1e-37 };
+                    assert!((g as f64 - w).abs() <= tol, "n {n}, {j}: {g} against {w}");
+                }
+            }
+        }
+        let mut nan = vec![1.0f32, f32::NAN, 2.0, 3.0];
+        assert!(softmax_exp_in_place(&mut nan).is_nan() && nan[1].is_nan() && nan[3] == 1.0);
     }
 }

@@ -210,6 +210,17 @@ pub fn pack_a_f32(dst: &mut [u8], a: MatRef<f32>, split: Split) {
 /// probabilities, which then need no fp32 copy of the whole panel.
 pub fn pack_a_row_bf16(dst: &mut [u8], kb: usize, i: usize, src: &[f32]) {
     assert!(i < 32 && src.len() <= 32 * kb && dst.len() >= kb * BLOCK_BYTES);
+    #[cfg(target_arch = "x86_64")]
+    if avx512::usable() {
+        // SAFETY: the CPU has the features the function enables (checked
+        // by `usable`).
+        unsafe { avx512::pack_a_row_bf16(dst, kb, i, src) };
+        return;
+    }
+    pack_a_row_bf16_portable(dst, kb, i, src)
+}
+
+fn pack_a_row_bf16_portable(dst: &mut [u8], kb: usize, i: usize, src: &[f32]) {
     // Converted 16 k-blocks at a time (one conversion call each).
     const RUN: usize = 16;
     let mut conv = [0u16; 32 * RUN];
@@ -250,6 +261,23 @@ pub fn pack_b_f32(dst: &mut [u8], cols: usize, k: usize, split: Split, get: impl
 pub fn pack_b_bf16_from_columns<'a>(dst: &mut [u8], cols: usize, k: usize, row: impl Fn(usize) -> &'a [f32]) {
     let kb = k_blocks(DotKind::Bf16, k);
     assert!(dst.len() >= kb * BLOCK_BYTES && cols <= 32);
+    #[cfg(target_arch = "x86_64")]
+    if avx512::usable() {
+        // SAFETY: the CPU has the features the function enables (checked
+        // by `usable`).
+        unsafe { avx512::pack_b_bf16_from_columns(dst, cols, k, kb, row) };
+        return;
+    }
+    pack_b_bf16_from_columns_portable(dst, cols, k, kb, row)
+}
+
+fn pack_b_bf16_from_columns_portable<'a>(
+    dst: &mut [u8],
+    cols: usize,
+    k: usize,
+    kb: usize,
+    row: impl Fn(usize) -> &'a [f32],
+) {
     // Each group of 16 columns is one tile per k-block: its tile row p
     // holds K pair (2p, 2p + 1) of the 16 columns side by side, a 16x16
     // transpose of the columns' bf16 pairs.
@@ -277,6 +305,23 @@ pub fn pack_b_bf16_from_columns<'a>(dst: &mut [u8], cols: usize, k: usize, row: 
 pub fn pack_b_bf16_from_rows<'a>(dst: &mut [u8], cols: usize, k: usize, row: impl Fn(usize) -> &'a [f32]) {
     let kb = k_blocks(DotKind::Bf16, k);
     assert!(dst.len() >= kb * BLOCK_BYTES && cols <= 32);
+    #[cfg(target_arch = "x86_64")]
+    if avx512::usable() {
+        // SAFETY: the CPU has the features the function enables (checked
+        // by `usable`).
+        unsafe { avx512::pack_b_bf16_from_rows(dst, cols, k, kb, row) };
+        return;
+    }
+    pack_b_bf16_from_rows_portable(dst, cols, k, kb, row)
+}
+
+fn pack_b_bf16_from_rows_portable<'a>(
+    dst: &mut [u8],
+    cols: usize,
+    k: usize,
+    kb: usize,
+    row: impl Fn(usize) -> &'a [f32],
+) {
     dst[..kb * BLOCK_BYTES].fill(0);
     let (mut even, mut odd) = ([0u16; 32], [0u16; 32]);
     for kk in (0..k).step_by(2) {
@@ -297,6 +342,145 @@ pub fn pack_b_bf16_from_rows<'a>(dst: &mut [u8], cols: usize, k: usize, row: imp
         for (g, half) in pairs.chunks_exact(32).enumerate().take(cols.div_ceil(16)) {
             let half: &[u16; 32] = half.try_into().expect("32 values");
             put_tile_row(&mut dst[base + g * TILE_BYTES..], half);
+        }
+    }
+}
+
+/// The bf16 packers with AVX-512 BF16 (every CPU with AMX has it): 32
+/// values converted per instruction, pairs interleaved and 16x16 blocks of
+/// pairs transposed in registers. Bit-equal to the portable packers above
+/// (the tests compare them on this path wherever the CPU has it).
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{a_offset, BLOCK_BYTES, TILE_BYTES, TILE_ROWS, TILE_ROW_BYTES};
+    use std::arch::x86_64::*;
+
+    pub(super) fn usable() -> bool {
+        std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512bf16")
+    }
+
+    /// `src[at..at + 32]` rounded to bf16 (zeros past the end of `src`).
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    fn bf16x32(src: &[f32], at: usize) -> __m512i {
+        let n = src.len().saturating_sub(at).min(32);
+        let lanes = |c: usize| ((1u32 << c) - 1) as __mmask16;
+        let (m0, m1) = (lanes(n.min(16)), lanes(n.saturating_sub(16)));
+        let p = src.as_ptr().wrapping_add(at);
+        // SAFETY: only lanes whose mask bit is set are read, and those are
+        // the `n` values of `src` from `at`; masked-off lanes never fault.
+        let (lo, hi) = unsafe { (_mm512_maskz_loadu_ps(m0, p), _mm512_maskz_loadu_ps(m1, p.wrapping_add(16))) };
+        // The second operand fills the low half.
+        let words = _mm512_cvtne2ps_pbh(hi, lo);
+        // SAFETY: both are 512 bits of plain lanes; only the type changes.
+        unsafe { std::mem::transmute::<__m512bh, __m512i>(words) }
+    }
+
+    /// Writes one 64-byte tile row at `dst[at..at + 64]`.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn put_row(dst: &mut [u8], at: usize, v: __m512i) {
+        let row = &mut dst[at..at + TILE_ROW_BYTES];
+        // SAFETY: `row` is 64 bytes (sliced above); unaligned store.
+        unsafe { _mm512_storeu_si512(row.as_mut_ptr().cast(), v) };
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    pub(super) fn pack_a_row_bf16(dst: &mut [u8], kb: usize, i: usize, src: &[f32]) {
+        for b in 0..kb {
+            put_row(dst, b * BLOCK_BYTES + a_offset(i, 0), bf16x32(src, 32 * b));
+        }
+    }
+
+    /// Positions of the pair interleave: word `2j` from the first operand's
+    /// word `FIRST + j`, word `2j + 1` from the second's.
+    const fn interleave<const FIRST: u16>() -> [u16; 32] {
+        let mut t = [0u16; 32];
+        let mut j = 0;
+        while j < 16 {
+            t[2 * j] = FIRST + j as u16;
+            t[2 * j + 1] = 32 + FIRST + j as u16;
+            j += 1;
+        }
+        t
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    pub(super) fn pack_b_bf16_from_rows<'a>(
+        dst: &mut [u8],
+        cols: usize,
+        k: usize,
+        kb: usize,
+        row: impl Fn(usize) -> &'a [f32],
+    ) {
+        let (low, high) = (interleave::<0>(), interleave::<16>());
+        // SAFETY: each array is 64 bytes; unaligned loads.
+        let (low, high) =
+            unsafe { (_mm512_loadu_si512(low.as_ptr().cast()), _mm512_loadu_si512(high.as_ptr().cast())) };
+        let zero = _mm512_setzero_si512();
+        let get = |kk: usize| if kk < k { bf16x32(&row(kk)[..cols], 0) } else { zero };
+        for pair in 0..kb * TILE_ROWS {
+            let kk = 2 * pair;
+            let (even, odd) = (get(kk), get(kk + 1));
+            let at = (kk / 32) * BLOCK_BYTES + (pair % TILE_ROWS) * TILE_ROW_BYTES;
+            put_row(dst, at, _mm512_permutex2var_epi16(even, low, odd));
+            put_row(dst, at + TILE_BYTES, _mm512_permutex2var_epi16(even, high, odd));
+        }
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    pub(super) fn pack_b_bf16_from_columns<'a>(
+        dst: &mut [u8],
+        cols: usize,
+        k: usize,
+        kb: usize,
+        row: impl Fn(usize) -> &'a [f32],
+    ) {
+        for g in 0..2 {
+            for blk in 0..kb {
+                // Register jj: column 16g + jj's 16 K pairs of this k-block;
+                // transposed, register p: pair p of the 16 columns.
+                let mut t = [_mm512_setzero_si512(); 16];
+                for (jj, reg) in t.iter_mut().enumerate().take(cols.saturating_sub(16 * g)) {
+                    *reg = bf16x32(&row(16 * g + jj)[..k], 32 * blk);
+                }
+                transpose_16x16(&mut t);
+                for (p, reg) in t.iter().enumerate() {
+                    put_row(dst, blk * BLOCK_BYTES + g * TILE_BYTES + p * TILE_ROW_BYTES, *reg);
+                }
+            }
+        }
+    }
+
+    /// Transposes 16 registers of 16 dwords: `t[i][j]` becomes `t[j][i]`.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn transpose_16x16(t: &mut [__m512i; 16]) {
+        // Dword pairs, then quadruples, inside each 128-bit lane: u[4q + c]
+        // holds, in lane L, element 4L + c of rows 4q..4q + 4.
+        let mut u = [_mm512_setzero_si512(); 16];
+        for q in 0..4 {
+            let r = 4 * q;
+            let (p0, p1) = (_mm512_unpacklo_epi32(t[r], t[r + 1]), _mm512_unpackhi_epi32(t[r], t[r + 1]));
+            let (p2, p3) = (_mm512_unpacklo_epi32(t[r + 2], t[r + 3]), _mm512_unpackhi_epi32(t[r + 2], t[r + 3]));
+            u[r] = _mm512_unpacklo_epi64(p0, p2);
+            u[r + 1] = _mm512_unpackhi_epi64(p0, p2);
+            u[r + 2] = _mm512_unpacklo_epi64(p1, p3);
+            u[r + 3] = _mm512_unpackhi_epi64(p1, p3);
+        }
+        // Then the lanes: row 4L + c gathers lane L of u[c], u[4 + c],
+        // u[8 + c] and u[12 + c].
+        for c in 0..4 {
+            let x = _mm512_shuffle_i32x4::<0x88>(u[c], u[4 + c]);
+            let y = _mm512_shuffle_i32x4::<0xDD>(u[c], u[4 + c]);
+            let x2 = _mm512_shuffle_i32x4::<0x88>(u[8 + c], u[12 + c]);
+            let y2 = _mm512_shuffle_i32x4::<0xDD>(u[8 + c], u[12 + c]);
+            t[c] = _mm512_shuffle_i32x4::<0x88>(x, x2);
+            t[8 + c] = _mm512_shuffle_i32x4::<0xDD>(x, x2);
+            t[4 + c] = _mm512_shuffle_i32x4::<0x88>(y, y2);
+            t[12 + c] = _mm512_shuffle_i32x4::<0xDD>(y, y2);
         }
     }
 }
@@ -374,10 +558,27 @@ mod tests {
         ]
     }
 
+    /// The vector packers must run where AMX does (`TESSERA_REQUIRE_AMX=1`,
+    /// set by scripts/test on an AMX machine); elsewhere only the portable
+    /// forms are checked, and this says so.
+    fn require_vector_packers() {
+        #[cfg(target_arch = "x86_64")]
+        let vector = avx512::usable();
+        #[cfg(not(target_arch = "x86_64"))]
+        let vector = false;
+        if !vector {
+            assert!(std::env::var("TESSERA_REQUIRE_AMX").as_deref() != Ok("1"), "AMX machine without AVX-512 BF16");
+            static SAID: std::sync::Once = std::sync::Once::new();
+            SAID.call_once(|| eprintln!("SKIPPED AVX-512 BF16 packers: the CPU lacks them (portable packers checked)"));
+        }
+    }
+
     proptest! {
-        /// The two row-wise packers lay B out as the element-wise one does.
+        /// The two row-wise packers lay B out as the element-wise one does,
+        /// portable and (named for scripts/test's AMX check: every CPU
+        /// with AMX has AVX-512 BF16) vector forms alike.
         #[test]
-        fn bf16_panels_from_rows_and_columns_match_the_generic_packer(
+        fn amx_bf16_panels_from_rows_and_columns_match_the_generic_packer(
             k in 1usize..100, cols in 1usize..=32, seed in any::<u32>(),
         ) {
             let val = |i: usize| ((i as u32).wrapping_mul(2_654_435_761) ^ seed) as f32 / u32::MAX as f32 - 0.5;
@@ -387,18 +588,27 @@ mod tests {
             let len = k_blocks(DotKind::Bf16, k) * BLOCK_BYTES;
             let mut want = vec![0xAAu8; len];
             pack_b_f32(&mut want, cols, k, Split::Bf16, |kk, j| b[kk * cols + j]);
+            let kb = k_blocks(DotKind::Bf16, k);
+            require_vector_packers();
             let mut from_rows = vec![0xAAu8; len];
             pack_b_bf16_from_rows(&mut from_rows, cols, k, |kk| &b[kk * cols..]);
+            prop_assert_eq!(&from_rows, &want);
+            from_rows.fill(0x55);
+            pack_b_bf16_from_rows_portable(&mut from_rows, cols, k, kb, |kk| &b[kk * cols..]);
             prop_assert_eq!(&from_rows, &want);
             let mut from_cols = vec![0xAAu8; len];
             pack_b_bf16_from_columns(&mut from_cols, cols, k, |j| &r[j * k..]);
             prop_assert_eq!(&from_cols, &want);
+            from_cols.fill(0x55);
+            pack_b_bf16_from_columns_portable(&mut from_cols, cols, k, kb, |j| &r[j * k..]);
+            prop_assert_eq!(&from_cols, &want);
         }
 
         /// A panel written row by row (rows past `rows` zeroed) is the
-        /// panel the whole-panel packer writes, over stale bytes.
+        /// panel the whole-panel packer writes, over stale bytes, by the
+        /// portable and (on an AMX machine: AVX-512 BF16) vector forms.
         #[test]
-        fn bf16_a_panel_by_rows_matches_the_panel_packer(
+        fn amx_bf16_a_panel_by_rows_matches_the_panel_packer(
             k in 0usize..700, rows in 1usize..=32, seed in any::<u32>(),
         ) {
             let val = |i: usize| ((i as u32).wrapping_mul(2_654_435_761) ^ seed) as f32 / u32::MAX as f32 - 0.5;
@@ -406,9 +616,15 @@ mod tests {
             let kb = k_blocks(DotKind::Bf16, k);
             let mut want = vec![0xAAu8; kb * BLOCK_BYTES];
             pack_a_f32(&mut want, MatRef::row_major(&a, rows, k), Split::Bf16);
+            require_vector_packers();
             let mut by_rows = vec![0xAAu8; kb * BLOCK_BYTES];
             for i in 0..32 {
                 pack_a_row_bf16(&mut by_rows, kb, i, if i < rows { &a[i * k..(i + 1) * k] } else { &[] });
+            }
+            prop_assert_eq!(&by_rows, &want);
+            by_rows.fill(0x55);
+            for i in 0..32 {
+                pack_a_row_bf16_portable(&mut by_rows, kb, i, if i < rows { &a[i * k..(i + 1) * k] } else { &[] });
             }
             prop_assert_eq!(&by_rows, &want);
         }
