@@ -140,33 +140,37 @@ pub fn attention_on(
             // alone, and `out` outlives the parallel loop.
             unsafe { std::ptr::copy_nonoverlapping(vals.as_ptr(), out.at(at), vals.len()) };
         };
-        with_scratch(r * kv_len + r * d, |f32s| {
-            let (scores, oh) = f32s.split_at_mut(r * kv_len);
-            match products {
-                Products::Vector => {
-                    let kt = MatRef {
-                        data: &k.data[b * kv_len * lk + h * d..],
-                        rows: d,
-                        cols: kv_len,
-                        row_stride: 1,
-                        col_stride: lk,
-                    };
-                    sgemm(qh, kt, scores, kv_len, scale, 0.0, Parallel::None);
-                    for (i, row) in scores.chunks_exact_mut(kv_len).enumerate() {
-                        let inv = probabilities(i, row);
-                        row.iter_mut().for_each(|p| *p *= inv);
-                    }
-                    sgemm(MatRef::row_major(scores, r, kv_len), vh, oh, d, 1.0, 0.0, Parallel::None);
-                    for (i, row) in oh.chunks_exact(d).enumerate() {
-                        out_row(i, 0, row);
-                    }
+        // The vector path keeps the block's scores and output rows; the
+        // tiles keep one panel's scores.
+        let scratch = match products {
+            Products::Vector => r * kv_len + r * d,
+            Products::Tiles(_) => MR.min(r) * kv_len,
+        };
+        with_scratch(scratch, |f32s| match products {
+            Products::Vector => {
+                let (scores, oh) = f32s.split_at_mut(r * kv_len);
+                let kt = MatRef {
+                    data: &k.data[b * kv_len * lk + h * d..],
+                    rows: d,
+                    cols: kv_len,
+                    row_stride: 1,
+                    col_stride: lk,
+                };
+                sgemm(qh, kt, scores, kv_len, scale, 0.0, Parallel::None);
+                for (i, row) in scores.chunks_exact_mut(kv_len).enumerate() {
+                    let inv = probabilities(i, row);
+                    row.iter_mut().for_each(|p| *p *= inv);
                 }
-                Products::Tiles(isa) => {
-                    let sess = TileSession::begin(isa, Prefetch::None);
-                    let vrow = |kk: usize| &vh.data[kk * lv..][..d];
-                    let head = Head { q: qh, k: &kh, v: &vrow, kv_len, scale };
-                    head.on_tiles(&sess, scores, &probabilities, &out_row);
+                sgemm(MatRef::row_major(scores, r, kv_len), vh, oh, d, 1.0, 0.0, Parallel::None);
+                for (i, row) in oh.chunks_exact(d).enumerate() {
+                    out_row(i, 0, row);
                 }
+            }
+            Products::Tiles(isa) => {
+                let sess = TileSession::begin(isa, Prefetch::None);
+                let vrow = |kk: usize| &vh.data[kk * lv..][..d];
+                let head = Head { q: qh, k: &kh, v: &vrow, kv_len, scale };
+                head.on_tiles(&sess, f32s, &probabilities, &out_row);
             }
         });
     });

@@ -107,33 +107,13 @@ fn bf16_rne(x: f32) -> u16 {
 fn to_bf16(src: &[f32], out: &mut [u16]) {
     assert_eq!(src.len(), out.len());
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512bf16") && std::arch::is_x86_feature_detected!("avx512f") {
-        // SAFETY: the CPU has AVX-512F and AVX-512 BF16 (checked just above).
-        unsafe { to_bf16_avx512(src, out) };
+    if avx512::usable() {
+        // SAFETY: the CPU has the features the function enables (checked
+        // by `usable`).
+        unsafe { avx512::to_bf16(src, out) };
         return;
     }
     for (o, &x) in out.iter_mut().zip(src) {
-        *o = bf16_rne(x);
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bf16")]
-fn to_bf16_avx512(src: &[f32], out: &mut [u16]) {
-    use std::arch::x86_64::*;
-    let whole = src.len() / 32 * 32;
-    for (s, o) in src[..whole].chunks_exact(32).zip(out[..whole].chunks_exact_mut(32)) {
-        // SAFETY: `s` holds 32 f32 and `o` 32 u16 (64 bytes); unaligned
-        // loads and stores; the features are enabled on this function.
-        unsafe {
-            let lo = _mm512_loadu_ps(s.as_ptr());
-            let hi = _mm512_loadu_ps(s.as_ptr().add(16));
-            // The second operand fills the low half.
-            let packed: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
-            _mm512_storeu_si512(o.as_mut_ptr() as *mut __m512i, packed);
-        }
-    }
-    for (o, &x) in out[whole..].iter_mut().zip(&src[whole..]) {
         *o = bf16_rne(x);
     }
 }
@@ -376,6 +356,18 @@ mod avx512 {
         let words = _mm512_cvtne2ps_pbh(hi, lo);
         // SAFETY: both are 512 bits of plain lanes; only the type changes.
         unsafe { std::mem::transmute::<__m512bh, __m512i>(words) }
+    }
+
+    /// [`super::to_bf16`]: 32 values per conversion, the ragged end
+    /// through masked loads and a masked store.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    pub(super) fn to_bf16(src: &[f32], out: &mut [u16]) {
+        for (at, o) in (0..src.len()).step_by(32).zip(out.chunks_mut(32)) {
+            let mask = if o.len() == 32 { u32::MAX } else { (1u32 << o.len()) - 1 };
+            // SAFETY: the mask selects the `o.len()` words of `o`; lanes
+            // masked off are neither written nor faulted on.
+            unsafe { _mm512_mask_storeu_epi16(o.as_mut_ptr().cast(), mask, bf16x32(src, at)) };
+        }
     }
 
     /// Writes one 64-byte tile row at `dst[at..at + 64]`.
