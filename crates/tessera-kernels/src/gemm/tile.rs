@@ -678,6 +678,10 @@ pub struct I8Mat<'a> {
 pub enum I8Out<'a> {
     /// The exact integer result (MatMulInteger).
     I32 { c: &'a mut [i32], ldc: usize },
+    /// The exact integer result stored transposed: element (i, j) at
+    /// `c[j * ld + i]` (an integer convolution's `[positions, channels]`
+    /// product lands in NCHW this way, as with [`tile_sgemm_transposed`]).
+    I32Transposed { c: &'a mut [i32], ld: usize },
     /// `scale_a[i] * scale_b[j] * result`, then the epilogue (dynamic
     /// quantization: DynamicQuantizeLinear -> MatMulInteger -> Cast -> Mul).
     F32 { c: &'a mut [f32], ldc: usize, scale_a: &'a [f32], scale_b: &'a [f32], epi: &'a Epilogue<'a> },
@@ -799,6 +803,21 @@ fn igemm_packed(
             };
             let ahead = move |i0: usize, j0: usize| {
                 out.prefetch_block(ldc, i0, j0, MR.min(m - i0), NR.min(n - j0));
+            };
+            drive(isa, blk, kind, ap, m, b, &finish, &ahead);
+        }
+        I8Out::I32Transposed { c, ld } => {
+            assert!((n - 1) * ld + m <= c.len(), "output does not fit its slice");
+            let out = OutPtr(c.as_mut_ptr());
+            let finish = move |acc: &mut AccBlock, i0: usize, j0: usize| {
+                let (rows, cols) = (MR.min(m - i0), NR.min(n - j0));
+                corr.correct_block(acc, i0, j0, rows, cols);
+                // SAFETY: columns j0.. < n are rows of `c` and rows i0.. + rows
+                // <= m lie inside them (checked above); blocks are disjoint.
+                unsafe { out.store_block_transposed(ld, acc.as_i32(), i0, j0, rows, cols) };
+            };
+            let ahead = move |i0: usize, j0: usize| {
+                out.prefetch_block(ld, j0, i0, NR.min(n - j0), MR.min(m - i0));
             };
             drive(isa, blk, kind, ap, m, b, &finish, &ahead);
         }
@@ -969,6 +988,19 @@ mod amx_tests {
         for i in 0..m {
             for j in 0..n {
                 assert_eq!(c[i * n + j] as i64, want(i, j), "{isa:?} {m}x{k}x{n} s{sa}{sb} at ({i},{j})");
+            }
+        }
+        // Stored transposed, with a leading dimension wider than m: the
+        // same values, and nothing written between the rows.
+        let ld = m + 3;
+        let mut ct = vec![i32::MIN; (n - 1) * ld + m];
+        tile_igemm_with(isa, blk, am, &za, &pb, I8Out::I32Transposed { c: &mut ct, ld });
+        for j in 0..n {
+            for i in 0..m {
+                assert_eq!(ct[j * ld + i], c[i * n + j], "{isa:?} transposed at ({i},{j})");
+            }
+            if j + 1 < n {
+                assert!(ct[j * ld + m..(j + 1) * ld].iter().all(|&v| v == i32::MIN), "{isa:?} gap after row {j}");
             }
         }
         // The dequantized output: scales per row / column or per tensor

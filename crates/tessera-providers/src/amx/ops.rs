@@ -157,32 +157,55 @@ impl IntWeight {
             let pad = if signed { x_zero as i8 as u8 } else { x_zero as u8 };
             let xs = x.bytes();
             let mut acc = vec![0i32; tessera_core::tensor::checked_numel(&[g.batch, m, out_size])?];
-            let mut rows = vec![0u8; tessera_core::tensor::checked_numel(&[out_size, ck])?];
-            let mut tmp = vec![0i32; out_size * m];
-            let chunk = out_size.div_ceil(2 * rayon::current_num_threads().max(1)).max(1);
+            let mut rows = Vec::new();
             for ni in 0..g.batch {
                 let xn = &xs[ni * c * in_size..(ni + 1) * c * in_size];
-                rows.par_chunks_mut(chunk * ck.max(1)).enumerate().for_each(|(i, r)| {
-                    let p0 = i * chunk;
-                    im2row_padded(g, xn, c, p0, p0 + r.len() / ck.max(1), r, pad);
-                });
-                let am = I8Mat { data: &rows, rows: out_size, cols: ck, row_stride: ck, signed };
-                tile_igemm(isa, am, &[x_zero], &self.packed, I8Out::I32 { c: &mut tmp, ldc: m });
+                // `[positions, M]` stored transposed: NCHW.
                 let yn = &mut acc[ni * m * out_size..(ni + 1) * m * out_size];
-                transpose_into(&tmp, out_size, m, yn);
+                im2row_blocks(
+                    &mut rows,
+                    ck,
+                    out_size,
+                    |p0, p1, part| im2row_padded(g, xn, c, p0, p1, part, pad),
+                    |b0, nb, r| {
+                        let am = I8Mat { data: r, rows: nb, cols: ck, row_stride: ck, signed };
+                        let out = I8Out::I32Transposed { c: &mut yn[b0..], ld: out_size };
+                        tile_igemm(isa, am, &[x_zero], &self.packed, out);
+                    },
+                )?;
             }
             Ok(acc)
         })
     }
 }
 
-/// `dst[j][i] = src[i][j]` for `src` of `rows x cols`, in parallel over `dst`'s rows.
-fn transpose_into<T: Copy + Send + Sync>(src: &[T], rows: usize, cols: usize, dst: &mut [T]) {
-    dst.par_chunks_mut(rows.max(1)).enumerate().for_each(|(j, d)| {
-        for (i, v) in d.iter_mut().enumerate() {
-            *v = src[i * cols + j];
-        }
-    });
+/// A convolution's product in blocks of output positions: `fill(p0, p1,
+/// rows)` writes the im2row rows of positions `p0..p1` (spread over the
+/// pool), and `multiply(b0, positions, rows)` takes each block's rows right
+/// after they are written. Blocks of about 4 MiB of rows, so that the product reads
+/// them from cache and `buf` stays that size whatever the image.
+fn im2row_blocks<T: Copy + Default + Send>(
+    buf: &mut Vec<T>,
+    ck: usize,
+    out_size: usize,
+    fill: impl Fn(usize, usize, &mut [T]) + Sync,
+    mut multiply: impl FnMut(usize, usize, &[T]),
+) -> Result<()> {
+    let row_bytes = std::mem::size_of::<T>() * ck.max(1);
+    let block = ((4usize << 20) / row_bytes).next_multiple_of(32).min(out_size.next_multiple_of(32)).max(32);
+    buf.resize(tessera_core::tensor::checked_numel(&[block, ck])?, T::default());
+    let threads = rayon::current_num_threads().max(1);
+    for b0 in (0..out_size).step_by(block) {
+        let nb = block.min(out_size - b0);
+        let rows = &mut buf[..nb * ck];
+        let chunk = nb.div_ceil(2 * threads).max(1);
+        rows.par_chunks_mut(chunk * ck.max(1)).enumerate().for_each(|(i, part)| {
+            let p0 = b0 + i * chunk;
+            fill(p0, p0 + part.len() / ck.max(1), part);
+        });
+        multiply(b0, nb, rows);
+    }
+    Ok(())
 }
 
 fn weight(node: &Node, i: usize, constant: Constant) -> Result<Tensor> {
@@ -602,15 +625,8 @@ impl CpuOp for Conv {
         // A pointwise convolution's input, read transposed, is its im2col
         // matrix already.
         let pointwise = is_pointwise(&g);
-        // Other convolutions go through im2row in blocks of positions whose
-        // rows take about 4 MiB, so that the product reads them from cache
-        // right after they are written, and the buffer stays that size
-        // whatever the image.
-        let block = ((4usize << 20) / (4 * ck.max(1))).next_multiple_of(32).min(out_size.next_multiple_of(32)).max(32);
-        let mut rows =
-            if pointwise { Vec::new() } else { vec![0f32; tessera_core::tensor::checked_numel(&[block, ck])?] };
+        let mut rows = Vec::new();
         let epi = Epilogue { bias: self.bias.as_deref(), ..Default::default() };
-        let threads = rayon::current_num_threads().max(1);
         for ni in 0..g.batch {
             let xn = &xs[ni * c * in_size..(ni + 1) * c * in_size];
             // `[positions, M]` stored transposed: NCHW.
@@ -626,17 +642,16 @@ impl CpuOp for Conv {
                 );
                 continue;
             }
-            for b0 in (0..out_size).step_by(block) {
-                let nb = block.min(out_size - b0);
-                let r = &mut rows[..nb * ck];
-                let chunk = nb.div_ceil(2 * threads).max(1);
-                r.par_chunks_mut(chunk * ck.max(1)).enumerate().for_each(|(i, part)| {
-                    let p0 = b0 + i * chunk;
-                    im2row(&g, xn, c, p0, p0 + part.len() / ck.max(1), part);
-                });
-                let a = MatRef::row_major(r, nb, ck);
-                tile_sgemm_transposed(self.isa, a, &self.weight, &mut yn[b0..], out_size, &epi);
-            }
+            im2row_blocks(
+                &mut rows,
+                ck,
+                out_size,
+                |p0, p1, part| im2row(&g, xn, c, p0, p1, part),
+                |b0, nb, r| {
+                    let a = MatRef::row_major(r, nb, ck);
+                    tile_sgemm_transposed(self.isa, a, &self.weight, &mut yn[b0..], out_size, &epi);
+                },
+            )?;
         }
         Ok(vec![y])
     }
