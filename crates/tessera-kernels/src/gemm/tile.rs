@@ -174,9 +174,7 @@ impl<T: Copy> OutPtr<T> {
             dst.copy_from_slice(&src[..cols]);
         }
     }
-}
 
-impl<T: Copy> OutPtr<T> {
     /// [`OutPtr::store_block`] transposed: element (i, j) of the block goes
     /// to output row `j0 + j`, column `i0 + i`.
     ///
