@@ -4,6 +4,7 @@
 pub mod dce;
 pub mod fold;
 pub mod fuse_attention;
+pub mod fuse_conv;
 pub mod fuse_gelu;
 pub mod fuse_layernorm;
 pub mod fuse_matmul;
@@ -30,13 +31,17 @@ pub struct PassReport {
     pub attention_fused: usize,
     /// Attention blocks whose Q, K and V projections became one GEMM.
     pub qkv_merged: usize,
+    /// BatchNormalizations folded into their Conv's weights.
+    pub batch_norm_folded: usize,
+    /// Convs that took their residual add and activation (`tessera:FusedConv`).
+    pub conv_fused: usize,
 }
 
 impl std::fmt::Display for PassReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "constant-folded {} nodes, removed {} dead nodes, fused {} LayerNorm, {} GELU, {} attention, {} MatMul+bias, {} MatMulInteger+dequantization, {} epilogues, {} Q/K/V merges",
+            "constant-folded {} nodes, removed {} dead nodes, fused {} LayerNorm, {} GELU, {} attention, {} MatMul+bias, {} MatMulInteger+dequantization, {} epilogues, {} Q/K/V merges, folded {} BatchNormalization, fused {} Conv epilogues",
             self.folded,
             self.dead_removed,
             self.layernorm_fused,
@@ -45,7 +50,9 @@ impl std::fmt::Display for PassReport {
             self.matmul_bias_fused,
             self.integer_matmul_fused,
             self.epilogue_fused,
-            self.qkv_merged
+            self.qkv_merged,
+            self.batch_norm_folded,
+            self.conv_fused
         )
     }
 }
@@ -74,6 +81,8 @@ pub fn optimize_with(graph: &mut Graph, eval: &Evaluator, fuse_matmul_ops: bool)
         r.integer_matmul_fused = fuse_matmul::fuse_matmul_integer(graph);
         r.epilogue_fused = fuse_matmul::fuse_epilogues(graph);
         r.qkv_merged = merge_qkv::merge_qkv_projections(graph);
+        r.batch_norm_folded = fuse_conv::fold_batch_norm(graph);
+        r.conv_fused = fuse_conv::fuse_conv_epilogues(graph);
     }
     r.dead_removed += dce::eliminate_dead_nodes(graph);
     graph.toposort()?;

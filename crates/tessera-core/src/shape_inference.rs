@@ -339,6 +339,14 @@ fn infer_node(n: &Node, ins: &[Option<&Known>]) -> Result<Vec<Known>> {
         }
         return Ok(outs);
     }
+    if n.domain == "tessera" && op == crate::passes::fuse_conv::FUSED_CONV {
+        // Conv's output: the residual and activation keep its shape and type.
+        let mut plain = n.clone();
+        plain.domain.clear();
+        plain.op_type = "Conv".into();
+        plain.inputs.truncate(3);
+        return infer_node(&plain, &ins[..ins.len().min(3)]);
+    }
     if n.domain == "tessera" && op == "Attention" {
         // [B, S, H·d] in, the same out; a packed Q/K/V input is [B, S, 3·H·d].
         let packed = n.attr_int_or(crate::passes::merge_qkv::QKV_PACKED, 0).unwrap_or(0) != 0;

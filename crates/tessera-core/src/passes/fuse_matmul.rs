@@ -192,7 +192,7 @@ pub fn fuse_matmul_integer(g: &mut Graph) -> usize {
     fused
 }
 
-fn activation_of(n: &Node) -> Option<&'static str> {
+pub(super) fn activation_of(n: &Node) -> Option<&'static str> {
     if !is_onnx(n) {
         return None;
     }

@@ -112,11 +112,15 @@ pub struct Epilogue<'a> {
     pub bias: Option<&'a [f32]>,
     pub activation: Activation,
     pub residual: Option<Residual<'a>>,
+    /// The residual is added before the activation, `act(alpha * acc +
+    /// bias + residual)` (a convolution's residual block: `Relu(Conv + x)`),
+    /// instead of after it.
+    pub residual_first: bool,
 }
 
 impl Default for Epilogue<'_> {
     fn default() -> Self {
-        Epilogue { alpha: 1.0, bias: None, activation: Activation::None, residual: None }
+        Epilogue { alpha: 1.0, bias: None, activation: Activation::None, residual: None, residual_first: false }
     }
 }
 
@@ -162,6 +166,26 @@ fn apply_block_body<const FMA: bool>(
     }
 }
 
+/// `v += src` over `src`'s length (nothing for `None`).
+#[inline(always)]
+fn add_into(v: &mut [f32; NR], src: Option<&[f32]>) {
+    if let Some(src) = src {
+        for (d, &s) in v.iter_mut().zip(src) {
+            *d += s;
+        }
+    }
+}
+
+#[inline(always)]
+fn finish_transposed_body<const FMA: bool>(epi: &Epilogue, v: &mut [f32], residual: &[f32]) {
+    for (d, &s) in v.iter_mut().zip(residual) {
+        *d += s;
+    }
+    if epi.residual_first {
+        activate_body::<FMA>(epi.activation, v);
+    }
+}
+
 /// The one definition of the epilogue, compiled for each vector unit by
 /// `with_vector_features!`.
 #[inline(always)]
@@ -169,7 +193,7 @@ fn apply_epilogue<const FMA: bool>(epi: &Epilogue, acc: &[f32], row: usize, j0: 
     epi.apply_generic::<FMA>(acc, row, j0, dst)
 }
 
-impl Epilogue<'_> {
+impl<'a> Epilogue<'a> {
     /// Applies the epilogue in place to a finished fp32 accumulator block
     /// (rows `i0..i0 + rows`, columns `j0..j0 + cols` of the output): one
     /// call per block, its loops over whole 32-value rows.
@@ -202,13 +226,38 @@ impl Epilogue<'_> {
         for j in 0..NR {
             v[j] = self.alpha * v[j] + bias[j];
         }
-        activate_body::<FMA>(self.activation, v);
-        if let Some(r) = self.residual {
-            let src = &r.data[row * r.row_stride + j0..][..cols];
-            for (d, &s) in v.iter_mut().zip(src) {
-                *d += s;
-            }
+        let residual = self.residual.map(|r| &r.data[row * r.row_stride + j0..][..cols]);
+        if self.residual_first {
+            add_into(v, residual);
         }
+        activate_body::<FMA>(self.activation, v);
+        if !self.residual_first {
+            add_into(v, residual);
+        }
+    }
+
+    /// The epilogue's steps before a transposed store: the whole epilogue
+    /// without a residual; with one, only what precedes it (the residual,
+    /// indexed like the stored output, is added by
+    /// [`Epilogue::finish_transposed_row`]).
+    pub fn before_transpose(&self) -> Epilogue<'a> {
+        match self.residual {
+            None => *self,
+            Some(_) => Epilogue {
+                residual: None,
+                activation: if self.residual_first { Activation::None } else { self.activation },
+                ..*self
+            },
+        }
+    }
+
+    /// Finishes one stored row of a transposed product (column `j` of the
+    /// product; `v` holds its values after [`Epilogue::before_transpose`]):
+    /// adds `residual` (the same row of the residual, laid out like the
+    /// output), then the activation when it follows the residual.
+    pub fn finish_transposed_row(&self, v: &mut [f32], residual: &[f32]) {
+        let epi = self;
+        with_vector_features!(finish_transposed_body(epi: &Epilogue, v: &mut [f32], residual: &[f32]))
     }
 
     /// The row form in runs of 32 columns through [`Epilogue::finish_row`],
@@ -379,7 +428,8 @@ mod tests {
         #[test]
         fn block_epilogue_matches_the_row_epilogue(
             rows in 1usize..=32, cols in 1usize..=32, j0 in 0usize..40, alpha in -2.0f32..2.0,
-            act in 0usize..5, bias_kind in 0usize..3, residual in any::<bool>(), seed in any::<u32>(),
+            act in 0usize..5, bias_kind in 0usize..3, residual in any::<bool>(), residual_first in any::<bool>(),
+            seed in any::<u32>(),
         ) {
             let n = j0 + cols;
             let val = |i: usize| ((i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) >> 8) as f32 / (1u32 << 22) as f32 - 2.0;
@@ -390,6 +440,7 @@ mod tests {
                 bias: match bias_kind { 0 => None, 1 => Some(&bias_all[..1]), _ => Some(&bias_all[..]) },
                 activation: [Activation::None, Activation::Relu, Activation::GeluErf, Activation::GeluTanh, Activation::Silu][act],
                 residual: residual.then_some(Residual { data: &res, row_stride: n }),
+                residual_first,
             };
             let mut block = AccBlock::new();
             for (i, w) in block.0.iter_mut().enumerate() {
@@ -402,6 +453,12 @@ mod tests {
                 epi.apply_f32(&acc[i * NR..i * NR + cols], i, j0, &mut want);
                 for (j, w) in want.iter().enumerate() {
                     prop_assert_eq!(block.as_f32()[i * NR + j].to_bits(), w.to_bits(), "({}, {})", i, j);
+                    // ONNX's unfused order, one scalar step at a time.
+                    let b = epi.bias.map_or(0.0, |b| b[if b.len() == 1 { 0 } else { j0 + j }]);
+                    let r = if residual { res[i * n + j0 + j] } else { 0.0 };
+                    let pre = alpha * acc[i * NR + j] + b;
+                    let exact = if residual_first { epi.activation.apply(pre + r) } else { epi.activation.apply(pre) + r };
+                    prop_assert!((w - exact).abs() <= 1e-5 * exact.abs().max(1.0), "({i}, {j}): {w} vs {exact}");
                 }
             }
         }

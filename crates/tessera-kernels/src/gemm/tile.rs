@@ -10,7 +10,7 @@
 use aligned_vec::{AVec, ConstAlign};
 use rayon::prelude::*;
 
-use super::epilogue::{Epilogue, I8Correction};
+use super::epilogue::{Epilogue, I8Correction, Residual};
 use super::pack::{self, Split};
 pub use super::ukernel::amx::Prefetch;
 use super::ukernel::{AccBlock, DotKind, TileIsa, TileSession, BLOCK_BYTES, MR, NR};
@@ -201,6 +201,36 @@ impl<T: Copy> OutPtr<T> {
 }
 
 impl OutPtr<f32> {
+    /// [`OutPtr::store_block_transposed`] for a product whose epilogue has a
+    /// residual (laid out like the output, row stride `res.row_stride`):
+    /// each stored row is finished by [`Epilogue::finish_transposed_row`].
+    ///
+    /// # Safety
+    /// As for [`OutPtr::store_block_transposed`].
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn store_block_transposed_finished(
+        &self,
+        ld: usize,
+        block: &[f32; MR * NR],
+        i0: usize,
+        j0: usize,
+        rows: usize,
+        cols: usize,
+        epi: &Epilogue,
+        res: Residual,
+    ) {
+        let mut v = [0f32; MR];
+        for j in 0..cols {
+            for (i, x) in v.iter_mut().enumerate().take(rows) {
+                *x = block[i * NR + j];
+            }
+            epi.finish_transposed_row(&mut v[..rows], &res.data[(j0 + j) * res.row_stride + i0..][..rows]);
+            // SAFETY: the row segment is inside the region the caller vouches for.
+            let dst = unsafe { std::slice::from_raw_parts_mut(self.at((j0 + j) * ld + i0), rows) };
+            dst.copy_from_slice(&v[..rows]);
+        }
+    }
+
     /// Prefetches what a block's fp32 epilogue touches: its output rows
     /// (for writing) and its residual rows.
     fn prefetch_for_epilogue(&self, ldc: usize, epi: &Epilogue, i0: usize, j0: usize, rows: usize, cols: usize) {
@@ -582,7 +612,8 @@ pub fn tile_sgemm_with(
 
 /// [`tile_sgemm`] storing the result transposed: element (i, j) of
 /// `epilogue(a @ b)` goes to `ct[j * ldct + i]` (the epilogue's bias is
-/// still per column j, its residual indexed (i, j) with its own stride). A
+/// still per column j; its residual is laid out like `ct`, element (i, j)
+/// at `data[j * row_stride + i]`). A
 /// convolution's `[positions, channels]` product lands in NCHW this way,
 /// with no transposing pass over memory.
 pub fn tile_sgemm_transposed(isa: TileIsa, a: MatRef<f32>, b: &PackedB, ct: &mut [f32], ldct: usize, epi: &Epilogue) {
@@ -611,7 +642,15 @@ fn sgemm_checked(
     }
     let (rows, cols) = if transposed { (n, m) } else { (m, n) };
     assert!((rows - 1) * ldc + cols <= c.len(), "output does not fit its slice");
-    epi.check(m, n);
+    if transposed {
+        // The residual is laid out like the stored (transposed) output.
+        epi.before_transpose().check(m, n);
+        if let Some(r) = epi.residual {
+            assert!((n - 1) * r.row_stride + m <= r.data.len(), "residual does not fit {n}x{m}");
+        }
+    } else {
+        epi.check(m, n);
+    }
     let a_len = b.kblocks * BLOCK_BYTES;
     with_a_buffer(a_len * m.div_ceil(MR), |ap| sgemm_packed(isa, blk, a, ap, a_len, b, c, ldc, transposed, epi))
 }
@@ -636,15 +675,22 @@ fn sgemm_packed(
         pack::pack_a_f32(dst, a.rows_range(i0, MR.min(m - i0)), split);
     });
     let out = OutPtr(c.as_mut_ptr());
+    let head = epi.before_transpose();
     let finish = move |acc: &mut AccBlock, i0: usize, j0: usize| {
         let (rows, cols) = (MR.min(m - i0), NR.min(n - j0));
-        epi.apply_block(acc, i0, j0, rows, cols);
         if transposed {
+            head.apply_block(acc, i0, j0, rows, cols);
             // SAFETY: columns j0.. < n are rows of `c` and rows i0.. + rows
-            // <= m lie inside them (checked by the caller); blocks of
-            // different tasks are disjoint.
-            unsafe { out.store_block_transposed(ldc, acc.as_f32(), i0, j0, rows, cols) };
+            // <= m lie inside them, as they do in the residual (checked by
+            // the caller); blocks of different tasks are disjoint.
+            unsafe {
+                match epi.residual {
+                    None => out.store_block_transposed(ldc, acc.as_f32(), i0, j0, rows, cols),
+                    Some(r) => out.store_block_transposed_finished(ldc, acc.as_f32(), i0, j0, rows, cols, epi, r),
+                }
+            }
         } else {
+            epi.apply_block(acc, i0, j0, rows, cols);
             // SAFETY: rows i0.. < m and columns j0..j0 + cols <= n lie in
             // `c` (checked by the caller); blocks of different tasks are
             // disjoint.
@@ -909,6 +955,7 @@ mod amx_tests {
             bias: Some(&bias),
             activation: Activation::None,
             residual: Some(Residual { data: &res, row_stride: n }),
+            residual_first: false,
         };
         tile_sgemm_with(isa, blk, av, &pb, &mut c, n, &epi);
         let bound = rel_bound(split, k);
@@ -1145,24 +1192,39 @@ mod amx_tests {
         #![proptest_config(ProptestConfig::with_cases(12))]
         /// The transposed store writes exactly the transpose of the normal
         /// one (same bits), ragged shapes, strided A, with a leading
-        /// dimension wider than M.
+        /// dimension wider than M; a residual (before or after the
+        /// activation) is read laid out like each output.
         #[test]
         fn transposed_store_is_the_transpose(
             m in 1usize..80, k in 1usize..70, n in 1usize..70, pad in 0usize..5, seed in any::<u64>(), ta in any::<bool>(),
+            residual in 0usize..3,
         ) {
             let a = rand_vec(m * k, seed);
             let b = rand_vec(k * n, seed ^ 1);
             let bias = rand_vec(n, seed ^ 2);
+            let res = rand_vec(m * n, seed ^ 3);
+            let ld = m + pad;
+            let mut res_t = vec![f32::NAN; n * ld];
+            for i in 0..m {
+                for j in 0..n {
+                    res_t[j * ld + i] = res[i * n + j];
+                }
+            }
             let av = if ta { MatRef::row_major(&a, k, m).t() } else { MatRef::row_major(&a, m, k) };
             let epi = Epilogue { bias: Some(&bias), activation: Activation::GeluErf, ..Default::default() };
+            let with_res = |data, row_stride| Epilogue {
+                residual: (residual > 0).then_some(Residual { data, row_stride }),
+                residual_first: residual == 2,
+                ..epi
+            };
+            let (epi, epi_t) = (with_res(&res, n), with_res(&res_t, ld));
             for split in [Split::Bf16, Split::Bf16x6] {
                 let pb = PackedB::from_f32(MatRef::row_major(&b, k, n), split);
                 for isa in isas() {
                     let mut c = vec![0f32; m * n];
                     tile_sgemm(isa, av, &pb, &mut c, n, &epi);
-                    let ld = m + pad;
                     let mut ct = vec![f32::NAN; n * ld];
-                    tile_sgemm_transposed(isa, av, &pb, &mut ct, ld, &epi);
+                    tile_sgemm_transposed(isa, av, &pb, &mut ct, ld, &epi_t);
                     for i in 0..m {
                         for j in 0..n {
                             prop_assert_eq!(ct[j * ld + i].to_bits(), c[i * n + j].to_bits(), "{:?} ({}, {})", isa, i, j);

@@ -529,7 +529,7 @@ pub(crate) mod tests {
         let a = rand_f32(m * k, 3);
         let b = rand_f32(k * n, 4);
         let bias: Vec<f32> = (0..n).map(|j| j as f32).collect();
-        let epi = Epilogue { alpha: 2.0, bias: Some(&bias), activation: Activation::Relu, residual: None };
+        let epi = Epilogue { alpha: 2.0, bias: Some(&bias), activation: Activation::Relu, ..Default::default() };
         let mut c = vec![0f32; m * n];
         let kern = Reference::<f32, f32>::new(4, 4, 1);
         let blk = Blocking { kc: 8, mc: 4, nc: 4 };

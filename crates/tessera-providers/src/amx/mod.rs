@@ -135,7 +135,7 @@ impl AmxProvider {
                 float_weight()?;
                 self.float_plan(rows())
             }
-            (_, "Conv") if domain_ok => {
+            (d, op @ ("Conv" | "FusedConv")) if (op == "Conv" && domain_ok) || d == "tessera" => {
                 let name = node.input(1).ok_or("no weight input")?;
                 let w = graph.initializers.get(name).ok_or_else(|| format!("weight '{name}' is not a constant"))?;
                 if w.dtype() != DType::F32 || !(3..=5).contains(&w.rank()) {

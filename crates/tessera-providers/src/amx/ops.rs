@@ -24,7 +24,7 @@ type Constant<'a> = &'a dyn Fn(&str) -> Option<Tensor>;
 pub(crate) fn build(node: &Node, plan: TilePlan, isa: TileIsa, bctx: &BuildCtx) -> Result<Box<dyn CpuOp>> {
     let constant = bctx.constant;
     match (plan, node.op_type.as_str()) {
-        (TilePlan::Float(split), "Conv") => Ok(Box::new(Conv::build(node, split, isa, constant)?)),
+        (TilePlan::Float(split), "Conv" | "FusedConv") => Ok(Box::new(Conv::build(node, split, isa, constant)?)),
         (TilePlan::Float(split), _) => Ok(Box::new(Linear::build(node, WeightPlan::Tiles(split), isa, constant)?)),
         (TilePlan::DynamicInt8, _) => Ok(Box::new(Linear::build(node, WeightPlan::Int8, isa, constant)?)),
         (TilePlan::Integer, "MatMulInteger" | "FusedMatMulInteger") => {
@@ -438,6 +438,7 @@ impl CpuOp for Linear {
                 Some(r) => Some(Residual { data: r.as_slice::<f32>()?, row_stride: n }),
                 None => None,
             },
+            residual_first: false,
         };
         let av = MatRef::row_major(a.as_slice::<f32>()?, rows, k);
         let out = y.as_mut_slice::<f32>()?;
@@ -548,6 +549,7 @@ impl CpuOp for MatMulInteger {
                     bias: d.bias,
                     activation,
                     residual: d.residual.map(|data| Residual { data, row_stride: n }),
+                    residual_first: false,
                 };
                 let mut y = product_output(ctx, DType::F32, &y_shape, k)?;
                 let c = y.as_mut_slice::<f32>()?;
@@ -579,6 +581,8 @@ struct Conv {
     weight: Arc<PackedB>,
     w_shape: Vec<usize>,
     bias: Option<Vec<f32>>,
+    /// `tessera:FusedConv`'s activation, applied after its residual.
+    activation: Activation,
 }
 
 impl Conv {
@@ -604,7 +608,16 @@ impl Conv {
             None if node.input(2).is_some() => return Err(Error::node(node, "tile convolution needs a constant bias")),
             None => None,
         };
-        Ok(Conv { node: node.clone(), isa, spatial: Spatial::parse(node)?, weight, w_shape: w.shape().to_vec(), bias })
+        let activation = crate::cpu::ops::fused::parse_activation(node)?;
+        Ok(Conv {
+            node: node.clone(),
+            isa,
+            spatial: Spatial::parse(node)?,
+            weight,
+            w_shape: w.shape().to_vec(),
+            bias,
+            activation,
+        })
     }
 }
 
@@ -626,11 +639,31 @@ impl CpuOp for Conv {
         // matrix already.
         let pointwise = is_pointwise(&g);
         let mut rows = Vec::new();
-        let epi = Epilogue { bias: self.bias.as_deref(), ..Default::default() };
+        // FusedConv's residual: laid out like the output, as the
+        // transposed store reads it.
+        let residual = match opt(inputs, 3) {
+            Some(r) if r.shape() != shape.as_slice() || r.dtype() != DType::F32 => {
+                return Err(Error::node(
+                    node,
+                    format!("residual {:?} {} does not match the output {shape:?}", r.shape(), r.dtype()),
+                ))
+            }
+            Some(r) => Some(r.as_slice::<f32>()?),
+            None => None,
+        };
+        let epi = Epilogue {
+            bias: self.bias.as_deref(),
+            activation: self.activation,
+            residual_first: true,
+            ..Default::default()
+        };
         for ni in 0..g.batch {
             let xn = &xs[ni * c * in_size..(ni + 1) * c * in_size];
             // `[positions, M]` stored transposed: NCHW.
             let yn = &mut ys[ni * m * out_size..(ni + 1) * m * out_size];
+            let rn = residual.map(|r| &r[ni * m * out_size..(ni + 1) * m * out_size]);
+            let epi_at =
+                |b0: usize| Epilogue { residual: rn.map(|r| Residual { data: &r[b0..], row_stride: out_size }), ..epi };
             if pointwise {
                 tile_sgemm_transposed(
                     self.isa,
@@ -638,7 +671,7 @@ impl CpuOp for Conv {
                     &self.weight,
                     yn,
                     out_size,
-                    &epi,
+                    &epi_at(0),
                 );
                 continue;
             }
@@ -649,7 +682,7 @@ impl CpuOp for Conv {
                 |p0, p1, part| im2row(&g, xn, c, p0, p1, part),
                 |b0, nb, r| {
                     let a = MatRef::row_major(r, nb, ck);
-                    tile_sgemm_transposed(self.isa, a, &self.weight, &mut yn[b0..], out_size, &epi);
+                    tile_sgemm_transposed(self.isa, a, &self.weight, &mut yn[b0..], out_size, &epi_at(b0));
                 },
             )?;
         }

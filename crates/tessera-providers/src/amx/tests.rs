@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use tessera_core::{Attr, DType, Graph, Node, Tensor, ValueInfo};
-use tessera_kernels::gemm::TileIsa;
+use tessera_kernels::gemm::{Activation, TileIsa};
 
 use super::*;
 use crate::cpu::CpuProvider;
@@ -236,12 +236,41 @@ fn conv_on_tiles_matches_cpu() {
         for (k, v) in attrs {
             node = node.with_attr(k, v);
         }
-        let g = graph(node, &["x"], vec![("w", w), ("b", b)]);
+        let g = graph(node.clone(), &["x"], vec![("w", w.clone()), ("b", b.clone())]);
         let want = run_on(&CpuProvider::new(), &g, std::slice::from_ref(&x));
         for (prec, tol) in [(Precision::Fp32Tiles, 1e-5), (Precision::Bf16, 2e-2)] {
             let got = run_on(&AmxProvider::with_isa(prec, isa()), &g, std::slice::from_ref(&x));
             let e = max_rel_err(&got, &want);
             assert!(e <= tol, "{prec} conv {xs:?} * {ws:?}: {e:e}");
+        }
+        // The optimizer's FusedConv: `act(conv + residual)`, on the CPU
+        // provider against the plain Conv's output finished by hand, and
+        // on the tiles against the CPU provider.
+        let r = Tensor::from_vec(want.shape(), rand_vec(want.numel(), 24)).unwrap();
+        for act in [Activation::Relu, Activation::Silu, Activation::GeluErf] {
+            let mut fused = node.clone();
+            fused.domain = "tessera".into();
+            fused.op_type = "FusedConv".into();
+            fused.inputs.push("r".into());
+            let fused = fused.with_attr("activation", Attr::String(act.name().as_bytes().to_vec()));
+            let g = graph(fused, &["x", "r"], vec![("w", w.clone()), ("b", b.clone())]);
+            let inputs = [x.clone(), r.clone()];
+            let cpu = run_on(&CpuProvider::new(), &g, &inputs);
+            let by_hand: Vec<f32> = want
+                .as_slice::<f32>()
+                .unwrap()
+                .iter()
+                .zip(r.as_slice::<f32>().unwrap())
+                .map(|(&y, &r)| act.apply(y + r))
+                .collect();
+            let by_hand = Tensor::from_vec(want.shape(), by_hand).unwrap();
+            let e = max_rel_err(&cpu, &by_hand);
+            assert!(e <= 1e-6, "cpu FusedConv {act:?} {xs:?} * {ws:?}: {e:e}");
+            for (prec, tol) in [(Precision::Fp32Tiles, 1e-5), (Precision::Bf16, 2e-2)] {
+                let got = run_on(&AmxProvider::with_isa(prec, isa()), &g, &inputs);
+                let e = max_rel_err(&got, &cpu);
+                assert!(e <= tol, "{prec} FusedConv {act:?} {xs:?} * {ws:?}: {e:e}");
+            }
         }
     }
     // Under `auto` convolutions stay on the vector path (measured faster).

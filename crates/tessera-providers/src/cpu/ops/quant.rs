@@ -529,6 +529,7 @@ fn build_fused_matmul_integer(node: &Node, bctx: &BuildCtx) -> Result<Box<dyn Cp
             bias: d.bias,
             activation,
             residual: d.residual.map(|data| Residual { data, row_stride: n }),
+            residual_first: false,
         };
         let mut out = ctx.alloc_for_overwrite(DType::F32, &plan.out_shape)?;
         if n > 0 {

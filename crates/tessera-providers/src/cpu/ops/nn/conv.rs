@@ -15,6 +15,7 @@ use crate::cpu::util::{opt, req};
 
 pub fn register(r: &mut OpRegistry) {
     r.add("Conv", build_conv);
+    r.add_domain("tessera", tessera_core::passes::fuse_conv::FUSED_CONV, build_fused_conv);
     r.add("ConvTranspose", build_conv_transpose);
 }
 
@@ -149,6 +150,53 @@ fn build_conv(node: &Node, bctx: &BuildCtx) -> Result<Box<dyn CpuOp>> {
             })
         })?;
         Ok(vec![out])
+    }))
+}
+
+/// The plain Conv inside a `tessera:FusedConv` (its first three inputs and
+/// Conv's attributes).
+pub(crate) fn plain_conv(node: &Node) -> Node {
+    let mut plain = node.clone();
+    plain.domain.clear();
+    plain.op_type = "Conv".into();
+    plain.inputs.truncate(3);
+    plain.attrs.remove("activation");
+    plain
+}
+
+/// `tessera:FusedConv(X, W, [B], [residual])`: the Conv, then
+/// `act(y + residual)` in one pass over its f32 output.
+fn build_fused_conv(node: &Node, bctx: &BuildCtx) -> Result<Box<dyn CpuOp>> {
+    let node = node.clone();
+    let conv = build_conv(&plain_conv(&node), bctx)?;
+    let act = crate::cpu::ops::fused::parse_activation(&node)?;
+    Ok(Box::new(move |inputs: &[Option<&Tensor>], ctx: &mut RunCtx| {
+        let mut y = conv.run(&inputs[..inputs.len().min(3)], ctx)?.remove(0);
+        if y.dtype() != tessera_core::DType::F32 {
+            return Err(Error::node(&node, format!("FusedConv takes f32, got {}", y.dtype())));
+        }
+        let residual = opt(inputs, 3);
+        if let Some(r) = residual {
+            if r.shape() != y.shape() || r.dtype() != y.dtype() {
+                return Err(Error::node(
+                    &node,
+                    format!("residual {:?} {} does not match the output {:?}", r.shape(), r.dtype(), y.shape()),
+                ));
+            }
+        }
+        let r = residual.map(|r| r.as_slice::<f32>()).transpose()?;
+        let ys = y.as_mut_slice::<f32>()?;
+        // Cache-sized runs: the residual add and the activation in one pass.
+        const RUN: usize = 4096;
+        for (i, run) in ys.chunks_mut(RUN).enumerate() {
+            if let Some(r) = r {
+                for (v, &x) in run.iter_mut().zip(&r[i * RUN..]) {
+                    *v += x;
+                }
+            }
+            tessera_kernels::gemm::epilogue::activate(act, run);
+        }
+        Ok(vec![y])
     }))
 }
 

@@ -1,0 +1,340 @@
+//! Convolution fusions for inference.
+//!
+//! * An inference `BatchNormalization` after a `Conv` with constant weights
+//!   is folded into them: `W' = W * s`, `B' = (B - mean) * s + beta` with
+//!   `s = scale / sqrt(var + epsilon)` per output channel, so the
+//!   normalization costs nothing at run time.
+//! * `Conv [-> Add|Sum(residual)] [-> activation]` becomes
+//!   `tessera:FusedConv(X, W, [B], [residual])` with Conv's attributes and
+//!   an `activation`: `y = act(conv(X, W) + B + residual)`, the order of a
+//!   residual block (`Relu(Conv + shortcut)`). The activation is ReLU, GELU
+//!   or SiLU (`x * Sigmoid(x)`). The provider finishes each output block
+//!   while it is in cache, instead of three more passes over memory.
+
+use super::fuse_matmul::{activation_of, DOMAIN};
+use super::pattern::{is_onnx, other_input, Index};
+use crate::{Attr, DType, Dim, Graph, Node, Tensor};
+
+pub const FUSED_CONV: &str = "FusedConv";
+
+/// The f32 values of a constant 1-D tensor of `len` values.
+fn const_vector(g: &Graph, name: &str, len: usize) -> Option<Vec<f64>> {
+    let t = g.initializers.get(name)?;
+    (t.dtype() == DType::F32 && t.rank() == 1 && t.numel() == len).then(|| t.to_f64_vec())
+}
+
+/// A value nothing reads and the graph does not output (an unused optional
+/// output), or the empty name of an absent one.
+fn unused(g: &Graph, ix: &Index, v: &str) -> bool {
+    v.is_empty() || (!ix.uses.contains_key(v) && !g.outputs.iter().any(|o| o.name == v))
+}
+
+/// Folds inference BatchNormalizations into the Conv that alone feeds them;
+/// returns how many.
+pub fn fold_batch_norm(g: &mut Graph) -> usize {
+    let mut folded = 0;
+    loop {
+        let ix = Index::new(g);
+        let mut hit = None;
+        for (bi, bn) in g.nodes.iter().enumerate() {
+            if bn.op_type != "BatchNormalization" || !is_onnx(bn) || bn.inputs.len() != 5 || bn.outputs.is_empty() {
+                continue;
+            }
+            if bn.attr_int_or("training_mode", 0).unwrap_or(1) != 0
+                || !bn.outputs[1..].iter().all(|o| unused(g, &ix, o))
+            {
+                continue;
+            }
+            let Some((ci, conv)) = ix.producer_of(g, &bn.inputs[0], "Conv") else { continue };
+            if !ix.single_use(&conv.outputs[0]) || conv.outputs.len() != 1 {
+                continue;
+            }
+            let Some(w) = conv.inputs.get(1).and_then(|w| g.initializers.get(w)) else { continue };
+            if w.dtype() != DType::F32 || w.rank() < 3 {
+                continue;
+            }
+            let m = w.shape()[0];
+            let bias = match conv.inputs.get(2).filter(|b| !b.is_empty()) {
+                Some(b) => match const_vector(g, b, m) {
+                    Some(v) => v,
+                    None => continue,
+                },
+                None => vec![0.0; m],
+            };
+            let params: Option<Vec<Vec<f64>>> = bn.inputs[1..].iter().map(|p| const_vector(g, p, m)).collect();
+            let Some(params) = params else { continue };
+            let Ok(eps) = bn.attr_float_or("epsilon", 1e-5) else { continue };
+            let (scale, beta, mean, var) = (&params[0], &params[1], &params[2], &params[3]);
+            let s: Vec<f64> = (0..m).map(|c| scale[c] / (var[c] + eps as f64).sqrt()).collect();
+            if s.iter().any(|v| !v.is_finite()) {
+                continue;
+            }
+            let Ok(ws) = w.as_slice::<f32>() else { continue };
+            let per = ws.len() / m.max(1);
+            let new_w: Vec<f32> = ws.iter().enumerate().map(|(i, &x)| (x as f64 * s[i / per]) as f32).collect();
+            let new_b: Vec<f32> = (0..m).map(|c| ((bias[c] - mean[c]) * s[c] + beta[c]) as f32).collect();
+            let (Ok(wt), Ok(bt)) = (Tensor::from_vec(w.shape(), new_w), Tensor::from_vec(&[m], new_b)) else {
+                continue;
+            };
+            hit = Some((ci, bi, wt, bt));
+            break;
+        }
+        let Some((ci, bi, wt, bt)) = hit else { break };
+        let mut conv = g.nodes[ci].clone();
+        let (wn, bn_name) =
+            (g.fresh_name(&format!("{}_bn_w", conv.name)), g.fresh_name(&format!("{}_bn_b", conv.name)));
+        g.initializers.insert(wn.clone(), wt);
+        g.initializers.insert(bn_name.clone(), bt);
+        conv.inputs.truncate(1);
+        conv.inputs.push(wn);
+        conv.inputs.push(bn_name);
+        conv.outputs = vec![g.nodes[bi].outputs[0].clone()];
+        g.nodes[bi] = conv;
+        g.nodes.remove(ci);
+        folded += 1;
+    }
+    folded
+}
+
+fn known_shape(g: &Graph, v: &str) -> Option<Vec<Dim>> {
+    g.shape_of(v).filter(|s| s.iter().all(|d| !matches!(d, Dim::Unknown)))
+}
+
+/// The binary residual add consuming `v`: an `Add` or a two-input `Sum`
+/// whose other operand is a computed value of `v`'s (known) shape. Returns
+/// the node's index and the other operand.
+fn residual_add<'g>(g: &'g Graph, ix: &Index, v: &str) -> Option<(usize, &'g str)> {
+    if !ix.single_use(v) {
+        return None;
+    }
+    let &ai = ix.consumers(g, v).first()?;
+    let add = &g.nodes[ai];
+    if !is_onnx(add) || !matches!(add.op_type.as_str(), "Add" | "Sum") {
+        return None;
+    }
+    let r = other_input(add, v)?;
+    if g.initializers.contains_key(r) || known_shape(g, r)? != known_shape(g, v)? {
+        return None;
+    }
+    Some((ai, r))
+}
+
+/// The activation applied to `v` alone: its single consumer's (ReLU, GELU),
+/// or SiLU written `Mul(v, Sigmoid(v))`. Returns the activation and the
+/// nodes it replaces (the last one's output becomes the fused output).
+fn activation_after(g: &Graph, ix: &Index, v: &str) -> Option<(&'static str, Vec<usize>)> {
+    let consumers = ix.consumers(g, v);
+    let uses = ix.uses.get(v).copied().unwrap_or(0);
+    if uses == 1 && consumers.len() == 1 {
+        let c = &g.nodes[consumers[0]];
+        return activation_of(c).map(|a| (a, vec![consumers[0]]));
+    }
+    if uses != 2 || consumers.len() != 2 {
+        return None;
+    }
+    let (si, mi) = match (g.nodes[consumers[0]].op_type.as_str(), g.nodes[consumers[1]].op_type.as_str()) {
+        ("Sigmoid", "Mul") => (consumers[0], consumers[1]),
+        ("Mul", "Sigmoid") => (consumers[1], consumers[0]),
+        _ => return None,
+    };
+    let (s, m) = (&g.nodes[si], &g.nodes[mi]);
+    let silu = is_onnx(s)
+        && is_onnx(m)
+        && s.outputs.len() == 1
+        && ix.single_use(&s.outputs[0])
+        && other_input(m, v) == Some(s.outputs[0].as_str());
+    silu.then(|| ("silu", vec![si, mi]))
+}
+
+/// Fuses each float Conv with the residual add and activation that follow
+/// it; returns how many Convs became `tessera:FusedConv`.
+pub fn fuse_conv_epilogues(g: &mut Graph) -> usize {
+    let mut fused = 0;
+    loop {
+        let ix = Index::new(g);
+        let mut hit: Option<(usize, Vec<usize>, Node)> = None;
+        for (ci, conv) in g.nodes.iter().enumerate() {
+            if conv.op_type != "Conv" || !is_onnx(conv) || conv.outputs.len() != 1 || conv.inputs.len() < 2 {
+                continue;
+            }
+            let y = conv.outputs[0].as_str();
+            if g.dtype_of(y) != Some(DType::F32) || g.outputs.iter().any(|o| o.name == y) {
+                continue;
+            }
+            let mut nf = conv.clone();
+            nf.domain = DOMAIN.into();
+            nf.op_type = FUSED_CONV.into();
+            nf.inputs.resize(3, String::new());
+            let mut replaced = Vec::new();
+            let mut out = y.to_string();
+            if let Some((ai, r)) = residual_add(g, &ix, y) {
+                nf.inputs.push(r.to_string());
+                replaced.push(ai);
+                out = g.nodes[ai].outputs[0].clone();
+            }
+            let act = if g.outputs.iter().any(|o| o.name == out) { None } else { activation_after(g, &ix, &out) };
+            if let Some((a, nodes)) = act {
+                nf.attrs.insert("activation".into(), Attr::String(a.as_bytes().to_vec()));
+                out = g.nodes[*nodes.last().expect("one node at least")].outputs[0].clone();
+                replaced.extend(nodes);
+            }
+            if replaced.is_empty() {
+                continue;
+            }
+            // Trailing empty optional inputs go.
+            while nf.inputs.last().is_some_and(|s| s.is_empty()) {
+                nf.inputs.pop();
+            }
+            nf.outputs = vec![out];
+            hit = Some((ci, replaced, nf));
+            break;
+        }
+        let Some((ci, replaced, nf)) = hit else { break };
+        // The fused node takes the last replaced node's place, so that a
+        // residual computed between them is defined before it.
+        let last = *replaced.iter().max().expect("not empty");
+        g.nodes[last] = nf;
+        let mut gone: Vec<usize> = replaced.into_iter().filter(|&i| i != last).chain([ci]).collect();
+        gone.sort_unstable_by(|a, b| b.cmp(a));
+        for i in gone {
+            g.nodes.remove(i);
+        }
+        fused += 1;
+    }
+    fused
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ValueInfo;
+
+    fn vi(n: &str, shape: &[usize]) -> ValueInfo {
+        ValueInfo {
+            name: n.into(),
+            dtype: Some(DType::F32),
+            shape: Some(shape.iter().map(|&d| Dim::Known(d)).collect()),
+        }
+    }
+
+    fn conv_graph(with_bias: bool) -> Graph {
+        let mut g = Graph::default();
+        g.inputs.push(vi("x", &[1, 2, 4, 4]));
+        let ins: &[&str] = if with_bias { &["x", "w", "b"] } else { &["x", "w"] };
+        g.nodes.push(Node::new("Conv", "conv", ins, &["c"]));
+        g.initializers
+            .insert("w".into(), Tensor::from_vec(&[3, 2, 1, 1], vec![1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0]).unwrap());
+        g.initializers.insert("b".into(), Tensor::from_vec(&[3], vec![0.5f32, -1.0, 2.0]).unwrap());
+        for v in ["c", "y", "z", "s"] {
+            g.value_info.insert(v.into(), vi(v, &[1, 3, 4, 4]));
+        }
+        g
+    }
+
+    fn add_bn(g: &mut Graph) {
+        g.nodes.push(Node::new("BatchNormalization", "bn", &["c", "g", "be", "mu", "var"], &["y"]));
+        g.nodes[1].attrs.insert("epsilon".into(), Attr::Float(0.25));
+        for (n, v) in
+            [("g", [2.0f32, 1.0, -1.0]), ("be", [1.0, 0.0, 3.0]), ("mu", [0.5, 1.0, -2.0]), ("var", [0.75, 3.75, 0.0])]
+        {
+            g.initializers.insert(n.into(), Tensor::from_vec(&[3], v.to_vec()).unwrap());
+        }
+        g.outputs.push(vi("y", &[1, 3, 4, 4]));
+    }
+
+    #[test]
+    fn batch_norm_folds_into_weights_and_bias() {
+        for with_bias in [true, false] {
+            let mut g = conv_graph(with_bias);
+            add_bn(&mut g);
+            assert_eq!(fold_batch_norm(&mut g), 1);
+            assert_eq!(g.nodes.len(), 1);
+            let n = &g.nodes[0];
+            assert_eq!((n.op_type.as_str(), n.outputs[0].as_str()), ("Conv", "y"));
+            let w = g.initializers[&n.inputs[1]].as_slice::<f32>().unwrap().to_vec();
+            let b = g.initializers[&n.inputs[2]].as_slice::<f32>().unwrap().to_vec();
+            // s = g / sqrt(var + 0.25) = [2, 0.5, -2].
+            assert_eq!(w, vec![2.0, 4.0, 1.5, 2.0, -10.0, -12.0]);
+            let b0 = if with_bias { [0.5, -1.0, 2.0] } else { [0.0; 3] };
+            let want = [(b0[0] - 0.5) * 2.0 + 1.0, (b0[1] - 1.0) * 0.5, (b0[2] + 2.0) * -2.0 + 3.0];
+            assert_eq!(b, want.to_vec());
+        }
+    }
+
+    #[test]
+    fn batch_norm_stays_when_the_conv_output_is_shared_or_training() {
+        let mut g = conv_graph(true);
+        add_bn(&mut g);
+        g.outputs.push(vi("c", &[1, 3, 4, 4]));
+        assert_eq!(fold_batch_norm(&mut g), 0);
+        let mut g = conv_graph(true);
+        add_bn(&mut g);
+        g.nodes[1].attrs.insert("training_mode".into(), Attr::Int(1));
+        assert_eq!(fold_batch_norm(&mut g), 0);
+        let mut g = conv_graph(true);
+        add_bn(&mut g);
+        g.initializers.remove("var");
+        g.inputs.push(vi("var", &[3]));
+        assert_eq!(fold_batch_norm(&mut g), 0);
+    }
+
+    #[test]
+    fn residual_and_relu_fuse_into_the_conv() {
+        for op in ["Add", "Sum"] {
+            let mut g = conv_graph(true);
+            g.inputs.push(vi("r", &[1, 3, 4, 4]));
+            g.nodes.push(Node::new(op, "add", &["r", "c"], &["s"]));
+            g.nodes.push(Node::new("Relu", "relu", &["s"], &["y"]));
+            g.outputs.push(vi("y", &[1, 3, 4, 4]));
+            assert_eq!(fuse_conv_epilogues(&mut g), 1);
+            assert_eq!(g.nodes.len(), 1);
+            let n = &g.nodes[0];
+            assert_eq!((n.domain.as_str(), n.op_type.as_str()), (DOMAIN, FUSED_CONV));
+            assert_eq!(n.inputs, vec!["x", "w", "b", "r"]);
+            assert_eq!(n.outputs, vec!["y"]);
+            assert_eq!(n.attr_string("activation").unwrap().as_deref(), Some("relu"));
+        }
+    }
+
+    #[test]
+    fn silu_and_bias_free_residual_fuse() {
+        let mut g = conv_graph(false);
+        g.nodes.push(Node::new("Sigmoid", "sig", &["c"], &["z"]));
+        g.nodes.push(Node::new("Mul", "mul", &["c", "z"], &["y"]));
+        g.outputs.push(vi("y", &[1, 3, 4, 4]));
+        assert_eq!(fuse_conv_epilogues(&mut g), 1);
+        assert_eq!(g.nodes.len(), 1);
+        assert_eq!(g.nodes[0].attr_string("activation").unwrap().as_deref(), Some("silu"));
+        assert_eq!(g.nodes[0].inputs, vec!["x", "w"]);
+
+        let mut g = conv_graph(false);
+        g.inputs.push(vi("r", &[1, 3, 4, 4]));
+        g.nodes.push(Node::new("Add", "add", &["c", "r"], &["y"]));
+        g.outputs.push(vi("y", &[1, 3, 4, 4]));
+        assert_eq!(fuse_conv_epilogues(&mut g), 1);
+        assert_eq!(g.nodes[0].inputs, vec!["x", "w", "", "r"]);
+        assert_eq!(g.nodes[0].attr_string("activation").unwrap(), None);
+    }
+
+    #[test]
+    fn broadcast_or_constant_adds_and_shared_outputs_stay() {
+        // A bias-like constant, a broadcast operand, a Conv output read twice.
+        let mut g = conv_graph(true);
+        g.initializers.insert("k".into(), Tensor::from_vec(&[1, 3, 4, 4], vec![0f32; 48]).unwrap());
+        g.nodes.push(Node::new("Add", "add", &["c", "k"], &["y"]));
+        g.outputs.push(vi("y", &[1, 3, 4, 4]));
+        assert_eq!(fuse_conv_epilogues(&mut g), 0);
+
+        let mut g = conv_graph(true);
+        g.inputs.push(vi("r", &[1, 3, 1, 1]));
+        g.nodes.push(Node::new("Add", "add", &["c", "r"], &["y"]));
+        g.outputs.push(vi("y", &[1, 3, 4, 4]));
+        assert_eq!(fuse_conv_epilogues(&mut g), 0);
+
+        let mut g = conv_graph(true);
+        g.nodes.push(Node::new("Relu", "relu", &["c"], &["y"]));
+        g.outputs.push(vi("y", &[1, 3, 4, 4]));
+        g.outputs.push(vi("c", &[1, 3, 4, 4]));
+        assert_eq!(fuse_conv_epilogues(&mut g), 0);
+    }
+}
