@@ -141,6 +141,7 @@ pub fn max_pool<T: Copy + PartialOrd + Send + Sync>(
         }
     };
     match indices {
+        None if g.dilation == [1, 1, 1] => max_pool_rows(g, x, y, empty),
         None => for_each_output(g, y, |p, w, out| *out = search(p, w).0),
         Some(ind) => {
             assert!(ind.len() >= y.len().min(g.planes * g.out_size()), "pool indices too small");
@@ -151,6 +152,69 @@ pub fn max_pool<T: Copy + PartialOrd + Send + Sync>(
                 *iv = i;
             }
         }
+    }
+}
+
+/// Max pooling without dilation and without indices, one output row at a
+/// time: the window's input rows are reduced element-wise into one row (a
+/// loop the compiler vectorizes), then each output takes the maximum of its
+/// few columns of it. The windows' maxima are those of
+/// [`max_pool`]'s per-output search (maximum is order-free), without its
+/// per-tap bookkeeping.
+fn max_pool_rows<T: Copy + PartialOrd + Send + Sync>(g: &PoolGeom, x: &[T], y: &mut [T], empty: T) {
+    let wins = [windows(g, 0), windows(g, 1), windows(g, 2)];
+    let (in_size, out_size) = (g.in_size(), g.out_size());
+    let [_, ih, iw] = g.input;
+    let [od, oh, ow] = g.output;
+    let y = &mut y[..g.planes * out_size];
+    if out_size == 0 {
+        return;
+    }
+    let plane = |p: usize, yp: &mut [T]| {
+        let xp = &x[p * in_size..(p + 1) * in_size];
+        let mut acc: Vec<T> = Vec::with_capacity(iw);
+        for z in 0..od {
+            for yy in 0..oh {
+                let out = &mut yp[(z * oh + yy) * ow..][..ow];
+                let (wz, wy) = (&wins[0][z], &wins[1][yy]);
+                acc.clear();
+                for a in wz.lo..wz.hi {
+                    let zi = coord(wz, a, 1);
+                    for b in wy.lo..wy.hi {
+                        let line = &xp[(zi * ih + coord(wy, b, 1)) * iw..][..iw];
+                        if acc.is_empty() {
+                            acc.extend_from_slice(line);
+                        } else {
+                            for (m, &v) in acc.iter_mut().zip(line) {
+                                if v > *m {
+                                    *m = v;
+                                }
+                            }
+                        }
+                    }
+                }
+                for (o, wx) in out.iter_mut().zip(&wins[2]) {
+                    *o = if acc.is_empty() || wx.lo >= wx.hi {
+                        empty
+                    } else {
+                        let mut m = acc[coord(wx, wx.lo, 1)];
+                        for e in wx.lo + 1..wx.hi {
+                            let v = acc[coord(wx, e, 1)];
+                            if v > m {
+                                m = v;
+                            }
+                        }
+                        m
+                    };
+                }
+            }
+        }
+    };
+    let work = y.len() * g.kernel.iter().product::<usize>();
+    if work < (1 << 15) {
+        y.chunks_mut(out_size).enumerate().for_each(|(p, yp)| plane(p, yp));
+    } else {
+        y.par_chunks_mut(out_size).enumerate().for_each(|(p, yp)| plane(p, yp));
     }
 }
 
@@ -261,6 +325,30 @@ mod tests {
         assert!((y[0] - 0.1511).abs() < 1e-4);
         avg_pool(&g, &x, &mut y, false);
         assert!((y[0] - 1.3595 / 4.0).abs() < 1e-4);
+    }
+
+    proptest::proptest! {
+        /// The row-wise max pooling (no indices, no dilation) gives the
+        /// per-output search's values: 1-D to 3-D, pads (windows partly or
+        /// wholly outside the input), strides, several planes.
+        #[test]
+        fn max_rows_match_the_search(
+            planes in 1usize..4, input in proptest::array::uniform3(1usize..9), kernel in proptest::array::uniform3(1usize..4),
+            stride in proptest::array::uniform3(1usize..4), pad in proptest::array::uniform3(0usize..3),
+            seed in proptest::prelude::any::<u32>(),
+        ) {
+            let output: [usize; 3] =
+                std::array::from_fn(|d| (input[d] + 2 * pad[d]).saturating_sub(kernel[d]) / stride[d] + 1);
+            let g = PoolGeom { planes, input, output, kernel, stride, pad, pad_end: pad, dilation: [1; 3] };
+            let n = planes * input.iter().product::<usize>();
+            let x: Vec<f32> =
+                (0..n).map(|i| ((i as u32).wrapping_mul(2_654_435_761) ^ seed) as f32 / u32::MAX as f32 - 0.5).collect();
+            let m = planes * output.iter().product::<usize>();
+            let (mut fast, mut searched, mut ind) = (vec![0f32; m], vec![0f32; m], vec![0i64; m]);
+            max_pool(&g, &x, &mut fast, None, false, f32::MIN);
+            max_pool(&g, &x, &mut searched, Some(&mut ind), false, f32::MIN);
+            proptest::prop_assert_eq!(fast, searched);
+        }
     }
 
     #[test]

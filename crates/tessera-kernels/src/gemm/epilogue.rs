@@ -110,6 +110,9 @@ pub struct Epilogue<'a> {
     pub alpha: f32,
     /// One value per column (or a single value for all).
     pub bias: Option<&'a [f32]>,
+    /// One value per row, added with `bias` (a convolution's bias when its
+    /// output channels are the product's rows).
+    pub row_bias: Option<&'a [f32]>,
     pub activation: Activation,
     pub residual: Option<Residual<'a>>,
     /// The residual is added before the activation, `act(alpha * acc +
@@ -120,7 +123,14 @@ pub struct Epilogue<'a> {
 
 impl Default for Epilogue<'_> {
     fn default() -> Self {
-        Epilogue { alpha: 1.0, bias: None, activation: Activation::None, residual: None, residual_first: false }
+        Epilogue {
+            alpha: 1.0,
+            bias: None,
+            row_bias: None,
+            activation: Activation::None,
+            residual: None,
+            residual_first: false,
+        }
     }
 }
 
@@ -129,6 +139,9 @@ impl<'a> Epilogue<'a> {
     pub fn check(&self, m: usize, n: usize) {
         if let Some(b) = self.bias {
             assert!(b.len() == n || b.len() == 1, "bias has {} values for {n} columns", b.len());
+        }
+        if let Some(b) = self.row_bias {
+            assert!(b.len() >= m, "row bias has {} values for {m} rows", b.len());
         }
         if let (Some(r), true) = (self.residual, m > 0 && n > 0) {
             assert!((m - 1) * r.row_stride + n <= r.data.len(), "residual does not fit {m}x{n}");
@@ -162,6 +175,40 @@ fn apply_block_body<const FMA: bool>(
         epi.finish_row::<FMA>(&mut v, &bias, i0 + i, j0, cols);
         for j in 0..NR {
             row[j] = v[j].to_bits();
+        }
+    }
+}
+
+#[inline(always)]
+fn apply_block_into_body<const FMA: bool>(
+    epi: &Epilogue,
+    acc: &AccBlock,
+    i0: usize,
+    j0: usize,
+    cols: usize,
+    dst: &mut [&mut [f32]],
+) {
+    let bias = epi.block_bias(j0, cols);
+    for (i, (row, out)) in acc.0.chunks_exact(NR).zip(dst.iter_mut()).enumerate() {
+        let mut v = [0f32; NR];
+        for j in 0..NR {
+            v[j] = f32::from_bits(row[j]);
+        }
+        epi.finish_row::<FMA>(&mut v, &bias, i0 + i, j0, cols);
+        store_row(out, &v);
+    }
+}
+
+/// `out.copy_from_slice(&v[..out.len()])`, a whole row as fixed-size
+/// vector stores (a run-time length would become a `memcpy` call per row).
+#[inline(always)]
+pub(crate) fn store_row<T: Copy>(out: &mut [T], v: &[T; NR]) {
+    match <&mut [T; NR]>::try_from(&mut *out) {
+        Ok(o) => *o = *v,
+        Err(_) => {
+            for (d, s) in out.iter_mut().zip(v) {
+                *d = *s;
+            }
         }
     }
 }
@@ -209,6 +256,22 @@ impl<'a> Epilogue<'a> {
         ))
     }
 
+    /// [`Epilogue::apply_block`] storing each finished row straight into
+    /// its place in the output: `dst[i]` is row `i0 + i`'s columns from
+    /// `j0` (`cols` of them; one slice per row of the block, `dst.len()`
+    /// rows), so the block makes no second trip through memory.
+    pub fn apply_block_into(&self, acc: &AccBlock, i0: usize, j0: usize, cols: usize, dst: &mut [&mut [f32]]) {
+        let epi = self;
+        with_vector_features!(apply_block_into_body(
+            epi: &Epilogue,
+            acc: &AccBlock,
+            i0: usize,
+            j0: usize,
+            cols: usize,
+            dst: &mut [&mut [f32]],
+        ))
+    }
+
     /// The bias for columns `j0..j0 + cols`, zero elsewhere.
     #[inline(always)]
     fn block_bias(&self, j0: usize, cols: usize) -> [f32; NR] {
@@ -223,8 +286,9 @@ impl<'a> Epilogue<'a> {
     /// `cols` hold values that are never stored.
     #[inline(always)]
     fn finish_row<const FMA: bool>(&self, v: &mut [f32; NR], bias: &[f32; NR], row: usize, j0: usize, cols: usize) {
+        let row_bias = self.row_bias.map_or(0.0, |b| b[row]);
         for j in 0..NR {
-            v[j] = self.alpha * v[j] + bias[j];
+            v[j] = self.alpha * v[j] + (bias[j] + row_bias);
         }
         let residual = self.residual.map(|r| &r.data[row * r.row_stride + j0..][..cols]);
         if self.residual_first {
@@ -429,15 +493,17 @@ mod tests {
         fn block_epilogue_matches_the_row_epilogue(
             rows in 1usize..=32, cols in 1usize..=32, j0 in 0usize..40, alpha in -2.0f32..2.0,
             act in 0usize..5, bias_kind in 0usize..3, residual in any::<bool>(), residual_first in any::<bool>(),
-            seed in any::<u32>(),
+            row_bias in any::<bool>(), seed in any::<u32>(),
         ) {
             let n = j0 + cols;
             let val = |i: usize| ((i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) >> 8) as f32 / (1u32 << 22) as f32 - 2.0;
             let bias_all: Vec<f32> = (0..n).map(|j| val(j + 5000)).collect();
             let res: Vec<f32> = (0..rows * n).map(|i| val(i + 9000)).collect();
+            let rows_bias: Vec<f32> = (0..rows).map(|i| val(i + 7000)).collect();
             let epi = Epilogue {
                 alpha,
                 bias: match bias_kind { 0 => None, 1 => Some(&bias_all[..1]), _ => Some(&bias_all[..]) },
+                row_bias: row_bias.then_some(&rows_bias[..]),
                 activation: [Activation::None, Activation::Relu, Activation::GeluErf, Activation::GeluTanh, Activation::Silu][act],
                 residual: residual.then_some(Residual { data: &res, row_stride: n }),
                 residual_first,
@@ -447,7 +513,17 @@ mod tests {
                 *w = (val(i) * 4.0).to_bits();
             }
             let acc = *block.as_f32();
+            let mut stored = vec![f32::NAN; rows * cols];
+            {
+                let mut dst: Vec<&mut [f32]> = stored.chunks_mut(cols).collect();
+                epi.apply_block_into(&block, 0, j0, cols, &mut dst);
+            }
             epi.apply_block(&mut block, 0, j0, rows, cols);
+            for i in 0..rows {
+                for j in 0..cols {
+                    prop_assert_eq!(stored[i * cols + j].to_bits(), block.as_f32()[i * NR + j].to_bits(), "into ({}, {})", i, j);
+                }
+            }
             for i in 0..rows {
                 let mut want = vec![0f32; cols];
                 epi.apply_f32(&acc[i * NR..i * NR + cols], i, j0, &mut want);
@@ -456,7 +532,7 @@ mod tests {
                     // ONNX's unfused order, one scalar step at a time.
                     let b = epi.bias.map_or(0.0, |b| b[if b.len() == 1 { 0 } else { j0 + j }]);
                     let r = if residual { res[i * n + j0 + j] } else { 0.0 };
-                    let pre = alpha * acc[i * NR + j] + b;
+                    let pre = alpha * acc[i * NR + j] + (b + if row_bias { rows_bias[i] } else { 0.0 });
                     let exact = if residual_first { epi.activation.apply(pre + r) } else { epi.activation.apply(pre) + r };
                     prop_assert!((w - exact).abs() <= 1e-5 * exact.abs().max(1.0), "({i}, {j}): {w} vs {exact}");
                 }

@@ -133,10 +133,137 @@ impl PackedB {
     fn panels(&self) -> usize {
         self.n.div_ceil(NR)
     }
-    fn panel(&self, p: usize) -> &[u8] {
+}
+
+/// The right operand as the driver reads it: `count` panels of `kblocks`
+/// k-blocks (each k-block in `parts` parts) side by side in `data`.
+#[derive(Copy, Clone)]
+struct Panels<'a> {
+    data: &'a [u8],
+    kblocks: usize,
+    count: usize,
+    parts: usize,
+}
+
+impl<'a> Panels<'a> {
+    fn panel(&self, p: usize) -> &'a [u8] {
         let len = self.kblocks * BLOCK_BYTES;
         &self.data[p * len..(p + 1) * len]
     }
+}
+
+impl PackedB {
+    fn view(&self) -> Panels<'_> {
+        Panels { data: &self.data, kblocks: self.kblocks, count: self.panels(), parts: self.parts() }
+    }
+}
+
+/// A constant left operand `A` (`m x k`: a convolution's weight, output
+/// channels by taps) packed once into bf16 A panels, so that the
+/// activations can be the right-hand side (see [`tile_sgemm_rows`]).
+pub struct PackedA {
+    m: usize,
+    k: usize,
+    kblocks: usize,
+    data: WeightBuf,
+}
+
+impl std::fmt::Debug for PackedA {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PackedA(bf16, {}x{}, {} bytes)", self.m, self.k, self.data.len())
+    }
+}
+
+impl PackedA {
+    /// Packs an fp32 `A` for bf16 tiles (one part: plain bf16).
+    pub fn from_f32(a: MatRef<f32>) -> PackedA {
+        let (m, k) = (a.rows, a.cols);
+        let kblocks = pack::k_blocks(DotKind::Bf16, k);
+        let a_len = kblocks * BLOCK_BYTES;
+        let mut data = WeightBuf::zeroed(a_len * m.div_ceil(MR));
+        if a_len > 0 {
+            data.par_chunks_mut(a_len).enumerate().for_each(|(p, dst)| {
+                let i0 = p * MR;
+                pack::pack_a_f32(dst, a.rows_range(i0, MR.min(m - i0)), Split::Bf16);
+            });
+        }
+        PackedA { m, k, kblocks, data }
+    }
+    pub fn m(&self) -> usize {
+        self.m
+    }
+    pub fn k(&self) -> usize {
+        self.k
+    }
+    pub fn packed_bytes(&self) -> usize {
+        self.data.len()
+    }
+}
+
+thread_local! {
+    /// The packed right operand of [`tile_sgemm_rows`]' last call on this
+    /// thread (reused like the packed-A buffer).
+    static B_BUFFER: std::cell::Cell<Option<Bytes>> = const { std::cell::Cell::new(None) };
+}
+
+/// `c = epi(a @ b)` for a packed constant `a` (`m x k`) and a row-major
+/// `k x n` right operand `b` (a convolution's im2col rows, or its input's
+/// channels for a pointwise one), packed here into bf16 panels. `c` is
+/// row-major with row stride `ldc` and is overwritten; the epilogue's
+/// `row_bias` suits a bias per output channel.
+pub fn tile_sgemm_rows(isa: TileIsa, a: &PackedA, b: MatRef<f32>, c: &mut [f32], ldc: usize, epi: &Epilogue) {
+    tile_sgemm_rows_with(isa, TileBlocking::configured(), a, b, c, ldc, epi)
+}
+
+/// [`tile_sgemm_rows`] with an explicit blocking.
+pub fn tile_sgemm_rows_with(
+    isa: TileIsa,
+    blk: TileBlocking,
+    a: &PackedA,
+    b: MatRef<f32>,
+    c: &mut [f32],
+    ldc: usize,
+    epi: &Epilogue,
+) {
+    let (m, k, n) = (a.m, a.k, b.cols);
+    assert_eq!(b.rows, k, "inner dimensions differ");
+    assert_eq!(b.col_stride, 1, "B must be row-major");
+    if m == 0 || n == 0 {
+        return;
+    }
+    b.check();
+    assert!((m - 1) * ldc + n <= c.len(), "output does not fit its slice");
+    epi.check(m, n);
+    let row = |kk: usize| &b.data[kk * b.row_stride..kk * b.row_stride + n];
+    if k == 0 {
+        // No taps: the epilogue of zero products.
+        let zeros = vec![0f32; n];
+        for (i, dst) in c.chunks_mut(ldc).take(m).enumerate() {
+            epi.apply_f32(&zeros, i, 0, &mut dst[..n]);
+        }
+        return;
+    }
+    let b_len = a.kblocks * BLOCK_BYTES;
+    let count = n.div_ceil(NR);
+    with_reused_bytes(&B_BUFFER, b_len * count, |bp| {
+        bp.par_chunks_mut(b_len).enumerate().for_each(|(p, dst)| {
+            let j0 = p * NR;
+            pack::pack_b_bf16_from_rows(dst, NR.min(n - j0), k, |kk| &row(kk)[j0..]);
+        });
+        let b = Panels { data: bp, kblocks: a.kblocks, count, parts: 1 };
+        let out = OutPtr(c.as_mut_ptr());
+        let finish = move |acc: &mut AccBlock, i0: usize, j0: usize| {
+            let (rows, cols) = (MR.min(m - i0), NR.min(n - j0));
+            // SAFETY: rows i0.. < m and columns j0..j0 + cols <= n lie in
+            // `c` (checked above); blocks of different tasks are disjoint.
+            let mut dst = unsafe { out.block_rows(ldc, i0, j0, rows, cols) };
+            epi.apply_block_into(acc, i0, j0, cols, &mut dst[..rows]);
+        };
+        let ahead = move |i0: usize, j0: usize| {
+            out.prefetch_for_epilogue(ldc, epi, i0, j0, MR.min(m - i0), NR.min(n - j0));
+        };
+        drive(isa, blk, DotKind::Bf16, &a.data, m, b, &finish, &ahead);
+    });
 }
 
 /// A raw output pointer shared by tasks that write disjoint blocks.
@@ -171,8 +298,26 @@ impl<T: Copy> OutPtr<T> {
         for (i, src) in block.chunks_exact(NR).take(rows).enumerate() {
             // SAFETY: the row segment is inside the region the caller vouches for.
             let dst = unsafe { std::slice::from_raw_parts_mut(self.at((i0 + i) * ldc + j0), cols) };
-            dst.copy_from_slice(&src[..cols]);
+            super::epilogue::store_row(dst, src.try_into().expect("a block row"));
         }
+    }
+
+    /// The block's output rows: row `i < rows` is columns `j0..j0 + cols`
+    /// of output row `i0 + i` (row stride `ldc`); rows past `rows` empty.
+    ///
+    /// # Safety
+    /// The `rows x cols` region at (i0, j0) lies inside the output the
+    /// pointer was made from, and no other task touches it while the
+    /// slices live.
+    unsafe fn block_rows<'o>(&self, ldc: usize, i0: usize, j0: usize, rows: usize, cols: usize) -> [&'o mut [T]; MR] {
+        std::array::from_fn(|i| {
+            if i < rows {
+                // SAFETY: distinct rows of the region the caller vouches for.
+                unsafe { std::slice::from_raw_parts_mut(self.at((i0 + i) * ldc + j0), cols) }
+            } else {
+                &mut []
+            }
+        })
     }
 
     /// [`OutPtr::store_block`] transposed: element (i, j) of the block goes
@@ -455,16 +600,16 @@ fn drive(
     kind: DotKind,
     a: &[u8],
     m: usize,
-    b: &PackedB,
+    b: Panels,
     finish: &(dyn Fn(&mut AccBlock, usize, usize) + Sync),
     ahead: &(dyn Fn(usize, usize) + Sync),
 ) {
     let mb = m.div_ceil(MR);
-    let nb = b.panels();
+    let nb = b.count;
     let kblocks = b.kblocks;
     let a_len = kblocks * BLOCK_BYTES;
     // Split operands run whole k-steps (a k-block's parts together).
-    let step = b.parts();
+    let step = b.parts;
     let whole = |kc: usize| (kc / step).max(1) * step;
     let threads = rayon::current_num_threads().max(1);
     let most_panels = blk.a_panels.max(1).min(mb);
@@ -690,11 +835,11 @@ fn sgemm_packed(
                 }
             }
         } else {
-            epi.apply_block(acc, i0, j0, rows, cols);
             // SAFETY: rows i0.. < m and columns j0..j0 + cols <= n lie in
             // `c` (checked by the caller); blocks of different tasks are
             // disjoint.
-            unsafe { out.store_block(ldc, acc.as_f32(), i0, j0, rows, cols) };
+            let mut dst = unsafe { out.block_rows(ldc, i0, j0, rows, cols) };
+            epi.apply_block_into(acc, i0, j0, cols, &mut dst[..rows]);
         }
     };
     let ahead = move |i0: usize, j0: usize| {
@@ -705,7 +850,7 @@ fn sgemm_packed(
             out.prefetch_for_epilogue(ldc, epi, i0, j0, rows, cols);
         }
     };
-    drive(isa, blk, DotKind::Bf16, ap, m, b, &finish, &ahead);
+    drive(isa, blk, DotKind::Bf16, ap, m, b.view(), &finish, &ahead);
 }
 
 /// An 8-bit activation matrix (raw bytes, row-major with `row_stride`).
@@ -848,7 +993,7 @@ fn igemm_packed(
             let ahead = move |i0: usize, j0: usize| {
                 out.prefetch_block(ldc, i0, j0, MR.min(m - i0), NR.min(n - j0));
             };
-            drive(isa, blk, kind, ap, m, b, &finish, &ahead);
+            drive(isa, blk, kind, ap, m, b.view(), &finish, &ahead);
         }
         I8Out::I32Transposed { c, ld } => {
             assert!((n - 1) * ld + m <= c.len(), "output does not fit its slice");
@@ -863,7 +1008,7 @@ fn igemm_packed(
             let ahead = move |i0: usize, j0: usize| {
                 out.prefetch_block(ld, j0, i0, NR.min(n - j0), MR.min(m - i0));
             };
-            drive(isa, blk, kind, ap, m, b, &finish, &ahead);
+            drive(isa, blk, kind, ap, m, b.view(), &finish, &ahead);
         }
         I8Out::F32 { c, ldc, scale_a, scale_b, epi } => {
             assert!((m - 1) * ldc + n <= c.len(), "output does not fit its slice");
@@ -879,7 +1024,7 @@ fn igemm_packed(
             };
             let ahead =
                 move |i0: usize, j0: usize| out.prefetch_for_epilogue(ldc, epi, i0, j0, MR.min(m - i0), NR.min(n - j0));
-            drive(isa, blk, kind, ap, m, b, &finish, &ahead);
+            drive(isa, blk, kind, ap, m, b.view(), &finish, &ahead);
         }
     }
 }
@@ -953,6 +1098,7 @@ mod amx_tests {
         let epi = Epilogue {
             alpha: 0.5,
             bias: Some(&bias),
+            row_bias: None,
             activation: Activation::None,
             residual: Some(Residual { data: &res, row_stride: n }),
             residual_first: false,
@@ -976,8 +1122,67 @@ mod amx_tests {
         }
     }
 
+    /// [`tile_sgemm_rows`]: a packed left operand, a row-major right one
+    /// with a row stride wider than N, a bias per row, a residual before
+    /// or after ReLU, against f64.
+    #[allow(clippy::too_many_arguments)]
+    fn check_rows(isa: TileIsa, blk: TileBlocking, m: usize, k: usize, n: usize, pad: usize, seed: u64, first: bool) {
+        let a = rand_vec(m * k, seed);
+        let ldb = n + pad;
+        let b = rand_vec(k * ldb, seed ^ 0x55);
+        let row_bias = rand_vec(m, seed ^ 0x77);
+        let ldc = n + 3;
+        let res = rand_vec(m * ldc, seed ^ 0x99);
+        let pa = PackedA::from_f32(MatRef::row_major(&a, m, k));
+        let mut c = vec![f32::NAN; m * ldc];
+        let epi = Epilogue {
+            row_bias: Some(&row_bias),
+            activation: Activation::Relu,
+            residual: Some(Residual { data: &res, row_stride: ldc }),
+            residual_first: first,
+            ..Default::default()
+        };
+        tile_sgemm_rows_with(
+            isa,
+            blk,
+            &pa,
+            MatRef { data: &b, rows: k, cols: n, row_stride: ldb, col_stride: 1 },
+            &mut c,
+            ldc,
+            &epi,
+        );
+        let bound = rel_bound(Split::Bf16, k);
+        for i in 0..m {
+            for j in 0..n {
+                let (mut exact, mut mag) = (0f64, 0f64);
+                for p in 0..k {
+                    let x = a[i * k + p] as f64 * b[p * ldb + j] as f64;
+                    exact += x;
+                    mag += x.abs();
+                }
+                let (pre, r) = (exact + row_bias[i] as f64, res[i * ldc + j] as f64);
+                let want = if first { (pre + r).max(0.0) } else { pre.max(0.0) + r };
+                let got = c[i * ldc + j] as f64;
+                // Each operand rounded to bf16 (relative 2^-8 at worst).
+                let tol = bound * mag + 1e-6;
+                assert!((got - want).abs() <= tol, "{isa:?} {m}x{k}x{n} at ({i},{j}): {got} vs {want}");
+            }
+            assert!(c[i * ldc + n..(i + 1) * ldc].iter().all(|v| v.is_nan()), "wrote past N in row {i}");
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(48))]
+        #[test]
+        fn tile_sgemm_rows_matches_reference(
+            m in 1usize..100, k in 0usize..150, n in 1usize..75, pad in 0usize..4, seed in any::<u64>(),
+            first in any::<bool>(), blk in blocking(),
+        ) {
+            for isa in isas() {
+                check_rows(isa, blk, m, k, n, pad, seed, first);
+            }
+        }
+
         #[test]
         fn tile_sgemm_matches_reference(
             m in 1usize..100, k in 1usize..200, n in 1usize..75, seed in any::<u64>(), ta in any::<bool>(),

@@ -5,12 +5,12 @@ use std::sync::Arc;
 
 use tessera_core::{DType, Error, Node, Result, Tensor};
 use tessera_kernels::gemm::{
-    tile_igemm, tile_sgemm, tile_sgemm_transposed, Activation, Epilogue, I8Mat, I8Out, MatRef, PackedB, Residual,
-    Split, TileIsa,
+    tile_igemm, tile_sgemm, tile_sgemm_rows, tile_sgemm_transposed, Activation, Epilogue, I8Mat, I8Out, MatRef,
+    PackedA, PackedB, Residual, Split, TileIsa,
 };
 
 use rayon::prelude::*;
-use tessera_kernels::conv::{im2row, im2row_padded, is_pointwise, ConvGeom};
+use tessera_kernels::conv::{im2col, im2row, im2row_padded, is_pointwise, ConvGeom};
 
 use super::TilePlan;
 use crate::cpu::ops::nn::common::Spatial;
@@ -433,6 +433,7 @@ impl CpuOp for Linear {
         let epi = Epilogue {
             alpha: self.alpha,
             bias,
+            row_bias: None,
             activation: self.activation,
             residual: match res_direct {
                 Some(r) => Some(Residual { data: r.as_slice::<f32>()?, row_stride: n }),
@@ -547,6 +548,7 @@ impl CpuOp for MatMulInteger {
                 let epi = Epilogue {
                     alpha: 1.0,
                     bias: d.bias,
+                    row_bias: None,
                     activation,
                     residual: d.residual.map(|data| Residual { data, row_stride: n }),
                     residual_first: false,
@@ -571,14 +573,12 @@ impl CpuOp for MatMulInteger {
 }
 
 /// Conv (group 1, 1 to 3 spatial dims) with a constant fp32 weight, lowered
-/// onto the tile GEMM: one row per output position (im2row), the weight
-/// `[M, C*k]` packed once as the `[C*k, M]` right-hand side, bias in the
-/// epilogue, then the `[positions, M]` block transposed into NCHW.
+/// onto the tile GEMM, bias, residual and activation in the epilogue.
 struct Conv {
     node: Node,
     isa: TileIsa,
     spatial: Spatial,
-    weight: Arc<PackedB>,
+    weight: ConvWeight,
     w_shape: Vec<usize>,
     bias: Option<Vec<f32>>,
     /// `tessera:FusedConv`'s activation, applied after its residual.
@@ -597,7 +597,11 @@ impl Conv {
         let m = w.shape()[0];
         let ck = w.numel() / m.max(1);
         let ws = w.as_slice::<f32>()?;
-        let weight = Arc::new(PackedB::from_f32(MatRef::row_major(ws, m, ck).t(), split));
+        let wm = MatRef::row_major(ws, m, ck);
+        let weight = match split {
+            Split::Bf16 => ConvWeight::Rows(Arc::new(PackedA::from_f32(wm))),
+            _ => ConvWeight::Columns(Arc::new(PackedB::from_f32(wm.t(), split))),
+        };
         let bias = match node.input(2).and_then(constant) {
             Some(b) if b.dtype() == DType::F32 && b.rank() == 1 && b.numel() == m => {
                 Some(b.as_slice::<f32>()?.to_vec())
@@ -621,6 +625,87 @@ impl Conv {
     }
 }
 
+/// How a tile convolution holds its weight `[M, C*k]`.
+enum ConvWeight {
+    /// Plain bf16: the weight is the product's left operand, packed once,
+    /// and the activations' im2col rows (for a pointwise convolution, its
+    /// input channels as they lie) the right one: `[M, positions]` is NCHW
+    /// as it comes out, and im2col copies runs of a whole output row where
+    /// im2row copies a few taps at a time.
+    Rows(Arc<PackedA>),
+    /// Split in parts (the fp32-accurate mode): the weight is the right
+    /// operand `[C*k, M]`, one im2row row per output position, and each
+    /// `[positions, M]` block is stored transposed into NCHW.
+    Columns(Arc<PackedB>),
+}
+
+thread_local! {
+    /// The im2col block of the last tile convolution on this thread,
+    /// reused so that a run of convolutions allocates nothing.
+    static IM2COL: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Bytes of fp32 im2col rows per block of positions: the block's packed
+/// bf16 panels (half of it) then stay in L2.
+const IM2COL_BLOCK_BYTES: usize = 2 << 20;
+
+impl Conv {
+    /// The product on a weight packed as the left operand.
+    #[allow(clippy::too_many_arguments)]
+    fn run_rows(
+        &self,
+        w: &PackedA,
+        g: &ConvGeom,
+        xs: &[f32],
+        ys: &mut [f32],
+        residual: Option<&[f32]>,
+        epi: &Epilogue,
+    ) -> Result<()> {
+        let (c, m) = (g.in_channels, g.out_channels);
+        let (in_size, out_size) = (g.in_size(), g.out_size());
+        let ksz = g.kernel_size();
+        let ck = c * ksz;
+        let block =
+            (IM2COL_BLOCK_BYTES / (4 * ck.max(1))).max(1).next_multiple_of(32).min(out_size.next_multiple_of(32));
+        let threads = rayon::current_num_threads().max(1);
+        IM2COL.with(|buf| -> Result<()> {
+            let mut buf = buf.borrow_mut();
+            for ni in 0..g.batch {
+                let xn = &xs[ni * c * in_size..(ni + 1) * c * in_size];
+                let yn = &mut ys[ni * m * out_size..(ni + 1) * m * out_size];
+                let rn = residual.map(|r| &r[ni * m * out_size..(ni + 1) * m * out_size]);
+                let epi_at = |b0: usize| Epilogue {
+                    residual: rn.map(|r| Residual { data: &r[b0..], row_stride: out_size }),
+                    ..*epi
+                };
+                if is_pointwise(g) {
+                    // The input's channels are the rows already.
+                    tile_sgemm_rows(self.isa, w, MatRef::row_major(xn, ck, in_size), yn, out_size, &epi_at(0));
+                    continue;
+                }
+                let need = tessera_core::tensor::checked_numel(&[ck, block])?;
+                if buf.len() < need {
+                    buf.resize(need, 0.0);
+                }
+                for b0 in (0..out_size).step_by(block) {
+                    let nb = block.min(out_size - b0);
+                    let cols = &mut buf[..ck * nb];
+                    // Whole channels per task (their rows are contiguous).
+                    let per = c.div_ceil(2 * threads).max(1);
+                    cols.par_chunks_mut(per * ksz * nb).enumerate().for_each(|(t, part)| {
+                        let c0 = t * per;
+                        let cn = part.len() / (ksz * nb);
+                        im2col(g, &xn[c0 * in_size..(c0 + cn) * in_size], cn, b0, b0 + nb, part);
+                    });
+                    let cols = MatRef::row_major(&buf[..ck * nb], ck, nb);
+                    tile_sgemm_rows(self.isa, w, cols, &mut yn[b0..], out_size, &epi_at(b0));
+                }
+            }
+            Ok(())
+        })
+    }
+}
+
 impl CpuOp for Conv {
     fn run(&self, inputs: &[Option<&Tensor>], ctx: &mut RunCtx) -> Result<Vec<Tensor>> {
         let node = &self.node;
@@ -633,7 +718,7 @@ impl CpuOp for Conv {
         let (in_size, out_size) = (g.in_size(), g.out_size());
         let ck = c * g.kernel_size();
         let xs = x.as_slice::<f32>()?;
-        let mut y = ctx.alloc(DType::F32, &shape)?;
+        let mut y = ctx.alloc_for_overwrite(DType::F32, &shape)?;
         let ys = y.as_mut_slice::<f32>()?;
         // A pointwise convolution's input, read transposed, is its im2col
         // matrix already.
@@ -650,6 +735,19 @@ impl CpuOp for Conv {
             }
             Some(r) => Some(r.as_slice::<f32>()?),
             None => None,
+        };
+        let weight = match &self.weight {
+            ConvWeight::Rows(w) => {
+                let epi = Epilogue {
+                    row_bias: self.bias.as_deref(),
+                    activation: self.activation,
+                    residual_first: true,
+                    ..Default::default()
+                };
+                self.run_rows(w, &g, xs, ys, residual, &epi)?;
+                return Ok(vec![y]);
+            }
+            ConvWeight::Columns(w) => w,
         };
         let epi = Epilogue {
             bias: self.bias.as_deref(),
@@ -668,7 +766,7 @@ impl CpuOp for Conv {
                 tile_sgemm_transposed(
                     self.isa,
                     MatRef::row_major(xn, c, in_size).t(),
-                    &self.weight,
+                    weight,
                     yn,
                     out_size,
                     &epi_at(0),
@@ -682,7 +780,7 @@ impl CpuOp for Conv {
                 |p0, p1, part| im2row(&g, xn, c, p0, p1, part),
                 |b0, nb, r| {
                     let a = MatRef::row_major(r, nb, ck);
-                    tile_sgemm_transposed(self.isa, a, &self.weight, &mut yn[b0..], out_size, &epi_at(b0));
+                    tile_sgemm_transposed(self.isa, a, weight, &mut yn[b0..], out_size, &epi_at(b0));
                 },
             )?;
         }

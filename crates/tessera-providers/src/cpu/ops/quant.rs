@@ -527,6 +527,7 @@ fn build_fused_matmul_integer(node: &Node, bctx: &BuildCtx) -> Result<Box<dyn Cp
         let epi = Epilogue {
             alpha: 1.0,
             bias: d.bias,
+            row_bias: None,
             activation,
             residual: d.residual.map(|data| Residual { data, row_stride: n }),
             residual_first: false,

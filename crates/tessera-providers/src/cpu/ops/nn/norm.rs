@@ -401,6 +401,12 @@ fn build_lrn(node: &Node, _: &BuildCtx) -> Result<Box<dyn CpuOp>> {
         let plane: usize = s[2..].iter().product();
         let (lo, hi) = ((size - 1) / 2, (size - 1).div_ceil(2));
         let dt = x.dtype();
+        if dt == tessera_core::DType::F32 {
+            let xs = x.as_slice::<f32>()?;
+            let mut y = ctx.alloc_for_overwrite(dt, s)?;
+            lrn_f32(xs, y.as_mut_slice::<f32>()?, c, plane, (lo, hi), size, (alpha, beta, bias));
+            return Ok(vec![y]);
+        }
         let y = with_float!(dt, &node, T => {
             let xs = T::read(x)?;
             write_output::<T>(ctx, dt, s, |y| {
@@ -424,6 +430,49 @@ fn build_lrn(node: &Node, _: &BuildCtx) -> Result<Box<dyn CpuOp>> {
         })?;
         Ok(vec![y])
     }))
+}
+
+/// LRN on f32 in f32 arithmetic, one output plane per task: the window's
+/// squares summed plane-wise (a vectorized loop), then `x * base^-beta`,
+/// with `beta = 0.75` (AlexNet's and GoogLeNet's) as two square roots.
+fn lrn_f32(
+    x: &[f32],
+    y: &mut [f32],
+    c: usize,
+    plane: usize,
+    (lo, hi): (usize, usize),
+    size: usize,
+    (alpha, beta, bias): (f64, f64, f64),
+) {
+    if plane == 0 || c == 0 {
+        return;
+    }
+    let (scale, beta, bias) = ((alpha / size as f64) as f32, beta as f32, bias as f32);
+    y.par_chunks_mut(plane).enumerate().for_each_init(
+        || vec![0f32; plane],
+        |sq, (i, yp)| {
+            let (ni, ci) = (i / c, i % c);
+            let (c0, c1) = (ci.saturating_sub(lo), (ci + hi).min(c - 1));
+            sq.fill(0.0);
+            for cc in c0..=c1 {
+                let xc = &x[(ni * c + cc) * plane..][..plane];
+                for (s, &v) in sq.iter_mut().zip(xc) {
+                    *s += v * v;
+                }
+            }
+            let xp = &x[i * plane..][..plane];
+            if beta == 0.75 {
+                for ((o, &v), &s) in yp.iter_mut().zip(xp).zip(sq.iter()) {
+                    let r = (bias + scale * s).sqrt();
+                    *o = v / (r * r.sqrt());
+                }
+            } else {
+                for ((o, &v), &s) in yp.iter_mut().zip(xp).zip(sq.iter()) {
+                    *o = v * (bias + scale * s).powf(-beta);
+                }
+            }
+        },
+    );
 }
 
 fn build_mvn(node: &Node, _: &BuildCtx) -> Result<Box<dyn CpuOp>> {
@@ -538,6 +587,29 @@ mod tests {
             .with_attr("beta", Attr::Float(1.0));
         let y = run_node(&n, 13, &[Some(x)]).unwrap();
         close(y[0].as_slice::<f32>().unwrap(), &[1. / 6., 2. / 15., 3. / 14.], 1e-6);
+        // The f32 path (both beta forms, even and odd window sizes) against
+        // the definition in f64, on two images of 7 channels.
+        let (n, c, plane) = (2usize, 7usize, 15usize);
+        let xs: Vec<f32> = (0..n * c * plane).map(|i| ((i * 37 % 101) as f32 - 50.0) / 9.0).collect();
+        for (size, beta) in [(5usize, 0.75f32), (4, 0.6), (1, 0.75)] {
+            let node = Node::new("LRN", "l", &["x"], &["y"])
+                .with_attr("size", Attr::Int(size as i64))
+                .with_attr("alpha", Attr::Float(0.02))
+                .with_attr("beta", Attr::Float(beta))
+                .with_attr("bias", Attr::Float(2.0));
+            let y = run_node(&node, 13, &[Some(t_f32(&[n, c, 3, 5], &xs))]).unwrap();
+            let (lo, hi) = ((size - 1) / 2, (size - 1).div_ceil(2));
+            let want: Vec<f32> = (0..n * c * plane)
+                .map(|i| {
+                    let (ni, ci, p) = (i / (c * plane), (i / plane) % c, i % plane);
+                    let sq: f64 = (ci.saturating_sub(lo)..=(ci + hi).min(c - 1))
+                        .map(|cc| (xs[(ni * c + cc) * plane + p] as f64).powi(2))
+                        .sum();
+                    (xs[i] as f64 / (2.0 + 0.02 / size as f64 * sq).powf(beta as f64)) as f32
+                })
+                .collect();
+            close(y[0].as_slice::<f32>().unwrap(), &want, 1e-6);
+        }
 
         let x = t_f32(&[1, 1, 1, 4], &[1., 2., 3., 4.]);
         let n = Node::new("MeanVarianceNormalization", "m", &["x"], &["y"]);
