@@ -31,7 +31,8 @@ pub struct PassReport {
     pub attention_fused: usize,
     /// Attention blocks whose Q, K and V projections became one GEMM.
     pub qkv_merged: usize,
-    /// BatchNormalizations folded into their Conv's weights.
+    /// BatchNormalizations, and per-channel scales and shifts, folded into
+    /// their Conv's weights.
     pub batch_norm_folded: usize,
     /// Convs that took their residual add and activation (`tessera:FusedConv`).
     pub conv_fused: usize,
@@ -41,7 +42,7 @@ impl std::fmt::Display for PassReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "constant-folded {} nodes, removed {} dead nodes, fused {} LayerNorm, {} GELU, {} attention, {} MatMul+bias, {} MatMulInteger+dequantization, {} epilogues, {} Q/K/V merges, folded {} BatchNormalization, fused {} Conv epilogues",
+            "constant-folded {} nodes, removed {} dead nodes, fused {} LayerNorm, {} GELU, {} attention, {} MatMul+bias, {} MatMulInteger+dequantization, {} epilogues, {} Q/K/V merges, folded {} BatchNormalization/channel affine, fused {} Conv epilogues",
             self.folded,
             self.dead_removed,
             self.layernorm_fused,
@@ -82,6 +83,7 @@ pub fn optimize_with(graph: &mut Graph, eval: &Evaluator, fuse_matmul_ops: bool)
         r.epilogue_fused = fuse_matmul::fuse_epilogues(graph);
         r.qkv_merged = merge_qkv::merge_qkv_projections(graph);
         r.batch_norm_folded = fuse_conv::fold_batch_norm(graph);
+        r.batch_norm_folded += fuse_conv::fold_channel_affine(graph);
         r.conv_fused = fuse_conv::fuse_conv_epilogues(graph);
     }
     r.dead_removed += dce::eliminate_dead_nodes(graph);

@@ -4,6 +4,8 @@
 //!   is folded into them: `W' = W * s`, `B' = (B - mean) * s + beta` with
 //!   `s = scale / sqrt(var + epsilon)` per output channel, so the
 //!   normalization costs nothing at run time.
+//! * A per-channel `Mul` or `Add` by a constant after such a Conv folds into
+//!   its weights and bias the same way.
 //! * `Conv [-> Add|Sum(residual)] [-> activation]` becomes
 //!   `tessera:FusedConv(X, W, [B], [residual])` with Conv's attributes and
 //!   an `activation`: `y = act(conv(X, W) + B + residual)`, the order of a
@@ -94,6 +96,142 @@ pub fn fold_batch_norm(g: &mut Graph) -> usize {
         folded += 1;
     }
     folded
+}
+
+/// The per-channel values of a constant that broadcasts against a
+/// convolution output of rank `out_rank` with `m` channels along the
+/// channel axis only (`[m, 1, 1]`, `[1, m, 1, 1]`, a scalar...).
+fn channel_vector(g: &Graph, name: &str, out_rank: usize, m: usize) -> Option<Vec<f64>> {
+    let t = g.initializers.get(name)?;
+    let shape = t.shape();
+    if t.dtype() != DType::F32 || shape.len() > out_rank {
+        return None;
+    }
+    // Output axis of each constant dimension (numpy alignment from the right).
+    let first = out_rank - shape.len();
+    let mut len = 1;
+    for (i, &d) in shape.iter().enumerate() {
+        match (first + i == 1, d) {
+            (_, 1) => {}
+            (true, d) if d == m => len = m,
+            _ => return None,
+        }
+    }
+    let v = t.to_f64_vec();
+    Some(if len == m { v } else { vec![v[0]; m] })
+}
+
+/// Folds a per-channel `Mul` or `Add` by a constant that alone follows a
+/// Conv with constant weights into the weights and bias (exporters write a
+/// normalization's scale and shift this way); returns how many.
+pub fn fold_channel_affine(g: &mut Graph) -> usize {
+    let mut folded = 0;
+    loop {
+        let ix = Index::new(g);
+        let mut hit = None;
+        for (ci, conv) in g.nodes.iter().enumerate() {
+            if conv.op_type == "BatchNormalization" {
+                if let Some(h) = bn_affine(g, &ix, ci) {
+                    hit = Some(h);
+                    break;
+                }
+                continue;
+            }
+            if conv.op_type != "Conv" || !is_onnx(conv) || conv.outputs.len() != 1 || !ix.single_use(&conv.outputs[0]) {
+                continue;
+            }
+            let Some(w) = conv.inputs.get(1).and_then(|w| g.initializers.get(w)) else { continue };
+            if w.dtype() != DType::F32 || w.rank() < 3 {
+                continue;
+            }
+            let (m, rank) = (w.shape()[0], w.rank());
+            let Some(&oi) = ix.consumers(g, &conv.outputs[0]).first() else { continue };
+            let op = &g.nodes[oi];
+            if !is_onnx(op) || !matches!(op.op_type.as_str(), "Mul" | "Add") || op.outputs.len() != 1 {
+                continue;
+            }
+            let Some(k) = other_input(op, &conv.outputs[0]) else { continue };
+            let Some(v) = channel_vector(g, k, rank, m) else { continue };
+            let bias = match conv.inputs.get(2).filter(|b| !b.is_empty()) {
+                Some(b) => match g.initializers.get(b) {
+                    Some(t) if t.dtype() == DType::F32 && t.rank() == 1 && t.numel() == m => t.to_f64_vec(),
+                    _ => continue,
+                },
+                None => vec![0.0; m],
+            };
+            let Ok(ws) = w.as_slice::<f32>() else { continue };
+            let (new_w, new_b): (Vec<f32>, Vec<f32>) = if op.op_type == "Mul" {
+                let per = ws.len() / m.max(1);
+                (
+                    ws.iter().enumerate().map(|(i, &x)| (x as f64 * v[i / per]) as f32).collect(),
+                    (0..m).map(|c| (bias[c] * v[c]) as f32).collect(),
+                )
+            } else {
+                (ws.to_vec(), (0..m).map(|c| (bias[c] + v[c]) as f32).collect())
+            };
+            if new_w.iter().chain(&new_b).any(|x| !x.is_finite()) {
+                continue;
+            }
+            let (Ok(wt), Ok(bt)) = (Tensor::from_vec(w.shape(), new_w), Tensor::from_vec(&[m], new_b)) else {
+                continue;
+            };
+            hit = Some((ci, oi, wt, bt));
+            break;
+        }
+        let Some((ci, oi, wt, bt)) = hit else { break };
+        let mut conv = g.nodes[ci].clone();
+        let (wn, bn) = (g.fresh_name(&format!("{}_w", conv.name)), g.fresh_name(&format!("{}_b", conv.name)));
+        g.initializers.insert(wn.clone(), wt);
+        g.initializers.insert(bn.clone(), bt);
+        if conv.op_type == "BatchNormalization" {
+            // Scale and shift replaced; mean and variance kept.
+            conv.inputs[1] = wn;
+            conv.inputs[2] = bn;
+        } else {
+            conv.inputs.truncate(1);
+            conv.inputs.push(wn);
+            conv.inputs.push(bn);
+        }
+        conv.outputs = vec![g.nodes[oi].outputs[0].clone()];
+        g.nodes[oi] = conv;
+        g.nodes.remove(ci);
+        folded += 1;
+    }
+    folded
+}
+
+/// For an inference BatchNormalization at `bi` with constant parameters
+/// whose output alone feeds a per-channel `Mul` or `Add` by a constant: that
+/// op's index and the normalization's new scale and shift (`scale * k`,
+/// `B * k`; or `B + k`).
+fn bn_affine(g: &Graph, ix: &Index, bi: usize) -> Option<(usize, usize, Tensor, Tensor)> {
+    let bn = &g.nodes[bi];
+    if !is_onnx(bn) || bn.inputs.len() != 5 || bn.outputs.is_empty() || !ix.single_use(&bn.outputs[0]) {
+        return None;
+    }
+    if bn.attr_int_or("training_mode", 0).ok()? != 0 || !bn.outputs[1..].iter().all(|o| unused(g, ix, o)) {
+        return None;
+    }
+    let rank = g.shape_of(&bn.outputs[0]).or_else(|| g.shape_of(&bn.inputs[0]))?.len();
+    let m = g.initializers.get(&bn.inputs[1])?.numel();
+    let (scale, shift) = (const_vector(g, &bn.inputs[1], m)?, const_vector(g, &bn.inputs[2], m)?);
+    const_vector(g, &bn.inputs[3], m)?;
+    const_vector(g, &bn.inputs[4], m)?;
+    let &oi = ix.consumers(g, &bn.outputs[0]).first()?;
+    let op = &g.nodes[oi];
+    if !is_onnx(op) || !matches!(op.op_type.as_str(), "Mul" | "Add") || op.outputs.len() != 1 || rank < 2 {
+        return None;
+    }
+    let v = channel_vector(g, other_input(op, &bn.outputs[0])?, rank, m)?;
+    let (scale, shift): (Vec<f32>, Vec<f32>) = if op.op_type == "Mul" {
+        ((0..m).map(|c| (scale[c] * v[c]) as f32).collect(), (0..m).map(|c| (shift[c] * v[c]) as f32).collect())
+    } else {
+        (scale.iter().map(|&x| x as f32).collect(), (0..m).map(|c| (shift[c] + v[c]) as f32).collect())
+    };
+    if scale.iter().chain(&shift).any(|x| !x.is_finite()) {
+        return None;
+    }
+    Some((bi, oi, Tensor::from_vec(&[m], scale).ok()?, Tensor::from_vec(&[m], shift).ok()?))
 }
 
 fn known_shape(g: &Graph, v: &str) -> Option<Vec<Dim>> {
@@ -276,6 +414,58 @@ mod tests {
         g.initializers.remove("var");
         g.inputs.push(vi("var", &[3]));
         assert_eq!(fold_batch_norm(&mut g), 0);
+    }
+
+    #[test]
+    fn channel_scale_and_shift_fold_into_the_conv() {
+        let mut g = conv_graph(true);
+        g.nodes.push(Node::new("Mul", "mul", &["c", "k"], &["s"]));
+        g.nodes.push(Node::new("Add", "add", &["h", "s"], &["y"]));
+        g.initializers.insert("k".into(), Tensor::from_vec(&[3, 1, 1], vec![2.0f32, -1.0, 0.5]).unwrap());
+        g.initializers.insert("h".into(), Tensor::from_vec(&[1, 1, 1, 1], vec![10.0f32]).unwrap());
+        g.outputs.push(vi("y", &[1, 3, 4, 4]));
+        assert_eq!(fold_channel_affine(&mut g), 2);
+        assert_eq!(g.nodes.len(), 1);
+        let n = &g.nodes[0];
+        assert_eq!((n.op_type.as_str(), n.outputs[0].as_str()), ("Conv", "y"));
+        let w = g.initializers[&n.inputs[1]].as_slice::<f32>().unwrap().to_vec();
+        let b = g.initializers[&n.inputs[2]].as_slice::<f32>().unwrap().to_vec();
+        assert_eq!(w, vec![2.0, 4.0, -3.0, -4.0, 2.5, 3.0]);
+        assert_eq!(b, vec![0.5 * 2.0 + 10.0, -1.0 * -1.0 + 10.0, 2.0 * 0.5 + 10.0]);
+    }
+
+    #[test]
+    fn channel_scale_and_shift_fold_into_a_batch_norm() {
+        let mut g = conv_graph(true);
+        add_bn(&mut g);
+        g.outputs.clear();
+        g.value_info.insert("y".into(), vi("y", &[1, 3, 4, 4]));
+        g.nodes.push(Node::new("Mul", "mul", &["y", "k"], &["s"]));
+        g.nodes.push(Node::new("Add", "add", &["s", "h"], &["z"]));
+        g.initializers.insert("k".into(), Tensor::from_vec(&[1, 3, 1, 1], vec![2.0f32, -1.0, 0.5]).unwrap());
+        g.initializers.insert("h".into(), Tensor::from_vec(&[3, 1, 1], vec![1.0f32, 2.0, 3.0]).unwrap());
+        g.outputs.push(vi("z", &[1, 3, 4, 4]));
+        // The Conv's own output feeds the normalization: fold that first
+        // would change the test, so only the affine pass runs.
+        assert_eq!(fold_channel_affine(&mut g), 2);
+        assert_eq!(g.nodes.len(), 2);
+        let bn = &g.nodes[1];
+        assert_eq!((bn.op_type.as_str(), bn.outputs[0].as_str()), ("BatchNormalization", "z"));
+        assert_eq!(&bn.inputs[3..], &["mu", "var"]);
+        assert_eq!(g.initializers[&bn.inputs[1]].as_slice::<f32>().unwrap(), &[4.0, -1.0, -0.5]);
+        assert_eq!(g.initializers[&bn.inputs[2]].as_slice::<f32>().unwrap(), &[3.0, 2.0, 4.5]);
+    }
+
+    #[test]
+    fn spatial_or_batch_constants_stay() {
+        for shape in [vec![1usize, 1, 4, 1], vec![3, 4, 1], vec![2, 3, 1, 1]] {
+            let mut g = conv_graph(true);
+            g.nodes.push(Node::new("Mul", "mul", &["c", "k"], &["y"]));
+            let n = shape.iter().product();
+            g.initializers.insert("k".into(), Tensor::from_vec(&shape, vec![2.0f32; n]).unwrap());
+            g.outputs.push(vi("y", &[1, 3, 4, 4]));
+            assert_eq!(fold_channel_affine(&mut g), 0, "{shape:?}");
+        }
     }
 
     #[test]
