@@ -298,7 +298,7 @@ impl<T: Copy> OutPtr<T> {
         for (i, src) in block.chunks_exact(NR).take(rows).enumerate() {
             // SAFETY: the row segment is inside the region the caller vouches for.
             let dst = unsafe { std::slice::from_raw_parts_mut(self.at((i0 + i) * ldc + j0), cols) };
-            super::epilogue::store_row(dst, src.try_into().expect("a block row"));
+            dst.copy_from_slice(&src[..cols]);
         }
     }
 
@@ -1018,6 +1018,8 @@ fn igemm_packed(
             let out = OutPtr(c.as_mut_ptr());
             let finish = move |acc: &mut AccBlock, i0: usize, j0: usize| {
                 let (rows, cols) = (MR.min(m - i0), NR.min(n - j0));
+                // In place, then stored: measured faster end to end on int8
+                // BERT than dequantizing straight into the output rows.
                 corr.dequantize_block(scale_a, scale_b, epi, acc, i0, j0, rows, cols);
                 // SAFETY: inside `c` (checked above); blocks are disjoint.
                 unsafe { out.store_block(ldc, acc.as_f32(), i0, j0, rows, cols) };
