@@ -641,8 +641,10 @@ enum ConvWeight {
 
 thread_local! {
     /// The im2col block of the last tile convolution on this thread,
-    /// reused so that a run of convolutions allocates nothing.
-    static IM2COL: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// reused so that a run of convolutions allocates nothing. Taken out
+    /// while in use (not borrowed): a worker waiting inside one convolution
+    /// may run another session's convolution, which then allocates its own.
+    static IM2COL: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
 /// Bytes of fp32 im2col rows per block of positions: the block's packed
@@ -668,8 +670,8 @@ impl Conv {
         let block =
             (IM2COL_BLOCK_BYTES / (4 * ck.max(1))).max(1).next_multiple_of(32).min(out_size.next_multiple_of(32));
         let threads = rayon::current_num_threads().max(1);
-        IM2COL.with(|buf| -> Result<()> {
-            let mut buf = buf.borrow_mut();
+        let mut buf = IM2COL.with(|b| b.take());
+        let result = (|| -> Result<()> {
             for ni in 0..g.batch {
                 let xn = &xs[ni * c * in_size..(ni + 1) * c * in_size];
                 let yn = &mut ys[ni * m * out_size..(ni + 1) * m * out_size];
@@ -702,7 +704,9 @@ impl Conv {
                 }
             }
             Ok(())
-        })
+        })();
+        IM2COL.with(|b| b.set(buf));
+        result
     }
 }
 

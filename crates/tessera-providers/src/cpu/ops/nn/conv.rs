@@ -3,6 +3,8 @@
 
 use std::sync::Arc;
 
+use rayon::prelude::*;
+
 use tessera_core::{Error, Node, Result, Tensor};
 use tessera_kernels::conv::{conv_forward, conv_transpose, ConvGeom};
 
@@ -186,16 +188,17 @@ fn build_fused_conv(node: &Node, bctx: &BuildCtx) -> Result<Box<dyn CpuOp>> {
         }
         let r = residual.map(|r| r.as_slice::<f32>()).transpose()?;
         let ys = y.as_mut_slice::<f32>()?;
-        // Cache-sized runs: the residual add and the activation in one pass.
+        // Cache-sized runs, spread over the pool: the residual add and the
+        // activation in one pass.
         const RUN: usize = 4096;
-        for (i, run) in ys.chunks_mut(RUN).enumerate() {
+        ys.par_chunks_mut(RUN).enumerate().for_each(|(i, run)| {
             if let Some(r) = r {
                 for (v, &x) in run.iter_mut().zip(&r[i * RUN..]) {
                     *v += x;
                 }
             }
             tessera_kernels::gemm::epilogue::activate(act, run);
-        }
+        });
         Ok(vec![y])
     }))
 }
