@@ -9,12 +9,12 @@
 //! * `Conv [-> Add|Sum(residual)] [-> activation]` becomes
 //!   `tessera:FusedConv(X, W, [B], [residual])` with Conv's attributes and
 //!   an `activation`: `y = act(conv(X, W) + B + residual)`, the order of a
-//!   residual block (`Relu(Conv + shortcut)`). The activation is ReLU, GELU
-//!   or SiLU (`x * Sigmoid(x)`). The provider finishes each output block
+//!   residual block (`Relu(Conv + shortcut)`). The activation is ReLU, GELU,
+//!   SiLU (`x * Sigmoid(x)`) or ReLU6 (`Clip(0, 6)`). The provider finishes each output block
 //!   while it is in cache, instead of three more passes over memory.
 
 use super::fuse_matmul::{activation_of, DOMAIN};
-use super::pattern::{is_onnx, other_input, Index};
+use super::pattern::{const_scalar, is_onnx, other_input, Index};
 use crate::{Attr, DType, Dim, Graph, Node, Tensor};
 
 pub const FUSED_CONV: &str = "FusedConv";
@@ -265,7 +265,8 @@ fn activation_after(g: &Graph, ix: &Index, v: &str) -> Option<(&'static str, Vec
     let uses = ix.uses.get(v).copied().unwrap_or(0);
     if uses == 1 && consumers.len() == 1 {
         let c = &g.nodes[consumers[0]];
-        return activation_of(c).map(|a| (a, vec![consumers[0]]));
+        let act = activation_of(c).or_else(|| is_relu6(g, c).then_some("relu6"));
+        return act.map(|a| (a, vec![consumers[0]]));
     }
     if uses != 2 || consumers.len() != 2 {
         return None;
@@ -282,6 +283,19 @@ fn activation_after(g: &Graph, ix: &Index, v: &str) -> Option<(&'static str, Vec
         && ix.single_use(&s.outputs[0])
         && other_input(m, v) == Some(s.outputs[0].as_str());
     silu.then(|| ("silu", vec![si, mi]))
+}
+
+/// `Clip` to [0, 6]: bounds as attributes (before opset 11) or constant
+/// inputs.
+fn is_relu6(g: &Graph, n: &Node) -> bool {
+    if !is_onnx(n) || n.op_type != "Clip" || n.outputs.len() != 1 {
+        return false;
+    }
+    let bound = |slot: usize, attr: &str| match n.inputs.get(slot).filter(|s| !s.is_empty()) {
+        Some(name) => const_scalar(g, name),
+        None => n.attr_float(attr).ok().flatten().map(f64::from),
+    };
+    bound(1, "min") == Some(0.0) && bound(2, "max") == Some(6.0)
 }
 
 /// Fuses each float Conv with the residual add and activation that follow
@@ -504,6 +518,29 @@ mod tests {
         assert_eq!(fuse_conv_epilogues(&mut g), 1);
         assert_eq!(g.nodes[0].inputs, vec!["x", "w", "", "r"]);
         assert_eq!(g.nodes[0].attr_string("activation").unwrap(), None);
+    }
+
+    #[test]
+    fn clip_to_six_fuses_as_relu6() {
+        for (lo, hi, fused) in [(0.0f32, 6.0f32, true), (0.0, 5.0, false), (-1.0, 6.0, false)] {
+            let mut g = conv_graph(true);
+            g.nodes.push(Node::new("Clip", "clip", &["c", "lo", "hi"], &["y"]));
+            g.initializers.insert("lo".into(), Tensor::scalar(lo));
+            g.initializers.insert("hi".into(), Tensor::scalar(hi));
+            g.outputs.push(vi("y", &[1, 3, 4, 4]));
+            assert_eq!(fuse_conv_epilogues(&mut g), fused as usize, "{lo} {hi}");
+            if fused {
+                assert_eq!(g.nodes[0].attr_string("activation").unwrap().as_deref(), Some("relu6"));
+            }
+        }
+        // Opset 6 form: bounds as attributes.
+        let mut g = conv_graph(true);
+        let clip = Node::new("Clip", "clip", &["c"], &["y"])
+            .with_attr("min", Attr::Float(0.0))
+            .with_attr("max", Attr::Float(6.0));
+        g.nodes.push(clip);
+        g.outputs.push(vi("y", &[1, 3, 4, 4]));
+        assert_eq!(fuse_conv_epilogues(&mut g), 1);
     }
 
     #[test]

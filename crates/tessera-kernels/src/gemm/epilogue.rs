@@ -14,6 +14,8 @@ pub enum Activation {
     GeluErf,
     GeluTanh,
     Silu,
+    /// `min(max(x, 0), 6)`: `Clip(0, 6)`, MobileNet's activation.
+    Relu6,
 }
 
 impl Activation {
@@ -25,6 +27,7 @@ impl Activation {
             "gelu_erf" => Activation::GeluErf,
             "gelu_tanh" => Activation::GeluTanh,
             "silu" => Activation::Silu,
+            "relu6" => Activation::Relu6,
             _ => return None,
         })
     }
@@ -36,6 +39,7 @@ impl Activation {
             Activation::GeluErf => "gelu_erf",
             Activation::GeluTanh => "gelu_tanh",
             Activation::Silu => "silu",
+            Activation::Relu6 => "relu6",
         }
     }
 
@@ -56,6 +60,16 @@ impl Activation {
             Activation::GeluErf => gelu_erf_f32(x),
             Activation::GeluTanh => gelu_tanh_f32(x),
             Activation::Silu => x * sigmoid_f32(x),
+            // NaN stays NaN, as in `Relu`.
+            Activation::Relu6 => {
+                if x < 0.0 {
+                    0.0
+                } else if x > 6.0 {
+                    6.0
+                } else {
+                    x + 0.0
+                }
+            }
         }
     }
 }
@@ -92,6 +106,11 @@ fn activate_body<const FMA: bool>(act: Activation, x: &mut [f32]) {
         Activation::Silu => {
             for v in x.iter_mut() {
                 *v *= sigmoid_with::<FMA>(*v);
+            }
+        }
+        Activation::Relu6 => {
+            for v in x.iter_mut() {
+                *v = Activation::Relu6.apply(*v);
             }
         }
     }
@@ -534,7 +553,7 @@ mod tests {
         #[test]
         fn block_epilogue_matches_the_row_epilogue(
             rows in 1usize..=32, cols in 1usize..=32, j0 in 0usize..40, alpha in -2.0f32..2.0,
-            act in 0usize..5, bias_kind in 0usize..3, residual in any::<bool>(), residual_first in any::<bool>(),
+            act in 0usize..6, bias_kind in 0usize..3, residual in any::<bool>(), residual_first in any::<bool>(),
             row_bias in any::<bool>(), seed in any::<u32>(),
         ) {
             let n = j0 + cols;
@@ -546,7 +565,14 @@ mod tests {
                 alpha,
                 bias: match bias_kind { 0 => None, 1 => Some(&bias_all[..1]), _ => Some(&bias_all[..]) },
                 row_bias: row_bias.then_some(&rows_bias[..]),
-                activation: [Activation::None, Activation::Relu, Activation::GeluErf, Activation::GeluTanh, Activation::Silu][act],
+                activation: [
+                    Activation::None,
+                    Activation::Relu,
+                    Activation::GeluErf,
+                    Activation::GeluTanh,
+                    Activation::Silu,
+                    Activation::Relu6,
+                ][act],
                 residual: residual.then_some(Residual { data: &res, row_stride: n }),
                 residual_first,
             };

@@ -1329,7 +1329,7 @@ mod amx_tests {
     #[test]
     fn epilogue_activations_match_scalar_definitions() {
         let acc: Vec<f32> = (0..40).map(|i| (i as f32 - 20.0) * 0.37).collect();
-        for act in [Activation::Relu, Activation::GeluErf, Activation::GeluTanh, Activation::Silu] {
+        for act in [Activation::Relu, Activation::GeluErf, Activation::GeluTanh, Activation::Silu, Activation::Relu6] {
             let epi = Epilogue { activation: act, bias: Some(&[0.25]), ..Default::default() };
             let mut dst = vec![0f32; 40];
             epi.apply_f32(&acc, 0, 0, &mut dst);
@@ -1342,6 +1342,7 @@ mod amx_tests {
                         0.5 * v * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (v + 0.044715 * v * v * v)).tanh())
                     }
                     Activation::Silu => v / (1.0 + (-v).exp()),
+                    Activation::Relu6 => v.clamp(0.0, 6.0),
                     Activation::None => v,
                 };
                 assert!((*y as f64 - want).abs() <= 2e-6 * want.abs().max(1.0), "{act:?}({v}) = {y}, want {want}");

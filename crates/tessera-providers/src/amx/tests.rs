@@ -247,7 +247,7 @@ fn conv_on_tiles_matches_cpu() {
         // provider against the plain Conv's output finished by hand, and
         // on the tiles against the CPU provider.
         let r = Tensor::from_vec(want.shape(), rand_vec(want.numel(), 24)).unwrap();
-        for act in [Activation::Relu, Activation::Silu, Activation::GeluErf] {
+        for act in [Activation::Relu, Activation::Silu, Activation::GeluErf, Activation::Relu6] {
             let mut fused = node.clone();
             fused.domain = "tessera".into();
             fused.op_type = "FusedConv".into();

@@ -167,6 +167,16 @@ fn apply_f64<T: Float>(act: Activation, x: T) -> T {
             let v = x.to_f64();
             T::from_f64(v / (1.0 + (-v).exp()))
         }
+        Activation::Relu6 => {
+            let six = T::from_f64(6.0);
+            if x < T::ZERO {
+                T::ZERO
+            } else if x > six {
+                six
+            } else {
+                x
+            }
+        }
     }
 }
 
