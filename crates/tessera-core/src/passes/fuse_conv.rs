@@ -31,6 +31,25 @@ fn unused(g: &Graph, ix: &Index, v: &str) -> bool {
     v.is_empty() || (!ix.uses.contains_key(v) && !g.outputs.iter().any(|o| o.name == v))
 }
 
+/// Node `ci` (a Conv, or a BatchNormalization) takes new constants in its
+/// slots 1 and 2 (weight and bias, or scale and shift) and the output of
+/// node `oi`, the op folded into it, whose place it takes.
+fn absorb(g: &mut Graph, ci: usize, oi: usize, w: Tensor, b: Tensor, tag: &str) {
+    let mut node = g.nodes[ci].clone();
+    let wn = g.fresh_name(&format!("{}{tag}_w", node.name));
+    let bn = g.fresh_name(&format!("{}{tag}_b", node.name));
+    g.initializers.insert(wn.clone(), w);
+    g.initializers.insert(bn.clone(), b);
+    if node.inputs.len() < 3 {
+        node.inputs.resize(3, String::new());
+    }
+    node.inputs[1] = wn;
+    node.inputs[2] = bn;
+    node.outputs = vec![g.nodes[oi].outputs[0].clone()];
+    g.nodes[oi] = node;
+    g.nodes.remove(ci);
+}
+
 /// Folds inference BatchNormalizations into the Conv that alone feeds them;
 /// returns how many.
 pub fn fold_batch_norm(g: &mut Graph) -> usize {
@@ -82,17 +101,7 @@ pub fn fold_batch_norm(g: &mut Graph) -> usize {
             break;
         }
         let Some((ci, bi, wt, bt)) = hit else { break };
-        let mut conv = g.nodes[ci].clone();
-        let (wn, bn_name) =
-            (g.fresh_name(&format!("{}_bn_w", conv.name)), g.fresh_name(&format!("{}_bn_b", conv.name)));
-        g.initializers.insert(wn.clone(), wt);
-        g.initializers.insert(bn_name.clone(), bt);
-        conv.inputs.truncate(1);
-        conv.inputs.push(wn);
-        conv.inputs.push(bn_name);
-        conv.outputs = vec![g.nodes[bi].outputs[0].clone()];
-        g.nodes[bi] = conv;
-        g.nodes.remove(ci);
+        absorb(g, ci, bi, wt, bt, "_bn");
         folded += 1;
     }
     folded
@@ -179,22 +188,7 @@ pub fn fold_channel_affine(g: &mut Graph) -> usize {
             break;
         }
         let Some((ci, oi, wt, bt)) = hit else { break };
-        let mut conv = g.nodes[ci].clone();
-        let (wn, bn) = (g.fresh_name(&format!("{}_w", conv.name)), g.fresh_name(&format!("{}_b", conv.name)));
-        g.initializers.insert(wn.clone(), wt);
-        g.initializers.insert(bn.clone(), bt);
-        if conv.op_type == "BatchNormalization" {
-            // Scale and shift replaced; mean and variance kept.
-            conv.inputs[1] = wn;
-            conv.inputs[2] = bn;
-        } else {
-            conv.inputs.truncate(1);
-            conv.inputs.push(wn);
-            conv.inputs.push(bn);
-        }
-        conv.outputs = vec![g.nodes[oi].outputs[0].clone()];
-        g.nodes[oi] = conv;
-        g.nodes.remove(ci);
+        absorb(g, ci, oi, wt, bt, "");
         folded += 1;
     }
     folded
