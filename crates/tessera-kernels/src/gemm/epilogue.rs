@@ -208,11 +208,11 @@ fn apply_block_into_body<const FMA: bool>(
     dst: &mut [&mut [f32]],
 ) {
     let bias = epi.block_bias(j0, cols);
-    for (i, (row, out)) in acc.0.chunks_exact(NR).zip(dst.iter_mut()).enumerate() {
-        let mut v = [0f32; NR];
-        for j in 0..NR {
-            v[j] = f32::from_bits(row[j]);
-        }
+    for (i, (row, out)) in acc.as_f32().chunks_exact(NR).zip(dst.iter_mut()).enumerate() {
+        // Whole-row vector loads: element-wise reads of the block the tile
+        // unit has just stored were compiled into scalar loads, and those
+        // slowed the next microkernel calls by a third.
+        let mut v: [f32; NR] = row.try_into().expect("rows of NR");
         epi.finish_row_general::<FMA>(&mut v, &bias, i0 + i, j0, cols);
         store_row(out, &v);
     }
@@ -236,8 +236,24 @@ pub(crate) fn store_row<T: Copy>(out: &mut [T], v: &[T; NR]) {
 #[inline(always)]
 fn add_into(v: &mut [f32; NR], src: Option<&[f32]>) {
     if let Some(src) = src {
-        for (d, &s) in v.iter_mut().zip(src) {
-            *d += s;
+        add_row(v, src);
+    }
+}
+
+/// `v += src` over `src`'s length; a whole row as fixed-size vector adds
+/// (a run-time length was compiled into scalar loads and adds).
+#[inline(always)]
+fn add_row(v: &mut [f32; NR], src: &[f32]) {
+    match <&[f32; NR]>::try_from(src) {
+        Ok(s) => {
+            for j in 0..NR {
+                v[j] += s[j];
+            }
+        }
+        Err(_) => {
+            for (d, &s) in v.iter_mut().zip(src) {
+                *d += s;
+            }
         }
     }
 }
@@ -316,10 +332,7 @@ impl<'a> Epilogue<'a> {
         }
         activate_body::<FMA>(self.activation, v);
         if let Some(r) = self.residual {
-            let src = &r.data[row * r.row_stride + j0..][..cols];
-            for (d, &s) in v.iter_mut().zip(src) {
-                *d += s;
-            }
+            add_row(v, &r.data[row * r.row_stride + j0..][..cols]);
         }
     }
 
