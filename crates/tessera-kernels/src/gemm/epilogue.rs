@@ -439,32 +439,33 @@ impl I8Correction<'_> {
         ))
     }
 
-    /// Replaces the raw products of a finished accumulator block by
-    /// `epi(scale_a[i] * scale_b[j] * corrected)` as f32 bits, in place
-    /// (`scale_a` per tensor or per row, `scale_b` per tensor or per column).
+    /// `epi(scale_a[i] * scale_b[j] * corrected)` of a finished accumulator
+    /// block (`scale_a` per tensor or per row, `scale_b` per tensor or per
+    /// column), each row stored straight into its place in the output:
+    /// `dst[i]` is row `i0 + i`'s columns from `j0`, one slice per row.
     #[allow(clippy::too_many_arguments)]
-    pub fn dequantize_block(
+    pub fn dequantize_block_into(
         &self,
         scale_a: &[f32],
         scale_b: &[f32],
         epi: &Epilogue,
-        acc: &mut AccBlock,
+        acc: &AccBlock,
         i0: usize,
         j0: usize,
-        rows: usize,
         cols: usize,
+        dst: &mut [&mut [f32]],
     ) {
         let corr = self;
-        with_vector_features!(dequantize_block_body(
+        with_vector_features!(dequantize_block_into_body(
             corr: &I8Correction,
             scale_a: &[f32],
             scale_b: &[f32],
             epi: &Epilogue,
-            acc: &mut AccBlock,
+            acc: &AccBlock,
             i0: usize,
             j0: usize,
-            rows: usize,
             cols: usize,
+            dst: &mut [&mut [f32]],
         ))
     }
 
@@ -524,22 +525,23 @@ fn correct_block_body<const FMA: bool>(
 
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn dequantize_block_body<const FMA: bool>(
+fn dequantize_block_into_body<const FMA: bool>(
     corr: &I8Correction,
     scale_a: &[f32],
     scale_b: &[f32],
     epi: &Epilogue,
-    acc: &mut AccBlock,
+    acc: &AccBlock,
     i0: usize,
     j0: usize,
-    rows: usize,
     cols: usize,
+    dst: &mut [&mut [f32]],
 ) {
     let (cs, zb) = corr.columns(j0, cols);
     let mut sb = [0f32; NR];
     per_column(scale_b, j0, cols, &mut sb);
     let bias = epi.block_bias(j0, cols);
-    for (i, row) in acc.0.chunks_exact_mut(NR).take(rows).enumerate() {
+    for (i, (row, out)) in acc.0.chunks_exact(NR).zip(dst.iter_mut()).enumerate() {
+        let row: &[u32; NR] = row.try_into().expect("rows of NR");
         let r = i0 + i;
         let (za, row_term) = corr.row(r);
         let sa = scale_a[if scale_a.len() == 1 { 0 } else { r }];
@@ -548,9 +550,7 @@ fn dequantize_block_body<const FMA: bool>(
             v[j] = corrected(row[j], za, cs[j], zb[j], row_term) as f32 * sa * sb[j];
         }
         epi.finish_row::<FMA>(&mut v, &bias, r, j0, cols);
-        for j in 0..NR {
-            row[j] = v[j].to_bits();
-        }
+        store_row(out, &v);
     }
 }
 
