@@ -94,6 +94,11 @@ fn activate_body<const FMA: bool>(act: Activation, x: &mut [f32]) {
             }
         }
         Activation::GeluErf => {
+            #[cfg(target_arch = "x86_64")]
+            if FMA && crate::elementwise::gelu_pieces::available() {
+                // SAFETY: AVX-512F is present (checked just above).
+                return unsafe { crate::elementwise::gelu_pieces::gelu_erf_in_place(x) };
+            }
             for v in x.iter_mut() {
                 *v = gelu_erf_with::<FMA>(*v);
             }
