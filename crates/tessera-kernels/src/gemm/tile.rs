@@ -1327,7 +1327,15 @@ mod amx_tests {
     #[test]
     fn epilogue_activations_match_scalar_definitions() {
         let acc: Vec<f32> = (0..40).map(|i| (i as f32 - 20.0) * 0.37).collect();
-        for act in [Activation::Relu, Activation::GeluErf, Activation::GeluTanh, Activation::Silu, Activation::Relu6] {
+        let acts = [
+            Activation::Relu,
+            Activation::GeluErf,
+            Activation::GeluErfPieces,
+            Activation::GeluTanh,
+            Activation::Silu,
+            Activation::Relu6,
+        ];
+        for act in acts {
             let epi = Epilogue { activation: act, bias: Some(&[0.25]), ..Default::default() };
             let mut dst = vec![0f32; 40];
             epi.apply_f32(&acc, 0, 0, &mut dst);
@@ -1335,7 +1343,9 @@ mod amx_tests {
                 let v = *x as f64 + 0.25;
                 let want = match act {
                     Activation::Relu => v.max(0.0),
-                    Activation::GeluErf => 0.5 * v * (1.0 + crate::elementwise::erf_f64(v / 2f64.sqrt())),
+                    Activation::GeluErf | Activation::GeluErfPieces => {
+                        0.5 * v * (1.0 + crate::elementwise::erf_f64(v / 2f64.sqrt()))
+                    }
                     Activation::GeluTanh => {
                         0.5 * v * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (v + 0.044715 * v * v * v)).tanh())
                     }

@@ -330,6 +330,14 @@ impl Linear {
         } else {
             Activation::None
         };
+        // Products rounded to bf16 or int8 take the faster GELU; the
+        // fp32-accurate splits keep the definition's.
+        let activation = match plan {
+            WeightPlan::Tiles(Split::Bf16) | WeightPlan::Int8 | WeightPlan::Sme { bf16: true } => {
+                activation.for_reduced_precision()
+            }
+            _ => activation,
+        };
         let bias_idx = (gemm || fused).then_some(2).filter(|&i| node.input(i).is_some());
         let mut bias = None;
         let mut bias_input = bias_idx;
@@ -789,5 +797,33 @@ impl CpuOp for Conv {
             )?;
         }
         Ok(vec![y])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tessera_core::Attr;
+
+    /// Products rounded to bf16 or int8 take the GELU by pieces; the
+    /// fp32-accurate splits keep the definition's (a dynamic quantization
+    /// after it must land on the reference's integers).
+    #[test]
+    fn reduced_precisions_take_the_gelu_by_pieces() {
+        let w = Tensor::from_vec(&[4, 4], vec![0.5f32; 16]).unwrap();
+        let constant = move |name: &str| (name == "w").then(|| w.clone());
+        for (act, plan, want) in [
+            ("gelu_erf", WeightPlan::Tiles(Split::Bf16), Activation::GeluErfPieces),
+            ("gelu_erf", WeightPlan::Int8, Activation::GeluErfPieces),
+            ("gelu_erf", WeightPlan::Tiles(Split::Bf16x3), Activation::GeluErf),
+            ("gelu_erf", WeightPlan::Tiles(Split::Bf16x6), Activation::GeluErf),
+            ("relu", WeightPlan::Tiles(Split::Bf16), Activation::Relu),
+        ] {
+            let mut node = Node::new("FusedMatMul", "f", &["a", "w"], &["y"])
+                .with_attr("activation", Attr::String(act.as_bytes().to_vec()));
+            node.domain = "tessera".into();
+            let linear = Linear::build(&node, plan, TileIsa::Emulated, &constant).unwrap();
+            assert_eq!(linear.activation, want, "{act} under {plan:?}");
+        }
     }
 }

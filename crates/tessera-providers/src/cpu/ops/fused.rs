@@ -154,7 +154,7 @@ fn apply_f64<T: Float>(act: Activation, x: T) -> T {
                 T::ZERO
             }
         }
-        Activation::GeluErf => {
+        Activation::GeluErf | Activation::GeluErfPieces => {
             let v = x.to_f64();
             T::from_f64(0.5 * v * (1.0 + erf(v * std::f64::consts::FRAC_1_SQRT_2)))
         }
