@@ -395,8 +395,11 @@ fn prefetch_rows<T>(ptr: *const T, ld: usize, i0: usize, j0: usize, rows: usize,
     for i in 0..rows {
         let row = ptr.wrapping_add((i0 + i) * ld + j0) as *const i8;
         let bytes = cols * std::mem::size_of::<T>();
-        for off in (0..bytes).step_by(64).chain(std::iter::once(bytes.saturating_sub(1))) {
-            let line = row.wrapping_add(off);
+        // Each line the row touches, once (a 32-float row at a line
+        // boundary is two lines, not three prefetches).
+        let skew = row as usize % 64;
+        for l in 0..(skew + bytes).div_ceil(64) {
+            let line = row.wrapping_sub(skew).wrapping_add(l * 64);
             use std::arch::x86_64::{_mm_prefetch, _MM_HINT_ET0, _MM_HINT_T0};
             // SAFETY: a prefetch is a hint and never faults, whatever the
             // address; SSE is part of the x86-64 baseline (`prefetchw`
