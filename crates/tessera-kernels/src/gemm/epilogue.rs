@@ -239,9 +239,9 @@ fn apply_block_into_body<const FMA: bool>(
 ) {
     let bias = epi.block_bias(j0, cols);
     for (i, (row, out)) in acc.as_f32().chunks_exact(NR).zip(dst.iter_mut()).enumerate() {
-        // Whole-row vector loads: element-wise reads of the block the tile
-        // unit has just stored were compiled into scalar loads, and those
-        // slowed the next microkernel calls by a third.
+        // Whole-row vector loads: element-wise reads of the block were
+        // compiled into scalar loads and inserts, and the tile driver ran
+        // about a third slower with them (bf16 at M = 128, one thread).
         let mut v: [f32; NR] = row.try_into().expect("rows of NR");
         epi.finish_row_general::<FMA>(&mut v, &bias, i0 + i, j0, cols);
         store_row(out, &v);
