@@ -36,13 +36,16 @@ pub struct PassReport {
     pub batch_norm_folded: usize,
     /// Convs that took their residual add and activation (`tessera:FusedConv`).
     pub conv_fused: usize,
+    /// BatchNormalizations that took the activation after them
+    /// (`tessera:FusedBatchNorm`).
+    pub batch_norm_act_fused: usize,
 }
 
 impl std::fmt::Display for PassReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "constant-folded {} nodes, removed {} dead nodes, fused {} LayerNorm, {} GELU, {} attention, {} MatMul+bias, {} MatMulInteger+dequantization, {} epilogues, {} Q/K/V merges, folded {} BatchNormalization/channel affine, fused {} Conv epilogues",
+            "constant-folded {} nodes, removed {} dead nodes, fused {} LayerNorm, {} GELU, {} attention, {} MatMul+bias, {} MatMulInteger+dequantization, {} epilogues, {} Q/K/V merges, folded {} BatchNormalization/channel affine, fused {} Conv epilogues, {} BatchNormalization+activation",
             self.folded,
             self.dead_removed,
             self.layernorm_fused,
@@ -53,7 +56,8 @@ impl std::fmt::Display for PassReport {
             self.epilogue_fused,
             self.qkv_merged,
             self.batch_norm_folded,
-            self.conv_fused
+            self.conv_fused,
+            self.batch_norm_act_fused
         )
     }
 }
@@ -85,6 +89,7 @@ pub fn optimize_with(graph: &mut Graph, eval: &Evaluator, fuse_matmul_ops: bool)
         r.batch_norm_folded = fuse_conv::fold_batch_norm(graph);
         r.batch_norm_folded += fuse_conv::fold_channel_affine(graph);
         r.conv_fused = fuse_conv::fuse_conv_epilogues(graph);
+        r.batch_norm_act_fused = fuse_conv::fuse_batch_norm_activation(graph);
     }
     r.dead_removed += dce::eliminate_dead_nodes(graph);
     graph.toposort()?;

@@ -339,6 +339,13 @@ fn infer_node(n: &Node, ins: &[Option<&Known>]) -> Result<Vec<Known>> {
         }
         return Ok(outs);
     }
+    if n.domain == "tessera" && op == crate::passes::fuse_conv::FUSED_BATCH_NORM {
+        // BatchNormalization's output: the activation keeps its shape and type.
+        let mut plain = n.clone();
+        plain.domain.clear();
+        plain.op_type = "BatchNormalization".into();
+        return infer_node(&plain, ins);
+    }
     if n.domain == "tessera" && op == crate::passes::fuse_conv::FUSED_CONV {
         // Conv's output: the residual and activation keep its shape and type.
         let mut plain = n.clone();

@@ -18,6 +18,10 @@ use super::pattern::{const_scalar, is_onnx, other_input, Index};
 use crate::{Attr, DType, Dim, Graph, Node, Tensor};
 
 pub const FUSED_CONV: &str = "FusedConv";
+/// `tessera:FusedBatchNorm(X, scale, B, mean, var)`: an inference
+/// BatchNormalization with the activation that follows it (attribute
+/// `activation`), one pass over the tensor.
+pub const FUSED_BATCH_NORM: &str = "FusedBatchNorm";
 
 /// The f32 values of a constant 1-D tensor of `len` values.
 fn const_vector(g: &Graph, name: &str, len: usize) -> Option<Vec<f64>> {
@@ -350,6 +354,56 @@ pub fn fuse_conv_epilogues(g: &mut Graph) -> usize {
     fused
 }
 
+/// Fuses each inference BatchNormalization (float, one output) with the
+/// activation that alone consumes it (ReLU ahead of a DenseNet or
+/// pre-activation ResNet convolution, which nothing folds into the weights
+/// because the ReLU sits between); returns how many became
+/// `tessera:FusedBatchNorm`. Run after the folds into convolutions, so it
+/// takes only the normalizations they left.
+pub fn fuse_batch_norm_activation(g: &mut Graph) -> usize {
+    let mut fused = 0;
+    loop {
+        let ix = Index::new(g);
+        let mut hit: Option<(usize, Vec<usize>, Node)> = None;
+        for (bi, bn) in g.nodes.iter().enumerate() {
+            // Declared extra outputs mean training mode before opset 14:
+            // only the plain inference form is taken.
+            if bn.op_type != "BatchNormalization" || !is_onnx(bn) || bn.inputs.len() != 5 {
+                continue;
+            }
+            if bn.outputs.is_empty() || bn.outputs[1..].iter().any(|o| !o.is_empty()) {
+                continue;
+            }
+            if bn.attr_int_or("training_mode", 0).ok() != Some(0) || bn.attr_int_or("spatial", 1).ok() != Some(1) {
+                continue;
+            }
+            let y = bn.outputs[0].as_str();
+            if g.dtype_of(y) != Some(DType::F32) || g.outputs.iter().any(|o| o.name == y) {
+                continue;
+            }
+            let Some((act, nodes)) = activation_after(g, &ix, y) else { continue };
+            let mut nf = bn.clone();
+            nf.domain = DOMAIN.into();
+            nf.op_type = FUSED_BATCH_NORM.into();
+            nf.attrs.remove("training_mode");
+            nf.attrs.insert("activation".into(), Attr::String(act.as_bytes().to_vec()));
+            nf.outputs = vec![g.nodes[*nodes.last().expect("one node at least")].outputs[0].clone()];
+            hit = Some((bi, nodes, nf));
+            break;
+        }
+        let Some((bi, replaced, nf)) = hit else { break };
+        let last = *replaced.iter().max().expect("not empty");
+        g.nodes[last] = nf;
+        let mut gone: Vec<usize> = replaced.into_iter().filter(|&i| i != last).chain([bi]).collect();
+        gone.sort_unstable_by(|a, b| b.cmp(a));
+        for i in gone {
+            g.nodes.remove(i);
+        }
+        fused += 1;
+    }
+    fused
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -386,6 +440,45 @@ mod tests {
             g.initializers.insert(n.into(), Tensor::from_vec(&[3], v.to_vec()).unwrap());
         }
         g.outputs.push(vi("y", &[1, 3, 4, 4]));
+    }
+
+    /// A BatchNormalization that no convolution absorbs, then ReLU, becomes
+    /// one FusedBatchNorm; a shared output or declared statistics outputs
+    /// (training before opset 14) stay.
+    #[test]
+    fn batch_norm_and_relu_fuse_when_nothing_folds_them() {
+        let build = |extra_use: bool, stats_out: bool| {
+            let mut g = Graph::default();
+            g.inputs.push(vi("x", &[1, 4, 5, 5]));
+            for (name, v) in [("s", 1.5f32), ("b", 0.25), ("m", 0.5), ("v", 2.0)] {
+                g.initializers.insert(name.into(), Tensor::from_vec(&[4], vec![v; 4]).unwrap());
+            }
+            let mut bn_out = vec!["bn"];
+            if stats_out {
+                bn_out.extend(["rm", "rv"]);
+            }
+            g.nodes.push(Node::new("BatchNormalization", "n", &["x", "s", "b", "m", "v"], &bn_out));
+            g.nodes.push(Node::new("Relu", "r", &["bn"], &["y"]));
+            g.outputs.push(vi("y", &[1, 4, 5, 5]));
+            if extra_use {
+                g.nodes.push(Node::new("Neg", "e", &["bn"], &["z"]));
+                g.outputs.push(vi("z", &[1, 4, 5, 5]));
+            }
+            crate::shape_inference::infer(&mut g).unwrap();
+            g
+        };
+        let mut g = build(false, false);
+        assert_eq!(fuse_batch_norm_activation(&mut g), 1);
+        assert_eq!(g.nodes.len(), 1);
+        let n = &g.nodes[0];
+        assert_eq!((n.domain.as_str(), n.op_type.as_str()), (DOMAIN, FUSED_BATCH_NORM));
+        assert_eq!(n.inputs, ["x", "s", "b", "m", "v"]);
+        assert_eq!(n.outputs, ["y"]);
+        assert_eq!(n.attr_string("activation").unwrap().as_deref(), Some("relu"));
+        for (extra_use, stats_out) in [(true, false), (false, true)] {
+            let mut g = build(extra_use, stats_out);
+            assert_eq!(fuse_batch_norm_activation(&mut g), 0, "extra use {extra_use}, stats {stats_out}");
+        }
     }
 
     #[test]

@@ -135,7 +135,7 @@ pub(crate) fn parse_activation(node: &Node) -> Result<Activation> {
 
 /// Applies the activation to a row: the vectorized f32 kernels for f32,
 /// the f64 definitions for other types.
-fn apply_row<T: Float>(act: Activation, row: &mut [T]) {
+pub(crate) fn apply_row<T: Float>(act: Activation, row: &mut [T]) {
     if T::DTYPE == tessera_core::DType::F32 {
         if let Ok(r) = bytemuck::try_cast_slice_mut::<T, f32>(row) {
             return tessera_kernels::gemm::epilogue::activate(act, r);

@@ -9,12 +9,15 @@ use tessera_core::{Error, Node, Result, Tensor};
 
 use tessera_kernels::gemm::GemmScalar;
 
+use crate::cpu::ops::fused::Activation;
+
 use super::common::{expect_float, for_each_strided, strides_of, with_float, write_output, write_whole_output, Float};
 use crate::cpu::registry::{BuildCtx, CpuOp, OpRegistry, RunCtx};
 use crate::cpu::util::{broadcast_strides, norm_axis, opt, req};
 
 pub fn register(r: &mut OpRegistry) {
     r.add("BatchNormalization", build_batch_norm);
+    r.add_domain("tessera", tessera_core::passes::fuse_conv::FUSED_BATCH_NORM, build_batch_norm);
     r.add("InstanceNormalization", build_instance_norm);
     r.add("LayerNormalization", build_layer_norm);
     r.add("GroupNormalization", build_group_norm);
@@ -42,7 +45,7 @@ fn mean_var<T: Float>(x: &[T]) -> (f64, f64) {
 }
 
 /// `y = x * a + b` per channel over `[N, C, plane]`.
-fn affine_channels<T: Float>(x: &[T], y: &mut [T], c: usize, plane: usize, a: &[T], b: &[T]) {
+fn affine_channels<T: Float>(x: &[T], y: &mut [T], c: usize, plane: usize, a: &[T], b: &[T], act: Activation) {
     if plane == 0 || c == 0 {
         return;
     }
@@ -50,6 +53,10 @@ fn affine_channels<T: Float>(x: &[T], y: &mut [T], c: usize, plane: usize, a: &[
         let (av, bv) = (a[i % c], b[i % c]);
         for (o, &v) in yp.iter_mut().zip(xp) {
             *o = v * av + bv;
+        }
+        // While the plane is in L1 (tessera:FusedBatchNorm).
+        if act != Activation::None {
+            crate::cpu::ops::fused::apply_row(act, yp);
         }
     };
     if x.len() > (1 << 16) {
@@ -72,8 +79,12 @@ fn eps_attr(node: &Node, default: f32) -> Result<f64> {
     Ok(node.attr_float_or("epsilon", default)? as f64)
 }
 
+/// BatchNormalization, and `tessera:FusedBatchNorm` (an inference
+/// BatchNormalization with the optimizer's `activation` attribute).
 fn build_batch_norm(node: &Node, bctx: &BuildCtx) -> Result<Box<dyn CpuOp>> {
     let node = node.clone();
+    let act =
+        if node.domain == "tessera" { crate::cpu::ops::fused::parse_activation(&node)? } else { Activation::None };
     let eps = eps_attr(&node, 1e-5)?;
     let momentum = node.attr_float_or("momentum", 0.9)? as f64;
     let extra_outputs = node.outputs.iter().skip(1).any(|o| !o.is_empty());
@@ -115,7 +126,7 @@ fn build_batch_norm(node: &Node, bctx: &BuildCtx) -> Result<Box<dyn CpuOp>> {
             let a: Vec<T> = (0..c).map(|i| T::from_f64(scale[i].to_f64() / (bv[i] + eps).sqrt())).collect();
             let b: Vec<T> = (0..c).map(|i| T::from_f64(bias[i].to_f64() - bm[i] * a[i].to_f64())).collect();
             let y = write_output::<T>(ctx, dt, s, |y| {
-                affine_channels(&xs, y, c, plane, &a, &b);
+                affine_channels(&xs, y, c, plane, &a, &b, act);
                 Ok(())
             })?;
             let mut outs = vec![y];
@@ -537,6 +548,33 @@ mod tests {
         let n = Node::new("BatchNormalization", "bn", &["x", "s", "b", "m", "v"], &["y"]);
         let y = run_node(&n, 15, &[Some(x), Some(s), Some(b), Some(m), Some(v)]).unwrap();
         close(y[0].as_slice::<f32>().unwrap(), &[-0.999995, 0., 0.999995, -0.22474074, 1., 2.2247407], 1e-5);
+    }
+
+    /// tessera:FusedBatchNorm is the BatchNormalization then the activation,
+    /// in one pass: the ONNX example's values through ReLU and SiLU, and a
+    /// tensor big enough for the parallel planes.
+    #[test]
+    fn fused_batch_norm_is_the_normalization_then_the_activation() {
+        let ins = |x: Tensor| {
+            let s = t_f32(&[2], &[1.0, 1.5]);
+            let b = t_f32(&[2], &[0.0, 1.0]);
+            let m = t_f32(&[2], &[0.0, 3.0]);
+            let v = t_f32(&[2], &[1.0, 1.5]);
+            vec![Some(x), Some(s), Some(b), Some(m), Some(v)]
+        };
+        let plain = Node::new("BatchNormalization", "bn", &["x", "s", "b", "m", "v"], &["y"]);
+        let big: Vec<f32> = (0..2 * 2 * 150 * 150).map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.13).collect();
+        for x in [t_f32(&[1, 2, 1, 3], &[-1., 0., 1., 2., 3., 4.]), t_f32(&[2, 2, 150, 150], &big)] {
+            let want = run_node(&plain, 15, &ins(x.clone())).unwrap();
+            for act in [Activation::Relu, Activation::Silu] {
+                let mut fused = plain.clone().with_attr("activation", Attr::String(act.name().as_bytes().to_vec()));
+                fused.domain = "tessera".into();
+                fused.op_type = tessera_core::passes::fuse_conv::FUSED_BATCH_NORM.into();
+                let got = run_node(&fused, 15, &ins(x.clone())).unwrap();
+                let by_hand: Vec<f32> = want[0].as_slice::<f32>().unwrap().iter().map(|&v| act.apply(v)).collect();
+                close(got[0].as_slice::<f32>().unwrap(), &by_hand, 1e-6);
+            }
+        }
     }
 
     #[test]
