@@ -185,10 +185,11 @@ fn max_pool_rows<T: Copy + PartialOrd + Send + Sync>(g: &PoolGeom, x: &[T], y: &
                         if acc.is_empty() {
                             acc.extend_from_slice(line);
                         } else {
+                            // A store in every lane (a select, not a
+                            // conditional store): the loop then compiles to
+                            // vector maxima instead of a branch per value.
                             for (m, &v) in acc.iter_mut().zip(line) {
-                                if v > *m {
-                                    *m = v;
-                                }
+                                *m = if v > *m { v } else { *m };
                             }
                         }
                     }
