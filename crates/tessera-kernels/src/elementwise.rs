@@ -413,15 +413,13 @@ pub(crate) mod gelu_pieces {
     /// The CPU has AVX-512F ([`available`]).
     #[target_feature(enable = "avx512f")]
     pub(crate) unsafe fn gelu_erf_in_place(x: &mut [f32]) {
-        // SAFETY: 32 f32, two unaligned 16-lane loads.
-        let centres: [__m512; 2] =
-            unsafe { [_mm512_loadu_ps(GELU_ERF_POINTS.as_ptr()), _mm512_loadu_ps(GELU_ERF_POINTS.as_ptr().add(16))] };
-        let c: [[__m512; 2]; 7] = std::array::from_fn(|d| {
-            // SAFETY: each row holds 32 f32, two unaligned 16-lane loads.
-            unsafe {
-                [_mm512_loadu_ps(GELU_ERF_PIECES[d].as_ptr()), _mm512_loadu_ps(GELU_ERF_PIECES[d].as_ptr().add(16))]
-            }
-        });
+        // A 32-entry table as the two registers a permute picks from.
+        let halves = |t: &[f32; 32]| -> [__m512; 2] {
+            // SAFETY: 32 f32, two unaligned 16-lane loads.
+            unsafe { [_mm512_loadu_ps(t.as_ptr()), _mm512_loadu_ps(t.as_ptr().add(16))] }
+        };
+        let centres = halves(&GELU_ERF_POINTS);
+        let c: [[__m512; 2]; 7] = std::array::from_fn(|d| halves(&GELU_ERF_PIECES[d]));
         let mut chunks = x.chunks_exact_mut(16);
         for v in &mut chunks {
             // SAFETY: `v` is 16 f32, read and written whole.

@@ -14,7 +14,7 @@
 //!   while it is in cache, instead of three more passes over memory.
 
 use super::fuse_matmul::{activation_of, DOMAIN};
-use super::pattern::{const_scalar, is_onnx, other_input, Index};
+use super::pattern::{const_scalar, is_onnx, other_input, replace_with_fused, Index};
 use crate::{Attr, DType, Dim, Graph, Node, Tensor};
 
 pub const FUSED_CONV: &str = "FusedConv";
@@ -339,16 +339,9 @@ pub fn fuse_conv_epilogues(g: &mut Graph) -> usize {
             hit = Some((ci, replaced, nf));
             break;
         }
-        let Some((ci, replaced, nf)) = hit else { break };
-        // The fused node takes the last replaced node's place, so that a
-        // residual computed between them is defined before it.
-        let last = *replaced.iter().max().expect("not empty");
-        g.nodes[last] = nf;
-        let mut gone: Vec<usize> = replaced.into_iter().filter(|&i| i != last).chain([ci]).collect();
-        gone.sort_unstable_by(|a, b| b.cmp(a));
-        for i in gone {
-            g.nodes.remove(i);
-        }
+        let Some((ci, mut replaced, nf)) = hit else { break };
+        replaced.push(ci);
+        replace_with_fused(g, replaced, nf);
         fused += 1;
     }
     fused
@@ -391,14 +384,9 @@ pub fn fuse_batch_norm_activation(g: &mut Graph) -> usize {
             hit = Some((bi, nodes, nf));
             break;
         }
-        let Some((bi, replaced, nf)) = hit else { break };
-        let last = *replaced.iter().max().expect("not empty");
-        g.nodes[last] = nf;
-        let mut gone: Vec<usize> = replaced.into_iter().filter(|&i| i != last).chain([bi]).collect();
-        gone.sort_unstable_by(|a, b| b.cmp(a));
-        for i in gone {
-            g.nodes.remove(i);
-        }
+        let Some((bi, mut replaced, nf)) = hit else { break };
+        replaced.push(bi);
+        replace_with_fused(g, replaced, nf);
         fused += 1;
     }
     fused

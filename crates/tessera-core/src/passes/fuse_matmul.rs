@@ -10,7 +10,7 @@
 //! residual steps. Without it, the i32 product and two float copies of it
 //! make a round trip through memory for every weight.
 
-use super::pattern::{is_onnx, other_input, Index};
+use super::pattern::{is_onnx, other_input, replace_with_fused, Index};
 use crate::{Attr, Dim, Graph, Node};
 
 pub const DOMAIN: &str = "tessera";
@@ -174,19 +174,11 @@ pub fn fuse_matmul_integer(g: &mut Graph) -> usize {
             hit = Some((matched, node));
             break;
         }
-        let Some((mut matched, mut node)) = hit else { break };
+        let Some((matched, mut node)) = hit else { break };
         if node.inputs.len() > 5 {
             node.inputs[5] = bias_as_row(g, std::mem::take(&mut node.inputs[5]));
         }
-        // The fused node takes the last matched node's place: every value it
-        // reads is defined before that node.
-        let last = *matched.iter().max().expect("three matched nodes");
-        g.nodes[last] = node;
-        matched.retain(|&i| i != last);
-        matched.sort_unstable_by(|a, b| b.cmp(a));
-        for i in matched {
-            g.nodes.remove(i);
-        }
+        replace_with_fused(g, matched, node);
         fused += 1;
     }
     fused

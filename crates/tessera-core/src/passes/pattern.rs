@@ -32,6 +32,19 @@ impl Index {
     }
 }
 
+/// Replaces the matched nodes by `fused`, which takes the place of the last
+/// of them (every value it reads is defined before that node: a residual
+/// computed between the matched nodes, for one); the others are removed.
+pub fn replace_with_fused(g: &mut Graph, mut matched: Vec<usize>, fused: Node) {
+    let last = *matched.iter().max().expect("a matched node at least");
+    g.nodes[last] = fused;
+    matched.retain(|&i| i != last);
+    matched.sort_unstable_by(|a, b| b.cmp(a));
+    for i in matched {
+        g.nodes.remove(i);
+    }
+}
+
 pub fn is_onnx(n: &Node) -> bool {
     n.domain.is_empty() || n.domain == "ai.onnx"
 }

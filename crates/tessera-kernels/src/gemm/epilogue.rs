@@ -113,14 +113,9 @@ fn activate_body<const FMA: bool>(act: Activation, x: &mut [f32]) {
                 *v = Activation::Relu.apply(*v);
             }
         }
-        Activation::GeluErf => {
-            for v in x.iter_mut() {
-                *v = gelu_erf_with::<FMA>(*v);
-            }
-        }
-        Activation::GeluErfPieces => {
+        Activation::GeluErf | Activation::GeluErfPieces => {
             #[cfg(target_arch = "x86_64")]
-            if FMA && crate::elementwise::gelu_pieces::available() {
+            if act == Activation::GeluErfPieces && FMA && crate::elementwise::gelu_pieces::available() {
                 // SAFETY: AVX-512F is present (checked just above).
                 return unsafe { crate::elementwise::gelu_pieces::gelu_erf_in_place(x) };
             }
