@@ -817,11 +817,35 @@ fn sgemm_packed(
     epi: &Epilogue,
 ) {
     let split = b.split.expect("checked by tile_sgemm");
-    let (m, n) = (a.rows, b.n);
+    pack_a_panels(a, ap, a_len, split);
+    sgemm_from_panels(isa, blk, ap, a.rows, b, c, ldc, transposed, epi)
+}
+
+/// Packs every row of `a` into A panels of `a_len` bytes each.
+fn pack_a_panels(a: MatRef<f32>, ap: &mut [u8], a_len: usize, split: Split) {
+    let m = a.rows;
     ap.par_chunks_mut(a_len.max(1)).enumerate().for_each(|(p, dst)| {
         let i0 = p * MR;
         pack::pack_a_f32(dst, a.rows_range(i0, MR.min(m - i0)), split);
     });
+}
+
+/// The tile product of `m` rows of packed A panels (`ap`, in `b`'s split)
+/// and `b`, finished by `epi` into `c` (transposed or not, as
+/// [`tile_sgemm`] and [`tile_sgemm_transposed`]).
+#[allow(clippy::too_many_arguments)]
+fn sgemm_from_panels(
+    isa: TileIsa,
+    blk: TileBlocking,
+    ap: &[u8],
+    m: usize,
+    b: &PackedB,
+    c: &mut [f32],
+    ldc: usize,
+    transposed: bool,
+    epi: &Epilogue,
+) {
+    let n = b.n;
     let out = OutPtr(c.as_mut_ptr());
     let head = epi.before_transpose();
     let finish = move |acc: &mut AccBlock, i0: usize, j0: usize| {
@@ -854,6 +878,100 @@ fn sgemm_packed(
         }
     };
     drive(isa, blk, DotKind::Bf16, ap, m, b.view(), &finish, &ahead);
+}
+
+thread_local! {
+    /// The hidden layer of [`tile_mlp_bf16`]'s last call on this thread, as
+    /// bf16 A panels (reused like the packed-A buffer).
+    static HIDDEN_BUFFER: std::cell::Cell<Option<Bytes>> = const { std::cell::Cell::new(None) };
+}
+
+/// Two products in a row on bf16 tiles, `c = epi2(epi1(a @ b1) @ b2)`, the
+/// first one's output (the hidden layer) written by its epilogue straight
+/// into the second one's A panels as bf16: each finished 32x32 block of the
+/// first product is exactly one k-block of one A panel of the second. The
+/// hidden layer never exists in fp32, so it is stored at half the bytes and
+/// not read back to be packed; the result is the one the two products
+/// give one after the other (the second rounds its A to bf16 the same way).
+///
+/// Both weights must be packed as plain bf16 ([`Split::Bf16`]), `b2.k()`
+/// must be `b1.n()`, K and the hidden width non-zero, and `epi1` without a
+/// residual. `c` is row-major with row stride `ldc` and is overwritten.
+#[allow(clippy::too_many_arguments)]
+pub fn tile_mlp_bf16(
+    isa: TileIsa,
+    a: MatRef<f32>,
+    b1: &PackedB,
+    epi1: &Epilogue,
+    b2: &PackedB,
+    c: &mut [f32],
+    ldc: usize,
+    epi2: &Epilogue,
+) {
+    tile_mlp_bf16_with(isa, TileBlocking::configured(), a, b1, epi1, b2, c, ldc, epi2)
+}
+
+/// [`tile_mlp_bf16`] with explicit loop blocking (for measurements and tests).
+#[allow(clippy::too_many_arguments)]
+pub fn tile_mlp_bf16_with(
+    isa: TileIsa,
+    blk: TileBlocking,
+    a: MatRef<f32>,
+    b1: &PackedB,
+    epi1: &Epilogue,
+    b2: &PackedB,
+    c: &mut [f32],
+    ldc: usize,
+    epi2: &Epilogue,
+) {
+    assert!(
+        b1.split == Some(Split::Bf16) && b2.split == Some(Split::Bf16),
+        "tile_mlp_bf16 needs weights packed as plain bf16"
+    );
+    let (m, k, hidden, n) = (a.rows, a.cols, b1.n, b2.n);
+    assert_eq!(k, b1.k, "inner dimensions differ");
+    assert_eq!(hidden, b2.k, "the second weight's rows are not the first one's columns");
+    assert!(k > 0 && hidden > 0, "tile_mlp_bf16 needs non-empty inner dimensions");
+    assert!(epi1.residual.is_none(), "the hidden layer takes no residual");
+    a.check();
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!((m - 1) * ldc + n <= c.len(), "output does not fit its slice");
+    epi1.check(m, hidden);
+    epi2.check(m, n);
+    let panels = m.div_ceil(MR);
+    let (a_len, h_len) = (b1.kblocks * BLOCK_BYTES, b2.kblocks * BLOCK_BYTES);
+    with_a_buffer(a_len * panels, |ap| {
+        pack_a_panels(a, ap, a_len, Split::Bf16);
+        with_reused_bytes(&HIDDEN_BUFFER, h_len * panels, |hp| {
+            let hidden_out = OutPtr(hp.as_mut_ptr());
+            // Block (i0, j0) of the hidden layer is k-block j0 / 32 of A
+            // panel i0 / 32.
+            let at = move |i0: usize, j0: usize| (i0 / MR) * h_len + (j0 / NR) * BLOCK_BYTES;
+            let finish = move |acc: &mut AccBlock, i0: usize, j0: usize| {
+                let (rows, cols) = (MR.min(m - i0), NR.min(hidden - j0));
+                epi1.apply_block(acc, i0, j0, rows, cols);
+                // SAFETY: `at(i0, j0) + BLOCK_BYTES <= panels * h_len`, the
+                // buffer's length (i0 < m, j0 < hidden = 32 * k-blocks at
+                // most); blocks of different tasks are different k-blocks,
+                // so this task alone writes these bytes, and the buffer
+                // outlives `drive`.
+                let dst = unsafe { std::slice::from_raw_parts_mut(hidden_out.at(at(i0, j0)), BLOCK_BYTES) };
+                // Rows past `rows` and columns past `cols` are zero: they
+                // pad the second product's ragged M and K.
+                for (i, row) in acc.as_f32().chunks_exact(NR).enumerate() {
+                    let vals = if i < rows { &row[..cols] } else { &[][..] };
+                    pack::pack_a_row_bf16(dst, 1, i, vals);
+                }
+            };
+            let ahead = move |i0: usize, j0: usize| {
+                prefetch_rows(hidden_out.at(at(i0, j0)) as *const u8, 64, 0, 0, BLOCK_BYTES / 64, 64, true);
+            };
+            drive(isa, blk, DotKind::Bf16, ap, m, b1.view(), &finish, &ahead);
+            sgemm_from_panels(isa, blk, hp, m, b2, c, ldc, false, epi2);
+        })
+    })
 }
 
 /// An 8-bit activation matrix (raw bytes, row-major with `row_stride`).
@@ -1125,6 +1243,59 @@ mod amx_tests {
         }
     }
 
+    /// [`tile_mlp_bf16`] against its two products one after the other
+    /// (an fp32 hidden layer, which the second product rounds to bf16 as it
+    /// packs it): the same bits, ragged M, K, hidden width and N included.
+    #[allow(clippy::too_many_arguments)]
+    fn check_mlp(
+        isa: TileIsa,
+        blk: TileBlocking,
+        m: usize,
+        k: usize,
+        hidden: usize,
+        n: usize,
+        seed: u64,
+        act: Activation,
+    ) {
+        let a = rand_vec(m * k, seed);
+        let w1 = rand_vec(k * hidden, seed ^ 0x11);
+        let w2 = rand_vec(hidden * n, seed ^ 0x22);
+        let (b1, b2) = (rand_vec(hidden, seed ^ 0x33), rand_vec(n, seed ^ 0x44));
+        let ldc = n + 2;
+        let res = rand_vec(m * ldc, seed ^ 0x55);
+        let (p1, p2) = (
+            PackedB::from_f32(MatRef::row_major(&w1, k, hidden), Split::Bf16),
+            PackedB::from_f32(MatRef::row_major(&w2, hidden, n), Split::Bf16),
+        );
+        let epi1 = Epilogue { bias: Some(&b1), activation: act, ..Default::default() };
+        let epi2 = Epilogue {
+            bias: Some(&b2),
+            residual: Some(Residual { data: &res, row_stride: ldc }),
+            ..Default::default()
+        };
+        let av = MatRef::row_major(&a, m, k);
+        let mut fused = vec![f32::NAN; m * ldc];
+        tile_mlp_bf16_with(isa, blk, av, &p1, &epi1, &p2, &mut fused, ldc, &epi2);
+        let mut h = vec![f32::NAN; m * hidden];
+        tile_sgemm_with(isa, blk, av, &p1, &mut h, hidden, &epi1);
+        let mut twice = vec![f32::NAN; m * ldc];
+        tile_sgemm_with(isa, blk, MatRef::row_major(&h, m, hidden), &p2, &mut twice, ldc, &epi2);
+        for i in 0..m {
+            for j in 0..ldc {
+                let (f, t) = (fused[i * ldc + j], twice[i * ldc + j]);
+                if j >= n {
+                    assert!(f.is_nan(), "wrote past N at ({i},{j})");
+                } else {
+                    assert_eq!(
+                        f.to_bits(),
+                        t.to_bits(),
+                        "{isa:?} {m}x{k}x{hidden}x{n} {act:?} at ({i},{j}): {f} vs {t}"
+                    );
+                }
+            }
+        }
+    }
+
     /// [`tile_sgemm_rows`]: a packed left operand, a row-major right one
     /// with a row stride wider than N, a bias per row, a residual before
     /// or after ReLU, against f64.
@@ -1183,6 +1354,17 @@ mod amx_tests {
         ) {
             for isa in isas() {
                 check_rows(isa, blk, m, k, n, pad, seed, first);
+            }
+        }
+
+        #[test]
+        fn tile_mlp_matches_its_two_products(
+            m in 1usize..80, k in 1usize..90, hidden in 1usize..110, n in 1usize..70, seed in any::<u64>(),
+            act in prop_oneof![Just(Activation::None), Just(Activation::Relu), Just(Activation::GeluErfPieces)],
+            blk in blocking(),
+        ) {
+            for isa in isas() {
+                check_mlp(isa, blk, m, k, hidden, n, seed, act);
             }
         }
 
