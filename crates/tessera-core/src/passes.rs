@@ -8,6 +8,7 @@ pub mod fuse_conv;
 pub mod fuse_gelu;
 pub mod fuse_layernorm;
 pub mod fuse_matmul;
+pub mod fuse_mlp;
 pub mod merge_qkv;
 mod pattern;
 
@@ -39,13 +40,16 @@ pub struct PassReport {
     /// BatchNormalizations that took the activation after them
     /// (`tessera:FusedBatchNorm`).
     pub batch_norm_act_fused: usize,
+    /// Pairs of products whose hidden layer passes straight from one to the
+    /// other (`tessera:FusedMlp`).
+    pub mlp_fused: usize,
 }
 
 impl std::fmt::Display for PassReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "constant-folded {} nodes, removed {} dead nodes, fused {} LayerNorm, {} GELU, {} attention, {} MatMul+bias, {} MatMulInteger+dequantization, {} epilogues, {} Q/K/V merges, folded {} BatchNormalization/channel affine, fused {} Conv epilogues, {} BatchNormalization+activation",
+            "constant-folded {} nodes, removed {} dead nodes, fused {} LayerNorm, {} GELU, {} attention, {} MatMul+bias, {} MatMulInteger+dequantization, {} epilogues, {} Q/K/V merges, folded {} BatchNormalization/channel affine, fused {} Conv epilogues, {} BatchNormalization+activation, {} two-layer MLPs",
             self.folded,
             self.dead_removed,
             self.layernorm_fused,
@@ -57,7 +61,8 @@ impl std::fmt::Display for PassReport {
             self.qkv_merged,
             self.batch_norm_folded,
             self.conv_fused,
-            self.batch_norm_act_fused
+            self.batch_norm_act_fused,
+            self.mlp_fused
         )
     }
 }
@@ -68,7 +73,7 @@ pub fn optimize(graph: &mut Graph, eval: &Evaluator) -> Result<PassReport> {
 
 /// [`optimize`], optionally without the MatMul and attention fusions, whose
 /// fused nodes (`tessera:FusedMatMul`, `tessera:FusedMatMulInteger`,
-/// `tessera:Attention`) only Tessera's CPU-side providers run: a session that
+/// `tessera:FusedMlp`, `tessera:Attention`) only Tessera's CPU-side providers run: a session that
 /// places regions on another runtime (Core ML) keeps plain ONNX ops.
 pub fn optimize_with(graph: &mut Graph, eval: &Evaluator, fuse_matmul_ops: bool) -> Result<PassReport> {
     let mut r = PassReport { folded: fold::fold_constants(graph, eval)?, ..Default::default() };
@@ -90,6 +95,7 @@ pub fn optimize_with(graph: &mut Graph, eval: &Evaluator, fuse_matmul_ops: bool)
         r.batch_norm_folded += fuse_conv::fold_channel_affine(graph);
         r.conv_fused = fuse_conv::fuse_conv_epilogues(graph);
         r.batch_norm_act_fused = fuse_conv::fuse_batch_norm_activation(graph);
+        r.mlp_fused = fuse_mlp::fuse_mlp(graph);
     }
     r.dead_removed += dce::eliminate_dead_nodes(graph);
     graph.toposort()?;

@@ -339,6 +339,14 @@ fn infer_node(n: &Node, ins: &[Option<&Known>]) -> Result<Vec<Known>> {
         }
         return Ok(outs);
     }
+    if n.domain == "tessera" && op == crate::passes::fuse_mlp::FUSED_MLP {
+        // The second product's output, its A being the first one's.
+        let (first, second) = crate::passes::fuse_mlp::split_mlp(n);
+        let hidden = infer_node(&first, &ins[..ins.len().min(3)])?;
+        let mut rest: Vec<Option<&Known>> = vec![hidden.first()];
+        rest.extend((3..6).map(|i| ins.get(i).copied().flatten()));
+        return infer_node(&second, &rest[..second.inputs.len()]);
+    }
     if n.domain == "tessera" && op == crate::passes::fuse_conv::FUSED_BATCH_NORM {
         // BatchNormalization's output: the activation keeps its shape and type.
         let mut plain = n.clone();

@@ -192,6 +192,31 @@ impl<'a> Epilogue<'a> {
         }
     }
 
+    /// [`Epilogue::apply_block_into`] for a block that becomes one k-block
+    /// of another product's bf16 A panel (`dst`, 2 KiB): row `i < rows` is
+    /// the finished row rounded to bf16, zero past `cols`; rows from `rows`
+    /// on are zero (they pad the next product's M). No residual.
+    pub fn apply_block_into_a_panel(
+        &self,
+        acc: &AccBlock,
+        i0: usize,
+        j0: usize,
+        rows: usize,
+        cols: usize,
+        dst: &mut [u8],
+    ) {
+        let epi = self;
+        with_vector_features!(apply_block_into_a_panel_body(
+            epi: &Epilogue,
+            acc: &AccBlock,
+            i0: usize,
+            j0: usize,
+            rows: usize,
+            cols: usize,
+            dst: &mut [u8],
+        ))
+    }
+
     /// Finishes one row segment: `acc` holds columns `j0..j0 + dst.len()` of
     /// output row `row`.
     #[inline]
@@ -240,6 +265,30 @@ fn apply_block_into_body<const FMA: bool>(
         let mut v: [f32; NR] = row.try_into().expect("rows of NR");
         epi.finish_row_general::<FMA>(&mut v, &bias, i0 + i, j0, cols);
         store_row(out, &v);
+    }
+}
+
+#[inline(always)]
+fn apply_block_into_a_panel_body<const FMA: bool>(
+    epi: &Epilogue,
+    acc: &AccBlock,
+    i0: usize,
+    j0: usize,
+    rows: usize,
+    cols: usize,
+    dst: &mut [u8],
+) {
+    assert!(epi.residual.is_none(), "a block finished into A panels takes no residual");
+    let bias = epi.block_bias(j0, cols);
+    for (i, row) in acc.as_f32().chunks_exact(NR).enumerate() {
+        if i < rows {
+            // Whole-row loads, as in `apply_block_into_body`.
+            let mut v: [f32; NR] = row.try_into().expect("rows of NR");
+            epi.finish_row_general::<FMA>(&mut v, &bias, i0 + i, j0, cols);
+            super::pack::pack_a_row_bf16(dst, 1, i, &v[..cols]);
+        } else {
+            super::pack::pack_a_row_bf16(dst, 1, i, &[]);
+        }
     }
 }
 

@@ -951,7 +951,6 @@ pub fn tile_mlp_bf16_with(
             let at = move |i0: usize, j0: usize| (i0 / MR) * h_len + (j0 / NR) * BLOCK_BYTES;
             let finish = move |acc: &mut AccBlock, i0: usize, j0: usize| {
                 let (rows, cols) = (MR.min(m - i0), NR.min(hidden - j0));
-                epi1.apply_block(acc, i0, j0, rows, cols);
                 // SAFETY: `at(i0, j0) + BLOCK_BYTES <= panels * h_len`, the
                 // buffer's length (i0 < m, j0 < hidden = 32 * k-blocks at
                 // most); blocks of different tasks are different k-blocks,
@@ -960,10 +959,7 @@ pub fn tile_mlp_bf16_with(
                 let dst = unsafe { std::slice::from_raw_parts_mut(hidden_out.at(at(i0, j0)), BLOCK_BYTES) };
                 // Rows past `rows` and columns past `cols` are zero: they
                 // pad the second product's ragged M and K.
-                for (i, row) in acc.as_f32().chunks_exact(NR).enumerate() {
-                    let vals = if i < rows { &row[..cols] } else { &[][..] };
-                    pack::pack_a_row_bf16(dst, 1, i, vals);
-                }
+                epi1.apply_block_into_a_panel(acc, i0, j0, rows, cols, dst);
             };
             let ahead = move |i0: usize, j0: usize| {
                 prefetch_rows(hidden_out.at(at(i0, j0)) as *const u8, 64, 0, 0, BLOCK_BYTES / 64, 64, true);

@@ -78,6 +78,16 @@ impl AccelerateProvider {
                 }
                 fp32_inputs(graph, node, &[0, 1, 2, 3])
             }
+            ("tessera", tessera_core::passes::fuse_mlp::FUSED_MLP) => {
+                // Its two FusedMatMuls, one after the other.
+                let (first, second) = tessera_core::passes::fuse_mlp::split_mlp(node);
+                self.check(graph, &first)?;
+                let a = second.attr_string("activation").map_err(|e| e.to_string())?.unwrap_or_default();
+                if tessera_kernels::gemm::Activation::parse(&a).is_none() {
+                    return Err(format!("unknown activation '{a}'"));
+                }
+                fp32_inputs(graph, node, &[0, 1, 2, 3, 4, 5])
+            }
             (_, "Conv") if domain_ok => {
                 match node.attr_int_or("group", 1) {
                     Ok(1) => {}

@@ -135,6 +135,13 @@ impl AmxProvider {
                 float_weight()?;
                 self.float_plan(rows())
             }
+            ("tessera", tessera_core::passes::fuse_mlp::FUSED_MLP) => {
+                float_weight()?;
+                match weight(3)? {
+                    DType::F32 => self.float_plan(rows()),
+                    d => Err(format!("{d} second weight (tiles take fp32 or 8-bit weights)")),
+                }
+            }
             (d, op @ ("Conv" | "FusedConv")) if (op == "Conv" && domain_ok) || d == "tessera" => {
                 let name = node.input(1).ok_or("no weight input")?;
                 let w = graph.initializers.get(name).ok_or_else(|| format!("weight '{name}' is not a constant"))?;

@@ -3,10 +3,11 @@
 
 use std::sync::Arc;
 
+use tessera_core::passes::fuse_mlp::FUSED_MLP;
 use tessera_core::{DType, Error, Node, Result, Tensor};
 use tessera_kernels::gemm::{
-    tile_igemm, tile_sgemm, tile_sgemm_rows, tile_sgemm_transposed, Activation, Epilogue, I8Mat, I8Out, MatRef,
-    PackedA, PackedB, Residual, Split, TileIsa,
+    tile_igemm, tile_mlp_bf16, tile_sgemm, tile_sgemm_rows, tile_sgemm_transposed, Activation, Epilogue, I8Mat, I8Out,
+    MatRef, PackedA, PackedB, Residual, Split, TileIsa,
 };
 
 use rayon::prelude::*;
@@ -25,6 +26,8 @@ pub(crate) fn build(node: &Node, plan: TilePlan, isa: TileIsa, bctx: &BuildCtx) 
     let constant = bctx.constant;
     match (plan, node.op_type.as_str()) {
         (TilePlan::Float(split), "Conv" | "FusedConv") => Ok(Box::new(Conv::build(node, split, isa, constant)?)),
+        (TilePlan::Float(split), FUSED_MLP) => Mlp::build(node, WeightPlan::Tiles(split), isa, constant),
+        (TilePlan::DynamicInt8, FUSED_MLP) => Mlp::build(node, WeightPlan::Int8, isa, constant),
         (TilePlan::Float(split), _) => Ok(Box::new(Linear::build(node, WeightPlan::Tiles(split), isa, constant)?)),
         (TilePlan::DynamicInt8, _) => Ok(Box::new(Linear::build(node, WeightPlan::Int8, isa, constant)?)),
         (TilePlan::Integer, "MatMulInteger" | "FusedMatMulInteger") => {
@@ -52,6 +55,9 @@ pub(crate) fn build(node: &Node, plan: TilePlan, isa: TileIsa, bctx: &BuildCtx) 
 /// MatMul, Gemm or FusedMatMul on Arm SME (the weight packed once).
 pub(super) fn build_sme(node: &Node, bf16: bool, constant: Constant) -> Result<Box<dyn CpuOp>> {
     // The tile ISA is unused by SME weights.
+    if node.op_type == FUSED_MLP {
+        return crate::cpu::ops::fused::mlp_in_two(node, &|n: &Node| build_sme(n, bf16, constant));
+    }
     Ok(Box::new(Linear::build(node, WeightPlan::Sme { bf16 }, TileIsa::Emulated, constant)?))
 }
 
@@ -485,6 +491,80 @@ impl CpuOp for Linear {
                 return Err(Error::node(node, "residual must be fp32"));
             }
             add_broadcast(node, y.as_mut_slice::<f32>()?, &y_shape, r, 1.0)?;
+        }
+        Ok(vec![y])
+    }
+}
+
+/// `tessera:FusedMlp` on tiles: its two products as [`Linear`]s. Under bf16
+/// (both weights plain bf16) the hidden layer goes from the first
+/// product's epilogue straight into the second one's A panels
+/// ([`tile_mlp_bf16`]); otherwise, and for run-time biases or a residual
+/// that broadcasts, the two run one after the other.
+struct Mlp {
+    node: Node,
+    isa: TileIsa,
+    first: Linear,
+    second: Linear,
+}
+
+impl Mlp {
+    fn build(node: &Node, plan: WeightPlan, isa: TileIsa, constant: Constant) -> Result<Box<dyn CpuOp>> {
+        let (first, second) = tessera_core::passes::fuse_mlp::split_mlp(node);
+        let (first, second) =
+            (Linear::build(&first, plan, isa, constant)?, Linear::build(&second, plan, isa, constant)?);
+        if second.k != first.n {
+            return Err(Error::node(node, format!("a {}-wide hidden layer into a {}-row weight", first.n, second.k)));
+        }
+        Ok(Box::new(Mlp { node: node.clone(), isa, first, second }))
+    }
+}
+
+impl CpuOp for Mlp {
+    fn run(&self, inputs: &[Option<&Tensor>], ctx: &mut RunCtx) -> Result<Vec<Tensor>> {
+        let input = |i: usize| inputs.get(i).copied().flatten();
+        let (f, s) = (&self.first, &self.second);
+        let x = req(&self.node, inputs, 0)?;
+        let res = input(5);
+        let mut y_shape = x.shape().to_vec();
+        if let Some(last) = y_shape.last_mut() {
+            *last = s.n;
+        }
+        let plain = |w: &Weight| matches!(w, Weight::Tiles(p) if p.split() == Some(Split::Bf16));
+        let handover = plain(&f.weight)
+            && plain(&s.weight)
+            && x.dtype() == DType::F32
+            && x.shape().last() == Some(&f.k)
+            && f.k > 0
+            && f.n > 0
+            && f.bias_input.is_none()
+            && s.bias_input.is_none()
+            && res.is_none_or(|r| r.dtype() == DType::F32 && r.shape() == y_shape.as_slice());
+        let (Weight::Tiles(b1), Weight::Tiles(b2), true) = (f.weight.as_ref(), s.weight.as_ref(), handover) else {
+            let hidden = f.run(&[input(0), input(1), input(2)], ctx)?;
+            let out = s.run(&[hidden.first(), input(3), input(4), input(5)], ctx);
+            hidden.into_iter().for_each(|t| ctx.release(t));
+            return out;
+        };
+        let rows = x.numel() / f.k;
+        let mut y = product_output(ctx, DType::F32, &y_shape, f.k)?;
+        let epi1 = Epilogue { alpha: f.alpha, bias: f.bias.as_deref(), activation: f.activation, ..Default::default() };
+        let epi2 = Epilogue {
+            alpha: s.alpha,
+            bias: s.bias.as_deref(),
+            activation: s.activation,
+            residual: match res {
+                Some(r) => Some(Residual { data: r.as_slice::<f32>()?, row_stride: s.n }),
+                None => None,
+            },
+            ..Default::default()
+        };
+        let t0 = crate::profile::enabled().then(std::time::Instant::now);
+        let av = MatRef::row_major(x.as_slice::<f32>()?, rows, f.k);
+        tile_mlp_bf16(self.isa, av, b1, &epi1, b2, y.as_mut_slice::<f32>()?, s.n, &epi2);
+        if let Some(t0) = t0 {
+            let what = format!("amx:mlp bf16 {rows}x{}x{} then x{}", f.n, f.k, s.n);
+            crate::profile::record(&what, t0.elapsed().as_secs_f64());
         }
         Ok(vec![y])
     }

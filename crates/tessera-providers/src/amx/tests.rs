@@ -518,3 +518,47 @@ fn attention_on_tiles_under_bf16_matches_cpu() {
         v => panic!("claimed under fp32: {v:?}"),
     }
 }
+
+/// `tessera:FusedMlp` on tiles against the CPU provider under each
+/// precision, with a residual of the output's shape (under bf16 the hidden
+/// layer goes straight into the second product's A panels) and one that
+/// broadcasts (the two products run one after the other); under bf16 the
+/// handed-over result is also the very one the two products give apart.
+#[test]
+fn fused_mlp_matches_cpu_and_its_two_products() {
+    let (b, m, k, hidden, n) = (2, 37, 40, 70, 45);
+    let x = Tensor::from_vec(&[b, m, k], rand_vec(b * m * k, 11)).unwrap();
+    let consts = || {
+        vec![
+            ("w1", Tensor::from_vec(&[k, hidden], rand_vec(k * hidden, 12)).unwrap()),
+            ("b1", Tensor::from_vec(&[hidden], rand_vec(hidden, 13)).unwrap()),
+            ("w2", Tensor::from_vec(&[hidden, n], rand_vec(hidden * n, 14)).unwrap()),
+            ("b2", Tensor::from_vec(&[n], rand_vec(n, 15)).unwrap()),
+        ]
+    };
+    for (act, res_shape) in [("gelu_erf", vec![b, m, n]), ("relu", vec![n])] {
+        let res = Tensor::from_vec(&res_shape, rand_vec(res_shape.iter().product(), 16)).unwrap();
+        let mut node = Node::new("FusedMlp", "mlp", &["x", "w1", "b1", "w2", "b2", "res"], &["y"])
+            .with_attr("activation", Attr::String(act.as_bytes().to_vec()))
+            .with_attr("activation_out", Attr::String(b"none".to_vec()));
+        node.domain = "tessera".into();
+        let g = graph(node.clone(), &["x", "res"], consts());
+        let ins = [x.clone(), res.clone()];
+        let want = run_on(&CpuProvider::new(), &g, &ins);
+        for (prec, tol) in [(Precision::Fp32Tiles, 1e-6), (Precision::Bf16, 2e-2), (Precision::Int8, 4e-2)] {
+            let got = run_on(&AmxProvider::with_isa(prec, isa()), &g, &ins);
+            let e = max_rel_err(&got, &want);
+            assert!(e <= tol, "{prec} {act} residual {res_shape:?}: relative error {e:e} > {tol:e}");
+            if prec == Precision::Bf16 {
+                let p = AmxProvider::with_isa(prec, isa());
+                let (first, second) = tessera_core::passes::fuse_mlp::split_mlp(&node);
+                let h = run_on(&p, &graph(first.clone(), &["x"], consts()), std::slice::from_ref(&x));
+                let g2 = graph(second.clone(), &[&first.outputs[0], "res"], consts());
+                let apart = run_on(&p, &g2, &[h, res.clone()]);
+                let (got, apart) = (got.as_slice::<f32>().unwrap(), apart.as_slice::<f32>().unwrap());
+                let same = got.iter().zip(apart).all(|(p, q)| p.to_bits() == q.to_bits());
+                assert!(same, "bf16 {act} residual {res_shape:?}: the fused MLP differs from its two products");
+            }
+        }
+    }
+}

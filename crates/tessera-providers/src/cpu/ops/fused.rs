@@ -23,6 +23,38 @@ use tessera_kernels::attention::Rows;
 pub fn register(r: &mut OpRegistry) {
     r.add_domain("tessera", "FusedMatMul", build_fused_matmul);
     r.add_domain("tessera", "Attention", build_attention);
+    r.add_domain("tessera", tessera_core::passes::fuse_mlp::FUSED_MLP, build_fused_mlp);
+}
+
+/// `tessera:FusedMlp(x, W1, b1, W2, b2, residual)` as its two FusedMatMuls
+/// one after the other.
+fn build_fused_mlp(node: &Node, bctx: &BuildCtx) -> Result<Box<dyn CpuOp>> {
+    mlp_in_two(node, &|n: &Node| build_fused_matmul(n, bctx))
+}
+
+/// A `tessera:FusedMlp` run as its two products one after the other, each
+/// built by `build` (a provider's own FusedMatMul): the hidden layer is an
+/// ordinary fp32 tensor between them.
+pub(crate) fn mlp_in_two(node: &Node, build: &dyn Fn(&Node) -> Result<Box<dyn CpuOp>>) -> Result<Box<dyn CpuOp>> {
+    let (first, second) = tessera_core::passes::fuse_mlp::split_mlp(node);
+    Ok(Box::new(MlpInTwo { first: build(&first)?, second: build(&second)?, node: node.clone() }))
+}
+
+struct MlpInTwo {
+    node: Node,
+    first: Box<dyn CpuOp>,
+    second: Box<dyn CpuOp>,
+}
+
+impl CpuOp for MlpInTwo {
+    fn run(&self, inputs: &[Option<&Tensor>], ctx: &mut RunCtx) -> Result<Vec<Tensor>> {
+        let input = |i: usize| inputs.get(i).copied().flatten();
+        let hidden = self.first.run(&[input(0), input(1), input(2)], ctx)?;
+        let h = hidden.first().ok_or_else(|| Error::node(&self.node, "the first product gave no output"))?;
+        let out = self.second.run(&[Some(h), input(3), input(4), input(5)], ctx);
+        hidden.into_iter().for_each(|t| ctx.release(t));
+        out
+    }
 }
 
 /// `tessera:Attention(Q, K, V, q_shape, k_shape, v_shape, out_shape, [mask])`,
