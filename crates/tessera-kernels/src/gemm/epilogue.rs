@@ -3,6 +3,7 @@
 //! memory. The order is ONNX's unfused order: `act(alpha * acc + bias) +
 //! residual`.
 
+use super::pack::Split;
 use super::ukernel::{AccBlock, NR};
 use crate::elementwise::{gelu_erf_f32, gelu_erf_with, gelu_tanh_f32, gelu_tanh_with, sigmoid_f32, sigmoid_with};
 
@@ -193,9 +194,11 @@ impl<'a> Epilogue<'a> {
     }
 
     /// [`Epilogue::apply_block_into`] for a block that becomes one k-block
-    /// of another product's bf16 A panel (`dst`, 2 KiB): row `i < rows` is
-    /// the finished row rounded to bf16, zero past `cols`; rows from `rows`
-    /// on are zero (they pad the next product's M). No residual.
+    /// of another product's A panel, in `split`'s parts (`dst`, 2 KiB a
+    /// part): row `i < rows` is the finished row split (rounded to bf16 for
+    /// one part), zero past `cols`; rows from `rows` on are zero (they pad
+    /// the next product's M). No residual.
+    #[allow(clippy::too_many_arguments)]
     pub fn apply_block_into_a_panel(
         &self,
         acc: &AccBlock,
@@ -203,6 +206,7 @@ impl<'a> Epilogue<'a> {
         j0: usize,
         rows: usize,
         cols: usize,
+        split: Split,
         dst: &mut [u8],
     ) {
         let epi = self;
@@ -213,6 +217,7 @@ impl<'a> Epilogue<'a> {
             j0: usize,
             rows: usize,
             cols: usize,
+            split: Split,
             dst: &mut [u8],
         ))
     }
@@ -269,6 +274,7 @@ fn apply_block_into_body<const FMA: bool>(
 }
 
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn apply_block_into_a_panel_body<const FMA: bool>(
     epi: &Epilogue,
     acc: &AccBlock,
@@ -276,6 +282,7 @@ fn apply_block_into_a_panel_body<const FMA: bool>(
     j0: usize,
     rows: usize,
     cols: usize,
+    split: Split,
     dst: &mut [u8],
 ) {
     assert!(epi.residual.is_none(), "a block finished into A panels takes no residual");
@@ -285,9 +292,9 @@ fn apply_block_into_a_panel_body<const FMA: bool>(
             // Whole-row loads, as in `apply_block_into_body`.
             let mut v: [f32; NR] = row.try_into().expect("rows of NR");
             epi.finish_row_general::<FMA>(&mut v, &bias, i0 + i, j0, cols);
-            super::pack::pack_a_row_bf16(dst, 1, i, &v[..cols]);
+            super::pack::pack_a_row_parts(dst, split, i, &v[..cols]);
         } else {
-            super::pack::pack_a_row_bf16(dst, 1, i, &[]);
+            super::pack::pack_a_row_parts(dst, split, i, &[]);
         }
     }
 }

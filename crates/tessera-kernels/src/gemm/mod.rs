@@ -14,7 +14,7 @@ pub use batched::{gemm_batched, BatchRef, RowEpilogue};
 pub use epilogue::{Activation, Epilogue, Residual};
 pub use pack::Split;
 pub use tile::{
-    tile_igemm, tile_igemm_with, tile_mlp_bf16, tile_mlp_bf16_with, tile_sgemm, tile_sgemm_rows, tile_sgemm_rows_with,
+    tile_igemm, tile_igemm_with, tile_mlp, tile_mlp_with, tile_sgemm, tile_sgemm_rows, tile_sgemm_rows_with,
     tile_sgemm_transposed, tile_sgemm_with, I8Mat, I8Out, PackedA, PackedB, Prefetch, TileBlocking, WeightStream,
 };
 pub use ukernel::TileIsa;

@@ -177,6 +177,27 @@ fn pack_a_f32_body<const FMA: bool>(dst: &mut [u8], a: MatRef<f32>, split: Split
     }
 }
 
+/// Writes row `i` (0..32) of one k-block of an A panel in `split`'s parts
+/// (`dst` holds the k-block's parts side by side, as [`pack_a_f32`] lays
+/// them out): `src` (at most 32 values) split and zero past its end; an
+/// empty `src` zeroes the row. Always inlined: the epilogues that call it
+/// are compiled for each vector unit, and the splitting vectorizes there.
+#[inline(always)]
+pub fn pack_a_row_parts(dst: &mut [u8], split: Split, i: usize, src: &[f32]) {
+    let np = split.parts();
+    assert!(i < 32 && src.len() <= 32 && dst.len() >= np * BLOCK_BYTES);
+    if np == 1 {
+        return pack_a_row_bf16(dst, 1, i, src);
+    }
+    let mut chunk = [0f32; 32];
+    chunk[..src.len()].copy_from_slice(src);
+    let mut planes = [[0u16; 32]; 3];
+    split_block(&chunk, np, &mut planes);
+    for (p, plane) in planes.iter().take(np).enumerate() {
+        put_tile_row(&mut dst[p * BLOCK_BYTES + a_offset(i, 0)..], plane);
+    }
+}
+
 /// Packs the rows of `a` (at most 32: one panel) into `dst`, each k-block
 /// as the parts of `split` side by side, zero padded to 32 rows and whole
 /// k-blocks.

@@ -881,24 +881,25 @@ fn sgemm_from_panels(
 }
 
 thread_local! {
-    /// The hidden layer of [`tile_mlp_bf16`]'s last call on this thread, as
-    /// bf16 A panels (reused like the packed-A buffer).
+    /// The hidden layer of [`tile_mlp`]'s last call on this thread, as A
+    /// panels (reused like the packed-A buffer).
     static HIDDEN_BUFFER: std::cell::Cell<Option<Bytes>> = const { std::cell::Cell::new(None) };
 }
 
 /// Two products in a row on bf16 tiles, `c = epi2(epi1(a @ b1) @ b2)`, the
 /// first one's output (the hidden layer) written by its epilogue straight
-/// into the second one's A panels as bf16: each finished 32x32 block of the
-/// first product is exactly one k-block of one A panel of the second. The
-/// hidden layer never exists in fp32, so it is stored at half the bytes and
-/// not read back to be packed; the result is the one the two products
-/// give one after the other (the second rounds its A to bf16 the same way).
+/// into the second one's A panels, in the weights' split: each finished
+/// 32x32 block of the first product is exactly one k-block of one A panel
+/// of the second. The hidden layer never exists in fp32 and is not read
+/// back to be packed (under plain bf16 it is also stored at half the
+/// bytes); the result is the one the two products give one after the
+/// other (the second splits its A the same way).
 ///
-/// Both weights must be packed as plain bf16 ([`Split::Bf16`]), `b2.k()`
-/// must be `b1.n()`, K and the hidden width non-zero, and `epi1` without a
+/// Both weights must be packed from fp32 with the same split, `b2.k()` must
+/// be `b1.n()`, K and the hidden width non-zero, and `epi1` without a
 /// residual. `c` is row-major with row stride `ldc` and is overwritten.
 #[allow(clippy::too_many_arguments)]
-pub fn tile_mlp_bf16(
+pub fn tile_mlp(
     isa: TileIsa,
     a: MatRef<f32>,
     b1: &PackedB,
@@ -908,12 +909,12 @@ pub fn tile_mlp_bf16(
     ldc: usize,
     epi2: &Epilogue,
 ) {
-    tile_mlp_bf16_with(isa, TileBlocking::configured(), a, b1, epi1, b2, c, ldc, epi2)
+    tile_mlp_with(isa, TileBlocking::configured(), a, b1, epi1, b2, c, ldc, epi2)
 }
 
-/// [`tile_mlp_bf16`] with explicit loop blocking (for measurements and tests).
+/// [`tile_mlp`] with explicit loop blocking (for measurements and tests).
 #[allow(clippy::too_many_arguments)]
-pub fn tile_mlp_bf16_with(
+pub fn tile_mlp_with(
     isa: TileIsa,
     blk: TileBlocking,
     a: MatRef<f32>,
@@ -924,14 +925,12 @@ pub fn tile_mlp_bf16_with(
     ldc: usize,
     epi2: &Epilogue,
 ) {
-    assert!(
-        b1.split == Some(Split::Bf16) && b2.split == Some(Split::Bf16),
-        "tile_mlp_bf16 needs weights packed as plain bf16"
-    );
+    let split = b1.split.expect("tile_mlp needs weights packed from fp32");
+    assert_eq!(b2.split, Some(split), "tile_mlp needs both weights in one split");
     let (m, k, hidden, n) = (a.rows, a.cols, b1.n, b2.n);
     assert_eq!(k, b1.k, "inner dimensions differ");
     assert_eq!(hidden, b2.k, "the second weight's rows are not the first one's columns");
-    assert!(k > 0 && hidden > 0, "tile_mlp_bf16 needs non-empty inner dimensions");
+    assert!(k > 0 && hidden > 0, "tile_mlp needs non-empty inner dimensions");
     assert!(epi1.residual.is_none(), "the hidden layer takes no residual");
     a.check();
     if m == 0 || n == 0 {
@@ -941,28 +940,30 @@ pub fn tile_mlp_bf16_with(
     epi1.check(m, hidden);
     epi2.check(m, n);
     let panels = m.div_ceil(MR);
+    // A k-block of an A panel is `parts` blocks side by side.
+    let step = split.parts() * BLOCK_BYTES;
     let (a_len, h_len) = (b1.kblocks * BLOCK_BYTES, b2.kblocks * BLOCK_BYTES);
     with_a_buffer(a_len * panels, |ap| {
-        pack_a_panels(a, ap, a_len, Split::Bf16);
+        pack_a_panels(a, ap, a_len, split);
         with_reused_bytes(&HIDDEN_BUFFER, h_len * panels, |hp| {
             let hidden_out = OutPtr(hp.as_mut_ptr());
             // Block (i0, j0) of the hidden layer is k-block j0 / 32 of A
             // panel i0 / 32.
-            let at = move |i0: usize, j0: usize| (i0 / MR) * h_len + (j0 / NR) * BLOCK_BYTES;
+            let at = move |i0: usize, j0: usize| (i0 / MR) * h_len + (j0 / NR) * step;
             let finish = move |acc: &mut AccBlock, i0: usize, j0: usize| {
                 let (rows, cols) = (MR.min(m - i0), NR.min(hidden - j0));
-                // SAFETY: `at(i0, j0) + BLOCK_BYTES <= panels * h_len`, the
-                // buffer's length (i0 < m, j0 < hidden = 32 * k-blocks at
-                // most); blocks of different tasks are different k-blocks,
-                // so this task alone writes these bytes, and the buffer
-                // outlives `drive`.
-                let dst = unsafe { std::slice::from_raw_parts_mut(hidden_out.at(at(i0, j0)), BLOCK_BYTES) };
+                // SAFETY: `at(i0, j0) + step <= panels * h_len`, the
+                // buffer's length (i0 < m, j0 < hidden, and a panel holds
+                // ceil(hidden / 32) k-blocks of `step` bytes); blocks of
+                // different tasks are different k-blocks, so this task
+                // alone writes these bytes, and the buffer outlives `drive`.
+                let dst = unsafe { std::slice::from_raw_parts_mut(hidden_out.at(at(i0, j0)), step) };
                 // Rows past `rows` and columns past `cols` are zero: they
                 // pad the second product's ragged M and K.
-                epi1.apply_block_into_a_panel(acc, i0, j0, rows, cols, dst);
+                epi1.apply_block_into_a_panel(acc, i0, j0, rows, cols, split, dst);
             };
             let ahead = move |i0: usize, j0: usize| {
-                prefetch_rows(hidden_out.at(at(i0, j0)) as *const u8, 64, 0, 0, BLOCK_BYTES / 64, 64, true);
+                prefetch_rows(hidden_out.at(at(i0, j0)) as *const u8, 64, 0, 0, step / 64, 64, true);
             };
             drive(isa, blk, DotKind::Bf16, ap, m, b1.view(), &finish, &ahead);
             sgemm_from_panels(isa, blk, hp, m, b2, c, ldc, false, epi2);
@@ -1239,17 +1240,14 @@ mod amx_tests {
         }
     }
 
-    /// [`tile_mlp_bf16`] against its two products one after the other
-    /// (an fp32 hidden layer, which the second product rounds to bf16 as it
-    /// packs it): the same bits, ragged M, K, hidden width and N included.
-    #[allow(clippy::too_many_arguments)]
+    /// [`tile_mlp`] against its two products one after the other (an fp32
+    /// hidden layer, which the second product splits as it packs it): the
+    /// same bits, ragged M, K, hidden width and N included.
     fn check_mlp(
         isa: TileIsa,
         blk: TileBlocking,
-        m: usize,
-        k: usize,
-        hidden: usize,
-        n: usize,
+        (m, k, hidden, n): (usize, usize, usize, usize),
+        split: Split,
         seed: u64,
         act: Activation,
     ) {
@@ -1260,8 +1258,8 @@ mod amx_tests {
         let ldc = n + 2;
         let res = rand_vec(m * ldc, seed ^ 0x55);
         let (p1, p2) = (
-            PackedB::from_f32(MatRef::row_major(&w1, k, hidden), Split::Bf16),
-            PackedB::from_f32(MatRef::row_major(&w2, hidden, n), Split::Bf16),
+            PackedB::from_f32(MatRef::row_major(&w1, k, hidden), split),
+            PackedB::from_f32(MatRef::row_major(&w2, hidden, n), split),
         );
         let epi1 = Epilogue { bias: Some(&b1), activation: act, ..Default::default() };
         let epi2 = Epilogue {
@@ -1271,7 +1269,7 @@ mod amx_tests {
         };
         let av = MatRef::row_major(&a, m, k);
         let mut fused = vec![f32::NAN; m * ldc];
-        tile_mlp_bf16_with(isa, blk, av, &p1, &epi1, &p2, &mut fused, ldc, &epi2);
+        tile_mlp_with(isa, blk, av, &p1, &epi1, &p2, &mut fused, ldc, &epi2);
         let mut h = vec![f32::NAN; m * hidden];
         tile_sgemm_with(isa, blk, av, &p1, &mut h, hidden, &epi1);
         let mut twice = vec![f32::NAN; m * ldc];
@@ -1357,10 +1355,11 @@ mod amx_tests {
         fn tile_mlp_matches_its_two_products(
             m in 1usize..80, k in 1usize..90, hidden in 1usize..110, n in 1usize..70, seed in any::<u64>(),
             act in prop_oneof![Just(Activation::None), Just(Activation::Relu), Just(Activation::GeluErfPieces)],
+            split in prop_oneof![Just(Split::Bf16), Just(Split::Bf16x3), Just(Split::Bf16x6)],
             blk in blocking(),
         ) {
             for isa in isas() {
-                check_mlp(isa, blk, m, k, hidden, n, seed, act);
+                check_mlp(isa, blk, (m, k, hidden, n), split, seed, act);
             }
         }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use tessera_core::passes::fuse_mlp::FUSED_MLP;
 use tessera_core::{DType, Error, Node, Result, Tensor};
 use tessera_kernels::gemm::{
-    tile_igemm, tile_mlp_bf16, tile_sgemm, tile_sgemm_rows, tile_sgemm_transposed, Activation, Epilogue, I8Mat, I8Out,
+    tile_igemm, tile_mlp, tile_sgemm, tile_sgemm_rows, tile_sgemm_transposed, Activation, Epilogue, I8Mat, I8Out,
     MatRef, PackedA, PackedB, Residual, Split, TileIsa,
 };
 
@@ -496,11 +496,11 @@ impl CpuOp for Linear {
     }
 }
 
-/// `tessera:FusedMlp` on tiles: its two products as [`Linear`]s. Under bf16
-/// (both weights plain bf16) the hidden layer goes from the first
+/// `tessera:FusedMlp` on tiles: its two products as [`Linear`]s. Under
+/// bf16 (both weights plain bf16) the hidden layer goes from the first
 /// product's epilogue straight into the second one's A panels
-/// ([`tile_mlp_bf16`]); otherwise, and for run-time biases or a residual
-/// that broadcasts, the two run one after the other.
+/// ([`tile_mlp`]); under the fp32 splits and int8, and for run-time biases
+/// or a residual that broadcasts, the two run one after the other.
 struct Mlp {
     node: Node,
     isa: TileIsa,
@@ -530,6 +530,10 @@ impl CpuOp for Mlp {
         if let Some(last) = y_shape.last_mut() {
             *last = s.n;
         }
+        // Plain bf16 only: with the fp32-accurate splits the handover
+        // measured slower than the two products apart (BERT-base's
+        // feed-forward blocks at bf16x6, 2 threads: 55.2/56.7 against
+        // 51.4/50.7 ms, `benches/results/2026-11-28-mlp-handover/`).
         let plain = |w: &Weight| matches!(w, Weight::Tiles(p) if p.split() == Some(Split::Bf16));
         let handover = plain(&f.weight)
             && plain(&s.weight)
@@ -561,9 +565,10 @@ impl CpuOp for Mlp {
         };
         let t0 = crate::profile::enabled().then(std::time::Instant::now);
         let av = MatRef::row_major(x.as_slice::<f32>()?, rows, f.k);
-        tile_mlp_bf16(self.isa, av, b1, &epi1, b2, y.as_mut_slice::<f32>()?, s.n, &epi2);
+        tile_mlp(self.isa, av, b1, &epi1, b2, y.as_mut_slice::<f32>()?, s.n, &epi2);
         if let Some(t0) = t0 {
-            let what = format!("amx:mlp bf16 {rows}x{}x{} then x{}", f.n, f.k, s.n);
+            let split = b1.split().map_or("?", |s| s.name());
+            let what = format!("amx:mlp {split} {rows}x{}x{} then x{}", f.n, f.k, s.n);
             crate::profile::record(&what, t0.elapsed().as_secs_f64());
         }
         Ok(vec![y])
