@@ -40,8 +40,8 @@ pub struct PassReport {
     /// BatchNormalizations that took the activation after them
     /// (`tessera:FusedBatchNorm`).
     pub batch_norm_act_fused: usize,
-    /// Pairs of products whose hidden layer passes straight from one to the
-    /// other (`tessera:FusedMlp`).
+    /// Pairs of products in a row (`tessera:FusedMlp`), whose hidden layer a
+    /// provider may hand from one to the other in its own layout.
     pub mlp_fused: usize,
 }
 

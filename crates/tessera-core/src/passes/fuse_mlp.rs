@@ -54,8 +54,9 @@ pub fn fuse_mlp(g: &mut Graph) -> usize {
             if p.domain != DOMAIN || p.op_type != FUSED_MATMUL || !(2..=3).contains(&p.inputs.len()) {
                 continue;
             }
-            let hidden = &p.outputs[0];
-            if p.outputs.len() != 1 || !ix.single_use(hidden) || g.outputs.iter().any(|o| &o.name == hidden) {
+            let [hidden] = p.outputs.as_slice() else { continue };
+            // `single_use` counts a graph output as a use.
+            if !ix.single_use(hidden) {
                 continue;
             }
             let Some((_, width)) = weight_dims(g, &p.inputs[1]) else { continue };
@@ -64,7 +65,11 @@ pub fn fuse_mlp(g: &mut Graph) -> usize {
             }
             let Some(&qi) = ix.consumers(g, hidden).first() else { continue };
             let q = &g.nodes[qi];
-            if q.domain != DOMAIN || q.op_type != FUSED_MATMUL || q.inputs.len() > 4 || q.inputs[0] != *hidden {
+            if q.domain != DOMAIN
+                || q.op_type != FUSED_MATMUL
+                || !(2..=4).contains(&q.inputs.len())
+                || q.inputs[0] != *hidden
+            {
                 continue;
             }
             if weight_dims(g, &q.inputs[1]).is_none_or(|(rows, _)| rows != width) || !constant_or_absent(g, q, 2) {
@@ -199,9 +204,10 @@ mod tests {
         let mut g = ffn(&["up", "w2", "b2"]);
         g.outputs.push(ValueInfo { name: "up".into(), dtype: Some(DType::F32), shape: None });
         assert_eq!(fuse_mlp(&mut g), 0, "hidden layer a graph output");
-        // The hidden layer as B, not A.
-        let mut g = ffn(&["x", "up"]);
-        assert_eq!(fuse_mlp(&mut g), 0, "hidden layer as B");
+        // The hidden layer as the second product's residual, not its A
+        // (every other condition holds).
+        let mut g = ffn(&["x", "w2", "b2", "up"]);
+        assert_eq!(fuse_mlp(&mut g), 0, "hidden layer as the residual");
         // A weight of another width, or not constant.
         let mut g = ffn(&["up", "w2_wide", "b2"]);
         assert_eq!(fuse_mlp(&mut g), 0, "widths differ");

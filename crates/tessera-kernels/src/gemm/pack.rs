@@ -150,7 +150,6 @@ fn pack_a_f32_body<const FMA: bool>(dst: &mut [u8], a: MatRef<f32>, split: Split
     let np = split.parts();
     assert!(dst.len() >= kb * np * BLOCK_BYTES && rows <= 32);
     let mut gathered = Vec::new();
-    let mut planes = [[0u16; 32]; 3];
     for i in 0..32 {
         if i >= rows {
             for blk in 0..kb * np {
@@ -166,13 +165,7 @@ fn pack_a_f32_body<const FMA: bool>(dst: &mut [u8], a: MatRef<f32>, split: Split
             continue;
         }
         for b in 0..kb {
-            let part = &src[b * 32..k.min(b * 32 + 32)];
-            let mut chunk = [0f32; 32];
-            chunk[..part.len()].copy_from_slice(part);
-            split_block(&chunk, np, &mut planes);
-            for (p, plane) in planes.iter().take(np).enumerate() {
-                put_tile_row(&mut dst[(b * np + p) * BLOCK_BYTES + a_offset(i, 0)..], plane);
-            }
+            pack_a_row_parts(&mut dst[b * np * BLOCK_BYTES..], split, i, &src[b * 32..k.min(b * 32 + 32)]);
         }
     }
 }

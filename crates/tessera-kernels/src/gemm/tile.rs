@@ -1269,6 +1269,11 @@ mod amx_tests {
         };
         let av = MatRef::row_major(&a, m, k);
         let mut fused = vec![f32::NAN; m * ldc];
+        // A stale hidden buffer of NaNs (bf16 0xFFFF): any byte of the
+        // second product's A panels that the handover leaves unwritten,
+        // padding included, turns the result into NaN.
+        let stale = (p2.kblocks * BLOCK_BYTES * m.div_ceil(MR)).max(1 << 16);
+        HIDDEN_BUFFER.with(|c| c.set(Some(aligned_bytes(stale, 0xFF))));
         tile_mlp_with(isa, blk, av, &p1, &epi1, &p2, &mut fused, ldc, &epi2);
         let mut h = vec![f32::NAN; m * hidden];
         tile_sgemm_with(isa, blk, av, &p1, &mut h, hidden, &epi1);

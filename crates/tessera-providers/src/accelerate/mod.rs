@@ -84,9 +84,9 @@ impl AccelerateProvider {
                 self.check(graph, &first)?;
                 let a = second.attr_string("activation").map_err(|e| e.to_string())?.unwrap_or_default();
                 if tessera_kernels::gemm::Activation::parse(&a).is_none() {
-                    return Err(format!("unknown activation '{a}'"));
+                    return Err(format!("unknown activation_out '{a}'"));
                 }
-                fp32_inputs(graph, node, &[0, 1, 2, 3, 4, 5])
+                fp32_inputs(graph, node, &[3, 4, 5])
             }
             (_, "Conv") if domain_ok => {
                 match node.attr_int_or("group", 1) {

@@ -30,7 +30,9 @@ pub(crate) fn build(node: &Node, blas: Arc<dyn Sgemm>) -> Result<Box<dyn CpuOp>>
     match node.op_type.as_str() {
         "MatMul" => Ok(Box::new(MatMul::build(node, blas, false)?)),
         "FusedMatMul" => Ok(Box::new(MatMul::build(node, blas, true)?)),
-        "FusedMlp" => crate::cpu::ops::fused::mlp_in_two(node, &|n: &Node| build(n, blas.clone())),
+        tessera_core::passes::fuse_mlp::FUSED_MLP => {
+            crate::cpu::ops::fused::mlp_in_two(node, &|n: &Node| build(n, blas.clone()))
+        }
         "Gemm" => Ok(Box::new(Gemm::build(node, blas)?)),
         "Conv" => Ok(Box::new(Conv::build(node, blas)?)),
         op => Err(Error::node(node, format!("{op} is not an op of the accelerate provider"))),

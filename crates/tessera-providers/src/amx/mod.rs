@@ -137,9 +137,13 @@ impl AmxProvider {
             }
             ("tessera", tessera_core::passes::fuse_mlp::FUSED_MLP) => {
                 float_weight()?;
-                match weight(3)? {
-                    DType::F32 => self.float_plan(rows()),
-                    d => Err(format!("{d} second weight (tiles take fp32 or 8-bit weights)")),
+                if weight(3)? != DType::F32 {
+                    return Err(format!("{} second weight (a FusedMlp's weights are fp32)", weight(3)?));
+                }
+                let dims = |i: usize| node.input(i).and_then(|w| graph.initializers.get(w)).map(|t| t.shape().to_vec());
+                match (dims(1).as_deref(), dims(3).as_deref()) {
+                    (Some(&[_, hidden]), Some(&[k2, _])) if hidden == k2 => self.float_plan(rows()),
+                    (a, b) => Err(format!("weights {a:?} and {b:?} do not chain")),
                 }
             }
             (d, op @ ("Conv" | "FusedConv")) if (op == "Conv" && domain_ok) || d == "tessera" => {

@@ -26,8 +26,8 @@ pub(crate) fn build(node: &Node, plan: TilePlan, isa: TileIsa, bctx: &BuildCtx) 
     let constant = bctx.constant;
     match (plan, node.op_type.as_str()) {
         (TilePlan::Float(split), "Conv" | "FusedConv") => Ok(Box::new(Conv::build(node, split, isa, constant)?)),
-        (TilePlan::Float(split), FUSED_MLP) => Mlp::build(node, WeightPlan::Tiles(split), isa, constant),
-        (TilePlan::DynamicInt8, FUSED_MLP) => Mlp::build(node, WeightPlan::Int8, isa, constant),
+        (TilePlan::Float(split), FUSED_MLP) => Ok(Box::new(Mlp::build(node, WeightPlan::Tiles(split), isa, constant)?)),
+        (TilePlan::DynamicInt8, FUSED_MLP) => Ok(Box::new(Mlp::build(node, WeightPlan::Int8, isa, constant)?)),
         (TilePlan::Float(split), _) => Ok(Box::new(Linear::build(node, WeightPlan::Tiles(split), isa, constant)?)),
         (TilePlan::DynamicInt8, _) => Ok(Box::new(Linear::build(node, WeightPlan::Int8, isa, constant)?)),
         (TilePlan::Integer, "MatMulInteger" | "FusedMatMulInteger") => {
@@ -509,14 +509,41 @@ struct Mlp {
 }
 
 impl Mlp {
-    fn build(node: &Node, plan: WeightPlan, isa: TileIsa, constant: Constant) -> Result<Box<dyn CpuOp>> {
+    fn build(node: &Node, plan: WeightPlan, isa: TileIsa, constant: Constant) -> Result<Mlp> {
         let (first, second) = tessera_core::passes::fuse_mlp::split_mlp(node);
         let (first, second) =
             (Linear::build(&first, plan, isa, constant)?, Linear::build(&second, plan, isa, constant)?);
         if second.k != first.n {
             return Err(Error::node(node, format!("a {}-wide hidden layer into a {}-row weight", first.n, second.k)));
         }
-        Ok(Box::new(Mlp { node: node.clone(), isa, first, second }))
+        Ok(Mlp { node: node.clone(), isa, first, second })
+    }
+
+    /// Whether a run on `x` (and `residual`) hands the hidden layer over
+    /// in A panels rather than running the two products apart.
+    fn hands_over(&self, x: &Tensor, residual: Option<&Tensor>) -> bool {
+        let (f, s) = (&self.first, &self.second);
+        // Plain bf16 only: with the fp32-accurate splits the handover
+        // measured slower than the two products apart (BERT-base's
+        // feed-forward blocks at bf16x6, 2 threads: 55.2/56.7 against
+        // 51.4/50.7 ms, `benches/results/2026-11-28-mlp-handover/`).
+        let plain = |w: &Weight| matches!(w, Weight::Tiles(p) if p.split() == Some(Split::Bf16));
+        let out_shape = || {
+            let mut y = x.shape().to_vec();
+            if let Some(last) = y.last_mut() {
+                *last = s.n;
+            }
+            y
+        };
+        plain(&f.weight)
+            && plain(&s.weight)
+            && x.dtype() == DType::F32
+            && x.shape().last() == Some(&f.k)
+            && f.k > 0
+            && f.n > 0
+            && f.bias_input.is_none()
+            && s.bias_input.is_none()
+            && residual.is_none_or(|r| r.dtype() == DType::F32 && r.shape() == out_shape().as_slice())
     }
 }
 
@@ -526,32 +553,16 @@ impl CpuOp for Mlp {
         let (f, s) = (&self.first, &self.second);
         let x = req(&self.node, inputs, 0)?;
         let res = input(5);
+        let handover = self.hands_over(x, res);
+        let (Weight::Tiles(b1), Weight::Tiles(b2), true) = (f.weight.as_ref(), s.weight.as_ref(), handover) else {
+            return crate::cpu::ops::fused::run_in_two(&self.node, f, s, inputs, ctx);
+        };
         let mut y_shape = x.shape().to_vec();
         if let Some(last) = y_shape.last_mut() {
             *last = s.n;
         }
-        // Plain bf16 only: with the fp32-accurate splits the handover
-        // measured slower than the two products apart (BERT-base's
-        // feed-forward blocks at bf16x6, 2 threads: 55.2/56.7 against
-        // 51.4/50.7 ms, `benches/results/2026-11-28-mlp-handover/`).
-        let plain = |w: &Weight| matches!(w, Weight::Tiles(p) if p.split() == Some(Split::Bf16));
-        let handover = plain(&f.weight)
-            && plain(&s.weight)
-            && x.dtype() == DType::F32
-            && x.shape().last() == Some(&f.k)
-            && f.k > 0
-            && f.n > 0
-            && f.bias_input.is_none()
-            && s.bias_input.is_none()
-            && res.is_none_or(|r| r.dtype() == DType::F32 && r.shape() == y_shape.as_slice());
-        let (Weight::Tiles(b1), Weight::Tiles(b2), true) = (f.weight.as_ref(), s.weight.as_ref(), handover) else {
-            let hidden = f.run(&[input(0), input(1), input(2)], ctx)?;
-            let out = s.run(&[hidden.first(), input(3), input(4), input(5)], ctx);
-            hidden.into_iter().for_each(|t| ctx.release(t));
-            return out;
-        };
         let rows = x.numel() / f.k;
-        let mut y = product_output(ctx, DType::F32, &y_shape, f.k)?;
+        let mut y = product_output(ctx, DType::F32, &y_shape, s.k)?;
         let epi1 = Epilogue { alpha: f.alpha, bias: f.bias.as_deref(), activation: f.activation, ..Default::default() };
         let epi2 = Epilogue {
             alpha: s.alpha,
@@ -893,6 +904,29 @@ mod tests {
     /// Products rounded to bf16 or int8 take the GELU by pieces; the
     /// fp32-accurate splits keep the definition's (a dynamic quantization
     /// after it must land on the reference's integers).
+    /// The handover runs under plain bf16 with constant biases and a
+    /// residual of the output's shape; the fp32 splits, int8, a residual
+    /// that broadcasts and an A of another width run the products apart.
+    #[test]
+    fn mlp_hands_over_only_plain_bf16_with_a_whole_residual() {
+        let t = |shape: &[usize]| Tensor::from_vec(shape, vec![0.25f32; shape.iter().product()]).unwrap();
+        let consts = [("w1", t(&[8, 40])), ("b1", t(&[40])), ("w2", t(&[40, 6])), ("b2", t(&[6]))];
+        let constant = move |name: &str| consts.iter().find(|(n, _)| *n == name).map(|(_, v)| v.clone());
+        let mut node = Node::new("FusedMlp", "m", &["x", "w1", "b1", "w2", "b2", "r"], &["y"])
+            .with_attr("activation", Attr::String(b"gelu_erf".to_vec()));
+        node.domain = "tessera".into();
+        let (x, whole, row) = (t(&[3, 5, 8]), t(&[3, 5, 6]), t(&[6]));
+        let bf16 = Mlp::build(&node, WeightPlan::Tiles(Split::Bf16), TileIsa::Emulated, &constant).unwrap();
+        assert!(bf16.hands_over(&x, Some(&whole)));
+        assert!(bf16.hands_over(&x, None));
+        assert!(!bf16.hands_over(&x, Some(&row)), "a residual that broadcasts");
+        assert!(!bf16.hands_over(&t(&[3, 5, 9]), None), "an A of another width");
+        for plan in [WeightPlan::Tiles(Split::Bf16x3), WeightPlan::Tiles(Split::Bf16x6), WeightPlan::Int8] {
+            let mlp = Mlp::build(&node, plan, TileIsa::Emulated, &constant).unwrap();
+            assert!(!mlp.hands_over(&x, Some(&whole)), "{plan:?}");
+        }
+    }
+
     #[test]
     fn reduced_precisions_take_the_gelu_by_pieces() {
         let w = Tensor::from_vec(&[4, 4], vec![0.5f32; 16]).unwrap();

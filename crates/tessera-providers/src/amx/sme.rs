@@ -61,7 +61,10 @@ impl SmeProvider {
             Precision::Bf16 | Precision::Auto => true,
             Precision::Int8 => return Err("precision int8: no SME integer kernel yet".into()),
         };
-        if !matches!(node.op_type.as_str(), "MatMul" | "Gemm" | "FusedMatMul" | "FusedMlp") {
+        if !matches!(
+            node.op_type.as_str(),
+            "MatMul" | "Gemm" | "FusedMatMul" | tessera_core::passes::fuse_mlp::FUSED_MLP
+        ) {
             return Err("not a matrix product the SME kernels run".into());
         }
         // The tile provider's checks on a constant 2-D fp32 weight apply

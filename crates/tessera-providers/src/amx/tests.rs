@@ -536,11 +536,13 @@ fn fused_mlp_matches_cpu_and_its_two_products() {
             ("b2", Tensor::from_vec(&[n], rand_vec(n, 15)).unwrap()),
         ]
     };
-    for (act, res_shape) in [("gelu_erf", vec![b, m, n]), ("relu", vec![n])] {
+    for (act, act_out, res_shape) in
+        [("gelu_erf", "none", vec![b, m, n]), ("relu", "silu", vec![b, m, n]), ("relu", "relu", vec![n])]
+    {
         let res = Tensor::from_vec(&res_shape, rand_vec(res_shape.iter().product(), 16)).unwrap();
         let mut node = Node::new("FusedMlp", "mlp", &["x", "w1", "b1", "w2", "b2", "res"], &["y"])
             .with_attr("activation", Attr::String(act.as_bytes().to_vec()))
-            .with_attr("activation_out", Attr::String(b"none".to_vec()));
+            .with_attr("activation_out", Attr::String(act_out.as_bytes().to_vec()));
         node.domain = "tessera".into();
         let g = graph(node.clone(), &["x", "res"], consts());
         let ins = [x.clone(), res.clone()];

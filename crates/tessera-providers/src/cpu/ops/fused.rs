@@ -48,13 +48,25 @@ struct MlpInTwo {
 
 impl CpuOp for MlpInTwo {
     fn run(&self, inputs: &[Option<&Tensor>], ctx: &mut RunCtx) -> Result<Vec<Tensor>> {
-        let input = |i: usize| inputs.get(i).copied().flatten();
-        let hidden = self.first.run(&[input(0), input(1), input(2)], ctx)?;
-        let h = hidden.first().ok_or_else(|| Error::node(&self.node, "the first product gave no output"))?;
-        let out = self.second.run(&[Some(h), input(3), input(4), input(5)], ctx);
-        hidden.into_iter().for_each(|t| ctx.release(t));
-        out
+        run_in_two(&self.node, self.first.as_ref(), self.second.as_ref(), inputs, ctx)
     }
+}
+
+/// Runs a `tessera:FusedMlp`'s inputs through its two products, `first`
+/// and `second`, the hidden layer going back to `ctx` afterwards.
+pub(crate) fn run_in_two(
+    node: &Node,
+    first: &dyn CpuOp,
+    second: &dyn CpuOp,
+    inputs: &[Option<&Tensor>],
+    ctx: &mut RunCtx,
+) -> Result<Vec<Tensor>> {
+    let input = |i: usize| inputs.get(i).copied().flatten();
+    let hidden = first.run(&[input(0), input(1), input(2)], ctx)?;
+    let h = hidden.first().ok_or_else(|| Error::node(node, "the first product gave no output"))?;
+    let out = second.run(&[Some(h), input(3), input(4), input(5)], ctx);
+    hidden.into_iter().for_each(|t| ctx.release(t));
+    out
 }
 
 /// `tessera:Attention(Q, K, V, q_shape, k_shape, v_shape, out_shape, [mask])`,
