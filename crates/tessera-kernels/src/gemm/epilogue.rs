@@ -4,7 +4,7 @@
 //! residual`.
 
 use super::pack::Split;
-use super::ukernel::{AccBlock, NR};
+use super::ukernel::{AccBlock, MR, NR};
 use crate::elementwise::{gelu_erf_f32, gelu_erf_with, gelu_tanh_f32, gelu_tanh_with, sigmoid_f32, sigmoid_with};
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Default)]
@@ -253,6 +253,29 @@ fn apply_block_body<const FMA: bool>(
     }
 }
 
+/// Each of the block's first `rows` rows finished by the epilogue (read
+/// whole: element-wise reads of the block were compiled into scalar loads
+/// and inserts, and the tile driver ran about a third slower with them, bf16
+/// at M = 128, one thread), handed to `put(row, values)`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn finished_rows<const FMA: bool>(
+    epi: &Epilogue,
+    acc: &AccBlock,
+    i0: usize,
+    j0: usize,
+    rows: usize,
+    cols: usize,
+    mut put: impl FnMut(usize, &[f32; NR]),
+) {
+    let bias = epi.block_bias(j0, cols);
+    for (i, row) in acc.as_f32().chunks_exact(NR).take(rows).enumerate() {
+        let mut v: [f32; NR] = row.try_into().expect("rows of NR");
+        epi.finish_row_general::<FMA>(&mut v, &bias, i0 + i, j0, cols);
+        put(i, &v);
+    }
+}
+
 #[inline(always)]
 fn apply_block_into_body<const FMA: bool>(
     epi: &Epilogue,
@@ -262,15 +285,7 @@ fn apply_block_into_body<const FMA: bool>(
     cols: usize,
     dst: &mut [&mut [f32]],
 ) {
-    let bias = epi.block_bias(j0, cols);
-    for (i, (row, out)) in acc.as_f32().chunks_exact(NR).zip(dst.iter_mut()).enumerate() {
-        // Whole-row vector loads: element-wise reads of the block were
-        // compiled into scalar loads and inserts, and the tile driver ran
-        // about a third slower with them (bf16 at M = 128, one thread).
-        let mut v: [f32; NR] = row.try_into().expect("rows of NR");
-        epi.finish_row_general::<FMA>(&mut v, &bias, i0 + i, j0, cols);
-        store_row(out, &v);
-    }
+    finished_rows::<FMA>(epi, acc, i0, j0, dst.len(), cols, |i, v| store_row(dst[i], v));
 }
 
 #[inline(always)]
@@ -286,16 +301,9 @@ fn apply_block_into_a_panel_body<const FMA: bool>(
     dst: &mut [u8],
 ) {
     assert!(epi.residual.is_none(), "a block finished into A panels takes no residual");
-    let bias = epi.block_bias(j0, cols);
-    for (i, row) in acc.as_f32().chunks_exact(NR).enumerate() {
-        if i < rows {
-            // Whole-row loads, as in `apply_block_into_body`.
-            let mut v: [f32; NR] = row.try_into().expect("rows of NR");
-            epi.finish_row_general::<FMA>(&mut v, &bias, i0 + i, j0, cols);
-            super::pack::pack_a_row_parts(dst, split, i, &v[..cols]);
-        } else {
-            super::pack::pack_a_row_parts(dst, split, i, &[]);
-        }
+    finished_rows::<FMA>(epi, acc, i0, j0, rows, cols, |i, v| super::pack::pack_a_row_parts(dst, split, i, &v[..cols]));
+    for i in rows..MR {
+        super::pack::pack_a_row_parts(dst, split, i, &[]);
     }
 }
 
