@@ -129,17 +129,25 @@ pub fn attention_on(
             }
             softmax_exp_in_place(row)
         };
-        // Writes `vals` to row i of the block's output, from column j0 of
-        // the head.
-        let out_row = |i: usize, j0: usize, vals: &[f32]| {
+        // Writes `norm * vals` to row i of the block's output, from column
+        // j0 of the head.
+        let out_row = |i: usize, j0: usize, norm: f32, vals: &[f32]| {
             assert!(i < r && j0 + vals.len() <= d);
             let at = (b * q_len + r0 + i) * c + h * d + j0;
             // SAFETY: `at + vals.len() <= batch * q_len * c`, the length of
             // `out` (checked at the top); tasks differ in (b, h, block), so
             // the values of (row, head) written here belong to this task
             // alone, and `out` outlives the parallel loop.
-            unsafe { std::ptr::copy_nonoverlapping(vals.as_ptr(), out.at(at), vals.len()) };
+            let dst = unsafe { std::slice::from_raw_parts_mut(out.at(at), vals.len()) };
+            softmax_rows::scaled_into(norm, vals, dst);
         };
+        // The mask of this task's query rows (row i of the block, key j at
+        // `i * row_stride + j * key_stride`).
+        let block_mask = mask.map(|m| BlockMask {
+            data: &m.data[b * m.strides[0] + h * m.strides[1] + r0 * m.strides[2]..],
+            row_stride: m.strides[2],
+            key_stride: m.strides[3],
+        });
         // The vector path keeps the block's scores and output rows; the
         // tiles keep one panel's scores.
         let scratch = match products {
@@ -163,14 +171,14 @@ pub fn attention_on(
                 }
                 sgemm(MatRef::row_major(scores, r, kv_len), vh, oh, d, 1.0, 0.0, Parallel::None);
                 for (i, row) in oh.chunks_exact(d).enumerate() {
-                    out_row(i, 0, row);
+                    out_row(i, 0, 1.0, row);
                 }
             }
             Products::Tiles(isa) => {
                 let sess = TileSession::begin(isa, Prefetch::None);
                 let vrow = |kk: usize| &vh.data[kk * lv..][..d];
                 let head = Head { q: qh, k: &kh, v: &vrow, kv_len, scale };
-                head.on_tiles(&sess, f32s, &probabilities, &out_row);
+                head.on_tiles(&sess, f32s, block_mask, &out_row);
             }
         });
     });
@@ -196,6 +204,10 @@ fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     r
 }
 
+/// `out_row(row, first column, factor, values)`: writes `factor * values`
+/// into a row of a task's output.
+type OutRow<'o> = dyn Fn(usize, usize, f32, &[f32]) + 'o;
+
 /// One head's block of query rows and its keys and values (row `j` of K
 /// or V is `k(j)` or `v(j)`, `d` values each).
 struct Head<'a, 'f> {
@@ -209,19 +221,14 @@ struct Head<'a, 'f> {
 impl Head<'_, '_> {
     /// The head on bf16 tiles, one panel of 32 query rows at a time so
     /// that its scores (32 rows) stay in L1: `scale · Q Kᵀ` (Kᵀ packed
-    /// straight from K's rows), each row made `probabilities` (mask and
-    /// unnormalized softmax) and rounded to bf16 straight into the A panel
-    /// of the second product, and `P · V` (V packed from its rows) scaled
-    /// by each row's normalizing factor as it is written out by
-    /// `out_row(row, first column, values)`. `scores` holds at least 32
+    /// straight from K's rows) with the mask added and each row's maximum
+    /// gathered as the scores leave the accumulators, each row's
+    /// unnormalized softmax rounded to bf16 straight into the A panel of
+    /// the second product, and `P · V` (V packed from its rows) scaled by
+    /// each row's normalizing factor as it is written out by
+    /// `out_row(row, first column, factor, values)`. `scores` holds at least 32
     /// rows of `kv_len`.
-    fn on_tiles(
-        &self,
-        sess: &TileSession,
-        scores: &mut [f32],
-        probabilities: &dyn Fn(usize, &mut [f32]) -> f32,
-        out_row: &dyn Fn(usize, usize, &[f32]),
-    ) {
+    fn on_tiles(&self, sess: &TileSession, scores: &mut [f32], mask: Option<BlockMask>, out_row: &OutRow) {
         let (r, d, kv_len) = (self.q.rows, self.q.cols, self.kv_len);
         let (kb_d, kb_kv) = (pack::k_blocks(DotKind::Bf16, d), pack::k_blocks(DotKind::Bf16, kv_len));
         let (len_d, len_kv) = (kb_d * BLOCK_BYTES, kb_kv * BLOCK_BYTES);
@@ -242,18 +249,17 @@ impl Head<'_, '_> {
             for pm in 0..mp {
                 let (i0, rows) = (pm * MR, MR.min(r - pm * MR));
                 pack::pack_a_f32(qp, self.q.rows_range(i0, rows), Split::Bf16);
+                let scores = &mut scores[..rows * kv_len];
+                let mut lane_max = [[f32::NEG_INFINITY; 16]; MR];
                 for pn in 0..np_kv {
                     let (j0, cols) = (pn * NR, NR.min(kv_len - pn * NR));
                     sess.run(DotKind::Bf16, qp, &kp[pn * len_d..][..len_d], kb_d, &mut acc, false);
-                    for (i, src) in acc.as_f32().chunks_exact(NR).take(rows).enumerate() {
-                        let dst = &mut scores[i * kv_len + j0..][..cols];
-                        dst.iter_mut().zip(src).for_each(|(d, &s)| *d = self.scale * s);
-                    }
+                    let block = ScoreBlock { rows, cols, i0, j0, kv_len, scale: self.scale, mask };
+                    softmax_rows::scores_from_block(acc.as_f32(), block, scores, &mut lane_max);
                 }
                 let mut norm = [0f32; MR];
-                for (i, row) in scores.chunks_exact_mut(kv_len).take(rows).enumerate() {
-                    norm[i] = probabilities(i0 + i, row);
-                    pack::pack_a_row_bf16(pp, kb_kv, i, row);
+                for (i, row) in scores.chunks_exact_mut(kv_len).enumerate() {
+                    norm[i] = softmax_rows::probabilities_into_panel(row, &lane_max[i], pp, kb_kv, i);
                 }
                 for i in rows..MR {
                     pack::pack_a_row_bf16(pp, kb_kv, i, &[]);
@@ -262,13 +268,332 @@ impl Head<'_, '_> {
                     let (j0, cols) = (pn * NR, NR.min(d - pn * NR));
                     sess.run(DotKind::Bf16, pp, &vp[pn * len_kv..][..len_kv], kb_kv, &mut acc, false);
                     for (i, src) in acc.as_f32().chunks_exact(NR).take(rows).enumerate() {
-                        let mut vals = [0f32; NR];
-                        vals.iter_mut().zip(src).for_each(|(v, &s)| *v = norm[i] * s);
-                        out_row(i0 + i, j0, &vals[..cols]);
+                        out_row(i0 + i, j0, norm[i], &src[..cols]);
                     }
                 }
             }
         })
+    }
+}
+
+/// The additive mask over one task's block of query rows: row `i` of the
+/// block, key `j` at `data[i * row_stride + j * key_stride]` (a stride is 0
+/// where the mask repeats).
+#[derive(Clone, Copy, Debug)]
+struct BlockMask<'a> {
+    data: &'a [f32],
+    row_stride: usize,
+    key_stride: usize,
+}
+
+impl BlockMask<'_> {
+    /// Keys `j0..j0 + cols` of row `i`, contiguous: a slice of the mask, or
+    /// gathered into `buf` when the keys are strided.
+    fn keys<'s>(&'s self, i: usize, j0: usize, cols: usize, buf: &'s mut [f32; NR]) -> &'s [f32] {
+        let base = i * self.row_stride;
+        if self.key_stride == 1 {
+            &self.data[base + j0..][..cols]
+        } else {
+            for (j, v) in buf[..cols].iter_mut().enumerate() {
+                *v = self.data[base + (j0 + j) * self.key_stride];
+            }
+            &buf[..cols]
+        }
+    }
+}
+
+/// Where one 32x32 accumulator block of scores goes: its `rows` x `cols`
+/// values are row `i0..` (of the block of query rows), columns `j0..` of
+/// rows `kv_len` long, scaled by `scale`, plus the mask.
+#[derive(Clone, Copy, Debug)]
+struct ScoreBlock<'a> {
+    rows: usize,
+    cols: usize,
+    i0: usize,
+    j0: usize,
+    kv_len: usize,
+    scale: f32,
+    mask: Option<BlockMask<'a>>,
+}
+
+/// The row work between attention's two tile products. Attention rows are
+/// short (a sequence's keys), so passes over a row and their horizontal
+/// reductions cost as much as the exponentials: with AVX-512 the scale,
+/// the mask and each row's running maximum are applied as the scores
+/// leave the accumulators, and the exponentials go straight to the bf16
+/// panel. The portable path does the same steps one pass at a time; both
+/// give the same bits (`fused_rows_match_the_portable_passes`).
+mod softmax_rows {
+    use super::ScoreBlock;
+    use crate::elementwise::softmax_exp_in_place;
+    use crate::gemm::pack;
+    use crate::gemm::ukernel::{MR, NR};
+
+    /// Writes a block of scores (`scale · acc`, plus the mask) into
+    /// `scores` (rows of `kv_len`) and folds each row's values into its
+    /// 16-lane running maximum (lane `j % 16`; NaN skipped, as in
+    /// [`softmax_exp_in_place`]).
+    pub(super) fn scores_from_block(
+        acc: &[f32; MR * NR],
+        blk: ScoreBlock,
+        scores: &mut [f32],
+        lane_max: &mut [[f32; 16]; MR],
+    ) {
+        assert!(blk.rows <= MR && blk.cols <= NR && blk.j0 + blk.cols <= blk.kv_len);
+        assert!(scores.len() >= blk.rows * blk.kv_len);
+        #[cfg(target_arch = "x86_64")]
+        if avx512::usable() {
+            // SAFETY: the CPU has the features the function enables
+            // (checked by `usable`).
+            unsafe { avx512::scores_from_block(acc, blk, scores, lane_max) };
+            return;
+        }
+        portable_scores_from_block(acc, blk, scores, lane_max)
+    }
+
+    fn portable_scores_from_block(
+        acc: &[f32; MR * NR],
+        blk: ScoreBlock,
+        scores: &mut [f32],
+        lane_max: &mut [[f32; 16]; MR],
+    ) {
+        let mut buf = [0f32; NR];
+        for (i, src) in acc.chunks_exact(NR).take(blk.rows).enumerate() {
+            let dst = &mut scores[i * blk.kv_len + blk.j0..][..blk.cols];
+            dst.iter_mut().zip(src).for_each(|(d, &s)| *d = blk.scale * s);
+            if let Some(m) = blk.mask {
+                dst.iter_mut().zip(m.keys(blk.i0 + i, blk.j0, blk.cols, &mut buf)).for_each(|(s, &a)| *s += a);
+            }
+            for (j, &v) in dst.iter().enumerate() {
+                // `v > max` is false for NaN: skipped.
+                let m = &mut lane_max[i][(blk.j0 + j) % 16];
+                if v > *m {
+                    *m = v;
+                }
+            }
+        }
+    }
+
+    /// Turns `row` (its scores, `lane_max` their running maximum) into
+    /// `e^(s - max)` rounded to bf16 in row `i` of the A panel `panel` of
+    /// `kb` k-blocks (zero past the row's end); returns `1 / sum` of the
+    /// fp32 exponentials. `row` may be overwritten.
+    pub(super) fn probabilities_into_panel(
+        row: &mut [f32],
+        lane_max: &[f32; 16],
+        panel: &mut [u8],
+        kb: usize,
+        i: usize,
+    ) -> f32 {
+        assert!(i < MR && row.len() <= 32 * kb && panel.len() >= kb * crate::gemm::ukernel::BLOCK_BYTES);
+        #[cfg(target_arch = "x86_64")]
+        if avx512::usable() {
+            // SAFETY: the CPU has the features the function enables
+            // (checked by `usable`).
+            return unsafe { avx512::probabilities_into_panel(row, lane_max, panel, kb, i) };
+        }
+        // The maximum is taken again from the row (the same value).
+        let _ = lane_max;
+        let inv = softmax_exp_in_place(row);
+        pack::pack_a_row_bf16(panel, kb, i, row);
+        inv
+    }
+
+    /// `dst = factor * src` (an output row of the weighted sum).
+    pub(super) fn scaled_into(factor: f32, src: &[f32], dst: &mut [f32]) {
+        assert_eq!(src.len(), dst.len());
+        #[cfg(target_arch = "x86_64")]
+        if avx512::usable() {
+            // SAFETY: the CPU has the features the function enables
+            // (checked by `usable`).
+            unsafe { avx512::scaled_into(factor, src, dst) };
+            return;
+        }
+        dst.iter_mut().zip(src).for_each(|(d, &s)| *d = factor * s);
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    mod avx512 {
+        use super::super::ScoreBlock;
+        use crate::elementwise::wide_exp::exp_nonpositive_x16;
+        use crate::gemm::pack::a_row_offset;
+        use crate::gemm::ukernel::{BLOCK_BYTES, MR, NR};
+        use std::arch::x86_64::*;
+
+        pub(super) fn usable() -> bool {
+            std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx512bf16")
+                && std::arch::is_x86_feature_detected!("fma")
+        }
+
+        /// Lane masks for the first `n` (at most 32) of two 16-lane halves.
+        fn halves(n: usize) -> (__mmask16, __mmask16) {
+            let lanes = |c: usize| ((1u32 << c) - 1) as __mmask16;
+            (lanes(n.min(16)), lanes(n.saturating_sub(16)))
+        }
+
+        #[target_feature(enable = "avx512f")]
+        pub(super) fn scaled_into(factor: f32, src: &[f32], dst: &mut [f32]) {
+            let f = _mm512_set1_ps(factor);
+            for at in (0..src.len()).step_by(16) {
+                let mask = ((1u32 << (src.len() - at).min(16)) - 1) as __mmask16;
+                // SAFETY: the mask selects the values of `src` and `dst`
+                // from `at` (equal lengths, checked by the caller); masked-off
+                // lanes never fault.
+                unsafe {
+                    let v = _mm512_maskz_loadu_ps(mask, src.as_ptr().add(at));
+                    _mm512_mask_storeu_ps(dst.as_mut_ptr().add(at), mask, _mm512_mul_ps(f, v));
+                }
+            }
+        }
+
+        #[target_feature(enable = "avx512f")]
+        pub(super) fn scores_from_block(
+            acc: &[f32; MR * NR],
+            blk: ScoreBlock,
+            scores: &mut [f32],
+            lane_max: &mut [[f32; 16]; MR],
+        ) {
+            let (k0, k1) = halves(blk.cols);
+            let scale = _mm512_set1_ps(blk.scale);
+            let mut buf = [0f32; NR];
+            for (i, (src, max)) in acc.chunks_exact(NR).zip(lane_max.iter_mut()).take(blk.rows).enumerate() {
+                // SAFETY: `src` is one row of 32 values; `max` is 16 values.
+                let (mut v0, mut v1, m) = unsafe {
+                    (
+                        _mm512_mul_ps(scale, _mm512_loadu_ps(src.as_ptr())),
+                        _mm512_mul_ps(scale, _mm512_loadu_ps(src.as_ptr().add(16))),
+                        _mm512_loadu_ps(max.as_ptr()),
+                    )
+                };
+                if let Some(mask) = blk.mask {
+                    let keys = mask.keys(blk.i0 + i, blk.j0, blk.cols, &mut buf);
+                    // SAFETY: the lane masks select the `cols` values of
+                    // `keys`; masked-off lanes never fault.
+                    unsafe {
+                        v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(k0, keys.as_ptr()));
+                        v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(k1, keys.as_ptr().wrapping_add(16)));
+                    }
+                }
+                let dst = &mut scores[i * blk.kv_len + blk.j0..][..blk.cols];
+                // As in `softmax_exp`: a NaN in the first operand yields
+                // the second, so NaNs are skipped; lanes past `cols` keep
+                // their maximum.
+                let m = _mm512_mask_max_ps(m, k0, v0, m);
+                let m = _mm512_mask_max_ps(m, k1, v1, m);
+                // SAFETY: the lane masks select the `cols` values of `dst`;
+                // `max` is 16 values.
+                unsafe {
+                    _mm512_mask_storeu_ps(dst.as_mut_ptr(), k0, v0);
+                    _mm512_mask_storeu_ps(dst.as_mut_ptr().wrapping_add(16), k1, v1);
+                    _mm512_storeu_ps(max.as_mut_ptr(), m);
+                }
+            }
+        }
+
+        #[target_feature(enable = "avx512f,avx512bw,avx512bf16,fma")]
+        pub(super) fn probabilities_into_panel(
+            row: &[f32],
+            lane_max: &[f32; 16],
+            panel: &mut [u8],
+            kb: usize,
+            i: usize,
+        ) -> f32 {
+            // SAFETY: `lane_max` is 16 values.
+            let max = _mm512_set1_ps(_mm512_reduce_max_ps(unsafe { _mm512_loadu_ps(lane_max.as_ptr()) }));
+            let mut sum = _mm512_setzero_ps();
+            for b in 0..kb {
+                let at = 32 * b;
+                let (k0, k1) = halves(row.len().saturating_sub(at).min(32));
+                let p = row.as_ptr().wrapping_add(at);
+                // SAFETY: the lane masks select the values of `row` from
+                // `at` (at most 32); masked-off lanes never fault.
+                let (x0, x1) = unsafe { (_mm512_maskz_loadu_ps(k0, p), _mm512_maskz_loadu_ps(k1, p.wrapping_add(16))) };
+                let e0 = _mm512_maskz_mov_ps(k0, exp_nonpositive_x16(_mm512_sub_ps(x0, max)));
+                let e1 = _mm512_maskz_mov_ps(k1, exp_nonpositive_x16(_mm512_sub_ps(x1, max)));
+                // In the order `softmax_exp` adds them: the same sum.
+                sum = _mm512_add_ps(_mm512_add_ps(sum, e0), e1);
+                // The second operand fills the low half.
+                let words: __m512i = unsafe { std::mem::transmute(_mm512_cvtne2ps_pbh(e1, e0)) };
+                let dst = &mut panel[b * BLOCK_BYTES + a_row_offset(i)..][..64];
+                // SAFETY: `dst` is 64 bytes; unaligned store.
+                unsafe { _mm512_storeu_si512(dst.as_mut_ptr().cast(), words) };
+            }
+            1.0 / _mm512_reduce_add_ps(sum)
+        }
+    }
+
+    #[cfg(all(test, target_arch = "x86_64"))]
+    mod tests {
+        use super::super::{BlockMask, ScoreBlock};
+        use super::*;
+        use crate::gemm::ukernel::BLOCK_BYTES;
+        use crate::gemm::vector::tests::rand_f32 as rnd;
+
+        /// The fused rows against the portable passes, bit for bit: ragged
+        /// blocks, contiguous, strided and absent masks, -inf and NaN. Named
+        /// for scripts/test's AMX check: every AMX machine has AVX-512 BF16,
+        /// so there it must run (`TESSERA_REQUIRE_AMX=1`); elsewhere it says
+        /// that it did not.
+        #[test]
+        fn amx_machine_fused_softmax_rows_match_the_portable_passes() {
+            if !avx512::usable() {
+                assert!(std::env::var("TESSERA_REQUIRE_AMX").as_deref() != Ok("1"), "AMX machine without AVX-512 BF16");
+                eprintln!("SKIPPED fused softmax rows: no AVX-512 BF16 here");
+                return;
+            }
+            for (case, &(rows, kv_len)) in
+                [(32usize, 128usize), (32, 100), (7, 33), (1, 1), (19, 64), (32, 31)].iter().enumerate()
+            {
+                let kb = kv_len.div_ceil(32);
+                let mut mask_data = rnd(4 * 64 * kv_len, 90 + case as u64);
+                mask_data.iter_mut().step_by(7).for_each(|v| *v = -1e4);
+                mask_data[3] = f32::NEG_INFINITY;
+                let masks = [
+                    None,
+                    Some(BlockMask { data: &mask_data, row_stride: 0, key_stride: 1 }),
+                    Some(BlockMask { data: &mask_data, row_stride: kv_len, key_stride: 1 }),
+                    Some(BlockMask { data: &mask_data, row_stride: 1, key_stride: 3 }),
+                ];
+                for (mi, mask) in masks.into_iter().enumerate() {
+                    let scale = 0.125 + case as f32;
+                    let (mut fused, mut plain) = (vec![0f32; rows * kv_len], vec![0f32; rows * kv_len]);
+                    let (mut max_f, mut max_p) = ([[f32::NEG_INFINITY; 16]; MR], [[f32::NEG_INFINITY; 16]; MR]);
+                    for pn in 0..kv_len.div_ceil(NR) {
+                        let mut acc = [0f32; MR * NR];
+                        acc.copy_from_slice(&rnd(MR * NR, (case * 100 + mi * 10 + pn) as u64));
+                        acc[5] = f32::NAN;
+                        let blk = ScoreBlock {
+                            rows,
+                            cols: NR.min(kv_len - pn * NR),
+                            i0: 2,
+                            j0: pn * NR,
+                            kv_len,
+                            scale,
+                            mask,
+                        };
+                        // SAFETY: AVX-512 with bf16 checked above.
+                        unsafe { avx512::scores_from_block(&acc, blk, &mut fused, &mut max_f) };
+                        portable_scores_from_block(&acc, blk, &mut plain, &mut max_p);
+                    }
+                    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(&fused), bits(&plain), "case {case} mask {mi}: scores");
+                    assert_eq!(bits(max_f.as_flattened()), bits(max_p.as_flattened()), "case {case} mask {mi}: maxima");
+                    let (mut panel_f, mut panel_p) = (vec![7u8; kb * BLOCK_BYTES], vec![7u8; kb * BLOCK_BYTES]);
+                    for i in 0..rows {
+                        let row = &mut fused[i * kv_len..][..kv_len];
+                        // SAFETY: AVX-512 with bf16 checked above.
+                        let inv_f =
+                            unsafe { avx512::probabilities_into_panel(row, &max_f[i], &mut panel_f, kb, i % MR) };
+                        let row = &mut plain[i * kv_len..][..kv_len];
+                        let inv_p = softmax_exp_in_place(row);
+                        pack::pack_a_row_bf16(&mut panel_p, kb, i % MR, row);
+                        assert_eq!(inv_f.to_bits(), inv_p.to_bits(), "case {case} mask {mi} row {i}: 1/sum");
+                    }
+                    assert_eq!(panel_f, panel_p, "case {case} mask {mi}: probabilities");
+                }
+            }
+        }
     }
 }
 

@@ -479,6 +479,38 @@ mod wide_reductions {
     }
 }
 
+/// [`exp_nonpositive_with`] on 16 lanes at once, for kernels that keep
+/// their values in AVX-512 registers (attention's softmax rows): the same
+/// operations in the same order, so every lane has the bits the scalar
+/// function gives (checked by `wide_exp_matches_the_scalar_function`).
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod wide_exp {
+    use super::{EXP_MINIMAX, EXP_MIN_NORMAL_INPUT, LN2_HI, LN2_LO, LOG2_E, ROUND_MAGIC};
+    use std::arch::x86_64::*;
+
+    #[inline]
+    #[target_feature(enable = "avx512f,fma")]
+    pub(crate) fn exp_nonpositive_x16(x: __m512) -> __m512 {
+        let floor = _mm512_set1_ps(EXP_MIN_NORMAL_INPUT);
+        // Ordered comparison: false for NaN, which goes on through the
+        // arithmetic as in the scalar function.
+        let under = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, floor);
+        let xc = _mm512_mask_blend_ps(under, x, floor);
+        let magic = _mm512_set1_ps(ROUND_MAGIC);
+        let t = _mm512_fmadd_ps(xc, _mm512_set1_ps(LOG2_E), magic);
+        let kf = _mm512_sub_ps(t, magic);
+        // fnmadd(a, b, c) = -(a b) + c, the scalar form's fma(-a, b, c).
+        let r = _mm512_fnmadd_ps(kf, _mm512_set1_ps(LN2_LO), _mm512_fnmadd_ps(kf, _mm512_set1_ps(LN2_HI), xc));
+        let mut p = _mm512_set1_ps(EXP_MINIMAX[5]);
+        for c in EXP_MINIMAX[..5].iter().rev() {
+            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(*c));
+        }
+        let bias = _mm512_set1_epi32((ROUND_MAGIC.to_bits() - 127) as i32);
+        let scale = _mm512_castsi512_ps(_mm512_slli_epi32::<23>(_mm512_sub_epi32(_mm512_castps_si512(t), bias)));
+        _mm512_maskz_mov_ps(!under, _mm512_mul_ps(p, scale))
+    }
+}
+
 /// `y = log_softmax(x)` over one contiguous row.
 pub fn log_softmax_row(x: &[f32], y: &mut [f32]) {
     with_vector_features!(log_softmax_body(x: &[f32], y: &mut [f32]))
@@ -925,6 +957,42 @@ mod tests {
     /// The in-place softmax (AVX-512 reductions where the CPU has them) and
     /// the portable body against f64, on every length up to 3 vectors and a
     /// ragged tail, with masked keys (-1e9, -inf) and a NaN row.
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    /// Named for scripts/test's AMX check: an AMX machine has AVX-512, so
+    /// there it must run (`TESSERA_REQUIRE_AMX=1`).
+    fn amx_machine_wide_exp_matches_the_scalar_function() {
+        use std::arch::x86_64::*;
+        if !(std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("fma")) {
+            assert!(std::env::var("TESSERA_REQUIRE_AMX").as_deref() != Ok("1"), "AMX machine without AVX-512");
+            eprintln!("SKIPPED the 16-lane exponential: no AVX-512 here");
+            return;
+        }
+        let mut xs: Vec<f32> =
+            vec![0.0, -0.0, -87.0, -87.000_01, -86.999_99, -88.0, -1e30, f32::NEG_INFINITY, f32::NAN];
+        let mut state = 0x2545_f491_u32;
+        for _ in 0..20_000 {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            xs.push(-((state >> 8) as f32 / (1u32 << 24) as f32) * 100.0);
+        }
+        for chunk in xs.chunks(16) {
+            let mut lanes = [0f32; 16];
+            lanes[..chunk.len()].copy_from_slice(chunk);
+            let mut got = [0f32; 16];
+            // SAFETY: AVX-512F and FMA checked above; both arrays are 16 f32.
+            unsafe {
+                let v = wide_exp::exp_nonpositive_x16(_mm512_loadu_ps(lanes.as_ptr()));
+                _mm512_storeu_ps(got.as_mut_ptr(), v);
+            }
+            for (&x, &g) in lanes.iter().zip(&got) {
+                let want = exp_nonpositive_with::<true>(x);
+                assert!(g.to_bits() == want.to_bits() || (g.is_nan() && want.is_nan()), "e^{x}: {g} against {want}");
+            }
+        }
+    }
+
     #[test]
     fn softmax_exp_in_place_matches_f64() {
         for n in 1..=50usize {

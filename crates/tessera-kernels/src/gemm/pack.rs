@@ -77,7 +77,13 @@ pub fn k_blocks(kind: DotKind, k: usize) -> usize {
 /// A panel.
 #[inline(always)]
 fn a_offset(i: usize, kk_byte: usize) -> usize {
-    (i / TILE_ROWS) * TILE_BYTES + (i % TILE_ROWS) * TILE_ROW_BYTES + kk_byte
+    a_row_offset(i) + kk_byte
+}
+
+/// Byte offset of row `i` (0..32) inside one k-block of an A panel.
+#[inline(always)]
+pub(crate) fn a_row_offset(i: usize) -> usize {
+    (i / TILE_ROWS) * TILE_BYTES + (i % TILE_ROWS) * TILE_ROW_BYTES
 }
 
 /// Byte offset of column `j` (0..32), K position `kk` inside a k-block of
