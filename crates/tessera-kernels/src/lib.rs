@@ -64,3 +64,24 @@ pub mod gemm;
 pub mod pool;
 pub mod quant;
 pub mod weight_mem;
+
+/// Asks for the lines of `values` in L1 (a hint; no effect on results):
+/// for a pass over rows that another core has just written, the next
+/// row's misses then overlap the current row's work instead of each row
+/// waiting for its own.
+pub fn prefetch_for_reading<T>(values: &[T]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let (start, bytes) = (values.as_ptr() as usize, std::mem::size_of_val(values));
+        let mut line = start & !63;
+        while line < start + bytes {
+            // SAFETY: a prefetch is a hint and never faults; the line
+            // holds bytes of the live slice. SSE is part of the x86-64
+            // baseline.
+            unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(line as *const i8) };
+            line += 64;
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = values;
+}

@@ -163,6 +163,9 @@ fn pack_a_f32_body<const FMA: bool>(dst: &mut [u8], a: MatRef<f32>, split: Split
             }
             continue;
         }
+        if i + 1 < rows && a.col_stride == 1 {
+            crate::prefetch_for_reading(&a.data[(i + 1) * a.row_stride..][..k]);
+        }
         let src = a.row(i, &mut gathered);
         if split == Split::Bf16 {
             // The common case: the row converted in runs, then whole tile

@@ -272,12 +272,20 @@ fn norm_rows<T: RowNorm>(
     if inner == 0 {
         return;
     }
-    type Row<'a, T> = ((&'a mut [T], &'a [T]), &'a mut (f64, f64));
-    let f = |((yr, xr), st): Row<T>| *st = T::norm_row(xr, yr, scale, bias, eps, rms);
+    type Row<'a, T> = (usize, ((&'a mut [T], &'a [T]), &'a mut (f64, f64)));
+    let f = |(r, ((yr, xr), st)): Row<T>| {
+        // Rows usually come straight from another kernel (often another
+        // core's cache): the next row's lines travel while this one is
+        // normalized.
+        if let Some(next) = x.get((r + 1) * inner..(r + 2) * inner) {
+            tessera_kernels::prefetch_for_reading(next);
+        }
+        *st = T::norm_row(xr, yr, scale, bias, eps, rms)
+    };
     if x.len() > (1 << 15) {
-        y.par_chunks_mut(inner).zip(x.par_chunks(inner)).zip(stats.par_iter_mut()).for_each(f);
+        y.par_chunks_mut(inner).zip(x.par_chunks(inner)).zip(stats.par_iter_mut()).enumerate().for_each(f);
     } else {
-        y.chunks_mut(inner).zip(x.chunks(inner)).zip(stats.iter_mut()).for_each(f);
+        y.chunks_mut(inner).zip(x.chunks(inner)).zip(stats.iter_mut()).enumerate().for_each(f);
     }
 }
 
