@@ -589,6 +589,28 @@ mod tests {
     }
 
     proptest! {
+        /// The 8-bit A packer against a byte-by-byte placement, into a
+        /// buffer full of stale bytes: every byte of the panel is written
+        /// (rows past `rows` and the ragged k-block's tail as zeros), and
+        /// the row sums are the plain sums.
+        #[test]
+        fn pack_a_i8_writes_every_byte(rows in 1usize..=32, k in 1usize..200, signed: bool, seed: u64) {
+            let src: Vec<u8> = (0..rows * k).map(|i| (seed.wrapping_mul(31).wrapping_add(i as u64 * 2_654_435_761) >> 7) as u8).collect();
+            let kb = k.div_ceil(64);
+            let mut got = vec![0xAAu8; kb * BLOCK_BYTES];
+            let mut sums = vec![7i32; 32];
+            pack_a_i8(&mut got, rows, k, signed, |i| &src[i * k..][..k], &mut sums);
+            let mut want = vec![0u8; kb * BLOCK_BYTES];
+            for i in 0..rows {
+                for kk in 0..k {
+                    want[(kk / 64) * BLOCK_BYTES + a_offset(i, kk % 64)] = src[i * k + kk];
+                }
+                let sum: i32 = src[i * k..][..k].iter().map(|&v| if signed { v as i8 as i32 } else { v as i32 }).sum();
+                prop_assert_eq!(sums[i], sum, "row {}", i);
+            }
+            prop_assert!(got == want, "rows {} k {}", rows, k);
+        }
+
         /// The two row-wise packers lay B out as the element-wise one does,
         /// portable and (named for scripts/test's AMX check: every CPU
         /// with AMX has AVX-512 BF16) vector forms alike.
