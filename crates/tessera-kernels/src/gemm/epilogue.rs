@@ -649,6 +649,55 @@ mod tests {
     use proptest::prelude::*;
 
     proptest! {
+        /// The dequantizing block epilogue against its definition, one
+        /// element at a time (`corrected`, then the scales, then the float
+        /// epilogue's row form): the same bits with zero points and without
+        /// (symmetric, as the tile provider's dynamic int8).
+        #[test]
+        fn dequantize_block_matches_its_definition(
+            rows in 1usize..=32, cols in 1usize..=32, j0 in 0usize..40, symmetric in any::<bool>(),
+            per_row_scale in any::<bool>(), act in 0usize..3, seed in any::<u32>(),
+        ) {
+            let n = j0 + cols;
+            let k = 700i32;
+            let val = |i: usize| ((i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) >> 8) as f32 / (1u32 << 22) as f32 - 2.0;
+            let int = |i: usize| ((i as u32).wrapping_mul(2_246_822_519).wrapping_add(seed) >> 12) as i32 - (1 << 19);
+            let a_zero: Vec<i32> = if symmetric { vec![0] } else { (0..rows).map(|i| int(i + 100) % 128).collect() };
+            let b_zero: Vec<i32> = if symmetric { vec![0] } else { vec![int(7) % 128] };
+            let row_sums: Vec<i32> = (0..rows).map(|i| int(i + 300)).collect();
+            let col_sums: Vec<i32> = (0..n).map(|j| int(j + 600)).collect();
+            let corr = I8Correction { k, a_zero: &a_zero, row_sums: &row_sums, b_zero: &b_zero, col_sums: &col_sums };
+            let scale_a: Vec<f32> = if per_row_scale { (0..rows).map(|i| val(i + 900).abs() + 0.01).collect() } else { vec![0.02] };
+            let scale_b: Vec<f32> = (0..n).map(|j| val(j + 1200).abs() + 0.01).collect();
+            let bias: Vec<f32> = (0..n).map(|j| val(j + 1500)).collect();
+            let epi = Epilogue {
+                bias: Some(&bias),
+                activation: [Activation::None, Activation::Relu, Activation::GeluErfPieces][act],
+                ..Epilogue::default()
+            };
+            let mut block = AccBlock::new();
+            for (i, w) in block.0.iter_mut().enumerate() {
+                *w = int(i + 2000) as u32;
+            }
+            let mut stored = vec![f32::NAN; rows * cols];
+            {
+                let mut dst: Vec<&mut [f32]> = stored.chunks_mut(cols).collect();
+                corr.dequantize_block_into(&scale_a, &scale_b, &epi, &block, 0, j0, cols, &mut dst);
+            }
+            for i in 0..rows {
+                let (za, row_term) = corr.row(i);
+                let sa = scale_a[if scale_a.len() == 1 { 0 } else { i }];
+                let raw: Vec<f32> = (0..cols)
+                    .map(|j| corrected(block.0[i * NR + j], za, col_sums[j0 + j], b_zero[0], row_term) as f32 * sa * scale_b[j0 + j])
+                    .collect();
+                let mut want = vec![0f32; cols];
+                epi.apply_f32(&raw, i, j0, &mut want);
+                for (j, w) in want.iter().enumerate() {
+                    prop_assert_eq!(stored[i * cols + j].to_bits(), w.to_bits(), "({}, {})", i, j);
+                }
+            }
+        }
+
         /// The block form (the tile driver's) and the row form (the vector
         /// driver's) are one definition: the same bits for every
         /// activation, bias shape and ragged block.
