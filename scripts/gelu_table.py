@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Coefficients of the piecewise GELU (erf form) that the AVX-512 epilogue
-evaluates: [-8, 8) cut into 32 intervals of width 1/2, on each a degree-6
+evaluates: [-8, 8) cut into 32 intervals of width 1/2, on each a degree-4
 polynomial in u = x - (the interval's expansion point), fitted in float64 by
 weighted least squares (weights 1/|GELU|, so the negative tail keeps its
 relative accuracy) on 64 Chebyshev nodes, then rounded to f32. The point is
@@ -16,7 +16,7 @@ import math
 
 import numpy as np
 
-LO, WIDTH, PIECES, DEGREE = -8.0, 0.5, 32, 6
+LO, WIDTH, PIECES, DEGREE = -8.0, 0.5, 32, 4
 
 
 def gelu(x):

@@ -340,16 +340,22 @@ pub fn softmax_exp_in_place(x: &mut [f32]) -> f32 {
 /// and attention rows are short (one sequence), so the reductions cost as
 /// much as the exponentials. Here they are 16 lanes wide by construction.
 /// GELU (erf form) over whole AVX-512 registers by pieces: on [-8, 8),
-/// 32 intervals of width 1/2, each with its own degree-6 polynomial in the
+/// 32 intervals of width 1/2, each with its own degree-4 polynomial in the
 /// offset from the interval's centre (coefficients from
 /// `scripts/gelu_table.py`: a weighted least-squares fit in f64, so the
 /// negative tail keeps relative accuracy), picked per lane by a 32-entry
 /// permute. About half the instructions of [`gelu_erf_with`] (no division,
 /// no exponential), for the GEMM epilogues where GELU follows every value
 /// of a feed-forward layer. Accuracy (the test checks it against the f64
-/// definition; measured 2.1e-7, 1.8e-5 and 2.7e-8): within 4e-7 relative
-/// for x >= -3, 1e-4 relative on [-6, -3), 5e-7 absolute below 0; x >= 8
-/// gives x, x < -8 gives -0 (|GELU| < 6e-15 there), NaN stays NaN.
+/// definition; measured 1.6e-5, 2.3e-3 and 2.5e-6): within 2e-5 relative
+/// for x >= -3, 3e-3 relative on [-6, -3) (where |GELU| < 4e-3), 5e-6
+/// absolute below 0; x >= 8 gives x, x < -8 gives -0 (|GELU| < 6e-15
+/// there), NaN stays NaN. It serves only the reduced-precision products
+/// (bf16 tiles, int8), whose next step rounds each value to bf16 (relative
+/// error up to 2e-3) or to a row's int8 step: degree 4 keeps GELU's error
+/// two orders below that, and measured 8-12% faster than degree 6 on the
+/// int8 first feed-forward product of BERT-base (128x3072x768, GELU
+/// epilogue, 2 threads; `benches/results/2026-11-28-attention-rows/`).
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod gelu_pieces {
     use std::arch::x86_64::*;
@@ -361,15 +367,13 @@ pub(crate) mod gelu_pieces {
     #[rustfmt::skip]
     const GELU_ERF_POINTS: [f32; 32] = [-7.75e+00, -7.25e+00, -6.75e+00, -6.25e+00, -5.75e+00, -5.25e+00, -4.75e+00, -4.25e+00, -3.75e+00, -3.25e+00, -2.75e+00, -2.25e+00, -1.75e+00, -1.25e+00, -7.5e-01, 0.0e+00, 0.0e+00, 7.5e-01, 1.25e+00, 1.75e+00, 2.25e+00, 2.75e+00, 3.25e+00, 3.75e+00, 4.25e+00, 4.75e+00, 5.25e+00, 5.75e+00, 6.25e+00, 6.75e+00, 7.25e+00, 7.75e+00];
     #[rustfmt::skip]
-    const GELU_ERF_PIECES: [[f32; 32]; 7] = [
-    [-3.5615005e-14, -1.5109695e-12, -4.9901e-11, -1.2827089e-09, -2.5657915e-08, -3.9926317e-07, -4.8311567e-06, -4.5426255e-05, -3.315648e-04, -1.8753313e-03, -8.194349e-03, -2.7505064e-02, -7.0103526e-02, -1.3206221e-01, -1.6997051e-01, 0.0e+00, 0.0e+00, 5.800295e-01, 1.1179378e+00, 1.6798965e+00, 2.2224948e+00, 2.7418056e+00, 3.2481246e+00, 3.7496684e+00, 4.2499547e+00, 4.749995e+00, 5.2499995e+00, 5.75e+00, 6.25e+00, 6.75e+00, 7.25e+00, 7.75e+00],
-    [-2.758284e-13, -1.0946636e-11, -3.365366e-10, -8.0076825e-09, -1.4729926e-07, -2.0914374e-06, -2.2873272e-05, -1.9211613e-04, -1.2338161e-03, -6.017376e-03, -2.2027526e-02, -5.9189755e-02, -1.10926196e-01, -1.226616e-01, 7.74354e-04, 4.9999997e-01, 5.0e-01, 9.992257e-01, 1.1226616e+00, 1.1109262e+00, 1.0591898e+00, 1.0220275e+00, 1.0060173e+00, 1.0012338e+00, 1.0001922e+00, 1.0000229e+00, 1.0000021e+00, 1.0000001e+00, 1.0e+00, 1.0e+00, 1.0e+00, 1.0e+00],
-    [-1.0477055e-12, -3.882931e-11, -1.1085408e-09, -2.4334508e-08, -4.097642e-07, -5.2758037e-06, -5.170606e-05, -3.832332e-04, -2.1265955e-03, -8.686907e-03, -2.529154e-02, -4.8601307e-02, -4.583466e-02, 3.995456e-02, 2.1644257e-01, 3.9894e-01, 3.989406e-01, 2.164429e-01, 3.9954502e-02, -4.5834906e-02, -4.8601374e-02, -2.5291463e-02, -8.686853e-03, -2.1265906e-03, -3.8324078e-04, -5.171004e-05, -5.2768246e-06, -4.0992862e-07, -2.4352659e-08, -1.1099716e-09, -3.9011922e-11, -1.1270153e-12],
-    [-2.607205e-12, -8.991935e-11, -2.3749311e-09, -4.7884313e-08, -7.339601e-07, -8.503946e-06, -7.387573e-05, -4.7524823e-04, -2.2175561e-03, -7.213357e-03, -1.4849257e-02, -1.2644951e-02, 2.3596872e-02, 9.275295e-02, 1.2938543e-01, -4.8741545e-05, 3.922529e-05, -1.2938578e-01, -9.275294e-02, -2.3596976e-02, 1.2644893e-02, 1.484935e-02, 7.2134426e-03, 2.2175652e-03, 4.7523092e-04, 7.386528e-05, 8.500902e-06, 7.3340834e-07, 4.781729e-08, 2.3695301e-09, 8.99967e-11, 3.1229214e-12],
-    [-4.9381194e-12, -1.5682548e-10, -3.792002e-09, -6.947482e-08, -9.582025e-07, -9.856783e-06, -7.4575655e-05, -4.0556066e-04, -1.5178199e-03, -3.517642e-03, -3.1242708e-03, 7.6809516e-03, 2.8962918e-02, 3.4212228e-02, -4.7573564e-03, -6.686761e-02, -6.681464e-02, -4.7712927e-03, 3.4214627e-02, 2.8973514e-02, 7.6839803e-03, -3.12757e-03, -3.5200205e-03, -1.5180365e-03, -4.0522183e-04, -7.439536e-05, -9.809854e-06, -9.505145e-07, -6.861016e-08, -3.7218886e-09, -1.4784514e-10, -5.37828e-13],
-    [-7.627801e-12, -2.226698e-10, -4.9035256e-09, -8.0910915e-08, -9.908284e-07, -8.876339e-06, -5.681953e-05, -2.487218e-04, -6.708089e-04, -7.1037264e-04, 1.7058826e-03, 7.133139e-03, 7.7615352e-03, -6.2380116e-03, -2.252398e-02, -1.2640347e-03, 1.1435057e-03, 2.2528403e-02, 6.237933e-03, -7.7602e-03, -7.1323863e-03, -1.7070881e-03, 7.092686e-04, 6.706911e-04, 2.4894715e-04, 5.6956127e-05, 8.9163295e-06, 9.981214e-07, 8.1801105e-08, 4.9751905e-09, 2.2024275e-10, -5.4761057e-13],
-    [-7.1074396e-12, -1.9677528e-10, -4.0672203e-09, -6.215405e-08, -6.9227104e-07, -5.493413e-06, -2.9813673e-05, -1.010242e-04, -1.5315009e-04, 2.276419e-04, 1.4138008e-03, 1.7535874e-03, -1.955326e-03, -6.603371e-03, -2.3534365e-03, 8.311024e-03, 8.407099e-03, -2.2048408e-03, -6.628942e-03, -2.0684383e-03, 1.7211481e-03, 1.449299e-03, 2.533679e-04, -1.5079639e-04, -1.04738014e-04, -3.1805164e-05, -6.0162706e-06, -7.787368e-07, -7.198605e-08, -4.877333e-09, -3.058878e-10, -6.4502625e-11],
-];
+    const GELU_ERF_PIECES: [[f32; 32]; 5] = [
+        [-3.525332e-14, -1.4998818e-12, -4.9648174e-11, -1.2784493e-09, -2.5605402e-08, -3.9879635e-07, -4.8282345e-06, -4.541393e-05, -3.3153305e-04, -1.8752973e-03, -8.194401e-03, -2.7505275e-02, -7.010373e-02, -1.3206218e-01, -1.6997054e-01, 0.0e+00, 0.0e+00, 5.8002883e-01, 1.1179377e+00, 1.6798966e+00, 2.222495e+00, 2.7418056e+00, 3.2481246e+00, 3.7496684e+00, 4.2499547e+00, 4.749995e+00, 5.2499995e+00, 5.75e+00, 6.25e+00, 6.75e+00, 7.25e+00, 7.75e+00],
+        [-2.7440165e-13, -1.0883219e-11, -3.3465727e-10, -7.968734e-09, -1.467265e-07, -2.0854711e-06, -2.2829945e-05, -1.9190523e-04, -1.2331943e-03, -6.0166693e-03, -2.202936e-02, -5.9197806e-02, -1.1093532e-01, -1.2265399e-01, 8.025351e-04, 5.000067e-01, 4.999957e-01, 9.9919915e-01, 1.1226541e+00, 1.1109357e+00, 1.0591985e+00, 1.0220296e+00, 1.0060165e+00, 1.001233e+00, 1.0001918e+00, 1.0000228e+00, 1.000002e+00, 1.0000001e+00, 1.0e+00, 1.0e+00, 1.0e+00, 1.0e+00],
+        [-1.1196112e-12, -4.0871414e-11, -1.1520259e-09, -2.5023883e-08, -4.1782005e-07, -5.344191e-06, -5.2118176e-05, -3.8492496e-04, -2.1309138e-03, -8.69183e-03, -2.5286151e-02, -4.8575696e-02, -4.580627e-02, 3.9958116e-02, 2.1644959e-01, 3.9930528e-01, 3.9922103e-01, 2.1652557e-01, 3.9981738e-02, -4.5840416e-02, -4.861185e-02, -2.5295906e-02, -8.68698e-03, -2.1259084e-03, -3.8289584e-04, -5.1616655e-05, -5.2602763e-06, -4.0787725e-07, -2.4168825e-08, -1.0978113e-09, -3.8282738e-11, -9.849846e-13],
+        [-3.0147766e-12, -1.0241798e-10, -2.6629379e-09, -5.283885e-08, -7.969957e-07, -9.088687e-06, -7.7739016e-05, -4.926467e-04, -2.2656752e-03, -7.2653866e-03, -1.4721284e-02, -1.21017e-02, 2.4195975e-02, 9.2265874e-02, 1.2761116e-01, 3.0520016e-03, -2.6071363e-03, -1.276473e-01, -9.226735e-02, -2.4202505e-02, 1.2088e-02, 1.4716035e-02, 7.268838e-03, 2.2699514e-03, 4.946765e-04, 7.831436e-05, 9.197412e-06, 8.1137915e-07, 5.4207486e-08, 2.7581901e-09, 1.0720213e-10, 3.0801368e-12],
+        [-3.9675906e-12, -1.2994304e-10, -3.2311134e-09, -6.071467e-08, -8.5665545e-07, -8.99374e-06, -6.929776e-05, -3.8306796e-04, -1.4552476e-03, -3.4238738e-03, -3.1296532e-03, 7.370308e-03, 2.8393444e-02, 3.376766e-02, -5.0095897e-03, -5.9403297e-02, -5.9992857e-02, -6.224632e-03, 3.3390507e-02, 2.8940419e-02, 7.952416e-03, -2.9715924e-03, -3.5031275e-03, -1.537785e-03, -4.168778e-04, -7.775311e-05, -1.0427143e-05, -1.0289655e-06, -7.576937e-08, -4.202258e-09, -1.7747606e-10, -6.5835813e-12],
+    ];
 
     /// Whether the piecewise form can run here (AVX-512F).
     #[inline]
@@ -382,10 +386,11 @@ pub(crate) mod gelu_pieces {
     /// straight from a rounding conversion, not clamped below (a permute
     /// reads only its low five bits, and lanes under -8 are replaced at the
     /// end; NaN converts to 0x80000000 and still flows through `u`), the
-    /// expansion point by permute, the polynomial in Estrin's form.
+    /// expansion point by permute, the polynomial as (c0 + c1 u) +
+    /// (c2 + c3 u + c4 u^2) u^2.
     #[inline]
     #[target_feature(enable = "avx512f")]
-    fn gelu16(x: __m512, c: &[[__m512; 2]; 7], centres: &[__m512; 2]) -> __m512 {
+    fn gelu16(x: __m512, c: &[[__m512; 2]; 5], centres: &[__m512; 2]) -> __m512 {
         let t = _mm512_fmadd_ps(x, _mm512_set1_ps(2.0), _mm512_set1_ps(16.0));
         // Just below 8, t rounds up to 32: capped at the last interval.
         let idx = _mm512_min_epi32(
@@ -395,12 +400,9 @@ pub(crate) mod gelu_pieces {
         let pick = |pair: &[__m512; 2]| _mm512_permutex2var_ps(pair[0], idx, pair[1]);
         let u = _mm512_sub_ps(x, pick(centres));
         let u2 = _mm512_mul_ps(u, u);
-        let u4 = _mm512_mul_ps(u2, u2);
         let c01 = _mm512_fmadd_ps(pick(&c[1]), u, pick(&c[0]));
-        let c23 = _mm512_fmadd_ps(pick(&c[3]), u, pick(&c[2]));
-        let c45 = _mm512_fmadd_ps(pick(&c[5]), u, pick(&c[4]));
-        let c456 = _mm512_fmadd_ps(pick(&c[6]), u2, c45);
-        let p = _mm512_fmadd_ps(c456, u4, _mm512_fmadd_ps(c23, u2, c01));
+        let c234 = _mm512_fmadd_ps(_mm512_fmadd_ps(pick(&c[4]), u, pick(&c[3])), u, pick(&c[2]));
+        let p = _mm512_fmadd_ps(c234, u2, c01);
         let high = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(x, _mm512_set1_ps(8.0));
         let low = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, _mm512_set1_ps(-8.0));
         let p = _mm512_mask_mov_ps(p, high, x);
@@ -419,7 +421,7 @@ pub(crate) mod gelu_pieces {
             unsafe { [_mm512_loadu_ps(t.as_ptr()), _mm512_loadu_ps(t.as_ptr().add(16))] }
         };
         let centres = halves(&GELU_ERF_POINTS);
-        let c: [[__m512; 2]; 7] = std::array::from_fn(|d| halves(&GELU_ERF_PIECES[d]));
+        let c: [[__m512; 2]; 5] = std::array::from_fn(|d| halves(&GELU_ERF_PIECES[d]));
         let mut chunks = x.chunks_exact_mut(16);
         for v in &mut chunks {
             // SAFETY: `v` is 16 f32, read and written whole.
@@ -840,8 +842,8 @@ mod tests {
     }
 
     /// The piecewise AVX-512 GELU against the f64 definition: relative
-    /// error within 4e-7 from -3 up, 1e-4 on [-6, -3), absolute within
-    /// 5e-7 below 0; the ends and NaN as documented. Named for
+    /// error within 2e-5 from -3 up, 3e-3 on [-6, -3), absolute within
+    /// 5e-6 below 0; the ends and NaN as documented. Named for
     /// scripts/test's AMX check: every CPU with AMX has AVX-512F, so on an
     /// AMX machine (`TESSERA_REQUIRE_AMX=1`) it must run; elsewhere without
     /// AVX-512F it says what it skipped.
@@ -888,9 +890,9 @@ mod tests {
             }
         }
         eprintln!("gelu pieces: relative {worst_rel_hi:e} from -3 up, {worst_rel_mid:e} on [-6, -3), absolute {worst_abs:e} below 0");
-        assert!(worst_rel_hi <= 4e-7, "relative error {worst_rel_hi:e} from -3 up");
-        assert!(worst_rel_mid <= 1e-4, "relative error {worst_rel_mid:e} on [-6, -3)");
-        assert!(worst_abs <= 5e-7, "absolute error {worst_abs:e} below 0");
+        assert!(worst_rel_hi <= 2e-5, "relative error {worst_rel_hi:e} from -3 up");
+        assert!(worst_rel_mid <= 3e-3, "relative error {worst_rel_mid:e} on [-6, -3)");
+        assert!(worst_abs <= 5e-6, "absolute error {worst_abs:e} below 0");
         let mut ends = [8.0f32, 100.0, f32::INFINITY, -8.0001, -100.0, f32::NEG_INFINITY, f32::NAN, 0.0, -0.0];
         // SAFETY: as above.
         unsafe { gelu_pieces::gelu_erf_in_place(&mut ends) };
@@ -906,7 +908,7 @@ mod tests {
             // SAFETY: as above.
             unsafe { gelu_pieces::gelu_erf_in_place(&mut v) };
             for (g, &x) in v.iter().zip(&want) {
-                assert!((g - gelu_erf_f32(x)).abs() <= 1e-6 * (1.0 + x.abs()), "len {len}: gelu({x}) = {g}");
+                assert!((g - gelu_erf_f32(x)).abs() <= 5e-6 * (1.0 + x.abs()), "len {len}: gelu({x}) = {g}");
             }
         }
     }
