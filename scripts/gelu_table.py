@@ -43,7 +43,7 @@ def table():
         basis = np.stack([u**d for d in range(first, DEGREE + 1)], axis=1) / np.abs(y)[:, None]
         coef, *_ = np.linalg.lstsq(basis, y / np.abs(y), rcond=None)
         coef = np.concatenate([np.zeros(first), coef])
-        rows.append(coef.astype(np.float32))  # c0 .. c6
+        rows.append(coef.astype(np.float32))  # c0 .. c<DEGREE>
     return np.array(rows)
 
 

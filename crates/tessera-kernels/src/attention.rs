@@ -115,17 +115,19 @@ pub fn attention_on(
         let kh = |j: usize| &k.data[(b * kv_len + j) * lk + h * d..][..d];
         let vh =
             MatRef { data: &v.data[b * kv_len * lv + h * d..], rows: kv_len, cols: d, row_stride: lv, col_stride: 1 };
+        // The mask of this task's query rows (row i of the block, key j at
+        // `i * row_stride + j * key_stride`).
+        let block_mask = mask.map(|m| BlockMask {
+            data: &m.data[b * m.strides[0] + h * m.strides[1] + r0 * m.strides[2]..],
+            row_stride: m.strides[2],
+            key_stride: m.strides[3],
+        });
         // Turns row i of the block's scores into unnormalized
         // probabilities (the mask added, then e^(s - max)); returns the
         // factor that normalizes them.
         let probabilities = |i: usize, row: &mut [f32]| -> f32 {
-            if let Some(m) = mask {
-                let base = b * m.strides[0] + h * m.strides[1] + (r0 + i) * m.strides[2];
-                if m.strides[3] == 1 {
-                    row.iter_mut().zip(&m.data[base..base + kv_len]).for_each(|(s, &a)| *s += a);
-                } else {
-                    row.iter_mut().enumerate().for_each(|(j, s)| *s += m.data[base + j * m.strides[3]]);
-                }
+            if let Some(m) = block_mask {
+                m.add_to_row(i, row);
             }
             softmax_exp_in_place(row)
         };
@@ -137,17 +139,12 @@ pub fn attention_on(
             // SAFETY: `at + vals.len() <= batch * q_len * c`, the length of
             // `out` (checked at the top); tasks differ in (b, h, block), so
             // the values of (row, head) written here belong to this task
-            // alone, and `out` outlives the parallel loop.
+            // alone, and `out` outlives the parallel loop. `vals` lives in
+            // the task's accumulators or scratch, never in `out`, and the
+            // slice lives only for this call.
             let dst = unsafe { std::slice::from_raw_parts_mut(out.at(at), vals.len()) };
             softmax_rows::scaled_into(norm, vals, dst);
         };
-        // The mask of this task's query rows (row i of the block, key j at
-        // `i * row_stride + j * key_stride`).
-        let block_mask = mask.map(|m| BlockMask {
-            data: &m.data[b * m.strides[0] + h * m.strides[1] + r0 * m.strides[2]..],
-            row_stride: m.strides[2],
-            key_stride: m.strides[3],
-        });
         // The vector path keeps the block's scores and output rows; the
         // tiles keep one panel's scores.
         let scratch = match products {
@@ -226,8 +223,8 @@ impl Head<'_, '_> {
     /// unnormalized softmax rounded to bf16 straight into the A panel of
     /// the second product, and `P · V` (V packed from its rows) scaled by
     /// each row's normalizing factor as it is written out by
-    /// `out_row(row, first column, factor, values)`. `scores` holds at least 32
-    /// rows of `kv_len`.
+    /// `out_row(row, first column, factor, values)`. `scores` holds at least
+    /// `min(32, rows)` rows of `kv_len`.
     fn on_tiles(&self, sess: &TileSession, scores: &mut [f32], mask: Option<BlockMask>, out_row: &OutRow) {
         let (r, d, kv_len) = (self.q.rows, self.q.cols, self.kv_len);
         let (kb_d, kb_kv) = (pack::k_blocks(DotKind::Bf16, d), pack::k_blocks(DotKind::Bf16, kv_len));
@@ -287,6 +284,17 @@ struct BlockMask<'a> {
 }
 
 impl BlockMask<'_> {
+    /// `row[j] += mask(i, j)` for every key of row `i` (the vector path's
+    /// whole rows).
+    fn add_to_row(&self, i: usize, row: &mut [f32]) {
+        let (base, len) = (i * self.row_stride, row.len());
+        if self.key_stride == 1 {
+            row.iter_mut().zip(&self.data[base..base + len]).for_each(|(s, &a)| *s += a);
+        } else {
+            row.iter_mut().enumerate().for_each(|(j, s)| *s += self.data[base + j * self.key_stride]);
+        }
+    }
+
     /// Keys `j0..j0 + cols` of row `i`, contiguous: a slice of the mask, or
     /// gathered into `buf` when the keys are strided.
     fn keys<'s>(&'s self, i: usize, j0: usize, cols: usize, buf: &'s mut [f32; NR]) -> &'s [f32] {
@@ -303,8 +311,9 @@ impl BlockMask<'_> {
 }
 
 /// Where one 32x32 accumulator block of scores goes: its `rows` x `cols`
-/// values are row `i0..` (of the block of query rows), columns `j0..` of
-/// rows `kv_len` long, scaled by `scale`, plus the mask.
+/// values are rows `0..rows` of the panel's scores (rows `kv_len` long),
+/// columns `j0..`, scaled by `scale`, plus the mask of the task's query
+/// rows `i0..` (the panel's first row within the task's block).
 #[derive(Clone, Copy, Debug)]
 struct ScoreBlock<'a> {
     rows: usize,
@@ -321,8 +330,11 @@ struct ScoreBlock<'a> {
 /// reductions cost as much as the exponentials: with AVX-512 the scale,
 /// the mask and each row's running maximum are applied as the scores
 /// leave the accumulators, and the exponentials go straight to the bf16
-/// panel. The portable path does the same steps one pass at a time; both
-/// give the same bits (`fused_rows_match_the_portable_passes`).
+/// panel. The portable path does the same steps one pass at a time; on one
+/// CPU both give the same bits
+/// (`amx_machine_fused_softmax_rows_match_the_portable_passes`; a CPU
+/// without AVX-512 runs the portable path, whose reductions add in
+/// another order).
 mod softmax_rows {
     use super::ScoreBlock;
     use crate::elementwise::softmax_exp_in_place;
@@ -416,12 +428,13 @@ mod softmax_rows {
     mod avx512 {
         use super::super::ScoreBlock;
         use crate::elementwise::wide_exp::exp_nonpositive_x16;
-        use crate::gemm::pack::a_row_offset;
-        use crate::gemm::ukernel::{BLOCK_BYTES, MR, NR};
+        use crate::gemm::pack::avx512::put_a_row_bf16x32;
+        use crate::gemm::ukernel::{MR, NR};
         use std::arch::x86_64::*;
 
         pub(super) fn usable() -> bool {
             std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx512bw")
                 && std::arch::is_x86_feature_detected!("avx512bf16")
                 && std::arch::is_x86_feature_detected!("fma")
         }
@@ -434,12 +447,14 @@ mod softmax_rows {
 
         #[target_feature(enable = "avx512f")]
         pub(super) fn scaled_into(factor: f32, src: &[f32], dst: &mut [f32]) {
+            // The masks below come from `src`'s length and cover `dst` too.
+            assert_eq!(src.len(), dst.len(), "source and destination lengths differ");
             let f = _mm512_set1_ps(factor);
             for at in (0..src.len()).step_by(16) {
                 let mask = ((1u32 << (src.len() - at).min(16)) - 1) as __mmask16;
                 // SAFETY: the mask selects the values of `src` and `dst`
-                // from `at` (equal lengths, checked by the caller); masked-off
-                // lanes never fault.
+                // from `at` (equal lengths, asserted above); masked-off lanes
+                // never fault.
                 unsafe {
                     let v = _mm512_maskz_loadu_ps(mask, src.as_ptr().add(at));
                     _mm512_mask_storeu_ps(dst.as_mut_ptr().add(at), mask, _mm512_mul_ps(f, v));
@@ -513,11 +528,7 @@ mod softmax_rows {
                 let e1 = _mm512_maskz_mov_ps(k1, exp_nonpositive_x16(_mm512_sub_ps(x1, max)));
                 // In the order `softmax_exp` adds them: the same sum.
                 sum = _mm512_add_ps(_mm512_add_ps(sum, e0), e1);
-                // The second operand fills the low half.
-                let words: __m512i = unsafe { std::mem::transmute(_mm512_cvtne2ps_pbh(e1, e0)) };
-                let dst = &mut panel[b * BLOCK_BYTES + a_row_offset(i)..][..64];
-                // SAFETY: `dst` is 64 bytes; unaligned store.
-                unsafe { _mm512_storeu_si512(dst.as_mut_ptr().cast(), words) };
+                put_a_row_bf16x32(panel, b, i, e0, e1);
             }
             1.0 / _mm512_reduce_add_ps(sum)
         }
@@ -542,18 +553,21 @@ mod softmax_rows {
                 eprintln!("SKIPPED fused softmax rows: no AVX-512 BF16 here");
                 return;
             }
-            for (case, &(rows, kv_len)) in
-                [(32usize, 128usize), (32, 100), (7, 33), (1, 1), (19, 64), (32, 31)].iter().enumerate()
-            {
+            let shapes =
+                [(32usize, 128usize), (32, 100), (7, 33), (1, 1), (19, 64), (32, 31), (32, 48), (5, 45), (3, 62)];
+            for (case, &(rows, kv_len)) in shapes.iter().enumerate() {
                 let kb = kv_len.div_ceil(32);
                 let mut mask_data = rnd(4 * 64 * kv_len, 90 + case as u64);
                 mask_data.iter_mut().step_by(7).for_each(|v| *v = -1e4);
                 mask_data[3] = f32::NEG_INFINITY;
+                // Row i0 + 1 = 3 of the row-major mask: every key masked.
+                mask_data[3 * kv_len..4 * kv_len].fill(f32::NEG_INFINITY);
                 let masks = [
                     None,
                     Some(BlockMask { data: &mask_data, row_stride: 0, key_stride: 1 }),
                     Some(BlockMask { data: &mask_data, row_stride: kv_len, key_stride: 1 }),
                     Some(BlockMask { data: &mask_data, row_stride: 1, key_stride: 3 }),
+                    Some(BlockMask { data: &mask_data, row_stride: 5, key_stride: 0 }),
                 ];
                 for (mi, mask) in masks.into_iter().enumerate() {
                     let scale = 0.125 + case as f32;
@@ -715,16 +729,34 @@ mod tests {
         /// Named for scripts/test's AMX check. bf16 operands: scores are
         /// off by up to about scale·d·2⁻⁸ and probabilities by 2⁻⁸
         /// relative, so the output is held to 3% of max |v|; a misplaced
-        /// element would be off by the order of |v| itself.
+        /// element would be off by the order of |v| itself. Masks: none,
+        /// padding `[B,1,1,Sk]`, full `[B,H,Sq,Sk]`, one `[Sq,Sk]` for all
+        /// (as causal masks come), stored transposed (keys strided), and
+        /// one value per query row (keys broadcast).
         #[test]
         fn amx_tile_attention_matches_the_reference(
             batch in 1usize..3, q_len in 1usize..70, kv_len in 1usize..80, heads in 1usize..4, d in 1usize..70,
-            masked in any::<bool>(), seed in 0u64..500,
+            mask_kind in 0usize..6, seed in 0u64..500,
         ) {
             let dm = AttentionDims { batch, q_len, kv_len, heads, head_dim: d };
             let c = heads * d;
             let Inputs { q, k, v, pad } = inputs(dm, seed);
-            let mask = masked.then_some(MaskView { data: &pad, strides: [kv_len, 0, 0, 1] });
+            let (sq, sk) = (q_len, kv_len);
+            let (len, strides) = match mask_kind {
+                2 => (batch * heads * sq * sk, [heads * sq * sk, sq * sk, sk, 1]),
+                3 => (sq * sk, [0, 0, sk, 1]),
+                4 => (sq * sk, [0, 0, 1, sq]),
+                5 => (batch * sq, [sq, 0, 1, 0]),
+                _ => (0, [kv_len, 0, 0, 1]),
+            };
+            let varied: Vec<f32> = (0..len)
+                .map(|i| if (i as u64 * 7 + seed) % 5 == 4 { -1e4 } else { ((i * 37 % 101) as f32 - 50.0) * 0.02 })
+                .collect();
+            let mask = match mask_kind {
+                0 => None,
+                1 => Some(MaskView { data: &pad, strides }),
+                _ => Some(MaskView { data: &varied, strides }),
+            };
             let scale = 1.0 / (d as f32).sqrt();
             let want = reference(&q, &k, &v, mask, scale, dm);
             let vmax = v.iter().fold(0f32, |m, x| m.max(x.abs()));

@@ -65,14 +65,15 @@ pub mod pool;
 pub mod quant;
 pub mod weight_mem;
 
-/// Asks for the lines of `values` in L1 (a hint; no effect on results):
-/// for a pass over rows that another core has just written, the next
-/// row's misses then overlap the current row's work instead of each row
-/// waiting for its own.
+/// Asks for the lines of `values` in L1 (a hint; no effect on results),
+/// at most its first 8 KiB (a sixth of a 48 KiB L1, so that a long row's
+/// prefetch does not push out the row being worked on): for a pass over
+/// rows that another core has just written, the next row's misses then
+/// overlap the current row's work instead of each row waiting for its own.
 pub fn prefetch_for_reading<T>(values: &[T]) {
     #[cfg(target_arch = "x86_64")]
     {
-        let (start, bytes) = (values.as_ptr() as usize, std::mem::size_of_val(values));
+        let (start, bytes) = (values.as_ptr() as usize, std::mem::size_of_val(values).min(8 << 10));
         let mut line = start & !63;
         while line < start + bytes {
             // SAFETY: a prefetch is a hint and never faults; the line

@@ -77,13 +77,7 @@ pub fn k_blocks(kind: DotKind, k: usize) -> usize {
 /// A panel.
 #[inline(always)]
 fn a_offset(i: usize, kk_byte: usize) -> usize {
-    a_row_offset(i) + kk_byte
-}
-
-/// Byte offset of row `i` (0..32) inside one k-block of an A panel.
-#[inline(always)]
-pub(crate) fn a_row_offset(i: usize) -> usize {
-    (i / TILE_ROWS) * TILE_BYTES + (i % TILE_ROWS) * TILE_ROW_BYTES
+    (i / TILE_ROWS) * TILE_BYTES + (i % TILE_ROWS) * TILE_ROW_BYTES + kk_byte
 }
 
 /// Byte offset of column `j` (0..32), K position `kk` inside a k-block of
@@ -164,7 +158,9 @@ fn pack_a_f32_body<const FMA: bool>(dst: &mut [u8], a: MatRef<f32>, split: Split
             continue;
         }
         if i + 1 < rows && a.col_stride == 1 {
-            crate::prefetch_for_reading(&a.data[(i + 1) * a.row_stride..][..k]);
+            if let Some(next) = a.data.get((i + 1) * a.row_stride..(i + 1) * a.row_stride + k) {
+                crate::prefetch_for_reading(next);
+            }
         }
         let src = a.row(i, &mut gathered);
         if split == Split::Bf16 {
@@ -354,9 +350,22 @@ fn pack_b_bf16_from_rows_portable<'a>(
 /// pairs transposed in registers. Bit-equal to the portable packers above
 /// (the tests compare them on this path wherever the CPU has it).
 #[cfg(target_arch = "x86_64")]
-mod avx512 {
+pub(crate) mod avx512 {
     use super::{a_offset, BLOCK_BYTES, TILE_BYTES, TILE_ROWS, TILE_ROW_BYTES};
     use std::arch::x86_64::*;
+
+    /// Row `i` (0..32) of k-block `b` of a bf16 A panel from 32 fp32
+    /// values held in two registers (`lo` the first 16), rounded to bf16:
+    /// for kernels that make A rows in registers (attention's
+    /// probabilities).
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    pub(crate) fn put_a_row_bf16x32(dst: &mut [u8], b: usize, i: usize, lo: __m512, hi: __m512) {
+        // The second operand fills the low half.
+        // SAFETY: both are 512 bits of plain lanes; only the type changes.
+        let words = unsafe { std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(hi, lo)) };
+        put_row(dst, b * BLOCK_BYTES + a_offset(i, 0), words);
+    }
 
     pub(super) fn usable() -> bool {
         std::arch::is_x86_feature_detected!("avx512f")

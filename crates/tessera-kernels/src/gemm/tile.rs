@@ -1538,7 +1538,10 @@ mod amx_tests {
                     Activation::Relu6 => v.clamp(0.0, 6.0),
                     Activation::None => v,
                 };
-                assert!((*y as f64 - want).abs() <= 2e-6 * want.abs().max(1.0), "{act:?}({v}) = {y}, want {want}");
+                // The degree-4 pieces are within 5e-6 absolute (the
+                // reduced precisions' GELU); the rest within 2e-6.
+                let tol = if act == Activation::GeluErfPieces { 5e-6 } else { 2e-6 };
+                assert!((*y as f64 - want).abs() <= tol * want.abs().max(1.0), "{act:?}({v}) = {y}, want {want}");
             }
         }
     }
