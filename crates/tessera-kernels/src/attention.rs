@@ -548,9 +548,7 @@ mod softmax_rows {
         /// that it did not.
         #[test]
         fn amx_machine_fused_softmax_rows_match_the_portable_passes() {
-            if !avx512::usable() {
-                assert!(std::env::var("TESSERA_REQUIRE_AMX").as_deref() != Ok("1"), "AMX machine without AVX-512 BF16");
-                eprintln!("SKIPPED fused softmax rows: no AVX-512 BF16 here");
+            if !crate::vector_test_runs(avx512::usable(), "AVX-512 BF16", "fused softmax rows") {
                 return;
             }
             let shapes =

@@ -852,9 +852,8 @@ mod tests {
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn gelu_pieces_match_the_definition_on_amx_machines() {
-        if !gelu_pieces::available() {
-            assert!(std::env::var("TESSERA_REQUIRE_AMX").as_deref() != Ok("1"), "AMX machine without AVX-512F");
-            eprintln!("SKIPPED piecewise GELU: the CPU lacks AVX-512F (the portable GELU is checked elsewhere)");
+        let what = "piecewise GELU (the portable GELU is checked elsewhere)";
+        if !crate::vector_test_runs(gelu_pieces::available(), "AVX-512F", what) {
             return;
         }
         let mut xs: Vec<f32> = Vec::new();
@@ -966,9 +965,8 @@ mod tests {
     #[cfg(target_arch = "x86_64")]
     fn amx_machine_wide_exp_matches_the_scalar_function() {
         use std::arch::x86_64::*;
-        if !(std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("fma")) {
-            assert!(std::env::var("TESSERA_REQUIRE_AMX").as_deref() != Ok("1"), "AMX machine without AVX-512");
-            eprintln!("SKIPPED the 16-lane exponential: no AVX-512 here");
+        let available = std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("fma");
+        if !crate::vector_test_runs(available, "AVX-512", "the 16-lane exponential") {
             return;
         }
         let mut xs: Vec<f32> =

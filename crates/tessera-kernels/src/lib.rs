@@ -65,24 +65,50 @@ pub mod pool;
 pub mod quant;
 pub mod weight_mem;
 
+/// For tests of vector kernels that every AMX CPU has (AVX-512, its BF16
+/// conversions): whether the test can run here. Where it cannot, an AMX
+/// machine (`TESSERA_REQUIRE_AMX=1`, set by scripts/test) fails the test,
+/// and elsewhere the skip is printed with `what`.
+#[cfg(all(test, target_arch = "x86_64"))]
+pub(crate) fn vector_test_runs(available: bool, missing: &str, what: &str) -> bool {
+    if !available {
+        assert!(std::env::var("TESSERA_REQUIRE_AMX").as_deref() != Ok("1"), "AMX machine without {missing}");
+        eprintln!("SKIPPED {what}: no {missing} here");
+    }
+    available
+}
+
 /// Asks for the lines of `values` in L1 (a hint; no effect on results),
 /// at most its first 8 KiB (a sixth of a 48 KiB L1, so that a long row's
 /// prefetch does not push out the row being worked on): for a pass over
 /// rows that another core has just written, the next row's misses then
 /// overlap the current row's work instead of each row waiting for its own.
 pub fn prefetch_for_reading<T>(values: &[T]) {
+    prefetch_lines(values, 8 << 10, true);
+}
+
+/// Asks for each 64-byte line of the first `max_bytes` of `values` (a hint;
+/// no effect on results), into L1 (`to_l1`) or L2.
+pub(crate) fn prefetch_lines<T>(values: &[T], max_bytes: usize, to_l1: bool) {
     #[cfg(target_arch = "x86_64")]
     {
-        let (start, bytes) = (values.as_ptr() as usize, std::mem::size_of_val(values).min(8 << 10));
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0, _MM_HINT_T1};
+        let (start, bytes) = (values.as_ptr() as usize, std::mem::size_of_val(values).min(max_bytes));
         let mut line = start & !63;
         while line < start + bytes {
             // SAFETY: a prefetch is a hint and never faults; the line
             // holds bytes of the live slice. SSE is part of the x86-64
             // baseline.
-            unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(line as *const i8) };
+            unsafe {
+                if to_l1 {
+                    _mm_prefetch::<_MM_HINT_T0>(line as *const i8)
+                } else {
+                    _mm_prefetch::<_MM_HINT_T1>(line as *const i8)
+                }
+            };
             line += 64;
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = values;
+    let _ = (values, max_bytes, to_l1);
 }

@@ -19,8 +19,9 @@ pub enum Activation {
     Relu6,
     /// GELU (erf) by the AVX-512 pieces where the CPU has AVX-512F
     /// (`elementwise::gelu_pieces`: within 2e-5 relative from -3 up and 5e-6
-    /// absolute everywhere, about a third of the work), [`Activation::GeluErf`] elsewhere. For the reduced
-    /// precisions (bf16, int8), whose products round far more than that;
+    /// absolute everywhere, about a third of the work),
+    /// [`Activation::GeluErf`] elsewhere. For the reduced precisions (bf16,
+    /// int8), whose products round far more than that;
     /// fp32 and a model's own integer products keep `GeluErf`, whose
     /// roundings match the definition's closely enough that a dynamic
     /// quantization after it lands on the same integers.

@@ -420,14 +420,7 @@ fn prefetch_rows<T>(ptr: *const T, ld: usize, i0: usize, j0: usize, rows: usize,
 /// Asks the cache hierarchy to bring `bytes` into L2 (a hint; no effect
 /// on results).
 fn prefetch_l2(bytes: &[u8]) {
-    #[cfg(target_arch = "x86_64")]
-    for line in bytes.chunks(64) {
-        // SAFETY: a prefetch of an address inside a live slice; SSE is part
-        // of the x86-64 baseline.
-        unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T1 }>(line.as_ptr() as *const i8) };
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = bytes;
+    crate::prefetch_lines(bytes, usize::MAX, false);
 }
 
 /// How the tile driver blocks the loops, and which microkernel prefetch it

@@ -528,13 +528,6 @@ impl Mlp {
         // feed-forward blocks at bf16x6, 2 threads: 55.2/56.7 against
         // 51.4/50.7 ms, `benches/results/2026-11-28-mlp-handover/`).
         let plain = |w: &Weight| matches!(w, Weight::Tiles(p) if p.split() == Some(Split::Bf16));
-        let out_shape = || {
-            let mut y = x.shape().to_vec();
-            if let Some(last) = y.last_mut() {
-                *last = s.n;
-            }
-            y
-        };
         plain(&f.weight)
             && plain(&s.weight)
             && x.dtype() == DType::F32
@@ -543,7 +536,17 @@ impl Mlp {
             && f.n > 0
             && f.bias_input.is_none()
             && s.bias_input.is_none()
-            && residual.is_none_or(|r| r.dtype() == DType::F32 && r.shape() == out_shape().as_slice())
+            && residual.is_none_or(|r| r.dtype() == DType::F32 && r.shape() == self.output_shape(x).as_slice())
+    }
+
+    /// The output's shape for A `x`: x's, its last axis the second
+    /// product's width.
+    fn output_shape(&self, x: &Tensor) -> Vec<usize> {
+        let mut y = x.shape().to_vec();
+        if let Some(last) = y.last_mut() {
+            *last = self.second.n;
+        }
+        y
     }
 }
 
@@ -557,12 +560,8 @@ impl CpuOp for Mlp {
         let (Weight::Tiles(b1), Weight::Tiles(b2), true) = (f.weight.as_ref(), s.weight.as_ref(), handover) else {
             return crate::cpu::ops::fused::run_in_two(&self.node, f, s, inputs, ctx);
         };
-        let mut y_shape = x.shape().to_vec();
-        if let Some(last) = y_shape.last_mut() {
-            *last = s.n;
-        }
         let rows = x.numel() / f.k;
-        let mut y = product_output(ctx, DType::F32, &y_shape, s.k)?;
+        let mut y = product_output(ctx, DType::F32, &self.output_shape(x), s.k)?;
         let epi1 = Epilogue { alpha: f.alpha, bias: f.bias.as_deref(), activation: f.activation, ..Default::default() };
         let epi2 = Epilogue {
             alpha: s.alpha,
@@ -901,9 +900,6 @@ mod tests {
     use super::*;
     use tessera_core::Attr;
 
-    /// Products rounded to bf16 or int8 take the GELU by pieces; the
-    /// fp32-accurate splits keep the definition's (a dynamic quantization
-    /// after it must land on the reference's integers).
     /// The handover runs under plain bf16 with constant biases and a
     /// residual of the output's shape; the fp32 splits, int8, a residual
     /// that broadcasts and an A of another width run the products apart.
@@ -927,6 +923,9 @@ mod tests {
         }
     }
 
+    /// Products rounded to bf16 or int8 take the GELU by pieces; the
+    /// fp32-accurate splits keep the definition's (a dynamic quantization
+    /// after it must land on the reference's integers).
     #[test]
     fn reduced_precisions_take_the_gelu_by_pieces() {
         let w = Tensor::from_vec(&[4, 4], vec![0.5f32; 16]).unwrap();
