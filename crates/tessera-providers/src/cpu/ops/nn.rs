@@ -1,7 +1,8 @@
 //! Neural-network operators: matrix products (MatMul, Gemm, Einsum),
-//! convolutions, pooling and normalizations. Shared helpers for the quant
+//! convolutions, pooling, normalizations and attention. Shared helpers for the quant
 //! and fused operators live in `common`.
 
+mod attention;
 pub(crate) mod common;
 pub(crate) mod conv;
 mod einsum;
@@ -19,6 +20,7 @@ pub(crate) use conv::conv_geom;
 use crate::cpu::registry::OpRegistry;
 
 pub fn register(r: &mut OpRegistry) {
+    attention::register(r);
     matmul::register(r);
     einsum::register(r);
     conv::register(r);
