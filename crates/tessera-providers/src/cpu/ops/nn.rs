@@ -9,6 +9,7 @@ mod einsum;
 pub(crate) mod matmul;
 mod norm;
 mod pool;
+mod rotary;
 
 #[cfg(test)]
 mod conformance;
@@ -21,6 +22,7 @@ use crate::cpu::registry::OpRegistry;
 
 pub fn register(r: &mut OpRegistry) {
     attention::register(r);
+    rotary::register(r);
     matmul::register(r);
     einsum::register(r);
     conv::register(r);

@@ -330,13 +330,15 @@ fn run(node: &Node, at: &Attrs, inputs: &[Option<&Tensor>], ctx: &mut RunCtx) ->
                         *o = f32::NEG_INFINITY;
                     }
                 }
-                let all_masked = bias.iter().all(|&x| x == f32::NEG_INFINITY);
                 row.iter_mut().zip(&bias).for_each(|(x, &c)| *x += c);
                 if want_qk && at.qk_mode == 2 {
                     qk_out[i * total..(i + 1) * total].copy_from_slice(row);
                 }
+                // A row whose bias masks every key has no finite score (a
+                // score of +inf plus -inf is NaN, which `max` passes over),
+                // so its maximum is -inf: it gives zeros, as the spec asks.
                 let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                if all_masked || max == f32::NEG_INFINITY {
+                if max == f32::NEG_INFINITY {
                     row.fill(0.0);
                 } else {
                     let mut sum = 0f64;
@@ -403,4 +405,423 @@ fn run(node: &Node, at: &Attrs, inputs: &[Option<&Tensor>], ctx: &mut RunCtx) ->
         })?);
     }
     Ok(outs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testutil::{run_node, t_f32};
+    use proptest::prelude::*;
+    use rand::{Rng, SeedableRng};
+    use tessera_core::{Attr, DType, Node, Tensor};
+
+    /// One random problem: sizes, options and data.
+    #[derive(Clone, Debug)]
+    struct Case {
+        batch: usize,
+        kv_heads: usize,
+        group: usize,
+        sq: usize,
+        sk: usize,
+        past: usize,
+        d: usize,
+        dv: usize,
+        rank: usize,
+        /// 0: none, 1: bool, 2: additive.
+        mask: u8,
+        /// Leading mask shape over [B, Hq, Sq] (1 where it broadcasts) and
+        /// its key count.
+        mask_lead: Vec<usize>,
+        mask_keys: usize,
+        causal: bool,
+        softcap: f32,
+        window: (i64, i64),
+        nonpad: Option<Vec<i64>>,
+        qk_mode: Option<i64>,
+        seed: u64,
+    }
+
+    fn case() -> impl Strategy<Value = Case> {
+        let sizes = (1usize..3, 1usize..3, 1usize..4, 1usize..6, 1usize..6, 0usize..4, 1usize..6, 1usize..5);
+        let options = (3usize..5, 0u8..3, 1usize..4, any::<u64>(), any::<bool>(), 0u8..2, (-1i64..3, -1i64..3), 0u8..5);
+        (sizes, options, any::<bool>(), 0u64..1000).prop_map(
+            |(
+                (batch, kv_heads, group, sq, sk, past, d, dv),
+                (rank, mask, mask_rank, bits, causal, capped, window, qk),
+                use_nonpad,
+                seed,
+            )| {
+                let hq = kv_heads * group;
+                let full = [batch, hq, sq];
+                // Each leading axis of the mask either matches or broadcasts.
+                let lead: Vec<usize> = (0..mask_rank.min(3))
+                    .map(|i| 3 - mask_rank.min(3) + i)
+                    .map(|a| if bits >> a & 1 == 1 { full[a] } else { 1 })
+                    .collect();
+                let total = past + sk;
+                let mask_keys = 1 + (bits >> 8) as usize % total;
+                // nonpad_kv_seqlen excludes a cache.
+                let (past, nonpad) = if use_nonpad {
+                    (0, Some((0..batch).map(|b| ((bits >> (16 + 3 * b)) % (sk as u64 + 2)) as i64 - 1).collect()))
+                } else {
+                    (past, None)
+                };
+                let mask_keys = mask_keys.min(past + sk);
+                Case {
+                    batch,
+                    kv_heads,
+                    group,
+                    sq,
+                    sk,
+                    past,
+                    d,
+                    dv,
+                    rank,
+                    mask,
+                    mask_lead: lead,
+                    mask_keys,
+                    causal,
+                    softcap: if capped == 1 { 1.5 } else { 0.0 },
+                    window,
+                    nonpad,
+                    qk_mode: if qk < 4 { Some(qk as i64) } else { None },
+                    seed,
+                }
+            },
+        )
+    }
+
+    fn random(n: usize, rng: &mut rand::rngs::StdRng) -> Vec<f32> {
+        (0..n).map(|_| rng.random_range(-2.0f32..2.0)).collect()
+    }
+
+    /// The operator's definition, in f64 on whole [B, H, S, d] tensors.
+    /// Returns Y as [B, Hq, Sq, dv] and the scores output as [B, Hq, Sq, T].
+    #[allow(clippy::too_many_arguments)]
+    fn reference(
+        c: &Case,
+        q4: &[f32],
+        k4: &[f32],
+        v4: &[f32],
+        mask: Option<&[f32]>,
+        mask_bool: Option<&[bool]>,
+        scale: f64,
+    ) -> (Vec<f64>, Vec<f64>) {
+        let (hq, t) = (c.kv_heads * c.group, c.past + c.sk);
+        let mut y = vec![0f64; c.batch * hq * c.sq * c.dv];
+        let mut qk = vec![0f64; c.batch * hq * c.sq * t];
+        let lead_full = [c.batch, hq, c.sq];
+        let off = 3 - c.mask_lead.len();
+        for b in 0..c.batch {
+            for h in 0..hq {
+                let g = h / c.group;
+                for i in 0..c.sq {
+                    let mut s = vec![0f64; t];
+                    let mut bias = vec![0f64; t];
+                    for j in 0..t {
+                        let mut dot = 0f64;
+                        for x in 0..c.d {
+                            dot += q4[((b * hq + h) * c.sq + i) * c.d + x] as f64
+                                * k4[((b * c.kv_heads + g) * t + j) * c.d + x] as f64;
+                        }
+                        s[j] = dot * scale;
+                        if c.softcap > 0.0 {
+                            s[j] = c.softcap as f64 * (s[j] / c.softcap as f64).tanh();
+                        }
+                        // Mask element (b, h, i, j), broadcast, keys past its end masked.
+                        let coord = [b, h, i];
+                        let mut at = 0;
+                        for (a, &n) in c.mask_lead.iter().enumerate() {
+                            at = at * n + if n == 1 { 0 } else { coord[off + a] };
+                        }
+                        let _ = lead_full;
+                        let at = at * c.mask_keys + j;
+                        if j >= c.mask_keys && c.mask != 0 {
+                            bias[j] = f64::NEG_INFINITY;
+                        } else if let Some(m) = mask {
+                            bias[j] += m[at] as f64;
+                        } else if let Some(m) = mask_bool {
+                            if !m[at] {
+                                bias[j] = f64::NEG_INFINITY;
+                            }
+                        }
+                        let offset = match &c.nonpad {
+                            Some(n) => n[b] - c.sq as i64,
+                            None => c.past as i64,
+                        };
+                        let p = i as i64 + offset;
+                        let jj = j as i64;
+                        let (left, right) = c.window;
+                        if (c.causal && jj > p)
+                            || (left >= 0 && p - jj > left)
+                            || (right >= 0 && jj - p > right)
+                            || c.nonpad.as_ref().is_some_and(|n| jj >= n[b])
+                        {
+                            bias[j] = f64::NEG_INFINITY;
+                        }
+                    }
+                    let row = ((b * hq + h) * c.sq + i) * t;
+                    let mode = c.qk_mode.unwrap_or(0);
+                    let biased: Vec<f64> = s.iter().zip(&bias).map(|(a, b)| a + b).collect();
+                    let max = biased.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                    let p: Vec<f64> = if bias.iter().all(|&v| v == f64::NEG_INFINITY) {
+                        vec![0.0; t]
+                    } else {
+                        let e: Vec<f64> = biased.iter().map(|v| (v - max).exp()).collect();
+                        let sum: f64 = e.iter().sum();
+                        e.iter().map(|v| v / sum).collect()
+                    };
+                    let shown = match mode {
+                        0 | 1 => &s,
+                        2 => &biased,
+                        _ => &p,
+                    };
+                    qk[row..row + t].copy_from_slice(shown);
+                    for x in 0..c.dv {
+                        y[((b * hq + h) * c.sq + i) * c.dv + x] =
+                            (0..t).map(|j| p[j] * v4[((b * c.kv_heads + g) * t + j) * c.dv + x] as f64).sum();
+                    }
+                }
+            }
+        }
+        (y, qk)
+    }
+
+    /// `[B, H, S, d]` as `[B, S, H·d]`.
+    fn to_3d(x: &[f32], b: usize, h: usize, s: usize, d: usize) -> Vec<f32> {
+        let mut out = vec![0f32; x.len()];
+        for bb in 0..b {
+            for hh in 0..h {
+                for ss in 0..s {
+                    for dd in 0..d {
+                        out[((bb * s + ss) * h + hh) * d + dd] = x[((bb * h + hh) * s + ss) * d + dd];
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn check(c: &Case) {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(c.seed);
+        let (hq, hkv, t) = (c.kv_heads * c.group, c.kv_heads, c.past + c.sk);
+        let q4 = random(c.batch * hq * c.sq * c.d, &mut rng);
+        let knew = random(c.batch * hkv * c.sk * c.d, &mut rng);
+        let vnew = random(c.batch * hkv * c.sk * c.dv, &mut rng);
+        let pk = random(c.batch * hkv * c.past * c.d, &mut rng);
+        let pv = random(c.batch * hkv * c.past * c.dv, &mut rng);
+        // The cache as the reference sees it: past rows, then the new ones.
+        let cat = |past: &[f32], new: &[f32], d: usize| {
+            let mut out = Vec::new();
+            for bh in 0..c.batch * hkv {
+                out.extend_from_slice(&past[bh * c.past * d..(bh + 1) * c.past * d]);
+                out.extend_from_slice(&new[bh * c.sk * d..(bh + 1) * c.sk * d]);
+            }
+            out
+        };
+        let (k4, v4) = (cat(&pk, &knew, c.d), cat(&pv, &vnew, c.dv));
+        let mask_len: usize = c.mask_lead.iter().product::<usize>() * c.mask_keys;
+        let mut mask_shape = c.mask_lead.clone();
+        mask_shape.push(c.mask_keys);
+        // Additive masks carry some -inf, boolean ones some false.
+        let float_mask: Vec<f32> = (0..mask_len)
+            .map(|_| if rng.random_bool(0.2) { f32::NEG_INFINITY } else { rng.random_range(-1.0f32..1.0) })
+            .collect();
+        let bool_mask: Vec<bool> = (0..mask_len).map(|_| rng.random_bool(0.7)).collect();
+        let scale = if c.seed % 2 == 0 { None } else { Some(0.3f32) };
+        let (want_y, want_qk) = reference(
+            c,
+            &q4,
+            &k4,
+            &v4,
+            (c.mask == 2).then_some(&float_mask[..]),
+            (c.mask == 1).then_some(&bool_mask[..]),
+            scale.map_or(1.0 / (c.d as f64).sqrt(), |s| s as f64),
+        );
+
+        let (q_in, k_in, v_in) = if c.rank == 4 {
+            (
+                t_f32(&[c.batch, hq, c.sq, c.d], &q4),
+                t_f32(&[c.batch, hkv, c.sk, c.d], &knew),
+                t_f32(&[c.batch, hkv, c.sk, c.dv], &vnew),
+            )
+        } else {
+            (
+                t_f32(&[c.batch, c.sq, hq * c.d], &to_3d(&q4, c.batch, hq, c.sq, c.d)),
+                t_f32(&[c.batch, c.sk, hkv * c.d], &to_3d(&knew, c.batch, hkv, c.sk, c.d)),
+                t_f32(&[c.batch, c.sk, hkv * c.dv], &to_3d(&vnew, c.batch, hkv, c.sk, c.dv)),
+            )
+        };
+        let mask_in = match c.mask {
+            1 => Some(
+                Tensor::from_slice(&mask_shape, &bool_mask.iter().map(|&v| v as u8).collect::<Vec<u8>>())
+                    .unwrap()
+                    .with_dtype(DType::Bool)
+                    .unwrap(),
+            ),
+            2 => Some(t_f32(&mask_shape, &float_mask)),
+            _ => None,
+        };
+        let has_past = c.past > 0;
+        let mut node = Node::new(
+            "Attention",
+            "a",
+            &["q", "k", "v", "m", "pk", "pv", "n"],
+            &[
+                "y",
+                if has_past { "present_k" } else { "" },
+                if has_past { "present_v" } else { "" },
+                if c.qk_mode.is_some() { "qk" } else { "" },
+            ],
+        )
+        .with_attr("is_causal", Attr::Int(c.causal as i64))
+        .with_attr("left_window_size", Attr::Int(c.window.0))
+        .with_attr("right_window_size", Attr::Int(c.window.1));
+        if c.rank == 3 {
+            node = node.with_attr("q_num_heads", Attr::Int(hq as i64)).with_attr("kv_num_heads", Attr::Int(hkv as i64));
+        }
+        if let Some(s) = scale {
+            node = node.with_attr("scale", Attr::Float(s));
+        }
+        if c.softcap > 0.0 {
+            node = node.with_attr("softcap", Attr::Float(c.softcap));
+        }
+        if let Some(m) = c.qk_mode {
+            node = node.with_attr("qk_matmul_output_mode", Attr::Int(m));
+        }
+        let inputs = vec![
+            Some(q_in),
+            Some(k_in),
+            Some(v_in),
+            mask_in,
+            has_past.then(|| t_f32(&[c.batch, hkv, c.past, c.d], &pk)),
+            has_past.then(|| t_f32(&[c.batch, hkv, c.past, c.dv], &pv)),
+            c.nonpad.as_ref().map(|n| Tensor::from_slice(&[c.batch], n).unwrap()),
+        ];
+        let outs = run_node(&node, 25, &inputs).unwrap();
+        let y = outs[0].as_slice::<f32>().unwrap();
+        let want_y: Vec<f64> = if c.rank == 4 {
+            want_y
+        } else {
+            let w: Vec<f32> = want_y.iter().map(|&v| v as f32).collect();
+            to_3d(&w, c.batch, hq, c.sq, c.dv).into_iter().map(|v| v as f64).collect()
+        };
+        assert_eq!(y.len(), want_y.len());
+        for (i, (&got, &want)) in y.iter().zip(&want_y).enumerate() {
+            assert!((got as f64 - want).abs() <= 1e-4 * (1.0 + want.abs()), "Y[{i}]: {got} vs {want} in {c:?}");
+        }
+        if has_past {
+            assert_eq!(outs[1].shape(), [c.batch, hkv, t, c.d]);
+            assert_eq!(outs[1].as_slice::<f32>().unwrap(), &k4[..]);
+            assert_eq!(outs[2].shape(), [c.batch, hkv, t, c.dv]);
+            assert_eq!(outs[2].as_slice::<f32>().unwrap(), &v4[..]);
+        }
+        if c.qk_mode.is_some() {
+            let qk = outs[3].as_slice::<f32>().unwrap();
+            assert_eq!(outs[3].shape(), [c.batch, hq, c.sq, t]);
+            for (i, (&got, &want)) in qk.iter().zip(&want_qk).enumerate() {
+                let same = (got as f64 == want) || (got as f64 - want).abs() <= 1e-4 * (1.0 + want.abs());
+                assert!(same, "scores[{i}]: {got} vs {want} in {c:?}");
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+        #[test]
+        fn attention_matches_its_definition(c in case()) {
+            check(&c);
+        }
+    }
+
+    /// Query blocks: more query rows than one block of scores holds.
+    #[test]
+    fn attention_over_several_query_blocks() {
+        for (sq, causal) in [(65, true), (130, false), (64, true)] {
+            let c = Case {
+                batch: 1,
+                kv_heads: 2,
+                group: 2,
+                sq,
+                sk: sq,
+                past: 3,
+                d: 8,
+                dv: 4,
+                rank: 3,
+                mask: 2,
+                mask_lead: vec![sq],
+                mask_keys: sq + 1,
+                causal,
+                softcap: 0.0,
+                window: (-1, -1),
+                nonpad: None,
+                qk_mode: Some(3),
+                seed: 7,
+            };
+            check(&c);
+        }
+    }
+
+    fn node3(outputs: &[&str]) -> Node {
+        Node::new("Attention", "a", &["q", "k", "v", "m", "pk", "pv"], outputs)
+            .with_attr("q_num_heads", Attr::Int(2))
+            .with_attr("kv_num_heads", Attr::Int(1))
+    }
+
+    #[test]
+    fn attention_rejects_inconsistent_inputs() {
+        let q = t_f32(&[1, 3, 8], &[0.5; 24]);
+        let k = t_f32(&[1, 4, 4], &[0.5; 16]);
+        let v = t_f32(&[1, 4, 4], &[0.5; 16]);
+        let err = |node: &Node, inputs: Vec<Option<Tensor>>| run_node(node, 23, &inputs).unwrap_err().to_string();
+        // Baseline: runs.
+        assert!(run_node(&node3(&["y"]), 23, &[Some(q.clone()), Some(k.clone()), Some(v.clone())]).is_ok());
+        // 3 query heads do not share 2 key/value heads.
+        let n = node3(&["y"]).with_attr("q_num_heads", Attr::Int(3)).with_attr("kv_num_heads", Attr::Int(2));
+        let q3 = t_f32(&[1, 3, 6], &[0.5; 18]);
+        let k2 = t_f32(&[1, 4, 4], &[0.5; 16]);
+        assert!(err(&n, vec![Some(q3), Some(k2.clone()), Some(k2)]).contains("not a multiple"));
+        // Head sizes of Q and K differ.
+        let k_wide = t_f32(&[1, 4, 6], &[0.5; 24]);
+        assert!(err(&node3(&["y"]), vec![Some(q.clone()), Some(k_wide), Some(v.clone())]).contains("do not fit"));
+        // A mask with more keys than attended.
+        let m = t_f32(&[3, 5], &[0.0; 15]);
+        assert!(
+            err(&node3(&["y"]), vec![Some(q.clone()), Some(k.clone()), Some(v.clone()), Some(m)]).contains("more than")
+        );
+        // A mask that does not broadcast.
+        let m = t_f32(&[2, 4], &[0.0; 8]);
+        assert!(
+            err(&node3(&["y"]), vec![Some(q.clone()), Some(k.clone()), Some(v.clone()), Some(m)]).contains("broadcast")
+        );
+        // past_key without past_value, and a past of the wrong head size.
+        let pk = t_f32(&[1, 1, 2, 4], &[0.5; 8]);
+        assert!(err(
+            &node3(&["y"]),
+            vec![Some(q.clone()), Some(k.clone()), Some(v.clone()), None, Some(pk.clone()), None]
+        )
+        .contains("together"));
+        let pv = t_f32(&[1, 1, 2, 3], &[0.5; 6]);
+        assert!(err(&node3(&["y"]), vec![Some(q.clone()), Some(k.clone()), Some(v.clone()), None, Some(pk), Some(pv)])
+            .contains("past_key"));
+        // 3-D inputs without head counts; a bad mode.
+        let bare = Node::new("Attention", "a", &["q", "k", "v"], &["y"]);
+        assert!(err(&bare, vec![Some(q.clone()), Some(k.clone()), Some(v.clone())]).contains("head count"));
+        let bad = node3(&["y"]).with_attr("qk_matmul_output_mode", Attr::Int(4));
+        assert!(err(&bad, vec![Some(q), Some(k), Some(v)]).contains("qk_matmul_output_mode"));
+    }
+
+    /// A row whose every key is masked gives zeros, as the spec says, not
+    /// the NaN a plain softmax would.
+    #[test]
+    fn attention_fully_masked_row_is_zero() {
+        let node = Node::new("Attention", "a", &["q", "k", "v", "m"], &["y"]);
+        let q = t_f32(&[1, 1, 2, 2], &[1.0, 2.0, 3.0, 4.0]);
+        let k = t_f32(&[1, 1, 2, 2], &[1.0, 0.0, 0.0, 1.0]);
+        let v = t_f32(&[1, 1, 2, 2], &[1.0, 2.0, 3.0, 4.0]);
+        let m = Tensor::from_slice(&[2, 2], &[1u8, 1, 0, 0]).unwrap().with_dtype(DType::Bool).unwrap();
+        let y = run_node(&node, 23, &[Some(q), Some(k), Some(v), Some(m)]).unwrap();
+        let y = y[0].as_slice::<f32>().unwrap();
+        assert_eq!(&y[2..], &[0.0, 0.0]);
+        assert!(y[..2].iter().all(|v| v.is_finite() && *v > 1.0));
+    }
 }
