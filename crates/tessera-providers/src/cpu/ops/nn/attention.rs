@@ -627,7 +627,7 @@ mod tests {
             .map(|_| if rng.random_bool(0.2) { f32::NEG_INFINITY } else { rng.random_range(-1.0f32..1.0) })
             .collect();
         let bool_mask: Vec<bool> = (0..mask_len).map(|_| rng.random_bool(0.7)).collect();
-        let scale = if c.seed % 2 == 0 { None } else { Some(0.3f32) };
+        let scale = if c.seed.is_multiple_of(2) { None } else { Some(0.3f32) };
         let (want_y, want_qk) = reference(
             c,
             &q4,

@@ -158,7 +158,7 @@ mod tests {
     }
 
     fn values(n: usize, seed: u64) -> Vec<f32> {
-        (0..n).map(|i| (((i as u64 + 1) * 2654435761 ^ seed) % 2000) as f32 / 500.0 - 2.0).collect()
+        (0..n).map(|i| ((((i as u64 + 1) * 2654435761) ^ seed) % 2000) as f32 / 500.0 - 2.0).collect()
     }
 
     proptest! {
