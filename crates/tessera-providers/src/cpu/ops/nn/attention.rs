@@ -23,6 +23,8 @@ use rayon::prelude::*;
 use tessera_core::{DType, Error, Node, Result, Tensor};
 use tessera_kernels::gemm::{sgemm, MatRef, Parallel};
 
+use std::borrow::Cow;
+
 use super::common::{to_f32_vec, write_whole_output};
 use crate::cpu::registry::{BuildCtx, CpuOp, OpRegistry, RunCtx};
 use crate::cpu::util::{opt, req};
@@ -112,6 +114,18 @@ impl<'a> Heads<'a> {
         }
     }
 
+    /// The rows of `cache` (`[B, H, past + S, d]`, see [`concat_cache`])
+    /// when there is a past to prepend, else these.
+    fn or_cache(self, cache: &'a Option<Vec<f32>>, past: usize) -> Heads<'a> {
+        match cache {
+            Some(data) if past > 0 => {
+                let (len, dim) = (past + self.len, self.dim);
+                Heads { data, batch: self.heads * len * dim, head: len * dim, row: dim, len, ..self }
+            }
+            _ => self,
+        }
+    }
+
     /// Rows `s0..s0 + n` of head `h` of batch `b`, as an `n x dim` matrix.
     fn rows(&self, b: usize, h: usize, s0: usize, n: usize) -> MatRef<'a> {
         let start = b * self.batch + h * self.head + s0 * self.row;
@@ -189,6 +203,14 @@ impl Mask {
     }
 }
 
+/// A float tensor's values as f32, borrowed when they are f32 already.
+fn f32_data(t: &Tensor) -> Result<Cow<'_, [f32]>> {
+    Ok(match t.dtype() {
+        DType::F32 => Cow::Borrowed(t.as_slice::<f32>()?),
+        _ => Cow::Owned(to_f32_vec(t)),
+    })
+}
+
 fn build_attention(node: &Node, _: &BuildCtx) -> Result<Box<dyn CpuOp>> {
     let node = node.clone();
     let attrs = Attrs::parse(&node)?;
@@ -211,7 +233,7 @@ fn run(node: &Node, at: &Attrs, inputs: &[Option<&Tensor>], ctx: &mut RunCtx) ->
     if k.rank() != rank || v.rank() != rank {
         return Err(Error::node(node, "Q, K and V must have the same rank"));
     }
-    let (qd, kd, vd) = (to_f32_vec(q), to_f32_vec(k), to_f32_vec(v));
+    let (qd, kd, vd) = (f32_data(q)?, f32_data(k)?, f32_data(v)?);
     let qh = Heads::of(node, "Q", &qd, q.shape(), at.q_heads)?;
     let kh = Heads::of(node, "K", &kd, k.shape(), at.kv_heads)?;
     let vh = Heads::of(node, "V", &vd, v.shape(), at.kv_heads)?;
@@ -261,8 +283,15 @@ fn run(node: &Node, at: &Attrs, inputs: &[Option<&Tensor>], ctx: &mut RunCtx) ->
     };
     let past_len = past.as_ref().map_or(0, |p| p.2);
     let total = past_len + kh.len;
-    let keys = concat_cache(past.as_ref().map(|p| (&p.0[..], past_len)), &kh, batch);
-    let values = concat_cache(past.as_ref().map(|p| (&p.1[..], past_len)), &vh, batch);
+    // With a cache, K and V are its concatenation with the new rows (which
+    // is also what `present_*` return); without, the inputs serve as they are.
+    let want = |i: usize| node.outputs.get(i).is_some_and(|o| !o.is_empty());
+    let cached = |i: usize, new: &Heads| -> Option<Vec<f32>> {
+        let p = past.as_ref().map(|p| (if i == 1 { &p.0[..] } else { &p.1[..] }, past_len));
+        (p.is_some() || want(i)).then(|| concat_cache(p, new, batch))
+    };
+    let (keys, values) = (cached(1, &kh), cached(2, &vh));
+    let (kall, vall) = (kh.or_cache(&keys, past_len), vh.or_cache(&values, past_len));
     let nonpad: Option<Vec<i64>> = match nonpad {
         Some(t) => {
             let n = t.to_i64_vec()?;
@@ -275,96 +304,105 @@ fn run(node: &Node, at: &Attrs, inputs: &[Option<&Tensor>], ctx: &mut RunCtx) ->
     };
     let mask = mask.map(|m| Mask::of(node, m, [batch, hq, sq], total)).transpose()?;
     let scale = at.scale.unwrap_or(1.0 / (dq as f32).sqrt());
-    let want_qk = node.outputs.get(3).is_some_and(|o| !o.is_empty());
+    let want_qk = want(3);
+    // Whether any key is masked at all (else the bias is zero throughout).
+    let structural = at.causal || at.left >= 0 || at.right >= 0 || nonpad.is_some();
 
     // Per (batch, query head): the output rows [Sq, dv] and, when asked
     // for, the scores [Sq, T].
     let mut y4 = vec![0f32; batch * hq * sq * dv];
     let mut qk = if want_qk { vec![0f32; batch * hq * sq * total] } else { Vec::new() };
     let qk_chunk = if want_qk { sq * total } else { 0 };
-    let task = |bh: usize, y: &mut [f32], qk_out: &mut [f32]| {
+    // A task is one block of `rows` query rows of one (batch, query head):
+    // its scores are `rows x T` values, up to about 32K unless the rows are
+    // few anyway.
+    let rows = (32768 / total.max(1)).max(QUERY_BLOCK).min(sq.max(1));
+    let blocks = sq.div_ceil(rows);
+    let task = |t: usize, y: &mut [f32], qk_out: &mut [f32]| {
+        let (bh, i0) = (t / blocks, t % blocks * rows);
         let (b, h) = (bh / hq, bh % hq);
         let g = h / group;
-        let kmat = MatRef {
-            data: &keys[(b * hkv + g) * total * dq..][..total * dq],
-            rows: total,
-            cols: dq,
-            row_stride: dq,
-            col_stride: 1,
-        };
-        let vmat = MatRef::row_major(&values[(b * hkv + g) * total * dv..][..total * dv], total, dv);
+        let n = rows.min(sq - i0);
         // Where the causal and window frontiers sit for this batch.
         let offset = match &nonpad {
             Some(n) => n[b] - sq as i64,
             None => past_len as i64,
         };
         let valid = nonpad.as_ref().map(|n| n[b]);
-        let mut scores = vec![0f32; QUERY_BLOCK.min(sq.max(1)) * total];
+        // Under a causal mask no row of the block reaches past key
+        // `i0 + n + offset`: those scores are not computed (unless the
+        // scores are an output) and their probabilities are 0.
+        let live =
+            if at.causal && !want_qk { (i0 as i64 + n as i64 + offset).clamp(0, total as i64) as usize } else { total };
+        let mut s = vec![0f32; n * total];
         let mut bias = vec![0f32; total];
-        for i0 in (0..sq).step_by(QUERY_BLOCK) {
-            let n = QUERY_BLOCK.min(sq - i0);
-            let s = &mut scores[..n * total];
-            sgemm(qh.rows(b, h, i0, n), kmat.t(), s, total, scale, 0.0, Parallel::None);
-            for (r, row) in s.chunks_exact_mut(total.max(1)).enumerate().take(n) {
-                let i = i0 + r;
-                if at.softcap > 0.0 {
-                    row.iter_mut().for_each(|x| *x = at.softcap * (*x / at.softcap).tanh());
-                }
-                if want_qk && at.qk_mode <= 1 {
-                    qk_out[i * total..(i + 1) * total].copy_from_slice(row);
-                }
-                // The additive bias of this query row.
+        sgemm(qh.rows(b, h, i0, n), kall.rows(b, g, 0, live).t(), &mut s, total, scale, 0.0, Parallel::None);
+        for (r, row) in s.chunks_exact_mut(total.max(1)).enumerate().take(n) {
+            let (i, qk_row) = (i0 + r, r * total..(r + 1) * total);
+            let row = &mut row[..live];
+            if at.softcap > 0.0 {
+                row.iter_mut().for_each(|x| *x = at.softcap * (*x / at.softcap).tanh());
+            }
+            if want_qk && at.qk_mode <= 1 {
+                qk_out[qk_row.clone()].copy_from_slice(row);
+            }
+            // The additive bias of this query row: the mask, then -inf
+            // outside the keys `lo..hi` that the causal and window
+            // frontiers and the key padding leave.
+            let mut all_masked = false;
+            if mask.is_some() || structural {
                 bias.fill(0.0);
                 if let Some(m) = &mask {
                     m.add_row(b, h, i, &mut bias);
                 }
                 let frontier = i as i64 + offset;
-                for (j, o) in bias.iter_mut().enumerate() {
-                    let j = j as i64;
-                    let diff = frontier - j;
-                    let blocked = (at.causal && j > frontier)
-                        || (at.left >= 0 && diff > at.left)
-                        || (at.right >= 0 && -diff > at.right)
-                        || valid.is_some_and(|n| j >= n);
-                    if blocked {
-                        *o = f32::NEG_INFINITY;
-                    }
+                let mut hi = total as i64;
+                if at.causal {
+                    hi = hi.min(frontier + 1);
                 }
+                if at.right >= 0 {
+                    hi = hi.min(frontier + at.right + 1);
+                }
+                if let Some(n) = valid {
+                    hi = hi.min(n);
+                }
+                let lo = if at.left >= 0 { (frontier - at.left).max(0) } else { 0 };
+                let clamp = |v: i64| v.clamp(0, total as i64) as usize;
+                let (lo, hi) = (clamp(lo), clamp(hi).max(clamp(lo)));
+                bias[..lo].fill(f32::NEG_INFINITY);
+                bias[hi..].fill(f32::NEG_INFINITY);
+                all_masked = bias[lo..hi].iter().all(|&c| c == f32::NEG_INFINITY);
                 row.iter_mut().zip(&bias).for_each(|(x, &c)| *x += c);
-                if want_qk && at.qk_mode == 2 {
-                    qk_out[i * total..(i + 1) * total].copy_from_slice(row);
-                }
-                // A row whose bias masks every key has no finite score (a
-                // score of +inf plus -inf is NaN, which `max` passes over),
-                // so its maximum is -inf: it gives zeros, as the spec asks.
-                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                if max == f32::NEG_INFINITY {
-                    row.fill(0.0);
-                } else {
-                    let mut sum = 0f64;
-                    for x in row.iter_mut() {
-                        *x = (*x - max).exp();
-                        sum += *x as f64;
-                    }
-                    let inv = (1.0 / sum) as f32;
-                    row.iter_mut().for_each(|x| *x *= inv);
-                }
-                if want_qk && at.qk_mode == 3 {
-                    qk_out[i * total..(i + 1) * total].copy_from_slice(row);
-                }
             }
-            let p = MatRef::row_major(&s[..], n, total);
-            sgemm(p, vmat, &mut y[i0 * dv..(i0 + n) * dv], dv, 1.0, 0.0, Parallel::None);
+            if want_qk && at.qk_mode == 2 {
+                qk_out[qk_row.clone()].copy_from_slice(row);
+            }
+            // A row whose bias masks every key gives zeros, as the spec
+            // asks (decided on the bias: a score of +inf there would make
+            // the softmax NaN).
+            if all_masked {
+                row.fill(0.0);
+            } else {
+                let inv = tessera_kernels::elementwise::softmax_exp_in_place(row);
+                row.iter_mut().for_each(|x| *x *= inv);
+            }
+            if want_qk && at.qk_mode == 3 {
+                qk_out[qk_row].copy_from_slice(row);
+            }
         }
+        let p = MatRef { data: &s, rows: n, cols: live, row_stride: total, col_stride: 1 };
+        sgemm(p, vall.rows(b, g, 0, live), y, dv, 1.0, 0.0, Parallel::None);
     };
+    // Blocks of Y rows (and of scores, when they are an output), one per task.
     let y_chunk = (sq * dv).max(1);
+    let y_blocks = y4.chunks_mut(y_chunk).flat_map(|y| y.chunks_mut((rows * dv).max(1)));
     if want_qk {
-        y4.par_chunks_mut(y_chunk)
-            .zip(qk.par_chunks_mut(qk_chunk.max(1)))
-            .enumerate()
-            .for_each(|(bh, (y, s))| task(bh, y, s));
+        let qk_blocks = qk.chunks_mut(qk_chunk.max(1)).flat_map(|s| s.chunks_mut(rows * total));
+        let work: Vec<(&mut [f32], &mut [f32])> = y_blocks.zip(qk_blocks).collect();
+        work.into_par_iter().enumerate().for_each(|(t, (y, s))| task(t, y, s));
     } else {
-        y4.par_chunks_mut(y_chunk).enumerate().for_each(|(bh, y)| task(bh, y, &mut []));
+        let work: Vec<&mut [f32]> = y_blocks.collect();
+        work.into_par_iter().enumerate().for_each(|(t, y)| task(t, y, &mut []));
     }
 
     // Y in the inputs' layout: [B, Hq, Sq, dv], or [B, Sq, Hq·dv] for 3-D.
@@ -389,13 +427,12 @@ fn run(node: &Node, at: &Attrs, inputs: &[Option<&Tensor>], ctx: &mut RunCtx) ->
         if i + 1 >= node.outputs.len() {
             break;
         }
-        outs.push(if wanted(i + 1) {
-            write_whole_output::<f32>(ctx, dtype, &[batch, hkv, total, d], |out| {
+        outs.push(match data {
+            Some(data) if wanted(i + 1) => write_whole_output::<f32>(ctx, dtype, &[batch, hkv, total, d], |out| {
                 out.copy_from_slice(&data);
                 Ok(())
-            })?
-        } else {
-            Tensor::zeros(dtype, &[0])?
+            })?,
+            _ => Tensor::zeros(dtype, &[0])?,
         });
     }
     if want_qk {
@@ -733,10 +770,12 @@ mod tests {
         }
     }
 
-    /// Query blocks: more query rows than one block of scores holds.
+    /// Query blocks: more query rows than one block of scores holds (past
+    /// 512 keys a block is 64 rows), with and without the score output
+    /// (without it, a causal block skips the keys past its last frontier).
     #[test]
     fn attention_over_several_query_blocks() {
-        for (sq, causal) in [(65, true), (130, false), (64, true)] {
+        for (sq, causal, qk_mode) in [(600, true, None), (600, true, Some(3)), (530, false, None), (64, true, None)] {
             let c = Case {
                 batch: 1,
                 kv_heads: 2,
@@ -744,8 +783,8 @@ mod tests {
                 sq,
                 sk: sq,
                 past: 3,
-                d: 8,
-                dv: 4,
+                d: 3,
+                dv: 2,
                 rank: 3,
                 mask: 2,
                 mask_lead: vec![sq],
@@ -754,7 +793,7 @@ mod tests {
                 softcap: 0.0,
                 window: (-1, -1),
                 nonpad: None,
-                qk_mode: Some(3),
+                qk_mode,
                 seed: 7,
             };
             check(&c);
