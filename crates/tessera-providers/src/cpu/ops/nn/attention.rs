@@ -116,7 +116,7 @@ impl<'a> Heads<'a> {
 
     /// The rows of `cache` (`[B, H, past + S, d]`, see [`concat_cache`])
     /// when there is a past to prepend, else these.
-    fn or_cache(self, cache: &'a Option<Vec<f32>>, past: usize) -> Heads<'a> {
+    fn or_cache(self, cache: Option<&'a [f32]>, past: usize) -> Heads<'a> {
         match cache {
             Some(data) if past > 0 => {
                 let (len, dim) = (past + self.len, self.dim);
@@ -135,10 +135,9 @@ impl<'a> Heads<'a> {
 }
 
 /// `[B, H, past + S, d]`: the past rows of each head, then the new ones.
-fn concat_cache(past: Option<(&[f32], usize)>, new: &Heads, batch: usize) -> Vec<f32> {
+fn concat_cache(past: Option<(&[f32], usize)>, new: &Heads, out: &mut [f32]) {
     let p = past.map_or(0, |(_, p)| p);
     let (h, d, total) = (new.heads, new.dim, p + new.len);
-    let mut out = vec![0f32; batch * h * total * d];
     out.par_chunks_mut((total * d).max(1)).enumerate().for_each(|(bh, dst)| {
         let (b, hh) = (bh / h, bh % h);
         if let Some((data, _)) = past {
@@ -149,7 +148,22 @@ fn concat_cache(past: Option<(&[f32], usize)>, new: &Heads, batch: usize) -> Vec
             dst[(p + s) * d..(p + s + 1) * d].copy_from_slice(&new.data[src..src + d]);
         }
     });
-    out
+}
+
+/// The key or value cache (`[B, Hkv, past + S, d]`): built straight into
+/// the `present_*` output where that is f32, else into a buffer.
+enum Cache {
+    Output(Tensor),
+    Buffer(Vec<f32>),
+}
+
+impl Cache {
+    fn values(&self) -> Result<&[f32]> {
+        match self {
+            Cache::Output(t) => t.as_slice::<f32>(),
+            Cache::Buffer(v) => Ok(v),
+        }
+    }
 }
 
 /// The attention mask, broadcast over `[B, Hq, Sq, T]` except for its key
@@ -277,7 +291,7 @@ fn run(node: &Node, at: &Attrs, inputs: &[Option<&Tensor>], ctx: &mut RunCtx) ->
                     ),
                 ));
             }
-            Some((to_f32_vec(pk), to_f32_vec(pv), p))
+            Some((f32_data(pk)?, f32_data(pv)?, p))
         }
         _ => None,
     };
@@ -286,12 +300,25 @@ fn run(node: &Node, at: &Attrs, inputs: &[Option<&Tensor>], ctx: &mut RunCtx) ->
     // With a cache, K and V are its concatenation with the new rows (which
     // is also what `present_*` return); without, the inputs serve as they are.
     let want = |i: usize| node.outputs.get(i).is_some_and(|o| !o.is_empty());
-    let cached = |i: usize, new: &Heads| -> Option<Vec<f32>> {
+    let mut caches = Vec::with_capacity(2);
+    for (i, new, dtype) in [(1, &kh, k.dtype()), (2, &vh, v.dtype())] {
         let p = past.as_ref().map(|p| (if i == 1 { &p.0[..] } else { &p.1[..] }, past_len));
-        (p.is_some() || want(i)).then(|| concat_cache(p, new, batch))
-    };
-    let (keys, values) = (cached(1, &kh), cached(2, &vh));
-    let (kall, vall) = (kh.or_cache(&keys, past_len), vh.or_cache(&values, past_len));
+        caches.push(if p.is_none() && !want(i) {
+            None
+        } else if want(i) && dtype == DType::F32 {
+            let mut t = ctx.alloc_for_overwrite(DType::F32, &[batch, new.heads, total, new.dim])?;
+            concat_cache(p, new, t.as_mut_slice::<f32>()?);
+            Some(Cache::Output(t))
+        } else {
+            let mut v = vec![0f32; batch * new.heads * total * new.dim];
+            concat_cache(p, new, &mut v);
+            Some(Cache::Buffer(v))
+        });
+    }
+    fn values_of(c: &Option<Cache>) -> Result<Option<&[f32]>> {
+        c.as_ref().map(Cache::values).transpose()
+    }
+    let (kall, vall) = (kh.or_cache(values_of(&caches[0])?, past_len), vh.or_cache(values_of(&caches[1])?, past_len));
     let nonpad: Option<Vec<i64>> = match nonpad {
         Some(t) => {
             let n = t.to_i64_vec()?;
@@ -423,15 +450,19 @@ fn run(node: &Node, at: &Attrs, inputs: &[Option<&Tensor>], ctx: &mut RunCtx) ->
     })?;
     let mut outs = vec![y];
     let wanted = |i: usize| node.outputs.get(i).is_some_and(|o| !o.is_empty());
-    for (i, (data, d, dtype)) in [(keys, dq, k.dtype()), (values, dv, v.dtype())].into_iter().enumerate() {
+    let [keys, values]: [Option<Cache>; 2] = caches.try_into().map_err(|_| Error::node(node, "two caches"))?;
+    for (i, (cache, d, dtype)) in [(keys, dq, k.dtype()), (values, dv, v.dtype())].into_iter().enumerate() {
         if i + 1 >= node.outputs.len() {
             break;
         }
-        outs.push(match data {
-            Some(data) if wanted(i + 1) => write_whole_output::<f32>(ctx, dtype, &[batch, hkv, total, d], |out| {
-                out.copy_from_slice(&data);
-                Ok(())
-            })?,
+        outs.push(match cache {
+            Some(Cache::Output(t)) => t,
+            Some(Cache::Buffer(data)) if wanted(i + 1) => {
+                write_whole_output::<f32>(ctx, dtype, &[batch, hkv, total, d], |out| {
+                    out.copy_from_slice(&data);
+                    Ok(())
+                })?
+            }
             _ => Tensor::zeros(dtype, &[0])?,
         });
     }
