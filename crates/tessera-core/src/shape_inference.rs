@@ -111,6 +111,7 @@ const UNARY_SAME: &[&str] = &[
     "DynamicQuantizeLinear",
     "BitwiseNot",
     "RMSNormalization",
+    "RotaryEmbedding",
 ];
 
 const BROADCAST_OPS: &[&str] = &[
@@ -413,6 +414,26 @@ fn infer_node(n: &Node, ins: &[Option<&Known>]) -> Result<Vec<Known>> {
             let (a, b) = if op == "QLinearMatMul" { (shape(0), shape(3)) } else { (shape(0), shape(1)) };
             if let (Some(a), Some(b)) = (a, b) {
                 set(&mut outs, matmul_shape(&a, &b));
+            }
+        }
+        "Attention" if onnx => {
+            // Y: [B, Hq, Sq, dv] from 4-D Q and V, [B, Sq, Hq·dv] from 3-D
+            // ones; the cache and score outputs are left unknown.
+            let heads = |a: &str| n.attr_int(a).ok().flatten().filter(|&h| h > 0).map(|h| h as usize);
+            let y = match (shape(0).as_deref(), shape(2).as_deref()) {
+                (Some([b, h, s, _]), Some([_, _, _, dv])) => Some(vec![b.clone(), h.clone(), s.clone(), dv.clone()]),
+                (Some([b, s, _]), Some([_, _, cv])) => {
+                    let width = match (heads("q_num_heads"), heads("kv_num_heads"), cv) {
+                        (Some(hq), Some(hkv), Dim::Known(cv)) if cv % hkv == 0 => Dim::Known(hq * (cv / hkv)),
+                        _ => Dim::Unknown,
+                    };
+                    Some(vec![b.clone(), s.clone(), width])
+                }
+                _ => None,
+            };
+            set(&mut outs, y);
+            for o in outs.iter_mut().skip(1) {
+                o.shape = None;
             }
         }
         _ if BROADCAST_OPS.contains(&op) => {
@@ -1019,6 +1040,38 @@ mod tests {
         // 10, 7, 4, 1: four values; counting up from 10 to 0: none.
         assert_eq!(g.value_info["down"].shape, Some(vec![Dim::Known(4)]));
         assert_eq!(g.value_info["empty"].shape, Some(vec![Dim::Known(0)]));
+    }
+
+    #[test]
+    fn attention_and_rotary_shapes() {
+        // RotaryEmbedding keeps its input's shape; Attention's Y takes Q's
+        // leading axes and V's head size (3-D: times the query heads).
+        let k = |d: usize| Dim::Known(d);
+        let mut g = Graph {
+            nodes: vec![
+                Node::new("RotaryEmbedding", "r", &["q3", "cos", "sin", "pos"], &["qr"]),
+                Node::new("Attention", "a3", &["qr", "k3", "v3"], &["y3", "present_k"])
+                    .with_attr("q_num_heads", Attr::Int(8))
+                    .with_attr("kv_num_heads", Attr::Int(2)),
+                Node::new("Attention", "a4", &["q4", "k4", "v4"], &["y4"]),
+            ],
+            inputs: vec![
+                vi("q3", DType::F32, vec![sym("b"), sym("s"), k(8 * 16)]),
+                vi("k3", DType::F32, vec![sym("b"), k(5), k(2 * 16)]),
+                vi("v3", DType::F32, vec![sym("b"), k(5), k(2 * 24)]),
+                vi("q4", DType::F16, vec![k(2), k(4), sym("s"), k(16)]),
+                vi("k4", DType::F16, vec![k(2), k(1), k(7), k(16)]),
+                vi("v4", DType::F16, vec![k(2), k(1), k(7), k(24)]),
+            ],
+            outputs: vec![vi("y3", DType::F32, vec![]), vi("y4", DType::F16, vec![])],
+            ..Default::default()
+        };
+        infer(&mut g).unwrap();
+        assert_eq!(g.value_info["qr"].shape, Some(vec![sym("b"), sym("s"), k(128)]));
+        assert_eq!(g.value_info["y3"].shape, Some(vec![sym("b"), sym("s"), k(8 * 24)]));
+        assert!(g.value_info.get("present_k").is_none_or(|v| v.shape.is_none()));
+        assert_eq!(g.value_info["y4"].shape, Some(vec![k(2), k(4), sym("s"), k(24)]));
+        assert_eq!(g.value_info["y4"].dtype, Some(DType::F16));
     }
 
     #[test]
