@@ -138,20 +138,21 @@ def main() -> int:
     print(f"onnxruntime {ort.__version__}; p50 ms; ratio = ORT p50 / Tessera p50 (above 1: Tessera faster)")
     print(f"{'case':<20}{'thr':>4}{'ORT':>10}{'tessera':>10}{'ratio':>7}{'max err':>10}")
     failed = False
-    work = Path(tempfile.mkdtemp(prefix="attention_vs_ort_"))
-    for name in cases:
-        path, feeds = build(name, work)
-        for t in threads:
-            ort_ms, ref = ort_time(path, feeds, t, warmup, iters)
-            try:
-                ms, got = tessera(a.tessera, path, feeds, t, warmup, iters)
-                err = float(np.abs(got.astype(np.float64) - ref).max() / max(np.abs(ref).max(), 1e-30))
-                if got.shape != ref.shape or not err < 1e-4:
+    with tempfile.TemporaryDirectory(prefix="attention_vs_ort_") as tmp:
+        work = Path(tmp)
+        for name in cases:
+            path, feeds = build(name, work)
+            for t in threads:
+                ort_ms, ref = ort_time(path, feeds, t, warmup, iters)
+                try:
+                    ms, got = tessera(a.tessera, path, feeds, t, warmup, iters)
+                    err = float(np.abs(got.astype(np.float64) - ref).max() / max(np.abs(ref).max(), 1e-30))
+                    if got.shape != ref.shape or not err < 1e-4:
+                        failed = True
+                    print(f"{name:<20}{t:>4}{ort_ms:>10.3f}{ms:>10.3f}{ort_ms / ms:>7.2f}{err:>10.2e}", flush=True)
+                except (RuntimeError, StopIteration, FileNotFoundError, ValueError) as e:
                     failed = True
-                print(f"{name:<20}{t:>4}{ort_ms:>10.3f}{ms:>10.3f}{ort_ms / ms:>7.2f}{err:>10.2e}", flush=True)
-            except (RuntimeError, StopIteration, FileNotFoundError, ValueError) as e:
-                failed = True
-                print(f"{name:<20}{t:>4}{ort_ms:>10.3f}  error: {e}", flush=True)
+                    print(f"{name:<20}{t:>4}{ort_ms:>10.3f}  error: {e}", flush=True)
     return 1 if failed else 0
 
 

@@ -123,26 +123,27 @@ def main() -> int:
     print(f"onnxruntime {ort.__version__}; p50 ms; ratio = ORT fp32 p50 / Tessera p50 (above 1: Tessera faster)")
     print(f"{'model':<14}{'thr':>4}{'ORT fp32':>10}  " + "  ".join(f"{'tessera ' + p:>16}{'ratio':>7}{'cosine':>10}{'rel err':>10}" for p in precisions))
     failed = False
-    work = Path(tempfile.mkdtemp(prefix="cnn_vs_ort_"))
-    for mname in models:
-        path = without_final_softmax(model_path(mname), work)
-        name, x = make_input(path)
-        out_name = onnx.load(str(path), load_external_data=False).graph.output[0].name
-        for t in threads:
-            ort_ms, ref = ort_time(path, name, x, t, warmup, iters)
-            cells = []
-            for p in precisions:
-                try:
-                    ms = tessera_time(a.tessera, path, t, p, warmup, iters)
-                    got = tessera_output(a.tessera, path, name, x, t, p, out_name).astype(np.float64).ravel()
-                    r = ref.astype(np.float64).ravel()
-                    cos = float(got @ r / (np.linalg.norm(got) * np.linalg.norm(r) + 1e-30))
-                    err = float(np.abs(got - r).max() / max(np.abs(r).max(), 1e-30))
-                    cells.append(f"{ms:>16.2f}{ort_ms / ms:>7.2f}{cos:>10.6f}{err:>10.2e}")
-                except (RuntimeError, StopIteration, FileNotFoundError, ValueError) as e:
-                    failed = True
-                    cells.append(f"  error: {e}")
-            print(f"{Path(mname).stem:<14}{t:>4}{ort_ms:>10.2f}  " + "  ".join(cells), flush=True)
+    with tempfile.TemporaryDirectory(prefix="cnn_vs_ort_") as tmp:
+        work = Path(tmp)
+        for mname in models:
+            path = without_final_softmax(model_path(mname), work)
+            name, x = make_input(path)
+            out_name = onnx.load(str(path), load_external_data=False).graph.output[0].name
+            for t in threads:
+                ort_ms, ref = ort_time(path, name, x, t, warmup, iters)
+                cells = []
+                for p in precisions:
+                    try:
+                        ms = tessera_time(a.tessera, path, t, p, warmup, iters)
+                        got = tessera_output(a.tessera, path, name, x, t, p, out_name).astype(np.float64).ravel()
+                        r = ref.astype(np.float64).ravel()
+                        cos = float(got @ r / (np.linalg.norm(got) * np.linalg.norm(r) + 1e-30))
+                        err = float(np.abs(got - r).max() / max(np.abs(r).max(), 1e-30))
+                        cells.append(f"{ms:>16.2f}{ort_ms / ms:>7.2f}{cos:>10.6f}{err:>10.2e}")
+                    except (RuntimeError, StopIteration, FileNotFoundError, ValueError) as e:
+                        failed = True
+                        cells.append(f"  error: {e}")
+                print(f"{Path(mname).stem:<14}{t:>4}{ort_ms:>10.2f}  " + "  ".join(cells), flush=True)
     return 1 if failed else 0
 
 

@@ -418,7 +418,8 @@ fn infer_node(n: &Node, ins: &[Option<&Known>]) -> Result<Vec<Known>> {
         }
         "Attention" if onnx => {
             // Y: [B, Hq, Sq, dv] from 4-D Q and V, [B, Sq, Hq·dv] from 3-D
-            // ones; the cache and score outputs are left unknown.
+            // ones; the cache outputs take K's and V's types, the scores
+            // Q's (their shapes are left unknown).
             let heads = |a: &str| n.attr_int(a).ok().flatten().filter(|&h| h > 0).map(|h| h as usize);
             let y = match (shape(0).as_deref(), shape(2).as_deref()) {
                 (Some([b, h, s, _]), Some([_, _, _, dv])) => Some(vec![b.clone(), h.clone(), s.clone(), dv.clone()]),
@@ -432,8 +433,9 @@ fn infer_node(n: &Node, ins: &[Option<&Known>]) -> Result<Vec<Known>> {
                 _ => None,
             };
             set(&mut outs, y);
-            for o in outs.iter_mut().skip(1) {
-                o.shape = None;
+            let dtype_of = |i: usize| ins.get(i).copied().flatten().and_then(|k| k.dtype);
+            for (o, from) in outs.iter_mut().zip([0, 1, 2, 0]).skip(1) {
+                o.dtype = dtype_of(from);
             }
         }
         _ if BROADCAST_OPS.contains(&op) => {
@@ -1069,7 +1071,8 @@ mod tests {
         infer(&mut g).unwrap();
         assert_eq!(g.value_info["qr"].shape, Some(vec![sym("b"), sym("s"), k(128)]));
         assert_eq!(g.value_info["y3"].shape, Some(vec![sym("b"), sym("s"), k(8 * 24)]));
-        assert!(g.value_info.get("present_k").is_none_or(|v| v.shape.is_none()));
+        assert_eq!(g.value_info["present_k"].dtype, Some(DType::F32));
+        assert_eq!(g.value_info["present_k"].shape, None);
         assert_eq!(g.value_info["y4"].shape, Some(vec![k(2), k(4), sym("s"), k(24)]));
         assert_eq!(g.value_info["y4"].dtype, Some(DType::F16));
     }

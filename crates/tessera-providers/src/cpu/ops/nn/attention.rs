@@ -14,20 +14,24 @@
 //! cap applies before the bias, and a query row whose bias masks every key
 //! gives zeros (probabilities and output), not NaN.
 //!
-//! Everything computes in f32 (f16 and bf16 inputs are widened, outputs
-//! rounded back). Work runs per (batch, query head, block of query rows):
-//! scores exist for one block at a time unless the score output is asked
-//! for.
+//! The score output follows the spec's order of steps (0: the raw
+//! product, 1: after the soft cap, 2: after the bias, 3: the
+//! probabilities); onnx.reference's mode 0 returns the capped scores when
+//! there is a soft cap, against the spec's own function body.
+//!
+//! Everything computes in f32: f16 and bf16 inputs are widened and outputs
+//! rounded back, f64 ones too (at f32 accuracy), and `softmax_precision`
+//! asks for no more than that for the 16-bit types. Work runs per (batch,
+//! query head, block of query rows): scores exist for one block at a time
+//! unless the score output is asked for.
 
 use rayon::prelude::*;
 use tessera_core::{DType, Error, Node, Result, Tensor};
 use tessera_kernels::gemm::{sgemm, MatRef, Parallel};
 
-use std::borrow::Cow;
-
-use super::common::{to_f32_vec, write_whole_output};
+use super::common::{expect_float, to_f32_vec, write_whole_output, Float};
 use crate::cpu::registry::{BuildCtx, CpuOp, OpRegistry, RunCtx};
-use crate::cpu::util::{opt, req};
+use crate::cpu::util::{broadcast_shapes, broadcast_strides, opt, req};
 
 pub fn register(r: &mut OpRegistry) {
     r.add("Attention", build_attention);
@@ -185,18 +189,14 @@ impl Mask {
         if keys > total {
             return Err(Error::node(node, format!("attn_mask has {keys} keys, more than the {total} attended")));
         }
-        // Broadcast strides of the leading axes against [B, Hq, Sq].
+        // The leading axes broadcast against [B, Hq, Sq]; each of their
+        // elements is a row of `keys` values.
         let lead = &shape[..shape.len() - 1];
-        let mut strides = [0usize; 3];
-        let mut step = keys;
-        for (axis, &n) in lead.iter().enumerate().rev() {
-            let target = 3 - (lead.len() - axis);
-            if n != 1 && n != full[target] {
-                return Err(Error::node(node, format!("attn_mask {shape:?} does not broadcast to {full:?} x keys")));
-            }
-            strides[target] = if n == 1 { 0 } else { step };
-            step *= n;
+        if broadcast_shapes(node, &[lead, &full])? != full {
+            return Err(Error::node(node, format!("attn_mask {shape:?} does not broadcast to {full:?} x keys")));
         }
+        let st = broadcast_strides(lead, &full);
+        let strides = [st[0] * keys, st[1] * keys, st[2] * keys];
         let values = match t.dtype() {
             DType::Bool => t.bytes().iter().map(|&v| if v != 0 { 0.0 } else { f32::NEG_INFINITY }).collect(),
             d if d.is_float() => to_f32_vec(t),
@@ -217,14 +217,6 @@ impl Mask {
     }
 }
 
-/// A float tensor's values as f32, borrowed when they are f32 already.
-fn f32_data(t: &Tensor) -> Result<Cow<'_, [f32]>> {
-    Ok(match t.dtype() {
-        DType::F32 => Cow::Borrowed(t.as_slice::<f32>()?),
-        _ => Cow::Owned(to_f32_vec(t)),
-    })
-}
-
 fn build_attention(node: &Node, _: &BuildCtx) -> Result<Box<dyn CpuOp>> {
     let node = node.clone();
     let attrs = Attrs::parse(&node)?;
@@ -239,15 +231,13 @@ fn run(node: &Node, at: &Attrs, inputs: &[Option<&Tensor>], ctx: &mut RunCtx) ->
         .chain(past_k.map(|t| (t, "past_key")))
         .chain(past_v.map(|t| (t, "past_value")))
     {
-        if !t.dtype().is_float() {
-            return Err(Error::node(node, format!("{what} must be a float tensor, got {}", t.dtype())));
-        }
+        expect_float(node, t, what)?;
     }
     let rank = q.rank();
     if k.rank() != rank || v.rank() != rank {
         return Err(Error::node(node, "Q, K and V must have the same rank"));
     }
-    let (qd, kd, vd) = (f32_data(q)?, f32_data(k)?, f32_data(v)?);
+    let (qd, kd, vd) = (<f32 as Float>::read(q)?, <f32 as Float>::read(k)?, <f32 as Float>::read(v)?);
     let qh = Heads::of(node, "Q", &qd, q.shape(), at.q_heads)?;
     let kh = Heads::of(node, "K", &kd, k.shape(), at.kv_heads)?;
     let vh = Heads::of(node, "V", &vd, v.shape(), at.kv_heads)?;
@@ -267,7 +257,7 @@ fn run(node: &Node, at: &Attrs, inputs: &[Option<&Tensor>], ctx: &mut RunCtx) ->
         ));
     }
     let (hq, hkv, sq, dq, dv) = (qh.heads, kh.heads, qh.len, qh.dim, vh.dim);
-    if hq % hkv != 0 {
+    if hkv == 0 || hq % hkv != 0 {
         return Err(Error::node(node, format!("{hq} query heads are not a multiple of {hkv} key/value heads")));
     }
     let group = hq / hkv;
@@ -291,7 +281,7 @@ fn run(node: &Node, at: &Attrs, inputs: &[Option<&Tensor>], ctx: &mut RunCtx) ->
                     ),
                 ));
             }
-            Some((f32_data(pk)?, f32_data(pv)?, p))
+            Some((<f32 as Float>::read(pk)?, <f32 as Float>::read(pv)?, p))
         }
         _ => None,
     };
@@ -332,19 +322,27 @@ fn run(node: &Node, at: &Attrs, inputs: &[Option<&Tensor>], ctx: &mut RunCtx) ->
     let mask = mask.map(|m| Mask::of(node, m, [batch, hq, sq], total)).transpose()?;
     let scale = at.scale.unwrap_or(1.0 / (dq as f32).sqrt());
     let want_qk = want(3);
-    // Whether any key is masked at all (else the bias is zero throughout).
+    // Whether the bias can mask keys beyond what the attention mask does.
     let structural = at.causal || at.left >= 0 || at.right >= 0 || nonpad.is_some();
 
     // Per (batch, query head): the output rows [Sq, dv] and, when asked
-    // for, the scores [Sq, T].
+    // for, the scores [Sq, T] (sizes checked against the tensor limits
+    // before they are allocated).
+    tessera_core::tensor::checked_numel(&[batch, hq, sq, dv])?;
     let mut y4 = vec![0f32; batch * hq * sq * dv];
-    let mut qk = if want_qk { vec![0f32; batch * hq * sq * total] } else { Vec::new() };
-    let qk_chunk = if want_qk { sq * total } else { 0 };
-    // A task is one block of `rows` query rows of one (batch, query head):
-    // its scores are `rows x T` values, up to about 32K unless the rows are
-    // few anyway.
-    let rows = (32768 / total.max(1)).max(QUERY_BLOCK).min(sq.max(1));
+    let mut qk = match want_qk {
+        true => vec![0f32; tessera_core::tensor::checked_numel(&[batch, hq, sq, total])?],
+        false => Vec::new(),
+    };
+    // A task is one block of `rows` query rows of one (batch, query head).
+    // Its scores are `rows x T` values: about 32K at most, or 64 rows once
+    // T passes 512; fewer rows where the heads alone would leave threads
+    // without work.
+    let threads = rayon::current_num_threads().max(1);
+    let by_tasks = sq.div_ceil((2 * threads).div_ceil((batch * hq).max(1)));
+    let rows = (32768 / total.max(1)).max(QUERY_BLOCK).min(by_tasks).max(1);
     let blocks = sq.div_ceil(rows);
+    let tasks = batch * hq * blocks;
     let task = |t: usize, y: &mut [f32], qk_out: &mut [f32]| {
         let (bh, i0) = (t / blocks, t % blocks * rows);
         let (b, h) = (bh / hq, bh % hq);
@@ -352,25 +350,31 @@ fn run(node: &Node, at: &Attrs, inputs: &[Option<&Tensor>], ctx: &mut RunCtx) ->
         let n = rows.min(sq - i0);
         // Where the causal and window frontiers sit for this batch.
         let offset = match &nonpad {
-            Some(n) => n[b] - sq as i64,
+            Some(n) => n[b].saturating_sub(sq as i64),
             None => past_len as i64,
         };
         let valid = nonpad.as_ref().map(|n| n[b]);
         // Under a causal mask no row of the block reaches past key
         // `i0 + n + offset`: those scores are not computed (unless the
         // scores are an output) and their probabilities are 0.
-        let live =
-            if at.causal && !want_qk { (i0 as i64 + n as i64 + offset).clamp(0, total as i64) as usize } else { total };
+        let live = if at.causal && !want_qk {
+            ((i0 + n) as i64).saturating_add(offset).clamp(0, total as i64) as usize
+        } else {
+            total
+        };
         let mut s = vec![0f32; n * total];
         let mut bias = vec![0f32; total];
         sgemm(qh.rows(b, h, i0, n), kall.rows(b, g, 0, live).t(), &mut s, total, scale, 0.0, Parallel::None);
         for (r, row) in s.chunks_exact_mut(total.max(1)).enumerate().take(n) {
             let (i, qk_row) = (i0 + r, r * total..(r + 1) * total);
             let row = &mut row[..live];
+            if want_qk && at.qk_mode == 0 {
+                qk_out[qk_row.clone()].copy_from_slice(row);
+            }
             if at.softcap > 0.0 {
                 row.iter_mut().for_each(|x| *x = at.softcap * (*x / at.softcap).tanh());
             }
-            if want_qk && at.qk_mode <= 1 {
+            if want_qk && at.qk_mode == 1 {
                 qk_out[qk_row.clone()].copy_from_slice(row);
             }
             // The additive bias of this query row: the mask, then -inf
@@ -382,18 +386,18 @@ fn run(node: &Node, at: &Attrs, inputs: &[Option<&Tensor>], ctx: &mut RunCtx) ->
                 if let Some(m) = &mask {
                     m.add_row(b, h, i, &mut bias);
                 }
-                let frontier = i as i64 + offset;
+                let frontier = (i as i64).saturating_add(offset);
                 let mut hi = total as i64;
                 if at.causal {
-                    hi = hi.min(frontier + 1);
+                    hi = hi.min(frontier.saturating_add(1));
                 }
                 if at.right >= 0 {
-                    hi = hi.min(frontier + at.right + 1);
+                    hi = hi.min(frontier.saturating_add(at.right).saturating_add(1));
                 }
                 if let Some(n) = valid {
                     hi = hi.min(n);
                 }
-                let lo = if at.left >= 0 { (frontier - at.left).max(0) } else { 0 };
+                let lo = if at.left >= 0 { frontier.saturating_sub(at.left).max(0) } else { 0 };
                 let clamp = |v: i64| v.clamp(0, total as i64) as usize;
                 let (lo, hi) = (clamp(lo), clamp(hi).max(clamp(lo)));
                 bias[..lo].fill(f32::NEG_INFINITY);
@@ -417,20 +421,23 @@ fn run(node: &Node, at: &Attrs, inputs: &[Option<&Tensor>], ctx: &mut RunCtx) ->
                 qk_out[qk_row].copy_from_slice(row);
             }
         }
-        let p = MatRef { data: &s, rows: n, cols: live, row_stride: total, col_stride: 1 };
-        sgemm(p, vall.rows(b, g, 0, live), y, dv, 1.0, 0.0, Parallel::None);
+        if dv > 0 {
+            let p = MatRef { data: &s, rows: n, cols: live, row_stride: total, col_stride: 1 };
+            sgemm(p, vall.rows(b, g, 0, live), y, dv, 1.0, 0.0, Parallel::None);
+        }
     };
-    // Blocks of Y rows (and of scores, when they are an output), one per task.
-    let y_chunk = (sq * dv).max(1);
-    let y_blocks = y4.chunks_mut(y_chunk).flat_map(|y| y.chunks_mut((rows * dv).max(1)));
-    if want_qk {
-        let qk_blocks = qk.chunks_mut(qk_chunk.max(1)).flat_map(|s| s.chunks_mut(rows * total));
-        let work: Vec<(&mut [f32], &mut [f32])> = y_blocks.zip(qk_blocks).collect();
-        work.into_par_iter().enumerate().for_each(|(t, (y, s))| task(t, y, s));
-    } else {
-        let work: Vec<&mut [f32]> = y_blocks.collect();
-        work.into_par_iter().enumerate().for_each(|(t, y)| task(t, y, &mut []));
+    // Blocks of Y rows and of scores, one of each per task (empty where
+    // there are no values: scores not asked for, or rows of width 0).
+    fn blocks_of(buf: &mut [f32], sq: usize, rows: usize, width: usize, tasks: usize) -> Vec<&mut [f32]> {
+        if buf.is_empty() {
+            return (0..tasks).map(|_| <&mut [f32]>::default()).collect();
+        }
+        buf.chunks_mut(sq * width).flat_map(|c| c.chunks_mut(rows * width)).collect()
     }
+    let y_blocks = blocks_of(&mut y4, sq, rows, dv, tasks);
+    let qk_blocks = blocks_of(&mut qk, sq, rows, total, tasks);
+    y_blocks.into_par_iter().zip(qk_blocks).enumerate().for_each(|(t, (y, s))| task(t, y, s));
+    let y_chunk = (sq * dv).max(1);
 
     // Y in the inputs' layout: [B, Hq, Sq, dv], or [B, Sq, Hq·dv] for 3-D.
     let y_shape: Vec<usize> = if rank == 4 { vec![batch, hq, sq, dv] } else { vec![batch, sq, hq * dv] };
@@ -449,15 +456,15 @@ fn run(node: &Node, at: &Attrs, inputs: &[Option<&Tensor>], ctx: &mut RunCtx) ->
         Ok(())
     })?;
     let mut outs = vec![y];
-    let wanted = |i: usize| node.outputs.get(i).is_some_and(|o| !o.is_empty());
-    let [keys, values]: [Option<Cache>; 2] = caches.try_into().map_err(|_| Error::node(node, "two caches"))?;
+    let mut caches = caches.into_iter();
+    let (keys, values) = (caches.next().flatten(), caches.next().flatten());
     for (i, (cache, d, dtype)) in [(keys, dq, k.dtype()), (values, dv, v.dtype())].into_iter().enumerate() {
         if i + 1 >= node.outputs.len() {
             break;
         }
         outs.push(match cache {
             Some(Cache::Output(t)) => t,
-            Some(Cache::Buffer(data)) if wanted(i + 1) => {
+            Some(Cache::Buffer(data)) if want(i + 1) => {
                 write_whole_output::<f32>(ctx, dtype, &[batch, hkv, total, d], |out| {
                     out.copy_from_slice(&data);
                     Ok(())
@@ -577,13 +584,13 @@ mod tests {
         let (hq, t) = (c.kv_heads * c.group, c.past + c.sk);
         let mut y = vec![0f64; c.batch * hq * c.sq * c.dv];
         let mut qk = vec![0f64; c.batch * hq * c.sq * t];
-        let lead_full = [c.batch, hq, c.sq];
         let off = 3 - c.mask_lead.len();
         for b in 0..c.batch {
             for h in 0..hq {
                 let g = h / c.group;
                 for i in 0..c.sq {
                     let mut s = vec![0f64; t];
+                    let mut raw = vec![0f64; t];
                     let mut bias = vec![0f64; t];
                     for j in 0..t {
                         let mut dot = 0f64;
@@ -592,6 +599,7 @@ mod tests {
                                 * k4[((b * c.kv_heads + g) * t + j) * c.d + x] as f64;
                         }
                         s[j] = dot * scale;
+                        raw[j] = s[j];
                         if c.softcap > 0.0 {
                             s[j] = c.softcap as f64 * (s[j] / c.softcap as f64).tanh();
                         }
@@ -601,7 +609,6 @@ mod tests {
                         for (a, &n) in c.mask_lead.iter().enumerate() {
                             at = at * n + if n == 1 { 0 } else { coord[off + a] };
                         }
-                        let _ = lead_full;
                         let at = at * c.mask_keys + j;
                         if j >= c.mask_keys && c.mask != 0 {
                             bias[j] = f64::NEG_INFINITY;
@@ -639,7 +646,8 @@ mod tests {
                         e.iter().map(|v| v / sum).collect()
                     };
                     let shown = match mode {
-                        0 | 1 => &s,
+                        0 => &raw,
+                        1 => &s,
                         2 => &biased,
                         _ => &p,
                     };
@@ -730,14 +738,16 @@ mod tests {
             _ => None,
         };
         let has_past = c.past > 0;
+        // The present outputs, with a past (the cache) or without (K and V).
+        let presents = has_past || c.seed.is_multiple_of(3);
         let mut node = Node::new(
             "Attention",
             "a",
             &["q", "k", "v", "m", "pk", "pv", "n"],
             &[
                 "y",
-                if has_past { "present_k" } else { "" },
-                if has_past { "present_v" } else { "" },
+                if presents { "present_k" } else { "" },
+                if presents { "present_v" } else { "" },
                 if c.qk_mode.is_some() { "qk" } else { "" },
             ],
         )
@@ -777,7 +787,7 @@ mod tests {
         for (i, (&got, &want)) in y.iter().zip(&want_y).enumerate() {
             assert!((got as f64 - want).abs() <= 1e-4 * (1.0 + want.abs()), "Y[{i}]: {got} vs {want} in {c:?}");
         }
-        if has_past {
+        if presents {
             assert_eq!(outs[1].shape(), [c.batch, hkv, t, c.d]);
             assert_eq!(outs[1].as_slice::<f32>().unwrap(), &k4[..]);
             assert_eq!(outs[2].shape(), [c.batch, hkv, t, c.dv]);
@@ -831,6 +841,33 @@ mod tests {
         }
     }
 
+    /// Extreme window sizes and key counts: no overflow, the meaning kept
+    /// (a window longer than any sequence bounds nothing; a key count below
+    /// zero masks every key, one above the total masks none).
+    #[test]
+    fn attention_with_extreme_windows_and_key_counts() {
+        let q = t_f32(&[1, 1, 3, 2], &[0.3, -0.2, 1.0, 0.5, -0.7, 0.1]);
+        let k = t_f32(&[1, 1, 4, 2], &[0.1, 0.2, -0.3, 0.4, 0.5, -0.6, 0.7, 0.8]);
+        let v = t_f32(&[1, 1, 4, 2], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0]);
+        let run = |attrs: &[(&str, i64)], nonpad: Option<i64>| {
+            let mut node = Node::new("Attention", "a", &["q", "k", "v", "", "", "", "n"], &["y"]);
+            for (name, v) in attrs {
+                node = node.with_attr(name, Attr::Int(*v));
+            }
+            let n = nonpad.map(|n| Tensor::from_slice(&[1], &[n]).unwrap());
+            let inputs = vec![Some(q.clone()), Some(k.clone()), Some(v.clone()), None, None, None, n];
+            run_node(&node, 24, &inputs).unwrap()[0].as_slice::<f32>().unwrap().to_vec()
+        };
+        let plain = run(&[], None);
+        let causal = run(&[("is_causal", 1)], None);
+        assert_ne!(plain, causal);
+        let huge = [("left_window_size", i64::MAX), ("right_window_size", i64::MAX)];
+        assert_eq!(run(&huge, None), plain);
+        assert_eq!(run(&[huge[0], huge[1], ("is_causal", 1)], Some(i64::MIN)), vec![0.0; 6]);
+        // All keys valid, the causal frontier pushed past every key.
+        assert_eq!(run(&[("is_causal", 1)], Some(i64::MAX)), plain);
+    }
+
     fn node3(outputs: &[&str]) -> Node {
         Node::new("Attention", "a", &["q", "k", "v", "m", "pk", "pv"], outputs)
             .with_attr("q_num_heads", Attr::Int(2))
@@ -878,6 +915,29 @@ mod tests {
         assert!(err(&bare, vec![Some(q.clone()), Some(k.clone()), Some(v.clone())]).contains("head count"));
         let bad = node3(&["y"]).with_attr("qk_matmul_output_mode", Attr::Int(4));
         assert!(err(&bad, vec![Some(q), Some(k), Some(v)]).contains("qk_matmul_output_mode"));
+    }
+
+    /// Zero-sized and oversized problems: a clear error or an empty result,
+    /// never a panic or a huge allocation.
+    #[test]
+    fn attention_degenerate_and_oversized_shapes() {
+        let err = |node: &Node, inputs: Vec<Option<Tensor>>| run_node(node, 23, &inputs).unwrap_err().to_string();
+        let plain = Node::new("Attention", "a", &["q", "k", "v"], &["y", "", "", "qk"])
+            .with_attr("qk_matmul_output_mode", Attr::Int(3));
+        // No key/value heads.
+        let (q, kv) = (t_f32(&[1, 2, 3, 4], &[0.5; 24]), t_f32(&[1, 0, 3, 4], &[]));
+        assert!(err(&plain, vec![Some(q.clone()), Some(kv.clone()), Some(kv)]).contains("not a multiple"));
+        // Values of width 0: Y is empty, the probabilities are still there.
+        let k = t_f32(&[1, 1, 3, 4], &[0.25; 12]);
+        let v = t_f32(&[1, 1, 3, 0], &[]);
+        let outs = run_node(&plain, 23, &[Some(q), Some(k), Some(v)]).unwrap();
+        assert_eq!(outs[0].shape(), [1, 2, 3, 0]);
+        assert_eq!(outs[3].shape(), [1, 2, 3, 3]);
+        assert!(outs[3].as_slice::<f32>().unwrap().iter().all(|&p| (p - 1.0 / 3.0).abs() < 1e-6));
+        // Scores of 2^17 queries by 2^18 keys (2^35 values): refused.
+        let q = t_f32(&[1, 1, 1 << 17, 1], &vec![0.0; 1 << 17]);
+        let k = t_f32(&[1, 1, 1 << 18, 1], &vec![0.0; 1 << 18]);
+        assert!(err(&plain, vec![Some(q), Some(k.clone()), Some(k)]).contains("too many elements"));
     }
 
     /// A row whose every key is masked gives zeros, as the spec says, not

@@ -50,6 +50,10 @@ fn build_rotary(node: &Node, _: &BuildCtx) -> Result<Box<dyn CpuOp>> {
             ));
         }
         let half = rot / 2;
+        if x.numel() == 0 {
+            // Nothing to rotate (and no cache row to look up).
+            return Ok(vec![ctx.alloc(x.dtype(), x.shape())?]);
+        }
         if cos.shape() != sin.shape() {
             return Err(Error::node(
                 &node,
@@ -226,6 +230,15 @@ mod tests {
         assert!(run(&[-1, 0], &cache).unwrap_err().to_string().contains("outside"));
         // A cache as wide as the head, not half of it.
         assert!(run(&[0, 1], &t_f32(&[3, 4], &[0.5; 12])).unwrap_err().to_string().contains("width"));
+        // Position ids of the wrong shape.
+        let p = Tensor::from_slice(&[2, 1], &[0i64, 1]).unwrap();
+        let e = run_node(&node, 23, &[Some(x.clone()), Some(cache.clone()), Some(cache.clone()), Some(p)]).unwrap_err();
+        assert!(e.to_string().contains("position_ids"));
+        // An empty input is returned as it is.
+        let empty = t_f32(&[1, 1, 0, 4], &[]);
+        let p = Tensor::from_slice(&[1, 0], &[0i64; 0]).unwrap();
+        let y = run_node(&node, 23, &[Some(empty), Some(cache.clone()), Some(cache.clone()), Some(p)]).unwrap();
+        assert_eq!(y[0].shape(), [1, 1, 0, 4]);
         // An odd rotary dimension.
         let odd = node.clone().with_attr("rotary_embedding_dim", Attr::Int(3));
         let p = Tensor::from_slice(&[1, 2], &[0i64, 1]).unwrap();
