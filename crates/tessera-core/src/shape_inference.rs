@@ -104,6 +104,7 @@ const UNARY_SAME: &[&str] = &[
     "InstanceNormalization",
     "LRN",
     "CumSum",
+    "CumProd",
     "MeanVarianceNormalization",
     "GroupNormalization",
     "QuantizeLinear",

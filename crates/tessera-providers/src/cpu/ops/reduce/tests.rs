@@ -312,6 +312,23 @@ fn cumsum_modes() {
 }
 
 #[test]
+fn cumprod_modes() {
+    let x = t(&[5], vec![1.0f64, 2.0, 3.0, 4.0, 5.0]);
+    let ax = Tensor::scalar(0i32);
+    let run = |attrs: &[(&str, Attr)]| vals::<f64>(&run1("CumProd", 26, attrs, &[x.clone(), ax.clone()]).unwrap());
+    assert_eq!(run(&[]), [1.0, 2.0, 6.0, 24.0, 120.0]);
+    assert_eq!(run(&[("exclusive", Attr::Int(1))]), [1.0, 1.0, 2.0, 6.0, 24.0]);
+    assert_eq!(run(&[("reverse", Attr::Int(1))]), [120.0, 120.0, 60.0, 20.0, 5.0]);
+    assert_eq!(run(&[("reverse", Attr::Int(1)), ("exclusive", Attr::Int(1))]), [120.0, 60.0, 20.0, 5.0, 1.0]);
+    let m = t(&[2, 3], vec![1i32, 2, 3, 4, 5, 6]);
+    let y = run1("CumProd", 26, &[], &[m.clone(), t(&[1], vec![1i64])]).unwrap();
+    assert_eq!(vals::<i32>(&y), [1, 2, 6, 4, 20, 120]);
+    let y = run1("CumProd", 26, &[], &[m.clone(), Tensor::scalar(-2i64)]).unwrap();
+    assert_eq!(vals::<i32>(&y), [1, 2, 3, 4, 10, 18]);
+    assert!(run1("CumProd", 26, &[], &[m, Tensor::scalar(2i64)]).is_err());
+}
+
+#[test]
 fn topk_order_and_ties() {
     let x = t(&[3, 4], vec![0.0f32, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 11.0, 10.0, 9.0, 8.0]);
     let out = run_op("TopK", 11, &[("axis", Attr::Int(1))], &[Some(x.clone()), Some(t(&[1], vec![3i64]))]).unwrap();
