@@ -66,6 +66,7 @@ const UNARY_SAME: &[&str] = &[
     "Celu",
     "HardSigmoid",
     "HardSwish",
+    "Swish",
     "Softplus",
     "Softsign",
     "Erf",
@@ -113,6 +114,8 @@ const UNARY_SAME: &[&str] = &[
     "BitwiseNot",
     "RMSNormalization",
     "RotaryEmbedding",
+    "LpNormalization",
+    "SwiGLU",
 ];
 
 const BROADCAST_OPS: &[&str] = &[

@@ -46,16 +46,32 @@ pub(crate) enum Un {
     HardSwish,
     LeakyRelu(f32),
     Elu(f32),
-    Selu { alpha: f32, gamma: f32 },
+    Selu {
+        alpha: f32,
+        gamma: f32,
+    },
     Celu(f32),
-    HardSigmoid { alpha: f32, beta: f32 },
+    /// `x · sigmoid(alpha · x)` (opset 24).
+    Swish(f32),
+    HardSigmoid {
+        alpha: f32,
+        beta: f32,
+    },
     ThresholdedRelu(f32),
-    Gelu { tanh: bool },
-    Shrink { bias: f32, lambd: f32 },
+    Gelu {
+        tanh: bool,
+    },
+    Shrink {
+        bias: f32,
+        lambd: f32,
+    },
     Not,
     BitwiseNot,
     IsNaN,
-    IsInf { pos: bool, neg: bool },
+    IsInf {
+        pos: bool,
+        neg: bool,
+    },
 }
 
 impl Un {
@@ -115,6 +131,7 @@ pub(super) fn register(r: &mut OpRegistry) {
         build(n, c, Un::Selu { alpha, gamma })
     });
     r.add("Celu", |n, c| build(n, c, Un::Celu(n.attr_float_or("alpha", 1.0)?)));
+    r.add("Swish", |n, c| build(n, c, Un::Swish(n.attr_float_or("alpha", 1.0)?)));
     r.add("HardSigmoid", |n, c| {
         let alpha = n.attr_float_or("alpha", 0.2)?;
         let beta = n.attr_float_or("beta", 0.5)?;
@@ -343,6 +360,10 @@ pub(crate) fn apply_real<R: Real>(op: Un, x: &[R], y: &mut [R]) {
         Un::Selu { alpha, gamma } => {
             let (a, g) = (R::c(alpha as f64), R::c(gamma as f64));
             map(x, y, move |v| if v > zero { g * v } else { g * (a * v.exp() - a) })
+        }
+        Un::Swish(a) => {
+            let a = R::c(a as f64);
+            map(x, y, move |v| v * (a * v).sigmoid())
         }
         Un::Celu(a) => {
             let a = R::c(a as f64);

@@ -1,6 +1,7 @@
 //! Normalizations: BatchNormalization, InstanceNormalization,
-//! LayerNormalization, GroupNormalization, RMSNormalization, LRN and
-//! MeanVarianceNormalization. Statistics accumulate in f64.
+//! LayerNormalization, GroupNormalization, RMSNormalization, LRN,
+//! MeanVarianceNormalization and LpNormalization. Statistics accumulate in
+//! f64.
 
 use std::borrow::Cow;
 
@@ -24,6 +25,83 @@ pub fn register(r: &mut OpRegistry) {
     r.add("RMSNormalization", build_rms_norm);
     r.add("LRN", build_lrn);
     r.add("MeanVarianceNormalization", build_mvn);
+    r.add("LpNormalization", build_lp_norm);
+    r.add("SwiGLU", build_swiglu);
+}
+
+/// `x / ||x||_p` along `axis` (p = 1 or 2); a zero norm gives 0, not NaN.
+fn build_lp_norm(node: &Node, _: &BuildCtx) -> Result<Box<dyn CpuOp>> {
+    let node = node.clone();
+    let axis = node.attr_int_or("axis", -1)?;
+    let p = node.attr_int_or("p", 2)?;
+    if p != 1 && p != 2 {
+        return Err(Error::node(&node, format!("p must be 1 or 2, got {p}")));
+    }
+    Ok(Box::new(move |inputs: &[Option<&Tensor>], ctx: &mut RunCtx| {
+        let x = req(&node, inputs, 0)?;
+        expect_float(&node, x, "input")?;
+        let s = x.shape();
+        let a = norm_axis(&node, axis, s.len())?;
+        let (n, inner) = (s[a], s[a + 1..].iter().product::<usize>());
+        let dt = x.dtype();
+        with_float!(dt, &node, T => {
+            let xs = T::read(x)?;
+            let y = write_whole_output::<T>(ctx, dt, s, |y| {
+                // Each block of `n * inner` values holds `inner` vectors of
+                // `n` values, `inner` apart.
+                for (xb, yb) in xs.chunks(n * inner).zip(y.chunks_mut(n * inner)) {
+                    for j in 0..inner {
+                        let norm = (0..n)
+                            .map(|i| xb[i * inner + j].to_f64().abs())
+                            .map(|v| if p == 1 { v } else { v * v })
+                            .sum::<f64>();
+                        let norm = if p == 1 { norm } else { norm.sqrt() };
+                        for i in 0..n {
+                            let v = xb[i * inner + j].to_f64();
+                            yb[i * inner + j] = T::from_f64(if norm == 0.0 { 0.0 } else { v / norm });
+                        }
+                    }
+                }
+                Ok(())
+            })?;
+            Ok(vec![y])
+        })
+    }))
+}
+
+/// SwiGLU: `y = a · sigmoid(alpha · a) · b` for `a` and `b` of one shape
+/// and type (no broadcasting).
+fn build_swiglu(node: &Node, _: &BuildCtx) -> Result<Box<dyn CpuOp>> {
+    let node = node.clone();
+    let alpha = node.attr_float_or("alpha", 1.0)? as f64;
+    Ok(Box::new(move |inputs: &[Option<&Tensor>], ctx: &mut RunCtx| {
+        let (a, b) = (req(&node, inputs, 0)?, req(&node, inputs, 1)?);
+        expect_float(&node, a, "A")?;
+        if a.shape() != b.shape() || a.dtype() != b.dtype() {
+            return Err(Error::node(
+                &node,
+                format!(
+                    "A ({} {:?}) and B ({} {:?}) must match in shape and type",
+                    a.dtype(),
+                    a.shape(),
+                    b.dtype(),
+                    b.shape()
+                ),
+            ));
+        }
+        let dt = a.dtype();
+        with_float!(dt, &node, T => {
+            let (av, bv) = (T::read(a)?, T::read(b)?);
+            let y = write_whole_output::<T>(ctx, dt, a.shape(), |y| {
+                for ((o, &x), &g) in y.iter_mut().zip(av.iter()).zip(bv.iter()) {
+                    let x = x.to_f64();
+                    *o = T::from_f64(x / (1.0 + (-alpha * x).exp()) * g.to_f64());
+                }
+                Ok(())
+            })?;
+            Ok(vec![y])
+        })
+    }))
 }
 
 /// Mean and population variance of `x`.
@@ -537,6 +615,43 @@ mod tests {
     use super::*;
     use crate::cpu::ops::nn::testutil::{run_node, t_f32};
     use tessera_core::Attr;
+
+    #[test]
+    fn lp_normalization_p1_p2_axes_and_zero_vectors() {
+        // [[3, -4], [0, 0]]: rows (axis -1) and columns (axis 0).
+        let x = t_f32(&[2, 2], &[3.0, -4.0, 0.0, 0.0]);
+        let run = |p: i64, axis: i64| {
+            let n = Node::new("LpNormalization", "l", &["x"], &["y"])
+                .with_attr("p", Attr::Int(p))
+                .with_attr("axis", Attr::Int(axis));
+            run_node(&n, 22, &[Some(x.clone())]).map(|y| y[0].as_slice::<f32>().unwrap().to_vec())
+        };
+        close(&run(2, -1).unwrap(), &[0.6, -0.8, 0.0, 0.0], 1e-7);
+        close(&run(1, -1).unwrap(), &[3.0 / 7.0, -4.0 / 7.0, 0.0, 0.0], 1e-7);
+        close(&run(2, 0).unwrap(), &[1.0, -1.0, 0.0, 0.0], 1e-7);
+        close(&run(1, 0).unwrap(), &[1.0, -1.0, 0.0, 0.0], 1e-7);
+        assert!(run(3, -1).unwrap_err().to_string().contains("p must be 1 or 2"));
+        assert!(run(2, 2).is_err());
+    }
+
+    #[test]
+    fn swiglu_gates_b_with_the_swish_of_a() {
+        let a = t_f32(&[3], &[-1.0, 0.5, 2.0]);
+        let b = t_f32(&[3], &[2.0, -3.0, 0.25]);
+        let run = |alpha: f32, b: &Tensor| {
+            let n = Node::new("SwiGLU", "s", &["a", "b"], &["y"]).with_attr("alpha", Attr::Float(alpha));
+            run_node(&n, 26, &[Some(a.clone()), Some(b.clone())]).map(|y| y[0].as_slice::<f32>().unwrap().to_vec())
+        };
+        let want = |alpha: f64| -> Vec<f32> {
+            [(-1.0f64, 2.0f64), (0.5, -3.0), (2.0, 0.25)]
+                .iter()
+                .map(|&(x, g)| (x / (1.0 + (-alpha * x).exp()) * g) as f32)
+                .collect()
+        };
+        close(&run(1.0, &b).unwrap(), &want(1.0), 1e-6);
+        close(&run(1.702, &b).unwrap(), &want(1.702), 1e-6);
+        assert!(run(1.0, &t_f32(&[1, 3], &[1.0; 3])).unwrap_err().to_string().contains("must match"));
+    }
 
     fn close(a: &[f32], b: &[f32], tol: f32) {
         assert_eq!(a.len(), b.len());
