@@ -41,8 +41,14 @@ fn build_lp_norm(node: &Node, _: &BuildCtx) -> Result<Box<dyn CpuOp>> {
         let x = req(&node, inputs, 0)?;
         expect_float(&node, x, "input")?;
         let s = x.shape();
+        if s.is_empty() {
+            return Err(Error::node(&node, "input must have rank >= 1"));
+        }
         let a = norm_axis(&node, axis, s.len())?;
         let (n, inner) = (s[a], s[a + 1..].iter().product::<usize>());
+        if x.numel() == 0 {
+            return Ok(vec![ctx.alloc(x.dtype(), s)?]);
+        }
         let dt = x.dtype();
         with_float!(dt, &node, T => {
             let xs = T::read(x)?;
@@ -632,6 +638,24 @@ mod tests {
         close(&run(1, 0).unwrap(), &[1.0, -1.0, 0.0, 0.0], 1e-7);
         assert!(run(3, -1).unwrap_err().to_string().contains("p must be 1 or 2"));
         assert!(run(2, 2).is_err());
+        // Defaults (p 2, the last axis), a middle axis of a rank-3 input,
+        // an empty input and a scalar.
+        let lp = |x: Tensor, attrs: &[(&str, i64)]| {
+            let mut n = Node::new("LpNormalization", "l", &["x"], &["y"]);
+            for (k, v) in attrs {
+                n = n.with_attr(k, Attr::Int(*v));
+            }
+            run_node(&n, 22, &[Some(x)])
+        };
+        let y = lp(x.clone(), &[]).unwrap();
+        close(y[0].as_slice::<f32>().unwrap(), &[0.6, -0.8, 0.0, 0.0], 1e-7);
+        // [2, 2, 2]: along axis 1, the pairs (x[b, 0, j], x[b, 1, j]).
+        let x3 = t_f32(&[2, 2, 2], &[3.0, 1.0, 4.0, 0.0, 0.0, 5.0, 0.0, 12.0]);
+        let y = lp(x3, &[("axis", 1)]).unwrap();
+        close(y[0].as_slice::<f32>().unwrap(), &[0.6, 1.0, 0.8, 0.0, 0.0, 5.0 / 13.0, 0.0, 12.0 / 13.0], 1e-7);
+        let y = lp(t_f32(&[3, 0], &[]), &[("axis", 0)]).unwrap();
+        assert_eq!(y[0].shape(), [3, 0]);
+        assert!(lp(Tensor::scalar(2.0f32), &[("axis", 0)]).unwrap_err().to_string().contains("rank"));
     }
 
     #[test]
