@@ -328,8 +328,18 @@ fn run(node: &Node, at: &Attrs, inputs: &[Option<&Tensor>], ctx: &mut RunCtx) ->
     // Per (batch, query head): the output rows [Sq, dv] and, when asked
     // for, the scores [Sq, T] (sizes checked against the tensor limits
     // before they are allocated).
-    tessera_core::tensor::checked_numel(&[batch, hq, sq, dv])?;
-    let mut y4 = vec![0f32; batch * hq * sq * dv];
+    // A 4-D f32 Y is the output itself; other layouts and types go through
+    // a buffer.
+    let direct = rank == 4 && q.dtype() == DType::F32;
+    let mut y_out = if direct { Some(ctx.alloc(DType::F32, &[batch, hq, sq, dv])?) } else { None };
+    let mut y_buf = Vec::new();
+    if !direct {
+        y_buf = vec![0f32; tessera_core::tensor::checked_numel(&[batch, hq, sq, dv])?];
+    }
+    let y4: &mut [f32] = match &mut y_out {
+        Some(t) => t.as_mut_slice::<f32>()?,
+        None => &mut y_buf,
+    };
     let mut qk = match want_qk {
         true => vec![0f32; tessera_core::tensor::checked_numel(&[batch, hq, sq, total])?],
         false => Vec::new(),
@@ -434,27 +444,30 @@ fn run(node: &Node, at: &Attrs, inputs: &[Option<&Tensor>], ctx: &mut RunCtx) ->
         }
         buf.chunks_mut(sq * width).flat_map(|c| c.chunks_mut(rows * width)).collect()
     }
-    let y_blocks = blocks_of(&mut y4, sq, rows, dv, tasks);
+    let y_blocks = blocks_of(y4, sq, rows, dv, tasks);
     let qk_blocks = blocks_of(&mut qk, sq, rows, total, tasks);
     y_blocks.into_par_iter().zip(qk_blocks).enumerate().for_each(|(t, (y, s))| task(t, y, s));
     let y_chunk = (sq * dv).max(1);
 
     // Y in the inputs' layout: [B, Hq, Sq, dv], or [B, Sq, Hq·dv] for 3-D.
     let y_shape: Vec<usize> = if rank == 4 { vec![batch, hq, sq, dv] } else { vec![batch, sq, hq * dv] };
-    let y = write_whole_output::<f32>(ctx, q.dtype(), &y_shape, |out| {
-        if rank == 4 {
-            out.copy_from_slice(&y4);
-        } else {
-            for (bh, src) in y4.chunks_exact(y_chunk).enumerate() {
-                let (b, h) = (bh / hq, bh % hq);
-                for (s, row) in src.chunks_exact(dv.max(1)).enumerate() {
-                    let at = (b * sq + s) * hq * dv + h * dv;
-                    out[at..at + dv].copy_from_slice(row);
+    let y = match y_out {
+        Some(t) => t,
+        None => write_whole_output::<f32>(ctx, q.dtype(), &y_shape, |out| {
+            if rank == 4 {
+                out.copy_from_slice(&y_buf);
+            } else {
+                for (bh, src) in y_buf.chunks_exact(y_chunk).enumerate() {
+                    let (b, h) = (bh / hq, bh % hq);
+                    for (s, row) in src.chunks_exact(dv.max(1)).enumerate() {
+                        let at = (b * sq + s) * hq * dv + h * dv;
+                        out[at..at + dv].copy_from_slice(row);
+                    }
                 }
             }
-        }
-        Ok(())
-    })?;
+            Ok(())
+        })?,
+    };
     let mut outs = vec![y];
     let mut caches = caches.into_iter();
     let (keys, values) = (caches.next().flatten(), caches.next().flatten());
