@@ -428,8 +428,14 @@ fn infer_node(n: &Node, ins: &[Option<&Known>]) -> Result<Vec<Known>> {
             let y = match (shape(0).as_deref(), shape(2).as_deref()) {
                 (Some([b, h, s, _]), Some([_, _, _, dv])) => Some(vec![b.clone(), h.clone(), s.clone(), dv.clone()]),
                 (Some([b, s, _]), Some([_, _, cv])) => {
+                    // Q, K and V packed side by side in one value (the
+                    // merge_qkv pass): V is the last third.
+                    let parts =
+                        if n.attr_int_or(crate::passes::merge_qkv::QKV_PACKED, 0).unwrap_or(0) != 0 { 3 } else { 1 };
                     let width = match (heads("q_num_heads"), heads("kv_num_heads"), cv) {
-                        (Some(hq), Some(hkv), Dim::Known(cv)) if cv % hkv == 0 => Dim::Known(hq * (cv / hkv)),
+                        (Some(hq), Some(hkv), Dim::Known(cv)) if cv % parts == 0 && (cv / parts) % hkv == 0 => {
+                            Dim::Known(hq * (cv / parts / hkv))
+                        }
                         _ => Dim::Unknown,
                     };
                     Some(vec![b.clone(), s.clone(), width])
@@ -1060,6 +1066,11 @@ mod tests {
                     .with_attr("q_num_heads", Attr::Int(8))
                     .with_attr("kv_num_heads", Attr::Int(2)),
                 Node::new("Attention", "a4", &["q4", "k4", "v4"], &["y4"]),
+                // Q, K and V packed in one [b, s, 3 · 4 · 16] value.
+                Node::new("Attention", "ap", &["qkv", "qkv", "qkv"], &["yp"])
+                    .with_attr("q_num_heads", Attr::Int(4))
+                    .with_attr("kv_num_heads", Attr::Int(4))
+                    .with_attr(crate::passes::merge_qkv::QKV_PACKED, Attr::Int(1)),
             ],
             inputs: vec![
                 vi("q3", DType::F32, vec![sym("b"), sym("s"), k(8 * 16)]),
@@ -1068,6 +1079,7 @@ mod tests {
                 vi("q4", DType::F16, vec![k(2), k(4), sym("s"), k(16)]),
                 vi("k4", DType::F16, vec![k(2), k(1), k(7), k(16)]),
                 vi("v4", DType::F16, vec![k(2), k(1), k(7), k(24)]),
+                vi("qkv", DType::F32, vec![sym("b"), sym("s"), k(3 * 4 * 16)]),
             ],
             outputs: vec![vi("y3", DType::F32, vec![]), vi("y4", DType::F16, vec![])],
             ..Default::default()
@@ -1079,6 +1091,7 @@ mod tests {
         assert_eq!(g.value_info["present_k"].shape, None);
         assert_eq!(g.value_info["y4"].shape, Some(vec![k(2), k(4), sym("s"), k(24)]));
         assert_eq!(g.value_info["y4"].dtype, Some(DType::F16));
+        assert_eq!(g.value_info["yp"].shape, Some(vec![sym("b"), sym("s"), k(4 * 16)]));
     }
 
     #[test]

@@ -117,7 +117,7 @@ pub fn attention_on(
             MatRef { data: &v.data[b * kv_len * lv + h * d..], rows: kv_len, cols: d, row_stride: lv, col_stride: 1 };
         // The mask of this task's query rows (row i of the block, key j at
         // `i * row_stride + j * key_stride`).
-        let block_mask = mask.map(|m| BlockMask {
+        let block_mask = mask.map(|m| ScoreBias {
             data: &m.data[b * m.strides[0] + h * m.strides[1] + r0 * m.strides[2]..],
             row_stride: m.strides[2],
             key_stride: m.strides[3],
@@ -174,10 +174,100 @@ pub fn attention_on(
             Products::Tiles(isa) => {
                 let sess = TileSession::begin(isa, Prefetch::None);
                 let vrow = |kk: usize| &vh.data[kk * lv..][..d];
-                let head = Head { q: qh, k: &kh, v: &vrow, kv_len, scale };
-                head.on_tiles(&sess, f32s, block_mask, &out_row);
+                let head = HeadBlock { q: qh, k: &kh, v: &vrow, kv_len, v_dim: d, scale, bias: block_mask };
+                head.on_tiles(&sess, f32s, &out_row);
             }
         });
+    });
+}
+
+/// Where the rows of an output of heads lie: row `s` of head `h` of batch
+/// `b` holds `dim` values, in `[B, H, S, dim]` order, or with
+/// `heads_inner` in `[B, S, H·dim]` order (heads side by side in each
+/// position's row, as the 3-D attention layout has them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HeadsLayout {
+    pub batch: usize,
+    pub heads: usize,
+    pub len: usize,
+    pub dim: usize,
+    pub heads_inner: bool,
+}
+
+impl HeadsLayout {
+    /// Elements the layout spans (None on overflow).
+    pub fn numel(&self) -> Option<usize> {
+        self.batch.checked_mul(self.heads)?.checked_mul(self.len)?.checked_mul(self.dim)
+    }
+
+    fn row_at(&self, b: usize, h: usize, s: usize) -> usize {
+        let (hh, ss, d) = (self.heads, self.len, self.dim);
+        if self.heads_inner {
+            ((b * ss + s) * hh + h) * d
+        } else {
+            ((b * hh + h) * ss + s) * d
+        }
+    }
+}
+
+/// The rows `s0..s0 + rows()` of one head of one batch in an output laid
+/// out by a [`HeadsLayout`]: a task of [`par_head_blocks`] writes them, and
+/// only them.
+pub struct HeadBlockRows<'o> {
+    out: SyncPtr<f32>,
+    layout: HeadsLayout,
+    pub batch: usize,
+    pub head: usize,
+    pub s0: usize,
+    rows: usize,
+    _out: std::marker::PhantomData<&'o mut [f32]>,
+}
+
+impl HeadBlockRows<'_> {
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Row `i` of the block (`dim` values).
+    pub fn row(&mut self, i: usize) -> &mut [f32] {
+        assert!(i < self.rows, "row {i} of a block of {}", self.rows);
+        let at = self.layout.row_at(self.batch, self.head, self.s0 + i);
+        // SAFETY: `par_head_blocks` checked that `out` holds the whole
+        // layout, so `at + dim` is in bounds; the layout maps distinct
+        // (batch, head, row) to disjoint ranges of `dim` values, each block
+        // of rows belongs to one task alone, and the returned slice borrows
+        // this writer mutably, so no two slices of it live at once. `out`
+        // outlives the tasks (`'o`).
+        unsafe { std::slice::from_raw_parts_mut(self.out.at(at), self.layout.dim) }
+    }
+}
+
+/// Runs `f` once for every block of `block` rows (the last one shorter)
+/// of every head of every batch of `out`, laid out by `layout`, in
+/// parallel on the current rayon pool; each call writes its own rows.
+/// Tasks run in (batch, head, block) order. Panics if `out` is shorter
+/// than the layout or `block` is 0.
+pub fn par_head_blocks(out: &mut [f32], layout: HeadsLayout, block: usize, f: impl Fn(&mut HeadBlockRows) + Sync) {
+    assert!(block > 0, "blocks of 0 rows");
+    assert!(layout.numel().is_some_and(|n| n <= out.len()), "output shorter than its layout");
+    if layout.dim == 0 || layout.len == 0 {
+        return;
+    }
+    let blocks = layout.len.div_ceil(block);
+    let ptr = SyncPtr(out.as_mut_ptr());
+    (0..layout.batch * layout.heads * blocks).into_par_iter().for_each(|t| {
+        let (bh, blk) = (t / blocks, t % blocks);
+        let s0 = blk * block;
+        let mut rows = HeadBlockRows {
+            out: ptr,
+            layout,
+            batch: bh / layout.heads,
+            head: bh % layout.heads,
+            s0,
+            rows: block.min(layout.len - s0),
+            _out: std::marker::PhantomData,
+        };
+        f(&mut rows);
     });
 }
 
@@ -203,19 +293,42 @@ fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
 
 /// `out_row(row, first column, factor, values)`: writes `factor * values`
 /// into a row of a task's output.
-type OutRow<'o> = dyn Fn(usize, usize, f32, &[f32]) + 'o;
+pub type OutRow<'o> = dyn Fn(usize, usize, f32, &[f32]) + 'o;
 
-/// One head's block of query rows and its keys and values (row `j` of K
-/// or V is `k(j)` or `v(j)`, `d` values each).
-struct Head<'a, 'f> {
-    q: MatRef<'a, f32>,
-    k: &'f dyn Fn(usize) -> &'a [f32],
-    v: &'f dyn Fn(usize) -> &'a [f32],
-    kv_len: usize,
-    scale: f32,
+/// One head's block of query rows, its keys and values and the additive
+/// bias of its scores: row `j` of K is `k(j)` (the query's `d` values),
+/// row `j` of V is `v(j)` (`v_dim` values), for `j < kv_len`. Callers with
+/// other layouts (heads as an axis, grouped-query heads, a key/value
+/// cache) describe them through the two closures.
+pub struct HeadBlock<'a, 'f> {
+    pub q: MatRef<'a, f32>,
+    pub k: &'f dyn Fn(usize) -> &'a [f32],
+    pub v: &'f dyn Fn(usize) -> &'a [f32],
+    pub kv_len: usize,
+    pub v_dim: usize,
+    pub scale: f32,
+    pub bias: Option<ScoreBias<'a>>,
 }
 
-impl Head<'_, '_> {
+/// `softmax_j(scale · q_i · k_j + bias(i, j)) · V` for every query row `i`
+/// of `head`, its two products on `isa`'s bf16 tiles (fp32 accumulation),
+/// each output row written through `out_row(i, first column, factor,
+/// values)` as `factor * values` (one call per 32 columns of V). Rows
+/// whose scores are all -inf come out NaN, as a plain softmax gives them;
+/// with no keys (`kv_len` 0) every row is zeros. Runs on the calling
+/// thread.
+pub fn head_on_tiles(isa: TileIsa, head: &HeadBlock, out_row: &OutRow) {
+    let (r, dv) = (head.q.rows, head.v_dim);
+    if head.kv_len == 0 {
+        let zeros = vec![0f32; dv];
+        (0..r).for_each(|i| out_row(i, 0, 0.0, &zeros));
+        return;
+    }
+    let sess = TileSession::begin(isa, Prefetch::None);
+    with_scratch(MR.min(r) * head.kv_len, |scores| head.on_tiles(&sess, scores, out_row))
+}
+
+impl HeadBlock<'_, '_> {
     /// The head on bf16 tiles, one panel of 32 query rows at a time so
     /// that its scores (32 rows) stay in L1: `scale · Q Kᵀ` (Kᵀ packed
     /// straight from K's rows) with the mask added and each row's maximum
@@ -225,11 +338,11 @@ impl Head<'_, '_> {
     /// each row's normalizing factor as it is written out by
     /// `out_row(row, first column, factor, values)`. `scores` holds at least
     /// `min(32, rows)` rows of `kv_len`.
-    fn on_tiles(&self, sess: &TileSession, scores: &mut [f32], mask: Option<BlockMask>, out_row: &OutRow) {
-        let (r, d, kv_len) = (self.q.rows, self.q.cols, self.kv_len);
+    fn on_tiles(&self, sess: &TileSession, scores: &mut [f32], out_row: &OutRow) {
+        let (r, d, dv, kv_len, mask) = (self.q.rows, self.q.cols, self.v_dim, self.kv_len, self.bias);
         let (kb_d, kb_kv) = (pack::k_blocks(DotKind::Bf16, d), pack::k_blocks(DotKind::Bf16, kv_len));
         let (len_d, len_kv) = (kb_d * BLOCK_BYTES, kb_kv * BLOCK_BYTES);
-        let (mp, np_kv, np_d) = (r.div_ceil(MR), kv_len.div_ceil(NR), d.div_ceil(NR));
+        let (mp, np_kv, np_d) = (r.div_ceil(MR), kv_len.div_ceil(NR), dv.div_ceil(NR));
         let sizes = [len_d, np_kv * len_d, len_kv, np_d * len_kv];
         with_reused_bytes(&PANELS, sizes.iter().sum(), |panels| {
             let (qp, rest) = panels.split_at_mut(sizes[0]);
@@ -240,7 +353,7 @@ impl Head<'_, '_> {
             }
             for (p, dst) in vp.chunks_exact_mut(len_kv).enumerate() {
                 let j0 = p * NR;
-                pack::pack_b_bf16_from_rows(dst, NR.min(d - j0), kv_len, |kk| &(self.v)(kk)[j0..]);
+                pack::pack_b_bf16_from_rows(dst, NR.min(dv - j0), kv_len, |kk| &(self.v)(kk)[j0..]);
             }
             let mut acc = AccBlock::new();
             for pm in 0..mp {
@@ -262,7 +375,7 @@ impl Head<'_, '_> {
                     pack::pack_a_row_bf16(pp, kb_kv, i, &[]);
                 }
                 for pn in 0..np_d {
-                    let (j0, cols) = (pn * NR, NR.min(d - pn * NR));
+                    let (j0, cols) = (pn * NR, NR.min(dv - pn * NR));
                     sess.run(DotKind::Bf16, pp, &vp[pn * len_kv..][..len_kv], kb_kv, &mut acc, false);
                     for (i, src) in acc.as_f32().chunks_exact(NR).take(rows).enumerate() {
                         out_row(i0 + i, j0, norm[i], &src[..cols]);
@@ -273,17 +386,17 @@ impl Head<'_, '_> {
     }
 }
 
-/// The additive mask over one task's block of query rows: row `i` of the
+/// The additive bias of a block of query rows' scores: row `i` of the
 /// block, key `j` at `data[i * row_stride + j * key_stride]` (a stride is 0
-/// where the mask repeats).
+/// where the bias repeats).
 #[derive(Clone, Copy, Debug)]
-struct BlockMask<'a> {
-    data: &'a [f32],
-    row_stride: usize,
-    key_stride: usize,
+pub struct ScoreBias<'a> {
+    pub data: &'a [f32],
+    pub row_stride: usize,
+    pub key_stride: usize,
 }
 
-impl BlockMask<'_> {
+impl ScoreBias<'_> {
     /// `row[j] += mask(i, j)` for every key of row `i` (the vector path's
     /// whole rows).
     fn add_to_row(&self, i: usize, row: &mut [f32]) {
@@ -322,7 +435,7 @@ struct ScoreBlock<'a> {
     j0: usize,
     kv_len: usize,
     scale: f32,
-    mask: Option<BlockMask<'a>>,
+    mask: Option<ScoreBias<'a>>,
 }
 
 /// The row work between attention's two tile products. Attention rows are
@@ -536,7 +649,7 @@ mod softmax_rows {
 
     #[cfg(all(test, target_arch = "x86_64"))]
     mod tests {
-        use super::super::{BlockMask, ScoreBlock};
+        use super::super::{ScoreBias, ScoreBlock};
         use super::*;
         use crate::gemm::ukernel::BLOCK_BYTES;
         use crate::gemm::vector::tests::rand_f32 as rnd;
@@ -562,10 +675,10 @@ mod softmax_rows {
                 mask_data[3 * kv_len..4 * kv_len].fill(f32::NEG_INFINITY);
                 let masks = [
                     None,
-                    Some(BlockMask { data: &mask_data, row_stride: 0, key_stride: 1 }),
-                    Some(BlockMask { data: &mask_data, row_stride: kv_len, key_stride: 1 }),
-                    Some(BlockMask { data: &mask_data, row_stride: 1, key_stride: 3 }),
-                    Some(BlockMask { data: &mask_data, row_stride: 5, key_stride: 0 }),
+                    Some(ScoreBias { data: &mask_data, row_stride: 0, key_stride: 1 }),
+                    Some(ScoreBias { data: &mask_data, row_stride: kv_len, key_stride: 1 }),
+                    Some(ScoreBias { data: &mask_data, row_stride: 1, key_stride: 3 }),
+                    Some(ScoreBias { data: &mask_data, row_stride: 5, key_stride: 0 }),
                 ];
                 for (mi, mask) in masks.into_iter().enumerate() {
                     let scale = 0.125 + case as f32;
@@ -705,6 +818,41 @@ mod tests {
                 for (a, b) in got.iter().zip(&want) {
                     prop_assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "packed: {} vs {}", a, b);
                 }
+            }
+        }
+    }
+
+    /// Every row of every head of both layouts is handed to exactly one
+    /// task, at its place: ragged last blocks, one block, one row each.
+    #[test]
+    fn head_blocks_cover_each_row_once_in_place() {
+        for heads_inner in [false, true] {
+            for (batch, heads, len, dim, block) in [(2, 3, 7, 5, 3), (1, 2, 4, 1, 9), (3, 1, 5, 2, 1), (2, 2, 0, 3, 2)]
+            {
+                let layout = HeadsLayout { batch, heads, len, dim, heads_inner };
+                let mut out = vec![0f32; layout.numel().unwrap() + 3];
+                let calls = std::sync::atomic::AtomicUsize::new(0);
+                par_head_blocks(&mut out, layout, block, |blk| {
+                    calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    assert!(blk.rows() >= 1 && blk.rows() <= block && blk.s0 % block == 0);
+                    for i in 0..blk.rows() {
+                        let tag = ((blk.batch * heads + blk.head) * len + blk.s0 + i) as f32;
+                        blk.row(i).iter_mut().enumerate().for_each(|(x, v)| *v += tag * 10.0 + x as f32 + 1.0);
+                    }
+                });
+                assert_eq!(calls.into_inner(), batch * heads * len.div_ceil(block));
+                let mut want = vec![0f32; out.len()];
+                for (b, h, s_, x) in (0..batch).flat_map(|b| {
+                    (0..heads).flat_map(move |h| (0..len).flat_map(move |s_| (0..dim).map(move |x| (b, h, s_, x))))
+                }) {
+                    let at = if heads_inner {
+                        ((b * len + s_) * heads + h) * dim
+                    } else {
+                        ((b * heads + h) * len + s_) * dim
+                    };
+                    want[at + x] = ((b * heads + h) * len + s_) as f32 * 10.0 + x as f32 + 1.0;
+                }
+                assert_eq!(out, want, "{layout:?} in blocks of {block}");
             }
         }
     }

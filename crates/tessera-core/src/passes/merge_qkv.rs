@@ -2,8 +2,12 @@
 //! come from `tessera:FusedMatMul`s of the same activation with constant
 //! weights of one shape `[K, C]` (and constant biases, or none), the three
 //! become one `FusedMatMul` with the weights side by side (`[K, 3C]`), and
-//! `tessera:Attention` reads Q, K and V as column ranges of its `[B, S, 3C]`
+//! the attention reads Q, K and V as column ranges of its `[B, S, 3C]`
 //! output (attribute `qkv_packed = 1`, the packed value passed three times).
+//! The attention is `tessera:Attention`, or the ONNX `Attention` operator
+//! in its 3-D layout (Q known to be `[B, S, C]`, head counts as attributes),
+//! whose kernel in this runtime reads the attribute; no other provider
+//! claims that operator.
 //!
 //! Why: at batch 1 the projections are short, wide GEMMs (M = sequence
 //! length) whose cost is dominated by fixed per-call work (packing the
@@ -64,11 +68,22 @@ fn plain_projection<'g>(g: &'g Graph, n: &'g Node) -> Option<(&'g str, &'g Tenso
     Some((n.inputs[0].as_str(), w, bias))
 }
 
+/// An ONNX Attention node in the 3-D layout: both head counts given and
+/// Q's rank known to be 3.
+fn onnx_3d(g: &Graph, at: &Node) -> bool {
+    let heads = |a: &str| at.attr_int(a).ok().flatten().is_some_and(|h| h > 0);
+    let q_rank = g.value_info.get(&at.inputs[0]).and_then(|v| v.shape.as_ref()).map(|s| s.len());
+    heads("q_num_heads") && heads("kv_num_heads") && q_rank == Some(3)
+}
+
 fn find_one(g: &Graph) -> Option<Merge> {
     let ix = Index::new(g);
     for (ai, at) in g.nodes.iter().enumerate() {
-        if at.domain != DOMAIN || at.op_type != "Attention" || at.attrs.contains_key(QKV_PACKED) || at.inputs.len() < 3
-        {
+        if at.op_type != "Attention" || at.attrs.contains_key(QKV_PACKED) || at.inputs.len() < 3 {
+            continue;
+        }
+        let onnx = at.domain.is_empty() || at.domain == "ai.onnx";
+        if !(at.domain == DOMAIN || onnx && onnx_3d(g, at)) {
             continue;
         }
         let qkv = [&at.inputs[0], &at.inputs[1], &at.inputs[2]];
@@ -206,6 +221,36 @@ mod tests {
         assert_eq!(b, [0., 0., 0., 10., 10., 10., 20., 20., 20.]);
         // The three old weights and biases are gone.
         assert_eq!(g.initializers.len(), 2);
+    }
+
+    /// The ONNX operator merges in its 3-D layout only: head counts given
+    /// and Q known to be rank 3.
+    #[test]
+    fn onnx_attention_merges_in_its_3d_layout() {
+        let onnx = |heads: bool, q_rank: Option<usize>| {
+            let mut g = graph("x", "none");
+            let mut at = Node::new("Attention", "att", &["q", "k", "v", "m"], &["y"]);
+            if heads {
+                at = at.with_attr("q_num_heads", Attr::Int(1)).with_attr("kv_num_heads", Attr::Int(1));
+            }
+            g.nodes[3] = at;
+            if let Some(r) = q_rank {
+                let shape = Some(vec![Dim::Known(2); r]);
+                g.value_info.insert("q".into(), ValueInfo { name: "q".into(), dtype: Some(DType::F32), shape });
+            }
+            g
+        };
+        let mut g = onnx(true, Some(3));
+        assert_eq!(merge_qkv_projections(&mut g), 1);
+        let (mm, at) = (&g.nodes[0], &g.nodes[1]);
+        assert_eq!((at.domain.as_str(), at.op_type.as_str()), ("", "Attention"));
+        assert_eq!(at.inputs, [&mm.outputs[0], &mm.outputs[0], &mm.outputs[0], "m"]);
+        assert_eq!(at.attr_int_or(QKV_PACKED, 0).unwrap(), 1);
+        assert_eq!(g.initializers[&mm.inputs[1]].shape(), [2, 9]);
+        for (heads, rank) in [(false, Some(3)), (true, Some(4)), (true, None)] {
+            let mut g = onnx(heads, rank);
+            assert_eq!(merge_qkv_projections(&mut g), 0, "heads {heads}, Q rank {rank:?}");
+        }
     }
 
     #[test]

@@ -16,8 +16,9 @@
 //! * int8: fp32 products quantized to int8 (weights per column, activations
 //!   per row); integer models' products always run on int8 tiles.
 //!
-//! Under bf16, auto and int8 it also claims `tessera:Attention`, whose two
-//! per-head products (scores, weighted sum) then run on bf16 tiles.
+//! Under bf16, auto and int8 it also claims `tessera:Attention` and the
+//! ONNX `Attention` operator (without a soft cap or score output), whose
+//! two per-head products (scores, weighted sum) then run on bf16 tiles.
 
 mod ops;
 pub mod sme;
@@ -39,7 +40,8 @@ pub(crate) enum TilePlan {
     /// An integer model's MatMulInteger, QLinearMatMul, ConvInteger or
     /// QLinearConv.
     Integer,
-    /// `tessera:Attention` with its per-head products on bf16 tiles.
+    /// `tessera:Attention` or ONNX `Attention` with its per-head products
+    /// on bf16 tiles.
     Attention,
 }
 
@@ -184,6 +186,19 @@ impl AmxProvider {
                 // the other float products (int8 quantizes only weighted
                 // products; attention has no weights).
                 Precision::Bf16 | Precision::Auto | Precision::Int8 => Ok(TilePlan::Attention),
+                Precision::Fp32 | Precision::Fp32Tiles => {
+                    Err("fp32 precision: attention stays on the fp32 vector units".into())
+                }
+            },
+            (_, "Attention") if domain_ok => match self.precision {
+                // As `tessera:Attention` above: the spec's operator, its
+                // products on bf16 tiles.
+                Precision::Bf16 | Precision::Auto | Precision::Int8 => {
+                    match crate::cpu::ops::nn::attention::tile_path_refusal(node) {
+                        Some(why) => Err(why),
+                        None => Ok(TilePlan::Attention),
+                    }
+                }
                 Precision::Fp32 | Precision::Fp32Tiles => {
                     Err("fp32 precision: attention stays on the fp32 vector units".into())
                 }

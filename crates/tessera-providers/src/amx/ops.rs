@@ -46,8 +46,11 @@ pub(crate) fn build(node: &Node, plan: TilePlan, isa: TileIsa, bctx: &BuildCtx) 
             quant::qlinear_conv_op(node, bctx, Some(w.conv_on(node, isa)))
         }
         (TilePlan::Integer, op) => Err(Error::node(node, format!("{op} is not an integer product"))),
-        (TilePlan::Attention, _) => {
+        (TilePlan::Attention, _) if node.domain == "tessera" => {
             crate::cpu::ops::fused::attention_op(node, tessera_kernels::attention::Products::Tiles(isa))
+        }
+        (TilePlan::Attention, _) => {
+            crate::cpu::ops::nn::attention::attention_op(node, tessera_kernels::attention::Products::Tiles(isa))
         }
     }
 }

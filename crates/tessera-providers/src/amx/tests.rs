@@ -519,6 +519,51 @@ fn attention_on_tiles_under_bf16_matches_cpu() {
     }
 }
 
+/// ONNX `Attention` (grouped-query heads, 3-D, causal, with a boolean
+/// padding mask) under bf16 and int8 runs its products on the tiles, within
+/// bf16 error of the CPU provider's fp32 result; a soft cap, a score output
+/// and the fp32 precisions are declined with their reasons.
+#[test]
+fn onnx_attention_on_tiles_under_bf16_matches_cpu() {
+    let (b, s, hq, hkv, d) = (2usize, 45usize, 4usize, 2usize, 40usize);
+    let t = |seed: u64, heads: usize| Tensor::from_vec(&[b, s, heads * d], rand_vec(b * s * heads * d, seed)).unwrap();
+    let pad: Vec<u8> = (0..b * s).map(|i| (i % 9 != 8) as u8).collect();
+    let mask = Tensor::from_vec(&[b, 1, 1, s], pad).unwrap().with_dtype(DType::Bool).unwrap();
+    let node = |outputs: &[&str]| {
+        Node::new("Attention", "att", &["q", "k", "v", "mask"], outputs)
+            .with_attr("q_num_heads", Attr::Int(hq as i64))
+            .with_attr("kv_num_heads", Attr::Int(hkv as i64))
+            .with_attr("is_causal", Attr::Int(1))
+    };
+    let mut g = graph(node(&["y"]), &["q", "k", "v", "mask"], vec![]);
+    g.opsets.insert(String::new(), 23);
+    let ins = [t(31, hq), t(32, hkv), t(33, hkv), mask];
+    let want = run_on(&CpuProvider::new(), &g, &ins);
+    for precision in [Precision::Bf16, Precision::Auto, Precision::Int8] {
+        let got = run_on(&AmxProvider::with_isa(precision, isa()), &g, &ins);
+        assert_eq!(got.shape(), [b, s, hq * d]);
+        let (x, y) = (got.to_f64_vec(), want.to_f64_vec());
+        let err = x.iter().zip(&y).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+        // V within [-1, 1]: bf16 operands keep the output within about 1%;
+        // a wrong element would be off by the order of 1.
+        assert!(err <= 0.03, "{precision:?}: max error {err}");
+        assert!(err > 0.0, "{precision:?}: bit-identical to fp32, so the tiles did not run");
+    }
+    let declined =
+        |g: &Graph, precision: Precision| match &AmxProvider::with_isa(precision, isa()).claim(g, &[false])[0] {
+            NodeVerdict::Decline { reason } => reason.clone(),
+            v => panic!("claimed: {v:?}"),
+        };
+    assert!(declined(&g, Precision::Fp32).contains("fp32"));
+    assert!(declined(&g, Precision::Fp32Tiles).contains("fp32"));
+    let mut capped = g.clone();
+    capped.nodes[0] = node(&["y"]).with_attr("softcap", Attr::Float(2.0));
+    assert!(declined(&capped, Precision::Bf16).contains("soft cap"));
+    let mut scores = g.clone();
+    scores.nodes[0] = node(&["y", "", "", "qk"]);
+    assert!(declined(&scores, Precision::Bf16).contains("score output"));
+}
+
 /// `tessera:FusedMlp` on tiles against the CPU provider under each
 /// precision, with a residual of the output's shape (under bf16 the hidden
 /// layer goes straight into the second product's A panels) and one that

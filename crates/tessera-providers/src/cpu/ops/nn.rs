@@ -2,7 +2,7 @@
 //! convolutions, pooling, normalizations and attention. Shared helpers for the quant
 //! and fused operators live in `common`.
 
-mod attention;
+pub(crate) mod attention;
 pub(crate) mod common;
 pub(crate) mod conv;
 mod einsum;
