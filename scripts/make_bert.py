@@ -15,6 +15,12 @@ the form exporters give BERT-base:
            MatMul + Add, residual Add, LayerNorm
   output   last_hidden_state float [batch, seq, hidden]
 
+With --attention-op (opset 23) each layer's attention is instead one ONNX
+`Attention` node on the projections' [batch, seq, hidden] outputs (3-D, heads
+as attributes, no Reshape or Transpose), the additive mask expanded once to
+[batch, 1, seq, seq] (ONNX Runtime takes no mask broadcast over the query
+axis); the rest of the layer is unchanged.
+
 Weights and biases are normal(0, 0.02) from numpy's default_rng(seed);
 LayerNorm scales are 1 and shifts 0 (BERT's initialization). `seq` must be at
 most --max-pos (512).
@@ -30,6 +36,7 @@ inline; weights go to external data only past protobuf's 2 GB limit.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
@@ -42,6 +49,8 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 OPSET = 17
+# The first opset with the Attention operator.
+ATTENTION_OPSET = 23
 # Bump when the graph layout changes, so cached files are rebuilt.
 BUILDER_VERSION = 1
 PROTOBUF_LIMIT = 2**31 - 1
@@ -57,12 +66,14 @@ class BertParams:
     seed: int = 0
     max_pos: int = 512
     type_vocab: int = 2
+    # True: one ONNX Attention node per layer (opset 23).
+    attention_op: bool = False
 
     def check(self) -> None:
         if self.hidden % self.heads:
             raise SystemExit(f"hidden {self.hidden} is not a multiple of heads {self.heads}")
         for k, v in asdict(self).items():
-            if k != "seed" and v <= 0:
+            if k not in ("seed", "attention_op") and v <= 0:
                 raise SystemExit(f"--{k.replace('_', '-')} must be positive, got {v}")
 
     def n_params(self) -> int:
@@ -123,13 +134,17 @@ def encoder_layer(g: GraphBuilder, x: str, mask: str, p: BertParams, i: int) -> 
     def split_heads(t: str, perm: list[int]) -> str:
         return g.op("Transpose", [g.op("Reshape", [t, heads_shape])], perm=perm)
 
-    q = split_heads(linear(g, x, f"{pre}.attention.query", p.hidden, p.hidden), [0, 2, 1, 3])
-    k = split_heads(linear(g, x, f"{pre}.attention.key", p.hidden, p.hidden), [0, 2, 3, 1])
-    v = split_heads(linear(g, x, f"{pre}.attention.value", p.hidden, p.hidden), [0, 2, 1, 3])
-    scores = g.op("Div", [g.op("MatMul", [q, k]), "const.sqrt_head_dim"])
-    probs = g.op("Softmax", [g.op("Add", [scores, mask])], axis=-1)
-    ctx = g.op("Transpose", [g.op("MatMul", [probs, v])], perm=[0, 2, 1, 3])
-    ctx = g.op("Reshape", [ctx, "const.hidden_shape"])
+    if p.attention_op:
+        q, k, v = (linear(g, x, f"{pre}.attention.{n}", p.hidden, p.hidden) for n in ("query", "key", "value"))
+        ctx = g.op("Attention", [q, k, v, mask], q_num_heads=p.heads, kv_num_heads=p.heads)
+    else:
+        q = split_heads(linear(g, x, f"{pre}.attention.query", p.hidden, p.hidden), [0, 2, 1, 3])
+        k = split_heads(linear(g, x, f"{pre}.attention.key", p.hidden, p.hidden), [0, 2, 3, 1])
+        v = split_heads(linear(g, x, f"{pre}.attention.value", p.hidden, p.hidden), [0, 2, 1, 3])
+        scores = g.op("Div", [g.op("MatMul", [q, k]), "const.sqrt_head_dim"])
+        probs = g.op("Softmax", [g.op("Add", [scores, mask])], axis=-1)
+        ctx = g.op("Transpose", [g.op("MatMul", [probs, v])], perm=[0, 2, 1, 3])
+        ctx = g.op("Reshape", [ctx, "const.hidden_shape"])
     attn = linear(g, ctx, f"{pre}.attention.output", p.hidden, p.hidden)
     x = layer_norm(g, g.op("Add", [attn, x]), f"{pre}.attention.LayerNorm", p.hidden)
 
@@ -159,6 +174,8 @@ def build_model(p: BertParams):
         ("const.mask_fill", np.array(-10000.0, np.float32)),
         ("const.mask_axes", np.array([1, 2], np.int64)),
         ("const.hidden_shape", np.array([0, 0, p.hidden], np.int64)),
+        ("const.one_1d", np.array([1], np.int64)),
+        ("const.ones_2", np.array([1, 1], np.int64)),
     ]:
         g.const(name, value)
 
@@ -177,6 +194,11 @@ def build_model(p: BertParams):
     mask = g.op("Cast", ["attention_mask"], to=TensorProto.FLOAT)
     mask = g.op("Mul", [g.op("Sub", ["const.one", mask]), "const.mask_fill"])
     mask = g.op("Unsqueeze", [mask, "const.mask_axes"])
+    if p.attention_op:
+        # [batch, 1, 1, seq] broadcast against [1, 1, seq, 1].
+        seq_1d = g.op("Gather", [ids_shape, "const.one_1d"], axis=0)
+        target = g.op("Concat", ["const.ones_2", seq_1d, "const.one_1d"], axis=0)
+        mask = g.op("Expand", [mask, target])
 
     for i in range(p.layers):
         x = encoder_layer(g, x, mask, p, i)
@@ -189,8 +211,9 @@ def build_model(p: BertParams):
         [helper.make_tensor_value_info("last_hidden_state", TensorProto.FLOAT, [*dims, p.hidden])],
         initializer=g.inits,
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="tessera-make_bert")
-    model.ir_version = 8  # onnxruntime 1.14+ reads it
+    opset = ATTENTION_OPSET if p.attention_op else OPSET
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="tessera-make_bert")
+    model.ir_version = 10 if p.attention_op else 8  # onnxruntime 1.14+ reads 8; opset 23 needs 10
     onnx.checker.check_model(model, full_check=model.ByteSize() < PROTOBUF_LIMIT)
     return model
 
@@ -250,7 +273,11 @@ def ensure(out_dir: Path, p: BertParams, int8: bool = False, log=print) -> dict[
     fp32 = out_dir / "bert.onnx"
     q8 = out_dir / "bert_int8.onnx"
     meta_path = out_dir / "bert.params.json"
-    meta = {"params": asdict(p), "opset": OPSET, "builder": BUILDER_VERSION}
+    params = asdict(p)
+    if not p.attention_op:
+        # Files built before the option existed stay valid.
+        params.pop("attention_op")
+    meta = {"params": params, "opset": ATTENTION_OPSET if p.attention_op else OPSET, "builder": BUILDER_VERSION}
     old = json.loads(meta_path.read_text()) if meta_path.exists() else None
     if old != meta or not fp32.exists():
         for f in (meta_path, q8, fp32, out_dir / "bert.onnx.data"):
@@ -281,12 +308,13 @@ def main() -> int:
     ap.add_argument("--max-pos", type=int, default=d.max_pos, help="position embeddings (longest seq)")
     ap.add_argument("--int8", action="store_true", help="also write bert_int8.onnx (ORT dynamic quantization)")
     ap.add_argument("--smoke", action="store_true", help="tiny model: 2 layers, hidden 64, 2 heads, ffn 128, vocab 100")
+    ap.add_argument("--attention-op", action="store_true", help="one ONNX Attention node per layer (opset 23)")
     args = ap.parse_args()
     if args.smoke:
-        p = SMOKE
+        p = dataclasses.replace(SMOKE, attention_op=args.attention_op)
     else:
         p = BertParams(layers=args.layers, hidden=args.hidden, heads=args.heads, ffn=args.ffn, vocab=args.vocab,
-                       seed=args.seed, max_pos=args.max_pos)
+                       seed=args.seed, max_pos=args.max_pos, attention_op=args.attention_op)
     paths = ensure(Path(args.out), p, int8=args.int8)
     for kind, path in paths.items():
         print(f"{kind}: {path} ({path.stat().st_size / 2**20:.1f} MiB)")
