@@ -216,14 +216,27 @@ impl HeadsLayout {
 pub struct HeadBlockRows<'o> {
     out: SyncPtr<f32>,
     layout: HeadsLayout,
-    pub batch: usize,
-    pub head: usize,
-    pub s0: usize,
+    batch: usize,
+    head: usize,
+    s0: usize,
     rows: usize,
     _out: std::marker::PhantomData<&'o mut [f32]>,
 }
 
 impl HeadBlockRows<'_> {
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+
+    pub fn head(&self) -> usize {
+        self.head
+    }
+
+    /// The block's first row.
+    pub fn s0(&self) -> usize {
+        self.s0
+    }
+
     pub fn rows(&self) -> usize {
         self.rows
     }
@@ -232,12 +245,15 @@ impl HeadBlockRows<'_> {
     pub fn row(&mut self, i: usize) -> &mut [f32] {
         assert!(i < self.rows, "row {i} of a block of {}", self.rows);
         let at = self.layout.row_at(self.batch, self.head, self.s0 + i);
-        // SAFETY: `par_head_blocks` checked that `out` holds the whole
-        // layout, so `at + dim` is in bounds; the layout maps distinct
-        // (batch, head, row) to disjoint ranges of `dim` values, each block
-        // of rows belongs to one task alone, and the returned slice borrows
-        // this writer mutably, so no two slices of it live at once. `out`
-        // outlives the tasks (`'o`).
+        // SAFETY: `par_head_blocks` made this writer (its fields are
+        // private) for a block inside the layout and checked that `out`
+        // holds the whole layout, so `at + dim` is in bounds; the layout
+        // maps distinct (batch, head, row) to disjoint ranges of `dim`
+        // values and each block of rows belongs to one task alone; the
+        // returned slice borrows this writer mutably, so no two slices of
+        // it live at once; `out` stays mutably borrowed by
+        // `par_head_blocks` until every task has returned, and the writer
+        // cannot leave its task (it is lent, not given).
         unsafe { std::slice::from_raw_parts_mut(self.out.at(at), self.layout.dim) }
     }
 }
@@ -245,9 +261,14 @@ impl HeadBlockRows<'_> {
 /// Runs `f` once for every block of `block` rows (the last one shorter)
 /// of every head of every batch of `out`, laid out by `layout`, in
 /// parallel on the current rayon pool; each call writes its own rows.
-/// Tasks run in (batch, head, block) order. Panics if `out` is shorter
-/// than the layout or `block` is 0.
-pub fn par_head_blocks(out: &mut [f32], layout: HeadsLayout, block: usize, f: impl Fn(&mut HeadBlockRows) + Sync) {
+/// Tasks are numbered in (batch, head, block) order. Panics if `out` is
+/// shorter than the layout or `block` is 0.
+pub fn par_head_blocks<'o>(
+    out: &'o mut [f32],
+    layout: HeadsLayout,
+    block: usize,
+    f: impl Fn(&mut HeadBlockRows<'o>) + Sync,
+) {
     assert!(block > 0, "blocks of 0 rows");
     assert!(layout.numel().is_some_and(|n| n <= out.len()), "output shorter than its layout");
     if layout.dim == 0 || layout.len == 0 {
@@ -313,12 +334,14 @@ pub struct HeadBlock<'a, 'f> {
 /// `softmax_j(scale · q_i · k_j + bias(i, j)) · V` for every query row `i`
 /// of `head`, its two products on `isa`'s bf16 tiles (fp32 accumulation),
 /// each output row written through `out_row(i, first column, factor,
-/// values)` as `factor * values` (one call per 32 columns of V). Rows
-/// whose scores are all -inf come out NaN, as a plain softmax gives them;
-/// with no keys (`kv_len` 0) every row is zeros. Runs on the calling
-/// thread.
+/// values)` as `factor * values` (one call per 32 columns of V; one call
+/// of factor 0 per row when there are no keys, `kv_len` 0, which makes
+/// every row zeros). Rows whose scores are all -inf come out NaN, as a
+/// plain softmax gives them. The head size (`q.cols`) must be at least 1
+/// (panics otherwise). Runs on the calling thread.
 pub fn head_on_tiles(isa: TileIsa, head: &HeadBlock, out_row: &OutRow) {
     let (r, dv) = (head.q.rows, head.v_dim);
+    assert!(head.q.cols > 0, "attention heads of size 0");
     if head.kv_len == 0 {
         let zeros = vec![0f32; dv];
         (0..r).for_each(|i| out_row(i, 0, 0.0, &zeros));
@@ -834,9 +857,9 @@ mod tests {
                 let calls = std::sync::atomic::AtomicUsize::new(0);
                 par_head_blocks(&mut out, layout, block, |blk| {
                     calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    assert!(blk.rows() >= 1 && blk.rows() <= block && blk.s0 % block == 0);
+                    assert!(blk.rows() >= 1 && blk.rows() <= block && blk.s0() % block == 0);
                     for i in 0..blk.rows() {
-                        let tag = ((blk.batch * heads + blk.head) * len + blk.s0 + i) as f32;
+                        let tag = ((blk.batch() * heads + blk.head()) * len + blk.s0() + i) as f32;
                         blk.row(i).iter_mut().enumerate().for_each(|(x, v)| *v += tag * 10.0 + x as f32 + 1.0);
                     }
                 });

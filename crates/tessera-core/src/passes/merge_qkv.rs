@@ -5,9 +5,10 @@
 //! the attention reads Q, K and V as column ranges of its `[B, S, 3C]`
 //! output (attribute `qkv_packed = 1`, the packed value passed three times).
 //! The attention is `tessera:Attention`, or the ONNX `Attention` operator
-//! in its 3-D layout (Q known to be `[B, S, C]`, head counts as attributes),
-//! whose kernel in this runtime reads the attribute; no other provider
-//! claims that operator.
+//! in its 3-D layout (Q known to be `[B, S, C]`, head counts as attributes).
+//! Every provider that claims either (the CPU and tile providers) builds
+//! the one kernel op that reads the attribute; the pass runs only for
+//! sessions whose graph stays with those providers (`optimize_with`).
 //!
 //! Why: at batch 1 the projections are short, wide GEMMs (M = sequence
 //! length) whose cost is dominated by fixed per-call work (packing the
@@ -19,8 +20,8 @@ use super::fuse_matmul::{DOMAIN, FUSED_MATMUL};
 use super::pattern::Index;
 use crate::{Attr, DType, Dim, Graph, Node, Tensor};
 
-/// The attribute of a `tessera:Attention` whose Q, K and V are one packed
-/// `[B, S, 3C]` value.
+/// The attribute of a `tessera:Attention` or ONNX `Attention` whose Q, K
+/// and V are one packed `[B, S, 3C]` value.
 pub const QKV_PACKED: &str = "qkv_packed";
 
 pub fn merge_qkv_projections(g: &mut Graph) -> usize {

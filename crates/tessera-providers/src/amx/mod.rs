@@ -180,25 +180,18 @@ impl AmxProvider {
                     plan => Ok(plan),
                 }
             }
-            ("tessera", "Attention") => match self.precision {
+            (d, "Attention") if d == "tessera" || domain_ok => match self.precision {
                 // The scores and the weighted sum are the graph's two
                 // MatMuls: under bf16 and int8 they take bf16 tiles like
                 // the other float products (int8 quantizes only weighted
-                // products; attention has no weights).
-                Precision::Bf16 | Precision::Auto | Precision::Int8 => Ok(TilePlan::Attention),
-                Precision::Fp32 | Precision::Fp32Tiles => {
-                    Err("fp32 precision: attention stays on the fp32 vector units".into())
-                }
-            },
-            (_, "Attention") if domain_ok => match self.precision {
-                // As `tessera:Attention` above: the spec's operator, its
-                // products on bf16 tiles.
-                Precision::Bf16 | Precision::Auto | Precision::Int8 => {
-                    match crate::cpu::ops::nn::attention::tile_path_refusal(node) {
-                        Some(why) => Err(why),
-                        None => Ok(TilePlan::Attention),
+                // products; attention has no weights). The ONNX operator
+                // declines what the tile path does not take.
+                Precision::Bf16 | Precision::Auto | Precision::Int8 => match d == "tessera" {
+                    true => Ok(TilePlan::Attention),
+                    false => {
+                        crate::cpu::ops::nn::attention::tile_path_refusal(node).map_or(Ok(TilePlan::Attention), Err)
                     }
-                }
+                },
                 Precision::Fp32 | Precision::Fp32Tiles => {
                     Err("fp32 precision: attention stays on the fp32 vector units".into())
                 }

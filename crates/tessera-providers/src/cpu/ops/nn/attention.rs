@@ -29,13 +29,18 @@
 //! provider claims the node (bf16, auto and int8 precisions), on bf16 tiles
 //! with fp32 accumulation (`tessera_kernels::attention::head_on_tiles`):
 //! the bias is added and the softmax taken as the scores leave the tiles.
+//! A row whose every key is masked gives zeros on both paths; with an
+//! infinite or NaN value in V the vector path gives NaN there (0 · inf, as
+//! the reference does), the tile path still zeros.
 //! The tile path takes no soft cap and no score output (the provider
-//! declines those nodes); given them anyway, the op runs its vector path.
+//! declines those nodes); given them anyway, or fewer than
+//! [`TILE_MIN_QUERY_ROWS`] query rows (a decoding step), the op runs its
+//! vector path.
 
 use rayon::prelude::*;
 use tessera_core::{DType, Error, Node, Result, Tensor};
 use tessera_kernels::attention::{head_on_tiles, par_head_blocks, HeadBlock, HeadsLayout, Products, ScoreBias};
-use tessera_kernels::gemm::{sgemm, MatRef, Parallel};
+use tessera_kernels::gemm::{sgemm, MatRef, Parallel, TileIsa};
 
 use super::common::{expect_float, to_f32_vec, write_whole_output, Float};
 use crate::cpu::registry::{BuildCtx, CpuOp, OpRegistry, RunCtx};
@@ -47,6 +52,15 @@ pub fn register(r: &mut OpRegistry) {
 
 /// Query rows per block of scores.
 const QUERY_BLOCK: usize = 64;
+
+/// Fewest query rows (per head) for which the products run on tiles when
+/// the op is given them. Each query head packs its keys and values for
+/// the tiles, which only many query rows repay: one-node models with a
+/// 511-position cache, 32 query and 8 key/value heads, 2 threads
+/// (`benches/results/2026-11-28-onnx-attention-tiles/tile_min_query_rows.txt`)
+/// ran 0.56-0.69 ms on the vector units against 0.97-1.0 on tiles for 2 to
+/// 8 query rows, 0.92 against 0.99 for 16, and 1.40 against 1.00 for 32.
+const TILE_MIN_QUERY_ROWS: usize = 32;
 
 /// The node's attributes, checked once at build time.
 #[derive(Clone, Debug)]
@@ -83,6 +97,10 @@ impl Attrs {
         if left < -1 || right < -1 {
             return Err(Error::node(node, "window sizes must be -1 or non-negative"));
         }
+        let packed = node.attr_int_or(tessera_core::passes::merge_qkv::QKV_PACKED, 0)? != 0;
+        if packed && !(node.inputs.len() >= 3 && node.inputs[0] == node.inputs[1] && node.inputs[1] == node.inputs[2]) {
+            return Err(Error::node(node, "packed Q/K/V must be one value given three times"));
+        }
         let scale = node.attr_float("scale")?;
         if scale.is_some_and(|s| !s.is_finite()) {
             return Err(Error::node(node, "scale must be finite"));
@@ -96,7 +114,7 @@ impl Attrs {
             qk_mode,
             left,
             right,
-            packed: node.attr_int_or(tessera_core::passes::merge_qkv::QKV_PACKED, 0)? != 0,
+            packed,
         })
     }
 }
@@ -116,7 +134,7 @@ struct Heads<'a> {
 
 impl<'a> Heads<'a> {
     /// `[B, H, S, d]` (4-D) or `[B, S, H·d]` (3-D, `heads` given); with
-    /// `packed`, part `part` (0 Q, 1 K, 2 V) of a 3-D `[B, S, 3·H·d]`.
+    /// `packed = Some(p)`, part `p` (0 Q, 1 K, 2 V) of a 3-D `[B, S, 3·H·d]`.
     fn of(
         node: &Node,
         what: &str,
@@ -212,6 +230,17 @@ struct Mask {
 }
 
 impl Mask {
+    /// The mask of query rows `i0..` of head `h` of batch `b` as a bias
+    /// view, when it covers every key (no padded keys to mask).
+    fn view(&self, b: usize, h: usize, i0: usize) -> Option<ScoreBias<'_>> {
+        let at = b * self.strides[0] + h * self.strides[1] + i0 * self.strides[2];
+        (self.keys == self.total).then(|| ScoreBias {
+            data: &self.values[at..],
+            row_stride: self.strides[2],
+            key_stride: 1,
+        })
+    }
+
     fn of(node: &Node, t: &Tensor, full: [usize; 3], total: usize) -> Result<Mask> {
         let shape = t.shape();
         if shape.is_empty() || shape.len() > 4 {
@@ -246,19 +275,6 @@ impl Mask {
             *o += m;
         }
         past_end.fill(f32::NEG_INFINITY);
-    }
-}
-
-impl Mask {
-    /// The mask of query rows `i0..` of head `h` of batch `b` as a bias
-    /// view, when it covers every key (no padded keys to mask).
-    fn view(&self, b: usize, h: usize, i0: usize) -> Option<ScoreBias<'_>> {
-        let at = b * self.strides[0] + h * self.strides[1] + i0 * self.strides[2];
-        (self.keys == self.total).then(|| ScoreBias {
-            data: &self.values[at..],
-            row_stride: self.strides[2],
-            key_stride: 1,
-        })
     }
 }
 
@@ -310,8 +326,8 @@ impl Bias<'_> {
     }
 
     /// The keys that rows `i0..i0 + n` can attend: under a causal mask none
-    /// reaches past key `i0 + n + offset` (the scores beyond need not be
-    /// computed, their probabilities being 0).
+    /// reaches key `i0 + n + offset` or any later one (the scores there need
+    /// not be computed, their probabilities being 0).
     fn live(&self, i0: usize, n: usize) -> usize {
         match self.at.causal {
             true => ((i0 + n) as i64).saturating_add(self.offset).clamp(0, self.total as i64) as usize,
@@ -322,9 +338,27 @@ impl Bias<'_> {
 
 /// The op with its two products on `products`.
 pub(crate) fn attention_op(node: &Node, products: Products) -> Result<Box<dyn CpuOp>> {
+    op_with(node, products, TILE_MIN_QUERY_ROWS)
+}
+
+/// [`attention_op`] taking tiles from `tile_min_rows` query rows (tests
+/// run the tile path on small shapes).
+fn op_with(node: &Node, products: Products, tile_min_rows: usize) -> Result<Box<dyn CpuOp>> {
     let node = node.clone();
     let attrs = Attrs::parse(&node)?;
-    Ok(Box::new(move |inputs: &[Option<&Tensor>], ctx: &mut RunCtx| run(&node, &attrs, products, inputs, ctx)))
+    let tiles = match products {
+        Products::Tiles(isa) => Tiles { isa, min_rows: tile_min_rows },
+        Products::Vector => Tiles { isa: TileIsa::Emulated, min_rows: usize::MAX },
+    };
+    Ok(Box::new(move |inputs: &[Option<&Tensor>], ctx: &mut RunCtx| run(&node, &attrs, tiles, inputs, ctx)))
+}
+
+/// The tile ISA and the fewest query rows that take it (`usize::MAX`: the
+/// vector units only).
+#[derive(Clone, Copy, Debug)]
+struct Tiles {
+    isa: TileIsa,
+    min_rows: usize,
 }
 
 /// Why the tile path cannot run `node` (None: it can).
@@ -342,13 +376,7 @@ pub(crate) fn tile_path_refusal(node: &Node) -> Option<String> {
     None
 }
 
-fn run(
-    node: &Node,
-    at: &Attrs,
-    products: Products,
-    inputs: &[Option<&Tensor>],
-    ctx: &mut RunCtx,
-) -> Result<Vec<Tensor>> {
+fn run(node: &Node, at: &Attrs, tiles: Tiles, inputs: &[Option<&Tensor>], ctx: &mut RunCtx) -> Result<Vec<Tensor>> {
     let (q, k, v) = (req(node, inputs, 0)?, req(node, inputs, 1)?, req(node, inputs, 2)?);
     let (mask, past_k, past_v, nonpad) = (opt(inputs, 3), opt(inputs, 4), opt(inputs, 5), opt(inputs, 6));
     for (t, what) in [(q, "Q"), (k, "K"), (v, "V")]
@@ -476,19 +504,20 @@ fn run(
 
     // On tiles, the tasks write Y in its layout (f32) or into a buffer
     // in that layout (other types).
-    let tiled_y = match products {
-        Products::Tiles(isa) if at.softcap == 0.0 && !want_qk => {
+    let tiled_y = match tiles {
+        Tiles { isa, min_rows } if at.softcap == 0.0 && !want_qk && sq >= min_rows && dq > 0 => {
             let layout = HeadsLayout { batch, heads: hq, len: sq, dim: dv, heads_inner: rank == 3 };
             Some(write_whole_output::<f32>(ctx, q.dtype(), &y_shape, |out| {
                 par_head_blocks(out, layout, rows, |blk| {
-                    let (b, h, i0, n) = (blk.batch, blk.head, blk.s0, blk.rows());
+                    let (b, h, i0, n) = (blk.batch(), blk.head(), blk.s0(), blk.rows());
                     let g = h / group;
                     let bias = bias_of(b);
                     // The mask serves as it is where nothing else masks;
                     // otherwise the block's bias rows are built.
                     let view = if structural { None } else { mask.as_ref().and_then(|m| m.view(b, h, i0)) };
                     let mut built = Vec::new();
-                    if view.is_none() && (mask.is_some() || structural) {
+                    // (No keys: the kernel writes zeros, no bias needed.)
+                    if view.is_none() && (mask.is_some() || structural) && total > 0 {
                         built = vec![0f32; n * total];
                         for (r, row) in built.chunks_exact_mut(total).enumerate() {
                             bias.row(h, i0 + r, row);
@@ -508,12 +537,20 @@ fn run(
                         bias: view.or(built_view),
                     };
                     let blk = std::cell::RefCell::new(blk);
+                    // A row whose bias masks every key comes out of the
+                    // softmax as NaN; the spec asks for zeros there. Only
+                    // NaN rows are checked, each once.
+                    let dead = std::cell::RefCell::new(vec![None; n]);
+                    let masks_all = |i: usize| {
+                        *dead.borrow_mut()[i].get_or_insert_with(|| match built.is_empty() {
+                            true => bias.masks_all(h, i0 + i),
+                            false => built[i * total..][..total].iter().all(|&c| c == f32::NEG_INFINITY),
+                        })
+                    };
                     head_on_tiles(isa, &head, &|i, j0, norm, vals| {
                         let mut w = blk.borrow_mut();
                         let dst = &mut w.row(i)[j0..][..vals.len()];
-                        // A row whose bias masks every key comes out of the
-                        // softmax as NaN; the spec asks for zeros there.
-                        if norm.is_nan() && bias.masks_all(h, i0 + i) {
+                        if norm.is_nan() && masks_all(i) {
                             dst.fill(0.0);
                         } else {
                             dst.iter_mut().zip(vals).for_each(|(d, &v)| *d = norm * v);
@@ -658,7 +695,6 @@ mod tests {
     use proptest::prelude::*;
     use rand::{Rng, SeedableRng};
     use tessera_core::{Attr, DType, Node, Tensor};
-    use tessera_kernels::gemm::TileIsa;
 
     /// One random problem: sizes, options and data.
     #[derive(Clone, Debug)]
@@ -958,7 +994,7 @@ mod tests {
         let outs = match products {
             Products::Vector => run_node(&node, 25, &inputs).unwrap(),
             tiles => {
-                let op = attention_op(&node, tiles).unwrap();
+                let op = op_with(&node, tiles, 1).unwrap();
                 let refs: Vec<Option<&Tensor>> = inputs.iter().map(|t| t.as_ref()).collect();
                 op.run(&refs, &mut crate::cpu::registry::RunCtx::default()).unwrap()
             }
@@ -1202,6 +1238,54 @@ mod tests {
         assert!(err(&plain, vec![Some(q), Some(k.clone()), Some(k)]).contains("too many elements"));
     }
 
+    /// Degenerate shapes on the tile path: no keys at all under a causal
+    /// frontier (zeros), heads of size 0 (the vector path's uniform
+    /// weights), a packed attribute on three different values (refused).
+    #[test]
+    fn amx_tiles_degenerate_shapes() {
+        let run = |node: &Node, inputs: &[Option<Tensor>], products: Products| {
+            let refs: Vec<Option<&Tensor>> = inputs.iter().map(|t| t.as_ref()).collect();
+            op_with(node, products, 1).and_then(|op| op.run(&refs, &mut crate::cpu::registry::RunCtx::default()))
+        };
+        let causal = Node::new("Attention", "a", &["q", "k", "v"], &["y"]).with_attr("is_causal", Attr::Int(1));
+        let plain = Node::new("Attention", "a", &["q", "k", "v"], &["y"]);
+        for isa in tile_isas() {
+            let tiles = Products::Tiles(isa);
+            let (q, kv) = (t_f32(&[1, 2, 3, 4], &[0.5; 24]), t_f32(&[1, 1, 0, 4], &[]));
+            let y = run(&causal, &[Some(q), Some(kv.clone()), Some(kv)], tiles).unwrap();
+            assert_eq!(y[0].shape(), [1, 2, 3, 4]);
+            assert!(y[0].as_slice::<f32>().unwrap().iter().all(|&v| v == 0.0));
+            let (q, k) = (t_f32(&[1, 1, 3, 0], &[]), t_f32(&[1, 1, 4, 0], &[]));
+            let v = t_f32(&[1, 1, 4, 2], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0]);
+            let y = run(&plain, &[Some(q), Some(k), Some(v)], tiles).unwrap();
+            assert_eq!(y[0].as_slice::<f32>().unwrap(), &[4.0, 5.0, 4.0, 5.0, 4.0, 5.0]);
+        }
+        let forged = plain.with_attr(tessera_core::passes::merge_qkv::QKV_PACKED, Attr::Int(1));
+        let err = op_with(&forged, Products::Vector, 1).err().expect("refused").to_string();
+        assert!(err.contains("one value"), "{err}");
+    }
+
+    /// Below `TILE_MIN_QUERY_ROWS` query rows the op given tiles runs its
+    /// vector products (the very fp32 result); from there on, the tiles.
+    #[test]
+    fn amx_tiles_from_the_fewest_query_rows() {
+        for (sq, tiled) in [(TILE_MIN_QUERY_ROWS - 1, false), (TILE_MIN_QUERY_ROWS, true)] {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(sq as u64);
+            let t = |n: usize, rng: &mut rand::rngs::StdRng| t_f32(&[1, 2, n, 16], &random(2 * n * 16, rng));
+            let inputs = [Some(t(sq, &mut rng)), Some(t(40, &mut rng)), Some(t(40, &mut rng))];
+            let refs: Vec<Option<&Tensor>> = inputs.iter().map(|t| t.as_ref()).collect();
+            let node = Node::new("Attention", "a", &["q", "k", "v"], &["y"]);
+            let run = |p: Products| {
+                let y = attention_op(&node, p).unwrap().run(&refs, &mut crate::cpu::registry::RunCtx::default());
+                y.unwrap()[0].as_slice::<f32>().unwrap().to_vec()
+            };
+            let vector = run(Products::Vector);
+            for isa in tile_isas() {
+                assert_eq!(run(Products::Tiles(isa)) != vector, tiled, "{sq} query rows on {isa:?}");
+            }
+        }
+    }
+
     /// Q, K and V packed side by side in one `[B, S, 3C]` value (as the
     /// merge_qkv pass leaves a 3-D node) give the very result of the three
     /// apart, on the vector units and on tiles, with a cache and a mask.
@@ -1239,7 +1323,7 @@ mod tests {
         for products in products {
             let run = |node: &Node, inputs: &[Option<Tensor>]| {
                 let refs: Vec<Option<&Tensor>> = inputs.iter().map(|t| t.as_ref()).collect();
-                attention_op(node, products).unwrap().run(&refs, &mut crate::cpu::registry::RunCtx::default()).unwrap()
+                op_with(node, products, 1).unwrap().run(&refs, &mut crate::cpu::registry::RunCtx::default()).unwrap()
             };
             let (want, got) = (run(&apart, &ins_apart), run(&together, &ins_together));
             assert_eq!(got.len(), 3);
