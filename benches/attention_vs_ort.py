@@ -6,11 +6,13 @@ Each case is a one-node model built here (no download) with random inputs
 causal prefill, grouped-query heads in the 3-D layout, one decoding step
 against a key/value cache of 511 positions (grouped-query, causal), and a
 batch with a boolean padding mask. For each: ONNX Runtime's p50 (sequential
-execution, intra-op threads = T), `tessera bench`'s p50, the ratio ORT /
-Tessera (above 1: Tessera faster), and the largest difference of Tessera's
-output Y from ONNX Runtime's over max |Y|.
+execution, intra-op threads = T), `tessera bench`'s p50 under each of
+--precisions (fp32: the vector units; bf16: the products on bf16 tiles
+where the machine has them), the ratio ORT / Tessera (above 1: Tessera
+faster), and the largest difference of Tessera's output Y from ONNX
+Runtime's over max |Y| (held to 1e-4 in fp32, 3e-2 in bf16).
 
-    python benches/attention_vs_ort.py --tessera target/release/tessera --threads 2 --iters 50
+    python benches/attention_vs_ort.py --tessera target/release/tessera --threads 2 --iters 50 --precisions fp32,bf16
 
 `--smoke` runs the smallest case once (the test suite's check that the
 script works); its timings mean nothing.
@@ -100,7 +102,7 @@ def ort_time(path: Path, feeds: dict, threads: int, warmup: int, iters: int):
     return statistics.median(times), out
 
 
-def tessera(cli: str, path: Path, feeds: dict, threads: int, warmup: int, iters: int):
+def tessera(cli: str, path: Path, feeds: dict, threads: int, warmup: int, iters: int, precision: str):
     with tempfile.TemporaryDirectory() as d:
         args = []
         for k, x in feeds.items():
@@ -110,13 +112,13 @@ def tessera(cli: str, path: Path, feeds: dict, threads: int, warmup: int, iters:
         # `bench` times its own seeded random inputs (a boolean mask among
         # them is then random too); `run` takes these ones, for the accuracy.
         cmd = [cli, "bench", str(path), "--threads", str(threads), "--warmup", str(warmup),
-               "--iterations", str(iters), "--json"]
+               "--iterations", str(iters), "--json", "--precision", precision]
         r = subprocess.run(cmd, capture_output=True, text=True)
         if r.returncode != 0:
             raise RuntimeError(f"{' '.join(cmd)}: {(r.stderr or r.stdout).strip().splitlines()[-1:]}")
         line = next(l for l in reversed(r.stdout.splitlines()) if l.lstrip().startswith("{"))
         ms = json.loads(line)["p50_ms"]
-        cmd = [cli, "run", str(path), "--threads", str(threads), "--output-dir", d] + args
+        cmd = [cli, "run", str(path), "--threads", str(threads), "--output-dir", d, "--precision", precision] + args
         r = subprocess.run(cmd, capture_output=True, text=True)
         if r.returncode != 0:
             raise RuntimeError(f"{' '.join(cmd)}: {(r.stderr or r.stdout).strip().splitlines()[-1:]}")
@@ -130,13 +132,18 @@ def main() -> int:
     ap.add_argument("--threads", default="2")
     ap.add_argument("--iters", type=int, default=50)
     ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--precisions", default="fp32", help="tessera precisions, comma list (fp32, bf16)")
     ap.add_argument("--smoke", action="store_true")
     a = ap.parse_args()
     cases = [SMOKE] if a.smoke else a.cases.split(",")
     threads = [1] if a.smoke else [int(t) for t in a.threads.split(",")]
     iters, warmup = (1, 0) if a.smoke else (a.iters, a.warmup)
     print(f"onnxruntime {ort.__version__}; p50 ms; ratio = ORT p50 / Tessera p50 (above 1: Tessera faster)")
-    print(f"{'case':<20}{'thr':>4}{'ORT':>10}{'tessera':>10}{'ratio':>7}{'max err':>10}")
+    precisions = [p for p in a.precisions.split(",") if p]
+    limits = {"fp32": 1e-4, "bf16": 3e-2}
+    if any(p not in limits for p in precisions):
+        ap.error(f"--precisions takes {', '.join(limits)}")
+    print(f"{'case':<20}{'thr':>4}{'prec':>6}{'ORT':>10}{'tessera':>10}{'ratio':>7}{'max err':>10}")
     failed = False
     with tempfile.TemporaryDirectory(prefix="attention_vs_ort_") as tmp:
         work = Path(tmp)
@@ -144,15 +151,17 @@ def main() -> int:
             path, feeds = build(name, work)
             for t in threads:
                 ort_ms, ref = ort_time(path, feeds, t, warmup, iters)
-                try:
-                    ms, got = tessera(a.tessera, path, feeds, t, warmup, iters)
-                    err = float(np.abs(got.astype(np.float64) - ref).max() / max(np.abs(ref).max(), 1e-30))
-                    if got.shape != ref.shape or not err < 1e-4:
+                for prec in precisions:
+                    try:
+                        ms, got = tessera(a.tessera, path, feeds, t, warmup, iters, prec)
+                        err = float(np.abs(got.astype(np.float64) - ref).max() / max(np.abs(ref).max(), 1e-30))
+                        if got.shape != ref.shape or not err < limits[prec]:
+                            failed = True
+                        print(f"{name:<20}{t:>4}{prec:>6}{ort_ms:>10.3f}{ms:>10.3f}{ort_ms / ms:>7.2f}{err:>10.2e}",
+                              flush=True)
+                    except (RuntimeError, StopIteration, FileNotFoundError, ValueError) as e:
                         failed = True
-                    print(f"{name:<20}{t:>4}{ort_ms:>10.3f}{ms:>10.3f}{ort_ms / ms:>7.2f}{err:>10.2e}", flush=True)
-                except (RuntimeError, StopIteration, FileNotFoundError, ValueError) as e:
-                    failed = True
-                    print(f"{name:<20}{t:>4}{ort_ms:>10.3f}  error: {e}", flush=True)
+                        print(f"{name:<20}{t:>4}{prec:>6}{ort_ms:>10.3f}  error: {e}", flush=True)
     return 1 if failed else 0
 
 

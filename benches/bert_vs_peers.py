@@ -219,7 +219,7 @@ class TorchOnnx:
     """
 
     SUPPORTED = {
-        "Add", "Cast", "Clip", "Concat", "Constant", "ConstantOfShape", "Div", "Equal", "Erf", "Expand",
+        "Add", "Attention", "Cast", "Clip", "Concat", "Constant", "ConstantOfShape", "Div", "Equal", "Erf", "Expand",
         "Gather", "Identity", "LayerNormalization", "MatMul", "Mul", "Range", "ReduceSum", "Reshape",
         "Shape", "Slice", "Softmax", "Sqrt", "Sub", "Tanh", "Transpose", "Unsqueeze", "Where",
     }

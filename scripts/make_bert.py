@@ -231,8 +231,9 @@ def save_model(model, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def quantize_int8(src: Path, dst: Path) -> None:
-    """ONNX Runtime's dynamic quantization, int8 weights (what ORT users do)."""
+def quantize_int8(src: Path, dst: Path, op_types: list[str] | None = None) -> None:
+    """ONNX Runtime's dynamic quantization, int8 weights (what ORT users do);
+    `op_types` limits it to those operators."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     tmp = dst.with_name(dst.stem + ".tmp.onnx")
@@ -240,7 +241,7 @@ def quantize_int8(src: Path, dst: Path) -> None:
     level = root.level
     root.setLevel(logging.ERROR)  # its "consider pre-processing" advice is noise here
     try:
-        quantize_dynamic(str(src), str(tmp), weight_type=QuantType.QInt8)
+        quantize_dynamic(str(src), str(tmp), weight_type=QuantType.QInt8, op_types_to_quantize=op_types)
     finally:
         root.setLevel(level)
     os.replace(tmp, dst)
@@ -292,7 +293,9 @@ def ensure(out_dir: Path, p: BertParams, int8: bool = False, log=print) -> dict[
     if int8:
         if not q8.exists():
             log(f"make_bert: quantizing to {q8}")
-            quantize_int8(fp32, q8)
+            # ORT would turn the ONNX Attention nodes into its QAttention,
+            # which rejects their head-count attributes: MatMuls only.
+            quantize_int8(fp32, q8, ["MatMul"] if p.attention_op else None)
         else:
             log(f"make_bert: reusing {q8}")
         paths["int8"] = q8
