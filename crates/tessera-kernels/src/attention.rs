@@ -174,8 +174,9 @@ pub fn attention_on(
             Products::Tiles(isa) => {
                 let sess = TileSession::begin(isa, Prefetch::None);
                 let vrow = |kk: usize| &vh.data[kk * lv..][..d];
-                let head = HeadBlock { q: qh, k: &kh, v: &vrow, kv_len, v_dim: d, scale, bias: block_mask };
-                head.on_tiles(&sess, f32s, &out_row);
+                let queries = [QueryBlock { q: qh, bias: block_mask }];
+                let head = HeadBlock { queries: &queries, k: &kh, v: &vrow, kv_len, v_dim: d, scale };
+                head.on_tiles(&sess, f32s, &|_, i, j0, norm, vals| out_row(i, j0, norm, vals));
             }
         });
     });
@@ -210,14 +211,15 @@ impl HeadsLayout {
     }
 }
 
-/// The rows `s0..s0 + rows()` of one head of one batch in an output laid
-/// out by a [`HeadsLayout`]: a task of [`par_head_blocks`] writes them, and
-/// only them.
+/// The rows `s0..s0 + rows()` of heads `head()..head() + heads()` of one
+/// batch in an output laid out by a [`HeadsLayout`]: a task of
+/// [`par_head_blocks`] writes them, and only them.
 pub struct HeadBlockRows<'o> {
     out: SyncPtr<f32>,
     layout: HeadsLayout,
     batch: usize,
     head: usize,
+    heads: usize,
     s0: usize,
     rows: usize,
     _out: std::marker::PhantomData<&'o mut [f32]>,
@@ -228,8 +230,14 @@ impl HeadBlockRows<'_> {
         self.batch
     }
 
+    /// The first head of the block.
     pub fn head(&self) -> usize {
         self.head
+    }
+
+    /// Heads in the block.
+    pub fn heads(&self) -> usize {
+        self.heads
     }
 
     /// The block's first row.
@@ -241,10 +249,10 @@ impl HeadBlockRows<'_> {
         self.rows
     }
 
-    /// Row `i` of the block (`dim` values).
-    pub fn row(&mut self, i: usize) -> &mut [f32] {
-        assert!(i < self.rows, "row {i} of a block of {}", self.rows);
-        let at = self.layout.row_at(self.batch, self.head, self.s0 + i);
+    /// Row `i` of head `head() + r` of the block (`dim` values).
+    pub fn row(&mut self, r: usize, i: usize) -> &mut [f32] {
+        assert!(i < self.rows && r < self.heads, "row {i} of head {r} of a block of {} x {}", self.heads, self.rows);
+        let at = self.layout.row_at(self.batch, self.head + r, self.s0 + i);
         // SAFETY: `par_head_blocks` made this writer (its fields are
         // private) for a block inside the layout and checked that `out`
         // holds the whole layout, so `at + dim` is in bounds; the layout
@@ -259,31 +267,35 @@ impl HeadBlockRows<'_> {
 }
 
 /// Runs `f` once for every block of `block` rows (the last one shorter)
-/// of every head of every batch of `out`, laid out by `layout`, in
-/// parallel on the current rayon pool; each call writes its own rows.
-/// Tasks are numbered in (batch, head, block) order. Panics if `out` is
-/// shorter than the layout or `block` is 0.
+/// of every run of `heads` consecutive heads (a grouped-query group, or 1)
+/// of every batch of `out`, laid out by `layout`, in parallel on the
+/// current rayon pool; each call writes its own rows. Tasks are numbered in
+/// (batch, head run, block) order. Panics if `out` is shorter than the
+/// layout, `block` is 0, or `heads` does not divide the layout's heads.
 pub fn par_head_blocks<'o>(
     out: &'o mut [f32],
     layout: HeadsLayout,
+    heads: usize,
     block: usize,
     f: impl Fn(&mut HeadBlockRows<'o>) + Sync,
 ) {
     assert!(block > 0, "blocks of 0 rows");
+    assert!(heads > 0 && layout.heads.is_multiple_of(heads), "{} heads in runs of {heads}", layout.heads);
     assert!(layout.numel().is_some_and(|n| n <= out.len()), "output shorter than its layout");
     if layout.dim == 0 || layout.len == 0 {
         return;
     }
-    let blocks = layout.len.div_ceil(block);
+    let (blocks, runs) = (layout.len.div_ceil(block), layout.heads / heads);
     let ptr = SyncPtr(out.as_mut_ptr());
-    (0..layout.batch * layout.heads * blocks).into_par_iter().for_each(|t| {
-        let (bh, blk) = (t / blocks, t % blocks);
+    (0..layout.batch * runs * blocks).into_par_iter().for_each(|t| {
+        let (bg, blk) = (t / blocks, t % blocks);
         let s0 = blk * block;
         let mut rows = HeadBlockRows {
             out: ptr,
             layout,
-            batch: bh / layout.heads,
-            head: bh % layout.heads,
+            batch: bg / runs,
+            head: bg % runs * heads,
+            heads,
             s0,
             rows: block.min(layout.len - s0),
             _out: std::marker::PhantomData,
@@ -312,43 +324,55 @@ fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     r
 }
 
-/// `out_row(row, first column, factor, values)`: writes `factor * values`
-/// into a row of a task's output.
-pub type OutRow<'o> = dyn Fn(usize, usize, f32, &[f32]) + 'o;
+/// `out_row(query, row, first column, factor, values)`: writes `factor *
+/// values` into a row of one of a task's query blocks.
+pub type OutRow<'o> = dyn Fn(usize, usize, usize, f32, &[f32]) + 'o;
 
-/// One head's block of query rows, its keys and values and the additive
-/// bias of its scores: row `j` of K is `k(j)` (the query's `d` values),
-/// row `j` of V is `v(j)` (`v_dim` values), for `j < kv_len`. Callers with
-/// other layouts (heads as an axis, grouped-query heads, a key/value
-/// cache) describe them through the two closures.
-pub struct HeadBlock<'a, 'f> {
+/// A block of query rows of one head, `d` values each, and the additive
+/// bias of their scores.
+#[derive(Clone, Copy, Debug)]
+pub struct QueryBlock<'a> {
     pub q: MatRef<'a, f32>,
+    pub bias: Option<ScoreBias<'a>>,
+}
+
+/// Keys and values of one head and the query blocks that read them: one,
+/// or the query heads of a grouped-query group, which then share one
+/// packing of K and V. Row `j` of K is `k(j)` (`d` values, the queries'
+/// width), row `j` of V is `v(j)` (`v_dim` values), for `j < kv_len`.
+/// Callers with other layouts (heads as an axis, a key/value cache)
+/// describe them through the two closures.
+pub struct HeadBlock<'a, 'f> {
+    pub queries: &'f [QueryBlock<'a>],
     pub k: &'f dyn Fn(usize) -> &'a [f32],
     pub v: &'f dyn Fn(usize) -> &'a [f32],
     pub kv_len: usize,
     pub v_dim: usize,
     pub scale: f32,
-    pub bias: Option<ScoreBias<'a>>,
 }
 
-/// `softmax_j(scale · q_i · k_j + bias(i, j)) · V` for every query row `i`
-/// of `head`, its two products on `isa`'s bf16 tiles (fp32 accumulation),
-/// each output row written through `out_row(i, first column, factor,
-/// values)` as `factor * values` (one call per 32 columns of V; one call
-/// of factor 0 per row when there are no keys, `kv_len` 0, which makes
-/// every row zeros). Rows whose scores are all -inf come out NaN, as a
-/// plain softmax gives them. The head size (`q.cols`) must be at least 1
-/// (panics otherwise). Runs on the calling thread.
+/// `softmax_j(scale · q_i · k_j + bias(i, j)) · V` for every row `i` of
+/// every query block `b` of `head`, its two products on `isa`'s bf16 tiles
+/// (fp32 accumulation), each output row written through `out_row(b, i,
+/// first column, factor, values)` as `factor * values` (one call per 32
+/// columns of V; one call of factor 0 per row when there are no keys,
+/// `kv_len` 0, which makes every row zeros). Rows whose scores are all
+/// -inf come out NaN, as a plain softmax gives them. Every query block
+/// must have the same head size, at least 1 (panics otherwise). Runs on
+/// the calling thread.
 pub fn head_on_tiles(isa: TileIsa, head: &HeadBlock, out_row: &OutRow) {
-    let (r, dv) = (head.q.rows, head.v_dim);
-    assert!(head.q.cols > 0, "attention heads of size 0");
+    let d = head.queries.first().map_or(1, |b| b.q.cols);
+    assert!(d > 0 && head.queries.iter().all(|b| b.q.cols == d), "query blocks of size 0 or of unequal sizes");
     if head.kv_len == 0 {
-        let zeros = vec![0f32; dv];
-        (0..r).for_each(|i| out_row(i, 0, 0.0, &zeros));
+        let zeros = vec![0f32; head.v_dim];
+        for (b, block) in head.queries.iter().enumerate() {
+            (0..block.q.rows).for_each(|i| out_row(b, i, 0, 0.0, &zeros));
+        }
         return;
     }
+    let rows = head.queries.iter().map(|b| b.q.rows).max().unwrap_or(0);
     let sess = TileSession::begin(isa, Prefetch::None);
-    with_scratch(MR.min(r) * head.kv_len, |scores| head.on_tiles(&sess, scores, out_row))
+    with_scratch(MR.min(rows) * head.kv_len, |scores| head.on_tiles(&sess, scores, out_row))
 }
 
 impl HeadBlock<'_, '_> {
@@ -359,13 +383,15 @@ impl HeadBlock<'_, '_> {
     /// unnormalized softmax rounded to bf16 straight into the A panel of
     /// the second product, and `P · V` (V packed from its rows) scaled by
     /// each row's normalizing factor as it is written out by
-    /// `out_row(row, first column, factor, values)`. `scores` holds at least
-    /// `min(32, rows)` rows of `kv_len`.
+    /// `out_row(query block, row, first column, factor, values)`; K and V
+    /// are packed once for all the query blocks. `scores` holds at least
+    /// `min(32, rows)` rows of `kv_len` for the longest block.
     fn on_tiles(&self, sess: &TileSession, scores: &mut [f32], out_row: &OutRow) {
-        let (r, d, dv, kv_len, mask) = (self.q.rows, self.q.cols, self.v_dim, self.kv_len, self.bias);
+        let Some(first) = self.queries.first() else { return };
+        let (d, dv, kv_len) = (first.q.cols, self.v_dim, self.kv_len);
         let (kb_d, kb_kv) = (pack::k_blocks(DotKind::Bf16, d), pack::k_blocks(DotKind::Bf16, kv_len));
         let (len_d, len_kv) = (kb_d * BLOCK_BYTES, kb_kv * BLOCK_BYTES);
-        let (mp, np_kv, np_d) = (r.div_ceil(MR), kv_len.div_ceil(NR), dv.div_ceil(NR));
+        let (np_kv, np_d) = (kv_len.div_ceil(NR), dv.div_ceil(NR));
         let sizes = [len_d, np_kv * len_d, len_kv, np_d * len_kv];
         with_reused_bytes(&PANELS, sizes.iter().sum(), |panels| {
             let (qp, rest) = panels.split_at_mut(sizes[0]);
@@ -379,9 +405,15 @@ impl HeadBlock<'_, '_> {
                 pack::pack_b_bf16_from_rows(dst, NR.min(dv - j0), kv_len, |kk| &(self.v)(kk)[j0..]);
             }
             let mut acc = AccBlock::new();
-            for pm in 0..mp {
+            let panels = self
+                .queries
+                .iter()
+                .enumerate()
+                .flat_map(|(b, qb)| (0..qb.q.rows.div_ceil(MR)).map(move |pm| (b, qb, pm)));
+            for (qi, qb, pm) in panels {
+                let (r, mask) = (qb.q.rows, qb.bias);
                 let (i0, rows) = (pm * MR, MR.min(r - pm * MR));
-                pack::pack_a_f32(qp, self.q.rows_range(i0, rows), Split::Bf16);
+                pack::pack_a_f32(qp, qb.q.rows_range(i0, rows), Split::Bf16);
                 let scores = &mut scores[..rows * kv_len];
                 let mut lane_max = [[f32::NEG_INFINITY; 16]; MR];
                 for pn in 0..np_kv {
@@ -401,7 +433,7 @@ impl HeadBlock<'_, '_> {
                     let (j0, cols) = (pn * NR, NR.min(dv - pn * NR));
                     sess.run(DotKind::Bf16, pp, &vp[pn * len_kv..][..len_kv], kb_kv, &mut acc, false);
                     for (i, src) in acc.as_f32().chunks_exact(NR).take(rows).enumerate() {
-                        out_row(i0 + i, j0, norm[i], &src[..cols]);
+                        out_row(qi, i0 + i, j0, norm[i], &src[..cols]);
                     }
                 }
             }
@@ -850,20 +882,24 @@ mod tests {
     #[test]
     fn head_blocks_cover_each_row_once_in_place() {
         for heads_inner in [false, true] {
-            for (batch, heads, len, dim, block) in [(2, 3, 7, 5, 3), (1, 2, 4, 1, 9), (3, 1, 5, 2, 1), (2, 2, 0, 3, 2)]
-            {
+            let shapes =
+                [(2, 3, 7, 5, 3, 1), (1, 2, 4, 1, 9, 2), (3, 1, 5, 2, 1, 1), (2, 2, 0, 3, 2, 1), (2, 6, 5, 3, 2, 3)];
+            for (batch, heads, len, dim, block, run) in shapes {
                 let layout = HeadsLayout { batch, heads, len, dim, heads_inner };
                 let mut out = vec![0f32; layout.numel().unwrap() + 3];
                 let calls = std::sync::atomic::AtomicUsize::new(0);
-                par_head_blocks(&mut out, layout, block, |blk| {
+                par_head_blocks(&mut out, layout, run, block, |blk| {
                     calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     assert!(blk.rows() >= 1 && blk.rows() <= block && blk.s0() % block == 0);
-                    for i in 0..blk.rows() {
-                        let tag = ((blk.batch() * heads + blk.head()) * len + blk.s0() + i) as f32;
-                        blk.row(i).iter_mut().enumerate().for_each(|(x, v)| *v += tag * 10.0 + x as f32 + 1.0);
+                    assert!(blk.heads() == run && blk.head() % run == 0);
+                    for r in 0..blk.heads() {
+                        for i in 0..blk.rows() {
+                            let tag = ((blk.batch() * heads + blk.head() + r) * len + blk.s0() + i) as f32;
+                            blk.row(r, i).iter_mut().enumerate().for_each(|(x, v)| *v += tag * 10.0 + x as f32 + 1.0);
+                        }
                     }
                 });
-                assert_eq!(calls.into_inner(), batch * heads * len.div_ceil(block));
+                assert_eq!(calls.into_inner(), batch * heads / run * len.div_ceil(block));
                 let mut want = vec![0f32; out.len()];
                 for (b, h, s_, x) in (0..batch).flat_map(|b| {
                     (0..heads).flat_map(move |h| (0..len).flat_map(move |s_| (0..dim).map(move |x| (b, h, s_, x))))
@@ -875,7 +911,7 @@ mod tests {
                     };
                     want[at + x] = ((b * heads + h) * len + s_) as f32 * 10.0 + x as f32 + 1.0;
                 }
-                assert_eq!(out, want, "{layout:?} in blocks of {block}");
+                assert_eq!(out, want, "{layout:?} in blocks of {block} rows, {run} heads");
             }
         }
     }

@@ -39,7 +39,9 @@
 
 use rayon::prelude::*;
 use tessera_core::{DType, Error, Node, Result, Tensor};
-use tessera_kernels::attention::{head_on_tiles, par_head_blocks, HeadBlock, HeadsLayout, Products, ScoreBias};
+use tessera_kernels::attention::{
+    head_on_tiles, par_head_blocks, HeadBlock, HeadsLayout, Products, QueryBlock, ScoreBias,
+};
 use tessera_kernels::gemm::{sgemm, MatRef, Parallel, TileIsa};
 
 use super::common::{expect_float, to_f32_vec, write_whole_output, Float};
@@ -54,13 +56,17 @@ pub fn register(r: &mut OpRegistry) {
 const QUERY_BLOCK: usize = 64;
 
 /// Fewest query rows (per head) for which the products run on tiles when
-/// the op is given them. Each query head packs its keys and values for
-/// the tiles, which only many query rows repay: one-node models with a
-/// 511-position cache, 32 query and 8 key/value heads, 2 threads
-/// (`benches/results/2026-11-28-onnx-attention-tiles/tile_min_query_rows.txt`)
-/// ran 0.56-0.69 ms on the vector units against 0.97-1.0 on tiles for 2 to
-/// 8 query rows, 0.92 against 0.99 for 16, and 1.40 against 1.00 for 32.
-const TILE_MIN_QUERY_ROWS: usize = 32;
+/// the op is given them. Each group of query heads packs its key/value head
+/// for the tiles and fills 32-row panels with its rows, which only enough
+/// query rows repay. One-node models with a 511-position cache, 32 query
+/// and 8 key/value heads, 2 threads
+/// (`benches/results/2026-11-28-onnx-attention-tiles/tile_min_query_rows*.txt`):
+/// vector units 0.54-0.66 ms against tiles 0.73-0.82 for 2 to 8 query
+/// rows, 0.88 against 0.74 for 16, 0.71-0.75 against 0.72 for 32; before
+/// the group shared its packing (each query head packing alone, as a
+/// group of one does), 0.92 against 0.99 at 16 rows and 1.40 against 1.00
+/// at 32.
+const TILE_MIN_QUERY_ROWS: usize = 16;
 
 /// The node's attributes, checked once at build time.
 #[derive(Clone, Debug)]
@@ -507,50 +513,61 @@ fn run(node: &Node, at: &Attrs, tiles: Tiles, inputs: &[Option<&Tensor>], ctx: &
     let tiled_y = match tiles {
         Tiles { isa, min_rows } if at.softcap == 0.0 && !want_qk && sq >= min_rows && dq > 0 => {
             let layout = HeadsLayout { batch, heads: hq, len: sq, dim: dv, heads_inner: rank == 3 };
+            // A task is a block of query rows of the query heads that read
+            // one key/value head (a grouped-query group, or one head): they
+            // share one packing of K and V.
+            let by_tasks = sq.div_ceil((2 * threads).div_ceil((batch * hkv).max(1)));
+            let rows = (32768 / total.max(1)).max(QUERY_BLOCK).min(by_tasks).max(1);
+            // Where only a mask covering every key masks, it serves as it
+            // is; otherwise each block's bias rows are built, once for the
+            // group unless the mask differs between heads. (No keys: the
+            // kernel writes zeros, no bias needed.)
+            let biased = (mask.is_some() || structural) && total > 0;
+            let in_place = !structural && mask.as_ref().is_some_and(|m| m.keys == total);
+            let per_head = mask.as_ref().is_some_and(|m| m.strides[1] != 0);
+            let built_heads = match (biased && !in_place, per_head) {
+                (false, _) => 0,
+                (true, true) => group,
+                (true, false) => 1,
+            };
             Some(write_whole_output::<f32>(ctx, q.dtype(), &y_shape, |out| {
-                par_head_blocks(out, layout, rows, |blk| {
-                    let (b, h, i0, n) = (blk.batch(), blk.head(), blk.s0(), blk.rows());
-                    let g = h / group;
+                par_head_blocks(out, layout, group, rows, |blk| {
+                    let (b, h0, i0, n) = (blk.batch(), blk.head(), blk.s0(), blk.rows());
+                    let g = h0 / group;
                     let bias = bias_of(b);
-                    // The mask serves as it is where nothing else masks;
-                    // otherwise the block's bias rows are built.
-                    let view = if structural { None } else { mask.as_ref().and_then(|m| m.view(b, h, i0)) };
-                    let mut built = Vec::new();
-                    // (No keys: the kernel writes zeros, no bias needed.)
-                    if view.is_none() && (mask.is_some() || structural) && total > 0 {
-                        built = vec![0f32; n * total];
-                        for (r, row) in built.chunks_exact_mut(total).enumerate() {
-                            bias.row(h, i0 + r, row);
+                    let mut built = vec![0f32; built_heads * n * total];
+                    for (r, head_rows) in built.chunks_exact_mut((n * total).max(1)).enumerate() {
+                        for (i, row) in head_rows.chunks_exact_mut(total).enumerate() {
+                            bias.row(h0 + r, i0 + i, row);
                         }
                     }
-                    let built_view =
-                        (!built.is_empty()).then_some(ScoreBias { data: &built, row_stride: total, key_stride: 1 });
+                    let bias_of_head = |r: usize| match (biased, in_place) {
+                        (false, _) => None,
+                        (true, true) => mask.as_ref().and_then(|m| m.view(b, h0 + r, i0)),
+                        (true, false) => {
+                            let at = if per_head { r * n * total } else { 0 };
+                            Some(ScoreBias { data: &built[at..], row_stride: total, key_stride: 1 })
+                        }
+                    };
+                    let queries: Vec<QueryBlock> = (0..group)
+                        .map(|r| QueryBlock { q: qh.rows(b, h0 + r, i0, n), bias: bias_of_head(r) })
+                        .collect();
                     let krow = |j: usize| kall.rows(b, g, j, 1).data;
                     let vrow = |j: usize| vall.rows(b, g, j, 1).data;
-                    let head = HeadBlock {
-                        q: qh.rows(b, h, i0, n),
-                        k: &krow,
-                        v: &vrow,
-                        kv_len: bias.live(i0, n),
-                        v_dim: dv,
-                        scale,
-                        bias: view.or(built_view),
-                    };
+                    let head =
+                        HeadBlock { queries: &queries, k: &krow, v: &vrow, kv_len: bias.live(i0, n), v_dim: dv, scale };
                     let blk = std::cell::RefCell::new(blk);
                     // A row whose bias masks every key comes out of the
                     // softmax as NaN; the spec asks for zeros there. Only
                     // NaN rows are checked, each once.
-                    let dead = std::cell::RefCell::new(vec![None; n]);
-                    let masks_all = |i: usize| {
-                        *dead.borrow_mut()[i].get_or_insert_with(|| match built.is_empty() {
-                            true => bias.masks_all(h, i0 + i),
-                            false => built[i * total..][..total].iter().all(|&c| c == f32::NEG_INFINITY),
-                        })
+                    let dead = std::cell::RefCell::new(vec![None; group * n]);
+                    let masks_all = |r: usize, i: usize| {
+                        *dead.borrow_mut()[r * n + i].get_or_insert_with(|| bias.masks_all(h0 + r, i0 + i))
                     };
-                    head_on_tiles(isa, &head, &|i, j0, norm, vals| {
+                    head_on_tiles(isa, &head, &|r, i, j0, norm, vals| {
                         let mut w = blk.borrow_mut();
-                        let dst = &mut w.row(i)[j0..][..vals.len()];
-                        if norm.is_nan() && masks_all(i) {
+                        let dst = &mut w.row(r, i)[j0..][..vals.len()];
+                        if norm.is_nan() && masks_all(r, i) {
                             dst.fill(0.0);
                         } else {
                             dst.iter_mut().zip(vals).for_each(|(d, &v)| *d = norm * v);
