@@ -257,7 +257,8 @@ impl HeadBlockRows<'_> {
         // private) for a block inside the layout and checked that `out`
         // holds the whole layout, so `at + dim` is in bounds; the layout
         // maps distinct (batch, head, row) to disjoint ranges of `dim`
-        // values and each block of rows belongs to one task alone; the
+        // values and a task alone owns all `heads` heads x `rows` rows of
+        // its block; the
         // returned slice borrows this writer mutably, so no two slices of
         // it live at once; `out` stays mutably borrowed by
         // `par_head_blocks` until every task has returned, and the writer
@@ -280,11 +281,11 @@ pub fn par_head_blocks<'o>(
     f: impl Fn(&mut HeadBlockRows<'o>) + Sync,
 ) {
     assert!(block > 0, "blocks of 0 rows");
-    assert!(heads > 0 && layout.heads.is_multiple_of(heads), "{} heads in runs of {heads}", layout.heads);
     assert!(layout.numel().is_some_and(|n| n <= out.len()), "output shorter than its layout");
-    if layout.dim == 0 || layout.len == 0 {
+    if layout.dim == 0 || layout.len == 0 || layout.heads == 0 || layout.batch == 0 {
         return;
     }
+    assert!(heads > 0 && layout.heads.is_multiple_of(heads), "{} heads in runs of {heads}", layout.heads);
     let (blocks, runs) = (layout.len.div_ceil(block), layout.heads / heads);
     let ptr = SyncPtr(out.as_mut_ptr());
     (0..layout.batch * runs * blocks).into_par_iter().for_each(|t| {

@@ -22,8 +22,9 @@
 //! Everything computes in f32: f16 and bf16 inputs are widened and outputs
 //! rounded back, f64 ones too (at f32 accuracy), and `softmax_precision`
 //! asks for no more than that for the 16-bit types. Work runs per (batch,
-//! query head, block of query rows): scores exist for one block at a time
-//! unless the score output is asked for.
+//! query head, block of query rows) on the vector units, per (batch,
+//! grouped-query group, block of query rows) on tiles: scores exist for
+//! one block at a time unless the score output is asked for.
 //!
 //! The two products run on the fp32 vector units, or, where the tile
 //! provider claims the node (bf16, auto and int8 precisions), on bf16 tiles
@@ -42,6 +43,7 @@ use tessera_core::{DType, Error, Node, Result, Tensor};
 use tessera_kernels::attention::{
     head_on_tiles, par_head_blocks, HeadBlock, HeadsLayout, Products, QueryBlock, ScoreBias,
 };
+use tessera_kernels::gemm::ukernel::MR;
 use tessera_kernels::gemm::{sgemm, MatRef, Parallel, TileIsa};
 
 use super::common::{expect_float, to_f32_vec, write_whole_output, Float};
@@ -56,17 +58,20 @@ pub fn register(r: &mut OpRegistry) {
 const QUERY_BLOCK: usize = 64;
 
 /// Fewest query rows (per head) for which the products run on tiles when
-/// the op is given them. Each group of query heads packs its key/value head
-/// for the tiles and fills 32-row panels with its rows, which only enough
-/// query rows repay. One-node models with a 511-position cache, 32 query
-/// and 8 key/value heads, 2 threads
+/// the op is given them: for one query head per key/value head, and for
+/// grouped-query heads (whose group shares one packing of its key/value
+/// head). The packing and the 32-row panels that the query rows fill
+/// are repaid only by enough rows. One-node models with a 511-position
+/// cache, 2 threads
 /// (`benches/results/2026-11-28-onnx-attention-tiles/tile_min_query_rows*.txt`):
-/// vector units 0.54-0.66 ms against tiles 0.73-0.82 for 2 to 8 query
-/// rows, 0.88 against 0.74 for 16, 0.71-0.75 against 0.72 for 32; before
-/// the group shared its packing (each query head packing alone, as a
-/// group of one does), 0.92 against 0.99 at 16 rows and 1.40 against 1.00
-/// at 32.
-const TILE_MIN_QUERY_ROWS: usize = 16;
+/// each head packing alone (as a group of one does), vector units 0.56-0.69
+/// ms against tiles 0.97-1.0 for 2 to 8 query rows, 0.92 against 0.99 for
+/// 16, 1.40 against 1.00 for 32; groups of 4 sharing their packing, 0.54-0.66
+/// against 0.73-0.82 for 2 to 8 rows, 0.88 against 0.74 for 16.
+const TILE_MIN_QUERY_ROWS: [usize; 2] = [32, 16];
+
+/// Most values of the bias one tile task builds (its query heads' rows).
+const TILE_BIAS_BUDGET: usize = 1 << 18;
 
 /// The node's attributes, checked once at build time.
 #[derive(Clone, Debug)]
@@ -347,24 +352,24 @@ pub(crate) fn attention_op(node: &Node, products: Products) -> Result<Box<dyn Cp
     op_with(node, products, TILE_MIN_QUERY_ROWS)
 }
 
-/// [`attention_op`] taking tiles from `tile_min_rows` query rows (tests
-/// run the tile path on small shapes).
-fn op_with(node: &Node, products: Products, tile_min_rows: usize) -> Result<Box<dyn CpuOp>> {
+/// [`attention_op`] taking tiles from `tile_min_rows` query rows, without
+/// and with grouped-query heads (tests run the tile path on small shapes).
+fn op_with(node: &Node, products: Products, tile_min_rows: [usize; 2]) -> Result<Box<dyn CpuOp>> {
     let node = node.clone();
     let attrs = Attrs::parse(&node)?;
     let tiles = match products {
         Products::Tiles(isa) => Tiles { isa, min_rows: tile_min_rows },
-        Products::Vector => Tiles { isa: TileIsa::Emulated, min_rows: usize::MAX },
+        Products::Vector => Tiles { isa: TileIsa::Emulated, min_rows: [usize::MAX; 2] },
     };
     Ok(Box::new(move |inputs: &[Option<&Tensor>], ctx: &mut RunCtx| run(&node, &attrs, tiles, inputs, ctx)))
 }
 
-/// The tile ISA and the fewest query rows that take it (`usize::MAX`: the
-/// vector units only).
+/// The tile ISA and the fewest query rows that take it, without and with
+/// grouped-query heads (`usize::MAX`: the vector units only).
 #[derive(Clone, Copy, Debug)]
 struct Tiles {
     isa: TileIsa,
-    min_rows: usize,
+    min_rows: [usize; 2],
 }
 
 /// Why the tile path cannot run `node` (None: it can).
@@ -511,13 +516,18 @@ fn run(node: &Node, at: &Attrs, tiles: Tiles, inputs: &[Option<&Tensor>], ctx: &
     // On tiles, the tasks write Y in its layout (f32) or into a buffer
     // in that layout (other types).
     let tiled_y = match tiles {
-        Tiles { isa, min_rows } if at.softcap == 0.0 && !want_qk && sq >= min_rows && dq > 0 => {
+        Tiles { isa, min_rows }
+            if at.softcap == 0.0 && !want_qk && sq >= min_rows[(group > 1) as usize] && dq > 0 && hq > 0 =>
+        {
             let layout = HeadsLayout { batch, heads: hq, len: sq, dim: dv, heads_inner: rank == 3 };
             // A task is a block of query rows of the query heads that read
             // one key/value head (a grouped-query group, or one head): they
             // share one packing of K and V.
+            // Blocks shorter than a 32-row panel would only add panel work
+            // per head; the bias built for a group's heads stays within
+            // its budget.
             let by_tasks = sq.div_ceil((2 * threads).div_ceil((batch * hkv).max(1)));
-            let rows = (32768 / total.max(1)).max(QUERY_BLOCK).min(by_tasks).max(1);
+            let short = MR.min(sq).max(1);
             // Where only a mask covering every key masks, it serves as it
             // is; otherwise each block's bias rows are built, once for the
             // group unless the mask differs between heads. (No keys: the
@@ -530,6 +540,8 @@ fn run(node: &Node, at: &Attrs, tiles: Tiles, inputs: &[Option<&Tensor>], ctx: &
                 (true, true) => group,
                 (true, false) => 1,
             };
+            let by_budget = TILE_BIAS_BUDGET / (built_heads * total).max(1);
+            let rows = (32768 / total.max(1)).max(QUERY_BLOCK).min(by_tasks).min(by_budget).max(short);
             Some(write_whole_output::<f32>(ctx, q.dtype(), &y_shape, |out| {
                 par_head_blocks(out, layout, group, rows, |blk| {
                     let (b, h0, i0, n) = (blk.batch(), blk.head(), blk.s0(), blk.rows());
@@ -1011,7 +1023,7 @@ mod tests {
         let outs = match products {
             Products::Vector => run_node(&node, 25, &inputs).unwrap(),
             tiles => {
-                let op = op_with(&node, tiles, 1).unwrap();
+                let op = op_with(&node, tiles, [1, 1]).unwrap();
                 let refs: Vec<Option<&Tensor>> = inputs.iter().map(|t| t.as_ref()).collect();
                 op.run(&refs, &mut crate::cpu::registry::RunCtx::default()).unwrap()
             }
@@ -1098,6 +1110,7 @@ mod tests {
             (40, false, 16, 24, 2, vec![2, 4, 40], 45),
             (40, false, 16, 24, 1, vec![2, 4, 1], 45),
             (70, false, 8, 8, 2, vec![1, 4, 70], 75),
+            (600, true, 8, 8, 2, vec![1, 4, 600], 602),
         ];
         for (sq, causal, d, dv, mask, lead, keys) in cases {
             let c = Case {
@@ -1257,12 +1270,13 @@ mod tests {
 
     /// Degenerate shapes on the tile path: no keys at all under a causal
     /// frontier (zeros), heads of size 0 (the vector path's uniform
-    /// weights), a packed attribute on three different values (refused).
+    /// weights), no query heads, a packed attribute on three different
+    /// values (refused).
     #[test]
     fn amx_tiles_degenerate_shapes() {
         let run = |node: &Node, inputs: &[Option<Tensor>], products: Products| {
             let refs: Vec<Option<&Tensor>> = inputs.iter().map(|t| t.as_ref()).collect();
-            op_with(node, products, 1).and_then(|op| op.run(&refs, &mut crate::cpu::registry::RunCtx::default()))
+            op_with(node, products, [1, 1]).and_then(|op| op.run(&refs, &mut crate::cpu::registry::RunCtx::default()))
         };
         let causal = Node::new("Attention", "a", &["q", "k", "v"], &["y"]).with_attr("is_causal", Attr::Int(1));
         let plain = Node::new("Attention", "a", &["q", "k", "v"], &["y"]);
@@ -1277,8 +1291,14 @@ mod tests {
             let y = run(&plain, &[Some(q), Some(k), Some(v)], tiles).unwrap();
             assert_eq!(y[0].as_slice::<f32>().unwrap(), &[4.0, 5.0, 4.0, 5.0, 4.0, 5.0]);
         }
+        // No query heads (4-D): an empty Y.
+        for isa in tile_isas() {
+            let (q, kv) = (t_f32(&[1, 0, 20, 4], &[]), t_f32(&[1, 1, 3, 4], &[0.5; 12]));
+            let y = run(&plain, &[Some(q), Some(kv.clone()), Some(kv)], Products::Tiles(isa)).unwrap();
+            assert_eq!(y[0].shape(), [1, 0, 20, 4]);
+        }
         let forged = plain.with_attr(tessera_core::passes::merge_qkv::QKV_PACKED, Attr::Int(1));
-        let err = op_with(&forged, Products::Vector, 1).err().expect("refused").to_string();
+        let err = op_with(&forged, Products::Vector, [1, 1]).err().expect("refused").to_string();
         assert!(err.contains("one value"), "{err}");
     }
 
@@ -1286,10 +1306,12 @@ mod tests {
     /// vector products (the very fp32 result); from there on, the tiles.
     #[test]
     fn amx_tiles_from_the_fewest_query_rows() {
-        for (sq, tiled) in [(TILE_MIN_QUERY_ROWS - 1, false), (TILE_MIN_QUERY_ROWS, true)] {
+        let [alone, grouped] = TILE_MIN_QUERY_ROWS;
+        let cases = [(1, alone - 1, false), (1, alone, true), (2, grouped - 1, false), (2, grouped, true)];
+        for (group, sq, tiled) in cases {
             let mut rng = rand::rngs::StdRng::seed_from_u64(sq as u64);
-            let t = |n: usize, rng: &mut rand::rngs::StdRng| t_f32(&[1, 2, n, 16], &random(2 * n * 16, rng));
-            let inputs = [Some(t(sq, &mut rng)), Some(t(40, &mut rng)), Some(t(40, &mut rng))];
+            let t = |h: usize, n: usize, rng: &mut rand::rngs::StdRng| t_f32(&[1, h, n, 16], &random(h * n * 16, rng));
+            let inputs = [Some(t(2, sq, &mut rng)), Some(t(2 / group, 40, &mut rng)), Some(t(2 / group, 40, &mut rng))];
             let refs: Vec<Option<&Tensor>> = inputs.iter().map(|t| t.as_ref()).collect();
             let node = Node::new("Attention", "a", &["q", "k", "v"], &["y"]);
             let run = |p: Products| {
@@ -1298,7 +1320,7 @@ mod tests {
             };
             let vector = run(Products::Vector);
             for isa in tile_isas() {
-                assert_eq!(run(Products::Tiles(isa)) != vector, tiled, "{sq} query rows on {isa:?}");
+                assert_eq!(run(Products::Tiles(isa)) != vector, tiled, "{sq} query rows, groups of {group}, {isa:?}");
             }
         }
     }
@@ -1340,7 +1362,10 @@ mod tests {
         for products in products {
             let run = |node: &Node, inputs: &[Option<Tensor>]| {
                 let refs: Vec<Option<&Tensor>> = inputs.iter().map(|t| t.as_ref()).collect();
-                op_with(node, products, 1).unwrap().run(&refs, &mut crate::cpu::registry::RunCtx::default()).unwrap()
+                op_with(node, products, [1, 1])
+                    .unwrap()
+                    .run(&refs, &mut crate::cpu::registry::RunCtx::default())
+                    .unwrap()
             };
             let (want, got) = (run(&apart, &ins_apart), run(&together, &ins_together));
             assert_eq!(got.len(), 3);
