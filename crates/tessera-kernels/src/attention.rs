@@ -102,13 +102,9 @@ pub fn attention_on(
     let by_memory = (32768 / kv_len).max(8);
     let by_tasks = q_len.div_ceil((2 * threads).div_ceil(batch * heads));
     let rows = by_memory.min(by_tasks).clamp(1, q_len);
-    let blocks_per_seq = q_len.div_ceil(rows);
-    // Tasks write disjoint (row, head) segments of the output.
-    let out = SyncPtr(out.as_mut_ptr());
-    (0..batch * heads * blocks_per_seq).into_par_iter().for_each(|t| {
-        let (b, h, blk) = (t / (heads * blocks_per_seq), t / blocks_per_seq % heads, t % blocks_per_seq);
-        let r0 = blk * rows;
-        let r = rows.min(q_len - r0);
+    let layout = HeadsLayout { batch, heads, len: q_len, dim: d, heads_inner: true };
+    par_head_blocks(&mut out[..batch * q_len * c], layout, 1, rows, |blk| {
+        let (b, h, r0, r) = (blk.batch(), blk.head(), blk.s0(), blk.rows());
         let (lq, lk, lv) = (q.row_stride, k.row_stride, v.row_stride);
         let qh =
             MatRef { data: &q.data[(b * q_len + r0) * lq + h * d..], rows: r, cols: d, row_stride: lq, col_stride: 1 };
@@ -133,17 +129,10 @@ pub fn attention_on(
         };
         // Writes `norm * vals` to row i of the block's output, from column
         // j0 of the head.
+        let blk = std::cell::RefCell::new(blk);
         let out_row = |i: usize, j0: usize, norm: f32, vals: &[f32]| {
-            assert!(i < r && j0 + vals.len() <= d);
-            let at = (b * q_len + r0 + i) * c + h * d + j0;
-            // SAFETY: `at + vals.len() <= batch * q_len * c`, the length of
-            // `out` (checked at the top); tasks differ in (b, h, block), so
-            // the values of (row, head) written here belong to this task
-            // alone, and `out` outlives the parallel loop. `vals` lives in
-            // the task's accumulators or scratch, never in `out`, and the
-            // slice lives only for this call.
-            let dst = unsafe { std::slice::from_raw_parts_mut(out.at(at), vals.len()) };
-            softmax_rows::scaled_into(norm, vals, dst);
+            let mut w = blk.borrow_mut();
+            softmax_rows::scaled_into(norm, vals, &mut w.row(0, i)[j0..][..vals.len()]);
         };
         // The vector path keeps the block's scores and output rows; the
         // tiles keep one panel's scores.
