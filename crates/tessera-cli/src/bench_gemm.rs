@@ -6,8 +6,8 @@ use std::time::Instant;
 
 use serde::Serialize;
 use tessera_kernels::gemm::{
-    self, tile_igemm_with, tile_sgemm_with, ukernel::amx, ukernel::DotKind, Activation, Epilogue, I8Mat, I8Out, MatRef,
-    PackedB, Parallel, Split, TileBlocking, TileIsa,
+    self, tile_igemm_with, tile_sgemm_with, ukernel::amx, ukernel::avx512, ukernel::DotKind, Activation, Epilogue,
+    I8Mat, I8Out, MatRef, PackedB, Parallel, Split, TileBlocking, TileIsa,
 };
 use tessera_kernels::weight_mem;
 
@@ -43,12 +43,12 @@ pub struct Row {
 fn chip_peak(peaks: &tessera_hw::Peaks, cores: usize, kernel: &str, threads: usize) -> Option<f64> {
     let whole = match kernel {
         "fp32-vector" | "neon-fp32" | "sme-fp32" => peaks.fp32,
-        "amx-bf16" | "sme-bf16" => peaks.bf16,
+        "amx-bf16" | "sme-bf16" | "avx512-bf16" => peaks.bf16,
         // The splits compute one fp32 product from several bf16 ones.
-        "amx-bf16x3" => peaks.bf16.map(|p| p / 3.0),
-        "amx-bf16x6" => peaks.bf16.map(|p| p / 6.0),
+        "amx-bf16x3" | "avx512-bf16x3" => peaks.bf16.map(|p| p / 3.0),
+        "amx-bf16x6" | "avx512-bf16x6" => peaks.bf16.map(|p| p / 6.0),
         "neon-fp16" => peaks.fp16,
-        "amx-int8" | "neon-i8dot" => peaks.int8,
+        "amx-int8" | "neon-i8dot" | "avx512-int8" => peaks.int8,
         _ => None,
     }?;
     Some(whole * threads.min(cores) as f64 / cores.max(1) as f64)
@@ -82,6 +82,17 @@ pub struct Options {
     pub huge_pages: Vec<bool>,
 }
 
+/// The tile driver ISA a kernel name runs on ("amx-*", "avx512-*").
+fn tile_isa(kernel: &str) -> Option<TileIsa> {
+    if kernel.starts_with("amx-") {
+        Some(TileIsa::Amx)
+    } else if kernel.starts_with("avx512-") {
+        Some(TileIsa::Avx512Dot)
+    } else {
+        None
+    }
+}
+
 /// Number of weight copies so that they overflow any L3 (512 MiB in all).
 fn copies(cold: bool, bytes_each: usize) -> usize {
     if cold {
@@ -108,6 +119,10 @@ pub const ALL_KERNELS: &[&str] = &[
     "amx-bf16x3",
     "amx-bf16x6",
     "amx-int8",
+    "avx512-bf16",
+    "avx512-bf16x3",
+    "avx512-bf16x6",
+    "avx512-int8",
     "neon-fp32",
     "neon-fp16",
     "neon-i8dot",
@@ -163,8 +178,8 @@ fn arm_seconds(_: &str, _: &[f32], _: &[f32], _: usize, _: usize, _: usize, _: f
 /// The bf16 microkernel alone on L1-resident panels (8 k-blocks of A and B,
 /// 32 KiB): the ceiling the driver and packing can reach. GFLOP/s per core
 /// times the threads, each thread on its own panels.
-fn microkernel_gflops(pool: &rayon::ThreadPool, seconds: f64) -> f64 {
-    let case = UkernelCase { kblocks: 8, a_panels: 1, b_panels: 1, accumulate: true, prefetch: amx::Prefetch::A };
+fn microkernel_gflops(pool: &rayon::ThreadPool, isa: TileIsa, seconds: f64) -> f64 {
+    let case = UkernelCase { isa, kblocks: 8, a_panels: 1, b_panels: 1, accumulate: true, prefetch: amx::Prefetch::A };
     let per = std::sync::Mutex::new(0.0);
     pool.broadcast(|_| *per.lock().unwrap() += case.gflops(seconds));
     per.into_inner().unwrap()
@@ -174,6 +189,7 @@ fn microkernel_gflops(pool: &rayon::ThreadPool, seconds: f64) -> f64 {
 /// outer, as the driver runs them), each call over `kblocks` k-blocks.
 #[derive(Copy, Clone)]
 struct UkernelCase {
+    isa: TileIsa,
     kblocks: usize,
     a_panels: usize,
     b_panels: usize,
@@ -189,7 +205,7 @@ impl UkernelCase {
         // 64-byte aligned panels, as the packed ones are.
         let a = tessera_kernels::gemm::tile::aligned_bytes(len * self.a_panels, 0x3f);
         let b = tessera_kernels::gemm::tile::aligned_bytes(len * self.b_panels, 0x3f);
-        let sess = TileSession::begin(TileIsa::Amx, self.prefetch);
+        let sess = TileSession::begin(self.isa, self.prefetch);
         let mut acc = AccBlock::new();
         let rounds = (20_000 / (self.a_panels * self.b_panels * self.kblocks / 8).max(1)).max(1);
         let s = time(seconds, || {
@@ -221,7 +237,8 @@ pub fn ukernel_study(seconds: f64) -> Result<(), String> {
     for (name, kblocks, a_panels, b_panels) in placements {
         for accumulate in [false, true] {
             for prefetch in [amx::Prefetch::None, amx::Prefetch::A, amx::Prefetch::Ab] {
-                let g = UkernelCase { kblocks, a_panels, b_panels, accumulate, prefetch }.gflops(seconds);
+                let g = UkernelCase { isa: TileIsa::Amx, kblocks, a_panels, b_panels, accumulate, prefetch }
+                    .gflops(seconds);
                 println!(
                     "{name:<28} {kblocks:>10} {:>8} {:>8} {g:>10.0} {:>7.1}",
                     if accumulate { "yes" } else { "no" },
@@ -269,12 +286,15 @@ fn time(min_seconds: f64, mut f: impl FnMut()) -> f64 {
     }
 }
 
-/// Peak operations per second of the tile unit over `threads` cores, each
-/// core running the register-only probe at the same time.
-fn tile_peak(pool: &rayon::ThreadPool, kind: DotKind) -> f64 {
+/// Peak operations per second of `isa` over `threads` cores, each core
+/// running the register-only probe at the same time.
+fn tile_peak(pool: &rayon::ThreadPool, isa: TileIsa, kind: DotKind) -> f64 {
     let per = std::sync::Mutex::new(Vec::new());
     pool.broadcast(|_| {
-        let v = amx::probe_peak(kind, 2_000_000);
+        let v = match isa {
+            TileIsa::Avx512Dot => avx512::probe_peak(kind, 2_000_000),
+            _ => amx::probe_peak(kind, 2_000_000),
+        };
         per.lock().unwrap().push(v);
     });
     let v = per.into_inner().unwrap();
@@ -283,7 +303,20 @@ fn tile_peak(pool: &rayon::ThreadPool, kind: DotKind) -> f64 {
 
 pub fn run(opts: &Options) -> Result<Vec<Row>, String> {
     BEST.store(opts.best, std::sync::atomic::Ordering::Relaxed);
-    let amx_ok = tessera_hw::amx_enabled();
+    // The hardware ISAs of the requested tile kernels, each usable or why not.
+    let isa_ok = |isa: TileIsa| -> Result<(), String> {
+        match isa {
+            TileIsa::Amx => tessera_hw::amx_enabled(),
+            TileIsa::Avx512Dot => avx512::unusable_reason().map_or(Ok(()), Err),
+            TileIsa::Emulated => Ok(()),
+        }
+    };
+    let mut isas: Vec<TileIsa> = Vec::new();
+    for isa in opts.kernels.iter().filter_map(|k| tile_isa(k)) {
+        if !isas.contains(&isa) {
+            isas.push(isa);
+        }
+    }
     let report = tessera_hw::detect();
     let peaks = tessera_hw::expected_peaks(&report);
     match &peaks.source {
@@ -294,28 +327,31 @@ pub fn run(opts: &Options) -> Result<Vec<Row>, String> {
     let mut rows = Vec::new();
     for &threads in &opts.threads {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().map_err(|e| e.to_string())?;
-        let (peak_bf16, peak_i8) = match &amx_ok {
-            Ok(()) => (
-                tile_peak(&pool, DotKind::Bf16) / 1e9,
-                tile_peak(&pool, DotKind::I8 { a_signed: true, b_signed: true }) / 1e9,
-            ),
-            Err(_) => (0.0, 0.0),
-        };
-        if amx_ok.is_ok() {
-            eprintln!("tile peak, {threads} thread(s): bf16 {peak_bf16:.0} GFLOP/s, int8 {peak_i8:.0} GOP/s");
-            let uk = microkernel_gflops(&pool, opts.min_seconds);
+        // (isa, bf16 peak, int8 peak) in G(FL)OP/s for each usable ISA.
+        let mut isa_peaks: Vec<(TileIsa, f64, f64)> = Vec::new();
+        for &isa in &isas {
+            if isa_ok(isa).is_err() {
+                continue;
+            }
+            let bf16 = tile_peak(&pool, isa, DotKind::Bf16) / 1e9;
+            let i8 = tile_peak(&pool, isa, DotKind::I8 { a_signed: true, b_signed: true }) / 1e9;
+            eprintln!("{} peak, {threads} thread(s): bf16 {bf16:.0} GFLOP/s, int8 {i8:.0} GOP/s", isa.name());
+            let uk = microkernel_gflops(&pool, isa, opts.min_seconds);
             eprintln!(
-                "bf16 microkernel on L1-resident panels: {uk:.0} GFLOP/s ({:.1}% of peak)",
-                100.0 * uk / peak_bf16
+                "{} bf16 microkernel on L1-resident panels: {uk:.0} GFLOP/s ({:.1}% of peak)",
+                isa.name(),
+                100.0 * uk / bf16
             );
+            isa_peaks.push((isa, bf16, i8));
         }
+        let peak_of = |isa: TileIsa| isa_peaks.iter().find(|p| p.0 == isa).map_or((0.0, 0.0), |p| (p.1, p.2));
         for &(m, n, k) in &opts.shapes {
             let a = rand_vec(m * k, 1);
             let b = rand_vec(k * n, 2);
             let mut c = vec![0f32; m * n];
             let flops = 2.0 * (m * n * k) as f64;
             let cases = opts.kernels.iter().flat_map(|kern| {
-                let tile = kern.starts_with("amx-");
+                let tile = tile_isa(kern).is_some();
                 let blks = if tile { opts.blockings.clone() } else { vec![TileBlocking::DEFAULT] };
                 let huge = if tile { opts.huge_pages.clone() } else { vec![weight_mem::huge_pages()] };
                 let epis = if tile { opts.epilogues.clone() } else { vec![None] };
@@ -351,15 +387,18 @@ pub fn run(opts: &Options) -> Result<Vec<Row>, String> {
                         });
                         (s, 0.0, 4 * k * n)
                     }
-                    "amx-bf16" | "amx-bf16x3" | "amx-bf16x6" => {
-                        if let Err(why) = &amx_ok {
+                    "amx-bf16" | "amx-bf16x3" | "amx-bf16x6" | "avx512-bf16" | "avx512-bf16x3" | "avx512-bf16x6" => {
+                        let isa = tile_isa(kernel).expect("a tile kernel");
+                        if let Err(why) = isa_ok(isa) {
                             eprintln!("skipping {kernel}: {why}");
                             continue;
                         }
-                        let split = match kernel.as_str() {
-                            "amx-bf16" => Split::Bf16,
-                            "amx-bf16x3" => Split::Bf16x3,
-                            _ => Split::Bf16x6,
+                        let split = if kernel.ends_with("x3") {
+                            Split::Bf16x3
+                        } else if kernel.ends_with("x6") {
+                            Split::Bf16x6
+                        } else {
+                            Split::Bf16
                         };
                         let pb0 = PackedB::from_f32(MatRef::row_major(&b, k, n), split);
                         let pbs: Vec<PackedB> = (0..copies(opts.cold, pb0.packed_bytes()))
@@ -370,15 +409,16 @@ pub fn run(opts: &Options) -> Result<Vec<Row>, String> {
                             time(opts.min_seconds, || {
                                 i += 1;
                                 let pb = &pbs[i % pbs.len()];
-                                tile_sgemm_with(TileIsa::Amx, blk, MatRef::row_major(&a, m, k), pb, &mut c, n, &epi)
+                                tile_sgemm_with(isa, blk, MatRef::row_major(&a, m, k), pb, &mut c, n, &epi)
                             })
                         });
                         // A split GEMM does `products` times the work of the
                         // fp32 GEMM it computes: compare with peak / products.
-                        (s, peak_bf16 / split.products().len() as f64, pb0.packed_bytes())
+                        (s, peak_of(isa).0 / split.products().len() as f64, pb0.packed_bytes())
                     }
-                    "amx-int8" => {
-                        if let Err(why) = &amx_ok {
+                    "amx-int8" | "avx512-int8" => {
+                        let isa = tile_isa(kernel).expect("a tile kernel");
+                        if let Err(why) = isa_ok(isa) {
                             eprintln!("skipping {kernel}: {why}");
                             continue;
                         }
@@ -400,10 +440,10 @@ pub fn run(opts: &Options) -> Result<Vec<Row>, String> {
                                     }
                                     None => I8Out::I32 { c: &mut ci, ldc: n },
                                 };
-                                tile_igemm_with(TileIsa::Amx, blk, am, &[128], &pbs[i % pbs.len()], out)
+                                tile_igemm_with(isa, blk, am, &[128], &pbs[i % pbs.len()], out)
                             })
                         });
-                        (s, peak_i8, pbs[0].packed_bytes())
+                        (s, peak_of(isa).1, pbs[0].packed_bytes())
                     }
                     arm if arm.starts_with("neon-") || arm.starts_with("sme-") => {
                         match pool.install(|| arm_seconds(arm, &a, &b, m, n, k, opts.min_seconds)) {
@@ -420,10 +460,10 @@ pub fn run(opts: &Options) -> Result<Vec<Row>, String> {
                 let chip = chip_peak(&peaks, cores, kernel, threads).unwrap_or(0.0);
                 rows.push(Row {
                     kernel: kernel.clone(),
-                    blocking: if kernel.starts_with("amx-") { blk.name() } else { String::new() },
+                    blocking: if tile_isa(kernel).is_some() { blk.name() } else { String::new() },
                     huge_pages: huge,
                     epilogue: match act {
-                        Some(a) if kernel.starts_with("amx-") => format!("bias+{}", a.name()),
+                        Some(a) if tile_isa(kernel).is_some() => format!("bias+{}", a.name()),
                         _ => String::new(),
                     },
                     m,

@@ -110,7 +110,8 @@ enum Cmd {
         /// Thread counts to run, comma separated.
         #[arg(long, value_delimiter = ',', default_value = "1")]
         threads: Vec<usize>,
-        /// Kernels: fp32-vector, amx-bf16, amx-bf16x3, amx-bf16x6, amx-int8, neon-fp32, neon-fp16, neon-i8dot,
+        /// Kernels: fp32-vector, amx-bf16, amx-bf16x3, amx-bf16x6, amx-int8, avx512-bf16, avx512-bf16x3,
+        /// avx512-bf16x6, avx512-int8, neon-fp32, neon-fp16, neon-i8dot,
         /// sme-fp32, sme-bf16 (default: all; those this CPU lacks say why they are skipped).
         #[arg(long, value_delimiter = ',')]
         kernels: Vec<String>,

@@ -252,6 +252,15 @@ pub fn kernel_choices(report: &MachineReport) -> Vec<KernelChoice> {
             Some(_) => None,
         }
     };
+    // Without AMX, the tile driver's AVX-512 dot-product kernels (both
+    // precisions from one ISA: F, BW, BF16 and VNNI).
+    let dot_cpu = x.is_some_and(|x| x.avx512f && x.avx512bw && x.avx512_bf16 && x.avx512_vnni);
+    let dot_products = dot_cpu && !off("avx512");
+    let dot_missing = match x {
+        Some(_) if dot_cpu => "; AVX-512 dot products disabled by the user",
+        Some(_) => "; no AVX-512 BF16 and VNNI either",
+        None => "",
+    };
     let geometry = x
         .and_then(|x| x.amx.palette)
         .map(|p| format!(" ({} tiles of {} rows x {} bytes)", p.max_names, p.max_rows, p.bytes_per_row))
@@ -263,7 +272,16 @@ pub fn kernel_choices(report: &MachineReport) -> Vec<KernelChoice> {
             kernel: "amx-bf16".into(),
             why: format!("AMX-TILE and AMX-BF16 usable: XCR0 and Linux permission in place{geometry}"),
         },
-        Some(r) => KernelChoice { precision: "bf16", kernel: "fp32 vector path".into(), why: format!("no AMX: {r}") },
+        Some(r) if dot_products => KernelChoice {
+            precision: "bf16",
+            kernel: "avx512-dot (vdpbf16ps)".into(),
+            why: format!("no AMX ({r}); AVX-512 BF16 and VNNI present: the tile driver runs on vdpbf16ps"),
+        },
+        Some(r) => KernelChoice {
+            precision: "bf16",
+            kernel: "fp32 vector path".into(),
+            why: format!("no AMX: {r}{dot_missing}"),
+        },
     });
     out.push(match amx_block("AMX-INT8", x.is_some_and(|x| x.amx.int8)) {
         None => KernelChoice {
@@ -271,10 +289,15 @@ pub fn kernel_choices(report: &MachineReport) -> Vec<KernelChoice> {
             kernel: "amx-int8 (tdpbusd/tdpbssd)".into(),
             why: format!("AMX-TILE and AMX-INT8 usable: XCR0 and Linux permission in place{geometry}"),
         },
+        Some(r) if dot_products => KernelChoice {
+            precision: "int8",
+            kernel: "avx512-dot (vpdpbusd)".into(),
+            why: format!("no AMX ({r}); AVX-512 BF16 and VNNI present: the tile driver runs on vpdpbusd"),
+        },
         Some(r) => KernelChoice {
             precision: "int8",
             kernel: "scalar/vector int8 fallback".into(),
-            why: format!("no AMX: {r}"),
+            why: format!("no AMX: {r}{dot_missing}"),
         },
     });
     let fp16_why = match x {
@@ -428,24 +451,45 @@ mod tests {
         let k = kernel_choices(&r);
         assert_eq!(k[0].kernel, "avx2+fma (gemm crate)");
         assert_eq!(k[1].kernel, "fp32 vector path");
-        assert_eq!(k[1].why, "no AMX: CPU has no AMX-TILE (AMD EPYC)");
+        assert_eq!(k[1].why, "no AMX: CPU has no AMX-TILE (AMD EPYC); no AVX-512 BF16 and VNNI either");
         assert_eq!(k[2].kernel, "scalar/vector int8 fallback");
-        assert_eq!(k[2].why, "no AMX: CPU has no AMX-TILE (AMD EPYC)");
+        assert_eq!(k[2].why, "no AMX: CPU has no AMX-TILE (AMD EPYC); no AVX-512 BF16 and VNNI either");
+    }
+
+    #[test]
+    fn kernel_choice_zen4_takes_the_dot_products() {
+        let r = report(true, amx_status(false, Some("CPU has no AMX-TILE (AMD EPYC)")), &[]);
+        let k = kernel_choices(&r);
+        assert_eq!(k[1].kernel, "avx512-dot (vdpbf16ps)");
+        assert!(k[1].why.starts_with("no AMX (CPU has no AMX-TILE (AMD EPYC))"), "{}", k[1].why);
+        assert_eq!(k[2].kernel, "avx512-dot (vpdpbusd)");
+        let k = kernel_choices(&report(true, amx_status(false, Some("x")), &["avx512"]));
+        assert_eq!(k[1].kernel, "fp32 vector path");
+        assert_eq!(k[1].why, "no AMX: x; AVX-512 dot products disabled by the user");
+        assert_eq!(k[2].kernel, "scalar/vector int8 fallback");
     }
 
     #[test]
     fn kernel_choice_respects_user_switch_and_missing_subsets() {
         let r = report(true, amx_status(true, None), &["amx"]);
         let k = kernel_choices(&r);
+        assert_eq!(k[1].kernel, "avx512-dot (vdpbf16ps)");
+        assert_eq!(k[2].kernel, "avx512-dot (vpdpbusd)");
+        let r = report(true, amx_status(true, None), &["amx", "avx512"]);
+        let k = kernel_choices(&r);
         assert_eq!(k[1].kernel, "fp32 vector path");
-        assert_eq!(k[1].why, "no AMX: disabled by the user (--disable amx / TESSERA_DISABLE)");
+        assert_eq!(
+            k[1].why,
+            "no AMX: disabled by the user (--disable amx / TESSERA_DISABLE); AVX-512 dot products disabled by the user"
+        );
         assert_eq!(k[2].kernel, "scalar/vector int8 fallback");
 
         let mut a = amx_status(true, None);
         a.int8 = false;
         let k = kernel_choices(&report(true, a, &[]));
         assert_eq!(k[1].kernel, "amx-bf16");
-        assert_eq!(k[2].why, "no AMX: CPU has AMX-TILE but not AMX-INT8");
+        assert_eq!(k[2].kernel, "avx512-dot (vpdpbusd)");
+        assert!(k[2].why.starts_with("no AMX (CPU has AMX-TILE but not AMX-INT8)"), "{}", k[2].why);
 
         let mut r = report(false, amx_status(false, Some("x")), &[]);
         r.x86 = None;

@@ -32,7 +32,7 @@ pub struct SessionOptions {
     pub providers: Vec<String>,
     /// What matrix products may trade for speed (default: fp32-accurate).
     pub precision: Precision,
-    /// Hardware paths to leave unused for this session ("amx"), on top of
+    /// Hardware paths to leave unused for this session ("amx", "avx512"), on top of
     /// the process-wide `TESSERA_DISABLE` / `--disable` switch.
     pub disable: Vec<String>,
     /// While a run is in flight, keep the workers that have nothing to do
@@ -90,12 +90,8 @@ type Providers = Vec<Box<dyn ExecutionProvider>>;
 fn available_providers(opts: &SessionOptions) -> Result<(Providers, Vec<String>)> {
     let mut out: Vec<Box<dyn ExecutionProvider>> = Vec::new();
     let mut skipped = Vec::new();
-    let amx = || -> std::result::Result<AmxProvider, String> {
-        if opts.disable.iter().any(|d| d == "amx") {
-            return Err("disabled by the session options".into());
-        }
-        AmxProvider::new(opts.precision)
-    };
+    let amx =
+        || -> std::result::Result<AmxProvider, String> { AmxProvider::new_without(opts.precision, &opts.disable) };
     let accelerate = || -> std::result::Result<AccelerateProvider, String> {
         if opts.disable.iter().any(|d| d == "accelerate") {
             return Err("disabled by the session options".into());

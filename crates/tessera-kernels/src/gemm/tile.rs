@@ -1160,18 +1160,9 @@ mod amx_tests {
             .collect()
     }
 
-    /// The ISAs to test: the emulation always, AMX where the machine has it.
-    /// `TESSERA_REQUIRE_AMX=1` (set by scripts/test when /proc/cpuinfo lists
-    /// amx_tile) turns a missing AMX into a failure instead of a skip.
+    /// The ISAs to test (see [`crate::gemm::ukernel::isas_under_test`]).
     fn isas() -> Vec<TileIsa> {
-        if tessera_hw::amx_usable() {
-            vec![TileIsa::Emulated, TileIsa::Amx]
-        } else {
-            let reason = tessera_hw::amx().reason.clone().unwrap_or_default();
-            assert!(std::env::var("TESSERA_REQUIRE_AMX").as_deref() != Ok("1"), "AMX required but unusable: {reason}");
-            eprintln!("SKIPPED amx kernel: {reason}");
-            vec![TileIsa::Emulated]
-        }
+        crate::gemm::ukernel::isas_under_test()
     }
 
     /// Error bound relative to sum |a||b| for each split.
@@ -1580,6 +1571,40 @@ mod amx_tests {
                     let (i, j) = (idx / NR, idx % NR);
                     let mag: f32 = (0..k).map(|p| (a[i * k + p] * b[p * 32 + j]).abs()).sum::<f32>() + 1.0;
                     prop_assert!((g - w).abs() <= 1e-6 * mag, "{isa:?} parts {parts} at ({i},{j}): {g} vs {w}");
+                }
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+        /// The AVX-512 dot-product microkernel (named for scripts/test's
+        /// check of CPUs with avx512_bf16 and avx512_vnni) on raw int8
+        /// panels of every signedness, against the emulation: the same i32
+        /// sums bit for bit (mod 2^32), with and without loading the
+        /// accumulators, over 0 to 5 k-steps; the sign mappings (a flipped
+        /// operand and its correction) are exact or they are wrong.
+        #[test]
+        fn avx512dot_int8_microkernel_matches_emulation(
+            ksteps in 0usize..6, seed in any::<u64>(), accumulate in any::<bool>(),
+        ) {
+            if !isas().contains(&TileIsa::Avx512Dot) {
+                return Ok(());
+            }
+            let len = ksteps * BLOCK_BYTES;
+            let bytes = |salt: u64| -> Vec<u8> { rand_vec(len, seed ^ salt).iter().map(|v| (v * 127.9 + 128.0) as u8).collect() };
+            let (a, b) = (bytes(1), bytes(2));
+            let start: Vec<u32> = rand_vec(MR * NR, seed ^ 3).iter().map(|v| (v * 1e9) as i32 as u32).collect();
+            for a_signed in [false, true] {
+                for b_signed in [false, true] {
+                    let kind = DotKind::I8 { a_signed, b_signed };
+                    let run = |isa: TileIsa| {
+                        let mut acc = AccBlock::new();
+                        acc.0.copy_from_slice(&start);
+                        TileSession::begin(isa, Prefetch::None).run(kind, &a, &b, ksteps, &mut acc, accumulate);
+                        acc.0
+                    };
+                    prop_assert_eq!(run(TileIsa::Avx512Dot).to_vec(), run(TileIsa::Emulated).to_vec(), "{:?}", kind);
                 }
             }
         }

@@ -7,6 +7,12 @@
 //! `tessera:FusedMatMulInteger`, QLinearMatMul, ConvInteger and QLinearConv
 //! of group 1) with a constant 8-bit weight. What
 //! runs on the tiles follows the session's [`Precision`]:
+//! On a CPU without AMX but with the AVX-512 BF16 and VNNI dot products
+//! (AMD Zen 4 and 5), the same driver runs on those ([`TileIsa::Avx512Dot`]),
+//! under the name `avx512-dot`: bf16 and int8 products only, the fp32
+//! precisions leaving float products to the CPU provider (a six-product
+//! split costs three times the fp32 kernels' work there).
+//!
 //! * fp32 (the default): MatMul, Gemm and FusedMatMul as bf16x6 split
 //!   products (fp32-class error) unless they are known to multiply fewer
 //!   than [`FP32_TILE_MIN_ROWS`] rows, where the CPU provider's fp32 vector
@@ -24,6 +30,7 @@ mod ops;
 pub mod sme;
 
 use tessera_core::{DType, Graph, Node, Result};
+use tessera_kernels::gemm::ukernel::avx512;
 use tessera_kernels::gemm::{Split, TileIsa};
 
 use crate::cpu::provider::compile_partition;
@@ -61,10 +68,50 @@ pub struct AmxProvider {
 }
 
 impl AmxProvider {
-    /// The provider on this machine's tile unit, or why there is none.
+    /// The provider on this machine's matrix unit (AMX), else on its
+    /// AVX-512 BF16/VNNI dot products, or why neither is there.
     pub fn new(precision: Precision) -> std::result::Result<AmxProvider, String> {
-        tessera_hw::amx_enabled()?;
-        Ok(Self::with_isa(precision, TileIsa::Amx))
+        Self::new_without(precision, &[])
+    }
+
+    /// As [`AmxProvider::new`], leaving out the hardware `without` names
+    /// ("amx", "avx512": a session's own switches, on top of the
+    /// process-wide ones), so that `--disable amx` on an AMX machine falls
+    /// back to the dot products and `--disable amx,avx512` to the CPU
+    /// provider's fp32 kernels.
+    pub fn new_without(precision: Precision, without: &[String]) -> std::result::Result<AmxProvider, String> {
+        let off = |name: &str| without.iter().any(|d| d.eq_ignore_ascii_case(name));
+        let amx_why = if off("amx") {
+            "disabled by the session options".to_string()
+        } else {
+            match tessera_hw::amx_enabled() {
+                Ok(()) => return Ok(Self::with_isa(precision, TileIsa::Amx)),
+                Err(why) => why,
+            }
+        };
+        let dot_why = if off("avx512") {
+            "disabled by the session options".to_string()
+        } else {
+            match avx512::unusable_reason() {
+                None => return Ok(Self::with_isa(precision, TileIsa::Avx512Dot)),
+                Some(why) => why,
+            }
+        };
+        Err(format!("{amx_why}; avx512-dot: {dot_why}"))
+    }
+
+    /// The provider's name in placements: the hardware its products run on
+    /// (tests' emulated tiles stand in for AMX).
+    fn label(&self) -> &'static str {
+        match self.isa {
+            TileIsa::Avx512Dot => "avx512-dot",
+            TileIsa::Amx | TileIsa::Emulated => "amx",
+        }
+    }
+
+    /// The ISA the provider's products run on.
+    pub fn isa(&self) -> TileIsa {
+        self.isa
     }
 
     /// The provider on a given ISA: tests run it on [`TileIsa::Emulated`]
@@ -77,6 +124,13 @@ impl AmxProvider {
     /// before run time).
     fn float_plan(&self, rows: Option<usize>) -> std::result::Result<TilePlan, String> {
         match self.precision {
+            // A bf16 dot product does two fp32 FMAs' work per instruction,
+            // so the six products of a bf16x6 split cost three fp32 FMAs:
+            // the fp32 vector kernels are faster (and round less often).
+            Precision::Fp32 | Precision::Fp32Tiles if self.isa == TileIsa::Avx512Dot => Err(format!(
+                "{} precision on AVX-512 dot products: a bf16x6 split is about 3x the fp32 vector kernels' work",
+                self.precision
+            )),
             Precision::Bf16 | Precision::Auto => Ok(TilePlan::Float(Split::Bf16)),
             Precision::Int8 => Ok(TilePlan::DynamicInt8),
             Precision::Fp32Tiles => Ok(TilePlan::Float(Split::Bf16x6)),
@@ -231,7 +285,7 @@ fn zero_point_const(graph: &Graph, node: &Node, i: usize) -> std::result::Result
 
 impl ExecutionProvider for AmxProvider {
     fn name(&self) -> &str {
-        "amx"
+        self.label()
     }
 
     fn claim(&self, graph: &Graph, taken: &[bool]) -> Vec<NodeVerdict> {
@@ -244,7 +298,7 @@ impl ExecutionProvider for AmxProvider {
             let opset = graph.opsets.get(node.domain.as_str()).copied().unwrap_or(1);
             ops::build(node, plan, self.isa, &crate::cpu::registry::BuildCtx { opset, constant })
         };
-        Ok(Box::new(compile_partition("amx", graph, sub, &build)?))
+        Ok(Box::new(compile_partition(self.label(), graph, sub, &build)?))
     }
 }
 

@@ -484,7 +484,8 @@ impl CpuOp for Linear {
                 #[cfg(target_arch = "aarch64")]
                 Weight::SmeBf16(..) => "sme-bf16",
             };
-            crate::profile::record(&format!("amx:gemm {kind} {rows}x{n}x{k}"), t0.elapsed().as_secs_f64());
+            let unit = if kind.starts_with("sme") { "sme" } else { self.isa.name() };
+            crate::profile::record(&format!("{unit}:gemm {kind} {rows}x{n}x{k}"), t0.elapsed().as_secs_f64());
         }
         if let Some(c) = late_bias {
             add_broadcast(node, y.as_mut_slice::<f32>()?, &y_shape, c, self.beta)?;
@@ -581,7 +582,7 @@ impl CpuOp for Mlp {
         tile_mlp(self.isa, av, b1, &epi1, b2, y.as_mut_slice::<f32>()?, s.n, &epi2);
         if let Some(t0) = t0 {
             let split = b1.split().map_or("?", |s| s.name());
-            let what = format!("amx:mlp {split} {rows}x{}x{} then x{}", f.n, f.k, s.n);
+            let what = format!("{}:mlp {split} {rows}x{}x{} then x{}", self.isa.name(), f.n, f.k, s.n);
             crate::profile::record(&what, t0.elapsed().as_secs_f64());
         }
         Ok(vec![y])
@@ -672,7 +673,7 @@ impl CpuOp for MatMulInteger {
             }
         };
         if let Some(t0) = t0 {
-            crate::profile::record(&format!("amx:igemm {rows}x{n}x{k}"), t0.elapsed().as_secs_f64());
+            crate::profile::record(&format!("{}:igemm {rows}x{n}x{k}", self.isa.name()), t0.elapsed().as_secs_f64());
         }
         Ok(vec![y])
     }

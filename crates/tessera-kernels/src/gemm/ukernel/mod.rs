@@ -19,13 +19,16 @@
 //! k-step, and the AMX kernel reloads a tile only when the next product
 //! needs another part.
 //!
-//! Two implementations share that contract: [`amx`] (Intel AMX through
-//! `asm!`) and [`emulated`] (portable Rust with the same arithmetic, used as
-//! the reference for the packed layouts and where no tile unit exists).
+//! Three implementations share that contract: [`amx`] (Intel AMX through
+//! `asm!`), [`avx512`] (the AVX-512 BF16 and VNNI dot products, for CPUs
+//! without a tile unit) and [`emulated`] (portable Rust with the same
+//! arithmetic, used as the reference for the packed layouts and where
+//! neither exists).
 
 pub mod amx;
 #[cfg(all(test, target_arch = "aarch64"))]
 mod arm_tests;
+pub mod avx512;
 pub mod emulated;
 #[cfg(target_arch = "aarch64")]
 pub mod neon;
@@ -116,14 +119,19 @@ fn bytemuck_cast<T>(v: &[u32; MR * NR]) -> &[T; MR * NR] {
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub enum TileIsa {
     Amx,
+    /// AVX-512 BF16 / VNNI dot products on vector registers ([`avx512`]).
+    Avx512Dot,
     Emulated,
 }
 
 impl TileIsa {
-    /// AMX when the CPU and OS allow it, else the portable emulation.
+    /// AMX when the CPU and OS allow it, else the AVX-512 dot products where
+    /// the CPU has them, else the portable emulation.
     pub fn best() -> TileIsa {
         if tessera_hw::amx_usable() {
             TileIsa::Amx
+        } else if avx512::usable() {
+            TileIsa::Avx512Dot
         } else {
             TileIsa::Emulated
         }
@@ -131,9 +139,46 @@ impl TileIsa {
     pub fn name(self) -> &'static str {
         match self {
             TileIsa::Amx => "amx",
+            TileIsa::Avx512Dot => "avx512-dot",
             TileIsa::Emulated => "emulated",
         }
     }
+    /// Whether this machine runs the ISA (the emulation runs anywhere).
+    pub fn usable(self) -> bool {
+        match self {
+            TileIsa::Amx => tessera_hw::amx_usable(),
+            TileIsa::Avx512Dot => avx512::usable(),
+            TileIsa::Emulated => true,
+        }
+    }
+}
+
+/// The ISAs the test suites run the tile code on: the emulation always, and
+/// each hardware ISA this machine runs. Where `scripts/test` found the
+/// hardware in /proc/cpuinfo it sets `TESSERA_REQUIRE_AMX=1` (amx_tile) and
+/// `TESSERA_REQUIRE_AVX512_DOT=1` (avx512_bf16 and avx512_vnni): a required
+/// ISA that is not usable fails the calling test instead of being skipped.
+/// Skips are printed, so that a run without the hardware says so.
+#[doc(hidden)]
+pub fn isas_under_test() -> Vec<TileIsa> {
+    let mut out = vec![TileIsa::Emulated];
+    let amx_reason = tessera_hw::amx().reason.clone().unwrap_or_default();
+    for (isa, env, reason) in [
+        (TileIsa::Amx, "TESSERA_REQUIRE_AMX", amx_reason),
+        (TileIsa::Avx512Dot, "TESSERA_REQUIRE_AVX512_DOT", avx512::unusable_reason().unwrap_or_default()),
+    ] {
+        if isa.usable() {
+            out.push(isa);
+        } else {
+            assert!(
+                std::env::var(env).as_deref() != Ok("1"),
+                "{} required ({env}=1) but unusable: {reason}",
+                isa.name()
+            );
+            eprintln!("SKIPPED {} kernel: {reason}", isa.name());
+        }
+    }
+    out
 }
 
 /// Per-thread state a kernel needs across calls (AMX: the tile
@@ -155,6 +200,7 @@ impl TileSession {
             assert!(tessera_hw::amx_usable(), "AMX microkernel requested but AMX is not usable");
             amx::configure_thread();
         }
+        assert!(isa != TileIsa::Avx512Dot || avx512::cpu_has(), "AVX-512 dot-product microkernel on a CPU without it");
         TileSession { isa, prefetch, _not_send: std::marker::PhantomData }
     }
 
@@ -208,6 +254,17 @@ impl TileSession {
                         next.as_ptr(),
                         l2_lines,
                     )
+                }
+            }
+            TileIsa::Avx512Dot => {
+                assert!(avx512::cpu_has(), "AVX-512 dot-product microkernel requested but the CPU lacks it");
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: the features were checked just above; lengths and
+                // `parts` checked at the top of this function. The stream
+                // is left to the hardware prefetchers, which follow the
+                // panels' sequential reads.
+                unsafe {
+                    avx512::run(kind, parts, a.as_ptr(), b.as_ptr(), ksteps, acc, accumulate)
                 }
             }
             TileIsa::Emulated => emulated::run(kind, parts, a, b, ksteps, acc, accumulate),

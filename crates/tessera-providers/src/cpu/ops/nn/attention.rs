@@ -1073,13 +1073,7 @@ mod tests {
     /// machine has it (`TESSERA_REQUIRE_AMX=1` turns its absence into a
     /// failure).
     fn tile_isas() -> Vec<TileIsa> {
-        if tessera_hw::amx_usable() {
-            vec![TileIsa::Emulated, TileIsa::Amx]
-        } else {
-            assert!(std::env::var("TESSERA_REQUIRE_AMX").as_deref() != Ok("1"), "AMX required but unusable");
-            eprintln!("SKIPPED amx onnx attention: {}", tessera_hw::amx().reason.clone().unwrap_or_default());
-            vec![TileIsa::Emulated]
-        }
+        tessera_kernels::gemm::ukernel::isas_under_test()
     }
 
     proptest! {

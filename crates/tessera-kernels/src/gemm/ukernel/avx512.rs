@@ -1,0 +1,318 @@
+//! The tile microkernel contract on AVX-512 vector registers, for CPUs with
+//! the AVX-512 BF16 and VNNI dot products but no tile unit (AMD Zen 4 and
+//! Zen 5, Intel Cooper Lake and Ice Lake servers without bf16 aside).
+//!
+//! The packed layouts are AMX's, unchanged: a row of a B tile holds one K
+//! pair (bf16) or quadruple (int8) of 16 columns, which is exactly one zmm
+//! register, and a row of an A tile holds a row's pairs or quadruples one
+//! dword each, ready to broadcast. So `vdpbf16ps` / `vpdpbusd` with a
+//! broadcast A dword against a B tile row computes what one tile-row step of
+//! `tdpbf16ps` / `tdpb*d` computes, and the whole tile driver (packing,
+//! blocking, epilogues, attention) runs on these kernels as it runs on AMX.
+//!
+//! A 32x32 accumulator block is 64 zmm registers, twice what the ISA has,
+//! so a call runs four passes of 8 rows x 32 columns (16 accumulators, two
+//! B registers, one broadcast), each over the whole K range: B is read four
+//! times per call, from L1 or L2, which the FMA rate hides (two 64-byte
+//! loads per 16 dot products).
+//!
+//! `vpdpbusd` multiplies unsigned bytes of its first source by signed bytes
+//! of its second. The other sign pairs are mapped onto it exactly (mod 2^32,
+//! as the tile instructions wrap):
+//! * s8 x s8: `(a + 128)·b - 128·Σb`, with Σb per column from one extra dot
+//!   product of 0x80 bytes with each B row;
+//! * s8 x u8: operands swapped (B's bytes unsigned, A's signed);
+//! * u8 x u8: `a·(b - 128) + 128·Σa`, with Σa per row summed from A.
+
+use super::{split_products, AccBlock, DotKind, BLOCK_BYTES, MR, NR, TILE_BYTES, TILE_ROWS, TILE_ROW_BYTES};
+
+/// Rows of the accumulator block one pass keeps in registers.
+const PASS_ROWS: usize = 8;
+const _: () = assert!(MR.is_multiple_of(PASS_ROWS) && TILE_ROWS.is_multiple_of(PASS_ROWS) && NR == 32);
+
+/// Whether this CPU (and OS) has what the kernels execute: AVX-512 F, BW,
+/// BF16 and VNNI. The safety condition of [`run`].
+pub fn cpu_has() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx512f")
+            && std::is_x86_feature_detected!("avx512bw")
+            && std::is_x86_feature_detected!("avx512bf16")
+            && std::is_x86_feature_detected!("avx512vnni")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// Whether the kernels are to be used: the CPU has them and the user did
+/// not turn AVX-512 off (`--disable avx512`, `TESSERA_DISABLE`).
+pub fn usable() -> bool {
+    cpu_has() && !tessera_hw::disabled_by_user("avx512")
+}
+
+/// Why [`usable`] is false (None when it is true).
+pub fn unusable_reason() -> Option<String> {
+    if usable() {
+        return None;
+    }
+    if cpu_has() {
+        return Some("disabled by the user (--disable avx512 / TESSERA_DISABLE)".into());
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        let missing: Vec<&str> = [
+            ("avx512f", std::is_x86_feature_detected!("avx512f")),
+            ("avx512bw", std::is_x86_feature_detected!("avx512bw")),
+            ("avx512_bf16", std::is_x86_feature_detected!("avx512bf16")),
+            ("avx512_vnni", std::is_x86_feature_detected!("avx512vnni")),
+        ]
+        .iter()
+        .filter(|(_, has)| !has)
+        .map(|(name, _)| *name)
+        .collect();
+        Some(format!("CPU lacks {}", missing.join(", ")))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    Some("not an x86-64 CPU".into())
+}
+
+/// `ksteps` k-steps of `parts`-part operands into the 32x32 block (the
+/// contract of [`super`]).
+///
+/// # Safety
+/// [`cpu_has`] is true; `a` and `b` are valid for `ksteps * parts *
+/// BLOCK_BYTES` bytes; `parts` is 1 for integer kinds and at most 3.
+#[cfg(target_arch = "x86_64")]
+pub unsafe fn run(
+    kind: DotKind,
+    parts: usize,
+    a: *const u8,
+    b: *const u8,
+    ksteps: usize,
+    acc: &mut AccBlock,
+    accumulate: bool,
+) {
+    let c = acc.0.as_mut_ptr();
+    for row0 in (0..MR).step_by(PASS_ROWS) {
+        // SAFETY: forwarded from the caller (features present, panels long
+        // enough); `row0 + PASS_ROWS <= MR`, so the pass's accumulator rows
+        // are inside the block.
+        unsafe {
+            match kind {
+                DotKind::Bf16 => bf16_pass(a, b, ksteps, parts, c, accumulate, row0),
+                DotKind::I8 { a_signed, b_signed } => i8_pass(a, b, ksteps, a_signed, b_signed, c, accumulate, row0),
+            }
+        }
+    }
+}
+
+/// Byte offset, inside a k-block of an A panel, of row `row0`'s tile row.
+#[cfg(target_arch = "x86_64")]
+fn a_row_offset(row0: usize) -> usize {
+    (row0 / TILE_ROWS) * TILE_BYTES + (row0 % TILE_ROWS) * TILE_ROW_BYTES
+}
+
+/// Rows `row0..row0 + PASS_ROWS` of the block over every k-step.
+///
+/// # Safety
+/// As [`run`], and `row0 + PASS_ROWS <= MR`; `c` is the 32x32 block.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn bf16_pass(
+    a: *const u8,
+    b: *const u8,
+    ksteps: usize,
+    parts: usize,
+    c: *mut u32,
+    accumulate: bool,
+    row0: usize,
+) {
+    use std::arch::x86_64::*;
+    // SAFETY: every load is inside the panels (k-block `step * parts + p`
+    // with p < parts, B tile rows 0..16 of both column tiles, A rows
+    // row0..row0 + 8 of one tile, dword kp < 16 of each 64-byte row) or the
+    // accumulator rows row0..row0 + 8 of the 4 KiB block; the transmutes
+    // reinterpret 512-bit vectors as 512-bit vectors of bf16 pairs.
+    unsafe {
+        let c = c as *mut f32;
+        let mut acc = [[_mm512_setzero_ps(); 2]; PASS_ROWS];
+        if accumulate {
+            for (i, row) in acc.iter_mut().enumerate() {
+                row[0] = _mm512_loadu_ps(c.add((row0 + i) * NR));
+                row[1] = _mm512_loadu_ps(c.add((row0 + i) * NR + 16));
+            }
+        }
+        let a_off = a_row_offset(row0);
+        for step in 0..ksteps {
+            for &(pa, pb) in split_products(parts) {
+                let ab = a.add((step * parts + pa) * BLOCK_BYTES + a_off);
+                let bb = b.add((step * parts + pb) * BLOCK_BYTES);
+                for kp in 0..TILE_ROWS {
+                    let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(bb.add(kp * TILE_ROW_BYTES) as *const _));
+                    let b1: __m512bh =
+                        std::mem::transmute(_mm512_loadu_si512(bb.add(TILE_BYTES + kp * TILE_ROW_BYTES) as *const _));
+                    for (i, row) in acc.iter_mut().enumerate() {
+                        let pair = (ab.add(i * TILE_ROW_BYTES + kp * 4) as *const i32).read_unaligned();
+                        let av: __m512bh = std::mem::transmute(_mm512_set1_epi32(pair));
+                        row[0] = _mm512_dpbf16_ps(row[0], av, b0);
+                        row[1] = _mm512_dpbf16_ps(row[1], av, b1);
+                    }
+                }
+            }
+        }
+        for (i, row) in acc.iter().enumerate() {
+            _mm512_storeu_ps(c.add((row0 + i) * NR), row[0]);
+            _mm512_storeu_ps(c.add((row0 + i) * NR + 16), row[1]);
+        }
+    }
+}
+
+/// The integer pass: i32 accumulators, one k-block of 64 values per k-step.
+///
+/// # Safety
+/// As [`bf16_pass`] with `parts == 1`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn i8_pass(
+    a: *const u8,
+    b: *const u8,
+    ksteps: usize,
+    a_signed: bool,
+    b_signed: bool,
+    c: *mut u32,
+    accumulate: bool,
+    row0: usize,
+) {
+    use std::arch::x86_64::*;
+    // SAFETY: the loads are those of `bf16_pass` with one part (quadruples
+    // in place of pairs), plus whole 64-byte A rows inside the same tile
+    // rows for the row sums; the stores are the pass's accumulator rows.
+    unsafe {
+        let c = c as *mut i32;
+        let mut acc = [[_mm512_setzero_si512(); 2]; PASS_ROWS];
+        let flip = _mm512_set1_epi8(-128);
+        // Σb·128 per column (s8 x s8) or Σa per row (u8 x u8), over this call.
+        let mut col_sums = [_mm512_setzero_si512(); 2];
+        let mut row_sums = [_mm512_setzero_si512(); PASS_ROWS];
+        let a_off = a_row_offset(row0);
+        for step in 0..ksteps {
+            let ab = a.add(step * BLOCK_BYTES + a_off);
+            let bb = b.add(step * BLOCK_BYTES);
+            for kq in 0..TILE_ROWS {
+                let mut b0 = _mm512_loadu_si512(bb.add(kq * TILE_ROW_BYTES) as *const _);
+                let mut b1 = _mm512_loadu_si512(bb.add(TILE_BYTES + kq * TILE_ROW_BYTES) as *const _);
+                match (a_signed, b_signed) {
+                    (true, true) => {
+                        col_sums[0] = _mm512_dpbusd_epi32(col_sums[0], flip, b0);
+                        col_sums[1] = _mm512_dpbusd_epi32(col_sums[1], flip, b1);
+                    }
+                    (false, false) => {
+                        b0 = _mm512_xor_si512(b0, flip);
+                        b1 = _mm512_xor_si512(b1, flip);
+                    }
+                    _ => {}
+                }
+                for (i, row) in acc.iter_mut().enumerate() {
+                    let quad = (ab.add(i * TILE_ROW_BYTES + kq * 4) as *const i32).read_unaligned();
+                    let av = _mm512_set1_epi32(quad);
+                    if a_signed && !b_signed {
+                        row[0] = _mm512_dpbusd_epi32(row[0], b0, av);
+                        row[1] = _mm512_dpbusd_epi32(row[1], b1, av);
+                    } else {
+                        let av = if a_signed { _mm512_xor_si512(av, flip) } else { av };
+                        row[0] = _mm512_dpbusd_epi32(row[0], av, b0);
+                        row[1] = _mm512_dpbusd_epi32(row[1], av, b1);
+                    }
+                }
+            }
+            if !a_signed && !b_signed {
+                for (i, sum) in row_sums.iter_mut().enumerate() {
+                    let bytes = _mm512_loadu_si512(ab.add(i * TILE_ROW_BYTES) as *const _);
+                    *sum = _mm512_add_epi64(*sum, _mm512_sad_epu8(bytes, _mm512_setzero_si512()));
+                }
+            }
+        }
+        for (i, row) in acc.iter_mut().enumerate() {
+            match (a_signed, b_signed) {
+                (true, true) => {
+                    row[0] = _mm512_sub_epi32(row[0], col_sums[0]);
+                    row[1] = _mm512_sub_epi32(row[1], col_sums[1]);
+                }
+                (false, false) => {
+                    // Σa fits in 64 bits; the tile unit's sums wrap at 32.
+                    let fix = _mm512_set1_epi32((_mm512_reduce_add_epi64(row_sums[i]) as i32).wrapping_mul(128));
+                    row[0] = _mm512_add_epi32(row[0], fix);
+                    row[1] = _mm512_add_epi32(row[1], fix);
+                }
+                _ => {}
+            }
+            let out = c.add((row0 + i) * NR);
+            if accumulate {
+                row[0] = _mm512_add_epi32(row[0], _mm512_loadu_si512(out as *const _));
+                row[1] = _mm512_add_epi32(row[1], _mm512_loadu_si512(out.add(16) as *const _));
+            }
+            _mm512_storeu_si512(out as *mut _, row[0]);
+            _mm512_storeu_si512(out.add(16) as *mut _, row[1]);
+        }
+    }
+}
+
+/// Sustained rate of `vdpbf16ps` (bf16) or `vpdpbusd` (int8) in a
+/// register-resident loop on the calling thread, in operations per second
+/// (2 per multiply-add): the ceiling the kernels are measured against.
+/// Panics where [`cpu_has`] is false.
+pub fn probe_peak(kind: DotKind, iterations: usize) -> f64 {
+    assert!(cpu_has(), "AVX-512 dot-product peak probe on a CPU without it");
+    #[cfg(target_arch = "x86_64")]
+    {
+        let t = std::time::Instant::now();
+        // SAFETY: the features were checked above; the loops touch no memory.
+        let sink = unsafe {
+            match kind {
+                DotKind::Bf16 => peak_loop_bf16(iterations),
+                DotKind::I8 { .. } => peak_loop_i8(iterations),
+            }
+        };
+        std::hint::black_box(sink);
+        let secs = t.elapsed().as_secs_f64();
+        // 16 instructions per iteration, each 16 lanes of `group` products.
+        (iterations * 16 * 16 * kind.group() * 2) as f64 / secs
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    unreachable!()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+unsafe fn peak_loop_bf16(iterations: usize) -> f32 {
+    use std::arch::x86_64::*;
+    // SAFETY: register-only arithmetic on features the caller checked.
+    unsafe {
+        let mut acc = [_mm512_setzero_ps(); 16];
+        // 1.0 and 2^-7 in each bf16: normal numbers all the way.
+        let x: __m512bh = std::mem::transmute(_mm512_set1_epi32(0x3f80_3f80));
+        let y: __m512bh = std::mem::transmute(_mm512_set1_epi32(0x3c00_3c00));
+        for _ in 0..iterations {
+            for a in acc.iter_mut() {
+                *a = _mm512_dpbf16_ps(*a, x, y);
+            }
+        }
+        acc.iter().map(|&v| _mm512_reduce_add_ps(v)).sum()
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn peak_loop_i8(iterations: usize) -> f32 {
+    use std::arch::x86_64::*;
+    let mut acc = [_mm512_setzero_si512(); 16];
+    let (x, y) = (_mm512_set1_epi8(3), _mm512_set1_epi8(-2));
+    for _ in 0..iterations {
+        for a in acc.iter_mut() {
+            *a = _mm512_dpbusd_epi32(*a, x, y);
+        }
+    }
+    acc.iter().map(|&v| _mm512_reduce_add_epi32(v)).fold(0i32, i32::wrapping_add) as f32
+}
