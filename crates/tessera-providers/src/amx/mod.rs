@@ -65,6 +65,10 @@ pub const FP32_TILE_MIN_ROWS: usize = 4;
 pub struct AmxProvider {
     precision: Precision,
     isa: TileIsa,
+    /// Why bf16 products (float products under bf16 and auto, attention)
+    /// stay off this ISA: on the AVX-512 dot products, where the core's
+    /// measured bf16 rate does not beat its fp32 FMAs. None: they run here.
+    bf16_refusal: Option<String>,
 }
 
 impl AmxProvider {
@@ -93,7 +97,11 @@ impl AmxProvider {
             "disabled by the session options".to_string()
         } else {
             match avx512::unusable_reason() {
-                None => return Ok(Self::with_isa(precision, TileIsa::Avx512Dot)),
+                None => {
+                    let mut p = Self::with_isa(precision, TileIsa::Avx512Dot);
+                    p.bf16_refusal = avx512::bf16_refusal();
+                    return Ok(p);
+                }
                 Some(why) => why,
             }
         };
@@ -117,7 +125,14 @@ impl AmxProvider {
     /// The provider on a given ISA: tests run it on [`TileIsa::Emulated`]
     /// to check the graph-level logic on machines without AMX.
     pub fn with_isa(precision: Precision, isa: TileIsa) -> AmxProvider {
-        AmxProvider { precision, isa }
+        AmxProvider { precision, isa, bf16_refusal: None }
+    }
+
+    /// As [`AmxProvider::with_isa`], with bf16 products refused for `why`
+    /// (what [`AmxProvider::new`] does on a core whose bf16 dot products
+    /// measured no faster than its fp32 FMAs).
+    pub fn with_bf16_refused(precision: Precision, isa: TileIsa, why: String) -> AmxProvider {
+        AmxProvider { precision, isa, bf16_refusal: Some(why) }
     }
 
     /// The plan for an fp32 product of `rows` rows of A (None: not known
@@ -131,7 +146,10 @@ impl AmxProvider {
                 "{} precision on AVX-512 dot products: a bf16x6 split is about 3x the fp32 vector kernels' work",
                 self.precision
             )),
-            Precision::Bf16 | Precision::Auto => Ok(TilePlan::Float(Split::Bf16)),
+            Precision::Bf16 | Precision::Auto => match &self.bf16_refusal {
+                Some(why) => Err(format!("{} precision on {}: {why}", self.precision, self.label())),
+                None => Ok(TilePlan::Float(Split::Bf16)),
+            },
             Precision::Int8 => Ok(TilePlan::DynamicInt8),
             Precision::Fp32Tiles => Ok(TilePlan::Float(Split::Bf16x6)),
             Precision::Fp32 => match rows {
@@ -234,6 +252,11 @@ impl AmxProvider {
                     plan => Ok(plan),
                 }
             }
+            (d, "Attention") if (d == "tessera" || domain_ok) && self.bf16_refusal.is_some() => Err(format!(
+                "attention's products are bf16 on {}: {}",
+                self.label(),
+                self.bf16_refusal.as_deref().unwrap_or("")
+            )),
             (d, "Attention") if d == "tessera" || domain_ok => match self.precision {
                 // The scores and the weighted sum are the graph's two
                 // MatMuls: under bf16 and int8 they take bf16 tiles like

@@ -259,6 +259,74 @@ unsafe fn i8_pass(
     }
 }
 
+/// Register-only rates of this core's bf16 dot products and fp32 FMAs, in
+/// GFLOP/s, measured once per process (about a millisecond). Cores differ
+/// more than their feature flags say: a Zen 4 core runs `vdpbf16ps` at twice
+/// its fp32 FMA rate, a Sapphire/Emerald Rapids core at about half of it
+/// (measured, `benches/results/2026-11-28-avx512-dot/`), so whether bf16
+/// products belong on these kernels is measured, not inferred.
+pub fn bf16_and_fp32_rates() -> Option<(f64, f64)> {
+    static RATES: std::sync::OnceLock<Option<(f64, f64)>> = std::sync::OnceLock::new();
+    *RATES.get_or_init(|| {
+        if !cpu_has() {
+            return None;
+        }
+        // Warm the vector units (frequency and power states) before timing.
+        probe_peak(DotKind::Bf16, 20_000);
+        probe_fp32_fma(20_000);
+        let (mut bf16, mut fp32) = (0f64, 0f64);
+        for _ in 0..3 {
+            bf16 = bf16.max(probe_peak(DotKind::Bf16, 20_000) / 1e9);
+            fp32 = fp32.max(probe_fp32_fma(20_000) / 1e9);
+        }
+        Some((bf16, fp32))
+    })
+}
+
+/// Why bf16 products do not belong on these kernels on this core (None:
+/// they do): they must run at least 1.25x the fp32 FMA rate, the margin
+/// that pays for converting activations to bf16.
+pub fn bf16_refusal() -> Option<String> {
+    match bf16_and_fp32_rates() {
+        None => Some("CPU lacks the AVX-512 dot products".into()),
+        Some((bf16, fp32)) if bf16 < 1.25 * fp32 => Some(format!(
+            "bf16 dot products measured {bf16:.0} GFLOP/s on this core against {fp32:.0} for fp32 FMAs: \
+             the fp32 vector kernels are as fast"
+        )),
+        Some(_) => None,
+    }
+}
+
+/// Sustained rate of `vfmadd231ps` on 512-bit registers on the calling
+/// thread, in FLOP per second. Panics where [`cpu_has`] is false.
+pub fn probe_fp32_fma(iterations: usize) -> f64 {
+    assert!(cpu_has(), "AVX-512 FMA probe on a CPU without it");
+    #[cfg(target_arch = "x86_64")]
+    {
+        let t = std::time::Instant::now();
+        // SAFETY: the features were checked above; the loop touches no memory.
+        let sink = unsafe { peak_loop_fp32(iterations) };
+        std::hint::black_box(sink);
+        (iterations * 16 * 16 * 2) as f64 / t.elapsed().as_secs_f64()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    unreachable!()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn peak_loop_fp32(iterations: usize) -> f32 {
+    use std::arch::x86_64::*;
+    let mut acc = [_mm512_setzero_ps(); 16];
+    let (x, y) = (_mm512_set1_ps(1.0), _mm512_set1_ps(2f32.powi(-7)));
+    for _ in 0..iterations {
+        for a in acc.iter_mut() {
+            *a = _mm512_fmadd_ps(x, y, *a);
+        }
+    }
+    acc.iter().map(|&v| _mm512_reduce_add_ps(v)).sum()
+}
+
 /// Sustained rate of `vdpbf16ps` (bf16) or `vpdpbusd` (int8) in a
 /// register-resident loop on the calling thread, in operations per second
 /// (2 per multiply-add): the ceiling the kernels are measured against.
