@@ -24,7 +24,9 @@
 //! * s8 x u8: operands swapped (B's bytes unsigned, A's signed);
 //! * u8 x u8: `a·(b - 128) + 128·Σa`, with Σa per row summed from A.
 
-use super::{split_products, AccBlock, DotKind, BLOCK_BYTES, MR, NR, TILE_BYTES, TILE_ROWS, TILE_ROW_BYTES};
+#[cfg(target_arch = "x86_64")]
+use super::{split_products, AccBlock, BLOCK_BYTES, TILE_BYTES, TILE_ROW_BYTES};
+use super::{DotKind, MR, NR, TILE_ROWS};
 
 /// Rows of the accumulator block one pass keeps in registers.
 const PASS_ROWS: usize = 8;
@@ -310,7 +312,10 @@ pub fn probe_fp32_fma(iterations: usize) -> f64 {
         (iterations * 16 * 16 * 2) as f64 / t.elapsed().as_secs_f64()
     }
     #[cfg(not(target_arch = "x86_64"))]
-    unreachable!()
+    {
+        let _ = iterations;
+        unreachable!()
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -349,7 +354,10 @@ pub fn probe_peak(kind: DotKind, iterations: usize) -> f64 {
         (iterations * 16 * 16 * kind.group() * 2) as f64 / secs
     }
     #[cfg(not(target_arch = "x86_64"))]
-    unreachable!()
+    {
+        let _ = (kind, iterations);
+        unreachable!()
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
