@@ -297,4 +297,12 @@ fn print_text(report: &MachineReport, x: &Extras) {
     for k in &x.choices {
         println!("  {:5} {:28} {}", k.precision, k.kernel, k.why);
     }
+    // The avx512-dot provider's bf16 gate is a measurement: show it.
+    if let Some((bf16, fp32)) = tessera_kernels::gemm::ukernel::avx512::bf16_and_fp32_rates() {
+        let verdict = match tessera_kernels::gemm::ukernel::avx512::bf16_refusal() {
+            None => "bf16 products may run on avx512-dot".to_string(),
+            Some(why) => format!("bf16 products stay off avx512-dot ({why})"),
+        };
+        println!("  dot rates, one core: vdpbf16ps {bf16:.0} GFLOP/s, fp32 FMA {fp32:.0} GFLOP/s: {verdict}");
+    }
 }
