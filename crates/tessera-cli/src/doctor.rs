@@ -198,6 +198,22 @@ fn kernel_checks() -> Vec<Check> {
             }
         }
     }
+    match tessera_kernels::gemm::ukernel::avx512::unusable_reason() {
+        None => {
+            out.push(float_check(
+                "avx512-dot bf16",
+                1e-5,
+                InputFormat::BF16,
+                &tile_float(TileIsa::Avx512Dot, Split::Bf16),
+            ));
+            out.push(int_check("avx512-dot int8", &tile_int(TileIsa::Avx512Dot)));
+        }
+        Some(why) => {
+            for name in ["avx512-dot bf16", "avx512-dot int8"] {
+                out.push(unavailable("kernel", name, why.clone()));
+            }
+        }
+    }
     out.extend(arm_checks());
     out
 }
@@ -454,6 +470,13 @@ fn provider_checks(threads: usize) -> Vec<Check> {
             // interpreter back end too): the session's first provider.
             let placed_as = s.provider_names().into_iter().next().unwrap_or_default();
             let on_it = s.assignments().iter().filter(|a| a.provider == placed_as).count();
+            // Where the hardware behind a provider differs from its name
+            // (the tile provider on AVX-512 dot products), say which.
+            let shown = if placed_as.is_empty() || provider.starts_with(placed_as.as_str()) {
+                provider.to_string()
+            } else {
+                format!("{provider} ({placed_as})")
+            };
             if on_it == 0 {
                 let first = s.assignments().into_iter().next();
                 let why = first.map(|a| format!(" (first node, {}: {})", a.op_type, a.reason)).unwrap_or_default();
@@ -472,11 +495,9 @@ fn provider_checks(threads: usize) -> Vec<Check> {
             let plan = if plans.is_empty() { String::new() } else { format!("; operations on {}", plans.join(" | ")) };
             let (status, detail) = match checked {
                 Ok(e) if e <= limit => {
-                    (Status::Pass, format!("{on_it} nodes on {provider}; error {e:.1e} (limit {limit:.0e}){plan}"))
+                    (Status::Pass, format!("{on_it} nodes on {shown}; error {e:.1e} (limit {limit:.0e}){plan}"))
                 }
-                Ok(e) => {
-                    (Status::Fail, format!("{on_it} nodes on {provider}; error {e:.1e} > limit {limit:.0e}{plan}"))
-                }
+                Ok(e) => (Status::Fail, format!("{on_it} nodes on {shown}; error {e:.1e} > limit {limit:.0e}{plan}")),
                 Err(e) => (Status::Fail, e),
             };
             let speed = (status == Status::Pass)

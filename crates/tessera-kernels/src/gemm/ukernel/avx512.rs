@@ -317,7 +317,6 @@ pub fn probe_fp32_fma(iterations: usize) -> f64 {
     }
 }
 
-
 /// Sustained rate of `vdpbf16ps` (bf16) or `vpdpbusd` (int8) in a
 /// register-resident loop on the calling thread, in operations per second
 /// (2 per multiply-add): the ceiling the kernels are measured against.
