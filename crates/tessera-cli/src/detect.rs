@@ -82,8 +82,21 @@ fn extras(report: &MachineReport) -> Extras {
         calibration: cache_dir
             .as_deref()
             .and_then(|d| calibration::load(d, &calibration::machine_key(&report.machine))),
-        choices: tessera_hw::kernel_choices(report),
+        choices: with_measured_gate(tessera_hw::kernel_choices(report)),
     }
+}
+
+/// The feature-based choices, with the avx512-dot bf16 gate applied: where
+/// the core's measured `vdpbf16ps` rate does not pay, bf16 products stay on
+/// the fp32 vector path, as the provider does.
+fn with_measured_gate(mut choices: Vec<KernelChoice>) -> Vec<KernelChoice> {
+    for k in choices.iter_mut().filter(|k| k.precision == "bf16" && k.kernel.starts_with("avx512-dot")) {
+        if let Some(why) = tessera_kernels::gemm::ukernel::avx512::bf16_refusal() {
+            k.kernel = "fp32 vector path".into();
+            k.why = format!("{}; but {why}", k.why);
+        }
+    }
+    choices
 }
 
 pub fn run(json: bool) -> Result<(), String> {
@@ -300,6 +313,7 @@ fn print_text(report: &MachineReport, x: &Extras) {
     // The avx512-dot provider's bf16 gate is a measurement: show it.
     if let Some((bf16, fp32)) = tessera_kernels::gemm::ukernel::avx512::bf16_and_fp32_rates() {
         let verdict = match tessera_kernels::gemm::ukernel::avx512::bf16_refusal() {
+            _ if !tessera_kernels::gemm::ukernel::avx512::usable() => "avx512-dot is disabled by the user".to_string(),
             None => "bf16 products may run on avx512-dot".to_string(),
             Some(why) => format!("bf16 products stay off avx512-dot ({why})"),
         };

@@ -1594,7 +1594,9 @@ mod amx_tests {
             let len = ksteps * BLOCK_BYTES;
             let bytes = |salt: u64| -> Vec<u8> { rand_vec(len, seed ^ salt).iter().map(|v| (v * 127.9 + 128.0) as u8).collect() };
             let (a, b) = (bytes(1), bytes(2));
-            let start: Vec<u32> = rand_vec(MR * NR, seed ^ 3).iter().map(|v| (v * 1e9) as i32 as u32).collect();
+            // Start values over the whole u32 range, so that sums wrap.
+            let start: Vec<u32> =
+                rand_vec(2 * MR * NR, seed ^ 3).chunks(2).map(|p| (((p[0] + 1.0) * 65535.0) as u32) << 16 | (((p[1] + 1.0) * 32767.0) as u32)).collect();
             for a_signed in [false, true] {
                 for b_signed in [false, true] {
                     let kind = DotKind::I8 { a_signed, b_signed };

@@ -7,11 +7,6 @@
 //! `tessera:FusedMatMulInteger`, QLinearMatMul, ConvInteger and QLinearConv
 //! of group 1) with a constant 8-bit weight. What
 //! runs on the tiles follows the session's [`Precision`]:
-//! On a CPU without AMX but with the AVX-512 BF16 and VNNI dot products
-//! (AMD Zen 4 and 5), the same driver runs on those ([`TileIsa::Avx512Dot`]),
-//! under the name `avx512-dot`: bf16 and int8 products only, the fp32
-//! precisions leaving float products to the CPU provider (a six-product
-//! split costs three times the fp32 kernels' work there).
 //!
 //! * fp32 (the default): MatMul, Gemm and FusedMatMul as bf16x6 split
 //!   products (fp32-class error) unless they are known to multiply fewer
@@ -25,6 +20,15 @@
 //! Under bf16, auto and int8 it also claims `tessera:Attention` and the
 //! ONNX `Attention` operator (without a soft cap or score output), whose
 //! two per-head products (scores, weighted sum) then run on bf16 tiles.
+//!
+//! On a CPU without AMX but with the AVX-512 BF16 and VNNI dot products
+//! (AMD Zen 4 and 5), the same driver runs on those ([`TileIsa::Avx512Dot`])
+//! under the name `avx512-dot`, with two differences from the list above:
+//! the fp32 precisions leave float products to the CPU provider (a
+//! six-product split costs three fp32 FMAs' work there), and bf16 products
+//! (float products under bf16 and auto, attention) run only where the
+//! core's measured `vdpbf16ps` rate is at least 1.25x its fp32 FMA rate
+//! ([`avx512::bf16_refusal`]); integer and int8 products always do.
 
 mod ops;
 pub mod sme;
@@ -67,7 +71,8 @@ pub struct AmxProvider {
     isa: TileIsa,
     /// Why bf16 products (float products under bf16 and auto, attention)
     /// stay off this ISA: on the AVX-512 dot products, where the core's
-    /// measured bf16 rate does not beat its fp32 FMAs. None: they run here.
+    /// measured bf16 rate is below 1.25x its fp32 FMA rate. None: they run
+    /// here.
     bf16_refusal: Option<String>,
 }
 
@@ -130,7 +135,7 @@ impl AmxProvider {
 
     /// As [`AmxProvider::with_isa`], with bf16 products refused for `why`
     /// (what [`AmxProvider::new`] does on a core whose bf16 dot products
-    /// measured no faster than its fp32 FMAs).
+    /// measured below 1.25x its fp32 FMA rate).
     pub fn with_bf16_refused(precision: Precision, isa: TileIsa, why: String) -> AmxProvider {
         AmxProvider { precision, isa, bf16_refusal: Some(why) }
     }
@@ -252,17 +257,17 @@ impl AmxProvider {
                     plan => Ok(plan),
                 }
             }
-            (d, "Attention") if (d == "tessera" || domain_ok) && self.bf16_refusal.is_some() => Err(format!(
-                "attention's products are bf16 on {}: {}",
-                self.label(),
-                self.bf16_refusal.as_deref().unwrap_or("")
-            )),
             (d, "Attention") if d == "tessera" || domain_ok => match self.precision {
                 // The scores and the weighted sum are the graph's two
                 // MatMuls: under bf16 and int8 they take bf16 tiles like
                 // the other float products (int8 quantizes only weighted
                 // products; attention has no weights). The ONNX operator
                 // declines what the tile path does not take.
+                Precision::Bf16 | Precision::Auto | Precision::Int8 if self.bf16_refusal.is_some() => Err(format!(
+                    "attention's products are bf16 on {}: {}",
+                    self.label(),
+                    self.bf16_refusal.as_deref().unwrap_or_default()
+                )),
                 Precision::Bf16 | Precision::Auto | Precision::Int8 => match d == "tessera" {
                     true => Ok(TilePlan::Attention),
                     false => {

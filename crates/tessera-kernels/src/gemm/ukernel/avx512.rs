@@ -1,6 +1,7 @@
 //! The tile microkernel contract on AVX-512 vector registers, for CPUs with
 //! the AVX-512 BF16 and VNNI dot products but no tile unit (AMD Zen 4 and
-//! Zen 5, Intel Cooper Lake and Ice Lake servers without bf16 aside).
+//! Zen 5, Intel Cooper Lake; Ice and Cascade Lake lack BF16 and are not
+//! served, int8 included).
 //!
 //! The packed layouts are AMX's, unchanged: a row of a B tile holds one K
 //! pair (bf16) or quadruple (int8) of 16 columns, which is exactly one zmm
@@ -18,11 +19,13 @@
 //!
 //! `vpdpbusd` multiplies unsigned bytes of its first source by signed bytes
 //! of its second. The other sign pairs are mapped onto it exactly (mod 2^32,
-//! as the tile instructions wrap):
-//! * s8 x s8: `(a + 128)·b - 128·Σb`, with Σb per column from one extra dot
-//!   product of 0x80 bytes with each B row;
+//! as the tile instructions wrap), flipping B's top bit (two XORs per k
+//! quadruple, shared by the pass's rows) rather than A's (one per row):
 //! * s8 x u8: operands swapped (B's bytes unsigned, A's signed);
-//! * u8 x u8: `a·(b - 128) + 128·Σa`, with Σa per row summed from A.
+//! * s8 x s8: `(b + 128)·a - 128·Σa`, B flipped to unsigned, swapped;
+//! * u8 x u8: `a·(b - 128) + 128·Σa`, B flipped to signed.
+//!
+//! Σa per row is summed from A's bytes (`vpsadbw`, one per 64 bytes).
 
 #[cfg(target_arch = "x86_64")]
 use super::{split_products, AccBlock, BLOCK_BYTES, TILE_BYTES, TILE_ROW_BYTES};
@@ -60,8 +63,16 @@ pub fn unusable_reason() -> Option<String> {
     if cpu_has() {
         return Some("disabled by the user (--disable avx512 / TESSERA_DISABLE)".into());
     }
+    Some(missing_features())
+}
+
+/// The features [`cpu_has`] wants that this CPU lacks ("" when none).
+pub fn missing_features() -> String {
     #[cfg(target_arch = "x86_64")]
     {
+        if cpu_has() {
+            return String::new();
+        }
         let missing: Vec<&str> = [
             ("avx512f", std::is_x86_feature_detected!("avx512f")),
             ("avx512bw", std::is_x86_feature_detected!("avx512bw")),
@@ -72,10 +83,10 @@ pub fn unusable_reason() -> Option<String> {
         .filter(|(_, has)| !has)
         .map(|(name, _)| *name)
         .collect();
-        Some(format!("CPU lacks {}", missing.join(", ")))
+        format!("CPU lacks {}", missing.join(", "))
     }
     #[cfg(not(target_arch = "x86_64"))]
-    Some("not an x86-64 CPU".into())
+    "not an x86-64 CPU".into()
 }
 
 /// `ksteps` k-steps of `parts`-part operands into the 32x32 block (the
@@ -195,8 +206,10 @@ unsafe fn i8_pass(
         let c = c as *mut i32;
         let mut acc = [[_mm512_setzero_si512(); 2]; PASS_ROWS];
         let flip = _mm512_set1_epi8(-128);
-        // Σb·128 per column (s8 x s8) or Σa per row (u8 x u8), over this call.
-        let mut col_sums = [_mm512_setzero_si512(); 2];
+        // Same signedness: B's top bit flipped, and Σa corrects the sums.
+        let flip_b = a_signed == b_signed;
+        // Per row, Σ over this call's bytes of A (XORed with 0x80 first when
+        // signed, which adds 128 per byte: taken off at the end).
         let mut row_sums = [_mm512_setzero_si512(); PASS_ROWS];
         let a_off = a_row_offset(row0);
         for step in 0..ksteps {
@@ -205,50 +218,48 @@ unsafe fn i8_pass(
             for kq in 0..TILE_ROWS {
                 let mut b0 = _mm512_loadu_si512(bb.add(kq * TILE_ROW_BYTES) as *const _);
                 let mut b1 = _mm512_loadu_si512(bb.add(TILE_BYTES + kq * TILE_ROW_BYTES) as *const _);
-                match (a_signed, b_signed) {
-                    (true, true) => {
-                        col_sums[0] = _mm512_dpbusd_epi32(col_sums[0], flip, b0);
-                        col_sums[1] = _mm512_dpbusd_epi32(col_sums[1], flip, b1);
-                    }
-                    (false, false) => {
-                        b0 = _mm512_xor_si512(b0, flip);
-                        b1 = _mm512_xor_si512(b1, flip);
-                    }
-                    _ => {}
+                if flip_b {
+                    b0 = _mm512_xor_si512(b0, flip);
+                    b1 = _mm512_xor_si512(b1, flip);
                 }
                 for (i, row) in acc.iter_mut().enumerate() {
                     let quad = (ab.add(i * TILE_ROW_BYTES + kq * 4) as *const i32).read_unaligned();
                     let av = _mm512_set1_epi32(quad);
-                    if a_signed && !b_signed {
+                    if a_signed {
+                        // B's bytes unsigned (as given, or flipped), A's signed.
                         row[0] = _mm512_dpbusd_epi32(row[0], b0, av);
                         row[1] = _mm512_dpbusd_epi32(row[1], b1, av);
                     } else {
-                        let av = if a_signed { _mm512_xor_si512(av, flip) } else { av };
+                        // A's bytes unsigned, B's signed (as given, or flipped).
                         row[0] = _mm512_dpbusd_epi32(row[0], av, b0);
                         row[1] = _mm512_dpbusd_epi32(row[1], av, b1);
                     }
                 }
             }
-            if !a_signed && !b_signed {
+            if flip_b {
                 for (i, sum) in row_sums.iter_mut().enumerate() {
-                    let bytes = _mm512_loadu_si512(ab.add(i * TILE_ROW_BYTES) as *const _);
+                    let mut bytes = _mm512_loadu_si512(ab.add(i * TILE_ROW_BYTES) as *const _);
+                    if a_signed {
+                        bytes = _mm512_xor_si512(bytes, flip);
+                    }
                     *sum = _mm512_add_epi64(*sum, _mm512_sad_epu8(bytes, _mm512_setzero_si512()));
                 }
             }
         }
         for (i, row) in acc.iter_mut().enumerate() {
-            match (a_signed, b_signed) {
-                (true, true) => {
-                    row[0] = _mm512_sub_epi32(row[0], col_sums[0]);
-                    row[1] = _mm512_sub_epi32(row[1], col_sums[1]);
+            if flip_b {
+                // Σa, wrapped to 32 bits as the tile unit's sums are; a
+                // signed A's bytes were summed 128 too high each.
+                let mut sum_a = _mm512_reduce_add_epi64(row_sums[i]) as i32;
+                if a_signed {
+                    sum_a = sum_a.wrapping_sub((ksteps * TILE_ROW_BYTES * 128) as i32);
                 }
-                (false, false) => {
-                    // Σa fits in 64 bits; the tile unit's sums wrap at 32.
-                    let fix = _mm512_set1_epi32((_mm512_reduce_add_epi64(row_sums[i]) as i32).wrapping_mul(128));
-                    row[0] = _mm512_add_epi32(row[0], fix);
-                    row[1] = _mm512_add_epi32(row[1], fix);
-                }
-                _ => {}
+                // s8 x s8 summed (b + 128)·a: take 128·Σa off; u8 x u8
+                // summed a·(b - 128): put it back.
+                let fix = sum_a.wrapping_mul(128);
+                let fix = _mm512_set1_epi32(if a_signed { fix.wrapping_neg() } else { fix });
+                row[0] = _mm512_add_epi32(row[0], fix);
+                row[1] = _mm512_add_epi32(row[1], fix);
             }
             let out = c.add((row0 + i) * NR);
             if accumulate {
@@ -264,9 +275,9 @@ unsafe fn i8_pass(
 /// Register-only rates of this core's bf16 dot products and fp32 FMAs, in
 /// GFLOP/s, measured once per process (about a millisecond). Cores differ
 /// more than their feature flags say: a Zen 4 core runs `vdpbf16ps` at twice
-/// its fp32 FMA rate, a Sapphire/Emerald Rapids core at about half of it
-/// (measured, `benches/results/2026-11-28-avx512-dot/`), so whether bf16
-/// products belong on these kernels is measured, not inferred.
+/// its fp32 FMA rate, an Emerald Rapids core (the lent machine's Xeon) at
+/// about half of it (`benches/results/2026-11-28-avx512-dot/`), so whether
+/// bf16 products belong on these kernels is measured, not inferred.
 pub fn bf16_and_fp32_rates() -> Option<(f64, f64)> {
     static RATES: std::sync::OnceLock<Option<(f64, f64)>> = std::sync::OnceLock::new();
     *RATES.get_or_init(|| {
@@ -291,12 +302,18 @@ pub fn bf16_and_fp32_rates() -> Option<(f64, f64)> {
 pub fn bf16_refusal() -> Option<String> {
     match bf16_and_fp32_rates() {
         None => Some("CPU lacks the AVX-512 dot products".into()),
-        Some((bf16, fp32)) if bf16 < 1.25 * fp32 => Some(format!(
-            "bf16 dot products measured {bf16:.0} GFLOP/s on this core against {fp32:.0} for fp32 FMAs: \
-             the fp32 vector kernels are as fast"
-        )),
-        Some(_) => None,
+        Some((bf16, fp32)) => refusal_for(bf16, fp32),
     }
+}
+
+/// The gate of [`bf16_refusal`] on given rates (GFLOP/s).
+pub fn refusal_for(bf16: f64, fp32: f64) -> Option<String> {
+    (bf16 < 1.25 * fp32).then(|| {
+        format!(
+            "bf16 dot products measured {bf16:.0} GFLOP/s on this core against {fp32:.0} for fp32 FMAs, \
+             below the 1.25x that pays for converting to bf16"
+        )
+    })
 }
 
 /// Sustained rate of `vfmadd231ps` on 512-bit registers on the calling
@@ -396,3 +413,19 @@ peak_loop!(peak_loop_fp32, "avx512f", "vfmadd231ps");
 peak_loop!(peak_loop_bf16, "avx512f,avx512bw,avx512bf16", "vdpbf16ps");
 #[cfg(target_arch = "x86_64")]
 peak_loop!(peak_loop_i8, "avx512f,avx512bw,avx512vnni", "vpdpbusd");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// bf16 products go on these kernels from 1.25x the fp32 FMA rate,
+    /// with the measured rates in the reason when they do not.
+    #[test]
+    fn bf16_gate_at_one_and_a_quarter() {
+        assert_eq!(refusal_for(236.0, 118.0), None);
+        assert_eq!(refusal_for(125.0, 100.0), None);
+        let why = refusal_for(86.0, 157.0).expect("half the FMA rate is refused");
+        assert!(why.contains("86 GFLOP/s") && why.contains("157"), "{why}");
+        assert!(refusal_for(124.0, 100.0).is_some());
+    }
+}

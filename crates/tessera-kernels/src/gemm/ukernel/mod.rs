@@ -143,11 +143,13 @@ impl TileIsa {
             TileIsa::Emulated => "emulated",
         }
     }
-    /// Whether this machine runs the ISA (the emulation runs anywhere).
+    /// Whether this machine can execute the ISA (the emulation runs
+    /// anywhere). The user's `--disable avx512` switch steers
+    /// [`TileIsa::best`] and the providers, not this.
     pub fn usable(self) -> bool {
         match self {
             TileIsa::Amx => tessera_hw::amx_usable(),
-            TileIsa::Avx512Dot => avx512::usable(),
+            TileIsa::Avx512Dot => avx512::cpu_has(),
             TileIsa::Emulated => true,
         }
     }
@@ -158,14 +160,15 @@ impl TileIsa {
 /// hardware in /proc/cpuinfo it sets `TESSERA_REQUIRE_AMX=1` (amx_tile) and
 /// `TESSERA_REQUIRE_AVX512_DOT=1` (avx512_bf16 and avx512_vnni): a required
 /// ISA that is not usable fails the calling test instead of being skipped.
-/// Skips are printed, so that a run without the hardware says so.
+/// Skips are written to stderr (shown with `--nocapture` or when a test
+/// fails); scripts/test's hardware stages say what the machine did not run.
 #[doc(hidden)]
 pub fn isas_under_test() -> Vec<TileIsa> {
     let mut out = vec![TileIsa::Emulated];
     let amx_reason = tessera_hw::amx().reason.clone().unwrap_or_default();
     for (isa, env, reason) in [
         (TileIsa::Amx, "TESSERA_REQUIRE_AMX", amx_reason),
-        (TileIsa::Avx512Dot, "TESSERA_REQUIRE_AVX512_DOT", avx512::unusable_reason().unwrap_or_default()),
+        (TileIsa::Avx512Dot, "TESSERA_REQUIRE_AVX512_DOT", avx512::missing_features()),
     ] {
         if isa.usable() {
             out.push(isa);
@@ -231,7 +234,7 @@ impl TileSession {
         next: &[u8],
     ) {
         assert!(parts == 1 || (kind == DotKind::Bf16 && parts <= 3), "{kind:?} operands in {parts} parts");
-        let need = ksteps * parts * BLOCK_BYTES;
+        let need = ksteps.checked_mul(parts * BLOCK_BYTES).expect("packed panel length overflows usize");
         assert!(a.len() >= need && b.len() >= need, "packed panels shorter than {ksteps} k-steps of {parts} parts");
         match self.isa {
             TileIsa::Amx => {

@@ -1069,9 +1069,9 @@ mod tests {
         }
     }
 
-    /// The ISAs a tile test runs: the emulation always, AMX where the
-    /// machine has it (`TESSERA_REQUIRE_AMX=1` turns its absence into a
-    /// failure).
+    /// The ISAs a tile test runs: the emulation always, and AMX and the
+    /// AVX-512 dot products where the machine has them (see
+    /// `isas_under_test`).
     fn tile_isas() -> Vec<TileIsa> {
         tessera_kernels::gemm::ukernel::isas_under_test()
     }
