@@ -92,10 +92,14 @@ pub fn missing_features() -> String {
 /// `ksteps` k-steps of `parts`-part operands into the 32x32 block (the
 /// contract of [`super`]).
 ///
+/// `next` (memory read soon, such as the next weight panel's share) is
+/// prefetched towards L2 first.
+///
 /// # Safety
 /// [`cpu_has`] is true; `a` and `b` are valid for `ksteps * parts *
 /// BLOCK_BYTES` bytes; `parts` is 1 for integer kinds and at most 3.
 #[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
 pub unsafe fn run(
     kind: DotKind,
     parts: usize,
@@ -104,7 +108,18 @@ pub unsafe fn run(
     ksteps: usize,
     acc: &mut AccBlock,
     accumulate: bool,
+    next: &[u8],
 ) {
+    // The next weight panel's share towards L2 (see `TileSession::run_streaming`),
+    // issued before the passes: the hardware prefetchers follow the panel
+    // being read, not the one after it.
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
+        for line in next.chunks(64) {
+            // SAFETY: a prefetch of an address inside `next`: a hint.
+            unsafe { _mm_prefetch::<_MM_HINT_T1>(line.as_ptr() as *const i8) };
+        }
+    }
     let c = acc.0.as_mut_ptr();
     for row0 in (0..MR).step_by(PASS_ROWS) {
         // SAFETY: forwarded from the caller (features present, panels long

@@ -264,10 +264,9 @@ impl TileSession {
                 #[cfg(target_arch = "x86_64")]
                 // SAFETY: the features were checked just above; lengths and
                 // `parts` checked at the top of this function. The stream
-                // is left to the hardware prefetchers, which follow the
-                // panels' sequential reads.
+                // is only prefetched (a hint, never a fault).
                 unsafe {
-                    avx512::run(kind, parts, a.as_ptr(), b.as_ptr(), ksteps, acc, accumulate)
+                    avx512::run(kind, parts, a.as_ptr(), b.as_ptr(), ksteps, acc, accumulate, next)
                 }
             }
             TileIsa::Emulated => emulated::run(kind, parts, a, b, ksteps, acc, accumulate),
