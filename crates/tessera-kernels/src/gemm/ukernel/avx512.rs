@@ -110,26 +110,49 @@ pub unsafe fn run(
     accumulate: bool,
     next: &[u8],
 ) {
-    // The next weight panel's share towards L2 (see `TileSession::run_streaming`),
-    // issued before the passes: the hardware prefetchers follow the panel
-    // being read, not the one after it.
-    {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
-        for line in next.chunks(64) {
-            // SAFETY: a prefetch of an address inside `next`: a hint.
-            unsafe { _mm_prefetch::<_MM_HINT_T1>(line.as_ptr() as *const i8) };
-        }
-    }
     let c = acc.0.as_mut_ptr();
     for row0 in (0..MR).step_by(PASS_ROWS) {
+        // The next weight panel's share towards L2 (see
+        // `TileSession::run_streaming`), spread over the first pass's
+        // k-steps: the hardware prefetchers follow the panel being read,
+        // not the one after it.
+        let stream = if row0 == 0 { Stream::new(next, ksteps) } else { Stream::new(&[], 0) };
         // SAFETY: forwarded from the caller (features present, panels long
         // enough); `row0 + PASS_ROWS <= MR`, so the pass's accumulator rows
         // are inside the block.
         unsafe {
             match kind {
-                DotKind::Bf16 => bf16_pass(a, b, ksteps, parts, c, accumulate, row0),
-                DotKind::I8 { a_signed, b_signed } => i8_pass(a, b, ksteps, a_signed, b_signed, c, accumulate, row0),
+                DotKind::Bf16 => bf16_pass(a, b, ksteps, parts, c, accumulate, row0, stream),
+                DotKind::I8 { a_signed, b_signed } => {
+                    i8_pass(a, b, ksteps, a_signed, b_signed, c, accumulate, row0, stream)
+                }
             }
+        }
+    }
+}
+
+/// Lines of memory to prefetch towards L2, a share per k-step.
+#[cfg(target_arch = "x86_64")]
+#[derive(Copy, Clone)]
+struct Stream<'a> {
+    bytes: &'a [u8],
+    per_step: usize,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl<'a> Stream<'a> {
+    fn new(bytes: &'a [u8], ksteps: usize) -> Self {
+        Stream { bytes, per_step: bytes.len().div_ceil(64).div_ceil(ksteps.max(1)) }
+    }
+
+    /// The lines of k-step `step`'s share.
+    #[inline(always)]
+    fn step(self, step: usize) {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
+        let lines = self.bytes.len().div_ceil(64);
+        for l in (step * self.per_step).min(lines)..((step + 1) * self.per_step).min(lines) {
+            // SAFETY: a prefetch of an address inside `bytes`: a hint.
+            unsafe { _mm_prefetch::<_MM_HINT_T1>(self.bytes.as_ptr().add(l * 64) as *const i8) };
         }
     }
 }
@@ -155,6 +178,7 @@ unsafe fn bf16_pass(
     c: *mut u32,
     accumulate: bool,
     row0: usize,
+    stream: Stream,
 ) {
     use std::arch::x86_64::*;
     // SAFETY: every load is inside the panels (k-block `step * parts + p`
@@ -173,6 +197,7 @@ unsafe fn bf16_pass(
         }
         let a_off = a_row_offset(row0);
         for step in 0..ksteps {
+            stream.step(step);
             for &(pa, pb) in split_products(parts) {
                 let ab = a.add((step * parts + pa) * BLOCK_BYTES + a_off);
                 let bb = b.add((step * parts + pb) * BLOCK_BYTES);
@@ -212,6 +237,7 @@ unsafe fn i8_pass(
     c: *mut u32,
     accumulate: bool,
     row0: usize,
+    stream: Stream,
 ) {
     use std::arch::x86_64::*;
     // SAFETY: the loads are those of `bf16_pass` with one part (quadruples
@@ -228,6 +254,7 @@ unsafe fn i8_pass(
         let mut row_sums = [_mm512_setzero_si512(); PASS_ROWS];
         let a_off = a_row_offset(row0);
         for step in 0..ksteps {
+            stream.step(step);
             let ab = a.add(step * BLOCK_BYTES + a_off);
             let bb = b.add(step * BLOCK_BYTES);
             for kq in 0..TILE_ROWS {
