@@ -93,7 +93,8 @@ pub fn missing_features() -> String {
 /// contract of [`super`]).
 ///
 /// `next` (memory read soon, such as the next weight panel's share) is
-/// prefetched towards L2 first.
+/// prefetched towards L2, a share per k-step of the first 8-row pass
+/// (nothing when `ksteps` is 0).
 ///
 /// # Safety
 /// [`cpu_has`] is true; `a` and `b` are valid for `ksteps * parts *
