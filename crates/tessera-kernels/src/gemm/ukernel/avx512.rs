@@ -341,11 +341,28 @@ pub fn bf16_and_fp32_rates() -> Option<(f64, f64)> {
 
 /// Why bf16 products do not belong on these kernels on this core (None:
 /// they do): they must run at least 1.25x the fp32 FMA rate, the margin
-/// that pays for converting activations to bf16.
+/// that pays for converting activations to bf16. `TESSERA_AVX512_BF16=on`
+/// or `off` replaces the measurement, for reproducible placements and A/B
+/// runs.
 pub fn bf16_refusal() -> Option<String> {
-    match bf16_and_fp32_rates() {
+    if !cpu_has() {
+        return Some("CPU lacks the AVX-512 dot products".into());
+    }
+    gate_override(std::env::var("TESSERA_AVX512_BF16").ok().as_deref()).unwrap_or_else(|| match bf16_and_fp32_rates() {
         None => Some("CPU lacks the AVX-512 dot products".into()),
         Some((bf16, fp32)) => refusal_for(bf16, fp32),
+    })
+}
+
+/// The decision `TESSERA_AVX512_BF16` forces (None: measure), or why its
+/// value is not understood (refused, so that a typo is seen).
+fn gate_override(value: Option<&str>) -> Option<Option<String>> {
+    match value.map(|v| v.trim().to_ascii_lowercase()) {
+        None => None,
+        Some(v) if v.is_empty() => None,
+        Some(v) if v == "on" => Some(None),
+        Some(v) if v == "off" => Some(Some("bf16 products turned off by TESSERA_AVX512_BF16=off".into())),
+        Some(v) => Some(Some(format!("TESSERA_AVX512_BF16={v} is not on or off"))),
     }
 }
 
@@ -460,6 +477,19 @@ peak_loop!(peak_loop_i8, "avx512f,avx512bw,avx512vnni", "vpdpbusd");
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The environment's override of the gate: on, off, unset or empty
+    /// (measure), and anything else refused with the value named.
+    #[test]
+    fn bf16_gate_override() {
+        assert_eq!(gate_override(None), None);
+        assert_eq!(gate_override(Some(" ")), None);
+        assert_eq!(gate_override(Some("ON")), Some(None));
+        let off = gate_override(Some("off")).expect("forced").expect("refused");
+        assert!(off.contains("TESSERA_AVX512_BF16=off"), "{off}");
+        let typo = gate_override(Some("yes")).expect("forced").expect("refused");
+        assert!(typo.contains("yes"), "{typo}");
+    }
 
     /// bf16 products go on these kernels from 1.25x the fp32 FMA rate,
     /// with the measured rates in the reason when they do not.
