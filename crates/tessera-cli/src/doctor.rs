@@ -160,6 +160,9 @@ fn tile_int(isa: TileIsa) -> impl Fn(&[i8], &[i8], usize, usize, usize) -> Vec<i
     }
 }
 
+/// A kernel check by its name.
+type NamedCheck<'a> = (&'a str, &'a dyn Fn(&str) -> Check);
+
 fn kernel_checks() -> Vec<Check> {
     let mut out = Vec::new();
     out.push(float_check("fp32-vector (gemm crate)", 1e-6, InputFormat::FP32, &|a, b, m, k, n| {
@@ -181,39 +184,32 @@ fn kernel_checks() -> Vec<Check> {
         &tile_float(TileIsa::Emulated, Split::Bf16),
     ));
     out.push(int_check("tile contract, emulated int8", &tile_int(TileIsa::Emulated)));
-    match tessera_hw::amx_enabled() {
-        Ok(()) => {
-            out.push(float_check("amx-bf16", 1e-5, InputFormat::BF16, &tile_float(TileIsa::Amx, Split::Bf16)));
-            out.push(float_check(
-                "amx-bf16x6 (fp32-accurate)",
-                1e-6,
-                InputFormat::FP32,
-                &tile_float(TileIsa::Amx, Split::Bf16x6),
-            ));
-            out.push(int_check("amx-int8", &tile_int(TileIsa::Amx)));
+    // The hardware ISAs' kernels, or each one unavailable with the reason.
+    let hardware = |usable: Result<(), String>, checks: &[NamedCheck]| -> Vec<Check> {
+        match usable {
+            Ok(()) => checks.iter().map(|(name, check)| check(name)).collect(),
+            Err(why) => checks.iter().map(|(name, _)| unavailable("kernel", name, why.clone())).collect(),
         }
-        Err(why) => {
-            for name in ["amx-bf16", "amx-bf16x6 (fp32-accurate)", "amx-int8"] {
-                out.push(unavailable("kernel", name, why.clone()));
-            }
-        }
-    }
-    match tessera_kernels::gemm::ukernel::avx512::unusable_reason() {
-        None => {
-            out.push(float_check(
-                "avx512-dot bf16",
-                1e-5,
-                InputFormat::BF16,
-                &tile_float(TileIsa::Avx512Dot, Split::Bf16),
-            ));
-            out.push(int_check("avx512-dot int8", &tile_int(TileIsa::Avx512Dot)));
-        }
-        Some(why) => {
-            for name in ["avx512-dot bf16", "avx512-dot int8"] {
-                out.push(unavailable("kernel", name, why.clone()));
-            }
-        }
-    }
+    };
+    out.extend(hardware(
+        tessera_hw::amx_enabled(),
+        &[
+            ("amx-bf16", &|n| float_check(n, 1e-5, InputFormat::BF16, &tile_float(TileIsa::Amx, Split::Bf16))),
+            ("amx-bf16x6 (fp32-accurate)", &|n| {
+                float_check(n, 1e-6, InputFormat::FP32, &tile_float(TileIsa::Amx, Split::Bf16x6))
+            }),
+            ("amx-int8", &|n| int_check(n, &tile_int(TileIsa::Amx))),
+        ],
+    ));
+    out.extend(hardware(
+        tessera_kernels::gemm::ukernel::avx512::unusable_reason().map_or(Ok(()), Err),
+        &[
+            ("avx512-dot bf16", &|n| {
+                float_check(n, 1e-5, InputFormat::BF16, &tile_float(TileIsa::Avx512Dot, Split::Bf16))
+            }),
+            ("avx512-dot int8", &|n| int_check(n, &tile_int(TileIsa::Avx512Dot))),
+        ],
+    ));
     out.extend(arm_checks());
     out
 }

@@ -266,40 +266,38 @@ pub fn kernel_choices(report: &MachineReport) -> Vec<KernelChoice> {
         .map(|p| format!(" ({} tiles of {} rows x {} bytes)", p.max_names, p.max_rows, p.bytes_per_row))
         .unwrap_or_default();
 
-    out.push(match amx_block("AMX-BF16", x.is_some_and(|x| x.amx.bf16)) {
-        None => KernelChoice {
-            precision: "bf16",
-            kernel: "amx-bf16".into(),
-            why: format!("AMX-TILE and AMX-BF16 usable: XCR0 and Linux permission in place{geometry}"),
-        },
-        Some(r) if dot_products => KernelChoice {
-            precision: "bf16",
-            kernel: "avx512-dot (vdpbf16ps)".into(),
-            why: format!("no AMX ({r}); AVX-512 BF16 and VNNI present: the tile driver runs on vdpbf16ps"),
-        },
-        Some(r) => KernelChoice {
-            precision: "bf16",
-            kernel: "fp32 vector path".into(),
-            why: format!("no AMX: {r}{dot_missing}"),
-        },
-    });
-    out.push(match amx_block("AMX-INT8", x.is_some_and(|x| x.amx.int8)) {
-        None => KernelChoice {
-            precision: "int8",
-            kernel: "amx-int8 (tdpbusd/tdpbssd)".into(),
-            why: format!("AMX-TILE and AMX-INT8 usable: XCR0 and Linux permission in place{geometry}"),
-        },
-        Some(r) if dot_products => KernelChoice {
-            precision: "int8",
-            kernel: "avx512-dot (vpdpbusd)".into(),
-            why: format!("no AMX ({r}); AVX-512 BF16 and VNNI present: the tile driver runs on vpdpbusd"),
-        },
-        Some(r) => KernelChoice {
-            precision: "int8",
-            kernel: "scalar/vector int8 fallback".into(),
-            why: format!("no AMX: {r}{dot_missing}"),
-        },
-    });
+    // AMX with its `subset` where usable, else the dot-product
+    // instruction `dot`, else `fallback`.
+    let tile_choice = |precision, subset: &str, has_subset, amx_kernel: &str, dot: &str, fallback: &str| {
+        let (kernel, why) = match amx_block(subset, has_subset) {
+            None => (
+                amx_kernel.to_string(),
+                format!("AMX-TILE and {subset} usable: XCR0 and Linux permission in place{geometry}"),
+            ),
+            Some(r) if dot_products => (
+                format!("avx512-dot ({dot})"),
+                format!("no AMX ({r}); AVX-512 BF16 and VNNI present: the tile driver runs on {dot}"),
+            ),
+            Some(r) => (fallback.to_string(), format!("no AMX: {r}{dot_missing}")),
+        };
+        KernelChoice { precision, kernel, why }
+    };
+    out.push(tile_choice(
+        "bf16",
+        "AMX-BF16",
+        x.is_some_and(|x| x.amx.bf16),
+        "amx-bf16",
+        "vdpbf16ps",
+        "fp32 vector path",
+    ));
+    out.push(tile_choice(
+        "int8",
+        "AMX-INT8",
+        x.is_some_and(|x| x.amx.int8),
+        "amx-int8 (tdpbusd/tdpbssd)",
+        "vpdpbusd",
+        "scalar/vector int8 fallback",
+    ));
     let fp16_why = match x {
         Some(x) if x.avx512_fp16 => "tessera has no fp16 GEMM on x86 (AVX512-FP16 is present but unused)",
         Some(_) => "tessera has no fp16 GEMM on x86 (and this CPU has no AVX512-FP16)",

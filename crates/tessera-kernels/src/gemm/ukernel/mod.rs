@@ -196,8 +196,8 @@ pub struct TileSession {
 impl TileSession {
     /// Prepares this thread for `isa`, with the microkernel's prefetch
     /// choice (AMX only; the emulation ignores it). Panics if `isa` is AMX
-    /// and the tile unit is not usable (callers choose the ISA with
-    /// [`TileIsa::best`]).
+    /// and the tile unit is not usable, or the AVX-512 dot products and the
+    /// CPU lacks them (callers choose the ISA with [`TileIsa::best`]).
     pub fn begin(isa: TileIsa, prefetch: amx::Prefetch) -> Self {
         if isa == TileIsa::Amx {
             assert!(tessera_hw::amx_usable(), "AMX microkernel requested but AMX is not usable");
@@ -260,14 +260,16 @@ impl TileSession {
                 }
             }
             TileIsa::Avx512Dot => {
-                assert!(avx512::cpu_has(), "AVX-512 dot-product microkernel requested but the CPU lacks it");
                 #[cfg(target_arch = "x86_64")]
-                // SAFETY: the features were checked just above; lengths and
+                // SAFETY: `begin` checked the features (a TileSession is
+                // made only there, and its ISA never changes); lengths and
                 // `parts` checked at the top of this function. The stream
                 // is only prefetched (a hint, never a fault).
                 unsafe {
                     avx512::run(kind, parts, a.as_ptr(), b.as_ptr(), ksteps, acc, accumulate, next)
                 }
+                #[cfg(not(target_arch = "x86_64"))]
+                unreachable!("`begin` refuses the AVX-512 dot products off x86-64")
             }
             TileIsa::Emulated => emulated::run(kind, parts, a, b, ksteps, acc, accumulate),
         }
