@@ -610,22 +610,18 @@ fn drive(
     let threads = rayon::current_num_threads().max(1);
     let most_panels = blk.a_panels.max(1).min(mb);
     let resident = a_len * most_panels <= blk.a_bytes;
-    let (per_chunk, kc) = if resident {
-        ((blk.a_bytes / a_len.max(1)).clamp(1, most_panels), whole(blk.k_chunk(kblocks)))
+    // K outermost bounds a task's accumulator blocks.
+    let most_blocks = if resident { usize::MAX } else { (ACC_BYTES / std::mem::size_of::<AccBlock>()).max(1) };
+    let TaskGrid { a_panels: per_chunk, b_panels: per_range } =
+        TaskGrid::choose(mb, nb, threads, most_panels, most_blocks);
+    let kc = if resident {
+        whole(blk.k_chunk(kblocks))
     } else {
-        let fit = blk.a_bytes / (most_panels * BLOCK_BYTES);
+        let fit = blk.a_bytes / (per_chunk * BLOCK_BYTES);
         let kc = if blk.kc_blocks == TileBlocking::KC_AUTO { KOUTER_AUTO_CHUNK } else { blk.k_chunk(kblocks) };
-        (most_panels, whole(kc.min(fit)))
+        whole(kc.min(fit))
     };
     let m_chunks = mb.div_ceil(per_chunk);
-    // At least two tasks per thread when the shape allows; K outermost also
-    // bounds a task's accumulator blocks.
-    let mut n_ranges = (2 * threads).div_ceil(m_chunks).clamp(1, nb);
-    if !resident {
-        let most_b = (ACC_BYTES / (per_chunk * std::mem::size_of::<AccBlock>())).max(1);
-        n_ranges = n_ranges.max(nb.div_ceil(most_b));
-    }
-    let per_range = nb.div_ceil(n_ranges);
     let n_ranges = nb.div_ceil(per_range);
     let tasks = m_chunks * n_ranges;
     let chunks = kblocks.max(1).div_ceil(kc);
@@ -707,6 +703,89 @@ fn drive(
         (0..tasks).into_par_iter().for_each(task);
     }
 }
+
+/// How [`drive`] cuts a product into tasks: each task multiplies a run of
+/// `a_panels` A panels by a run of `b_panels` B panels (the last runs may
+/// be shorter).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub(crate) struct TaskGrid {
+    pub a_panels: usize,
+    pub b_panels: usize,
+}
+
+impl TaskGrid {
+    /// The grid over `mb` A panels and `nb` B panels for `threads` threads
+    /// with the least modelled time: the tasks run in waves of `threads`,
+    /// and a task of `p` x `r` panels costs `p * r` panel products plus
+    /// [`PANEL_LOAD_COST`] for each of its `p + r` panels brought in (a B
+    /// panel streams from memory, an A panel arrives from the core that
+    /// packed it). Ties go to the grid that loads fewer panels in all. A
+    /// task takes at most `most_a` A panels and `most_blocks` panel pairs.
+    ///
+    /// Whole waves matter once threads are many against the panels: at
+    /// M = 128 (4 A panels) and N = 768 (24 B panels) on 16 threads, the
+    /// earlier rule (about two tasks per thread) made 24 tasks of 4 x 1,
+    /// two waves with the second half idle and no next B panel in any task
+    /// to stream; this grid makes 16 tasks of 2 x 3, one wave.
+    pub(crate) fn choose(mb: usize, nb: usize, threads: usize, most_a: usize, most_blocks: usize) -> TaskGrid {
+        let (mb, nb, threads) = (mb.max(1), nb.max(1), threads.max(1));
+        let most_a = most_a.clamp(1, mb);
+        // More runs than four per thread in either direction never shorten
+        // the waves, so the candidates stay few (a few thousand at 16
+        // threads) whatever the shape.
+        let runs = |panels: usize, fewest: usize| {
+            let most = (fewest + 4 * threads).min(panels);
+            (fewest..=most).map(move |n| panels.div_ceil(n))
+        };
+        let mut best: Option<(usize, usize, TaskGrid)> = None;
+        for p in runs(mb, mb.div_ceil(most_a)) {
+            for r in runs(nb, nb.div_ceil((most_blocks / p).max(1))) {
+                let cost = makespan(threads, [(mb, p), (nb, r)]);
+                let loads = mb.div_ceil(p) * nb + nb.div_ceil(r) * mb;
+                let grid = TaskGrid { a_panels: p, b_panels: r };
+                if best.is_none_or(|(c, l, _)| (cost, loads) < (c, l)) {
+                    best = Some((cost, loads, grid));
+                }
+            }
+        }
+        best.map_or(TaskGrid { a_panels: most_a, b_panels: nb }, |(_, _, g)| g)
+    }
+}
+
+/// The modelled time of a grid whose tasks take runs of `run` out of
+/// `panels` panels in each of the two directions: tasks largest first, in
+/// waves of `threads`, each wave as long as its largest task.
+fn makespan(threads: usize, [(mb, p), (nb, r)]: [(usize, usize); 2]) -> usize {
+    // A run is full-length or the shorter last one: at most four kinds of
+    // task, (count, cost) each.
+    let runs = |panels: usize, run: usize| [(panels / run, run), (usize::from(!panels.is_multiple_of(run)), panels % run)];
+    let mut kinds: Vec<(usize, usize)> = Vec::with_capacity(4);
+    for (ma, pa) in runs(mb, p) {
+        for (nr, rb) in runs(nb, r) {
+            if ma * nr > 0 {
+                kinds.push((ma * nr, pa * rb + PANEL_LOAD_COST * (pa + rb)));
+            }
+        }
+    }
+    kinds.sort_by_key(|&(_, cost)| std::cmp::Reverse(cost));
+    let (mut at, mut total) = (0usize, 0usize);
+    for (count, cost) in kinds {
+        // Waves that start among these tasks are this long.
+        let first = at.div_ceil(threads) * threads;
+        let end = at + count;
+        if end > first {
+            total += (end - first).div_ceil(threads) * cost;
+        }
+        at = end;
+    }
+    total
+}
+
+/// The cost of bringing one panel into a task, in panel products (one
+/// 32x32 output block over all of K): both grow with K, so the ratio holds
+/// at any K. At M = 128 a B panel streamed from memory takes about as long
+/// as the products it feeds (see [`WeightStream`]).
+const PANEL_LOAD_COST: usize = 1;
 
 /// The `i`-th call's `share` bytes of `next`, the memory a microkernel call
 /// streams into L2 under [`WeightStream::Spread`] (none otherwise).
@@ -1711,6 +1790,49 @@ mod blocking_tests {
         assert_eq!(TileBlocking::parse("0:8:a").unwrap().k_chunk(12), 12);
         for bad in ["0:8", "0:8:ab:fast", "0:0:ab", "x:8:ab", "0:8:ab:bulk:1"] {
             assert!(TileBlocking::parse(bad).is_err(), "{bad} parsed");
+        }
+    }
+
+    fn grid(mb: usize, nb: usize, threads: usize, most_a: usize) -> (usize, usize) {
+        let g = TaskGrid::choose(mb, nb, threads, most_a, usize::MAX);
+        (g.a_panels, g.b_panels)
+    }
+
+    #[test]
+    fn task_grid_fills_whole_waves() {
+        // BERT-base at batch 1 (4 A panels): 16 threads get one wave of 16
+        // tasks at N = 768 (2 x 3); at N = 2304 one wave of 15 (4 x 5).
+        assert_eq!(grid(4, 24, 16, 8), (2, 3));
+        assert_eq!(grid(4, 72, 16, 8), (4, 5));
+        // Two threads: one task each, every A panel in both.
+        assert_eq!(grid(4, 24, 2, 8), (4, 12));
+        assert_eq!(grid(4, 96, 2, 8), (4, 48));
+        // One thread: one task, the whole product.
+        assert_eq!(grid(4, 24, 1, 8), (4, 24));
+        // 2048^3 on 16 threads: 16 tasks of 8 x 32 panels.
+        assert_eq!(grid(64, 64, 16, 8), (8, 32));
+        // The A limit splits M evenly (9 panels: 5 + 4, not 8 + 1).
+        assert_eq!(grid(9, 1, 1, 8).0, 5);
+    }
+
+    #[test]
+    fn task_grid_respects_its_limits() {
+        for mb in [1, 2, 3, 4, 7, 9, 32, 64, 100] {
+            for nb in [1, 2, 5, 24, 96, 1000] {
+                for threads in [1, 2, 3, 16, 64] {
+                    for most_a in [1, 2, 8] {
+                        for most_blocks in [1, 6, 128, usize::MAX] {
+                            let g = TaskGrid::choose(mb, nb, threads, most_a, most_blocks);
+                            assert!(g.a_panels >= 1 && g.a_panels <= most_a.min(mb), "{mb} {nb} {threads}: {g:?}");
+                            assert!(g.b_panels >= 1 && g.b_panels <= nb, "{mb} {nb} {threads}: {g:?}");
+                            assert!(g.a_panels * g.b_panels <= most_blocks || g.b_panels == 1, "{g:?}");
+                            // Never more waves than one-panel-pair tasks need.
+                            let tasks = mb.div_ceil(g.a_panels) * nb.div_ceil(g.b_panels);
+                            assert!(tasks.div_ceil(threads) <= (mb * nb).div_ceil(threads), "{g:?}");
+                        }
+                    }
+                }
+            }
         }
     }
 }
