@@ -439,6 +439,9 @@ pub struct TileBlocking {
     pub prefetch: Prefetch,
     /// How the next weight panel travels from memory to L2.
     pub stream: WeightStream,
+    /// A fixed task grid (A panels x B panels per task, within the limits
+    /// above) instead of [`TaskGrid::choose`]'s: for measuring grids.
+    pub grid: Option<(usize, usize)>,
 }
 
 /// How a task brings its next weight panel into L2 while it multiplies the
@@ -488,6 +491,7 @@ impl TileBlocking {
         a_bytes: 1 << 20,
         prefetch: Prefetch::A,
         stream: WeightStream::Spread,
+        grid: None,
     };
 
     /// `kc_blocks` for "chunks of 8 k-blocks when a panel has at most 24
@@ -505,15 +509,28 @@ impl TileBlocking {
         }
     }
 
-    /// Parses `kc:panels:prefetch[:stream]` (prefetch `none`, `a` or `ab`;
-    /// stream `off`, `bulk` or `spread`), as in `8:4:a`; `kc` 0 keeps K
-    /// whole, `auto` is [`TileBlocking::KC_AUTO`].
+    /// Parses `kc:panels:prefetch[:stream[:grid]]` (prefetch `none`, `a`
+    /// or `ab`; stream `off`, `bulk` or `spread`; grid `auto` or `PxR`, A
+    /// and B panels per task), as in `8:4:a`; `kc` 0 keeps K whole, `auto`
+    /// is [`TileBlocking::KC_AUTO`].
     pub fn parse(s: &str) -> Result<TileBlocking, String> {
         let parts: Vec<&str> = s.split(':').collect();
-        let (kc, panels, pf, stream) = match parts[..] {
-            [kc, panels, pf] => (kc, panels, pf, None),
-            [kc, panels, pf, stream] => (kc, panels, pf, Some(stream)),
-            _ => return Err(format!("tile blocking '{s}': want kc:panels:prefetch[:stream], like 8:4:a")),
+        let (kc, panels, pf, stream, grid) = match parts[..] {
+            [kc, panels, pf] => (kc, panels, pf, None, None),
+            [kc, panels, pf, stream] => (kc, panels, pf, Some(stream), None),
+            [kc, panels, pf, stream, grid] => (kc, panels, pf, Some(stream), Some(grid)),
+            _ => return Err(format!("tile blocking '{s}': want kc:panels:prefetch[:stream[:grid]], like 8:4:a")),
+        };
+        let grid = match grid {
+            None | Some("auto") => None,
+            Some(g) => {
+                let pair =
+                    g.split_once('x').and_then(|(p, r)| Some((p.parse::<usize>().ok()?, r.parse::<usize>().ok()?)));
+                match pair {
+                    Some((p, r)) if p > 0 && r > 0 => Some((p, r)),
+                    _ => return Err(format!("tile blocking '{s}': grid '{g}' is not auto or PxR (like 2x3)")),
+                }
+            }
         };
         let stream = match stream {
             None => TileBlocking::DEFAULT.stream,
@@ -535,7 +552,7 @@ impl TileBlocking {
             return Err(format!("tile blocking '{s}': panels must be 1..=64"));
         }
         let kc_blocks = if kc == "auto" { TileBlocking::KC_AUTO } else { num(kc, "kc")? };
-        Ok(TileBlocking { kc_blocks, a_panels, prefetch, stream, ..TileBlocking::DEFAULT })
+        Ok(TileBlocking { kc_blocks, a_panels, prefetch, stream, grid, ..TileBlocking::DEFAULT })
     }
 
     /// The blocking [`tile_sgemm`] and [`tile_igemm`] use: `DEFAULT`, or
@@ -561,7 +578,8 @@ impl TileBlocking {
             Prefetch::Ab => "ab",
         };
         let kc = if self.kc_blocks == TileBlocking::KC_AUTO { "auto".to_string() } else { self.kc_blocks.to_string() };
-        format!("{kc}:{}:{pf}:{}", self.a_panels, self.stream.name())
+        let grid = self.grid.map_or(String::new(), |(p, r)| format!(":{p}x{r}"));
+        format!("{kc}:{}:{pf}:{}{grid}", self.a_panels, self.stream.name())
     }
 }
 
@@ -612,8 +630,13 @@ fn drive(
     let resident = a_len * most_panels <= blk.a_bytes;
     // K outermost bounds a task's accumulator blocks.
     let most_blocks = if resident { usize::MAX } else { (ACC_BYTES / std::mem::size_of::<AccBlock>()).max(1) };
-    let TaskGrid { a_panels: per_chunk, b_panels: per_range } =
-        TaskGrid::choose(mb, nb, threads, most_panels, most_blocks);
+    let TaskGrid { a_panels: per_chunk, b_panels: per_range } = match blk.grid {
+        Some((p, r)) => {
+            let p = p.clamp(1, most_panels);
+            TaskGrid { a_panels: p, b_panels: r.clamp(1, nb).min((most_blocks / p).max(1)) }
+        }
+        None => TaskGrid::choose(mb, nb, threads, most_panels, most_blocks),
+    };
     let kc = if resident {
         whole(blk.k_chunk(kblocks))
     } else {
@@ -714,22 +737,42 @@ pub(crate) struct TaskGrid {
 }
 
 impl TaskGrid {
-    /// The grid over `mb` A panels and `nb` B panels for `threads` threads
-    /// with the least modelled time: the tasks run in waves of `threads`,
-    /// and a task of `p` x `r` panels costs `p * r` panel products plus
-    /// [`PANEL_LOAD_COST`] for each of its `p + r` panels brought in (a B
-    /// panel streams from memory, an A panel arrives from the core that
-    /// packed it). Ties go to the grid that loads fewer panels in all. A
-    /// task takes at most `most_a` A panels and `most_blocks` panel pairs.
+    /// The grid over `mb` A panels and `nb` B panels for `threads` threads.
+    /// A task takes at most `most_a` A panels and `most_blocks` panel pairs.
     ///
-    /// Whole waves matter once threads are many against the panels: at
-    /// M = 128 (4 A panels) and N = 768 (24 B panels) on 16 threads, the
-    /// earlier rule (about two tasks per thread) made 24 tasks of 4 x 1,
-    /// two waves with the second half idle and no next B panel in any task
-    /// to stream; this grid makes 16 tasks of 2 x 3, one wave.
+    /// First choice: all `most_a` A panels per task and the B panels cut
+    /// into enough runs for about two tasks per thread, so that threads
+    /// that finish early take over the work of threads that stall. Where
+    /// those tasks do not fill whole waves of `threads` (the B panels too
+    /// few to cut finer), the grid with the least modelled time instead: the
+    /// tasks run in waves of `threads`, a task of `p` x `r` panels costs
+    /// `p * r` panel products plus [`PANEL_LOAD_COST`] for each of its
+    /// `p + r` panels brought in (a B panel streams from memory, an A panel
+    /// arrives from the core that packed it), and the largest task is
+    /// charged again by a quarter of its length, for the wait when its
+    /// thread stalls ([`makespan`]); ties go to the grid that loads fewer
+    /// panels in all.
+    ///
+    /// Measured on the lent 16-core Xeon
+    /// (`benches/results/2026-11-28-task-grid/`): at M = 128 (4 A panels)
+    /// and N = 768 (24 B panels) on 16 threads the first choice is 24 tasks
+    /// of 4 x 1, a wave and a half with no next B panel in any task to
+    /// stream; the model's 16 tasks of 2 x 3 ran 19-37% faster (bf16) and
+    /// 7-34% (int8) in three runs. Where the first choice fills whole
+    /// waves, the model's grids were no faster (the geometric mean of
+    /// 14 shapes at 16 and at 2 threads within 0.5%, slower by 8-13% on
+    /// M = 1024 and N = 3072), hence the order.
     pub(crate) fn choose(mb: usize, nb: usize, threads: usize, most_a: usize, most_blocks: usize) -> TaskGrid {
         let (mb, nb, threads) = (mb.max(1), nb.max(1), threads.max(1));
         let most_a = most_a.clamp(1, mb);
+        let m_chunks = mb.div_ceil(most_a);
+        let fewest_ranges = nb.div_ceil((most_blocks / most_a).max(1));
+        let n_ranges = (2 * threads).div_ceil(m_chunks).clamp(1, nb).max(fewest_ranges);
+        let first = TaskGrid { a_panels: most_a, b_panels: nb.div_ceil(n_ranges) };
+        let tasks = m_chunks * nb.div_ceil(first.b_panels);
+        if threads == 1 || tasks.is_multiple_of(threads) {
+            return first;
+        }
         // More runs than four per thread in either direction never shorten
         // the waves, so the candidates stay few (a few thousand at 16
         // threads) whatever the shape.
@@ -737,18 +780,19 @@ impl TaskGrid {
             let most = (fewest + 4 * threads).min(panels);
             (fewest..=most).map(move |n| panels.div_ceil(n))
         };
-        let mut best: Option<(usize, usize, TaskGrid)> = None;
+        let loads = |g: TaskGrid| mb.div_ceil(g.a_panels) * nb + nb.div_ceil(g.b_panels) * mb;
+        let time = |g: TaskGrid| makespan(threads, [(mb, g.a_panels), (nb, g.b_panels)]);
+        let mut best = (time(first), loads(first), first);
         for p in runs(mb, mb.div_ceil(most_a)) {
             for r in runs(nb, nb.div_ceil((most_blocks / p).max(1))) {
-                let cost = makespan(threads, [(mb, p), (nb, r)]);
-                let loads = mb.div_ceil(p) * nb + nb.div_ceil(r) * mb;
                 let grid = TaskGrid { a_panels: p, b_panels: r };
-                if best.is_none_or(|(c, l, _)| (cost, loads) < (c, l)) {
-                    best = Some((cost, loads, grid));
+                let key = (time(grid), loads(grid), grid);
+                if (key.0, key.1) < (best.0, best.1) {
+                    best = key;
                 }
             }
         }
-        best.map_or(TaskGrid { a_panels: most_a, b_panels: nb }, |(_, _, g)| g)
+        best.2
     }
 }
 
@@ -758,7 +802,8 @@ impl TaskGrid {
 fn makespan(threads: usize, [(mb, p), (nb, r)]: [(usize, usize); 2]) -> usize {
     // A run is full-length or the shorter last one: at most four kinds of
     // task, (count, cost) each.
-    let runs = |panels: usize, run: usize| [(panels / run, run), (usize::from(!panels.is_multiple_of(run)), panels % run)];
+    let runs =
+        |panels: usize, run: usize| [(panels / run, run), (usize::from(!panels.is_multiple_of(run)), panels % run)];
     let mut kinds: Vec<(usize, usize)> = Vec::with_capacity(4);
     for (ma, pa) in runs(mb, p) {
         for (nr, rb) in runs(nb, r) {
@@ -768,6 +813,10 @@ fn makespan(threads: usize, [(mb, p), (nb, r)]: [(usize, usize); 2]) -> usize {
         }
     }
     kinds.sort_by_key(|&(_, cost)| std::cmp::Reverse(cost));
+    // A thread of a shared machine may lose its core for a while: the
+    // largest task's length, over STRAGGLER_SHARE, is the time others wait
+    // when nobody can take over its work.
+    let straggler = if threads > 1 { kinds.first().map_or(0, |&(_, cost)| cost) } else { 0 };
     let (mut at, mut total) = (0usize, 0usize);
     for (count, cost) in kinds {
         // Waves that start among these tasks are this long.
@@ -778,8 +827,16 @@ fn makespan(threads: usize, [(mb, p), (nb, r)]: [(usize, usize); 2]) -> usize {
         }
         at = end;
     }
-    total
+    total * STRAGGLER_SHARE + straggler
 }
+
+/// See [`makespan`]: the largest task is charged a quarter of its length
+/// again. Chosen with [`PANEL_LOAD_COST`] on a sweep of 17 fixed grids on
+/// 7 shapes and both tile kinds at 16 threads on the lent Xeon
+/// (`benches/results/2026-11-28-task-grid/emr16_run6_*`), where the model's
+/// grids ran at 0.94 of each case's best (an eighth: 0.87, a half: 0.92);
+/// that sweep alone overrated the model (see [`TaskGrid::choose`]).
+const STRAGGLER_SHARE: usize = 4;
 
 /// The cost of bringing one panel into a task, in panel products (one
 /// 32x32 output block over all of K): both grow with K, so the ratio holds
@@ -1258,12 +1315,16 @@ mod amx_tests {
     /// both loop orders of the driver (A resident, K outermost: small
     /// `a_bytes`) are all reached on test-sized shapes.
     fn blocking() -> impl Strategy<Value = TileBlocking> {
-        (0usize..5, 1usize..4, 0usize..3, 0usize..3, 0usize..3).prop_map(|(kc, panels, pf, st, ab)| TileBlocking {
-            kc_blocks: if kc == 4 { TileBlocking::KC_AUTO } else { kc },
-            a_panels: panels,
-            a_bytes: [BLOCK_BYTES, 5 * BLOCK_BYTES, TileBlocking::DEFAULT.a_bytes][ab],
-            prefetch: [Prefetch::None, Prefetch::A, Prefetch::Ab][pf],
-            stream: [WeightStream::Off, WeightStream::Bulk, WeightStream::Spread][st],
+        (0usize..5, 1usize..4, 0usize..3, 0usize..3, 0usize..3, 0usize..4).prop_map(|(kc, panels, pf, st, ab, g)| {
+            TileBlocking {
+                kc_blocks: if kc == 4 { TileBlocking::KC_AUTO } else { kc },
+                a_panels: panels,
+                a_bytes: [BLOCK_BYTES, 5 * BLOCK_BYTES, TileBlocking::DEFAULT.a_bytes][ab],
+                prefetch: [Prefetch::None, Prefetch::A, Prefetch::Ab][pf],
+                stream: [WeightStream::Off, WeightStream::Bulk, WeightStream::Spread][st],
+                // Fixed grids too (clamped to the limits by the driver).
+                grid: [None, Some((1, 1)), Some((2, 3)), Some((9, 9))][g],
+            }
         })
     }
 
@@ -1779,7 +1840,7 @@ mod blocking_tests {
 
     #[test]
     fn blocking_names_parse_back() {
-        for s in ["0:8:ab:bulk", "4:2:none:spread", "16:64:a:off", "auto:8:a:spread"] {
+        for s in ["0:8:ab:bulk", "4:2:none:spread", "16:64:a:off", "auto:8:a:spread", "auto:8:a:spread:2x3"] {
             assert_eq!(TileBlocking::parse(s).unwrap().name(), s);
         }
         let three = TileBlocking::parse("0:8:ab").unwrap();
@@ -1788,7 +1849,9 @@ mod blocking_tests {
         let auto = TileBlocking::DEFAULT;
         assert_eq!((auto.k_chunk(1), auto.k_chunk(24), auto.k_chunk(25), auto.k_chunk(96)), (8, 8, 25, 96));
         assert_eq!(TileBlocking::parse("0:8:a").unwrap().k_chunk(12), 12);
-        for bad in ["0:8", "0:8:ab:fast", "0:0:ab", "x:8:ab", "0:8:ab:bulk:1"] {
+        assert_eq!(TileBlocking::parse("0:8:a:off:auto").unwrap().grid, None);
+        assert_eq!(TileBlocking::parse("0:8:a:off:4x1").unwrap().grid, Some((4, 1)));
+        for bad in ["0:8", "0:8:ab:fast", "0:0:ab", "x:8:ab", "0:8:ab:bulk:1", "0:8:ab:bulk:0x2", "0:8:a:off:2x3:1"] {
             assert!(TileBlocking::parse(bad).is_err(), "{bad} parsed");
         }
     }
@@ -1800,19 +1863,23 @@ mod blocking_tests {
 
     #[test]
     fn task_grid_fills_whole_waves() {
-        // BERT-base at batch 1 (4 A panels): 16 threads get one wave of 16
-        // tasks at N = 768 (2 x 3); at N = 2304 one wave of 15 (4 x 5).
+        // About two tasks per thread, all A panels in each, where they fill
+        // whole waves: 2 threads at M = 128 and N = 768 or 3072, 16 threads
+        // at M = 1024 or 2048.
+        assert_eq!(grid(4, 24, 2, 8), (4, 6));
+        assert_eq!(grid(4, 96, 2, 8), (4, 24));
+        assert_eq!(grid(32, 96, 16, 8), (8, 12));
+        assert_eq!(grid(64, 64, 16, 8), (8, 16));
+        assert_eq!(grid(4, 96, 16, 8), (4, 3));
+        // One thread: the same rule (two tasks; nothing to balance).
+        assert_eq!(grid(4, 24, 1, 8), (4, 12));
+        assert_eq!(grid(9, 1, 1, 8), (8, 1));
+        // BERT-base at batch 1 (4 A panels) on 16 threads: at N = 768 that
+        // rule gives 24 tasks of 4 x 1 (a wave and a half); the model one
+        // wave of 16 tasks of 2 x 3. At N = 2304, 24 tasks of 4 x 3 against
+        // three waves of 2 x 3.
         assert_eq!(grid(4, 24, 16, 8), (2, 3));
-        assert_eq!(grid(4, 72, 16, 8), (4, 5));
-        // Two threads: one task each, every A panel in both.
-        assert_eq!(grid(4, 24, 2, 8), (4, 12));
-        assert_eq!(grid(4, 96, 2, 8), (4, 48));
-        // One thread: one task, the whole product.
-        assert_eq!(grid(4, 24, 1, 8), (4, 24));
-        // 2048^3 on 16 threads: 16 tasks of 8 x 32 panels.
-        assert_eq!(grid(64, 64, 16, 8), (8, 32));
-        // The A limit splits M evenly (9 panels: 5 + 4, not 8 + 1).
-        assert_eq!(grid(9, 1, 1, 8).0, 5);
+        assert_eq!(grid(4, 72, 16, 8), (2, 3));
     }
 
     #[test]
