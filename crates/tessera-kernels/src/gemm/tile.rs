@@ -743,25 +743,26 @@ impl TaskGrid {
     /// First choice: all `most_a` A panels per task and the B panels cut
     /// into enough runs for about two tasks per thread, so that threads
     /// that finish early take over the work of threads that stall. Where
-    /// those tasks do not fill whole waves of `threads` (the B panels too
-    /// few to cut finer), the grid with the least modelled time instead: the
-    /// tasks run in waves of `threads`, a task of `p` x `r` panels costs
-    /// `p * r` panel products plus [`PANEL_LOAD_COST`] for each of its
-    /// `p + r` panels brought in (a B panel streams from memory, an A panel
-    /// arrives from the core that packed it), and the largest task is
-    /// charged again by a quarter of its length, for the wait when its
-    /// thread stalls ([`makespan`]); ties go to the grid that loads fewer
-    /// panels in all.
+    /// that leaves a single B panel per task (the B panels too few for the
+    /// threads), no task has a next weight panel to stream while it
+    /// multiplies ([`WeightStream`]); then the grid with the least modelled
+    /// time instead: the tasks run in waves of `threads`, a task of `p` x
+    /// `r` panels costs `p * r` panel products plus [`PANEL_LOAD_COST`] for
+    /// each of its `p + r` panels brought in (a B panel streams from
+    /// memory, an A panel arrives from the core that packed it), and the
+    /// largest task is charged again by a quarter of its length, for the
+    /// wait when its thread stalls ([`makespan`]); ties go to the grid that
+    /// loads fewer panels in all.
     ///
     /// Measured on the lent 16-core Xeon
     /// (`benches/results/2026-11-28-task-grid/`): at M = 128 (4 A panels)
     /// and N = 768 (24 B panels) on 16 threads the first choice is 24 tasks
-    /// of 4 x 1, a wave and a half with no next B panel in any task to
-    /// stream; the model's 16 tasks of 2 x 3 ran 19-37% faster (bf16) and
-    /// 7-34% (int8) in three runs. Where the first choice fills whole
-    /// waves, the model's grids were no faster (the geometric mean of
-    /// 14 shapes at 16 and at 2 threads within 0.5%, slower by 8-13% on
-    /// M = 1024 and N = 3072), hence the order.
+    /// of 4 x 1; the model's 16 tasks of 2 x 3 ran faster in every round of
+    /// four runs (128x768x768: +16 to +37% bf16, +19 to +34% int8). Where
+    /// the first choice has several B panels per task the model's grids
+    /// were no faster: over 14 shapes at 16 and at 2 threads the geometric
+    /// means were within 0.5%, and at M = 128, N = 2304 the model's 48
+    /// tasks of 2 x 3 lost to 24 tasks of 4 x 3 in 8 of 8 rounds (6-15%).
     pub(crate) fn choose(mb: usize, nb: usize, threads: usize, most_a: usize, most_blocks: usize) -> TaskGrid {
         let (mb, nb, threads) = (mb.max(1), nb.max(1), threads.max(1));
         let most_a = most_a.clamp(1, mb);
@@ -769,8 +770,7 @@ impl TaskGrid {
         let fewest_ranges = nb.div_ceil((most_blocks / most_a).max(1));
         let n_ranges = (2 * threads).div_ceil(m_chunks).clamp(1, nb).max(fewest_ranges);
         let first = TaskGrid { a_panels: most_a, b_panels: nb.div_ceil(n_ranges) };
-        let tasks = m_chunks * nb.div_ceil(first.b_panels);
-        if threads == 1 || tasks.is_multiple_of(threads) {
+        if threads == 1 || first.b_panels > 1 || nb == 1 {
             return first;
         }
         // More runs than four per thread in either direction never shorten
@@ -1863,9 +1863,9 @@ mod blocking_tests {
 
     #[test]
     fn task_grid_fills_whole_waves() {
-        // About two tasks per thread, all A panels in each, where they fill
-        // whole waves: 2 threads at M = 128 and N = 768 or 3072, 16 threads
-        // at M = 1024 or 2048.
+        // About two tasks per thread, all A panels in each, where each task
+        // gets several B panels: 2 threads at M = 128, 16 threads at
+        // M = 1024 or 2048 and at M = 128 with N = 2304 or 3072.
         assert_eq!(grid(4, 24, 2, 8), (4, 6));
         assert_eq!(grid(4, 96, 2, 8), (4, 24));
         assert_eq!(grid(32, 96, 16, 8), (8, 12));
@@ -1874,12 +1874,13 @@ mod blocking_tests {
         // One thread: the same rule (two tasks; nothing to balance).
         assert_eq!(grid(4, 24, 1, 8), (4, 12));
         assert_eq!(grid(9, 1, 1, 8), (8, 1));
-        // BERT-base at batch 1 (4 A panels) on 16 threads: at N = 768 that
-        // rule gives 24 tasks of 4 x 1 (a wave and a half); the model one
-        // wave of 16 tasks of 2 x 3. At N = 2304, 24 tasks of 4 x 3 against
-        // three waves of 2 x 3.
+        assert_eq!(grid(4, 72, 16, 8), (4, 3));
+        // BERT-base at batch 1 (4 A panels) on 16 threads at N = 768: that
+        // rule gives 24 tasks of 4 x 1 (a wave and a half, nothing to
+        // stream); the model one wave of 16 tasks of 2 x 3.
         assert_eq!(grid(4, 24, 16, 8), (2, 3));
-        assert_eq!(grid(4, 72, 16, 8), (2, 3));
+        // One B panel per task in one whole wave still goes to the model.
+        assert_eq!(grid(4, 16, 16, 8), (2, 2));
     }
 
     #[test]
