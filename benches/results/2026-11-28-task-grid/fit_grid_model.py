@@ -1,6 +1,8 @@
-import collections, math, itertools
+import collections, math, itertools, os
 d=collections.defaultdict(dict)
-for l in open('/work/.device/4/grid_16t.txt'):
+# Scores task-grid models (the model alone, without the driver's first
+# choice) against the fixed-grid sweep of emr16_run6.sh. Run: python3 fit_grid_model.py
+for l in open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'emr16_run6_grid_16t.txt')):
     p=l.split()
     if p and p[0].startswith('amx'):
         g=p[1].split(':')[4] if p[1].count(':')>=4 else 'auto'

@@ -14,7 +14,8 @@ use tessera_kernels::weight_mem;
 #[derive(Serialize)]
 pub struct Row {
     pub kernel: String,
-    /// The tile driver's blocking (`kc:panels:prefetch`; empty for other
+    /// The tile driver's blocking (`kc:panels:prefetch:stream[:grid]`, the
+    /// grid as requested; empty for other
     /// kernels).
     pub blocking: String,
     /// The tile kernel's epilogue: "" (none) or "bias+ACTIVATION".
@@ -491,7 +492,7 @@ pub fn run(opts: &Options) -> Result<Vec<Row>, String> {
 
 pub fn print(rows: &[Row]) {
     println!(
-        "{:<12} {:<14} {:>5} {:<14} {:>6} {:>6} {:>6} {:>4} {:>10} {:>8} {:>10} {:>7} {:>10} {:>7}",
+        "{:<12} {:<20} {:>5} {:<20} {:>6} {:>6} {:>6} {:>4} {:>10} {:>8} {:>10} {:>7} {:>10} {:>7}",
         "kernel",
         "blocking",
         "pages",
@@ -510,7 +511,7 @@ pub fn print(rows: &[Row]) {
     for r in rows {
         let opt = |v: f64, digits: usize| if v > 0.0 { format!("{v:.digits$}") } else { "-".into() };
         println!(
-            "{:<12} {:<14} {:>5} {:<14} {:>6} {:>6} {:>6} {:>4} {:>10.1} {:>8.1} {:>10} {:>7} {:>10} {:>7}",
+            "{:<12} {:<20} {:>5} {:<20} {:>6} {:>6} {:>6} {:>4} {:>10.1} {:>8.1} {:>10} {:>7} {:>10} {:>7}",
             r.kernel,
             if r.blocking.is_empty() { "-" } else { &r.blocking },
             if r.blocking.is_empty() {

@@ -439,8 +439,9 @@ pub struct TileBlocking {
     pub prefetch: Prefetch,
     /// How the next weight panel travels from memory to L2.
     pub stream: WeightStream,
-    /// A fixed task grid (A panels x B panels per task, within the limits
-    /// above) instead of [`TaskGrid::choose`]'s: for measuring grids.
+    /// A fixed task grid (A panels x B panels per task, clamped to the
+    /// limits above) instead of the driver's own choice: for measuring
+    /// grids. [`TileBlocking::name`] shows the grid requested.
     pub grid: Option<(usize, usize)>,
 }
 
@@ -627,16 +628,19 @@ fn drive(
     let whole = |kc: usize| (kc / step).max(1) * step;
     let threads = rayon::current_num_threads().max(1);
     let most_panels = blk.a_panels.max(1).min(mb);
-    let resident = a_len * most_panels <= blk.a_bytes;
     // K outermost bounds a task's accumulator blocks.
-    let most_blocks = if resident { usize::MAX } else { (ACC_BYTES / std::mem::size_of::<AccBlock>()).max(1) };
+    let most_blocks = if a_len * most_panels <= blk.a_bytes {
+        usize::MAX
+    } else {
+        (ACC_BYTES / std::mem::size_of::<AccBlock>()).max(1)
+    };
     let TaskGrid { a_panels: per_chunk, b_panels: per_range } = match blk.grid {
-        Some((p, r)) => {
-            let p = p.clamp(1, most_panels);
-            TaskGrid { a_panels: p, b_panels: r.clamp(1, nb).min((most_blocks / p).max(1)) }
-        }
+        Some((p, r)) => TaskGrid::clamped(p, r, nb, most_panels, most_blocks),
         None => TaskGrid::choose(mb, nb, threads, most_panels, most_blocks),
     };
+    // The task's own A panels decide the loop order (a grid of fewer panels
+    // than `most_panels` may fit where all of them would not).
+    let resident = a_len * per_chunk <= blk.a_bytes;
     let kc = if resident {
         whole(blk.k_chunk(kblocks))
     } else {
@@ -738,31 +742,36 @@ pub(crate) struct TaskGrid {
 
 impl TaskGrid {
     /// The grid over `mb` A panels and `nb` B panels for `threads` threads.
-    /// A task takes at most `most_a` A panels and `most_blocks` panel pairs.
+    /// A task takes at most `most_a` A panels and `most_blocks` panel pairs
+    /// (a single B panel may exceed `most_blocks`).
     ///
     /// First choice: all `most_a` A panels per task and the B panels cut
     /// into enough runs for about two tasks per thread, so that threads
     /// that finish early take over the work of threads that stall. Where
-    /// that leaves a single B panel per task (the B panels too few for the
-    /// threads), no task has a next weight panel to stream while it
-    /// multiplies ([`WeightStream`]); then the grid with the least modelled
-    /// time instead: the tasks run in waves of `threads`, a task of `p` x
-    /// `r` panels costs `p * r` panel products plus [`PANEL_LOAD_COST`] for
-    /// each of its `p + r` panels brought in (a B panel streams from
-    /// memory, an A panel arrives from the core that packed it), and the
-    /// largest task is charged again by a quarter of its length, for the
-    /// wait when its thread stalls ([`makespan`]); ties go to the grid that
-    /// loads fewer panels in all.
+    /// that leaves a single B panel per task on several threads (the B
+    /// panels too few for the threads), no task has a next B panel to
+    /// stream while it multiplies ([`WeightStream`]) and threads may sit
+    /// idle; then the grid with the least modelled time instead: the tasks
+    /// run in waves of `threads`, a task of `p` x `r` panels costs `p * r`
+    /// panel products plus [`PANEL_LOAD_COST`] for each of its `p + r`
+    /// panels brought in (a B panel streams from memory, an A panel arrives
+    /// from the core that packed it), and the largest task is charged again
+    /// by a quarter of its length, for the wait when its thread stalls
+    /// ([`makespan`]); ties go to the grid that loads fewer panels in all.
     ///
-    /// Measured on the lent 16-core Xeon
+    /// Measured on the lent 16-core Xeon, AMX, weights warm
     /// (`benches/results/2026-11-28-task-grid/`): at M = 128 (4 A panels)
     /// and N = 768 (24 B panels) on 16 threads the first choice is 24 tasks
-    /// of 4 x 1; the model's 16 tasks of 2 x 3 ran faster in every round of
-    /// four runs (128x768x768: +16 to +37% bf16, +19 to +34% int8). Where
-    /// the first choice has several B panels per task the model's grids
-    /// were no faster: over 14 shapes at 16 and at 2 threads the geometric
-    /// means were within 0.5%, and at M = 128, N = 2304 the model's 48
-    /// tasks of 2 x 3 lost to 24 tasks of 4 x 3 in 8 of 8 rounds (6-15%).
+    /// of 4 x 1; the model's 16 tasks of 2 x 3 ran 128x768x768 faster in all
+    /// 19 rounds of five runs (medians per run +15 to +38% bf16, +20 to
+    /// +34% int8). Where the first choice has several B panels per task the
+    /// model's grids were no faster: over 7 shapes x 2 kinds at 16 and at 2
+    /// threads the geometric means were within 0.5%, and at M = 128,
+    /// N = 2304 the model's 48 tasks of 2 x 3 lost to 24 tasks of 4 x 3 in
+    /// all 8 rounds (per round 4-31%). Other cases the model takes
+    /// (convolutions with few output positions, whose B panels are the
+    /// positions; K outermost; 2 threads with N of at most 128) were not
+    /// measured.
     pub(crate) fn choose(mb: usize, nb: usize, threads: usize, most_a: usize, most_blocks: usize) -> TaskGrid {
         let (mb, nb, threads) = (mb.max(1), nb.max(1), threads.max(1));
         let most_a = most_a.clamp(1, mb);
@@ -770,15 +779,17 @@ impl TaskGrid {
         let fewest_ranges = nb.div_ceil((most_blocks / most_a).max(1));
         let n_ranges = (2 * threads).div_ceil(m_chunks).clamp(1, nb).max(fewest_ranges);
         let first = TaskGrid { a_panels: most_a, b_panels: nb.div_ceil(n_ranges) };
-        if threads == 1 || first.b_panels > 1 || nb == 1 {
+        if threads == 1 || first.b_panels > 1 {
             return first;
         }
         // More runs than four per thread in either direction never shorten
-        // the waves, so the candidates stay few (a few thousand at 16
-        // threads) whatever the shape.
+        // the waves, so the candidates stay few (at most a few hundred
+        // distinct run lengths at 16 threads) whatever the shape.
         let runs = |panels: usize, fewest: usize| {
             let most = (fewest + 4 * threads).min(panels);
-            (fewest..=most).map(move |n| panels.div_ceil(n))
+            let mut lengths: Vec<usize> = (fewest..=most).map(|n| panels.div_ceil(n)).collect();
+            lengths.dedup();
+            lengths
         };
         let loads = |g: TaskGrid| mb.div_ceil(g.a_panels) * nb + nb.div_ceil(g.b_panels) * mb;
         let time = |g: TaskGrid| makespan(threads, [(mb, g.a_panels), (nb, g.b_panels)]);
@@ -794,29 +805,38 @@ impl TaskGrid {
         }
         best.2
     }
+
+    /// A requested grid of `p` x `r` panels within the limits [`choose`]
+    /// keeps: 1 to `most_a` A panels, 1 to `nb` B panels, at most
+    /// `most_blocks` panel pairs unless one B panel alone exceeds them.
+    ///
+    /// [`choose`]: TaskGrid::choose
+    pub(crate) fn clamped(p: usize, r: usize, nb: usize, most_a: usize, most_blocks: usize) -> TaskGrid {
+        let p = p.clamp(1, most_a.max(1));
+        TaskGrid { a_panels: p, b_panels: r.clamp(1, nb.max(1)).min((most_blocks / p).max(1)) }
+    }
 }
 
-/// The modelled time of a grid whose tasks take runs of `run` out of
-/// `panels` panels in each of the two directions: tasks largest first, in
-/// waves of `threads`, each wave as long as its largest task.
+/// The modelled time of a grid whose tasks take runs of `p` out of `mb`
+/// and of `r` out of `nb` panels: tasks largest first, in waves of
+/// `threads`, each wave as long as its largest task; in units of a panel
+/// product over [`STRAGGLER_SHARE`].
 fn makespan(threads: usize, [(mb, p), (nb, r)]: [(usize, usize); 2]) -> usize {
     // A run is full-length or the shorter last one: at most four kinds of
     // task, (count, cost) each.
     let runs =
         |panels: usize, run: usize| [(panels / run, run), (usize::from(!panels.is_multiple_of(run)), panels % run)];
-    let mut kinds: Vec<(usize, usize)> = Vec::with_capacity(4);
-    for (ma, pa) in runs(mb, p) {
-        for (nr, rb) in runs(nb, r) {
-            if ma * nr > 0 {
-                kinds.push((ma * nr, pa * rb + PANEL_LOAD_COST * (pa + rb)));
-            }
+    let mut kinds = [(0usize, 0usize); 4];
+    for (i, (ma, pa)) in runs(mb, p).into_iter().enumerate() {
+        for (j, (nr, rb)) in runs(nb, r).into_iter().enumerate() {
+            kinds[2 * i + j] = (ma * nr, pa * rb + PANEL_LOAD_COST * (pa + rb));
         }
     }
-    kinds.sort_by_key(|&(_, cost)| std::cmp::Reverse(cost));
+    kinds.sort_unstable_by_key(|&(_, cost)| std::cmp::Reverse(cost));
     // A thread of a shared machine may lose its core for a while: the
-    // largest task's length, over STRAGGLER_SHARE, is the time others wait
-    // when nobody can take over its work.
-    let straggler = if threads > 1 { kinds.first().map_or(0, |&(_, cost)| cost) } else { 0 };
+    // largest task's length, over STRAGGLER_SHARE, is the time the others
+    // wait when nobody can take over its work.
+    let straggler = kinds.iter().find(|&&(count, _)| count > 0).map_or(0, |&(_, cost)| cost);
     let (mut at, mut total) = (0usize, 0usize);
     for (count, cost) in kinds {
         // Waves that start among these tasks are this long.
@@ -833,9 +853,11 @@ fn makespan(threads: usize, [(mb, p), (nb, r)]: [(usize, usize); 2]) -> usize {
 /// See [`makespan`]: the largest task is charged a quarter of its length
 /// again. Chosen with [`PANEL_LOAD_COST`] on a sweep of 17 fixed grids on
 /// 7 shapes and both tile kinds at 16 threads on the lent Xeon
-/// (`benches/results/2026-11-28-task-grid/emr16_run6_*`), where the model's
-/// grids ran at 0.94 of each case's best (an eighth: 0.87, a half: 0.92);
-/// that sweep alone overrated the model (see [`TaskGrid::choose`]).
+/// (`benches/results/2026-11-28-task-grid/emr16_run6_*`,
+/// `fit_grid_model.py`), where the model alone picked grids that ran at
+/// 0.94 of each case's best (geometric mean; with an eighth 0.87 and with a
+/// half 0.925, each over the 12 of 14 cases whose pick was measured); that
+/// sweep alone overrated the model (see [`TaskGrid::choose`]).
 const STRAGGLER_SHARE: usize = 4;
 
 /// The cost of bringing one panel into a task, in panel products (one
@@ -1862,7 +1884,7 @@ mod blocking_tests {
     }
 
     #[test]
-    fn task_grid_fills_whole_waves() {
+    fn task_grid_first_choice_then_model() {
         // About two tasks per thread, all A panels in each, where each task
         // gets several B panels: 2 threads at M = 128, 16 threads at
         // M = 1024 or 2048 and at M = 128 with N = 2304 or 3072.
@@ -1871,16 +1893,52 @@ mod blocking_tests {
         assert_eq!(grid(32, 96, 16, 8), (8, 12));
         assert_eq!(grid(64, 64, 16, 8), (8, 16));
         assert_eq!(grid(4, 96, 16, 8), (4, 3));
-        // One thread: the same rule (two tasks; nothing to balance).
+        assert_eq!(grid(4, 72, 16, 8), (4, 3));
+        // One thread: the same rule (two tasks; nothing to balance), even
+        // with a single B panel.
         assert_eq!(grid(4, 24, 1, 8), (4, 12));
         assert_eq!(grid(9, 1, 1, 8), (8, 1));
-        assert_eq!(grid(4, 72, 16, 8), (4, 3));
         // BERT-base at batch 1 (4 A panels) on 16 threads at N = 768: that
         // rule gives 24 tasks of 4 x 1 (a wave and a half, nothing to
         // stream); the model one wave of 16 tasks of 2 x 3.
         assert_eq!(grid(4, 24, 16, 8), (2, 3));
-        // One B panel per task in one whole wave still goes to the model.
+        // One B panel per task in one whole wave still goes to the model,
+        // and so does a single B panel: 2048 x 32 on 16 threads splits M
+        // into 16 tasks instead of 8.
         assert_eq!(grid(4, 16, 16, 8), (2, 2));
+        assert_eq!(grid(64, 1, 16, 8), (4, 1));
+    }
+
+    #[test]
+    fn task_grid_model_never_loses_to_the_first_choice() {
+        // Where the model decides, its grid's modelled time is at most the
+        // first choice's (which it also considers).
+        for (mb, nb, threads) in [(4, 24, 16), (4, 16, 16), (64, 1, 16), (16, 2, 16), (8, 2, 2), (4, 3, 2), (3, 5, 7)] {
+            let g = TaskGrid::choose(mb, nb, threads, 8, usize::MAX);
+            let most_a = 8.min(mb);
+            let first = (most_a, nb.div_ceil((2 * threads).div_ceil(mb.div_ceil(most_a)).clamp(1, nb)));
+            assert_eq!(first.1, 1, "{mb} {nb} {threads}: the first choice has one B panel per task");
+            let time = |p: usize, r: usize| makespan(threads, [(mb, p), (nb, r)]);
+            assert!(time(g.a_panels, g.b_panels) <= time(first.0, first.1), "{mb} {nb} {threads}: {g:?}");
+        }
+        // 4 x 16 on 16 threads: the model's 2 x 2 against the first 4 x 1.
+        assert!(makespan(16, [(4, 2), (16, 2)]) < makespan(16, [(4, 4), (16, 1)]));
+    }
+
+    #[test]
+    fn requested_grids_are_clamped_to_the_limits() {
+        let c = |p, r, nb, most_a, most_blocks| {
+            let g = TaskGrid::clamped(p, r, nb, most_a, most_blocks);
+            (g.a_panels, g.b_panels)
+        };
+        assert_eq!(c(2, 3, 24, 8, usize::MAX), (2, 3));
+        assert_eq!(c(9, 9, 24, 4, usize::MAX), (4, 9));
+        assert_eq!(c(0, 0, 24, 4, usize::MAX), (1, 1));
+        assert_eq!(c(2, 50, 24, 8, usize::MAX), (2, 24));
+        // Panel pairs: 4 x 9 = 36 over 12 becomes 4 x 3; one B panel may
+        // exceed the limit.
+        assert_eq!(c(4, 9, 24, 8, 12), (4, 3));
+        assert_eq!(c(8, 9, 24, 8, 4), (8, 1));
     }
 
     #[test]
@@ -1894,9 +1952,10 @@ mod blocking_tests {
                             assert!(g.a_panels >= 1 && g.a_panels <= most_a.min(mb), "{mb} {nb} {threads}: {g:?}");
                             assert!(g.b_panels >= 1 && g.b_panels <= nb, "{mb} {nb} {threads}: {g:?}");
                             assert!(g.a_panels * g.b_panels <= most_blocks || g.b_panels == 1, "{g:?}");
-                            // Never more waves than one-panel-pair tasks need.
-                            let tasks = mb.div_ceil(g.a_panels) * nb.div_ceil(g.b_panels);
-                            assert!(tasks.div_ceil(threads) <= (mb * nb).div_ceil(threads), "{g:?}");
+                            // A requested grid equal to the choice survives
+                            // the clamp unchanged.
+                            let c = TaskGrid::clamped(g.a_panels, g.b_panels, nb, most_a.min(mb), most_blocks);
+                            assert_eq!(c, g, "{mb} {nb} {threads}");
                         }
                     }
                 }
