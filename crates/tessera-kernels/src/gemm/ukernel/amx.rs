@@ -447,6 +447,175 @@ pub unsafe fn run(
     }
 }
 
+/// Orders of tile loads and products in the bf16 microkernel, for
+/// measuring (`bench-gemm --ukernel-study`). The 2x2 arrangement reads every
+/// A and B tile register twice per k-block, so a register can be reloaded
+/// only after its second product, at most one product (16 cycles) before
+/// the next k-block needs it; `HalfRows` trades a third more tile loads for
+/// two products of cover.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Schedule {
+    /// The production kernel: the k-block's four loads, then its four
+    /// products.
+    Grouped,
+    /// Each load placed just before the first product that reads it.
+    Interleaved,
+    /// Rows 0-15, then rows 16-31, each over all k-blocks with two
+    /// accumulators and the A and B tiles double-buffered: the next
+    /// k-block's three tiles load while the current one's two products run.
+    HalfRows,
+}
+
+#[cfg(target_arch = "x86_64")]
+/// # Safety
+/// Tiles configured on this thread; `a` and `b` valid for
+/// `kblocks * BLOCK_BYTES` bytes; `c` valid for 4 KiB.
+#[inline(never)]
+unsafe fn bf16_interleaved(a: *const u8, b: *const u8, kblocks: usize, c: *mut u32, accumulate: bool) {
+    // SAFETY: the caller's contract; loads stay inside the k-blocks' two
+    // tiles of each panel, stores and loads of C in the 32x32 block.
+    unsafe {
+        std::arch::asm!(
+            accumulators_in!(),
+            "test {k}, {k}",
+            "jz 5f",
+            "4:",
+            "tileloadd tmm4, [{a} + {s}*1]",
+            "tileloadd tmm6, [{b} + {s}*1]",
+            "tdpbf16ps tmm0, tmm4, tmm6",
+            "tileloadd tmm7, [{b} + {s}*1 + 1024]",
+            "tdpbf16ps tmm1, tmm4, tmm7",
+            "tileloadd tmm5, [{a} + {s}*1 + 1024]",
+            "tdpbf16ps tmm2, tmm5, tmm6",
+            "tdpbf16ps tmm3, tmm5, tmm7",
+            "add {a}, 2048",
+            "add {b}, 2048",
+            "dec {k}",
+            "jnz 4b",
+            "5:",
+            accumulators_out!(),
+            a = inout(reg) a => _,
+            b = inout(reg) b => _,
+            k = inout(reg) kblocks => _,
+            c = in(reg) c,
+            acc = in(reg) accumulate as usize,
+            s = in(reg) TILE_ROW_BYTES,
+            sc = in(reg) 128usize,
+            options(nostack)
+        );
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+/// One 16-row half of a 32x32 block (`a` at the half's A tile of the first
+/// k-block, `c` at the half's first accumulator tile).
+///
+/// # Safety
+/// Tiles configured on this thread; `a` (from the half's offset) and `b`
+/// valid for `kblocks * BLOCK_BYTES` bytes; `c` valid for 16 rows of
+/// 128 bytes.
+#[inline(never)]
+unsafe fn bf16_half_rows(a: *const u8, b: *const u8, kblocks: usize, c: *mut u32, accumulate: bool) {
+    // SAFETY: the caller's contract; a k-block's tiles are loaded only when
+    // the k-block exists (the branches below count them), stores and loads
+    // of C stay in the half's 16 rows.
+    unsafe {
+        std::arch::asm!(
+            "test {acc}, {acc}",
+            "jz 2f",
+            "tileloadd tmm0, [{c} + {sc}*1]",
+            "tileloadd tmm1, [{c} + {sc}*1 + 64]",
+            "jmp 3f",
+            "2:",
+            "tilezero tmm0",
+            "tilezero tmm1",
+            "3:",
+            "test {k}, {k}",
+            "jz 9f",
+            "tileloadd tmm2, [{a} + {s}*1]",
+            "tileloadd tmm4, [{b} + {s}*1]",
+            "tileloadd tmm5, [{b} + {s}*1 + 1024]",
+            "cmp {k}, 1",
+            "je 8f",
+            // k-block 0 in tmm2/4/5 and at least two k-blocks left.
+            "4:",
+            "tileloadd tmm3, [{a} + {s}*1 + 2048]",
+            "tileloadd tmm6, [{b} + {s}*1 + 2048]",
+            "tileloadd tmm7, [{b} + {s}*1 + 3072]",
+            "tdpbf16ps tmm0, tmm2, tmm4",
+            "tdpbf16ps tmm1, tmm2, tmm5",
+            "sub {k}, 2",
+            "jz 7f",
+            "tileloadd tmm2, [{a} + {s}*1 + 4096]",
+            "tileloadd tmm4, [{b} + {s}*1 + 4096]",
+            "tileloadd tmm5, [{b} + {s}*1 + 5120]",
+            "tdpbf16ps tmm0, tmm3, tmm6",
+            "tdpbf16ps tmm1, tmm3, tmm7",
+            "add {a}, 4096",
+            "add {b}, 4096",
+            "cmp {k}, 1",
+            "jne 4b",
+            "8:",
+            "tdpbf16ps tmm0, tmm2, tmm4",
+            "tdpbf16ps tmm1, tmm2, tmm5",
+            "jmp 9f",
+            "7:",
+            "tdpbf16ps tmm0, tmm3, tmm6",
+            "tdpbf16ps tmm1, tmm3, tmm7",
+            "9:",
+            "tilestored [{c} + {sc}*1], tmm0",
+            "tilestored [{c} + {sc}*1 + 64], tmm1",
+            a = inout(reg) a => _,
+            b = inout(reg) b => _,
+            k = inout(reg) kblocks => _,
+            c = in(reg) c,
+            acc = in(reg) accumulate as usize,
+            s = in(reg) TILE_ROW_BYTES,
+            sc = in(reg) 128usize,
+            options(nostack)
+        );
+    }
+}
+
+/// `acc (+)= A · B` over `kblocks` bf16 k-blocks with the loads and
+/// products in `schedule`'s order (the same sums as [`run`] with
+/// [`DotKind::Bf16`]).
+///
+/// # Safety
+/// Tiles configured on this thread ([`configure_thread`]); `a` and `b`
+/// valid for `kblocks * BLOCK_BYTES` bytes.
+pub unsafe fn run_schedule(
+    schedule: Schedule,
+    a: *const u8,
+    b: *const u8,
+    kblocks: usize,
+    acc: &mut AccBlock,
+    accumulate: bool,
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let c = acc.0.as_mut_ptr();
+        // SAFETY: the caller's contract; `c` is the 4 KiB block, whose
+        // second half's rows start 2048 bytes (512 values) in, and the
+        // second half's A tiles are 1024 bytes into each k-block.
+        unsafe {
+            match schedule {
+                Schedule::Grouped => bf16_n(a, b, kblocks, c, accumulate, std::ptr::null(), 0),
+                Schedule::Interleaved => bf16_interleaved(a, b, kblocks, c, accumulate),
+                Schedule::HalfRows => {
+                    bf16_half_rows(a, b, kblocks, c, accumulate);
+                    bf16_half_rows(a.add(1024), b, kblocks, c.add(512), accumulate);
+                }
+            }
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (schedule, a, b, kblocks, acc, accumulate);
+        unreachable!("AMX exists only on x86-64");
+    }
+}
+
 /// Measures the tile unit's peak on this core: back-to-back dot products on
 /// register-resident tiles, no memory traffic. Returns operations per second
 /// (2 per multiply-add) for `kind`.
