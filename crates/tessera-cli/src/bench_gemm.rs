@@ -182,15 +182,7 @@ fn arm_seconds(_: &str, _: &[f32], _: &[f32], _: usize, _: usize, _: usize, _: f
 /// 32 KiB): the ceiling the driver and packing can reach. GFLOP/s per core
 /// times the threads, each thread on its own panels.
 fn microkernel_gflops(pool: &rayon::ThreadPool, isa: TileIsa, seconds: f64) -> f64 {
-    let case = UkernelCase {
-        isa,
-        kblocks: 8,
-        a_panels: 1,
-        b_panels: 1,
-        accumulate: true,
-        prefetch: amx::Prefetch::A,
-        schedule: None,
-    };
+    let case = UkernelCase { isa, kblocks: 8, a_panels: 1, b_panels: 1, accumulate: true, prefetch: amx::Prefetch::A };
     let per = std::sync::Mutex::new(0.0);
     pool.broadcast(|_| *per.lock().unwrap() += case.gflops(seconds));
     per.into_inner().unwrap()
@@ -206,9 +198,6 @@ struct UkernelCase {
     b_panels: usize,
     accumulate: bool,
     prefetch: amx::Prefetch,
-    /// An AMX load-and-product order other than the driver's (bf16, no
-    /// prefetch).
-    schedule: Option<amx::Schedule>,
 }
 
 impl UkernelCase {
@@ -226,10 +215,7 @@ impl UkernelCase {
             for _ in 0..rounds {
                 for bp in b.chunks_exact(len) {
                     for ap in a.chunks_exact(len) {
-                        match self.schedule {
-                            Some(order) => sess.run_schedule(order, ap, bp, self.kblocks, &mut acc, self.accumulate),
-                            None => sess.run(DotKind::Bf16, ap, bp, self.kblocks, &mut acc, self.accumulate),
-                        }
+                        sess.run(DotKind::Bf16, ap, bp, self.kblocks, &mut acc, self.accumulate);
                     }
                 }
             }
@@ -240,8 +226,7 @@ impl UkernelCase {
 }
 
 /// `--ukernel-study`: the microkernel on one thread with its operands in
-/// L1 or L2, with and without loading C, under each prefetch variant; then
-/// each order of loads and products.
+/// L1 or L2, with and without loading C, under each prefetch variant.
 pub fn ukernel_study(seconds: f64) -> Result<(), String> {
     tessera_hw::amx_enabled()?;
     let probe = amx::probe_peak(DotKind::Bf16, 2_000_000) / 1e9;
@@ -255,16 +240,8 @@ pub fn ukernel_study(seconds: f64) -> Result<(), String> {
     for (name, kblocks, a_panels, b_panels) in placements {
         for accumulate in [false, true] {
             for prefetch in [amx::Prefetch::None, amx::Prefetch::A, amx::Prefetch::Ab] {
-                let g = UkernelCase {
-                    isa: TileIsa::Amx,
-                    kblocks,
-                    a_panels,
-                    b_panels,
-                    accumulate,
-                    prefetch,
-                    schedule: None,
-                }
-                .gflops(seconds);
+                let g = UkernelCase { isa: TileIsa::Amx, kblocks, a_panels, b_panels, accumulate, prefetch }
+                    .gflops(seconds);
                 println!(
                     "{name:<28} {kblocks:>10} {:>8} {:>8} {g:>10.0} {:>7.1}",
                     if accumulate { "yes" } else { "no" },
@@ -272,30 +249,6 @@ pub fn ukernel_study(seconds: f64) -> Result<(), String> {
                     100.0 * g / probe
                 );
             }
-        }
-    }
-    // The order of loads and products within a k-block, without prefetch:
-    // a 2x2 kernel reloads a tile register at most one product before the
-    // next k-block reads it; `half-rows` buys two products of cover with a
-    // third more tile loads.
-    println!("{:<28} {:>10} {:>12} {:>10} {:>7}", "operands", "kblocks", "schedule", "GFLOP/s", "%probe");
-    for (name, kblocks, a_panels, b_panels) in placements {
-        for schedule in [amx::Schedule::Grouped, amx::Schedule::Interleaved, amx::Schedule::HalfRows] {
-            let case = UkernelCase {
-                isa: TileIsa::Amx,
-                kblocks,
-                a_panels,
-                b_panels,
-                accumulate: true,
-                prefetch: amx::Prefetch::None,
-                schedule: Some(schedule),
-            };
-            let g = case.gflops(seconds);
-            println!(
-                "{name:<28} {kblocks:>10} {:>12} {g:>10.0} {:>7.1}",
-                format!("{schedule:?}").to_lowercase(),
-                100.0 * g / probe
-            );
         }
     }
     Ok(())

@@ -131,7 +131,7 @@ enum Cmd {
         #[arg(long)]
         best: bool,
         /// Instead of GEMMs: the bf16 microkernel alone on one thread, operands in L1 or L2, each
-        /// prefetch variant, with and without loading C, then each order of tile loads and products.
+        /// prefetch variant, with and without loading C.
         #[arg(long)]
         ukernel_study: bool,
         /// Epilogue for the tile kernels: a bias per column, then this activation (none, relu, gelu_erf,

@@ -1740,46 +1740,6 @@ mod amx_tests {
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(24))]
-        /// The AMX bf16 microkernel's load-and-product orders
-        /// (`bench-gemm --ukernel-study`) against the emulation, over 0 to 7
-        /// k-blocks (odd and even counts take different exits of the
-        /// double-buffered loop), with and without loading the
-        /// accumulators. Runs only where AMX is usable (scripts/test fails
-        /// a CPU with amx_tile where it did not run).
-        #[test]
-        fn amx_schedules_match_emulation(kblocks in 0usize..8, seed in any::<u64>(), accumulate in any::<bool>()) {
-            use crate::gemm::ukernel::amx::Schedule;
-            let k = 32 * kblocks;
-            let (a, b) = (rand_vec(32 * k, seed), rand_vec(k * 32, seed ^ 3));
-            let len = kblocks * BLOCK_BYTES;
-            let (mut ap, mut bp) = (zeroed(len), zeroed(len));
-            pack::pack_a_f32(&mut ap, MatRef::row_major(&a, 32, k), Split::Bf16);
-            pack::pack_b_f32(&mut bp, 32, k, Split::Bf16, |kk, j| b[kk * 32 + j]);
-            let start = rand_vec(MR * NR, seed ^ 5);
-            let fresh = || {
-                let mut acc = AccBlock::new();
-                acc.0.iter_mut().zip(&start).for_each(|(d, s)| *d = s.to_bits());
-                acc
-            };
-            let mut want = fresh();
-            TileSession::begin(TileIsa::Emulated, Prefetch::None).run(DotKind::Bf16, &ap, &bp, kblocks, &mut want, accumulate);
-            if isas().contains(&TileIsa::Amx) {
-                let sess = TileSession::begin(TileIsa::Amx, Prefetch::None);
-                for schedule in [Schedule::Grouped, Schedule::Interleaved, Schedule::HalfRows] {
-                    let mut got = fresh();
-                    sess.run_schedule(schedule, &ap, &bp, kblocks, &mut got, accumulate);
-                    for (idx, (g, w)) in got.as_f32().iter().zip(want.as_f32()).enumerate() {
-                        let (i, j) = (idx / NR, idx % NR);
-                        let mag: f32 = (0..k).map(|p| (a[i * k + p] * b[p * 32 + j]).abs()).sum::<f32>() + 1.0;
-                        prop_assert!((g - w).abs() <= 1e-6 * mag, "{schedule:?} at ({i},{j}): {g} vs {w}");
-                    }
-                }
-            }
-        }
-    }
-
-    proptest! {
-        #![proptest_config(ProptestConfig::with_cases(24))]
         /// The AVX-512 dot-product microkernel (named for scripts/test's
         /// check of CPUs with avx512_bf16 and avx512_vnni) on raw int8
         /// panels of every signedness, against the emulation: the same i32

@@ -207,28 +207,6 @@ impl TileSession {
         TileSession { isa, prefetch, _not_send: std::marker::PhantomData }
     }
 
-    /// One bf16 AMX microkernel call with the loads and products in
-    /// `schedule`'s order (for measuring orders; the driver runs
-    /// [`amx::Schedule::Grouped`]). Panics unless the session is AMX's.
-    ///
-    /// `a` and `b` must hold at least `kblocks * BLOCK_BYTES` bytes each.
-    pub fn run_schedule(
-        &self,
-        schedule: amx::Schedule,
-        a: &[u8],
-        b: &[u8],
-        kblocks: usize,
-        acc: &mut AccBlock,
-        accumulate: bool,
-    ) {
-        assert_eq!(self.isa, TileIsa::Amx, "load-and-product schedules exist for AMX only");
-        let need = kblocks.checked_mul(BLOCK_BYTES).expect("packed panel length overflows usize");
-        assert!(a.len() >= need && b.len() >= need, "packed panels shorter than {kblocks} k-blocks");
-        // SAFETY: `begin` configured the tiles on this thread (a session is
-        // !Send) after checking AMX; lengths checked above.
-        unsafe { amx::run_schedule(schedule, a.as_ptr(), b.as_ptr(), kblocks, acc, accumulate) }
-    }
-
     /// Runs one microkernel call over `kblocks` packed k-blocks.
     ///
     /// `a` and `b` must hold at least `kblocks * BLOCK_BYTES` bytes each.
