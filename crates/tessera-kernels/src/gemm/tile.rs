@@ -628,7 +628,9 @@ fn drive(
     let whole = |kc: usize| (kc / step).max(1) * step;
     let threads = rayon::current_num_threads().max(1);
     let most_panels = blk.a_panels.max(1).min(mb);
-    // K outermost bounds a task's accumulator blocks.
+    // Where all `most_panels` A panels would not fit, the grid keeps the
+    // accumulator blocks a K-outermost task needs within bounds (it may
+    // still come out small enough to run resident).
     let most_blocks = if a_len * most_panels <= blk.a_bytes {
         usize::MAX
     } else {
@@ -759,19 +761,25 @@ impl TaskGrid {
     /// by a quarter of its length, for the wait when its thread stalls
     /// ([`makespan`]); ties go to the grid that loads fewer panels in all.
     ///
-    /// Measured on the lent 16-core Xeon, AMX, weights warm
-    /// (`benches/results/2026-11-28-task-grid/`): at M = 128 (4 A panels)
-    /// and N = 768 (24 B panels) on 16 threads the first choice is 24 tasks
-    /// of 4 x 1; the model's 16 tasks of 2 x 3 ran 128x768x768 faster in all
-    /// 19 rounds of five runs (medians per run +15 to +38% bf16, +20 to
-    /// +34% int8). Where the first choice has several B panels per task the
-    /// model's grids were no faster: over 7 shapes x 2 kinds at 16 and at 2
-    /// threads the geometric means were within 0.5%, and at M = 128,
-    /// N = 2304 the model's 48 tasks of 2 x 3 lost to 24 tasks of 4 x 3 in
-    /// all 8 rounds (per round 4-31%). Other cases the model takes
-    /// (convolutions with few output positions, whose B panels are the
-    /// positions; K outermost; 2 threads with N of at most 128) were not
-    /// measured.
+    /// The model decides whenever N is at most 32 * ceil(2 * threads /
+    /// ceil(mb / most_a)) on several threads: at 16 threads and the default
+    /// 8 A panels, N up to 1024 at M up to 256, up to 512 at M = 512, up to
+    /// 256 at M = 1024; at 2 threads N up to 128 at M up to 256.
+    ///
+    /// Measured (`benches/results/2026-11-28-task-grid/`), weights warm: on
+    /// the lent 16-core Xeon (AMX) at M = 128 and N = 768 on 16 threads the
+    /// first choice is 24 tasks of 4 x 1; the model's 16 tasks of 2 x 3 ran
+    /// 128x768x768 faster in all 19 rounds of five runs (medians per run
+    /// +12 to +38% bf16, +20 to +34% int8); 128x64x768 ran 1.7-1.8x faster
+    /// at 2 and at 16 threads, 512x32x768 (a single B panel) 1.8-2.7x at 16
+    /// threads and level at 2; on Zen 4 (avx512-dot, 2 threads) 128x64x768
+    /// ran 1.95-2.19x faster. Where the first choice has several B panels
+    /// per task the model's grids were no faster: over the 12 such cases
+    /// (6 shapes x 2 kinds) of one run at 16 threads their geometric mean
+    /// was 0.97 of the first choice's, and at M = 128, N = 2304 the model's
+    /// 48 tasks of 2 x 3 lost to 24 tasks of 4 x 3 in all 8 rounds (per
+    /// round 4-31%). Not measured: convolutions with few output positions
+    /// (their B panels are the positions) and the other sizes above.
     pub(crate) fn choose(mb: usize, nb: usize, threads: usize, most_a: usize, most_blocks: usize) -> TaskGrid {
         let (mb, nb, threads) = (mb.max(1), nb.max(1), threads.max(1));
         let most_a = most_a.clamp(1, mb);
@@ -783,8 +791,8 @@ impl TaskGrid {
             return first;
         }
         // More runs than four per thread in either direction never shorten
-        // the waves, so the candidates stay few (at most a few hundred
-        // distinct run lengths at 16 threads) whatever the shape.
+        // the waves, so the candidates stay few (at most 4 * threads + 1
+        // distinct run lengths each way) whatever the shape.
         let runs = |panels: usize, fewest: usize| {
             let most = (fewest + 4 * threads).min(panels);
             let mut lengths: Vec<usize> = (fewest..=most).map(|n| panels.div_ceil(n)).collect();
@@ -836,7 +844,8 @@ fn makespan(threads: usize, [(mb, p), (nb, r)]: [(usize, usize); 2]) -> usize {
     // A thread of a shared machine may lose its core for a while: the
     // largest task's length, over STRAGGLER_SHARE, is the time the others
     // wait when nobody can take over its work.
-    let straggler = kinds.iter().find(|&&(count, _)| count > 0).map_or(0, |&(_, cost)| cost);
+    let straggler =
+        if threads > 1 { kinds.iter().find(|&&(count, _)| count > 0).map_or(0, |&(_, cost)| cost) } else { 0 };
     let (mut at, mut total) = (0usize, 0usize);
     for (count, cost) in kinds {
         // Waves that start among these tasks are this long.
@@ -1910,16 +1919,24 @@ mod blocking_tests {
     }
 
     #[test]
-    fn task_grid_model_never_loses_to_the_first_choice() {
-        // Where the model decides, its grid's modelled time is at most the
-        // first choice's (which it also considers).
-        for (mb, nb, threads) in [(4, 24, 16), (4, 16, 16), (64, 1, 16), (16, 2, 16), (8, 2, 2), (4, 3, 2), (3, 5, 7)] {
+    fn task_grid_model_beats_the_first_choice_where_it_decides() {
+        // Where the first choice leaves one B panel per task, the model's
+        // grid, modelled faster than the first choice.
+        for (mb, nb, threads, want) in [
+            (4, 24, 16, (2, 3)),
+            (4, 16, 16, (2, 2)),
+            (64, 1, 16, (4, 1)),
+            (16, 2, 16, (2, 1)),
+            (8, 2, 2, (4, 2)),
+            (4, 3, 2, (2, 3)),
+        ] {
             let g = TaskGrid::choose(mb, nb, threads, 8, usize::MAX);
+            assert_eq!((g.a_panels, g.b_panels), want, "{mb} {nb} {threads}");
             let most_a = 8.min(mb);
             let first = (most_a, nb.div_ceil((2 * threads).div_ceil(mb.div_ceil(most_a)).clamp(1, nb)));
             assert_eq!(first.1, 1, "{mb} {nb} {threads}: the first choice has one B panel per task");
             let time = |p: usize, r: usize| makespan(threads, [(mb, p), (nb, r)]);
-            assert!(time(g.a_panels, g.b_panels) <= time(first.0, first.1), "{mb} {nb} {threads}: {g:?}");
+            assert!(time(g.a_panels, g.b_panels) < time(first.0, first.1), "{mb} {nb} {threads}: {g:?}");
         }
         // 4 x 16 on 16 threads: the model's 2 x 2 against the first 4 x 1.
         assert!(makespan(16, [(4, 2), (16, 2)]) < makespan(16, [(4, 4), (16, 1)]));
