@@ -1882,7 +1882,20 @@ mod blocking_tests {
         assert_eq!(TileBlocking::parse("0:8:a").unwrap().k_chunk(12), 12);
         assert_eq!(TileBlocking::parse("0:8:a:off:auto").unwrap().grid, None);
         assert_eq!(TileBlocking::parse("0:8:a:off:4x1").unwrap().grid, Some((4, 1)));
-        for bad in ["0:8", "0:8:ab:fast", "0:0:ab", "x:8:ab", "0:8:ab:bulk:1", "0:8:ab:bulk:0x2", "0:8:a:off:2x3:1"] {
+        for bad in [
+            "0:8",
+            "0:8:ab:fast",
+            "0:0:ab",
+            "x:8:ab",
+            "0:8:ab:bulk:1",
+            "0:8:ab:bulk:0x2",
+            "0:8:ab:bulk:2x0",
+            "0:8:ab:bulk:2x",
+            "0:8:ab:bulk:x3",
+            "0:8:ab:bulk:2x3x4",
+            "0:8:ab:bulk:99999999999999999999999x1",
+            "0:8:a:off:2x3:1",
+        ] {
             assert!(TileBlocking::parse(bad).is_err(), "{bad} parsed");
         }
     }
