@@ -29,30 +29,29 @@ def choose(mb,nb,t,gamma,share,cands):
     return best[2]
 def old(mb,nb,t,ma=8):
     p=min(ma,mb); mc=-(-mb//p); nr=min(max(-(-2*t//mc),1),nb); pr=-(-nb//nr); return (p,pr)
-res={}
-for gamma in [0,0.5,1,2,4]:
-  for share in [1,2,3,4,8,16,1000]:
-    logs=[]; 
-    for k,v in d.items():
-        mb=-(-k[1]//32); nb=-(-k[2]//32)
-        perf={}
-        for g,x in v.items():
-            if g=='auto': continue
-            e=eff(g,mb,nb); perf[e]=max(perf.get(e,0),x)
-        top=max(perf.values())
-        ch=choose(mb,nb,16,gamma,share,list(perf))
-        logs.append(math.log(perf[ch]/top))
-    res[(gamma,share)]=math.exp(sum(logs)/len(logs))
-for k,v in sorted(res.items(),key=lambda t:-t[1])[:12]: print(k,round(v,3))
-# old rule score where its grid measured
-logs=[];miss=[]
+# Per measured case: its panel counts and the best GFLOP/s of each distinct
+# (clamped) grid measured, and the case's best.
+cases=[]
 for k,v in d.items():
     mb=-(-k[1]//32); nb=-(-k[2]//32)
     perf={}
     for g,x in v.items():
         if g=='auto': continue
         e=eff(g,mb,nb); perf[e]=max(perf.get(e,0),x)
-    top=max(perf.values()); o=old(mb,nb,16)
+    cases.append((k,mb,nb,perf,max(perf.values())))
+res={}
+for gamma in [0,0.5,1,2,4]:
+  for share in [1,2,3,4,8,16,1000]:
+    logs=[]; 
+    for k,mb,nb,perf,top in cases:
+        ch=choose(mb,nb,16,gamma,share,list(perf))
+        logs.append(math.log(perf[ch]/top))
+    res[(gamma,share)]=math.exp(sum(logs)/len(logs))
+for k,v in sorted(res.items(),key=lambda t:-t[1])[:12]: print(k,round(v,3))
+# old rule score where its grid measured
+logs=[];miss=[]
+for k,mb,nb,perf,top in cases:
+    o=old(mb,nb,16)
     if o in perf: logs.append(math.log(perf[o]/top))
     else: miss.append((k,o))
 print('old rule geomean over measured', round(math.exp(sum(logs)/len(logs)),3), 'n', len(logs), 'missing', miss)
@@ -68,13 +67,7 @@ out=[]
 for gamma in [0.5,1,2]:
   for share in [2,3,4,8]:
     logs=[];miss=0;picks=[]
-    for k,v in d.items():
-        mb=-(-k[1]//32); nb=-(-k[2]//32)
-        perf={}
-        for g,x in v.items():
-            if g=='auto': continue
-            e=eff(g,mb,nb); perf[e]=max(perf.get(e,0),x)
-        top=max(perf.values())
+    for k,mb,nb,perf,top in cases:
         ch=choose(mb,nb,16,gamma,share,cands(mb,nb,16))
         picks.append(ch)
         if ch in perf: logs.append(math.log(perf[ch]/top))

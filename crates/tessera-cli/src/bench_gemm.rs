@@ -310,14 +310,7 @@ fn tile_peak(pool: &rayon::ThreadPool, isa: TileIsa, kind: DotKind) -> f64 {
 
 pub fn run(opts: &Options) -> Result<Vec<Row>, String> {
     BEST.store(opts.best, std::sync::atomic::Ordering::Relaxed);
-    // The hardware ISAs of the requested tile kernels, each usable or why not.
-    let isa_ok = |isa: TileIsa| -> Result<(), String> {
-        match isa {
-            TileIsa::Amx => tessera_hw::amx_enabled(),
-            TileIsa::Avx512Dot => avx512::unusable_reason().map_or(Ok(()), Err),
-            TileIsa::Emulated => Ok(()),
-        }
-    };
+    // The hardware ISAs of the requested tile kernels.
     let mut isas: Vec<TileIsa> = Vec::new();
     for isa in opts.kernels.iter().filter_map(|k| tile_isa(k)) {
         if !isas.contains(&isa) {
@@ -337,7 +330,7 @@ pub fn run(opts: &Options) -> Result<Vec<Row>, String> {
         // (isa, bf16 peak, int8 peak) in G(FL)OP/s for each usable ISA.
         let mut isa_peaks: Vec<(TileIsa, f64, f64)> = Vec::new();
         for &isa in &isas {
-            if isa_ok(isa).is_err() {
+            if isa.enabled().is_err() {
                 continue;
             }
             let bf16 = tile_peak(&pool, isa, DotKind::Bf16) / 1e9;
@@ -396,7 +389,7 @@ pub fn run(opts: &Options) -> Result<Vec<Row>, String> {
                     }
                     "amx-bf16" | "amx-bf16x3" | "amx-bf16x6" | "avx512-bf16" | "avx512-bf16x3" | "avx512-bf16x6" => {
                         let isa = tile_isa(kernel).expect("a tile kernel");
-                        if let Err(why) = isa_ok(isa) {
+                        if let Err(why) = isa.enabled() {
                             eprintln!("skipping {kernel}: {why}");
                             continue;
                         }
@@ -425,7 +418,7 @@ pub fn run(opts: &Options) -> Result<Vec<Row>, String> {
                     }
                     "amx-int8" | "avx512-int8" => {
                         let isa = tile_isa(kernel).expect("a tile kernel");
-                        if let Err(why) = isa_ok(isa) {
+                        if let Err(why) = isa.enabled() {
                             eprintln!("skipping {kernel}: {why}");
                             continue;
                         }

@@ -192,7 +192,7 @@ fn kernel_checks() -> Vec<Check> {
         }
     };
     out.extend(hardware(
-        tessera_hw::amx_enabled(),
+        TileIsa::Amx.enabled(),
         &[
             ("amx-bf16", &|n| float_check(n, 1e-5, InputFormat::BF16, &tile_float(TileIsa::Amx, Split::Bf16))),
             ("amx-bf16x6 (fp32-accurate)", &|n| {
@@ -202,7 +202,7 @@ fn kernel_checks() -> Vec<Check> {
         ],
     ));
     out.extend(hardware(
-        tessera_kernels::gemm::ukernel::avx512::unusable_reason().map_or(Ok(()), Err),
+        TileIsa::Avx512Dot.enabled(),
         &[
             ("avx512-dot bf16", &|n| {
                 float_check(n, 1e-5, InputFormat::BF16, &tile_float(TileIsa::Avx512Dot, Split::Bf16))

@@ -93,7 +93,7 @@ impl AmxProvider {
         let amx_why = if off("amx") {
             "disabled by the session options".to_string()
         } else {
-            match tessera_hw::amx_enabled() {
+            match TileIsa::Amx.enabled() {
                 Ok(()) => return Ok(Self::with_isa(precision, TileIsa::Amx)),
                 Err(why) => why,
             }
@@ -101,13 +101,13 @@ impl AmxProvider {
         let dot_why = if off("avx512") {
             "disabled by the session options".to_string()
         } else {
-            match avx512::unusable_reason() {
-                None => {
+            match TileIsa::Avx512Dot.enabled() {
+                Ok(()) => {
                     let mut p = Self::with_isa(precision, TileIsa::Avx512Dot);
                     p.bf16_refusal = avx512::bf16_refusal();
                     return Ok(p);
                 }
-                Some(why) => why,
+                Err(why) => why,
             }
         };
         Err(format!("{amx_why}; avx512-dot: {dot_why}"))

@@ -143,6 +143,16 @@ impl TileIsa {
             TileIsa::Emulated => "emulated",
         }
     }
+    /// Whether the ISA may run here, or why not: the hardware is there and
+    /// the user did not turn it off (`--disable amx`, `--disable avx512`).
+    pub fn enabled(self) -> Result<(), String> {
+        match self {
+            TileIsa::Amx => tessera_hw::amx_enabled(),
+            TileIsa::Avx512Dot => avx512::unusable_reason().map_or(Ok(()), Err),
+            TileIsa::Emulated => Ok(()),
+        }
+    }
+
     /// Whether this machine can execute the ISA (the emulation runs
     /// anywhere). The user's `--disable avx512` switch steers
     /// [`TileIsa::best`] and the providers, not this.
