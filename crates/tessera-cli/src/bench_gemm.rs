@@ -7,7 +7,7 @@ use std::time::Instant;
 use serde::Serialize;
 use tessera_kernels::gemm::{
     self, tile_igemm_with, tile_sgemm_with, ukernel::amx, ukernel::avx512, ukernel::DotKind, Activation, Epilogue,
-    I8Mat, I8Out, MatRef, PackedB, Parallel, Split, TileBlocking, TileIsa,
+    I8Mat, I8Out, MatRef, PackedB, Parallel, Split, StagedA, TileBlocking, TileIsa,
 };
 use tessera_kernels::weight_mem;
 
@@ -20,6 +20,10 @@ pub struct Row {
     pub blocking: String,
     /// The tile kernel's epilogue: "" (none) or "bias+ACTIVATION".
     pub epilogue: String,
+    /// With `--stages`, which part of a bf16 tile GEMM the row times:
+    /// "pack-a" (A's panels alone), "product" (the tile loop over packed
+    /// panels, no epilogue); "" for the whole call.
+    pub stage: String,
     /// Whether the packed weights were on huge pages (tile kernels).
     pub huge_pages: bool,
     pub m: usize,
@@ -27,6 +31,8 @@ pub struct Row {
     pub k: usize,
     pub threads: usize,
     pub gflops: f64,
+    /// Microseconds per call.
+    pub micros: f64,
     /// Weight bytes read per call over the call's time: how close a call
     /// comes to streaming its weight at memory speed (with `--cold`).
     pub weight_gbs: f64,
@@ -63,6 +69,7 @@ pub struct TileCases<'a> {
     pub blocking: &'a [String],
     pub epilogue: &'a [String],
     pub huge_pages: &'a [String],
+    pub stages: bool,
 }
 
 pub struct Options {
@@ -83,6 +90,9 @@ pub struct Options {
     /// Weight memory settings to compare for the tile kernels (huge pages
     /// on, off).
     pub huge_pages: Vec<bool>,
+    /// Also time a bf16 tile GEMM's stages apart (A packing, the tile loop
+    /// without epilogue).
+    pub stages: bool,
 }
 
 /// The tile driver ISA a kernel name runs on ("amx-*", "avx512-*").
@@ -289,6 +299,35 @@ fn time(min_seconds: f64, mut f: impl FnMut()) -> f64 {
     }
 }
 
+/// Where a tile GEMM's calls spend their time, from the driver's own time
+/// stamps in one run of `f` (about `min_seconds`): seconds per call and
+/// thread in the microkernel ("in-kloop"), the output prefetches
+/// ("in-prefetch"), the epilogues ("in-finish"), packing A ("in-pack") and
+/// the tasks' tile sessions ("in-session"); the rest of "in-call" is task
+/// scheduling, loop overhead and threads waiting for each other. On a machine whose
+/// speed changes from run to run, these shares hold within the run.
+fn in_call_stages(min_seconds: f64, threads: usize, mut f: impl FnMut()) -> Vec<(&'static str, f64)> {
+    f();
+    let _ = gemm::stage_ticks_since_last(true);
+    let (start, t0) = (Instant::now(), gemm::tick_count());
+    let mut calls = 0usize;
+    while calls < 3 || start.elapsed().as_secs_f64() < min_seconds {
+        f();
+        calls += 1;
+    }
+    let (secs, ticks) = (start.elapsed().as_secs_f64(), gemm::tick_count() - t0);
+    let [kloop, prefetch, finish, pack, session] = gemm::stage_ticks_since_last(false);
+    let per = |t: u64| t as f64 / ticks.max(1) as f64 * secs / (calls * threads.max(1)) as f64;
+    vec![
+        ("in-call", secs / calls as f64),
+        ("in-kloop", per(kloop)),
+        ("in-prefetch", per(prefetch)),
+        ("in-finish", per(finish)),
+        ("in-pack", per(pack)),
+        ("in-session", per(session)),
+    ]
+}
+
 /// Peak operations per second of `isa` over `threads` cores, each core
 /// running the register-only probe at the same time. Each core keeps its
 /// best of three probes: on a shared machine a probe that lost its core
@@ -348,7 +387,10 @@ pub fn run(opts: &Options) -> Result<Vec<Row>, String> {
         for &(m, n, k) in &opts.shapes {
             let a = rand_vec(m * k, 1);
             let b = rand_vec(k * n, 2);
-            let mut c = vec![0f32; m * n];
+            // 64-byte aligned, as a session's tensors are: a misaligned
+            // output splits every 64-byte store across two cache lines.
+            let mut c =
+                aligned_vec::AVec::<f32, aligned_vec::ConstAlign<64>>::from_iter(64, std::iter::repeat_n(0f32, m * n));
             let flops = 2.0 * (m * n * k) as f64;
             let cases = opts.kernels.iter().flat_map(|kern| {
                 let tile = tile_isa(kern).is_some();
@@ -362,6 +404,8 @@ pub fn run(opts: &Options) -> Result<Vec<Row>, String> {
             });
             let bias = rand_vec(n, 3);
             for (kernel, blk, huge, act) in cases {
+                // (stage, seconds) of the call's parts, with `--stages`.
+                let mut stage_times: Vec<(&str, f64)> = Vec::new();
                 let epi = match act {
                     Some(activation) => Epilogue { bias: Some(&bias), activation, ..Default::default() },
                     None => Epilogue::default(),
@@ -412,6 +456,29 @@ pub fn run(opts: &Options) -> Result<Vec<Row>, String> {
                                 tile_sgemm_with(isa, blk, MatRef::row_major(&a, m, k), pb, &mut c, n, &epi)
                             })
                         });
+                        if opts.stages {
+                            let mut staged = StagedA::new(m, &pb0);
+                            let pack =
+                                pool.install(|| time(opts.min_seconds, || staged.pack(MatRef::row_major(&a, m, k))));
+                            let mut i = 0;
+                            let product = pool.install(|| {
+                                time(opts.min_seconds, || {
+                                    i += 1;
+                                    staged.product(isa, blk, &pbs[i % pbs.len()])
+                                })
+                            });
+                            let epilogue =
+                                pool.install(|| time(opts.min_seconds, || staged.epilogue(n, &mut c, n, &epi)));
+                            stage_times = vec![("pack-a", pack), ("product", product), ("epilogue", epilogue)];
+                            let mut i = 0;
+                            stage_times.extend(pool.install(|| {
+                                in_call_stages(opts.min_seconds, threads, || {
+                                    i += 1;
+                                    let pb = &pbs[i % pbs.len()];
+                                    tile_sgemm_with(isa, blk, MatRef::row_major(&a, m, k), pb, &mut c, n, &epi)
+                                })
+                            }));
+                        }
                         // A split GEMM does `products` times the work of the
                         // fp32 GEMM it computes: compare with peak / products.
                         (s, peak_of(isa).0 / split.products().len() as f64, pb0.packed_bytes())
@@ -443,6 +510,27 @@ pub fn run(opts: &Options) -> Result<Vec<Row>, String> {
                                 tile_igemm_with(isa, blk, am, &[128], &pbs[i % pbs.len()], out)
                             })
                         });
+                        if opts.stages {
+                            let mut i = 0;
+                            let mut ci = vec![0i32; m * n];
+                            stage_times = pool.install(|| {
+                                in_call_stages(opts.min_seconds, threads, || {
+                                    i += 1;
+                                    let am = I8Mat { data: &ab, rows: m, cols: k, row_stride: k, signed: false };
+                                    let out = match act {
+                                        Some(_) => I8Out::F32 {
+                                            c: &mut c,
+                                            ldc: n,
+                                            scale_a: &[0.01],
+                                            scale_b: &[0.01],
+                                            epi: &epi,
+                                        },
+                                        None => I8Out::I32 { c: &mut ci, ldc: n },
+                                    };
+                                    tile_igemm_with(isa, blk, am, &[128], &pbs[i % pbs.len()], out)
+                                })
+                            });
+                        }
                         (s, peak_of(isa).1, pbs[0].packed_bytes())
                     }
                     arm if arm.starts_with("neon-") || arm.starts_with("sme-") => {
@@ -456,27 +544,31 @@ pub fn run(opts: &Options) -> Result<Vec<Row>, String> {
                     }
                     other => return Err(format!("unknown kernel '{other}' (known: {})", ALL_KERNELS.join(", "))),
                 };
-                let gflops = flops / secs / 1e9;
                 let chip = chip_peak(&peaks, cores, kernel, threads).unwrap_or(0.0);
-                rows.push(Row {
-                    kernel: kernel.clone(),
-                    blocking: if tile_isa(kernel).is_some() { blk.name() } else { String::new() },
-                    huge_pages: huge,
-                    epilogue: match act {
-                        Some(a) if tile_isa(kernel).is_some() => format!("bias+{}", a.name()),
-                        _ => String::new(),
-                    },
-                    m,
-                    n,
-                    k,
-                    threads,
-                    gflops,
-                    weight_gbs: weight_bytes as f64 / secs / 1e9,
-                    peak_gflops: peak,
-                    pct_of_peak: if peak > 0.0 { 100.0 * gflops / peak } else { 0.0 },
-                    chip_peak_gflops: chip,
-                    pct_of_chip_peak: if chip > 0.0 { 100.0 * gflops / chip } else { 0.0 },
-                });
+                for (stage, secs) in std::iter::once(("", secs)).chain(stage_times) {
+                    let gflops = flops / secs / 1e9;
+                    rows.push(Row {
+                        kernel: kernel.clone(),
+                        blocking: if tile_isa(kernel).is_some() { blk.name() } else { String::new() },
+                        huge_pages: huge,
+                        epilogue: match act {
+                            Some(a) if tile_isa(kernel).is_some() => format!("bias+{}", a.name()),
+                            _ => String::new(),
+                        },
+                        stage: stage.to_string(),
+                        m,
+                        n,
+                        k,
+                        threads,
+                        gflops,
+                        micros: secs * 1e6,
+                        weight_gbs: weight_bytes as f64 / secs / 1e9,
+                        peak_gflops: peak,
+                        pct_of_peak: if peak > 0.0 { 100.0 * gflops / peak } else { 0.0 },
+                        chip_peak_gflops: chip,
+                        pct_of_chip_peak: if chip > 0.0 { 100.0 * gflops / chip } else { 0.0 },
+                    });
+                }
             }
         }
     }
@@ -485,16 +577,18 @@ pub fn run(opts: &Options) -> Result<Vec<Row>, String> {
 
 pub fn print(rows: &[Row]) {
     println!(
-        "{:<12} {:<20} {:>5} {:<20} {:>6} {:>6} {:>6} {:>4} {:>10} {:>8} {:>10} {:>7} {:>10} {:>7}",
+        "{:<12} {:<20} {:>5} {:<20} {:<11} {:>6} {:>6} {:>6} {:>4} {:>10} {:>10} {:>8} {:>10} {:>7} {:>10} {:>7}",
         "kernel",
         "blocking",
         "pages",
         "epilogue",
+        "stage",
         "M",
         "N",
         "K",
         "thr",
         "GFLOP/s",
+        "us/call",
         "W GB/s",
         "probe",
         "%probe",
@@ -504,7 +598,7 @@ pub fn print(rows: &[Row]) {
     for r in rows {
         let opt = |v: f64, digits: usize| if v > 0.0 { format!("{v:.digits$}") } else { "-".into() };
         println!(
-            "{:<12} {:<20} {:>5} {:<20} {:>6} {:>6} {:>6} {:>4} {:>10.1} {:>8.1} {:>10} {:>7} {:>10} {:>7}",
+            "{:<12} {:<20} {:>5} {:<20} {:<11} {:>6} {:>6} {:>6} {:>4} {:>10.1} {:>10.1} {:>8.1} {:>10} {:>7} {:>10} {:>7}",
             r.kernel,
             if r.blocking.is_empty() { "-" } else { &r.blocking },
             if r.blocking.is_empty() {
@@ -515,11 +609,13 @@ pub fn print(rows: &[Row]) {
                 "4K"
             },
             if r.epilogue.is_empty() { "-" } else { &r.epilogue },
+            if r.stage.is_empty() { "call" } else { &r.stage },
             r.m,
             r.n,
             r.k,
             r.threads,
             r.gflops,
+            r.micros,
             r.weight_gbs,
             opt(r.peak_gflops, 0),
             opt(r.pct_of_peak, 1),

@@ -142,6 +142,10 @@ enum Cmd {
         /// compare both.
         #[arg(long, value_delimiter = ',', default_value = "on")]
         huge_pages: Vec<String>,
+        /// Also time each bf16 tile GEMM's stages apart: packing A alone ("pack-a") and the tile loop
+        /// over packed panels without epilogue ("product"); the whole call is the "call" row.
+        #[arg(long)]
+        stages: bool,
         #[arg(long)]
         json: bool,
     },
@@ -222,10 +226,16 @@ fn main() {
             best,
             epilogue,
             huge_pages,
+            stages,
             json,
             ..
         } => {
-            let tile = bench_gemm::TileCases { blocking: &tile_blocking, epilogue: &epilogue, huge_pages: &huge_pages };
+            let tile = bench_gemm::TileCases {
+                blocking: &tile_blocking,
+                epilogue: &epilogue,
+                huge_pages: &huge_pages,
+                stages,
+            };
             cmd_bench_gemm(&shapes, threads, kernels, seconds, cold, tile, best, json)
         }
     };
@@ -384,7 +394,11 @@ fn cmd_bench(m: &ModelArgs, warmup: usize, iterations: usize, json: bool, profil
     if profile {
         // Timed separately so the per-op clock reads do not skew the latencies above.
         tessera_providers::profile::set_enabled(true);
+        let _ = tessera_kernels::gemm::stage_ticks_since_last(true);
+        let (start, t0) = (std::time::Instant::now(), tessera_kernels::gemm::tick_count());
         time_runs(&s, &inputs, 0, iterations.max(1), false)?;
+        let (secs, ticks) = (start.elapsed().as_secs_f64(), tessera_kernels::gemm::tick_count() - t0);
+        let stages = tessera_kernels::gemm::stage_ticks_since_last(false);
         tessera_providers::profile::set_enabled(false);
         let rows = tessera_providers::profile::take();
         let total: f64 = rows.iter().map(|r| r.2).sum();
@@ -395,6 +409,19 @@ fn cmd_bench(m: &ModelArgs, warmup: usize, iterations: usize, json: bool, profil
                 "{k:<32} {:>7} {per_run:>10.3} {:>6.1}",
                 n / iterations.max(1) as u64,
                 100.0 * secs / total.max(1e-12)
+            );
+        }
+        // The tile driver's own time stamps (microkernel, epilogue, ...),
+        // summed over threads, as milliseconds per run and thread.
+        if stages.iter().any(|&t| t > 0) {
+            let ms = |t: u64| t as f64 / ticks.max(1) as f64 * secs * 1e3 / (iterations.max(1) * s.threads()) as f64;
+            eprintln!(
+                "tile driver, ms per run and thread: microkernel {:.3}, epilogue {:.3}, output prefetch {:.3}, packing A {:.3}, tile sessions {:.3}",
+                ms(stages[0]),
+                ms(stages[2]),
+                ms(stages[1]),
+                ms(stages[3]),
+                ms(stages[4])
             );
         }
     }
@@ -673,6 +700,7 @@ fn cmd_bench_gemm(
         epilogues,
         best,
         huge_pages,
+        stages: tile.stages,
     };
     let rows = bench_gemm::run(&opts)?;
     if json {

@@ -9,6 +9,7 @@
 
 use aligned_vec::{AVec, ConstAlign};
 use rayon::prelude::*;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use super::epilogue::{Epilogue, I8Correction, Residual};
 use super::pack::{self, Split};
@@ -619,6 +620,27 @@ fn drive(
     finish: &(dyn Fn(&mut AccBlock, usize, usize) + Sync),
     ahead: &(dyn Fn(usize, usize) + Sync),
 ) {
+    // The stage time stamps in a copy of their own, so that the untimed
+    // driver is compiled without them.
+    if STAGE_TIMING.load(Ordering::Relaxed) {
+        drive_timed::<true>(isa, blk, kind, a, m, b, finish, ahead)
+    } else {
+        drive_timed::<false>(isa, blk, kind, a, m, b, finish, ahead)
+    }
+}
+
+/// [`drive`], counting its stages into [`STAGE_TICKS`] when `TIMED`.
+#[allow(clippy::too_many_arguments)]
+fn drive_timed<const TIMED: bool>(
+    isa: TileIsa,
+    blk: TileBlocking,
+    kind: DotKind,
+    a: &[u8],
+    m: usize,
+    b: Panels,
+    finish: &(dyn Fn(&mut AccBlock, usize, usize) + Sync),
+    ahead: &(dyn Fn(usize, usize) + Sync),
+) {
     let mb = m.div_ceil(MR);
     let nb = b.count;
     let kblocks = b.kblocks;
@@ -656,7 +678,11 @@ fn drive(
     let chunks = kblocks.max(1).div_ceil(kc);
     let task = |t: usize| {
         let (mc, nr) = (t / n_ranges, t % n_ranges);
+        let t0 = stage_ticks(TIMED);
         let sess = TileSession::begin(isa, blk.prefetch);
+        if TIMED {
+            STAGE_TICKS[4].fetch_add(stage_ticks(true) - t0, Ordering::Relaxed);
+        }
         let rows = mc * per_chunk..((mc + 1) * per_chunk).min(mb);
         let cols = nr * per_range..((nr + 1) * per_range).min(nb);
         // One microkernel call: A panel `mi` times B panel `pn` over the
@@ -664,12 +690,22 @@ fn drive(
         let call = |mi: usize, pn: usize, k0: usize, k1: usize, acc: &mut AccBlock, stream: &[u8]| {
             let (lo, hi) = (k0 * BLOCK_BYTES, k1 * BLOCK_BYTES);
             let ap = &a[mi * a_len..(mi + 1) * a_len];
+            let t0 = stage_ticks(TIMED);
             if k1 >= kblocks {
                 ahead(mi * MR, pn * NR);
             }
+            let t1 = stage_ticks(TIMED);
             sess.run_streaming(kind, step, &ap[lo..hi], &b.panel(pn)[lo..hi], (k1 - k0) / step, acc, k0 > 0, stream);
+            let t2 = stage_ticks(TIMED);
             if k1 >= kblocks {
                 finish(acc, mi * MR, pn * NR);
+            }
+            if TIMED {
+                STAGE_TICKS[0].fetch_add(t2 - t1, Ordering::Relaxed);
+                STAGE_TICKS[1].fetch_add(t1 - t0, Ordering::Relaxed);
+                if k1 >= kblocks {
+                    STAGE_TICKS[2].fetch_add(stage_ticks(true) - t2, Ordering::Relaxed);
+                }
             }
         };
         let spread = |next, i, share| spread_share(blk.stream, next, i, share);
@@ -725,11 +761,72 @@ fn drive(
                 }
             }
         }
+        let t0 = stage_ticks(TIMED);
+        drop(sess);
+        if TIMED {
+            STAGE_TICKS[4].fetch_add(stage_ticks(true) - t0, Ordering::Relaxed);
+        }
     };
     if tasks <= 1 || threads == 1 {
         (0..tasks).for_each(task);
     } else {
         (0..tasks).into_par_iter().for_each(task);
+    }
+}
+
+/// Whether [`drive`] counts its time stamps into [`STAGE_TICKS`] (for
+/// `tessera bench-gemm --stages`; off by default).
+static STAGE_TIMING: AtomicBool = AtomicBool::new(false);
+
+/// Time stamp counts spent, when [`STAGE_TIMING`] is on, in each stage
+/// [`stage_ticks_since_last`] lists, summed over threads.
+static STAGE_TICKS: [AtomicU64; 5] =
+    [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)];
+
+/// Turns the tile driver's stage counts on or off and returns what they
+/// summed since the last call, in time stamp counts over all threads: the
+/// microkernel calls, the output prefetches, the epilogues (`finish`), the
+/// packing of A (its wall time times the threads) and the tasks' tile
+/// sessions (begin and end). In one run, so their shares hold whatever
+/// speed the machine runs at.
+pub fn stage_ticks_since_last(on: bool) -> [u64; 5] {
+    STAGE_TIMING.store(on, Ordering::Relaxed);
+    STAGE_TICKS.each_ref().map(|t| t.swap(0, Ordering::Relaxed))
+}
+
+/// Runs `pack` (a parallel packing of A) and, when stage timing is on,
+/// counts its wall time once per thread of the pool.
+fn timed_pack(pack: impl FnOnce()) {
+    let timing = STAGE_TIMING.load(Ordering::Relaxed);
+    let t0 = stage_ticks(timing);
+    pack();
+    if timing {
+        let spent = (stage_ticks(true) - t0) * rayon::current_num_threads() as u64;
+        STAGE_TICKS[3].fetch_add(spent, Ordering::Relaxed);
+    }
+}
+
+/// A time stamp (the cycle counter on x86-64, else nanoseconds since the
+/// first call), in the units of [`stage_ticks_since_last`].
+pub fn tick_count() -> u64 {
+    stage_ticks(true)
+}
+
+/// A time stamp when `on` (see [`tick_count`]), else 0.
+#[inline(always)]
+fn stage_ticks(on: bool) -> u64 {
+    if !on {
+        return 0;
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: `rdtsc` exists on every x86-64 CPU and has no operands.
+        unsafe { std::arch::x86_64::_rdtsc() }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        START.get_or_init(std::time::Instant::now).elapsed().as_nanos() as u64
     }
 }
 
@@ -977,7 +1074,7 @@ fn sgemm_packed(
     epi: &Epilogue,
 ) {
     let split = b.split.expect("checked by tile_sgemm");
-    pack_a_panels(a, ap, a_len, split);
+    timed_pack(|| pack_a_panels(a, ap, a_len, split));
     sgemm_from_panels(isa, blk, ap, a.rows, b, c, ldc, transposed, epi)
 }
 
@@ -988,6 +1085,77 @@ fn pack_a_panels(a: MatRef<f32>, ap: &mut [u8], a_len: usize, split: Split) {
         let i0 = p * MR;
         pack::pack_a_f32(dst, a.rows_range(i0, MR.min(m - i0)), split);
     });
+}
+
+thread_local! {
+    /// A panel's rows quantized to 8 bits, before they are packed.
+    static QUANTIZED_ROWS: std::cell::Cell<Option<Bytes>> = const { std::cell::Cell::new(None) };
+}
+
+/// A [`tile_sgemm`] call cut into its stages, timed apart by `tessera
+/// bench-gemm --stages`: the A panels packed on their own
+/// ([`StagedA::pack`]), then the product over them with no epilogue
+/// ([`StagedA::product`], each finished block left in its accumulators).
+/// Together with the whole call they show what packing, the tile loop and
+/// the epilogue each cost.
+pub struct StagedA {
+    m: usize,
+    a_len: usize,
+    split: Split,
+    panels: Bytes,
+}
+
+impl StagedA {
+    /// Room for `m` rows of A panels for weight `b`.
+    pub fn new(m: usize, b: &PackedB) -> StagedA {
+        let a_len = b.kblocks * BLOCK_BYTES;
+        let split = b.split.expect("StagedA needs a weight packed from fp32");
+        StagedA { m, a_len, split, panels: zeroed(a_len * m.div_ceil(MR)) }
+    }
+
+    /// Packs `a` (`m x k`, `b.k()` columns) as [`tile_sgemm`] does.
+    pub fn pack(&mut self, a: MatRef<f32>) {
+        assert_eq!(a.rows, self.m, "rows differ from StagedA::new's");
+        a.check();
+        pack_a_panels(a, &mut self.panels, self.a_len, self.split);
+    }
+
+    /// The tile loop over the packed panels and `b`, with no epilogue.
+    pub fn product(&self, isa: TileIsa, blk: TileBlocking, b: &PackedB) {
+        assert_eq!((b.kblocks * BLOCK_BYTES, b.split), (self.a_len, Some(self.split)), "another weight's layout");
+        drive(isa, blk, DotKind::Bf16, &self.panels, self.m, b.view(), &|_, _, _| {}, &|_, _| {});
+    }
+
+    /// The epilogue alone, with no tile work: every 32x32 block of the
+    /// `m x n` output finished from a zero accumulator block into `c` (row
+    /// stride `ldc`), B panels outer and A panels inner as the driver runs
+    /// them, the B panels shared among the threads.
+    pub fn epilogue(&self, n: usize, c: &mut [f32], ldc: usize, epi: &Epilogue) {
+        let m = self.m;
+        if n == 0 {
+            return;
+        }
+        assert!((m - 1) * ldc + n <= c.len(), "output does not fit its slice");
+        epi.check(m, n);
+        let out = OutPtr(c.as_mut_ptr());
+        let f = |pn: usize| {
+            let acc = AccBlock::new();
+            for i0 in (0..m).step_by(MR) {
+                let (j0, rows) = (pn * NR, MR.min(m - i0));
+                let cols = NR.min(n - j0);
+                // SAFETY: rows i0.. < m and columns j0..j0 + cols <= n lie
+                // in `c` (checked above); each B panel's columns go to one
+                // thread.
+                let mut dst = unsafe { out.block_rows(ldc, i0, j0, rows, cols) };
+                epi.apply_block_into(&acc, i0, j0, cols, &mut dst[..rows]);
+            }
+        };
+        if rayon::current_num_threads() == 1 {
+            (0..n.div_ceil(NR)).for_each(f);
+        } else {
+            (0..n.div_ceil(NR)).into_par_iter().for_each(f);
+        }
+    }
 }
 
 /// The tile product of `m` rows of packed A panels (`ap`, in `b`'s split)
@@ -1104,7 +1272,7 @@ pub fn tile_mlp_with(
     let step = split.parts() * BLOCK_BYTES;
     let (a_len, h_len) = (b1.kblocks * BLOCK_BYTES, b2.kblocks * BLOCK_BYTES);
     with_a_buffer(a_len * panels, |ap| {
-        pack_a_panels(a, ap, a_len, split);
+        timed_pack(|| pack_a_panels(a, ap, a_len, split));
         with_reused_bytes(&HIDDEN_BUFFER, h_len * panels, |hp| {
             let hidden_out = OutPtr(hp.as_mut_ptr());
             // Block (i0, j0) of the hidden layer is k-block j0 / 32 of A
@@ -1174,17 +1342,14 @@ pub fn tile_igemm_with(isa: TileIsa, blk: TileBlocking, a: I8Mat, a_zero: &[i32]
     let a_len = b.kblocks * BLOCK_BYTES;
     with_a_buffer(a_len * m.div_ceil(MR), |ap| {
         let mut row_sums = vec![0i32; m];
-        ap.par_chunks_mut(a_len.max(1)).zip(row_sums.par_chunks_mut(MR)).enumerate().for_each(|(p, (dst, sums))| {
-            let i0 = p * MR;
-            pack::pack_a_i8(dst, MR.min(m - i0), k, a.signed, |i| &a.data[(i0 + i) * a.row_stride..][..k], sums);
+        timed_pack(|| {
+            ap.par_chunks_mut(a_len.max(1)).zip(row_sums.par_chunks_mut(MR)).enumerate().for_each(|(p, (dst, sums))| {
+                let i0 = p * MR;
+                pack::pack_a_i8(dst, MR.min(m - i0), k, a.signed, |i| &a.data[(i0 + i) * a.row_stride..][..k], sums);
+            })
         });
         igemm_packed(kind, isa, blk, m, k, a_zero, ap, &row_sums, b, out)
     })
-}
-
-thread_local! {
-    /// A panel's rows quantized to 8 bits, before they are packed.
-    static QUANTIZED_ROWS: std::cell::Cell<Option<Bytes>> = const { std::cell::Cell::new(None) };
 }
 
 /// `c = epi(a @ b)` for fp32 `a` (`m x k`, any strides) and an 8-bit
@@ -1228,15 +1393,17 @@ pub fn tile_igemm_quantizing_with(
         let mut row_sums = vec![0i32; m];
         let mut scale_a = vec![0f32; m];
         let panels = ap.par_chunks_mut(a_len.max(1)).zip(row_sums.par_chunks_mut(MR)).zip(scale_a.par_chunks_mut(MR));
-        panels.enumerate().for_each(|(p, ((dst, sums), scales))| {
-            let (i0, rows) = (p * MR, MR.min(m - p * MR));
-            with_reused_bytes(&QUANTIZED_ROWS, rows * k, |q| {
-                let mut gathered = Vec::new();
-                for (i, (qr, s)) in q.chunks_exact_mut(k.max(1)).zip(scales.iter_mut()).enumerate() {
-                    *s = crate::quant::quantize_row_i8(a.row(i0 + i, &mut gathered), qr);
-                }
-                pack::pack_a_i8(dst, rows, k, true, |i| &q[i * k..][..k], sums);
-            });
+        timed_pack(|| {
+            panels.enumerate().for_each(|(p, ((dst, sums), scales))| {
+                let (i0, rows) = (p * MR, MR.min(m - p * MR));
+                with_reused_bytes(&QUANTIZED_ROWS, rows * k, |q| {
+                    let mut gathered = Vec::new();
+                    for (i, (qr, s)) in q.chunks_exact_mut(k.max(1)).zip(scales.iter_mut()).enumerate() {
+                        *s = crate::quant::quantize_row_i8(a.row(i0 + i, &mut gathered), qr);
+                    }
+                    pack::pack_a_i8(dst, rows, k, true, |i| &q[i * k..][..k], sums);
+                });
+            })
         });
         let out = I8Out::F32 { c, ldc, scale_a: &scale_a, scale_b, epi };
         igemm_packed(kind, isa, blk, m, k, &[0], ap, &row_sums, b, out)
@@ -1328,6 +1495,47 @@ mod amx_tests {
     }
 
     /// The ISAs to test (see [`crate::gemm::ukernel::isas_under_test`]).
+    /// `StagedA`'s stages: packing and the tile loop leave the output
+    /// alone, and the epilogue alone finishes every element from a zero
+    /// product (here `relu(bias)`), ragged edges included.
+    #[test]
+    fn staged_gemm_stages_touch_what_they_say() {
+        let (m, k, n) = (70, 40, 45);
+        let a = rand_vec(m * k, 11);
+        let b = rand_vec(k * n, 12);
+        let bias = rand_vec(n, 13);
+        let pb = PackedB::from_f32(MatRef::row_major(&b, k, n), Split::Bf16);
+        for isa in isas() {
+            let mut staged = StagedA::new(m, &pb);
+            staged.pack(MatRef::row_major(&a, m, k));
+            staged.product(isa, TileBlocking::DEFAULT, &pb);
+            let mut c = vec![f32::NAN; m * n];
+            let epi = Epilogue { bias: Some(&bias), activation: Activation::Relu, ..Default::default() };
+            staged.epilogue(n, &mut c, n, &epi);
+            for (at, v) in c.iter().enumerate() {
+                assert_eq!(*v, bias[at % n].max(0.0), "{isa:?} element {at}");
+            }
+        }
+    }
+
+    /// The driver's stage counts: with timing on, a product counts time in
+    /// the microkernel, its epilogues, packing and tile sessions; with it
+    /// off, nothing is counted.
+    #[test]
+    fn stage_counts_follow_the_switch() {
+        let (m, k, n) = (64, 96, 64);
+        let a = rand_vec(m * k, 21);
+        let b = rand_vec(k * n, 22);
+        let pb = PackedB::from_f32(MatRef::row_major(&b, k, n), Split::Bf16);
+        let mut c = vec![0f32; m * n];
+        let _ = stage_ticks_since_last(true);
+        tile_sgemm(TileIsa::Emulated, MatRef::row_major(&a, m, k), &pb, &mut c, n, &Epilogue::default());
+        let [kloop, _prefetch, finish, pack, session] = stage_ticks_since_last(false);
+        assert!(kloop > 0 && finish > 0 && pack > 0 && session > 0, "{kloop} {finish} {pack} {session}");
+        tile_sgemm(TileIsa::Emulated, MatRef::row_major(&a, m, k), &pb, &mut c, n, &Epilogue::default());
+        assert_eq!(stage_ticks_since_last(false), [0; 5]);
+    }
+
     fn isas() -> Vec<TileIsa> {
         crate::gemm::ukernel::isas_under_test()
     }
