@@ -20,9 +20,8 @@ pub struct Row {
     pub blocking: String,
     /// The tile kernel's epilogue: "" (none) or "bias+ACTIVATION".
     pub epilogue: String,
-    /// With `--stages`, which part of a bf16 tile GEMM the row times:
-    /// "pack-a" (A's panels alone), "product" (the tile loop over packed
-    /// panels, no epilogue); "" for the whole call.
+    /// With `--stages`, which part of a tile GEMM the row times (see
+    /// [`Options::stages`]); "" for the whole call.
     pub stage: String,
     /// Whether the packed weights were on huge pages (tile kernels).
     pub huge_pages: bool,
@@ -90,8 +89,12 @@ pub struct Options {
     /// Weight memory settings to compare for the tile kernels (huge pages
     /// on, off).
     pub huge_pages: Vec<bool>,
-    /// Also time a bf16 tile GEMM's stages apart (A packing, the tile loop
-    /// without epilogue).
+    /// Also time a bf16 tile GEMM's stages apart ("pack-a": A's panels
+    /// alone; "product": the tile loop without epilogue; "epilogue": the
+    /// epilogue alone), and split the calls of every tile GEMM (bf16 and
+    /// int8) by the driver's time stamps ("in-call" and the `in-*` rows of
+    /// [`in_call_stages`]). Rows other than the call and "product" carry no
+    /// GFLOP/s.
     pub stages: bool,
 }
 
@@ -300,8 +303,9 @@ fn time(min_seconds: f64, mut f: impl FnMut()) -> f64 {
 }
 
 /// Where a tile GEMM's calls spend their time, from the driver's own time
-/// stamps in one run of `f` (about `min_seconds`): seconds per call and
-/// thread in the microkernel ("in-kloop"), the output prefetches
+/// stamps in one run of `f` (about `min_seconds`): the mean wall seconds
+/// per call ("in-call"; the "call" row is the median or best of at most
+/// 200 calls), and seconds per call and thread in the microkernel ("in-kloop"), the output prefetches
 /// ("in-prefetch"), the epilogues ("in-finish"), packing A ("in-pack") and
 /// the tasks' tile sessions ("in-session"); the rest of "in-call" is task
 /// scheduling, loop overhead and threads waiting for each other. On a machine whose
@@ -472,7 +476,7 @@ pub fn run(opts: &Options) -> Result<Vec<Row>, String> {
                             stage_times = vec![("pack-a", pack), ("product", product), ("epilogue", epilogue)];
                             let mut i = 0;
                             stage_times.extend(pool.install(|| {
-                                in_call_stages(opts.min_seconds, threads, || {
+                                in_call_stages(opts.min_seconds, pool.current_num_threads(), || {
                                     i += 1;
                                     let pb = &pbs[i % pbs.len()];
                                     tile_sgemm_with(isa, blk, MatRef::row_major(&a, m, k), pb, &mut c, n, &epi)
@@ -514,7 +518,7 @@ pub fn run(opts: &Options) -> Result<Vec<Row>, String> {
                             let mut i = 0;
                             let mut ci = vec![0i32; m * n];
                             stage_times = pool.install(|| {
-                                in_call_stages(opts.min_seconds, threads, || {
+                                in_call_stages(opts.min_seconds, pool.current_num_threads(), || {
                                     i += 1;
                                     let am = I8Mat { data: &ab, rows: m, cols: k, row_stride: k, signed: false };
                                     let out = match act {
@@ -546,7 +550,8 @@ pub fn run(opts: &Options) -> Result<Vec<Row>, String> {
                 };
                 let chip = chip_peak(&peaks, cores, kernel, threads).unwrap_or(0.0);
                 for (stage, secs) in std::iter::once(("", secs)).chain(stage_times) {
-                    let gflops = flops / secs / 1e9;
+                    // Only the call and the tile loop do the GEMM's work.
+                    let gflops = if matches!(stage, "" | "product" | "in-call") { flops / secs / 1e9 } else { 0.0 };
                     rows.push(Row {
                         kernel: kernel.clone(),
                         blocking: if tile_isa(kernel).is_some() { blk.name() } else { String::new() },
@@ -562,7 +567,7 @@ pub fn run(opts: &Options) -> Result<Vec<Row>, String> {
                         threads,
                         gflops,
                         micros: secs * 1e6,
-                        weight_gbs: weight_bytes as f64 / secs / 1e9,
+                        weight_gbs: if gflops > 0.0 { weight_bytes as f64 / secs / 1e9 } else { 0.0 },
                         peak_gflops: peak,
                         pct_of_peak: if peak > 0.0 { 100.0 * gflops / peak } else { 0.0 },
                         chip_peak_gflops: chip,

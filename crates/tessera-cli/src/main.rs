@@ -142,8 +142,11 @@ enum Cmd {
         /// compare both.
         #[arg(long, value_delimiter = ',', default_value = "on")]
         huge_pages: Vec<String>,
-        /// Also time each bf16 tile GEMM's stages apart: packing A alone ("pack-a") and the tile loop
-        /// over packed panels without epilogue ("product"); the whole call is the "call" row.
+        /// Also time each bf16 tile GEMM's stages apart: packing A alone ("pack-a"), the tile loop over
+        /// packed panels without epilogue ("product") and the epilogue alone ("epilogue"); and split the
+        /// calls of every tile GEMM (bf16 and int8) by the driver's own time stamps: mean wall time per call
+        /// ("in-call"), and per call and thread the microkernel ("in-kloop"), output prefetches
+        /// ("in-prefetch"), epilogues ("in-finish"), packing A ("in-pack") and tile sessions ("in-session").
         #[arg(long)]
         stages: bool,
         #[arg(long)]

@@ -1,0 +1,31 @@
+//! The tile driver's stage counts (`stage_ticks_since_last`), alone in a
+//! test binary of their own: they are process-wide, and a product running in
+//! another test of the same process would add to them.
+
+use tessera_kernels::gemm::{stage_ticks_since_last, tile_sgemm, Epilogue, MatRef, PackedB, Split, TileIsa};
+
+fn values(n: usize, seed: u32) -> Vec<f32> {
+    (0..n)
+        .map(|i| ((i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) >> 8) as f32 / (1u32 << 24) as f32 - 0.5)
+        .collect()
+}
+
+/// With timing on, a product counts time in the microkernel, its
+/// epilogues and the packing of A, and less in the tile sessions than in
+/// the microkernel (the sessions' begin and end may round to nothing off
+/// x86-64, where the stamps are nanoseconds); with it off, a product counts
+/// nothing.
+#[test]
+fn stage_counts_follow_the_switch() {
+    let (m, k, n) = (64, 96, 64);
+    let (a, b) = (values(m * k, 1), values(k * n, 2));
+    let pb = PackedB::from_f32(MatRef::row_major(&b, k, n), Split::Bf16);
+    let mut c = vec![0f32; m * n];
+    let _ = stage_ticks_since_last(true);
+    tile_sgemm(TileIsa::Emulated, MatRef::row_major(&a, m, k), &pb, &mut c, n, &Epilogue::default());
+    let [kloop, _prefetch, finish, pack, session] = stage_ticks_since_last(false);
+    assert!(kloop > 0 && finish > 0 && pack > 0, "{kloop} {finish} {pack}");
+    assert!(kloop > session, "{kloop} {session}");
+    tile_sgemm(TileIsa::Emulated, MatRef::row_major(&a, m, k), &pb, &mut c, n, &Epilogue::default());
+    assert_eq!(stage_ticks_since_last(false), [0; 5]);
+}
