@@ -306,9 +306,11 @@ fn time(min_seconds: f64, mut f: impl FnMut()) -> f64 {
 /// stamps in one run of `f` (about `min_seconds`): the mean wall seconds
 /// per call ("in-call"; the "call" row is the median or best of at most
 /// 200 calls), and seconds per call and thread in the microkernel ("in-kloop"), the output prefetches
-/// ("in-prefetch"), the epilogues ("in-finish"), packing A ("in-pack") and
-/// the tasks' tile sessions ("in-session"); the rest of "in-call" is task
-/// scheduling, loop overhead and threads waiting for each other. On a machine whose
+/// ("in-prefetch"), the epilogues ("in-finish"), packing A ("in-pack"),
+/// the tasks' tile sessions ("in-session"), and a thread's wait in the
+/// product for its first task ("in-wait-first"; all of it for a thread that
+/// got none) and after its last ("in-wait-last"); the rest of "in-call" is
+/// the loops between the calls and what a call does besides the product. On a machine whose
 /// speed changes from run to run, these shares hold within the run.
 fn in_call_stages(min_seconds: f64, threads: usize, mut f: impl FnMut()) -> Vec<(&'static str, f64)> {
     f();
@@ -320,7 +322,7 @@ fn in_call_stages(min_seconds: f64, threads: usize, mut f: impl FnMut()) -> Vec<
         calls += 1;
     }
     let (secs, ticks) = (start.elapsed().as_secs_f64(), gemm::tick_count() - t0);
-    let [kloop, prefetch, finish, pack, session] = gemm::stage_ticks_since_last(false);
+    let [kloop, prefetch, finish, pack, session, wait_first, wait_last] = gemm::stage_ticks_since_last(false);
     let per = |t: u64| t as f64 / ticks.max(1) as f64 * secs / (calls * threads.max(1)) as f64;
     vec![
         ("in-call", secs / calls as f64),
@@ -329,6 +331,8 @@ fn in_call_stages(min_seconds: f64, threads: usize, mut f: impl FnMut()) -> Vec<
         ("in-finish", per(finish)),
         ("in-pack", per(pack)),
         ("in-session", per(session)),
+        ("in-wait-first", per(wait_first)),
+        ("in-wait-last", per(wait_last)),
     ]
 }
 

@@ -146,7 +146,8 @@ enum Cmd {
         /// packed panels without epilogue ("product") and the epilogue alone ("epilogue"); and split the
         /// calls of every tile GEMM (bf16 and int8) by the driver's own time stamps: mean wall time per call
         /// ("in-call"), and per call and thread the microkernel ("in-kloop"), output prefetches
-        /// ("in-prefetch"), epilogues ("in-finish"), packing A ("in-pack") and tile sessions ("in-session").
+        /// ("in-prefetch"), epilogues ("in-finish"), packing A ("in-pack"), tile sessions ("in-session") and each
+        /// thread's wait for its first task and after its last ("in-wait-first", "in-wait-last").
         #[arg(long)]
         stages: bool,
         #[arg(long)]
@@ -419,12 +420,14 @@ fn cmd_bench(m: &ModelArgs, warmup: usize, iterations: usize, json: bool, profil
         if stages.iter().any(|&t| t > 0) {
             let ms = |t: u64| t as f64 / ticks.max(1) as f64 * secs * 1e3 / (iterations.max(1) * s.threads()) as f64;
             eprintln!(
-                "tile driver, ms per run and thread: microkernel {:.3}, epilogue {:.3}, output prefetch {:.3}, packing A {:.3}, tile sessions {:.3}",
+                "tile driver, ms per run and thread: microkernel {:.3}, epilogue {:.3}, output prefetch {:.3}, packing A {:.3}, tile sessions {:.3}, waiting for a first task {:.3}, after the last {:.3}",
                 ms(stages[0]),
                 ms(stages[2]),
                 ms(stages[1]),
                 ms(stages[3]),
-                ms(stages[4])
+                ms(stages[4]),
+                ms(stages[5]),
+                ms(stages[6])
             );
         }
     }

@@ -23,9 +23,22 @@ fn stage_counts_follow_the_switch() {
     let mut c = vec![0f32; m * n];
     let _ = stage_ticks_since_last(true);
     tile_sgemm(TileIsa::Emulated, MatRef::row_major(&a, m, k), &pb, &mut c, n, &Epilogue::default());
-    let [kloop, _prefetch, finish, pack, session] = stage_ticks_since_last(false);
+    let [kloop, _prefetch, finish, pack, session, _wait_first, _wait_last] = stage_ticks_since_last(false);
     assert!(kloop > 0 && finish > 0 && pack > 0, "{kloop} {finish} {pack}");
     assert!(kloop > session, "{kloop} {session}");
     tile_sgemm(TileIsa::Emulated, MatRef::row_major(&a, m, k), &pb, &mut c, n, &Epilogue::default());
-    assert_eq!(stage_ticks_since_last(false), [0; 5]);
+    assert_eq!(stage_ticks_since_last(false), [0; 7]);
+
+    // A product of one task (one 32x32 block) on a pool of two threads:
+    // the thread that gets no task waits for the whole product, which is
+    // longer than the one task's microkernel calls.
+    let (m, k, n) = (32, 256, 32);
+    let (a, b) = (values(m * k, 3), values(k * n, 4));
+    let pb = PackedB::from_f32(MatRef::row_major(&b, k, n), Split::Bf16);
+    let mut c = vec![0f32; m * n];
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+    let _ = stage_ticks_since_last(true);
+    pool.install(|| tile_sgemm(TileIsa::Emulated, MatRef::row_major(&a, m, k), &pb, &mut c, n, &Epilogue::default()));
+    let [kloop, .., wait_first, _wait_last] = stage_ticks_since_last(false);
+    assert!(kloop > 0 && wait_first >= kloop, "{kloop} {wait_first}");
 }

@@ -678,7 +678,13 @@ fn drive_timed<const TIMED: bool>(
     let n_ranges = nb.div_ceil(per_range);
     let tasks = m_chunks * n_ranges;
     let chunks = kblocks.max(1).div_ceil(kc);
+    // Per pool thread (timed copy only): its first task's start and its
+    // last task's end, to tell the waits around the tasks apart.
+    let spans: Vec<[AtomicU64; 2]> =
+        if TIMED { (0..threads).map(|_| [AtomicU64::new(u64::MAX), AtomicU64::new(0)]).collect() } else { Vec::new() };
+    let drive_start = stage_ticks(TIMED);
     let task = |t: usize| {
+        let task_start = stage_ticks(TIMED);
         let (mc, nr) = (t / n_ranges, t % n_ranges);
         // The task's stage counts, summed here and added to `STAGE_TICKS`
         // once at its end (one shared line updated by every call of every
@@ -775,12 +781,31 @@ fn drive_timed<const TIMED: bool>(
             for (total, c) in STAGE_TICKS.iter().zip(&counts) {
                 total.fetch_add(c.get(), Ordering::Relaxed);
             }
+            let span = &spans[rayon::current_thread_index().unwrap_or(0) % threads];
+            span[0].fetch_min(task_start, Ordering::Relaxed);
+            span[1].fetch_max(stage_ticks(true), Ordering::Relaxed);
         }
     };
     if tasks <= 1 || threads == 1 {
         (0..tasks).for_each(task);
     } else {
         (0..tasks).into_par_iter().for_each(task);
+    }
+    if TIMED {
+        // Each thread's wait for its first task (all of the product for a
+        // thread that got none) and after its last one, until the product
+        // ends.
+        let drive_end = stage_ticks(true);
+        for [first, last] in &spans {
+            let (first, last) = (first.load(Ordering::Relaxed), last.load(Ordering::Relaxed));
+            let (before, after) = if first == u64::MAX {
+                (drive_end.saturating_sub(drive_start), 0)
+            } else {
+                (first.saturating_sub(drive_start), drive_end.saturating_sub(last))
+            };
+            STAGE_TICKS[5].fetch_add(before, Ordering::Relaxed);
+            STAGE_TICKS[6].fetch_add(after, Ordering::Relaxed);
+        }
     }
 }
 
@@ -790,16 +815,16 @@ static STAGE_TIMING: AtomicBool = AtomicBool::new(false);
 
 /// Time stamp counts spent, when [`STAGE_TIMING`] is on, in each stage
 /// [`stage_ticks_since_last`] lists, summed over threads.
-static STAGE_TICKS: [AtomicU64; 5] =
-    [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)];
+static STAGE_TICKS: [AtomicU64; 7] = [const { AtomicU64::new(0) }; 7];
 
 /// Turns the tile driver's stage counts on or off and returns what they
 /// summed since the last call, in time stamp counts over all threads: the
 /// microkernel calls, the output prefetches, the epilogues (`finish`), the
-/// packing of A (its wall time times the threads) and the tasks' tile
-/// sessions (begin and end). In one run, so their shares hold whatever
-/// speed the machine runs at.
-pub fn stage_ticks_since_last(on: bool) -> [u64; 5] {
+/// packing of A (its wall time times the threads), the tasks' tile
+/// sessions (begin and end), and each pool thread's wait in a product for
+/// its first task and after its last one. In one run, so their shares hold
+/// whatever speed the machine runs at.
+pub fn stage_ticks_since_last(on: bool) -> [u64; 7] {
     STAGE_TIMING.store(on, Ordering::Relaxed);
     STAGE_TICKS.each_ref().map(|t| t.swap(0, Ordering::Relaxed))
 }
