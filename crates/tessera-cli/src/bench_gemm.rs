@@ -321,7 +321,7 @@ fn in_call_stages(min_seconds: f64, threads: usize, mut f: impl FnMut()) -> Vec<
         f();
         calls += 1;
     }
-    let (secs, ticks) = (start.elapsed().as_secs_f64(), gemm::tick_count() - t0);
+    let (secs, ticks) = (start.elapsed().as_secs_f64(), gemm::tick_count().saturating_sub(t0));
     let [kloop, prefetch, finish, pack, session, wait_first, wait_last] = gemm::stage_ticks_since_last(false);
     let per = |t: u64| t as f64 / ticks.max(1) as f64 * secs / (calls * threads.max(1)) as f64;
     vec![

@@ -401,7 +401,7 @@ fn cmd_bench(m: &ModelArgs, warmup: usize, iterations: usize, json: bool, profil
         let _ = tessera_kernels::gemm::stage_ticks_since_last(true);
         let (start, t0) = (std::time::Instant::now(), tessera_kernels::gemm::tick_count());
         time_runs(&s, &inputs, 0, iterations.max(1), false)?;
-        let (secs, ticks) = (start.elapsed().as_secs_f64(), tessera_kernels::gemm::tick_count() - t0);
+        let (secs, ticks) = (start.elapsed().as_secs_f64(), tessera_kernels::gemm::tick_count().saturating_sub(t0));
         let stages = tessera_kernels::gemm::stage_ticks_since_last(false);
         tessera_providers::profile::set_enabled(false);
         let rows = tessera_providers::profile::take();
