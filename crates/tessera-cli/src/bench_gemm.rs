@@ -311,8 +311,10 @@ fn time(min_seconds: f64, mut f: impl FnMut()) -> f64 {
 /// product for its first task ("in-wait-first"; all of it for a thread that
 /// got none) and after its last ("in-wait-last"); the rest of "in-call" is
 /// the loops between the calls and what a call does besides the product. On a machine whose
-/// speed changes from run to run, these shares hold within the run.
-fn in_call_stages(min_seconds: f64, threads: usize, mut f: impl FnMut()) -> Vec<(&'static str, f64)> {
+/// speed changes from run to run, these shares hold within the run. Runs
+/// on the pool it measures.
+fn in_call_stages(min_seconds: f64, mut f: impl FnMut()) -> Vec<(&'static str, f64)> {
+    let threads = rayon::current_num_threads();
     f();
     let _ = gemm::stage_ticks_since_last(true);
     let (start, t0) = (Instant::now(), gemm::tick_count());
@@ -457,14 +459,14 @@ pub fn run(opts: &Options) -> Result<Vec<Row>, String> {
                             .map(|_| PackedB::from_f32(MatRef::row_major(&b, k, n), split))
                             .collect();
                         let mut i = 0;
-                        let s = pool.install(|| {
-                            time(opts.min_seconds, || {
-                                i += 1;
-                                let pb = &pbs[i % pbs.len()];
-                                tile_sgemm_with(isa, blk, MatRef::row_major(&a, m, k), pb, &mut c, n, &epi)
-                            })
-                        });
+                        let mut call = || {
+                            i += 1;
+                            let pb = &pbs[i % pbs.len()];
+                            tile_sgemm_with(isa, blk, MatRef::row_major(&a, m, k), pb, &mut c, n, &epi)
+                        };
+                        let s = pool.install(|| time(opts.min_seconds, &mut call));
                         if opts.stages {
+                            let in_call = pool.install(|| in_call_stages(opts.min_seconds, &mut call));
                             let mut staged = StagedA::new(m, &pb0);
                             let pack =
                                 pool.install(|| time(opts.min_seconds, || staged.pack(MatRef::row_major(&a, m, k))));
@@ -478,14 +480,7 @@ pub fn run(opts: &Options) -> Result<Vec<Row>, String> {
                             let epilogue =
                                 pool.install(|| time(opts.min_seconds, || staged.epilogue(n, &mut c, n, &epi)));
                             stage_times = vec![("pack-a", pack), ("product", product), ("epilogue", epilogue)];
-                            let mut i = 0;
-                            stage_times.extend(pool.install(|| {
-                                in_call_stages(opts.min_seconds, pool.current_num_threads(), || {
-                                    i += 1;
-                                    let pb = &pbs[i % pbs.len()];
-                                    tile_sgemm_with(isa, blk, MatRef::row_major(&a, m, k), pb, &mut c, n, &epi)
-                                })
-                            }));
+                            stage_times.extend(in_call);
                         }
                         // A split GEMM does `products` times the work of the
                         // fp32 GEMM it computes: compare with peak / products.
@@ -503,41 +498,22 @@ pub fn run(opts: &Options) -> Result<Vec<Row>, String> {
                             (0..copies(opts.cold, k * n)).map(|_| PackedB::from_i8(&bb, k, n, true, &[0])).collect();
                         let mut ci = vec![0i32; m * n];
                         let mut i = 0;
-                        let s = pool.install(|| {
-                            time(opts.min_seconds, || {
-                                i += 1;
-                                let am = I8Mat { data: &ab, rows: m, cols: k, row_stride: k, signed: false };
-                                // With an epilogue, the dynamic-quantization
-                                // output (scaled to fp32, then the epilogue).
-                                let out = match act {
-                                    Some(_) => {
-                                        I8Out::F32 { c: &mut c, ldc: n, scale_a: &[0.01], scale_b: &[0.01], epi: &epi }
-                                    }
-                                    None => I8Out::I32 { c: &mut ci, ldc: n },
-                                };
-                                tile_igemm_with(isa, blk, am, &[128], &pbs[i % pbs.len()], out)
-                            })
-                        });
+                        let mut call = || {
+                            i += 1;
+                            let am = I8Mat { data: &ab, rows: m, cols: k, row_stride: k, signed: false };
+                            // With an epilogue, the dynamic-quantization
+                            // output (scaled to fp32, then the epilogue).
+                            let out = match act {
+                                Some(_) => {
+                                    I8Out::F32 { c: &mut c, ldc: n, scale_a: &[0.01], scale_b: &[0.01], epi: &epi }
+                                }
+                                None => I8Out::I32 { c: &mut ci, ldc: n },
+                            };
+                            tile_igemm_with(isa, blk, am, &[128], &pbs[i % pbs.len()], out)
+                        };
+                        let s = pool.install(|| time(opts.min_seconds, &mut call));
                         if opts.stages {
-                            let mut i = 0;
-                            let mut ci = vec![0i32; m * n];
-                            stage_times = pool.install(|| {
-                                in_call_stages(opts.min_seconds, pool.current_num_threads(), || {
-                                    i += 1;
-                                    let am = I8Mat { data: &ab, rows: m, cols: k, row_stride: k, signed: false };
-                                    let out = match act {
-                                        Some(_) => I8Out::F32 {
-                                            c: &mut c,
-                                            ldc: n,
-                                            scale_a: &[0.01],
-                                            scale_b: &[0.01],
-                                            epi: &epi,
-                                        },
-                                        None => I8Out::I32 { c: &mut ci, ldc: n },
-                                    };
-                                    tile_igemm_with(isa, blk, am, &[128], &pbs[i % pbs.len()], out)
-                                })
-                            });
+                            stage_times = pool.install(|| in_call_stages(opts.min_seconds, &mut call));
                         }
                         (s, peak_of(isa).1, pbs[0].packed_bytes())
                     }

@@ -1122,11 +1122,6 @@ fn pack_a_panels(a: MatRef<f32>, ap: &mut [u8], a_len: usize, split: Split) {
     });
 }
 
-thread_local! {
-    /// A panel's rows quantized to 8 bits, before they are packed.
-    static QUANTIZED_ROWS: std::cell::Cell<Option<Bytes>> = const { std::cell::Cell::new(None) };
-}
-
 /// A [`tile_sgemm`] call cut into its stages, timed apart by `tessera
 /// bench-gemm --stages`: the A panels packed on their own
 /// ([`StagedA::pack`]), then the product over them with no epilogue
@@ -1176,7 +1171,7 @@ impl StagedA {
         assert!((m - 1) * ldc + n <= c.len(), "output does not fit its slice");
         epi.check(m, n);
         let out = OutPtr(c.as_mut_ptr());
-        let f = |pn: usize| {
+        (0..n.div_ceil(NR)).into_par_iter().for_each(|pn| {
             let acc = AccBlock::new();
             for i0 in (0..m).step_by(MR) {
                 let (j0, rows) = (pn * NR, MR.min(m - i0));
@@ -1187,12 +1182,7 @@ impl StagedA {
                 let mut dst = unsafe { out.block_rows(ldc, i0, j0, rows, cols) };
                 epi.apply_block_into(&acc, i0, j0, cols, &mut dst[..rows]);
             }
-        };
-        if rayon::current_num_threads() == 1 {
-            (0..n.div_ceil(NR)).for_each(f);
-        } else {
-            (0..n.div_ceil(NR)).into_par_iter().for_each(f);
-        }
+        });
     }
 }
 
@@ -1388,6 +1378,11 @@ pub fn tile_igemm_with(isa: TileIsa, blk: TileBlocking, a: I8Mat, a_zero: &[i32]
         });
         igemm_packed(kind, isa, blk, m, k, a_zero, ap, &row_sums, b, out)
     })
+}
+
+thread_local! {
+    /// A panel's rows quantized to 8 bits, before they are packed.
+    static QUANTIZED_ROWS: std::cell::Cell<Option<Bytes>> = const { std::cell::Cell::new(None) };
 }
 
 /// `c = epi(a @ b)` for fp32 `a` (`m x k`, any strides) and an 8-bit
