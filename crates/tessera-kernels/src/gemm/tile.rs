@@ -446,6 +446,31 @@ pub struct TileBlocking {
     /// limits above) instead of the driver's own choice: for measuring
     /// grids. [`TileBlocking::name`] shows the grid requested.
     pub grid: Option<(usize, usize)>,
+    /// How the threads share out the grid's runs of B panels.
+    pub schedule: Schedule,
+}
+
+/// How [`drive`]'s threads share out a product's runs of B panels.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Schedule {
+    /// Runs of the grid's length, each a task that an idle thread takes
+    /// over; the product's last task can leave every other thread waiting
+    /// for a whole run.
+    Static,
+    /// Runs claimed by each thread from its own contiguous share of the
+    /// grid's B panels, then from the back of other threads' shares: runs
+    /// of the grid's length shortening to one panel toward the end, so
+    /// that the threads finish together (see `GuidedRuns`).
+    Guided,
+}
+
+impl Schedule {
+    fn name(self) -> &'static str {
+        match self {
+            Schedule::Static => "static",
+            Schedule::Guided => "guided",
+        }
+    }
 }
 
 /// How a task brings its next weight panel into L2 while it multiplies the
@@ -496,6 +521,7 @@ impl TileBlocking {
         prefetch: Prefetch::A,
         stream: WeightStream::Spread,
         grid: None,
+        schedule: Schedule::Guided,
     };
 
     /// `kc_blocks` for "chunks of 8 k-blocks when a panel has at most 24
@@ -513,17 +539,28 @@ impl TileBlocking {
         }
     }
 
-    /// Parses `kc:panels:prefetch[:stream[:grid]]` (prefetch `none`, `a`
-    /// or `ab`; stream `off`, `bulk` or `spread`; grid `auto` or `PxR`, A
-    /// and B panels per task), as in `8:4:a`; `kc` 0 keeps K whole, `auto`
-    /// is [`TileBlocking::KC_AUTO`].
+    /// Parses `kc:panels:prefetch[:stream[:grid[:schedule]]]` (prefetch
+    /// `none`, `a` or `ab`; stream `off`, `bulk` or `spread`; grid `auto` or
+    /// `PxR`, A and B panels per task; schedule `static` or `guided`), as in
+    /// `8:4:a`; `kc` 0 keeps K whole, `auto` is [`TileBlocking::KC_AUTO`].
     pub fn parse(s: &str) -> Result<TileBlocking, String> {
         let parts: Vec<&str> = s.split(':').collect();
-        let (kc, panels, pf, stream, grid) = match parts[..] {
-            [kc, panels, pf] => (kc, panels, pf, None, None),
-            [kc, panels, pf, stream] => (kc, panels, pf, Some(stream), None),
-            [kc, panels, pf, stream, grid] => (kc, panels, pf, Some(stream), Some(grid)),
-            _ => return Err(format!("tile blocking '{s}': want kc:panels:prefetch[:stream[:grid]], like 8:4:a")),
+        let (kc, panels, pf, stream, grid, schedule) = match parts[..] {
+            [kc, panels, pf] => (kc, panels, pf, None, None, None),
+            [kc, panels, pf, stream] => (kc, panels, pf, Some(stream), None, None),
+            [kc, panels, pf, stream, grid] => (kc, panels, pf, Some(stream), Some(grid), None),
+            [kc, panels, pf, stream, grid, schedule] => (kc, panels, pf, Some(stream), Some(grid), Some(schedule)),
+            _ => {
+                return Err(format!(
+                    "tile blocking '{s}': want kc:panels:prefetch[:stream[:grid[:schedule]]], like 8:4:a"
+                ))
+            }
+        };
+        let schedule = match schedule {
+            None => TileBlocking::DEFAULT.schedule,
+            Some("static") => Schedule::Static,
+            Some("guided") => Schedule::Guided,
+            Some(other) => return Err(format!("tile blocking '{s}': schedule '{other}' is not static or guided")),
         };
         let grid = match grid {
             None | Some("auto") => None,
@@ -556,7 +593,7 @@ impl TileBlocking {
             return Err(format!("tile blocking '{s}': panels must be 1..=64"));
         }
         let kc_blocks = if kc == "auto" { TileBlocking::KC_AUTO } else { num(kc, "kc")? };
-        Ok(TileBlocking { kc_blocks, a_panels, prefetch, stream, grid, ..TileBlocking::DEFAULT })
+        Ok(TileBlocking { kc_blocks, a_panels, prefetch, stream, grid, schedule, ..TileBlocking::DEFAULT })
     }
 
     /// The blocking [`tile_sgemm`] and [`tile_igemm`] use: `DEFAULT`, or
@@ -582,7 +619,14 @@ impl TileBlocking {
             Prefetch::Ab => "ab",
         };
         let kc = if self.kc_blocks == TileBlocking::KC_AUTO { "auto".to_string() } else { self.kc_blocks.to_string() };
-        let grid = self.grid.map_or(String::new(), |(p, r)| format!(":{p}x{r}"));
+        // The schedule is named only where it is not the default, so that
+        // names written before it existed still read the same.
+        let grid = match (self.grid, self.schedule == TileBlocking::DEFAULT.schedule) {
+            (Some((p, r)), true) => format!(":{p}x{r}"),
+            (None, true) => String::new(),
+            (Some((p, r)), false) => format!(":{p}x{r}:{}", self.schedule.name()),
+            (None, false) => format!(":auto:{}", self.schedule.name()),
+        };
         format!("{kc}:{}:{pf}:{}{grid}", self.a_panels, self.stream.name())
     }
 }
@@ -675,17 +719,33 @@ fn drive_timed<const TIMED: bool>(
         whole(kc.min(fit))
     };
     let m_chunks = mb.div_ceil(per_chunk);
-    let n_ranges = nb.div_ceil(per_range);
-    let tasks = m_chunks * n_ranges;
     let chunks = kblocks.max(1).div_ceil(kc);
+
     // Per pool thread (timed copy only): its first task's start and its
     // last task's end, to tell the waits around the tasks apart.
     let spans: Vec<[AtomicU64; 2]> =
         if TIMED { (0..threads).map(|_| [AtomicU64::new(u64::MAX), AtomicU64::new(0)]).collect() } else { Vec::new() };
     let drive_start = stage_ticks(TIMED);
-    let task = |t: usize| {
+    // A task multiplies A chunk `mc` by the B panels `cols`. `claim_next`
+    // (called once, as the task starts its last B panel or its last K chunk
+    // of it) gives the run the thread takes next, so that its first panel
+    // streams in meanwhile; the task returns that run.
+    let task = |mc: usize, cols: std::ops::Range<usize>, claim_next: &dyn Fn() -> Option<Run>| -> Option<Run> {
         let task_start = stage_ticks(TIMED);
-        let (mc, nr) = (t / n_ranges, t % n_ranges);
+        let claimed: std::cell::Cell<Option<Option<Run>>> = std::cell::Cell::new(None);
+        // The next run's first panel (or its first `len` bytes), claiming
+        // the run now.
+        let next_run_panel = |len: usize| -> &[u8] {
+            let run = claim_next();
+            claimed.set(Some(run.clone()));
+            match run {
+                Some((_, next_cols)) => {
+                    let p = b.panel(next_cols.start);
+                    &p[..len.min(p.len())]
+                }
+                None => &[],
+            }
+        };
         // The task's stage counts, summed here and added to `STAGE_TICKS`
         // once at its end (one shared line updated by every call of every
         // thread would itself cost time at 16 threads).
@@ -701,7 +761,6 @@ fn drive_timed<const TIMED: bool>(
         let sess = TileSession::begin(isa, blk.prefetch);
         count(4, t0);
         let rows = mc * per_chunk..((mc + 1) * per_chunk).min(mb);
-        let cols = nr * per_range..((nr + 1) * per_range).min(nb);
         // One microkernel call: A panel `mi` times B panel `pn` over the
         // k-blocks `k0..k1`, streaming `stream` into L2 meanwhile.
         let call = |mi: usize, pn: usize, k0: usize, k1: usize, acc: &mut AccBlock, stream: &[u8]| {
@@ -735,7 +794,7 @@ fn drive_timed<const TIMED: bool>(
             for pn in cols.clone() {
                 // Weights come from DRAM once per inference: start the next
                 // panel's trip to L2 while this one is multiplied.
-                let next = if pn + 1 < cols.end { b.panel(pn + 1) } else { &[][..] };
+                let next = if pn + 1 < cols.end { b.panel(pn + 1) } else { next_run_panel(a_len) };
                 if blk.stream == WeightStream::Bulk {
                     prefetch_l2(next);
                 }
@@ -763,7 +822,7 @@ fn drive_timed<const TIMED: bool>(
                     } else if c + 1 < chunks {
                         &b.panel(cols.start)[hi..(hi + kc * BLOCK_BYTES).min(a_len)]
                     } else {
-                        &[][..]
+                        next_run_panel(kc * BLOCK_BYTES)
                     };
                     if blk.stream == WeightStream::Bulk {
                         prefetch_l2(next);
@@ -785,11 +844,41 @@ fn drive_timed<const TIMED: bool>(
             span[0].fetch_min(task_start, Ordering::Relaxed);
             span[1].fetch_max(stage_ticks(true), Ordering::Relaxed);
         }
+        claimed.take().unwrap_or_else(claim_next)
     };
-    if tasks <= 1 || threads == 1 {
-        (0..tasks).for_each(task);
-    } else {
-        (0..tasks).into_par_iter().for_each(task);
+    // One thread has nobody to balance against: the grid's own tasks.
+    let schedule = if threads == 1 { Schedule::Static } else { blk.schedule };
+    match schedule {
+        Schedule::Static => {
+            let n_ranges = nb.div_ceil(per_range);
+            let tasks = m_chunks * n_ranges;
+            let fixed = |t: usize| {
+                let nr = t % n_ranges;
+                task(t / n_ranges, nr * per_range..((nr + 1) * per_range).min(nb), &|| None);
+            };
+            if tasks <= 1 || threads == 1 {
+                (0..tasks).for_each(fixed);
+            } else {
+                (0..tasks).into_par_iter().for_each(fixed);
+            }
+        }
+        Schedule::Guided => {
+            let takers = threads.min(m_chunks * nb);
+            let claims = GuidedRuns::new(m_chunks, nb, per_range, takers);
+            // Each taker claims runs until none is left, so a thread that
+            // stalls holds up only the run it has claimed.
+            let take = |me: usize| {
+                let mut run = claims.next(me);
+                while let Some((mc, cols)) = run {
+                    run = task(mc, cols, &|| claims.next(me));
+                }
+            };
+            if takers <= 1 {
+                take(0);
+            } else {
+                (0..takers).into_par_iter().for_each(take);
+            }
+        }
     }
     if TIMED {
         // Each thread's wait for its first task (all of the product for a
@@ -1006,6 +1095,89 @@ const STRAGGLER_SHARE: usize = 4;
 /// at any K. At M = 128 a B panel streamed from memory takes about as long
 /// as the products it feeds (see [`WeightStream`]).
 const PANEL_LOAD_COST: usize = 1;
+
+/// A run of a product's tasks: an A chunk and a range of B panels.
+type Run = (usize, std::ops::Range<usize>);
+
+/// The runs of one product under [`Schedule::Guided`]. The (A chunk,
+/// B panel) pairs, A chunks in order and each chunk's B panels in order,
+/// are cut into one contiguous segment per taker. A taker claims runs from
+/// the front of its own segment, so that its weight panels follow each
+/// other in memory as in a fixed grid; when that is empty it takes from the
+/// back of the segment with the most pairs left. A run never crosses an A
+/// chunk's end and is at most `run` pairs long; once a segment has `run`
+/// pairs or fewer left, a claim takes half of them (rounded up), so that
+/// runs shorten toward the end and a stalled taker keeps little to itself.
+struct GuidedRuns {
+    /// Per segment, its unclaimed pairs `front..back` as `front << 32 | back`
+    /// (pair `chunk * nb + panel`).
+    segments: Vec<AtomicU64>,
+    nb: usize,
+    run: usize,
+}
+
+impl GuidedRuns {
+    fn new(m_chunks: usize, nb: usize, run: usize, takers: usize) -> GuidedRuns {
+        let nb = nb.max(1);
+        let total = m_chunks * nb;
+        // Pair indices fit 32 bits: a product has far fewer 32x32 blocks.
+        assert!(total < 1 << 32, "{total} output block pairs");
+        let count = takers.clamp(1, total.max(1));
+        let segments = (0..count)
+            .map(|i| {
+                let (front, back) = (i * total / count, (i + 1) * total / count);
+                AtomicU64::new(((front as u64) << 32) | back as u64)
+            })
+            .collect();
+        GuidedRuns { segments, nb, run: run.clamp(1, nb) }
+    }
+
+    /// Pairs a claim takes from `left` unclaimed ones.
+    fn claim_len(&self, left: usize) -> usize {
+        if left > self.run {
+            self.run
+        } else {
+            left.div_ceil(2)
+        }
+    }
+
+    /// The next run for taker `me`: its A chunk and its B panels, or `None`
+    /// when every pair is claimed.
+    fn next(&self, me: usize) -> Option<Run> {
+        let unpack = |v: u64| ((v >> 32) as usize, (v & 0xffff_ffff) as usize);
+        let pack = |front: usize, back: usize| ((front as u64) << 32) | back as u64;
+        let own = &self.segments[me % self.segments.len()];
+        // From the front of the taker's own segment.
+        let mut v = own.load(Ordering::Relaxed);
+        loop {
+            let (front, back) = unpack(v);
+            if front >= back {
+                break;
+            }
+            let len = self.claim_len(back - front).min(self.nb - front % self.nb);
+            match own.compare_exchange_weak(v, pack(front + len, back), Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => return Some((front / self.nb, front % self.nb..front % self.nb + len)),
+                Err(now) => v = now,
+            }
+        }
+        // From the back of the fullest other segment.
+        loop {
+            let (victim, v) = self.segments.iter().map(|s| (s, s.load(Ordering::Relaxed))).max_by_key(|&(_, v)| {
+                let (front, back) = unpack(v);
+                back.saturating_sub(front)
+            })?;
+            let (front, back) = unpack(v);
+            if front >= back {
+                return None;
+            }
+            let len = self.claim_len(back - front).min((back - 1) % self.nb + 1);
+            if victim.compare_exchange(v, pack(front, back - len), Ordering::Relaxed, Ordering::Relaxed).is_ok() {
+                let start = back - len;
+                return Some((start / self.nb, start % self.nb..start % self.nb + len));
+            }
+        }
+    }
+}
 
 /// The `i`-th call's `share` bytes of `next`, the memory a microkernel call
 /// streams into L2 under [`WeightStream::Spread`] (none otherwise).
@@ -1569,7 +1741,8 @@ mod amx_tests {
     /// both loop orders of the driver (A resident, K outermost: small
     /// `a_bytes`) are all reached on test-sized shapes.
     fn blocking() -> impl Strategy<Value = TileBlocking> {
-        (0usize..5, 1usize..4, 0usize..3, 0usize..3, 0usize..3, 0usize..4).prop_map(|(kc, panels, pf, st, ab, g)| {
+        let knobs = (0usize..5, 1usize..4, 0usize..3, 0usize..3, 0usize..3, 0usize..4, any::<bool>());
+        knobs.prop_map(|(kc, panels, pf, st, ab, g, guided)| {
             TileBlocking {
                 kc_blocks: if kc == 4 { TileBlocking::KC_AUTO } else { kc },
                 a_panels: panels,
@@ -1578,6 +1751,7 @@ mod amx_tests {
                 stream: [WeightStream::Off, WeightStream::Bulk, WeightStream::Spread][st],
                 // Fixed grids too (clamped to the limits by the driver).
                 grid: [None, Some((1, 1)), Some((2, 3)), Some((9, 9))][g],
+                schedule: if guided { Schedule::Guided } else { Schedule::Static },
             }
         })
     }
@@ -2094,7 +2268,15 @@ mod blocking_tests {
 
     #[test]
     fn blocking_names_parse_back() {
-        for s in ["0:8:ab:bulk", "4:2:none:spread", "16:64:a:off", "auto:8:a:spread", "auto:8:a:spread:2x3"] {
+        for s in [
+            "0:8:ab:bulk",
+            "4:2:none:spread",
+            "16:64:a:off",
+            "auto:8:a:spread",
+            "auto:8:a:spread:2x3",
+            "auto:8:a:spread:auto:static",
+            "auto:8:a:spread:2x3:static",
+        ] {
             assert_eq!(TileBlocking::parse(s).unwrap().name(), s);
         }
         let three = TileBlocking::parse("0:8:ab").unwrap();
@@ -2105,6 +2287,8 @@ mod blocking_tests {
         assert_eq!(TileBlocking::parse("0:8:a").unwrap().k_chunk(12), 12);
         assert_eq!(TileBlocking::parse("0:8:a:off:auto").unwrap().grid, None);
         assert_eq!(TileBlocking::parse("0:8:a:off:4x1").unwrap().grid, Some((4, 1)));
+        assert_eq!(TileBlocking::parse("0:8:a:off:4x1:guided").unwrap(), TileBlocking::parse("0:8:a:off:4x1").unwrap());
+        assert_eq!(TileBlocking::parse("0:8:a:off:auto:static").unwrap().schedule, Schedule::Static);
         for bad in [
             "0:8",
             "0:8:ab:fast",
@@ -2118,9 +2302,88 @@ mod blocking_tests {
             "0:8:ab:bulk:2x3x4",
             "0:8:ab:bulk:99999999999999999999999x1",
             "0:8:a:off:2x3:1",
+            "0:8:a:off:2x3:dynamic",
+            "0:8:a:off:2x3:static:1",
         ] {
             assert!(TileBlocking::parse(bad).is_err(), "{bad} parsed");
         }
+    }
+
+    /// Every run `GuidedRuns` hands out, in order, claimed by takers in
+    /// the order `order` gives (cycled) until all are taken.
+    fn guided_runs(m_chunks: usize, nb: usize, run: usize, takers: usize, order: &[usize]) -> Vec<(usize, Run)> {
+        let claims = GuidedRuns::new(m_chunks, nb, run, takers);
+        let mut out = Vec::new();
+        for &me in order.iter().cycle() {
+            match claims.next(me) {
+                Some(r) => out.push((me, r)),
+                None => return out,
+            }
+        }
+        unreachable!()
+    }
+
+    fn lens(runs: &[(usize, Run)]) -> Vec<usize> {
+        runs.iter().map(|(_, (_, r))| r.len()).collect()
+    }
+
+    #[test]
+    fn guided_runs_follow_each_takers_segment_then_halve() {
+        // BERT-base at batch 1 on 2 threads, N = 768: each taker starts
+        // with the grid's run of 6 panels from its own 12, then halves what
+        // is left; its panels follow each other.
+        let both = guided_runs(1, 24, 6, 2, &[0, 1]);
+        let cols: Vec<_> = both.iter().map(|(me, (_, r))| (*me, r.start, r.end)).collect();
+        assert_eq!(
+            cols,
+            [(0, 0, 6), (1, 12, 18), (0, 6, 9), (1, 18, 21), (0, 9, 11), (1, 21, 23), (0, 11, 12), (1, 23, 24)]
+        );
+        // A taker that never comes back after its first run: the other
+        // takes the rest of its segment from the back, in halves.
+        let claims = GuidedRuns::new(1, 24, 6, 2);
+        assert_eq!(claims.next(1), Some((0, 12..18)));
+        let rest: Vec<Run> = std::iter::from_fn(|| claims.next(0)).collect();
+        assert_eq!(rest, [(0, 0..6), (0, 6..9), (0, 9..11), (0, 11..12), (0, 21..24), (0, 19..21), (0, 18..19)]);
+        // One panel per run where the grid says so.
+        assert_eq!(lens(&guided_runs(3, 5, 1, 16, &[0])), [1; 15]);
+        assert_eq!(lens(&guided_runs(1, 3, 99, 1, &[0])), [2, 1]);
+    }
+
+    #[test]
+    fn guided_runs_cover_each_pair_once_within_chunks() {
+        for (m_chunks, nb, run, takers, order) in [
+            (1, 24, 6, 2, &[0, 1][..]),
+            (4, 96, 12, 16, &[3, 0, 15, 15, 7][..]),
+            (2, 10, 4, 3, &[2][..]),
+            (3, 7, 3, 5, &[4, 1][..]),
+            (1, 1, 1, 8, &[5][..]),
+            (5, 33, 40, 2, &[1, 1, 0][..]),
+            (2, 3, 2, 64, &[9, 40][..]),
+        ] {
+            let runs = guided_runs(m_chunks, nb, run, takers, order);
+            let mut seen = vec![0u32; m_chunks * nb];
+            for (_, (chunk, cols)) in &runs {
+                assert!(*chunk < m_chunks && !cols.is_empty() && cols.end <= nb && cols.len() <= run.max(1));
+                cols.clone().for_each(|p| seen[chunk * nb + p] += 1);
+            }
+            assert!(seen.iter().all(|&n| n == 1), "{m_chunks} {nb} {run} {takers}: {runs:?}");
+        }
+    }
+
+    #[test]
+    fn guided_runs_claimed_by_racing_threads_cover_each_pair_once() {
+        let claims = GuidedRuns::new(3, 50, 7, 4);
+        let taken: Vec<Vec<Run>> = std::thread::scope(|s| {
+            let claims = &claims;
+            let handles: Vec<_> =
+                (0..4).map(|me| s.spawn(move || std::iter::from_fn(|| claims.next(me)).collect())).collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let mut seen = vec![0u32; 150];
+        for (chunk, cols) in taken.iter().flatten() {
+            cols.clone().for_each(|p| seen[chunk * 50 + p] += 1);
+        }
+        assert!(seen.iter().all(|&n| n == 1));
     }
 
     fn grid(mb: usize, nb: usize, threads: usize, most_a: usize) -> (usize, usize) {
