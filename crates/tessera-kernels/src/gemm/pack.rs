@@ -402,6 +402,55 @@ pub(crate) mod avx512 {
         }
     }
 
+    /// [`super::quantize_pack_a_i8`] for row `i` of the panel (`src` its
+    /// `k` values, `kb` k-blocks): returns the row's scale and the sum of
+    /// its quantized values. The same values as the portable path: max |x|
+    /// skipping NaN (scale 1 for a row of zeros, NaN or an infinity), each
+    /// value times the scale's inverse, clamped to +-127 and rounded half
+    /// to even; a NaN value becomes 0.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub(super) fn quantize_pack_a_row_i8(dst: &mut [u8], kb: usize, i: usize, src: &[f32]) -> (f32, i32) {
+        let k = src.len();
+        let mask = |at: usize| {
+            let n = k.saturating_sub(at).min(16);
+            if n == 16 {
+                u16::MAX
+            } else {
+                ((1u32 << n) - 1) as __mmask16
+            }
+        };
+        let p = src.as_ptr();
+        // SAFETY: only lanes whose mask bit is set are read, and those lie
+        // inside `src`; masked-off lanes never fault.
+        let load = |at: usize| unsafe { _mm512_maskz_loadu_ps(mask(at), p.wrapping_add(at)) };
+        let mut most = _mm512_setzero_ps();
+        for at in (0..k).step_by(16) {
+            // A NaN first operand yields the second: NaN is skipped.
+            most = _mm512_max_ps(_mm512_abs_ps(load(at)), most);
+        }
+        let m = _mm512_reduce_max_ps(most);
+        let s = if m > 0.0 && m.is_finite() { m / 127.0 } else { 1.0 };
+        let inv = _mm512_set1_ps(1.0 / s);
+        let (lo, hi) = (_mm512_set1_ps(-127.0), _mm512_set1_ps(127.0));
+        let mut sum = _mm512_setzero_si512();
+        for b in 0..kb {
+            let at = b * BLOCK_BYTES + a_offset(i, 0);
+            let out = &mut dst[at..at + TILE_ROW_BYTES];
+            for q in 0..4 {
+                let y = _mm512_mul_ps(load(64 * b + 16 * q), inv);
+                let finite = _mm512_cmp_ps_mask::<_CMP_ORD_Q>(y, y);
+                let y = _mm512_maskz_mov_ps(finite, _mm512_min_ps(_mm512_max_ps(y, lo), hi));
+                // Rounds half to even (the default MXCSR mode).
+                let v = _mm512_cvtps_epi32(y);
+                sum = _mm512_add_epi32(sum, v);
+                // SAFETY: `out` is 64 bytes (sliced above); the 16 bytes
+                // at 16q are inside it; unaligned store.
+                unsafe { _mm_storeu_si128(out.as_mut_ptr().add(16 * q).cast(), _mm512_cvtsepi32_epi8(v)) };
+            }
+        }
+        (s, _mm512_reduce_add_epi32(sum))
+    }
+
     /// Writes one 64-byte tile row at `dst[at..at + 64]`.
     #[inline]
     #[target_feature(enable = "avx512f")]
@@ -540,6 +589,63 @@ pub fn pack_a_i8<'a>(
     }
 }
 
+/// Quantizes rows `i0..i0 + rows` of `a` (at most 32, one A panel) to
+/// signed int8 per row and packs them: `dst` as [`pack_a_i8`] leaves it,
+/// `sums[i]` the row's sum of quantized values, `scales[i]` its scale, each
+/// row as [`crate::quant::quantize_row_i8`] quantizes it. One fused AVX-512
+/// pass per row (max, then quantize, pack and sum) where the CPU has
+/// AVX-512 BW; else those two functions.
+pub fn quantize_pack_a_i8(
+    dst: &mut [u8],
+    a: MatRef<f32>,
+    i0: usize,
+    rows: usize,
+    sums: &mut [i32],
+    scales: &mut [f32],
+) {
+    let k = a.cols;
+    let kb = k_blocks(DotKind::I8 { a_signed: true, b_signed: true }, k);
+    assert!(dst.len() >= kb * BLOCK_BYTES && rows <= 32 && sums.len() >= rows && scales.len() >= rows);
+    assert!(i0 + rows <= a.rows, "rows {i0}..{} of {}", i0 + rows, a.rows);
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512bw") {
+        let mut gathered = Vec::new();
+        for i in 0..32 {
+            if i < rows {
+                let src = a.row(i0 + i, &mut gathered);
+                // SAFETY: the CPU has AVX-512 F and BW (checked above).
+                (scales[i], sums[i]) = unsafe { avx512::quantize_pack_a_row_i8(dst, kb, i, src) };
+            } else {
+                for b in 0..kb {
+                    let at = b * BLOCK_BYTES + a_offset(i, 0);
+                    dst[at..at + TILE_ROW_BYTES].fill(0);
+                }
+            }
+        }
+        return;
+    }
+    quantize_pack_a_i8_portable(dst, a, i0, rows, sums, scales);
+}
+
+/// [`quantize_pack_a_i8`] on any CPU: each row quantized by
+/// [`crate::quant::quantize_row_i8`], then packed by [`pack_a_i8`].
+pub(crate) fn quantize_pack_a_i8_portable(
+    dst: &mut [u8],
+    a: MatRef<f32>,
+    i0: usize,
+    rows: usize,
+    sums: &mut [i32],
+    scales: &mut [f32],
+) {
+    let k = a.cols;
+    let mut gathered = Vec::new();
+    let mut q = vec![0u8; rows * k];
+    for (i, s) in scales.iter_mut().enumerate().take(rows) {
+        *s = crate::quant::quantize_row_i8(a.row(i0 + i, &mut gathered), &mut q[i * k..(i + 1) * k]);
+    }
+    pack_a_i8(dst, rows, k, true, |i| &q[i * k..][..k], sums);
+}
+
 /// Packs columns `0..cols` of an 8-bit B panel (`get(k, j)` the raw byte).
 pub fn pack_b_i8(dst: &mut [u8], cols: usize, k: usize, get: impl Fn(usize, usize) -> u8) {
     let kind = DotKind::I8 { a_signed: false, b_signed: false };
@@ -597,7 +703,88 @@ mod tests {
         }
     }
 
+    /// Finite values of every size, ties of the int8 rounding and
+    /// infinities (NaN is checked apart: the two paths give it different
+    /// garbage bytes).
+    fn finite_or_infinite() -> impl Strategy<Value = f32> {
+        prop_oneof![
+            4 => (-3.0f32..3.0f32),
+            1 => (-1e30f32..1e30f32),
+            // Exact halves: rows whose max is 127 put them on ties.
+            1 => (-254i32..=254).prop_map(|h| h as f32 * 0.5),
+            1 => Just(0.0f32),
+            1 => Just(-0.0f32),
+            1 => Just(f32::INFINITY),
+            1 => Just(f32::NEG_INFINITY),
+            1 => Just(f32::MIN_POSITIVE / 4.0),
+        ]
+    }
+
+    fn fused_quantizer_runs() -> bool {
+        #[cfg(target_arch = "x86_64")]
+        let fused = std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512bw");
+        #[cfg(not(target_arch = "x86_64"))]
+        let fused = false;
+        if !fused {
+            assert!(std::env::var("TESSERA_REQUIRE_AMX").as_deref() != Ok("1"), "AMX machine without AVX-512 BW");
+            static SAID: std::sync::Once = std::sync::Once::new();
+            SAID.call_once(|| eprintln!("SKIPPED fused int8 quantizer: the CPU lacks AVX-512 BW (portable path only)"));
+        }
+        fused
+    }
+
+    #[test]
+    fn amx_int8_fused_quantizer_turns_nan_into_zero_and_skips_it_in_the_scale() {
+        let mut row = vec![1.0f32; 70];
+        row[3] = f32::NAN;
+        row[69] = -2.0;
+        let (mut dst, mut sums, mut scales) = (vec![0xAAu8; 2 * BLOCK_BYTES], vec![0i32; 1], vec![0f32; 1]);
+        quantize_pack_a_i8(&mut dst, MatRef::row_major(&row, 1, 70), 0, 1, &mut sums, &mut scales);
+        assert_eq!(scales[0], 2.0 / 127.0);
+        let q = |kk: usize| dst[(kk / 64) * BLOCK_BYTES + a_offset(0, kk % 64)] as i8;
+        if fused_quantizer_runs() {
+            assert_eq!(q(3), 0);
+        }
+        assert_eq!((q(0), q(68), q(69)), (64, 64, -127));
+        // 68 values of 1.0 (63.5 rounds to 64), one NaN (0 on the fused path).
+        let nan_byte = q(3) as i32;
+        assert_eq!(sums[0], 68 * 64 - 127 + nan_byte);
+    }
+
     proptest! {
+        /// The fused AVX-512 quantizer (where the CPU has AVX-512 BW; named
+        /// for scripts/test's AMX check) writes the bytes, row sums and
+        /// scales of the portable quantize-then-pack path, over stale
+        /// bytes, for row-major and strided A.
+        #[test]
+        fn amx_int8_fused_quantizer_matches_the_portable_path(
+            rows in 1usize..=32,
+            k in 0usize..300,
+            first_row in 0usize..3,
+            strided: bool,
+            zero_row in proptest::option::of(0usize..32),
+            vals in proptest::collection::vec(finite_or_infinite(), 1000),
+            step in 1usize..1000,
+        ) {
+            let total = rows + first_row;
+            let mut a: Vec<f32> = (0..total * k).map(|i| vals[i * step % 1000]).collect();
+            if let Some(z) = zero_row.filter(|&z| z < total) {
+                a[z * k..(z + 1) * k].fill(0.0);
+            }
+            // Strided: the same matrix stored transposed, read as a view.
+            let at: Vec<f32> = (0..total * k).map(|i| a[(i % total) * k + i / total]).collect();
+            let view = if strided { MatRef::row_major(&at, k, total).t() } else { MatRef::row_major(&a, total, k) };
+            let kb = k.div_ceil(64);
+            fused_quantizer_runs();
+            let (mut got, mut got_sums, mut got_scales) = (vec![0xAAu8; kb * BLOCK_BYTES], vec![7i32; 32], vec![7f32; 32]);
+            quantize_pack_a_i8(&mut got, view, first_row, rows, &mut got_sums, &mut got_scales);
+            let (mut want, mut want_sums, mut want_scales) = (vec![0x55u8; kb * BLOCK_BYTES], vec![7i32; 32], vec![7f32; 32]);
+            quantize_pack_a_i8_portable(&mut want, view, first_row, rows, &mut want_sums, &mut want_scales);
+            prop_assert!(got == want, "rows {} k {} strided {}", rows, k, strided);
+            prop_assert_eq!(got_sums, want_sums);
+            prop_assert_eq!(got_scales, want_scales);
+        }
+
         /// The 8-bit A packer against a byte-by-byte placement, into a
         /// buffer full of stale bytes: every byte of the panel is written
         /// (rows past `rows` and the ragged k-block's tail as zeros), and

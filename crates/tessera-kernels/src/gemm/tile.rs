@@ -1552,11 +1552,6 @@ pub fn tile_igemm_with(isa: TileIsa, blk: TileBlocking, a: I8Mat, a_zero: &[i32]
     })
 }
 
-thread_local! {
-    /// A panel's rows quantized to 8 bits, before they are packed.
-    static QUANTIZED_ROWS: std::cell::Cell<Option<Bytes>> = const { std::cell::Cell::new(None) };
-}
-
 /// `c = epi(a @ b)` for fp32 `a` (`m x k`, any strides) and an 8-bit
 /// weight, `a` quantized on the fly: each row symmetrically to int8 with its
 /// own scale (as [`crate::quant::quantize_rows_i8`], bit for bit), straight
@@ -1601,13 +1596,7 @@ pub fn tile_igemm_quantizing_with(
         timed_pack(|| {
             panels.enumerate().for_each(|(p, ((dst, sums), scales))| {
                 let (i0, rows) = (p * MR, MR.min(m - p * MR));
-                with_reused_bytes(&QUANTIZED_ROWS, rows * k, |q| {
-                    let mut gathered = Vec::new();
-                    for (i, (qr, s)) in q.chunks_exact_mut(k.max(1)).zip(scales.iter_mut()).enumerate() {
-                        *s = crate::quant::quantize_row_i8(a.row(i0 + i, &mut gathered), qr);
-                    }
-                    pack::pack_a_i8(dst, rows, k, true, |i| &q[i * k..][..k], sums);
-                });
+                pack::quantize_pack_a_i8(dst, a, i0, rows, sums, scales);
             })
         });
         let out = I8Out::F32 { c, ldc, scale_a: &scale_a, scale_b, epi };
