@@ -708,8 +708,8 @@ mod tests {
     /// garbage bytes).
     fn finite_or_infinite() -> impl Strategy<Value = f32> {
         prop_oneof![
-            4 => (-3.0f32..3.0f32),
-            1 => (-1e30f32..1e30f32),
+            4 => -3.0f32..3.0f32,
+            1 => -1e30f32..1e30f32,
             // Exact halves: rows whose max is 127 put them on ties.
             1 => (-254i32..=254).prop_map(|h| h as f32 * 0.5),
             1 => Just(0.0f32),
