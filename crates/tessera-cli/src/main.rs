@@ -121,10 +121,10 @@ enum Cmd {
         /// Weights from DRAM: cycle through copies that overflow the caches.
         #[arg(long)]
         cold: bool,
-        /// Tile driver blockings to compare, each kc:panels:prefetch[:stream[:grid]] (k-blocks per K chunk,
-        /// 0 = all of K; most A panels per task; microkernel prefetch none, a or ab; how the next weight
-        /// panel reaches L2: off, bulk or spread; the task grid, auto or PxR A x B panels per task), comma
-        /// separated.
+        /// Tile driver blockings to compare, each kc:panels:prefetch[:stream[:grid[:schedule]]] (k-blocks per
+        /// K chunk, 0 = all of K; most A panels per task; microkernel prefetch none, a or ab; how the next
+        /// weight panel reaches L2: off, bulk or spread; the task grid, auto or PxR A x B panels per task; how
+        /// threads share the grid out, guided (default) or static), comma separated.
         #[arg(long, value_delimiter = ',')]
         tile_blocking: Vec<String>,
         /// Report each case's fastest call instead of the median (noise on a shared machine only adds time).

@@ -268,7 +268,11 @@ fn quantize_row_i8_body<const FMA: bool>(row: &[f32], q: &mut [u8]) -> f32 {
     let s = if m > 0.0 && m.is_finite() { m / 127.0 } else { 1.0 };
     let inv = 1.0 / s;
     for (d, &v) in q.iter_mut().zip(row) {
-        *d = low_byte(round_even_small((v * inv).clamp(-127.0, 127.0)));
+        // NaN quantizes to 0 (its low byte would be garbage), as in the
+        // fused AVX-512 quantizer of the tile driver.
+        let y = v * inv;
+        let y = if y.is_nan() { 0.0 } else { y };
+        *d = low_byte(round_even_small(y.clamp(-127.0, 127.0)));
     }
     s
 }

@@ -367,6 +367,11 @@ pub(crate) mod avx512 {
         put_row(dst, b * BLOCK_BYTES + a_offset(i, 0), words);
     }
 
+    /// Whether [`quantize_pack_a_row_i8`] can run (AVX-512F only).
+    pub(super) fn quantizer_usable() -> bool {
+        std::arch::is_x86_feature_detected!("avx512f")
+    }
+
     pub(super) fn usable() -> bool {
         std::arch::is_x86_feature_detected!("avx512f")
             && std::arch::is_x86_feature_detected!("avx512bw")
@@ -408,7 +413,7 @@ pub(crate) mod avx512 {
     /// skipping NaN (scale 1 for a row of zeros, NaN or an infinity), each
     /// value times the scale's inverse, clamped to +-127 and rounded half
     /// to even; a NaN value becomes 0.
-    #[target_feature(enable = "avx512f,avx512bw")]
+    #[target_feature(enable = "avx512f")]
     pub(super) fn quantize_pack_a_row_i8(dst: &mut [u8], kb: usize, i: usize, src: &[f32]) -> (f32, i32) {
         let k = src.len();
         let mask = |at: usize| {
@@ -421,7 +426,9 @@ pub(crate) mod avx512 {
         };
         let p = src.as_ptr();
         // SAFETY: only lanes whose mask bit is set are read, and those lie
-        // inside `src`; masked-off lanes never fault.
+        // inside `src`; masked-off lanes never fault. `at` may lie past the
+        // end of `src` (the last k-block's tail): its mask is then 0 and the
+        // address, formed by `wrapping_add`, is never dereferenced.
         let load = |at: usize| unsafe { _mm512_maskz_loadu_ps(mask(at), p.wrapping_add(at)) };
         let mut most = _mm512_setzero_ps();
         for at in (0..k).step_by(16) {
@@ -592,9 +599,9 @@ pub fn pack_a_i8<'a>(
 /// Quantizes rows `i0..i0 + rows` of `a` (at most 32, one A panel) to
 /// signed int8 per row and packs them: `dst` as [`pack_a_i8`] leaves it,
 /// `sums[i]` the row's sum of quantized values, `scales[i]` its scale, each
-/// row as [`crate::quant::quantize_row_i8`] quantizes it. One fused AVX-512
-/// pass per row (max, then quantize, pack and sum) where the CPU has
-/// AVX-512 BW; else those two functions.
+/// row as [`crate::quant::quantize_row_i8`] quantizes it (NaN included:
+/// it becomes 0). One fused AVX-512 pass per row (max, then quantize, pack
+/// and sum) where the CPU has AVX-512F; else those two functions.
 pub fn quantize_pack_a_i8(
     dst: &mut [u8],
     a: MatRef<f32>,
@@ -605,15 +612,16 @@ pub fn quantize_pack_a_i8(
 ) {
     let k = a.cols;
     let kb = k_blocks(DotKind::I8 { a_signed: true, b_signed: true }, k);
-    assert!(dst.len() >= kb * BLOCK_BYTES && rows <= 32 && sums.len() >= rows && scales.len() >= rows);
+    const PANEL_ROWS: usize = 2 * TILE_ROWS;
+    assert!(dst.len() >= kb * BLOCK_BYTES && rows <= PANEL_ROWS && sums.len() >= rows && scales.len() >= rows);
     assert!(i0 + rows <= a.rows, "rows {i0}..{} of {}", i0 + rows, a.rows);
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512bw") {
+    if avx512::quantizer_usable() {
         let mut gathered = Vec::new();
-        for i in 0..32 {
+        for i in 0..PANEL_ROWS {
             if i < rows {
                 let src = a.row(i0 + i, &mut gathered);
-                // SAFETY: the CPU has AVX-512 F and BW (checked above).
+                // SAFETY: the CPU has AVX-512F (checked above).
                 (scales[i], sums[i]) = unsafe { avx512::quantize_pack_a_row_i8(dst, kb, i, src) };
             } else {
                 for b in 0..kb {
@@ -703,11 +711,11 @@ mod tests {
         }
     }
 
-    /// Finite values of every size, ties of the int8 rounding and
-    /// infinities (NaN is checked apart: the two paths give it different
-    /// garbage bytes).
-    fn finite_or_infinite() -> impl Strategy<Value = f32> {
+    /// Values of every size, ties of the int8 rounding, infinities and NaN.
+    fn quantizer_values() -> impl Strategy<Value = f32> {
         prop_oneof![
+            1 => Just(f32::NAN),
+            1 => Just(f32::from_bits(0x7F80_0001)),
             4 => -3.0f32..3.0f32,
             1 => -1e30f32..1e30f32,
             // Exact halves: rows whose max is 127 put them on ties.
@@ -722,40 +730,42 @@ mod tests {
 
     fn fused_quantizer_runs() -> bool {
         #[cfg(target_arch = "x86_64")]
-        let fused = std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512bw");
+        let fused = avx512::quantizer_usable();
         #[cfg(not(target_arch = "x86_64"))]
         let fused = false;
         if !fused {
-            assert!(std::env::var("TESSERA_REQUIRE_AMX").as_deref() != Ok("1"), "AMX machine without AVX-512 BW");
+            assert!(std::env::var("TESSERA_REQUIRE_AMX").as_deref() != Ok("1"), "AMX machine without AVX-512F");
             static SAID: std::sync::Once = std::sync::Once::new();
-            SAID.call_once(|| eprintln!("SKIPPED fused int8 quantizer: the CPU lacks AVX-512 BW (portable path only)"));
+            SAID.call_once(|| eprintln!("SKIPPED fused int8 quantizer: the CPU lacks AVX-512F (portable path only)"));
         }
         fused
     }
 
     #[test]
-    fn amx_int8_fused_quantizer_turns_nan_into_zero_and_skips_it_in_the_scale() {
+    fn amx_int8_quantizers_turn_nan_into_zero_and_skip_it_in_the_scale() {
         let mut row = vec![1.0f32; 70];
         row[3] = f32::NAN;
+        row[4] = f32::from_bits(0x7F80_0001);
         row[69] = -2.0;
         let (mut dst, mut sums, mut scales) = (vec![0xAAu8; 2 * BLOCK_BYTES], vec![0i32; 1], vec![0f32; 1]);
         quantize_pack_a_i8(&mut dst, MatRef::row_major(&row, 1, 70), 0, 1, &mut sums, &mut scales);
         assert_eq!(scales[0], 2.0 / 127.0);
-        let q = |kk: usize| dst[(kk / 64) * BLOCK_BYTES + a_offset(0, kk % 64)] as i8;
-        if fused_quantizer_runs() {
-            assert_eq!(q(3), 0);
-        }
-        assert_eq!((q(0), q(68), q(69)), (64, 64, -127));
-        // 68 values of 1.0 (63.5 rounds to 64), one NaN (0 on the fused path).
-        let nan_byte = q(3) as i32;
-        assert_eq!(sums[0], 68 * 64 - 127 + nan_byte);
+        let q = |dst: &[u8], kk: usize| dst[(kk / 64) * BLOCK_BYTES + a_offset(0, kk % 64)] as i8;
+        fused_quantizer_runs();
+        assert_eq!((q(&dst, 0), q(&dst, 3), q(&dst, 4), q(&dst, 68), q(&dst, 69)), (64, 0, 0, 64, -127));
+        // 67 values of 1.0 (63.5 rounds to 64), two NaN (0).
+        assert_eq!(sums[0], 67 * 64 - 127);
+        // The portable path alike.
+        dst.fill(0x55);
+        quantize_pack_a_i8_portable(&mut dst, MatRef::row_major(&row, 1, 70), 0, 1, &mut sums, &mut scales);
+        assert_eq!((scales[0], q(&dst, 3), q(&dst, 4), sums[0]), (2.0 / 127.0, 0, 0, 67 * 64 - 127));
     }
 
     proptest! {
         /// The fused AVX-512 quantizer (where the CPU has AVX-512 BW; named
         /// for scripts/test's AMX check) writes the bytes, row sums and
         /// scales of the portable quantize-then-pack path, over stale
-        /// bytes, for row-major and strided A.
+        /// bytes, for row-major and strided A (NaN included).
         #[test]
         fn amx_int8_fused_quantizer_matches_the_portable_path(
             rows in 1usize..=32,
@@ -763,7 +773,7 @@ mod tests {
             first_row in 0usize..3,
             strided: bool,
             zero_row in proptest::option::of(0usize..32),
-            vals in proptest::collection::vec(finite_or_infinite(), 1000),
+            vals in proptest::collection::vec(quantizer_values(), 1000),
             step in 1usize..1000,
         ) {
             let total = rows + first_row;

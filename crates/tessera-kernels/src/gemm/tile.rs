@@ -458,9 +458,10 @@ pub enum Schedule {
     /// for a whole run.
     Static,
     /// Runs claimed by each thread from its own contiguous share of the
-    /// grid's B panels, then from the back of other threads' shares: runs
-    /// of the grid's length shortening to one panel toward the end, so
-    /// that the threads finish together (see `GuidedRuns`).
+    /// grid's (A chunk, B panel) pairs, then from the back of other
+    /// threads' shares: runs of the grid's length shortening to one panel
+    /// toward the end, so that the threads finish together (see
+    /// `GuidedRuns`).
     Guided,
 }
 
@@ -619,8 +620,10 @@ impl TileBlocking {
             Prefetch::Ab => "ab",
         };
         let kc = if self.kc_blocks == TileBlocking::KC_AUTO { "auto".to_string() } else { self.kc_blocks.to_string() };
-        // The schedule is named only where it is not the default, so that
-        // names written before it existed still read the same.
+        // The schedule is named only where it is not the default. Names
+        // written before it existed (fixed grids then) read the same but
+        // parse as the guided schedule now: add `:static` to compare with
+        // results from before fb84577.
         let grid = match (self.grid, self.schedule == TileBlocking::DEFAULT.schedule) {
             (Some((p, r)), true) => format!(":{p}x{r}"),
             (None, true) => String::new(),
@@ -689,6 +692,9 @@ fn drive_timed<const TIMED: bool>(
 ) {
     let mb = m.div_ceil(MR);
     let nb = b.count;
+    if mb == 0 || nb == 0 {
+        return;
+    }
     let kblocks = b.kblocks;
     let a_len = kblocks * BLOCK_BYTES;
     // Split operands run whole k-steps (a k-block's parts together).
@@ -734,10 +740,18 @@ fn drive_timed<const TIMED: bool>(
         let task_start = stage_ticks(TIMED);
         let claimed: std::cell::Cell<Option<Option<Run>>> = std::cell::Cell::new(None);
         // The next run's first panel (or its first `len` bytes), claiming
-        // the run now.
+        // the run now. That takes it from the other threads one panel's
+        // time early (at most one panel of wait at a product's end), for a
+        // first panel that streams in instead of arriving cold; with no
+        // weight stream there is nothing to gain, and the run is claimed
+        // when this task ends.
         let next_run_panel = |len: usize| -> &[u8] {
+            if blk.stream == WeightStream::Off {
+                return &[];
+            }
             let run = claim_next();
-            claimed.set(Some(run.clone()));
+            let earlier = claimed.replace(Some(run.clone()));
+            debug_assert!(earlier.is_none(), "the next run claimed twice");
             match run {
                 Some((_, next_cols)) => {
                     let p = b.panel(next_cols.start);
@@ -813,7 +827,6 @@ fn drive_timed<const TIMED: bool>(
             for c in 0..chunks {
                 let (k0, k1) = (c * kc, ((c + 1) * kc).min(kblocks));
                 let (lo, hi) = (k0 * BLOCK_BYTES, k1 * BLOCK_BYTES);
-                let share = (hi - lo).div_ceil(rows.len()).next_multiple_of(64);
                 for (bi, pn) in cols.clone().enumerate() {
                     // The weight chunk after this one: the next panel's, or
                     // the first panel's next chunk.
@@ -827,6 +840,9 @@ fn drive_timed<const TIMED: bool>(
                     if blk.stream == WeightStream::Bulk {
                         prefetch_l2(next);
                     }
+                    // The next chunk may be longer than this one (the last,
+                    // short chunk before the next run's first).
+                    let share = (hi - lo).max(next.len()).div_ceil(rows.len()).next_multiple_of(64);
                     for (idx, mi) in rows.clone().enumerate() {
                         call(mi, pn, k0, k1, &mut accs[bi * rows.len() + idx], spread(next, idx, share));
                     }
@@ -868,9 +884,9 @@ fn drive_timed<const TIMED: bool>(
             // Each taker claims runs until none is left, so a thread that
             // stalls holds up only the run it has claimed.
             let take = |me: usize| {
-                let mut run = claims.next(me);
+                let mut run = claims.claim(me);
                 while let Some((mc, cols)) = run {
-                    run = task(mc, cols, &|| claims.next(me));
+                    run = task(mc, cols, &|| claims.claim(me));
                 }
             };
             if takers <= 1 {
@@ -1121,7 +1137,7 @@ impl GuidedRuns {
         let nb = nb.max(1);
         let total = m_chunks * nb;
         // Pair indices fit 32 bits: a product has far fewer 32x32 blocks.
-        assert!(total < 1 << 32, "{total} output block pairs");
+        assert!(u32::try_from(total).is_ok(), "{total} output block pairs");
         let count = takers.clamp(1, total.max(1));
         let segments = (0..count)
             .map(|i| {
@@ -1143,7 +1159,7 @@ impl GuidedRuns {
 
     /// The next run for taker `me`: its A chunk and its B panels, or `None`
     /// when every pair is claimed.
-    fn next(&self, me: usize) -> Option<Run> {
+    fn claim(&self, me: usize) -> Option<Run> {
         let unpack = |v: u64| ((v >> 32) as usize, (v & 0xffff_ffff) as usize);
         let pack = |front: usize, back: usize| ((front as u64) << 32) | back as u64;
         let own = &self.segments[me % self.segments.len()];
@@ -1160,7 +1176,8 @@ impl GuidedRuns {
                 Err(now) => v = now,
             }
         }
-        // From the back of the fullest other segment.
+        // From the back of the segment with the most pairs left (the
+        // taker's own is empty by now).
         loop {
             let (victim, v) = self.segments.iter().map(|s| (s, s.load(Ordering::Relaxed))).max_by_key(|&(_, v)| {
                 let (front, back) = unpack(v);
@@ -2304,7 +2321,7 @@ mod blocking_tests {
         let claims = GuidedRuns::new(m_chunks, nb, run, takers);
         let mut out = Vec::new();
         for &me in order.iter().cycle() {
-            match claims.next(me) {
+            match claims.claim(me) {
                 Some(r) => out.push((me, r)),
                 None => return out,
             }
@@ -2330,8 +2347,8 @@ mod blocking_tests {
         // A taker that never comes back after its first run: the other
         // takes the rest of its segment from the back, in halves.
         let claims = GuidedRuns::new(1, 24, 6, 2);
-        assert_eq!(claims.next(1), Some((0, 12..18)));
-        let rest: Vec<Run> = std::iter::from_fn(|| claims.next(0)).collect();
+        assert_eq!(claims.claim(1), Some((0, 12..18)));
+        let rest: Vec<Run> = std::iter::from_fn(|| claims.claim(0)).collect();
         assert_eq!(rest, [(0, 0..6), (0, 6..9), (0, 9..11), (0, 11..12), (0, 21..24), (0, 19..21), (0, 18..19)]);
         // One panel per run where the grid says so.
         assert_eq!(lens(&guided_runs(3, 5, 1, 16, &[0])), [1; 15]);
@@ -2361,18 +2378,46 @@ mod blocking_tests {
 
     #[test]
     fn guided_runs_claimed_by_racing_threads_cover_each_pair_once() {
-        let claims = GuidedRuns::new(3, 50, 7, 4);
-        let taken: Vec<Vec<Run>> = std::thread::scope(|s| {
-            let claims = &claims;
-            let handles: Vec<_> =
-                (0..4).map(|me| s.spawn(move || std::iter::from_fn(|| claims.next(me)).collect())).collect();
-            handles.into_iter().map(|h| h.join().unwrap()).collect()
-        });
-        let mut seen = vec![0u32; 150];
-        for (chunk, cols) in taken.iter().flatten() {
-            cols.clone().for_each(|p| seen[chunk * 50 + p] += 1);
+        // Four threads released together on one-panel runs (every claim
+        // a race), many times over.
+        for _ in 0..200 {
+            let (m_chunks, nb) = (4, 500);
+            let claims = GuidedRuns::new(m_chunks, nb, 1, 4);
+            let start = std::sync::Barrier::new(4);
+            let taken: Vec<Vec<Run>> = std::thread::scope(|s| {
+                let (claims, start) = (&claims, &start);
+                let handles: Vec<_> = (0..4)
+                    .map(|me| {
+                        s.spawn(move || {
+                            start.wait();
+                            // Half the takers steal from the start.
+                            std::iter::from_fn(|| claims.claim(if me % 2 == 0 { me } else { 0 })).collect()
+                        })
+                    })
+                    .collect();
+                handles.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            let mut seen = vec![0u32; m_chunks * nb];
+            for (chunk, cols) in taken.iter().flatten() {
+                cols.clone().for_each(|p| seen[chunk * nb + p] += 1);
+            }
+            assert!(seen.iter().all(|&n| n == 1));
         }
-        assert!(seen.iter().all(|&n| n == 1));
+    }
+
+    #[test]
+    fn a_product_with_no_output_columns_runs_nothing_on_several_threads() {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+        let a = vec![0u8; 3 * BLOCK_BYTES];
+        let none = Panels { data: &[], kblocks: 1, count: 0, parts: 1 };
+        let blocks = std::sync::atomic::AtomicUsize::new(0);
+        let finish = |_: &mut AccBlock, _: usize, _: usize| {
+            blocks.fetch_add(1, Ordering::Relaxed);
+        };
+        pool.install(|| {
+            drive(TileIsa::Emulated, TileBlocking::DEFAULT, DotKind::Bf16, &a, 70, none, &finish, &|_, _| {})
+        });
+        assert_eq!(blocks.load(Ordering::Relaxed), 0);
     }
 
     fn grid(mb: usize, nb: usize, threads: usize, most_a: usize) -> (usize, usize) {
