@@ -515,6 +515,15 @@ impl TileBlocking {
     /// beat prefetching it all at a panel's start (`Bulk`) in 16 of 16
     /// same-run pairs at BERT shapes from DRAM at 2 threads on the lent
     /// Xeon, by 3% to 80% (`benches/results/2026-11-27-weight-stream/`).
+    /// The guided schedule against the fixed grid on the lent 16-core Xeon
+    /// (`benches/results/2026-11-30-guided/`, one binary, 4 alternating
+    /// rounds): BERT-base faster in 3 of 4 rounds at 2 threads bf16 and 4
+    /// of 4 int8 (median 1.13x each), 3 of 4 at 16 threads (1.11x bf16,
+    /// 1.05x int8), the wait after each thread's last task down from
+    /// 1.0-3.5 to 0.5-1.2 ms per run (2 threads, bf16); in bench-gemm at
+    /// M = 128 0.94-1.50x, faster where the fixed grid's last task is long
+    /// (128x768x768 at 2 threads 1.24-1.50x), level to 6% slower at some
+    /// 16-thread shapes whose runs it cuts finer; on Zen 4 level (1.00-1.01x).
     pub const DEFAULT: TileBlocking = TileBlocking {
         kc_blocks: TileBlocking::KC_AUTO,
         a_panels: 8,
