@@ -599,7 +599,7 @@ pub fn pack_a_i8<'a>(
 /// Quantizes rows `i0..i0 + rows` of `a` (at most 32, one A panel) to
 /// signed int8 per row and packs them: `dst` as [`pack_a_i8`] leaves it,
 /// `sums[i]` the row's sum of quantized values, `scales[i]` its scale, each
-/// row as [`crate::quant::quantize_row_i8`] quantizes it (NaN included:
+/// row as [`crate::quant::quantize_rows_i8`] quantizes it (NaN included:
 /// it becomes 0). One fused AVX-512 pass per row (max, then quantize, pack
 /// and sum) where the CPU has AVX-512F; else those two functions.
 pub fn quantize_pack_a_i8(

@@ -450,7 +450,7 @@ pub struct TileBlocking {
     pub schedule: Schedule,
 }
 
-/// How [`drive`]'s threads share out a product's runs of B panels.
+/// How the tile driver's threads share out a product's runs of B panels.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Schedule {
     /// Runs of the grid's length, each a task that an idle thread takes
