@@ -83,11 +83,18 @@ impl PackedB {
         let kblocks = pack::k_blocks(DotKind::Bf16, k) * split.parts();
         let panel = kblocks * BLOCK_BYTES;
         let mut data = WeightBuf::zeroed(panel * n.div_ceil(NR));
+        b.check();
         data.par_chunks_mut(panel.max(1)).enumerate().for_each(|(p, dst)| {
-            let j0 = p * NR;
-            pack::pack_b_f32(dst, NR.min(n - j0), k, split, |kk, j| {
-                b.data[kk * b.row_stride + (j0 + j) * b.col_stride]
-            });
+            let (j0, cols) = (p * NR, NR.min(n - p * NR));
+            // Plain bf16 from rows or columns in memory: the vector packers
+            // (the same bytes; every weight passes here at session creation).
+            if split == Split::Bf16 && b.col_stride == 1 && k > 0 {
+                pack::pack_b_bf16_from_rows(dst, cols, k, |kk| &b.data[kk * b.row_stride + j0..][..cols]);
+            } else if split == Split::Bf16 && b.row_stride == 1 && k > 0 {
+                pack::pack_b_bf16_from_columns(dst, cols, k, |j| &b.data[(j0 + j) * b.col_stride..][..k]);
+            } else {
+                pack::pack_b_f32(dst, cols, k, split, |kk, j| b.data[kk * b.row_stride + (j0 + j) * b.col_stride]);
+            }
         });
         PackedB { kind: DotKind::Bf16, split: Some(split), k, n, kblocks, data, col_sums: vec![], zero: vec![] }
     }
@@ -2340,6 +2347,33 @@ mod blocking_tests {
 
     fn lens(runs: &[(usize, Run)]) -> Vec<usize> {
         runs.iter().map(|(_, (_, r))| r.len()).collect()
+    }
+
+    #[test]
+    fn bf16_weights_from_rows_columns_and_strides_pack_as_the_element_packer_does() {
+        // Row-major, column-major (a transposed view, as Gemm's transB) and
+        // neither (every other element): plain bf16 through the vector
+        // packers must give the element packer's bytes.
+        for (k, n) in [(1, 1), (1, 40), (45, 1), (70, 33), (64, 64), (129, 97)] {
+            let vals: Vec<f32> = (0..2 * k * n).map(|i| ((i * 7919 % 1013) as f32 - 506.0) / 97.0).collect();
+            let views = [
+                MatRef::row_major(&vals[..k * n], k, n),
+                MatRef::row_major(&vals[..k * n], n, k).t(),
+                MatRef { data: &vals, rows: k, cols: n, row_stride: 2 * n, col_stride: 2 },
+            ];
+            for b in views {
+                let got = PackedB::from_f32(b, Split::Bf16);
+                let panel = got.kblocks * BLOCK_BYTES;
+                let mut want = vec![0u8; panel * n.div_ceil(NR)];
+                for (p, dst) in want.chunks_mut(panel).enumerate() {
+                    let j0 = p * NR;
+                    pack::pack_b_f32(dst, NR.min(n - j0), k, Split::Bf16, |kk, j| {
+                        b.data[kk * b.row_stride + (j0 + j) * b.col_stride]
+                    });
+                }
+                assert!(got.data[..] == want[..], "{k}x{n} strides {} {}", b.row_stride, b.col_stride);
+            }
+        }
     }
 
     #[test]
