@@ -645,13 +645,18 @@ pub(crate) fn quantize_pack_a_i8_portable(
     sums: &mut [i32],
     scales: &mut [f32],
 ) {
-    let k = a.cols;
-    let mut gathered = Vec::new();
-    let mut q = vec![0u8; rows * k];
-    for (i, s) in scales.iter_mut().enumerate().take(rows) {
-        *s = crate::quant::quantize_row_i8(a.row(i0 + i, &mut gathered), &mut q[i * k..(i + 1) * k]);
+    thread_local! {
+        /// A panel's rows quantized to 8 bits, before they are packed.
+        static QUANTIZED_ROWS: std::cell::Cell<Option<super::tile::Bytes>> = const { std::cell::Cell::new(None) };
     }
-    pack_a_i8(dst, rows, k, true, |i| &q[i * k..][..k], sums);
+    let k = a.cols;
+    super::tile::with_reused_bytes(&QUANTIZED_ROWS, rows * k, |q| {
+        let mut gathered = Vec::new();
+        for (i, s) in scales.iter_mut().enumerate().take(rows) {
+            *s = crate::quant::quantize_row_i8(a.row(i0 + i, &mut gathered), &mut q[i * k..(i + 1) * k]);
+        }
+        pack_a_i8(dst, rows, k, true, |i| &q[i * k..][..k], sums);
+    });
 }
 
 /// Packs columns `0..cols` of an 8-bit B panel (`get(k, j)` the raw byte).

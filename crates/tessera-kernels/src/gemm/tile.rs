@@ -88,9 +88,9 @@ impl PackedB {
             let (j0, cols) = (p * NR, NR.min(n - p * NR));
             // Plain bf16 from rows or columns in memory: the vector packers
             // (the same bytes; every weight passes here at session creation).
-            if split == Split::Bf16 && b.col_stride == 1 && k > 0 {
+            if split == Split::Bf16 && b.col_stride == 1 {
                 pack::pack_b_bf16_from_rows(dst, cols, k, |kk| &b.data[kk * b.row_stride + j0..][..cols]);
-            } else if split == Split::Bf16 && b.row_stride == 1 && k > 0 {
+            } else if split == Split::Bf16 && b.row_stride == 1 {
                 pack::pack_b_bf16_from_columns(dst, cols, k, |j| &b.data[(j0 + j) * b.col_stride..][..k]);
             } else {
                 pack::pack_b_f32(dst, cols, k, split, |kk, j| b.data[kk * b.row_stride + (j0 + j) * b.col_stride]);
@@ -2331,24 +2331,6 @@ mod blocking_tests {
         }
     }
 
-    /// Every run `GuidedRuns` hands out, in order, claimed by takers in
-    /// the order `order` gives (cycled) until all are taken.
-    fn guided_runs(m_chunks: usize, nb: usize, run: usize, takers: usize, order: &[usize]) -> Vec<(usize, Run)> {
-        let claims = GuidedRuns::new(m_chunks, nb, run, takers);
-        let mut out = Vec::new();
-        for &me in order.iter().cycle() {
-            match claims.claim(me) {
-                Some(r) => out.push((me, r)),
-                None => return out,
-            }
-        }
-        unreachable!()
-    }
-
-    fn lens(runs: &[(usize, Run)]) -> Vec<usize> {
-        runs.iter().map(|(_, (_, r))| r.len()).collect()
-    }
-
     #[test]
     fn bf16_weights_from_rows_columns_and_strides_pack_as_the_element_packer_does() {
         // Row-major, column-major (a transposed view, as Gemm's transB) and
@@ -2374,6 +2356,24 @@ mod blocking_tests {
                 assert!(got.data[..] == want[..], "{k}x{n} strides {} {}", b.row_stride, b.col_stride);
             }
         }
+    }
+
+    /// Every run `GuidedRuns` hands out, in order, claimed by takers in
+    /// the order `order` gives (cycled) until all are taken.
+    fn guided_runs(m_chunks: usize, nb: usize, run: usize, takers: usize, order: &[usize]) -> Vec<(usize, Run)> {
+        let claims = GuidedRuns::new(m_chunks, nb, run, takers);
+        let mut out = Vec::new();
+        for &me in order.iter().cycle() {
+            match claims.claim(me) {
+                Some(r) => out.push((me, r)),
+                None => return out,
+            }
+        }
+        unreachable!()
+    }
+
+    fn lens(runs: &[(usize, Run)]) -> Vec<usize> {
+        runs.iter().map(|(_, (_, r))| r.len()).collect()
     }
 
     #[test]
