@@ -35,9 +35,18 @@ pub struct Row {
     /// Weight bytes read per call over the call's time: how close a call
     /// comes to streaming its weight at memory speed (with `--cold`).
     pub weight_gbs: f64,
-    /// Peak of the unit this kernel runs on, for these threads (0 if none).
+    /// Peak of the unit this kernel runs on, for these threads (0 if
+    /// none): the register-only probe on operand tiles of random values,
+    /// run on every thread just before and just after this case (their
+    /// best with `--best`, else their mean), so that it shares the case's
+    /// clock (on the lent Xeon the tile unit's rate on data swings 2x and
+    /// more within a process).
     pub peak_gflops: f64,
     pub pct_of_peak: f64,
+    /// The probe after the case over the probe before it: far from 1, the
+    /// machine changed speed during the case, and its share of the peak is
+    /// unreliable.
+    pub peak_drift: f64,
     /// This chip's expected peak for the kernel's precision, scaled to the
     /// threads used (atlas row or calibration; 0 if neither has one).
     pub chip_peak_gflops: f64,
@@ -191,11 +200,19 @@ fn arm_seconds(_: &str, _: &[f32], _: &[f32], _: usize, _: usize, _: usize, _: f
     Err(format!("not an Arm CPU ({})", std::env::consts::ARCH))
 }
 
-/// The bf16 microkernel alone on L1-resident panels (8 k-blocks of A and B,
+/// The bf16 microkernel alone on L1-resident panels of random values (8 k-blocks of A and B,
 /// 32 KiB): the ceiling the driver and packing can reach. GFLOP/s per core
 /// times the threads, each thread on its own panels.
 fn microkernel_gflops(pool: &rayon::ThreadPool, isa: TileIsa, seconds: f64) -> f64 {
-    let case = UkernelCase { isa, kblocks: 8, a_panels: 1, b_panels: 1, accumulate: true, prefetch: amx::Prefetch::A };
+    let case = UkernelCase {
+        isa,
+        kblocks: 8,
+        a_panels: 1,
+        b_panels: 1,
+        accumulate: true,
+        prefetch: amx::Prefetch::A,
+        random: true,
+    };
     let per = std::sync::Mutex::new(0.0);
     pool.broadcast(|_| *per.lock().unwrap() += case.gflops(seconds));
     per.into_inner().unwrap()
@@ -211,6 +228,10 @@ struct UkernelCase {
     b_panels: usize,
     accumulate: bool,
     prefetch: amx::Prefetch,
+    /// Panels of random bf16 values in [-1, 1] instead of one repeated
+    /// byte (the multipliers' switching, and so maybe the clock, follows
+    /// the data).
+    random: bool,
 }
 
 impl UkernelCase {
@@ -219,8 +240,12 @@ impl UkernelCase {
         use tessera_kernels::gemm::ukernel::{AccBlock, TileSession, BLOCK_BYTES};
         let len = self.kblocks * BLOCK_BYTES;
         // 64-byte aligned panels, as the packed ones are.
-        let a = tessera_kernels::gemm::tile::aligned_bytes(len * self.a_panels, 0x3f);
-        let b = tessera_kernels::gemm::tile::aligned_bytes(len * self.b_panels, 0x3f);
+        let mut a = tessera_kernels::gemm::tile::aligned_bytes(len * self.a_panels, 0x3f);
+        let mut b = tessera_kernels::gemm::tile::aligned_bytes(len * self.b_panels, 0x3f);
+        if self.random {
+            fill_random_bf16(&mut a, 1);
+            fill_random_bf16(&mut b, 2);
+        }
         let sess = TileSession::begin(self.isa, self.prefetch);
         let mut acc = AccBlock::new();
         let rounds = (20_000 / (self.a_panels * self.b_panels * self.kblocks / 8).max(1)).max(1);
@@ -244,27 +269,58 @@ pub fn ukernel_study(seconds: f64) -> Result<(), String> {
     tessera_hw::amx_enabled()?;
     let probe = amx::probe_peak(DotKind::Bf16, 2_000_000) / 1e9;
     println!("tile probe (register-only), 1 thread: {probe:.0} GFLOP/s");
+    print_loaded_probes(seconds);
     println!(
-        "{:<28} {:>10} {:>8} {:>8} {:>10} {:>7}",
-        "operands", "kblocks", "C load", "prefetch", "GFLOP/s", "%probe"
+        "{:<28} {:>10} {:>8} {:>8} {:>7} {:>10} {:>7}",
+        "operands", "kblocks", "C load", "prefetch", "data", "GFLOP/s", "%probe"
     );
     let placements =
         [("L1 (1 A x 1 B panel)", 8, 1, 1), ("L2 (4 A x 8 B panels)", 24, 4, 8), ("L2, long K (2 A x 2 B)", 96, 2, 2)];
     for (name, kblocks, a_panels, b_panels) in placements {
         for accumulate in [false, true] {
             for prefetch in [amx::Prefetch::None, amx::Prefetch::A, amx::Prefetch::Ab] {
-                let g = UkernelCase { isa: TileIsa::Amx, kblocks, a_panels, b_panels, accumulate, prefetch }
-                    .gflops(seconds);
-                println!(
-                    "{name:<28} {kblocks:>10} {:>8} {:>8} {g:>10.0} {:>7.1}",
-                    if accumulate { "yes" } else { "no" },
-                    format!("{prefetch:?}").to_lowercase(),
-                    100.0 * g / probe
-                );
+                // Both data patterns back to back, so that they share the
+                // machine's speed of the moment.
+                for random in [false, true] {
+                    let g =
+                        UkernelCase { isa: TileIsa::Amx, kblocks, a_panels, b_panels, accumulate, prefetch, random }
+                            .gflops(seconds);
+                    println!(
+                        "{name:<28} {kblocks:>10} {:>8} {:>8} {:>7} {g:>10.0} {:>7.1}",
+                        if accumulate { "yes" } else { "no" },
+                        format!("{prefetch:?}").to_lowercase(),
+                        if random { "random" } else { "0x3f" },
+                        100.0 * g / probe
+                    );
+                }
             }
         }
     }
+    print_loaded_probes(seconds);
     Ok(())
+}
+
+/// The register-only bf16 probe on zeroed operand tiles against the same
+/// loop on tiles of random values, alternating, each for about `seconds`.
+fn print_loaded_probes(seconds: f64) {
+    // About 16 cycles per instruction, 4 per iteration, near 3 GHz.
+    let iterations = ((seconds * 3e9 / 64.0) as usize).max(1000);
+    for round in 1..=2 {
+        let zero = amx::probe_peak(DotKind::Bf16, iterations) / 1e9;
+        let random = amx::probe_peak_data(DotKind::Bf16, iterations) / 1e9;
+        println!(
+            "tile probe round {round}, {iterations} iterations: zero tiles {zero:.0} GFLOP/s, random tiles {random:.0} GFLOP/s ({:.2}x)",
+            zero / random
+        );
+    }
+}
+
+/// Fills `bytes` with bf16 values drawn uniformly from [-1, 1].
+fn fill_random_bf16(bytes: &mut [u8], seed: u64) {
+    let values = rand_vec(bytes.len() / 2, seed);
+    for (pair, v) in bytes.chunks_exact_mut(2).zip(values) {
+        pair.copy_from_slice(&half::bf16::from_f32(v).to_bits().to_le_bytes());
+    }
 }
 
 fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
@@ -339,23 +395,36 @@ fn in_call_stages(min_seconds: f64, mut f: impl FnMut()) -> Vec<(&'static str, f
 }
 
 /// Peak operations per second of `isa` over `threads` cores, each core
-/// running the register-only probe at the same time. Each core keeps its
-/// best of three probes: on a shared machine a probe that lost its core
-/// for a while reads low (once as half the rate, which put a GEMM at 196%
-/// of "peak").
-fn tile_peak(pool: &rayon::ThreadPool, isa: TileIsa, kind: DotKind) -> f64 {
+/// running the register-only probe at the same time (`iterations` rounds),
+/// on AMX with operand tiles of random values, or of zeros when `zeros`
+/// (the AVX-512 probe's rate does not depend on its data). Each core keeps
+/// its best of `tries` probes: on a shared machine a probe that lost its
+/// core for a while reads low (once as half the rate, which put a GEMM at
+/// 196% of "peak").
+fn tile_peak(
+    pool: &rayon::ThreadPool,
+    isa: TileIsa,
+    kind: DotKind,
+    iterations: usize,
+    tries: usize,
+    zeros: bool,
+) -> f64 {
     let per = std::sync::Mutex::new(Vec::new());
     pool.broadcast(|_| {
         let probe = || match isa {
-            TileIsa::Avx512Dot => avx512::probe_peak(kind, 2_000_000),
-            _ => amx::probe_peak(kind, 2_000_000),
+            TileIsa::Avx512Dot => avx512::probe_peak(kind, iterations),
+            _ if zeros => amx::probe_peak(kind, iterations),
+            _ => amx::probe_peak_data(kind, iterations),
         };
-        let v = (0..3).map(|_| probe()).fold(0.0, f64::max);
+        let v = (0..tries.max(1)).map(|_| probe()).fold(0.0, f64::max);
         per.lock().unwrap().push(v);
     });
     let v = per.into_inner().unwrap();
     v.iter().sum()
 }
+
+/// Probe rounds bracketing each case: about 10 ms per probe at full speed.
+const CASE_PROBE_ITERATIONS: usize = 400_000;
 
 pub fn run(opts: &Options) -> Result<Vec<Row>, String> {
     BEST.store(opts.best, std::sync::atomic::Ordering::Relaxed);
@@ -376,24 +445,45 @@ pub fn run(opts: &Options) -> Result<Vec<Row>, String> {
     let mut rows = Vec::new();
     for &threads in &opts.threads {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().map_err(|e| e.to_string())?;
-        // (isa, bf16 peak, int8 peak) in G(FL)OP/s for each usable ISA.
-        let mut isa_peaks: Vec<(TileIsa, f64, f64)> = Vec::new();
         for &isa in &isas {
             if isa.enabled().is_err() {
                 continue;
             }
-            let bf16 = tile_peak(&pool, isa, DotKind::Bf16) / 1e9;
-            let i8 = tile_peak(&pool, isa, DotKind::I8 { a_signed: true, b_signed: true }) / 1e9;
-            eprintln!("{} peak, {threads} thread(s): bf16 {bf16:.0} GFLOP/s, int8 {i8:.0} GOP/s", isa.name());
+            let i8_kind = DotKind::I8 { a_signed: true, b_signed: true };
+            let bf16 = tile_peak(&pool, isa, DotKind::Bf16, 2_000_000, 3, false) / 1e9;
+            let i8 = tile_peak(&pool, isa, i8_kind, 2_000_000, 3, false) / 1e9;
+            if isa == TileIsa::Amx {
+                let bf16_zeros = tile_peak(&pool, isa, DotKind::Bf16, 2_000_000, 3, true) / 1e9;
+                let i8_zeros = tile_peak(&pool, isa, i8_kind, 2_000_000, 3, true) / 1e9;
+                eprintln!(
+                    "{} peak, {threads} thread(s), random operand tiles: bf16 {bf16:.0} GFLOP/s, int8 {i8:.0} GOP/s (zero tiles: {bf16_zeros:.0}, {i8_zeros:.0})",
+                    isa.name()
+                );
+            } else {
+                eprintln!("{} peak, {threads} thread(s): bf16 {bf16:.0} GFLOP/s, int8 {i8:.0} GOP/s", isa.name());
+            }
             let uk = microkernel_gflops(&pool, isa, opts.min_seconds);
             eprintln!(
                 "{} bf16 microkernel on L1-resident panels: {uk:.0} GFLOP/s ({:.1}% of peak)",
                 isa.name(),
                 100.0 * uk / bf16
             );
-            isa_peaks.push((isa, bf16, i8));
         }
-        let peak_of = |isa: TileIsa| isa_peaks.iter().find(|p| p.0 == isa).map_or((0.0, 0.0), |p| (p.1, p.2));
+        // The probe of `kernel`'s unit and precision now, in G(FL)OP/s of
+        // the product it computes (0 for kernels without a probe).
+        let probe_now = |kernel: &str| -> f64 {
+            let Some(isa) = tile_isa(kernel).filter(|isa| isa.enabled().is_ok()) else { return 0.0 };
+            let (kind, products) = if kernel.ends_with("int8") {
+                (DotKind::I8 { a_signed: true, b_signed: true }, 1.0)
+            } else if kernel.ends_with("x3") {
+                (DotKind::Bf16, Split::Bf16x3.products().len() as f64)
+            } else if kernel.ends_with("x6") {
+                (DotKind::Bf16, Split::Bf16x6.products().len() as f64)
+            } else {
+                (DotKind::Bf16, 1.0)
+            };
+            tile_peak(&pool, isa, kind, CASE_PROBE_ITERATIONS, 1, false) / 1e9 / products
+        };
         for &(m, n, k) in &opts.shapes {
             let a = rand_vec(m * k, 1);
             let b = rand_vec(k * n, 2);
@@ -414,6 +504,7 @@ pub fn run(opts: &Options) -> Result<Vec<Row>, String> {
             });
             let bias = rand_vec(n, 3);
             for (kernel, blk, huge, act) in cases {
+                let probe_before = probe_now(kernel);
                 // (stage, seconds) of the call's parts, with `--stages`.
                 let mut stage_times: Vec<(&str, f64)> = Vec::new();
                 let epi = match act {
@@ -421,7 +512,7 @@ pub fn run(opts: &Options) -> Result<Vec<Row>, String> {
                     None => Epilogue::default(),
                 };
                 weight_mem::set_huge_pages(huge);
-                let (secs, peak, weight_bytes) = match kernel.as_str() {
+                let (secs, weight_bytes) = match kernel.as_str() {
                     "fp32-vector" => {
                         let bs: Vec<Vec<f32>> = (0..copies(opts.cold, 4 * k * n)).map(|_| b.clone()).collect();
                         let mut i = 0;
@@ -439,7 +530,7 @@ pub fn run(opts: &Options) -> Result<Vec<Row>, String> {
                                 )
                             })
                         });
-                        (s, 0.0, 4 * k * n)
+                        (s, 4 * k * n)
                     }
                     "amx-bf16" | "amx-bf16x3" | "amx-bf16x6" | "avx512-bf16" | "avx512-bf16x3" | "avx512-bf16x6" => {
                         let isa = tile_isa(kernel).expect("a tile kernel");
@@ -482,9 +573,7 @@ pub fn run(opts: &Options) -> Result<Vec<Row>, String> {
                             stage_times = vec![("pack-a", pack), ("product", product), ("epilogue", epilogue)];
                             stage_times.extend(in_call);
                         }
-                        // A split GEMM does `products` times the work of the
-                        // fp32 GEMM it computes: compare with peak / products.
-                        (s, peak_of(isa).0 / split.products().len() as f64, pb0.packed_bytes())
+                        (s, pb0.packed_bytes())
                     }
                     "amx-int8" | "avx512-int8" => {
                         let isa = tile_isa(kernel).expect("a tile kernel");
@@ -515,11 +604,11 @@ pub fn run(opts: &Options) -> Result<Vec<Row>, String> {
                         if opts.stages {
                             stage_times = pool.install(|| in_call_stages(opts.min_seconds, &mut call));
                         }
-                        (s, peak_of(isa).1, pbs[0].packed_bytes())
+                        (s, pbs[0].packed_bytes())
                     }
                     arm if arm.starts_with("neon-") || arm.starts_with("sme-") => {
                         match pool.install(|| arm_seconds(arm, &a, &b, m, n, k, opts.min_seconds)) {
-                            Ok(s) => (s, 0.0, 4 * k * n),
+                            Ok(s) => (s, 4 * k * n),
                             Err(why) => {
                                 eprintln!("skipping {kernel}: {why}");
                                 continue;
@@ -528,6 +617,11 @@ pub fn run(opts: &Options) -> Result<Vec<Row>, String> {
                     }
                     other => return Err(format!("unknown kernel '{other}' (known: {})", ALL_KERNELS.join(", "))),
                 };
+                // A split GEMM does `products` times the work of the fp32
+                // GEMM it computes: its probe is the peak over `products`.
+                let probe_after = probe_now(kernel);
+                let peak = if opts.best { probe_before.max(probe_after) } else { (probe_before + probe_after) / 2.0 };
+                let drift = if probe_before > 0.0 { probe_after / probe_before } else { 0.0 };
                 let chip = chip_peak(&peaks, cores, kernel, threads).unwrap_or(0.0);
                 for (stage, secs) in std::iter::once(("", secs)).chain(stage_times) {
                     // Only the call and the tile loop do the GEMM's work.
@@ -550,6 +644,7 @@ pub fn run(opts: &Options) -> Result<Vec<Row>, String> {
                         weight_gbs: if gflops > 0.0 { weight_bytes as f64 / secs / 1e9 } else { 0.0 },
                         peak_gflops: peak,
                         pct_of_peak: if peak > 0.0 { 100.0 * gflops / peak } else { 0.0 },
+                        peak_drift: drift,
                         chip_peak_gflops: chip,
                         pct_of_chip_peak: if chip > 0.0 { 100.0 * gflops / chip } else { 0.0 },
                     });
@@ -562,7 +657,7 @@ pub fn run(opts: &Options) -> Result<Vec<Row>, String> {
 
 pub fn print(rows: &[Row]) {
     println!(
-        "{:<12} {:<20} {:>5} {:<20} {:<11} {:>6} {:>6} {:>6} {:>4} {:>10} {:>10} {:>8} {:>10} {:>7} {:>10} {:>7}",
+        "{:<12} {:<20} {:>5} {:<20} {:<11} {:>6} {:>6} {:>6} {:>4} {:>10} {:>10} {:>8} {:>10} {:>7} {:>10} {:>7} {:>6}",
         "kernel",
         "blocking",
         "pages",
@@ -578,12 +673,13 @@ pub fn print(rows: &[Row]) {
         "probe",
         "%probe",
         "chip peak",
-        "%chip"
+        "%chip",
+        "drift"
     );
     for r in rows {
         let opt = |v: f64, digits: usize| if v > 0.0 { format!("{v:.digits$}") } else { "-".into() };
         println!(
-            "{:<12} {:<20} {:>5} {:<20} {:<11} {:>6} {:>6} {:>6} {:>4} {:>10.1} {:>10.1} {:>8.1} {:>10} {:>7} {:>10} {:>7}",
+            "{:<12} {:<20} {:>5} {:<20} {:<11} {:>6} {:>6} {:>6} {:>4} {:>10.1} {:>10.1} {:>8.1} {:>10} {:>7} {:>10} {:>7} {:>6}",
             r.kernel,
             if r.blocking.is_empty() { "-" } else { &r.blocking },
             if r.blocking.is_empty() {
@@ -605,7 +701,8 @@ pub fn print(rows: &[Row]) {
             opt(r.peak_gflops, 0),
             opt(r.pct_of_peak, 1),
             opt(r.chip_peak_gflops, 0),
-            opt(r.pct_of_chip_peak, 1)
+            opt(r.pct_of_chip_peak, 1),
+            opt(r.peak_drift, 2)
         );
     }
 }

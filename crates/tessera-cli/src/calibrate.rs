@@ -6,8 +6,9 @@
 //! What is timed: fp32, the vector GEMM every provider uses
 //! (`tessera_kernels::gemm::sgemm`) on a 512x512x512 product, best call
 //! over about 0.8 s; bf16 and int8, where AMX is usable and not disabled,
-//! the register-only tile probe (`ukernel::amx::probe_peak`) on every
-//! thread at once, as `bench-gemm` reports it. Other precisions are left
+//! the register-only tile probe on operand tiles of random values
+//! (`ukernel::amx::probe_peak_data`: zero tiles run faster than any data)
+//! on every thread at once, as `bench-gemm` reports it. Other precisions are left
 //! unmeasured (`None`): there is no fp16 GEMM to time yet, and an int8
 //! figure without a tile unit would time a fallback, not the machine.
 
@@ -58,7 +59,7 @@ fn fp32_gflops(threads: usize) -> f64 {
 fn tile_peak(pool: &rayon::ThreadPool, kind: DotKind) -> f64 {
     let per_thread = std::sync::Mutex::new(Vec::new());
     pool.broadcast(|_| {
-        let v = amx::probe_peak(kind, PROBE_ITERATIONS);
+        let v = amx::probe_peak_data(kind, PROBE_ITERATIONS);
         per_thread.lock().unwrap_or_else(|e| e.into_inner()).push(v);
     });
     per_thread.into_inner().unwrap_or_else(|e| e.into_inner()).iter().sum()
@@ -78,7 +79,9 @@ pub fn calibrate(threads: usize) -> Calibration {
                 Ok(()) => {
                     measured.bf16 = Some(tile_peak(&pool, DotKind::Bf16) / 1e9);
                     measured.int8 = Some(tile_peak(&pool, DotKind::I8 { a_signed: true, b_signed: true }) / 1e9);
-                    method.push_str("; bf16/int8: AMX register-only probe (tdpbf16ps/tdpbssd) on every thread");
+                    method.push_str(
+                        "; bf16/int8: AMX register-only probe (tdpbf16ps/tdpbssd) on operand tiles of random values, on every thread",
+                    );
                 }
                 Err(why) => method.push_str(&format!("; bf16/int8 not measured (no AMX: {why})")),
             }

@@ -449,20 +449,93 @@ pub unsafe fn run(
 
 /// Measures the tile unit's peak on this core: back-to-back dot products on
 /// register-resident tiles, no memory traffic. Returns operations per second
-/// (2 per multiply-add) for `kind`.
+/// (2 per multiply-add) for `kind`. The operand tiles hold zeros; see
+/// [`probe_peak_on`] for operands with data in them.
 pub fn probe_peak(kind: DotKind, iterations: usize) -> f64 {
+    probe_peak_on(kind, iterations, None)
+}
+
+/// [`probe_peak`] on operand tiles of pseudo-random values ([`probe_operands`]):
+/// the rate the unit keeps on real data. On the lent Xeon it read 1.2-1.4x
+/// below the zero-tile probe at full speed and 2.4-2.8x below in its slow
+/// phases, while the zero-tile probe did not slow down at all
+/// (`benches/results/2026-12-01-big-gemm/`): a GEMM's share of the
+/// zero-tile probe mixes its own losses with the clock's.
+pub fn probe_peak_data(kind: DotKind, iterations: usize) -> f64 {
+    probe_peak_on(kind, iterations, Some(&probe_operands(kind)))
+}
+
+/// Four operand tiles of pseudo-random values for `kind` (a fixed
+/// sequence): bf16 values spread over [-1, 1], or bytes spread over all
+/// 256 values for int8.
+pub fn probe_operands(kind: DotKind) -> [u8; 4 * 1024] {
+    let mut tiles = [0u8; 4 * 1024];
+    let mut s: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = || {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        s
+    };
+    match kind {
+        DotKind::Bf16 => {
+            for pair in tiles.chunks_exact_mut(2) {
+                let v = (next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0;
+                pair.copy_from_slice(&half::bf16::from_f32(v).to_bits().to_le_bytes());
+            }
+        }
+        DotKind::I8 { .. } => tiles.iter_mut().for_each(|b| *b = (next() >> 56) as u8),
+    }
+    tiles
+}
+
+/// [`probe_peak`] with the four operand tiles loaded from `operands` (4 KiB:
+/// two A tiles, then two B tiles) instead of zeroed: the multipliers then
+/// switch as they do on real data, which may draw more power and so run
+/// at another clock than all-zero tiles.
+pub fn probe_peak_on(kind: DotKind, iterations: usize, operands: Option<&[u8; 4 * 1024]>) -> f64 {
+    let start = std::time::Instant::now();
+    probe_loop(kind, iterations, operands, None);
+    let secs = start.elapsed().as_secs_f64();
+    // Each instruction: 16x16 outputs, each a dot product over one tile row
+    // of A (32 bf16 or 64 int8 values), i.e. 2 ops per value.
+    let per_insn = 16.0 * 16.0 * kind.k_per_block() as f64 * 2.0;
+    4.0 * iterations.max(1) as f64 * per_insn / secs
+}
+
+/// The probe's loop: `iterations` rounds of four tile products on the
+/// operand tiles (zeroed, or loaded from `operands`), then the first
+/// accumulator tile (the first A tile times the first B tile, `iterations`
+/// times) into `first_acc` when given (for tests).
+fn probe_loop(kind: DotKind, iterations: usize, operands: Option<&[u8; 4 * 1024]>, first_acc: Option<&mut AccBlock>) {
     assert!(tessera_hw::amx_usable(), "AMX peak probe needs a usable tile unit");
     configure_thread();
-    let start = std::time::Instant::now();
     #[cfg(target_arch = "x86_64")]
     {
+        let (load, src) = match operands {
+            Some(t) => (1usize, t.as_ptr()),
+            None => (0, std::ptr::null()),
+        };
+        let out = first_acc.map_or(std::ptr::null_mut(), |acc| acc.0.as_mut_ptr());
         macro_rules! probe {
             ($insn:literal) => {
                 // SAFETY: tiles configured just above (callers check
-                // `amx_usable` first); the loop touches no memory.
+                // `amx_usable` first); the memory touched is the 4 KiB of
+                // `operands` (four 1 KiB tiles of 16 rows x 64 bytes), read
+                // only when it was given, and the first 16 rows of 64
+                // bytes of `first_acc` (a 32x32 u32 block, rows of 128
+                // bytes), written only when it was given.
                 unsafe {
                     std::arch::asm!(
                         "tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3",
+                        "test {load}, {load}",
+                        "jz 3f",
+                        "tileloadd tmm4, [{src} + {s}*1]",
+                        "tileloadd tmm5, [{src} + {s}*1 + 1024]",
+                        "tileloadd tmm6, [{src} + {s}*1 + 2048]",
+                        "tileloadd tmm7, [{src} + {s}*1 + 3072]",
+                        "jmp 2f",
+                        "3:",
                         "tilezero tmm4", "tilezero tmm5", "tilezero tmm6", "tilezero tmm7",
                         "2:",
                         concat!($insn, " tmm0, tmm4, tmm6"),
@@ -471,8 +544,17 @@ pub fn probe_peak(kind: DotKind, iterations: usize) -> f64 {
                         concat!($insn, " tmm3, tmm5, tmm7"),
                         "dec {n}",
                         "jnz 2b",
+                        "test {out}, {out}",
+                        "jz 4f",
+                        "tilestored [{out} + {sc}*1], tmm0",
+                        "4:",
                         n = inout(reg) iterations.max(1) => _,
-                        options(nostack, nomem)
+                        load = in(reg) load,
+                        src = in(reg) src,
+                        s = in(reg) TILE_ROW_BYTES,
+                        out = in(reg) out,
+                        sc = in(reg) 128usize,
+                        options(nostack)
                     );
                 }
             };
@@ -482,10 +564,79 @@ pub fn probe_peak(kind: DotKind, iterations: usize) -> f64 {
             DotKind::I8 { .. } => probe!("tdpbssd"),
         }
     }
-    let secs = start.elapsed().as_secs_f64();
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (operands, first_acc);
     release_thread();
-    // Each instruction: 16x16 outputs, each a dot product over one tile row
-    // of A (32 bf16 or 64 int8 values), i.e. 2 ops per value.
-    let per_insn = 16.0 * 16.0 * kind.k_per_block() as f64 * 2.0;
-    4.0 * iterations.max(1) as f64 * per_insn / secs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gemm::ukernel::{isas_under_test, TileIsa};
+
+    #[test]
+    fn probe_operands_are_finite_varied_and_within_range() {
+        let bf = probe_operands(DotKind::Bf16);
+        let values: Vec<f32> =
+            bf.chunks_exact(2).map(|p| half::bf16::from_bits(u16::from_le_bytes([p[0], p[1]])).to_f32()).collect();
+        assert!(values.iter().all(|v| v.is_finite() && (-1.0..=1.0).contains(v)), "bf16 operands outside [-1, 1]");
+        let mut bits: Vec<u16> = bf.chunks_exact(2).map(|p| u16::from_le_bytes([p[0], p[1]])).collect();
+        bits.sort_unstable();
+        bits.dedup();
+        assert!(bits.len() > 500, "only {} distinct bf16 operands of 2048", bits.len());
+        assert!(values.iter().filter(|v| **v < 0.0).count() > 800, "too few negative operands");
+        let i8s = probe_operands(DotKind::I8 { a_signed: true, b_signed: true });
+        let mut seen = [false; 256];
+        i8s.iter().for_each(|b| seen[*b as usize] = true);
+        assert!(seen.iter().filter(|s| **s).count() > 240, "int8 operands cover too few byte values");
+    }
+
+    /// The data probe multiplies the tiles it loaded: after `n` rounds its
+    /// first accumulator is `n` times the first A tile times the first B
+    /// tile (B in the tile unit's pair or quad layout).
+    #[test]
+    fn amx_data_probe_multiplies_the_loaded_tiles() {
+        if !isas_under_test().contains(&TileIsa::Amx) {
+            return;
+        }
+        const ROUNDS: usize = 3;
+        for kind in [DotKind::Bf16, DotKind::I8 { a_signed: true, b_signed: true }] {
+            let tiles = probe_operands(kind);
+            let mut acc = AccBlock::new();
+            probe_loop(kind, ROUNDS, Some(&tiles), Some(&mut acc));
+            let (a, b) = (&tiles[..1024], &tiles[2048..3072]);
+            for i in 0..16 {
+                for j in 0..16 {
+                    match kind {
+                        DotKind::Bf16 => {
+                            let v = |bytes: &[u8], at: usize| {
+                                half::bf16::from_bits(u16::from_le_bytes([bytes[at], bytes[at + 1]])).to_f32()
+                            };
+                            // Row i of A holds k = 0..32; row p of B holds
+                            // k = 2p, 2p + 1 for each column j.
+                            let (mut sum, mut size) = (0f64, 0f64);
+                            for k in 0..32 {
+                                let t = v(a, i * 64 + 2 * k) as f64 * v(b, (k / 2) * 64 + 4 * j + 2 * (k % 2)) as f64;
+                                sum += t;
+                                size += t.abs();
+                            }
+                            let want = ROUNDS as f64 * sum;
+                            let got = acc.as_f32()[i * 32 + j] as f64;
+                            assert!(
+                                (got - want).abs() <= 1e-5 * ROUNDS as f64 * size + 1e-30,
+                                "bf16 C[{i}][{j}] = {got}, want {want}"
+                            );
+                        }
+                        DotKind::I8 { .. } => {
+                            let mut sum = 0i64;
+                            for k in 0..64 {
+                                sum += (a[i * 64 + k] as i8 as i64) * (b[(k / 4) * 64 + 4 * j + (k % 4)] as i8 as i64);
+                            }
+                            assert_eq!(acc.as_i32()[i * 32 + j] as i64, ROUNDS as i64 * sum, "int8 C[{i}][{j}]");
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
