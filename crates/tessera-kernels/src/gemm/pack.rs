@@ -13,6 +13,8 @@
 //! microkernels run the products of [`Split::products`] on each k-step, so
 //! each part is stored, and read, once.
 
+use std::ops::Range;
+
 use half::bf16;
 
 use super::ukernel::{split_products, DotKind, BLOCK_BYTES, TILE_BYTES, TILE_ROWS, TILE_ROW_BYTES};
@@ -118,14 +120,18 @@ fn to_bf16(src: &[f32], out: &mut [u16]) {
     }
 }
 
-/// Splits 32 values into `parts` bf16 planes (hi, mid, lo).
+/// Splits 32 values into `parts` bf16 planes (hi, mid, lo). Past an
+/// infinity or NaN (in the value or its rounding) the later parts are
+/// zero, as in [`split_f32`]: an infinite activation then stays infinite
+/// in the product instead of turning NaN through `inf - inf`.
 #[inline(always)]
 fn split_block(src: &[f32; 32], parts: usize, out: &mut [[u16; 32]; 3]) {
     let mut rest = *src;
     for plane in out.iter_mut().take(parts) {
         for (h, r) in plane.iter_mut().zip(rest.iter_mut()) {
             *h = bf16_rne(*r);
-            *r -= f32::from_bits((*h as u32) << 16);
+            let left = *r - f32::from_bits((*h as u32) << 16);
+            *r = if left.is_finite() { left } else { 0.0 };
         }
     }
 }
@@ -144,33 +150,47 @@ fn put_tile_row(dst: &mut [u8], vals: &[u16; 32]) {
 
 /// (Packing only converts and copies: `FMA` is unused.)
 #[inline(always)]
-fn pack_a_f32_body<const FMA: bool>(dst: &mut [u8], a: MatRef<f32>, split: Split) {
+fn pack_a_f32_body<const FMA: bool>(dst: &mut [u8], a: MatRef<f32>, split: Split, blocks: Range<usize>) {
     let (rows, k) = (a.rows, a.cols);
     let kb = k_blocks(DotKind::Bf16, k);
     let np = split.parts();
-    assert!(dst.len() >= kb * np * BLOCK_BYTES && rows <= 32);
+    let (b0, b1) = (blocks.start, blocks.end);
+    assert!(b0 <= b1 && b1 <= kb, "k-blocks {b0}..{b1} of a panel of {kb}");
+    let nb = b1 - b0;
+    assert!(dst.len() >= nb * np * BLOCK_BYTES && rows <= 32);
+    // The values of the blocks: columns c0..c1 of each row.
+    let (c0, c1) = ((32 * b0).min(k), (32 * b1).min(k));
+    #[cfg(target_arch = "x86_64")]
+    let vector_split = split != Split::Bf16 && avx512::usable();
     let mut gathered = Vec::new();
     for i in 0..32 {
         if i >= rows {
-            for blk in 0..kb * np {
+            for blk in 0..nb * np {
                 dst[blk * BLOCK_BYTES + a_offset(i, 0)..][..TILE_ROW_BYTES].fill(0);
             }
             continue;
         }
         if i + 1 < rows && a.col_stride == 1 {
-            if let Some(next) = a.data.get((i + 1) * a.row_stride..(i + 1) * a.row_stride + k) {
+            if let Some(next) = a.data.get((i + 1) * a.row_stride + c0..(i + 1) * a.row_stride + c1) {
                 crate::prefetch_for_reading(next);
             }
         }
-        let src = a.row(i, &mut gathered);
+        let src = &a.row(i, &mut gathered)[c0..c1];
         if split == Split::Bf16 {
             // The common case: the row converted in runs, then whole tile
             // rows copied out.
-            pack_a_row_bf16(dst, kb, i, src);
+            pack_a_row_bf16(dst, nb, i, src);
             continue;
         }
-        for b in 0..kb {
-            pack_a_row_parts(&mut dst[b * np * BLOCK_BYTES..], split, i, &src[b * 32..k.min(b * 32 + 32)]);
+        #[cfg(target_arch = "x86_64")]
+        if vector_split {
+            // SAFETY: the CPU has the features the function enables
+            // (checked by `usable`).
+            unsafe { avx512::pack_a_row_split(dst, nb, np, i, src) };
+            continue;
+        }
+        for b in 0..nb {
+            pack_a_row_parts(&mut dst[b * np * BLOCK_BYTES..], split, i, &src[b * 32..src.len().min(b * 32 + 32)]);
         }
     }
 }
@@ -187,6 +207,20 @@ pub fn pack_a_row_parts(dst: &mut [u8], split: Split, i: usize, src: &[f32]) {
     if np == 1 {
         return pack_a_row_bf16(dst, 1, i, src);
     }
+    #[cfg(target_arch = "x86_64")]
+    if avx512::usable() {
+        // SAFETY: the CPU has the features the function enables (checked
+        // by `usable`).
+        return unsafe { avx512::pack_a_row_split(dst, 1, np, i, src) };
+    }
+    pack_a_row_parts_portable(dst, split, i, src)
+}
+
+/// [`pack_a_row_parts`] for a split into 2 or 3 parts, without vector
+/// instructions.
+#[inline(always)]
+fn pack_a_row_parts_portable(dst: &mut [u8], split: Split, i: usize, src: &[f32]) {
+    let np = split.parts();
     let mut chunk = [0f32; 32];
     chunk[..src.len()].copy_from_slice(src);
     let mut planes = [[0u16; 32]; 3];
@@ -200,7 +234,14 @@ pub fn pack_a_row_parts(dst: &mut [u8], split: Split, i: usize, src: &[f32]) {
 /// as the parts of `split` side by side, zero padded to 32 rows and whole
 /// k-blocks.
 pub fn pack_a_f32(dst: &mut [u8], a: MatRef<f32>, split: Split) {
-    with_vector_features!(pack_a_f32_body(dst: &mut [u8], a: MatRef<f32>, split: Split))
+    pack_a_f32_blocks(dst, a, split, 0..k_blocks(DotKind::Bf16, a.cols))
+}
+
+/// The k-blocks `blocks` of [`pack_a_f32`]'s panel for `a`, into `dst`
+/// (which holds just those blocks, the first at its start): so that
+/// several threads can pack one panel.
+pub fn pack_a_f32_blocks(dst: &mut [u8], a: MatRef<f32>, split: Split, blocks: Range<usize>) {
+    with_vector_features!(pack_a_f32_body(dst: &mut [u8], a: MatRef<f32>, split: Split, blocks: Range<usize>))
 }
 
 /// Writes row `i` (0..32) of a bf16 A panel of `kb` k-blocks: `src`
@@ -471,6 +512,55 @@ pub(crate) mod avx512 {
     pub(super) fn pack_a_row_bf16(dst: &mut [u8], kb: usize, i: usize, src: &[f32]) {
         for b in 0..kb {
             put_row(dst, b * BLOCK_BYTES + a_offset(i, 0), bf16x32(src, 32 * b));
+        }
+    }
+
+    /// Row `i` (0..32) of `kb` k-blocks of an A panel split into `parts`
+    /// bf16 parts (each k-block's parts side by side, as
+    /// [`super::pack_a_f32`] lays them out): `src` (at most `32 * kb`
+    /// values) split, zero past its end. The same parts as the portable
+    /// split except where a part is subnormal: the conversion instruction
+    /// makes those zero, as the tile unit reads subnormal bf16 anyway.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    pub(super) fn pack_a_row_split(dst: &mut [u8], kb: usize, parts: usize, i: usize, src: &[f32]) {
+        assert!(
+            (2..=3).contains(&parts) && src.len() <= 32 * kb,
+            "{parts} parts of {} values in {kb} k-blocks",
+            src.len()
+        );
+        let p = src.as_ptr();
+        let lanes = |c: usize| ((1u32 << c) - 1) as __mmask16;
+        let inf = _mm512_set1_ps(f32::INFINITY);
+        // The bf16 words of a register, back to fp32 (exact).
+        let widen = |words: __m256i| _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(words)));
+        // What `x` leaves after its part `words`, zero where that is not
+        // finite (past an infinity or NaN the later parts are zero).
+        let rest = |x: __m512, words: __m256i| {
+            let r = _mm512_sub_ps(x, widen(words));
+            _mm512_maskz_mov_ps(_mm512_cmp_ps_mask::<_CMP_LT_OQ>(_mm512_abs_ps(r), inf), r)
+        };
+        for b in 0..kb {
+            let n = src.len().saturating_sub(32 * b).min(32);
+            let (m0, m1) = (lanes(n.min(16)), lanes(n.saturating_sub(16)));
+            // SAFETY: only lanes whose mask bit is set are read, and those
+            // are the `n` values of `src` from `32 * b`; masked-off lanes
+            // never fault (the address is formed by `wrapping_add`).
+            let (mut lo, mut hi) = unsafe {
+                (
+                    _mm512_maskz_loadu_ps(m0, p.wrapping_add(32 * b)),
+                    _mm512_maskz_loadu_ps(m1, p.wrapping_add(32 * b + 16)),
+                )
+            };
+            for part in 0..parts {
+                // The second operand fills the low half.
+                // SAFETY: both are 512 bits of plain lanes; only the type changes.
+                let words = unsafe { std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(hi, lo)) };
+                put_row(dst, (b * parts + part) * BLOCK_BYTES + a_offset(i, 0), words);
+                if part + 1 < parts {
+                    lo = rest(lo, _mm512_castsi512_si256(words));
+                    hi = rest(hi, _mm512_extracti64x4_epi64::<1>(words));
+                }
+            }
         }
     }
 
@@ -766,7 +856,95 @@ mod tests {
         assert_eq!((scales[0], q(&dst, 3), q(&dst, 4), sums[0]), (2.0 / 127.0, 0, 0, 67 * 64 - 127));
     }
 
+    /// Values for the split packers: those of [`normal_or_special`], and
+    /// tiny ones whose parts or residuals are subnormal.
+    fn split_values() -> impl Strategy<Value = f32> {
+        prop_oneof![
+            6 => normal_or_special(),
+            1 => Just(f32::MIN_POSITIVE / 4.0),
+            1 => -1e-36f32..1e-36f32,
+            1 => (-3.0f32..3.0f32).prop_map(|v| v * 1e-30),
+        ]
+    }
+
+    /// The bf16 words of packed bytes, subnormal words (and negative zero)
+    /// made +0: the vector conversion flushes subnormal values to zero, and
+    /// the tile unit reads subnormal bf16 as zero in any case.
+    fn words_flushed(bytes: &[u8]) -> Vec<u16> {
+        bytes
+            .chunks_exact(2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+            .map(|w| if w & 0x7F80 == 0 { 0 } else { w })
+            .collect()
+    }
+
+    /// Row 0 of a split k-block's part `p`, as words.
+    fn split_row_words(dst: &[u8], p: usize) -> Vec<u16> {
+        words_flushed(&dst[p * BLOCK_BYTES + a_offset(0, 0)..][..TILE_ROW_BYTES])
+    }
+
+    #[test]
+    fn split_parts_end_at_an_infinity_or_nan() {
+        let row = [f32::INFINITY, f32::NEG_INFINITY, f32::NAN, f32::MAX, 1.5, 1.0 + 1.0 / 512.0 + 1.0 / 131072.0];
+        // MAX rounds up to infinity; 1 + 2^-9 + 2^-17 needs all three parts.
+        let want0 = [0x7F80, 0xFF80, 0x7FC0, 0x7F80, 0x3FC0, 0x3F80];
+        let want1 = [0, 0, 0, 0, 0, 0x3B00];
+        let want2 = [0, 0, 0, 0, 0, 0x3700];
+        let check = |dst: &[u8], path: &str| {
+            for (p, want) in [want0, want1, want2].iter().enumerate() {
+                assert_eq!(&split_row_words(dst, p)[..6], want, "{path} part {p}");
+                assert!(split_row_words(dst, p)[6..].iter().all(|&w| w == 0), "{path} part {p} past the row");
+            }
+        };
+        let mut dst = vec![0xAAu8; 3 * BLOCK_BYTES];
+        pack_a_row_parts_portable(&mut dst, Split::Bf16x6, 0, &row);
+        check(&dst, "portable");
+        require_vector_packers();
+        dst.fill(0x55);
+        pack_a_row_parts(&mut dst, Split::Bf16x6, 0, &row);
+        check(&dst, "dispatched");
+    }
+
     proptest! {
+        /// The AVX-512 split packer (named for scripts/test's AMX check:
+        /// every CPU with AMX has AVX-512 BF16) writes the portable
+        /// split's parts, subnormal parts aside, over stale bytes, for
+        /// ragged K and row counts and every kind of value; and a panel
+        /// packed in two runs of k-blocks is the panel packed at once.
+        #[test]
+        fn amx_split_a_panel_matches_the_portable_split(
+            k in 0usize..300,
+            rows in 1usize..=32,
+            three: bool,
+            vals in proptest::collection::vec(split_values(), 1000),
+            step in 1usize..1000,
+            cut in 0usize..12,
+        ) {
+            let split = if three { Split::Bf16x6 } else { Split::Bf16x3 };
+            let np = split.parts();
+            let a: Vec<f32> = (0..rows * k).map(|i| vals[i * step % 1000]).collect();
+            let view = MatRef::row_major(&a, rows, k);
+            let kb = k_blocks(DotKind::Bf16, k);
+            let len = kb * np * BLOCK_BYTES;
+            let mut want = vec![0x55u8; len];
+            for i in 0..32 {
+                for b in 0..kb {
+                    let src = if i < rows { &a[i * k + 32 * b..i * k + k.min(32 * b + 32)] } else { &[][..] };
+                    pack_a_row_parts_portable(&mut want[b * np * BLOCK_BYTES..], split, i, src);
+                }
+            }
+            require_vector_packers();
+            let mut got = vec![0xAAu8; len];
+            pack_a_f32(&mut got, view, split);
+            prop_assert!(words_flushed(&got) == words_flushed(&want), "rows {} k {} parts {}", rows, k, np);
+            let c = cut.min(kb);
+            let mut ranged = vec![0x33u8; len];
+            let (head, tail) = ranged.split_at_mut(c * np * BLOCK_BYTES);
+            pack_a_f32_blocks(head, view, split, 0..c);
+            pack_a_f32_blocks(tail, view, split, c..kb);
+            prop_assert!(ranged == got, "k-blocks 0..{} and {}..{}", c, c, kb);
+        }
+
         /// The fused AVX-512 quantizer (where the CPU has AVX-512 BW; named
         /// for scripts/test's AMX check) writes the bytes, row sums and
         /// scales of the portable quantize-then-pack path, over stale

@@ -1318,14 +1318,45 @@ fn sgemm_packed(
     sgemm_from_panels(isa, blk, ap, a.rows, b, c, ldc, transposed, epi)
 }
 
-/// Packs every row of `a` into A panels of `a_len` bytes each.
+/// Packs every row of `a` into A panels of `a_len` bytes each. Where the
+/// pool has more threads than there are panels (M = 128 gives 4), each
+/// panel is packed in runs of k-blocks by several threads: at 16 threads
+/// the fp32-accurate split's packing took a fifth of BERT-base's run with
+/// 12 threads idle (`benches/results/2026-12-01-big-gemm/`).
 fn pack_a_panels(a: MatRef<f32>, ap: &mut [u8], a_len: usize, split: Split) {
     let m = a.rows;
-    ap.par_chunks_mut(a_len.max(1)).enumerate().for_each(|(p, dst)| {
+    let panels = m.div_ceil(MR);
+    let step = split.parts() * BLOCK_BYTES;
+    let kblocks = a_len / step;
+    let runs = pack_runs(panels, kblocks, rayon::current_num_threads());
+    let run_blocks = kblocks.div_ceil(runs).max(1);
+    ap.par_chunks_mut(a_len.max(1)).enumerate().for_each(|(p, panel)| {
         let i0 = p * MR;
-        pack::pack_a_f32(dst, a.rows_range(i0, MR.min(m - i0)), split);
+        let rows = a.rows_range(i0, MR.min(m - i0));
+        if runs <= 1 {
+            return pack::pack_a_f32(panel, rows, split);
+        }
+        panel.par_chunks_mut(run_blocks * step).enumerate().for_each(|(r, dst)| {
+            let b0 = r * run_blocks;
+            pack::pack_a_f32_blocks(dst, rows, split, b0..(b0 + run_blocks).min(kblocks));
+        });
     });
 }
+
+/// Runs of k-blocks to cut each of `panels` A panels of `kblocks` k-blocks
+/// into, for `threads` threads: 1 while the panels alone give every thread
+/// one, else enough for about two runs per thread, none shorter than
+/// [`MIN_PACK_RUN`] k-blocks.
+fn pack_runs(panels: usize, kblocks: usize, threads: usize) -> usize {
+    if panels == 0 || panels >= threads {
+        return 1;
+    }
+    (2 * threads).div_ceil(panels).min(kblocks / MIN_PACK_RUN).max(1)
+}
+
+/// Fewest k-blocks (32 rows x 128 values) a thread packs as one run: less
+/// work than that costs about as much to hand out as to do.
+const MIN_PACK_RUN: usize = 4;
 
 /// A [`tile_sgemm`] call cut into its stages, timed apart by `tessera
 /// bench-gemm --stages`: the A panels packed on their own
@@ -2461,6 +2492,43 @@ mod blocking_tests {
             drive(TileIsa::Emulated, TileBlocking::DEFAULT, DotKind::Bf16, &a, 70, none, &finish, &|_, _| {})
         });
         assert_eq!(blocks.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn pack_runs_cut_panels_only_for_idle_threads() {
+        // As many panels as threads or more: whole panels.
+        assert_eq!(pack_runs(4, 24, 2), 1);
+        assert_eq!(pack_runs(4, 24, 4), 1);
+        // M = 128 at 16 threads: 8 runs per panel, limited by the shortest
+        // run (K = 768: 24 k-blocks, 6 runs of 4; K = 3072: 8 runs of 12).
+        assert_eq!(pack_runs(4, 24, 16), 6);
+        assert_eq!(pack_runs(4, 96, 16), 8);
+        // Too short to cut; no panels at all.
+        assert_eq!(pack_runs(1, 3, 16), 1);
+        assert_eq!(pack_runs(0, 24, 16), 1);
+    }
+
+    /// Panels packed in runs of k-blocks by a pool with more threads than
+    /// panels hold the bytes of panels packed whole, for every split, with
+    /// a ragged last panel and a ragged last run.
+    #[test]
+    fn panels_packed_in_runs_match_whole_panels() {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(8).build().unwrap();
+        let (m, k) = (40, 700);
+        let a: Vec<f32> = (0..m * k).map(|i| ((i * 37 % 1001) as f32 - 500.0) / 77.0).collect();
+        let view = MatRef::row_major(&a, m, k);
+        for split in [Split::Bf16, Split::Bf16x3, Split::Bf16x6] {
+            let a_len = pack::k_blocks(DotKind::Bf16, k) * split.parts() * BLOCK_BYTES;
+            // 2 panels of 22 k-blocks on 8 threads: 5 runs of 5 k-blocks.
+            assert_eq!(pack_runs(2, a_len / (split.parts() * BLOCK_BYTES), 8), 5);
+            let mut runs = vec![0xAAu8; 2 * a_len];
+            pool.install(|| pack_a_panels(view, &mut runs, a_len, split));
+            let mut whole = vec![0x55u8; 2 * a_len];
+            for (p, dst) in whole.chunks_mut(a_len).enumerate() {
+                pack::pack_a_f32(dst, view.rows_range(32 * p, 32.min(m - 32 * p)), split);
+            }
+            assert!(runs == whole, "{split:?}");
+        }
     }
 
     fn grid(mb: usize, nb: usize, threads: usize, most_a: usize) -> (usize, usize) {

@@ -565,7 +565,7 @@ fn probe_loop(kind: DotKind, iterations: usize, operands: Option<&[u8; 4 * 1024]
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = (operands, first_acc);
+    let _ = (kind, iterations, operands, first_acc);
     release_thread();
 }
 
