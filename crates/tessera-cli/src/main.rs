@@ -394,7 +394,22 @@ fn cmd_bench(m: &ModelArgs, warmup: usize, iterations: usize, json: bool, profil
     let s = open(m)?;
     let inputs = make_inputs(&s, m, &[])?;
     let plan = s.memory_plan(&bound_dims(&s, &inputs)).map_err(|e| e.to_string())?;
+    // With --profile on an AMX machine: the tile unit's rate on data just
+    // before and after the timed runs, which tells the phase a shared
+    // host's tile unit ran in (its rate on data swings 2x and more).
+    let tile_probe = || {
+        (profile && tessera_hw::amx_enabled().is_ok()).then(|| {
+            tessera_kernels::gemm::ukernel::amx::probe_peak_data(tessera_kernels::gemm::ukernel::DotKind::Bf16, 400_000)
+                / 1e9
+        })
+    };
+    let probe_before = tile_probe();
     let r = time_runs(&s, &inputs, warmup, iterations.max(1), !json)?;
+    if let (Some(before), Some(after)) = (probe_before, tile_probe()) {
+        eprintln!(
+            "tile unit on random operand tiles, one core: {before:.0} GFLOP/s before the timed runs, {after:.0} after"
+        );
+    }
     if profile {
         // Timed separately so the per-op clock reads do not skew the latencies above.
         tessera_providers::profile::set_enabled(true);
