@@ -184,12 +184,18 @@ def main() -> int:
             keys.append(key)
     # Tessera probes the tile unit around each of its cases (on random
     # operand tiles); torch runs later, so its %peak takes the median of the
-    # plain bf16 tile cases' probes for the same threads.
-    by_threads = {}
+    # plain bf16 tile cases' probes for the same threads: AMX's where there
+    # are any, else the AVX-512 dot products' (never the two pooled).
+    by_kernel = {}
     for r in t_rows:
         if r.get("peak_gflops") and r.get("kernel") in ("amx-bf16", "avx512-bf16") and not r.get("stage"):
-            by_threads.setdefault(int(r["threads"]), []).append(float(r["peak_gflops"]))
-    peaks = {t: sorted(v)[len(v) // 2] for t, v in by_threads.items()}
+            by_kernel.setdefault((r["kernel"], int(r["threads"])), []).append(float(r["peak_gflops"]))
+    peaks = {}
+    for kernel in ("avx512-bf16", "amx-bf16"):
+        for (kern, t), v in by_kernel.items():
+            if kern == kernel:
+                v = sorted(v)
+                peaks[t] = (v[(len(v) - 1) // 2] + v[len(v) // 2]) / 2
 
     joined = []
     for (m, n, k), t in keys:

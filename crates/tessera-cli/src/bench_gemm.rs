@@ -37,15 +37,16 @@ pub struct Row {
     pub weight_gbs: f64,
     /// Peak of the unit this kernel runs on, for these threads (0 if
     /// none): the register-only probe on operand tiles of random values,
-    /// run on every thread just before and just after this case (their
-    /// best with `--best`, else their mean), so that it shares the case's
-    /// clock (on the lent Xeon the tile unit's rate on data swings 2x and
-    /// more within a process).
+    /// run on every thread (best of two) just before and just after this
+    /// case's timed calls (their best with `--best`, else their mean), so
+    /// that it shares their clock (on the lent Xeon the tile unit's rate
+    /// on data swings 2x and more within a process). The `--stages` rows
+    /// run after the second probe.
     pub peak_gflops: f64,
     pub pct_of_peak: f64,
-    /// The probe after the case over the probe before it: far from 1, the
-    /// machine changed speed during the case, and its share of the peak is
-    /// unreliable.
+    /// The probe after the timed calls over the probe before them: far
+    /// from 1, the machine changed speed meanwhile, and the case's share of
+    /// the peak is unreliable.
     pub peak_drift: f64,
     /// This chip's expected peak for the kernel's precision, scaled to the
     /// threads used (atlas row or calibration; 0 if neither has one).
@@ -267,8 +268,11 @@ impl UkernelCase {
 /// L1 or L2, with and without loading C, under each prefetch variant.
 pub fn ukernel_study(seconds: f64) -> Result<(), String> {
     tessera_hw::amx_enabled()?;
-    let probe = amx::probe_peak(DotKind::Bf16, 2_000_000) / 1e9;
-    println!("tile probe (register-only), 1 thread: {probe:.0} GFLOP/s");
+    // %probe against the probe on data (the zero-tile probe runs faster
+    // than any data does); the phase may change during the study, which
+    // the probe rounds at its start and end show.
+    let probe = amx::probe_peak_data(DotKind::Bf16, 2_000_000) / 1e9;
+    println!("tile probe (register-only, random operand tiles), 1 thread: {probe:.0} GFLOP/s");
     print_loaded_probes(seconds);
     println!(
         "{:<28} {:>10} {:>8} {:>8} {:>7} {:>10} {:>7}",
@@ -397,7 +401,8 @@ fn in_call_stages(min_seconds: f64, mut f: impl FnMut()) -> Vec<(&'static str, f
 /// Peak operations per second of `isa` over `threads` cores, each core
 /// running the register-only probe at the same time (`iterations` rounds),
 /// on AMX with operand tiles of random values, or of zeros when `zeros`
-/// (the AVX-512 probe's rate does not depend on its data). Each core keeps
+/// (the AVX-512 probe works on zeroed registers either way; whether its
+/// rate depends on data was not measured). Each core keeps
 /// its best of `tries` probes: on a shared machine a probe that lost its
 /// core for a while reads low (once as half the rate, which put a GEMM at
 /// 196% of "peak").
@@ -423,8 +428,15 @@ fn tile_peak(
     v.iter().sum()
 }
 
-/// Probe rounds bracketing each case: about 10 ms per probe at full speed.
-const CASE_PROBE_ITERATIONS: usize = 400_000;
+/// Probe rounds bracketing each case's timed calls: about 10 ms per probe
+/// at full speed (AMX: 4 tile products of ~16 cycles a round; the AVX-512
+/// probe's round is about 4x shorter).
+fn case_probe_iterations(isa: TileIsa) -> usize {
+    match isa {
+        TileIsa::Avx512Dot => 1_600_000,
+        _ => 400_000,
+    }
+}
 
 pub fn run(opts: &Options) -> Result<Vec<Row>, String> {
     BEST.store(opts.best, std::sync::atomic::Ordering::Relaxed);
@@ -482,7 +494,8 @@ pub fn run(opts: &Options) -> Result<Vec<Row>, String> {
             } else {
                 (DotKind::Bf16, 1.0)
             };
-            tile_peak(&pool, isa, kind, CASE_PROBE_ITERATIONS, 1, false) / 1e9 / products
+            // Best of two: a probe that lost its core reads low.
+            tile_peak(&pool, isa, kind, case_probe_iterations(isa), 2, false) / 1e9 / products
         };
         for &(m, n, k) in &opts.shapes {
             let a = rand_vec(m * k, 1);
@@ -504,7 +517,6 @@ pub fn run(opts: &Options) -> Result<Vec<Row>, String> {
             });
             let bias = rand_vec(n, 3);
             for (kernel, blk, huge, act) in cases {
-                let probe_before = probe_now(kernel);
                 // (stage, seconds) of the call's parts, with `--stages`.
                 let mut stage_times: Vec<(&str, f64)> = Vec::new();
                 let epi = match act {
@@ -512,7 +524,9 @@ pub fn run(opts: &Options) -> Result<Vec<Row>, String> {
                     None => Epilogue::default(),
                 };
                 weight_mem::set_huge_pages(huge);
-                let (secs, weight_bytes) = match kernel.as_str() {
+                // The probes just before and after the timed calls (0 for
+                // kernels without one).
+                let (secs, weight_bytes, probe_before, probe_after) = match kernel.as_str() {
                     "fp32-vector" => {
                         let bs: Vec<Vec<f32>> = (0..copies(opts.cold, 4 * k * n)).map(|_| b.clone()).collect();
                         let mut i = 0;
@@ -530,7 +544,7 @@ pub fn run(opts: &Options) -> Result<Vec<Row>, String> {
                                 )
                             })
                         });
-                        (s, 4 * k * n)
+                        (s, 4 * k * n, 0.0, 0.0)
                     }
                     "amx-bf16" | "amx-bf16x3" | "amx-bf16x6" | "avx512-bf16" | "avx512-bf16x3" | "avx512-bf16x6" => {
                         let isa = tile_isa(kernel).expect("a tile kernel");
@@ -555,7 +569,9 @@ pub fn run(opts: &Options) -> Result<Vec<Row>, String> {
                             let pb = &pbs[i % pbs.len()];
                             tile_sgemm_with(isa, blk, MatRef::row_major(&a, m, k), pb, &mut c, n, &epi)
                         };
+                        let before = probe_now(kernel);
                         let s = pool.install(|| time(opts.min_seconds, &mut call));
+                        let after = probe_now(kernel);
                         if opts.stages {
                             let in_call = pool.install(|| in_call_stages(opts.min_seconds, &mut call));
                             let mut staged = StagedA::new(m, &pb0);
@@ -573,7 +589,7 @@ pub fn run(opts: &Options) -> Result<Vec<Row>, String> {
                             stage_times = vec![("pack-a", pack), ("product", product), ("epilogue", epilogue)];
                             stage_times.extend(in_call);
                         }
-                        (s, pb0.packed_bytes())
+                        (s, pb0.packed_bytes(), before, after)
                     }
                     "amx-int8" | "avx512-int8" => {
                         let isa = tile_isa(kernel).expect("a tile kernel");
@@ -600,15 +616,17 @@ pub fn run(opts: &Options) -> Result<Vec<Row>, String> {
                             };
                             tile_igemm_with(isa, blk, am, &[128], &pbs[i % pbs.len()], out)
                         };
+                        let before = probe_now(kernel);
                         let s = pool.install(|| time(opts.min_seconds, &mut call));
+                        let after = probe_now(kernel);
                         if opts.stages {
                             stage_times = pool.install(|| in_call_stages(opts.min_seconds, &mut call));
                         }
-                        (s, pbs[0].packed_bytes())
+                        (s, pbs[0].packed_bytes(), before, after)
                     }
                     arm if arm.starts_with("neon-") || arm.starts_with("sme-") => {
                         match pool.install(|| arm_seconds(arm, &a, &b, m, n, k, opts.min_seconds)) {
-                            Ok(s) => (s, 4 * k * n),
+                            Ok(s) => (s, 4 * k * n, 0.0, 0.0),
                             Err(why) => {
                                 eprintln!("skipping {kernel}: {why}");
                                 continue;
@@ -619,7 +637,6 @@ pub fn run(opts: &Options) -> Result<Vec<Row>, String> {
                 };
                 // A split GEMM does `products` times the work of the fp32
                 // GEMM it computes: its probe is the peak over `products`.
-                let probe_after = probe_now(kernel);
                 let peak = if opts.best { probe_before.max(probe_after) } else { (probe_before + probe_after) / 2.0 };
                 let drift = if probe_before > 0.0 { probe_after / probe_before } else { 0.0 };
                 let chip = chip_peak(&peaks, cores, kernel, threads).unwrap_or(0.0);

@@ -390,6 +390,10 @@ fn bound_dims(s: &Session, inputs: &[(String, Tensor)]) -> HashMap<String, usize
     dims
 }
 
+/// Rounds of the tile probe around `bench --profile`'s timed runs: about
+/// 10 ms at full speed.
+const PROFILE_PROBE_ITERATIONS: usize = 400_000;
+
 fn cmd_bench(m: &ModelArgs, warmup: usize, iterations: usize, json: bool, profile: bool) -> Result<(), String> {
     let s = open(m)?;
     let inputs = make_inputs(&s, m, &[])?;
@@ -399,8 +403,10 @@ fn cmd_bench(m: &ModelArgs, warmup: usize, iterations: usize, json: bool, profil
     // host's tile unit ran in (its rate on data swings 2x and more).
     let tile_probe = || {
         (profile && tessera_hw::amx_enabled().is_ok()).then(|| {
-            tessera_kernels::gemm::ukernel::amx::probe_peak_data(tessera_kernels::gemm::ukernel::DotKind::Bf16, 400_000)
-                / 1e9
+            tessera_kernels::gemm::ukernel::amx::probe_peak_data(
+                tessera_kernels::gemm::ukernel::DotKind::Bf16,
+                PROFILE_PROBE_ITERATIONS,
+            ) / 1e9
         })
     };
     let probe_before = tile_probe();

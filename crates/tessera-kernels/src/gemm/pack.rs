@@ -158,8 +158,10 @@ fn pack_a_f32_body<const FMA: bool>(dst: &mut [u8], a: MatRef<f32>, split: Split
     assert!(b0 <= b1 && b1 <= kb, "k-blocks {b0}..{b1} of a panel of {kb}");
     let nb = b1 - b0;
     assert!(dst.len() >= nb * np * BLOCK_BYTES && rows <= 32);
-    // The values of the blocks: columns c0..c1 of each row.
+    // The values of the blocks: columns c0..c1 of each row (a strided A
+    // gathers only those).
     let (c0, c1) = ((32 * b0).min(k), (32 * b1).min(k));
+    let a = a.cols_range(c0, c1 - c0);
     #[cfg(target_arch = "x86_64")]
     let vector_split = split != Split::Bf16 && avx512::usable();
     let mut gathered = Vec::new();
@@ -171,11 +173,11 @@ fn pack_a_f32_body<const FMA: bool>(dst: &mut [u8], a: MatRef<f32>, split: Split
             continue;
         }
         if i + 1 < rows && a.col_stride == 1 {
-            if let Some(next) = a.data.get((i + 1) * a.row_stride + c0..(i + 1) * a.row_stride + c1) {
+            if let Some(next) = a.data.get((i + 1) * a.row_stride..(i + 1) * a.row_stride + a.cols) {
                 crate::prefetch_for_reading(next);
             }
         }
-        let src = &a.row(i, &mut gathered)[c0..c1];
+        let src = a.row(i, &mut gathered);
         if split == Split::Bf16 {
             // The common case: the row converted in runs, then whole tile
             // rows copied out.
@@ -519,8 +521,11 @@ pub(crate) mod avx512 {
     /// bf16 parts (each k-block's parts side by side, as
     /// [`super::pack_a_f32`] lays them out): `src` (at most `32 * kb`
     /// values) split, zero past its end. The same parts as the portable
-    /// split except where a part is subnormal: the conversion instruction
-    /// makes those zero, as the tile unit reads subnormal bf16 anyway.
+    /// split except where the value a part is rounded from is subnormal:
+    /// the conversion instruction makes that part zero where the portable
+    /// rounding keeps a subnormal bf16 (which the tile unit reads as zero
+    /// anyway) or, just below the smallest normal, rounds up to it; and a
+    /// NaN's part keeps the instruction's payload bits.
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
     pub(super) fn pack_a_row_split(dst: &mut [u8], kb: usize, parts: usize, i: usize, src: &[f32]) {
         assert!(
@@ -856,25 +861,36 @@ mod tests {
         assert_eq!((scales[0], q(&dst, 3), q(&dst, 4), sums[0]), (2.0 / 127.0, 0, 0, 67 * 64 - 127));
     }
 
-    /// Values for the split packers: those of [`normal_or_special`], and
-    /// tiny ones whose parts or residuals are subnormal.
+    /// Values for the split packers: those of [`normal_or_special`], tiny
+    /// ones whose parts or residuals are subnormal, one whose residual
+    /// rounds up to the smallest normal in the portable split, subnormals
+    /// that do, and a NaN with payload bits.
     fn split_values() -> impl Strategy<Value = f32> {
         prop_oneof![
             6 => normal_or_special(),
             1 => Just(f32::MIN_POSITIVE / 4.0),
             1 => -1e-36f32..1e-36f32,
             1 => (-3.0f32..3.0f32).prop_map(|v| v * 1e-30),
+            1 => Just(f32::from_bits(0x0480_7F80)),
+            1 => (0x007F_8000u32..0x0080_0000).prop_map(f32::from_bits),
+            1 => Just(f32::from_bits(0x7FA0_0000)),
         ]
     }
 
-    /// The bf16 words of packed bytes, subnormal words (and negative zero)
-    /// made +0: the vector conversion flushes subnormal values to zero, and
-    /// the tile unit reads subnormal bf16 as zero in any case.
+    /// The bf16 words of packed bytes with the differences the vector
+    /// conversion may make told apart from errors: subnormal words, the
+    /// smallest normal (the portable rounding reaches it from just below,
+    /// where the instruction gives zero) and negative zero made +0, and
+    /// every NaN made the quiet NaN of its sign.
     fn words_flushed(bytes: &[u8]) -> Vec<u16> {
         bytes
             .chunks_exact(2)
             .map(|b| u16::from_le_bytes([b[0], b[1]]))
-            .map(|w| if w & 0x7F80 == 0 { 0 } else { w })
+            .map(|w| match w & 0x7FFF {
+                0..=0x0080 => 0,
+                0x7F81.. => 0x7FC0 | (w & 0x8000),
+                _ => w,
+            })
             .collect()
     }
 

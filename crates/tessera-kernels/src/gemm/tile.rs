@@ -1327,6 +1327,7 @@ fn pack_a_panels(a: MatRef<f32>, ap: &mut [u8], a_len: usize, split: Split) {
     let m = a.rows;
     let panels = m.div_ceil(MR);
     let step = split.parts() * BLOCK_BYTES;
+    debug_assert!(a_len.is_multiple_of(step), "a panel of {a_len} bytes is not whole k-steps of {step}");
     let kblocks = a_len / step;
     let runs = pack_runs(panels, kblocks, rayon::current_num_threads());
     let run_blocks = kblocks.div_ceil(runs).max(1);
@@ -1345,8 +1346,8 @@ fn pack_a_panels(a: MatRef<f32>, ap: &mut [u8], a_len: usize, split: Split) {
 
 /// Runs of k-blocks to cut each of `panels` A panels of `kblocks` k-blocks
 /// into, for `threads` threads: 1 while the panels alone give every thread
-/// one, else enough for about two runs per thread, none shorter than
-/// [`MIN_PACK_RUN`] k-blocks.
+/// one, else enough for about two runs per thread, each (but the last of a
+/// panel) at least [`MIN_PACK_RUN`] k-blocks.
 fn pack_runs(panels: usize, kblocks: usize, threads: usize) -> usize {
     if panels == 0 || panels >= threads {
         return 1;
@@ -2519,7 +2520,8 @@ mod blocking_tests {
         let view = MatRef::row_major(&a, m, k);
         for split in [Split::Bf16, Split::Bf16x3, Split::Bf16x6] {
             let a_len = pack::k_blocks(DotKind::Bf16, k) * split.parts() * BLOCK_BYTES;
-            // 2 panels of 22 k-blocks on 8 threads: 5 runs of 5 k-blocks.
+            // 2 panels of 22 k-blocks on 8 threads: runs of 5, 5, 5, 5 and 2
+            // k-blocks.
             assert_eq!(pack_runs(2, a_len / (split.parts() * BLOCK_BYTES), 8), 5);
             let mut runs = vec![0xAAu8; 2 * a_len];
             pool.install(|| pack_a_panels(view, &mut runs, a_len, split));

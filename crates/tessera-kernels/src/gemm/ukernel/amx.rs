@@ -494,9 +494,7 @@ pub fn probe_operands(kind: DotKind) -> [u8; 4 * 1024] {
 /// switch as they do on real data, which may draw more power and so run
 /// at another clock than all-zero tiles.
 pub fn probe_peak_on(kind: DotKind, iterations: usize, operands: Option<&[u8; 4 * 1024]>) -> f64 {
-    let start = std::time::Instant::now();
-    probe_loop(kind, iterations, operands, None);
-    let secs = start.elapsed().as_secs_f64();
+    let secs = probe_loop(kind, iterations, operands, None);
     // Each instruction: 16x16 outputs, each a dot product over one tile row
     // of A (32 bf16 or 64 int8 values), i.e. 2 ops per value.
     let per_insn = 16.0 * 16.0 * kind.k_per_block() as f64 * 2.0;
@@ -504,39 +502,53 @@ pub fn probe_peak_on(kind: DotKind, iterations: usize, operands: Option<&[u8; 4 
 }
 
 /// The probe's loop: `iterations` rounds of four tile products on the
-/// operand tiles (zeroed, or loaded from `operands`), then the first
-/// accumulator tile (the first A tile times the first B tile, `iterations`
-/// times) into `first_acc` when given (for tests).
-fn probe_loop(kind: DotKind, iterations: usize, operands: Option<&[u8; 4 * 1024]>, first_acc: Option<&mut AccBlock>) {
+/// operand tiles (zeroed, or loaded from `operands`), then the four
+/// accumulator tiles into `acc` when given (for tests: its 32x32 block is
+/// the two A tiles times the two B tiles, `iterations` times). Returns the
+/// seconds the loop took (the tile configuration and operand loads
+/// outside them).
+fn probe_loop(kind: DotKind, iterations: usize, operands: Option<&[u8; 4 * 1024]>, acc: Option<&mut AccBlock>) -> f64 {
     assert!(tessera_hw::amx_usable(), "AMX peak probe needs a usable tile unit");
     configure_thread();
     #[cfg(target_arch = "x86_64")]
-    {
+    let secs = {
         let (load, src) = match operands {
             Some(t) => (1usize, t.as_ptr()),
             None => (0, std::ptr::null()),
         };
-        let out = first_acc.map_or(std::ptr::null_mut(), |acc| acc.0.as_mut_ptr());
+        let out = acc.map_or(std::ptr::null_mut(), |acc| acc.0.as_mut_ptr());
+        // SAFETY: tiles configured just above (callers check `amx_usable`
+        // first); the only memory read is the 4 KiB of `operands` (four
+        // 1 KiB tiles of 16 rows x 64 bytes), and only when it was given.
+        unsafe {
+            std::arch::asm!(
+                "tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3",
+                "test {load}, {load}",
+                "jz 3f",
+                "tileloadd tmm4, [{src} + {s}*1]",
+                "tileloadd tmm5, [{src} + {s}*1 + 1024]",
+                "tileloadd tmm6, [{src} + {s}*1 + 2048]",
+                "tileloadd tmm7, [{src} + {s}*1 + 3072]",
+                "jmp 2f",
+                "3:",
+                "tilezero tmm4", "tilezero tmm5", "tilezero tmm6", "tilezero tmm7",
+                "2:",
+                load = in(reg) load,
+                src = in(reg) src,
+                s = in(reg) TILE_ROW_BYTES,
+                options(nostack, readonly)
+            );
+        }
+        // The tiles live on across the `asm!` blocks: what runs between
+        // them (reading the clock) executes no tile instruction, and the
+        // kernel saves tile state across context switches.
+        let start = std::time::Instant::now();
         macro_rules! probe {
             ($insn:literal) => {
-                // SAFETY: tiles configured just above (callers check
-                // `amx_usable` first); the memory touched is the 4 KiB of
-                // `operands` (four 1 KiB tiles of 16 rows x 64 bytes), read
-                // only when it was given, and the first 16 rows of 64
-                // bytes of `first_acc` (a 32x32 u32 block, rows of 128
-                // bytes), written only when it was given.
+                // SAFETY: tiles configured and loaded just above; the loop
+                // touches no memory.
                 unsafe {
                     std::arch::asm!(
-                        "tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3",
-                        "test {load}, {load}",
-                        "jz 3f",
-                        "tileloadd tmm4, [{src} + {s}*1]",
-                        "tileloadd tmm5, [{src} + {s}*1 + 1024]",
-                        "tileloadd tmm6, [{src} + {s}*1 + 2048]",
-                        "tileloadd tmm7, [{src} + {s}*1 + 3072]",
-                        "jmp 2f",
-                        "3:",
-                        "tilezero tmm4", "tilezero tmm5", "tilezero tmm6", "tilezero tmm7",
                         "2:",
                         concat!($insn, " tmm0, tmm4, tmm6"),
                         concat!($insn, " tmm1, tmm4, tmm7"),
@@ -544,17 +556,8 @@ fn probe_loop(kind: DotKind, iterations: usize, operands: Option<&[u8; 4 * 1024]
                         concat!($insn, " tmm3, tmm5, tmm7"),
                         "dec {n}",
                         "jnz 2b",
-                        "test {out}, {out}",
-                        "jz 4f",
-                        "tilestored [{out} + {sc}*1], tmm0",
-                        "4:",
                         n = inout(reg) iterations.max(1) => _,
-                        load = in(reg) load,
-                        src = in(reg) src,
-                        s = in(reg) TILE_ROW_BYTES,
-                        out = in(reg) out,
-                        sc = in(reg) 128usize,
-                        options(nostack)
+                        options(nostack, nomem)
                     );
                 }
             };
@@ -563,10 +566,29 @@ fn probe_loop(kind: DotKind, iterations: usize, operands: Option<&[u8; 4 * 1024]
             DotKind::Bf16 => probe!("tdpbf16ps"),
             DotKind::I8 { .. } => probe!("tdpbssd"),
         }
-    }
+        let secs = start.elapsed().as_secs_f64();
+        if !out.is_null() {
+            // SAFETY: tiles configured above; `out` is the 32x32 u32 block
+            // of `acc` (rows of 128 bytes): each tile store writes 16 rows
+            // of 64 bytes inside it, as `accumulators_out!` does.
+            unsafe {
+                std::arch::asm!(
+                    accumulators_out!(),
+                    c = in(reg) out,
+                    sc = in(reg) 128usize,
+                    options(nostack)
+                );
+            }
+        }
+        secs
+    };
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = (kind, iterations, operands, first_acc);
+    let secs = {
+        let _ = (kind, iterations, operands, acc);
+        0.0
+    };
     release_thread();
+    secs
 }
 
 #[cfg(test)]
@@ -592,8 +614,8 @@ mod tests {
     }
 
     /// The data probe multiplies the tiles it loaded: after `n` rounds its
-    /// first accumulator is `n` times the first A tile times the first B
-    /// tile (B in the tile unit's pair or quad layout).
+    /// four accumulators are `n` times each A tile times each B tile (B in
+    /// the tile unit's pair or quad layout).
     #[test]
     fn amx_data_probe_multiplies_the_loaded_tiles() {
         if !isas_under_test().contains(&TileIsa::Amx) {
@@ -604,9 +626,13 @@ mod tests {
             let tiles = probe_operands(kind);
             let mut acc = AccBlock::new();
             probe_loop(kind, ROUNDS, Some(&tiles), Some(&mut acc));
-            let (a, b) = (&tiles[..1024], &tiles[2048..3072]);
-            for i in 0..16 {
-                for j in 0..16 {
+            for (i, j) in (0..32).flat_map(|i| (0..32).map(move |j| (i, j))) {
+                // Output (i, j): row i % 16 of A tile i / 16 times column
+                // j % 16 of B tile j / 16.
+                let a = &tiles[(i / 16) * 1024..][..1024];
+                let b = &tiles[2048 + (j / 16) * 1024..][..1024];
+                let (ii, jj) = (i % 16, j % 16);
+                {
                     match kind {
                         DotKind::Bf16 => {
                             let v = |bytes: &[u8], at: usize| {
@@ -616,7 +642,7 @@ mod tests {
                             // k = 2p, 2p + 1 for each column j.
                             let (mut sum, mut size) = (0f64, 0f64);
                             for k in 0..32 {
-                                let t = v(a, i * 64 + 2 * k) as f64 * v(b, (k / 2) * 64 + 4 * j + 2 * (k % 2)) as f64;
+                                let t = v(a, ii * 64 + 2 * k) as f64 * v(b, (k / 2) * 64 + 4 * jj + 2 * (k % 2)) as f64;
                                 sum += t;
                                 size += t.abs();
                             }
@@ -630,7 +656,8 @@ mod tests {
                         DotKind::I8 { .. } => {
                             let mut sum = 0i64;
                             for k in 0..64 {
-                                sum += (a[i * 64 + k] as i8 as i64) * (b[(k / 4) * 64 + 4 * j + (k % 4)] as i8 as i64);
+                                sum +=
+                                    (a[ii * 64 + k] as i8 as i64) * (b[(k / 4) * 64 + 4 * jj + (k % 4)] as i8 as i64);
                             }
                             assert_eq!(acc.as_i32()[i * 32 + j] as i64, ROUNDS as i64 * sum, "int8 C[{i}][{j}]");
                         }
