@@ -632,35 +632,32 @@ mod tests {
                 let a = &tiles[(i / 16) * 1024..][..1024];
                 let b = &tiles[2048 + (j / 16) * 1024..][..1024];
                 let (ii, jj) = (i % 16, j % 16);
-                {
-                    match kind {
-                        DotKind::Bf16 => {
-                            let v = |bytes: &[u8], at: usize| {
-                                half::bf16::from_bits(u16::from_le_bytes([bytes[at], bytes[at + 1]])).to_f32()
-                            };
-                            // Row i of A holds k = 0..32; row p of B holds
-                            // k = 2p, 2p + 1 for each column j.
-                            let (mut sum, mut size) = (0f64, 0f64);
-                            for k in 0..32 {
-                                let t = v(a, ii * 64 + 2 * k) as f64 * v(b, (k / 2) * 64 + 4 * jj + 2 * (k % 2)) as f64;
-                                sum += t;
-                                size += t.abs();
-                            }
-                            let want = ROUNDS as f64 * sum;
-                            let got = acc.as_f32()[i * 32 + j] as f64;
-                            assert!(
-                                (got - want).abs() <= 1e-5 * ROUNDS as f64 * size + 1e-30,
-                                "bf16 C[{i}][{j}] = {got}, want {want}"
-                            );
+                match kind {
+                    DotKind::Bf16 => {
+                        let v = |bytes: &[u8], at: usize| {
+                            half::bf16::from_bits(u16::from_le_bytes([bytes[at], bytes[at + 1]])).to_f32()
+                        };
+                        // Row i of A holds k = 0..32; row p of B holds
+                        // k = 2p, 2p + 1 for each column j.
+                        let (mut sum, mut size) = (0f64, 0f64);
+                        for k in 0..32 {
+                            let t = v(a, ii * 64 + 2 * k) as f64 * v(b, (k / 2) * 64 + 4 * jj + 2 * (k % 2)) as f64;
+                            sum += t;
+                            size += t.abs();
                         }
-                        DotKind::I8 { .. } => {
-                            let mut sum = 0i64;
-                            for k in 0..64 {
-                                sum +=
-                                    (a[ii * 64 + k] as i8 as i64) * (b[(k / 4) * 64 + 4 * jj + (k % 4)] as i8 as i64);
-                            }
-                            assert_eq!(acc.as_i32()[i * 32 + j] as i64, ROUNDS as i64 * sum, "int8 C[{i}][{j}]");
+                        let want = ROUNDS as f64 * sum;
+                        let got = acc.as_f32()[i * 32 + j] as f64;
+                        assert!(
+                            (got - want).abs() <= 1e-5 * ROUNDS as f64 * size + 1e-30,
+                            "bf16 C[{i}][{j}] = {got}, want {want}"
+                        );
+                    }
+                    DotKind::I8 { .. } => {
+                        let mut sum = 0i64;
+                        for k in 0..64 {
+                            sum += (a[ii * 64 + k] as i8 as i64) * (b[(k / 4) * 64 + 4 * jj + (k % 4)] as i8 as i64);
                         }
+                        assert_eq!(acc.as_i32()[i * 32 + j] as i64, ROUNDS as i64 * sum, "int8 C[{i}][{j}]");
                     }
                 }
             }
