@@ -428,7 +428,13 @@ def tessera_bench(cli: TesseraCli, model: Path, dims: dict[str, int], threads: i
     out = json.loads(line)
     if "p50_ms" not in out or "p90_ms" not in out:
         return {"error": f"bench JSON lacks p50_ms/p90_ms: {line[:200]}"}
-    return {"timing": {"p50_ms": out["p50_ms"], "p90_ms": out["p90_ms"]}, "tessera": out}
+    res = {"timing": {"p50_ms": out["p50_ms"], "p90_ms": out["p90_ms"]}, "tessera": out}
+    # The tile unit's rate on data just before and after the timed runs
+    # (AMX machines): on a shared host it swings 2x and more.
+    probe = out.get("tile_probe_gflops")
+    if probe:
+        res["probe"] = f"tile probe {probe[0]:.0f}/{probe[1]:.0f} GFLOP/s"
+    return res
 
 
 def tessera_run(cli: TesseraCli, model: Path, feeds: dict[str, np.ndarray], ref_name: str, threads: int,
@@ -611,7 +617,7 @@ def main() -> int:
                         row.p50_ms, row.p90_ms = t["p50_ms"], t["p90_ms"]
                         row.vs_ort_fp32 = t["p50_ms"] / base32["p50_ms"]
                         row.vs_ort_int8 = t["p50_ms"] / base8["p50_ms"]
-                    row.note = res.get("error", "")
+                    row.note = res.get("error", "") or res.get("probe", "")
                     if isinstance(a, tuple):
                         row.cosine, row.max_err = a
                     elif isinstance(a, str):

@@ -390,19 +390,19 @@ fn bound_dims(s: &Session, inputs: &[(String, Tensor)]) -> HashMap<String, usize
     dims
 }
 
-/// Rounds of the tile probe around `bench --profile`'s timed runs: about
-/// 10 ms at full speed.
+/// Rounds of the tile probe around `bench`'s timed runs: about 10 ms at
+/// full speed.
 const PROFILE_PROBE_ITERATIONS: usize = 400_000;
 
 fn cmd_bench(m: &ModelArgs, warmup: usize, iterations: usize, json: bool, profile: bool) -> Result<(), String> {
     let s = open(m)?;
     let inputs = make_inputs(&s, m, &[])?;
     let plan = s.memory_plan(&bound_dims(&s, &inputs)).map_err(|e| e.to_string())?;
-    // With --profile on an AMX machine: the tile unit's rate on data just
-    // before and after the timed runs, which tells the phase a shared
-    // host's tile unit ran in (its rate on data swings 2x and more).
+    // On an AMX machine: the tile unit's rate on data just before and after
+    // the timed runs, which tells the phase a shared host's tile unit ran
+    // in (its rate on data swings 2x and more); about 10-25 ms each.
     let tile_probe = || {
-        (profile && tessera_hw::amx_enabled().is_ok()).then(|| {
+        tessera_hw::amx_enabled().is_ok().then(|| {
             tessera_kernels::gemm::ukernel::amx::probe_peak_data(
                 tessera_kernels::gemm::ukernel::DotKind::Bf16,
                 PROFILE_PROBE_ITERATIONS,
@@ -411,7 +411,8 @@ fn cmd_bench(m: &ModelArgs, warmup: usize, iterations: usize, json: bool, profil
     };
     let probe_before = tile_probe();
     let r = time_runs(&s, &inputs, warmup, iterations.max(1), !json)?;
-    if let (Some(before), Some(after)) = (probe_before, tile_probe()) {
+    let tile_probes = probe_before.zip(tile_probe());
+    if let Some((before, after)) = tile_probes {
         eprintln!(
             "tile unit on random operand tiles, one core: {before:.0} GFLOP/s before the timed runs, {after:.0} after"
         );
@@ -467,6 +468,9 @@ fn cmd_bench(m: &ModelArgs, warmup: usize, iterations: usize, json: bool, profil
             "unplanned_memory_bytes": plan.unplanned_bytes,
             "weight_bytes": plan.weight_bytes,
             "dynamic_values": plan.dynamic_values.len(),
+            // [before, after] the timed runs, GFLOP/s on one core; null
+            // without AMX.
+            "tile_probe_gflops": tile_probes.map(|(b, a)| [b, a]),
         });
         println!("{o}");
     } else {
