@@ -428,10 +428,11 @@ fn tile_peak(
     v.iter().sum()
 }
 
-/// Probe rounds bracketing each case's timed calls: about 10 ms per probe
+/// Probe rounds bracketing each case's timed calls (and `tessera bench`'s
+/// timed runs): about 10 ms per probe
 /// at full speed (AMX: 4 tile products of ~16 cycles a round; the AVX-512
 /// probe's round is about 4x shorter).
-fn case_probe_iterations(isa: TileIsa) -> usize {
+pub(crate) fn case_probe_iterations(isa: TileIsa) -> usize {
     match isa {
         TileIsa::Avx512Dot => 1_600_000,
         _ => 400_000,

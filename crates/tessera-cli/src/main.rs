@@ -390,10 +390,6 @@ fn bound_dims(s: &Session, inputs: &[(String, Tensor)]) -> HashMap<String, usize
     dims
 }
 
-/// Rounds of the tile probe around `bench`'s timed runs: about 10 ms at
-/// full speed.
-const PROFILE_PROBE_ITERATIONS: usize = 400_000;
-
 fn cmd_bench(m: &ModelArgs, warmup: usize, iterations: usize, json: bool, profile: bool) -> Result<(), String> {
     let s = open(m)?;
     let inputs = make_inputs(&s, m, &[])?;
@@ -405,7 +401,7 @@ fn cmd_bench(m: &ModelArgs, warmup: usize, iterations: usize, json: bool, profil
         tessera_hw::amx_enabled().is_ok().then(|| {
             tessera_kernels::gemm::ukernel::amx::probe_peak_data(
                 tessera_kernels::gemm::ukernel::DotKind::Bf16,
-                PROFILE_PROBE_ITERATIONS,
+                bench_gemm::case_probe_iterations(tessera_kernels::gemm::TileIsa::Amx),
             ) / 1e9
         })
     };

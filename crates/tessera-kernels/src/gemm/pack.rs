@@ -796,19 +796,32 @@ mod tests {
         ]
     }
 
-    /// The vector packers must run where AMX does (`TESSERA_REQUIRE_AMX=1`,
-    /// set by scripts/test on an AMX machine); elsewhere only the portable
-    /// forms are checked, and this says so.
+    /// Whether a vector path runs here (`available`). It must where AMX
+    /// does (`TESSERA_REQUIRE_AMX=1`, set by scripts/test on an AMX
+    /// machine: every CPU with AMX has AVX-512 BF16); elsewhere only the
+    /// portable forms are checked, and `skipped` says so once.
+    fn vector_path_runs(available: bool, lacking: &str, said: &'static std::sync::Once, skipped: &str) -> bool {
+        if !available {
+            assert!(std::env::var("TESSERA_REQUIRE_AMX").as_deref() != Ok("1"), "AMX machine without {lacking}");
+            said.call_once(|| eprintln!("SKIPPED {skipped}"));
+        }
+        available
+    }
+
+    /// The AVX-512 BF16 packers run here, or the test checks the portable
+    /// ones only (see [`vector_path_runs`]).
     fn require_vector_packers() {
         #[cfg(target_arch = "x86_64")]
         let vector = avx512::usable();
         #[cfg(not(target_arch = "x86_64"))]
         let vector = false;
-        if !vector {
-            assert!(std::env::var("TESSERA_REQUIRE_AMX").as_deref() != Ok("1"), "AMX machine without AVX-512 BF16");
-            static SAID: std::sync::Once = std::sync::Once::new();
-            SAID.call_once(|| eprintln!("SKIPPED AVX-512 BF16 packers: the CPU lacks them (portable packers checked)"));
-        }
+        static SAID: std::sync::Once = std::sync::Once::new();
+        vector_path_runs(
+            vector,
+            "AVX-512 BF16",
+            &SAID,
+            "AVX-512 BF16 packers: the CPU lacks them (portable packers checked)",
+        );
     }
 
     /// Values of every size, ties of the int8 rounding, infinities and NaN.
@@ -833,12 +846,8 @@ mod tests {
         let fused = avx512::quantizer_usable();
         #[cfg(not(target_arch = "x86_64"))]
         let fused = false;
-        if !fused {
-            assert!(std::env::var("TESSERA_REQUIRE_AMX").as_deref() != Ok("1"), "AMX machine without AVX-512F");
-            static SAID: std::sync::Once = std::sync::Once::new();
-            SAID.call_once(|| eprintln!("SKIPPED fused int8 quantizer: the CPU lacks AVX-512F (portable path only)"));
-        }
-        fused
+        static SAID: std::sync::Once = std::sync::Once::new();
+        vector_path_runs(fused, "AVX-512F", &SAID, "fused int8 quantizer: the CPU lacks AVX-512F (portable path only)")
     }
 
     #[test]
