@@ -417,10 +417,12 @@ fn cmd_bench(m: &ModelArgs, warmup: usize, iterations: usize, json: bool, profil
         // Timed separately so the per-op clock reads do not skew the latencies above.
         tessera_providers::profile::set_enabled(true);
         let _ = tessera_kernels::gemm::stage_ticks_since_last(true);
+        let _ = tessera_kernels::attention::stage_ticks_since_last(true);
         let (start, t0) = (std::time::Instant::now(), tessera_kernels::gemm::tick_count());
         time_runs(&s, &inputs, 0, iterations.max(1), false)?;
         let (secs, ticks) = (start.elapsed().as_secs_f64(), tessera_kernels::gemm::tick_count().saturating_sub(t0));
         let stages = tessera_kernels::gemm::stage_ticks_since_last(false);
+        let attention_stages = tessera_kernels::attention::stage_ticks_since_last(false);
         tessera_providers::profile::set_enabled(false);
         let rows = tessera_providers::profile::take();
         let total: f64 = rows.iter().map(|r| r.2).sum();
@@ -447,6 +449,23 @@ fn cmd_bench(m: &ModelArgs, warmup: usize, iterations: usize, json: bool, profil
                 ms(stages[5]),
                 ms(stages[6])
             );
+        }
+        // Attention on tiles, split likewise (summed over its heads).
+        if attention_stages.iter().any(|&t| t > 0) {
+            let ms = |t: u64| t as f64 / ticks.max(1) as f64 * secs * 1e3 / (iterations.max(1) * s.threads()) as f64;
+            let names = [
+                "packing K and V",
+                "packing Q",
+                "score products",
+                "score rows",
+                "softmax",
+                "value products",
+                "output rows",
+                "tile sessions",
+            ];
+            let parts: Vec<String> =
+                names.iter().zip(attention_stages).map(|(n, t)| format!("{n} {:.3}", ms(t))).collect();
+            eprintln!("attention on tiles, ms per run and thread: {}", parts.join(", "));
         }
     }
     let throughput = r.latencies_ms.len() as f64 / r.total_s;

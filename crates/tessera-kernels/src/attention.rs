@@ -8,6 +8,7 @@
 use rayon::prelude::*;
 
 use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crate::elementwise::softmax_exp_in_place;
 use crate::gemm::pack::{self, Split};
@@ -161,11 +162,16 @@ pub fn attention_on(
                 }
             }
             Products::Tiles(isa) => {
+                let mut laps = Laps::start(STAGE_TIMING.load(Ordering::Relaxed));
                 let sess = TileSession::begin(isa, Prefetch::None);
+                laps.lap(Stage::Session);
                 let vrow = |kk: usize| &vh.data[kk * lv..][..d];
                 let queries = [QueryBlock { q: qh, bias: block_mask }];
                 let head = HeadBlock { queries: &queries, k: &kh, v: &vrow, kv_len, v_dim: d, scale };
-                head.on_tiles(&sess, f32s, &|_, i, j0, norm, vals| out_row(i, j0, norm, vals));
+                head.on_tiles(&sess, f32s, &|_, i, j0, norm, vals| out_row(i, j0, norm, vals), &mut laps);
+                drop(sess);
+                laps.lap(Stage::Session);
+                laps.flush();
             }
         });
     });
@@ -361,8 +367,85 @@ pub fn head_on_tiles(isa: TileIsa, head: &HeadBlock, out_row: &OutRow) {
         return;
     }
     let rows = head.queries.iter().map(|b| b.q.rows).max().unwrap_or(0);
+    let mut laps = Laps::start(STAGE_TIMING.load(Ordering::Relaxed));
     let sess = TileSession::begin(isa, Prefetch::None);
-    with_scratch(MR.min(rows) * head.kv_len, |scores| head.on_tiles(&sess, scores, out_row))
+    laps.lap(Stage::Session);
+    with_scratch(MR.min(rows) * head.kv_len, |scores| head.on_tiles(&sess, scores, out_row, &mut laps));
+    drop(sess);
+    laps.lap(Stage::Session);
+    laps.flush();
+}
+
+/// The stages of [`head_on_tiles`] that [`stage_ticks_since_last`] counts.
+#[derive(Clone, Copy)]
+enum Stage {
+    /// Packing K and V into B panels.
+    PackKv,
+    /// Packing a panel of query rows into an A panel.
+    PackQ,
+    /// The score products (`Q Kᵀ`) on the tiles.
+    ScoreProducts,
+    /// Scores out of the accumulators: scale, mask, running maximum.
+    ScoreRows,
+    /// Exponentials and sums, rounded into the second product's A panel.
+    Softmax,
+    /// The weighted sums (`P V`) on the tiles.
+    ValueProducts,
+    /// Output rows through `out_row`.
+    OutputRows,
+    /// Beginning and ending the tile session, taking the scratch.
+    Session,
+}
+
+const STAGES: usize = 8;
+
+/// Whether [`head_on_tiles`] counts its stages (for `tessera bench
+/// --profile`; off by default).
+static STAGE_TIMING: AtomicBool = AtomicBool::new(false);
+
+/// Time stamp counts per [`Stage`], summed over threads.
+static STAGE_TICKS: [AtomicU64; STAGES] = [const { AtomicU64::new(0) }; STAGES];
+
+/// Turns the tile attention's stage counts on or off and returns what they
+/// summed since the last call, in time stamp counts over all threads (the
+/// tile driver's units, [`crate::gemm::tick_count`]), in the order: packing
+/// K and V, packing Q, score products, score rows, softmax, value
+/// products, output rows, tile session.
+pub fn stage_ticks_since_last(on: bool) -> [u64; STAGES] {
+    STAGE_TIMING.store(on, Ordering::Relaxed);
+    STAGE_TICKS.each_ref().map(|t| t.swap(0, Ordering::Relaxed))
+}
+
+/// One head's stage times, counted locally and added to [`STAGE_TICKS`]
+/// once; stamps only when on.
+struct Laps {
+    on: bool,
+    last: u64,
+    ticks: [u64; STAGES],
+}
+
+impl Laps {
+    fn start(on: bool) -> Laps {
+        Laps { on, last: if on { crate::gemm::tick_count() } else { 0 }, ticks: [0; STAGES] }
+    }
+
+    /// Counts the time since the last stamp to `stage`.
+    #[inline(always)]
+    fn lap(&mut self, stage: Stage) {
+        if self.on {
+            let now = crate::gemm::tick_count();
+            self.ticks[stage as usize] += now.saturating_sub(self.last);
+            self.last = now;
+        }
+    }
+
+    fn flush(&self) {
+        if self.on {
+            for (total, &t) in STAGE_TICKS.iter().zip(&self.ticks) {
+                total.fetch_add(t, Ordering::Relaxed);
+            }
+        }
+    }
 }
 
 impl HeadBlock<'_, '_> {
@@ -376,7 +459,7 @@ impl HeadBlock<'_, '_> {
     /// `out_row(query block, row, first column, factor, values)`; K and V
     /// are packed once for all the query blocks. `scores` holds at least
     /// `min(32, rows)` rows of `kv_len` for the longest block.
-    fn on_tiles(&self, sess: &TileSession, scores: &mut [f32], out_row: &OutRow) {
+    fn on_tiles(&self, sess: &TileSession, scores: &mut [f32], out_row: &OutRow, laps: &mut Laps) {
         let Some(first) = self.queries.first() else { return };
         let (d, dv, kv_len) = (first.q.cols, self.v_dim, self.kv_len);
         let (kb_d, kb_kv) = (pack::k_blocks(DotKind::Bf16, d), pack::k_blocks(DotKind::Bf16, kv_len));
@@ -394,6 +477,7 @@ impl HeadBlock<'_, '_> {
                 let j0 = p * NR;
                 pack::pack_b_bf16_from_rows(dst, NR.min(dv - j0), kv_len, |kk| &(self.v)(kk)[j0..]);
             }
+            laps.lap(Stage::PackKv);
             let mut acc = AccBlock::new();
             let panels = self
                 .queries
@@ -404,13 +488,16 @@ impl HeadBlock<'_, '_> {
                 let (r, mask) = (qb.q.rows, qb.bias);
                 let (i0, rows) = (pm * MR, MR.min(r - pm * MR));
                 pack::pack_a_f32(qp, qb.q.rows_range(i0, rows), Split::Bf16);
+                laps.lap(Stage::PackQ);
                 let scores = &mut scores[..rows * kv_len];
                 let mut lane_max = [[f32::NEG_INFINITY; 16]; MR];
                 for pn in 0..np_kv {
                     let (j0, cols) = (pn * NR, NR.min(kv_len - pn * NR));
                     sess.run(DotKind::Bf16, qp, &kp[pn * len_d..][..len_d], kb_d, &mut acc, false);
+                    laps.lap(Stage::ScoreProducts);
                     let block = ScoreBlock { rows, cols, i0, j0, kv_len, scale: self.scale, mask };
                     softmax_rows::scores_from_block(acc.as_f32(), block, scores, &mut lane_max);
+                    laps.lap(Stage::ScoreRows);
                 }
                 let mut norm = [0f32; MR];
                 for (i, row) in scores.chunks_exact_mut(kv_len).enumerate() {
@@ -419,12 +506,15 @@ impl HeadBlock<'_, '_> {
                 for i in rows..MR {
                     pack::pack_a_row_bf16(pp, kb_kv, i, &[]);
                 }
+                laps.lap(Stage::Softmax);
                 for pn in 0..np_d {
                     let (j0, cols) = (pn * NR, NR.min(dv - pn * NR));
                     sess.run(DotKind::Bf16, pp, &vp[pn * len_kv..][..len_kv], kb_kv, &mut acc, false);
+                    laps.lap(Stage::ValueProducts);
                     for (i, src) in acc.as_f32().chunks_exact(NR).take(rows).enumerate() {
                         out_row(qi, i0 + i, j0, norm[i], &src[..cols]);
                     }
+                    laps.lap(Stage::OutputRows);
                 }
             }
         })

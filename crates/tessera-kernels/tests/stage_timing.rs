@@ -42,3 +42,37 @@ fn stage_counts_follow_the_switch() {
     let [kloop, .., wait_first, _wait_last] = stage_ticks_since_last(false);
     assert!(kloop > 0 && wait_first >= kloop, "{kloop} {wait_first}");
 }
+
+/// The tile attention's stage counts (its own, apart from the driver's):
+/// with timing on, one head on two query panels (the second ragged) counts
+/// time in every stage, and their sum fits in the call's own time; with it
+/// off, a head counts nothing.
+#[test]
+fn attention_stage_counts_follow_the_switch() {
+    use tessera_kernels::attention::{head_on_tiles, stage_ticks_since_last, HeadBlock, QueryBlock};
+    use tessera_kernels::gemm::tick_count;
+    let (rows, kv_len, d, dv) = (40, 70, 48, 40);
+    let (q, k, v) = (values(rows * d, 5), values(kv_len * d, 6), values(kv_len * dv, 7));
+    let krow = |j: usize| &k[j * d..][..d];
+    let vrow = |j: usize| &v[j * dv..][..dv];
+    let queries = [QueryBlock { q: MatRef::row_major(&q, rows, d), bias: None }];
+    let head = HeadBlock { queries: &queries, k: &krow, v: &vrow, kv_len, v_dim: dv, scale: 0.125 };
+    let written = std::sync::atomic::AtomicUsize::new(0);
+    let out_row = |_b: usize, _i: usize, _j0: usize, _f: f32, vals: &[f32]| {
+        written.fetch_add(vals.len(), std::sync::atomic::Ordering::Relaxed);
+    };
+    let _ = stage_ticks_since_last(true);
+    let t0 = tick_count();
+    head_on_tiles(TileIsa::Emulated, &head, &out_row);
+    let spent = tick_count() - t0;
+    let stages = stage_ticks_since_last(false);
+    assert_eq!(written.load(std::sync::atomic::Ordering::Relaxed), rows * dv);
+    // Packing K and V, packing Q, score products, score rows, softmax,
+    // value products, output rows: each did work.
+    for (i, &t) in stages[..7].iter().enumerate() {
+        assert!(t > 0, "stage {i} counted nothing: {stages:?}");
+    }
+    assert!(stages.iter().sum::<u64>() <= spent, "{stages:?} over {spent}");
+    head_on_tiles(TileIsa::Emulated, &head, &out_row);
+    assert_eq!(stage_ticks_since_last(false), [0; 8]);
+}
