@@ -1,10 +1,19 @@
-//! Scratch: the AMX data probe and the AVX-512 fp32 FMA probe, alternating,
-//! on T threads at once, for S seconds: does the vector unit slow down when
-//! the tile unit does?
+//! Does the vector unit slow down when the tile unit does? On T threads at
+//! once (default 1), for S seconds (default 3), each thread repeats: the
+//! AMX bf16 probe on random operand tiles, the same on zero tiles, the
+//! AVX-512 fp32 FMA probe (about 1 ms each), and the series is printed with
+//! the correlation of the first and last, and their means in the tile
+//! unit's slow samples (data below 0.6x zero) and the others.
+//! `cargo run --release -p tessera-kernels --example probe_series -- T S`;
+//! needs AMX (the lent Xeon: `benches/results/2026-12-02-phases/`).
 use tessera_kernels::gemm::ukernel::DotKind;
 use tessera_kernels::gemm::ukernel::{amx, avx512};
 
 fn main() {
+    if let Err(why) = tessera_hw::amx_enabled() {
+        eprintln!("probe_series needs AMX: {why}");
+        std::process::exit(2);
+    }
     let args: Vec<String> = std::env::args().collect();
     let threads: usize = args.get(1).map_or(1, |s| s.parse().unwrap());
     let secs: f64 = args.get(2).map_or(3.0, |s| s.parse().unwrap());
