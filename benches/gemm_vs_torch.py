@@ -22,6 +22,13 @@ Tessera's rows are printed alone.
 Ratios: tessera GFLOP/s / torch GFLOP/s of each dtype (above 1: Tessera
 faster). torch %peak uses the median of Tessera's bf16 tile probes (random
 operand tiles, taken around each case) for the same threads.
+
+Order: each (shape, threads) runs Tessera's cases and then torch's right
+after, so the two meet the machine in the same state (the lent Xeon's tile
+unit changes speed by 2x within seconds). --rounds R repeats the whole
+sweep R times; the table then gives each row's median over the rounds
+(GFLOP/s and ratios, each the median of its own) and the range of the bf16
+ratio, and --json keeps every round's rows.
 --smoke: one 128x768x768 shape, 1 thread, 1 warm-up, 3 timings.
 """
 
@@ -59,7 +66,8 @@ def shape_str(m: int, n: int, k: int) -> str:
 # ---------------------------------------------------------------- tessera
 
 
-def tessera_rows(tessera: Path, threads: list[int], shapes: list[tuple[int, int, int]], timeout: float) -> tuple[list[dict], str]:
+def tessera_rows(tessera: Path, threads: list[int], shapes: list[tuple[int, int, int]], timeout: float,
+                 extra: list[str] | None = None) -> tuple[list[dict], str]:
     """(rows, note). Rows as printed by bench-gemm; note says why there are none."""
     if not tessera.exists():
         return [], f"{tessera} not found (cargo build --release -p tessera-cli)"
@@ -67,7 +75,7 @@ def tessera_rows(tessera: Path, threads: list[int], shapes: list[tuple[int, int,
     if h.returncode != 0:
         return [], "this tessera build has no `bench-gemm` subcommand: torch half only"
     flags = set(re.findall(r"--[a-z][a-z0-9-]*", h.stdout))
-    base = [str(tessera), "bench-gemm", "--json"]
+    base = [str(tessera), "bench-gemm", "--json", *(extra or [])]
     if "--shapes" in flags:
         base += ["--shapes", ",".join(shape_str(*s) for s in shapes)]
     runs = [base + ["--threads", str(t)] for t in threads] if "--threads" in flags else [base]
@@ -139,13 +147,15 @@ def fmt(v, spec: str) -> str:
 
 
 def print_table(rows: list[dict]) -> None:
-    head = ["shape MxNxK", "thr", "tessera kernel", "GFLOP/s", "%peak", "torch bf16", "torch fp32", "bf16 %peak", "t/bf16", "t/fp32"]
+    head = ["shape MxNxK", "thr", "tessera kernel", "GFLOP/s", "%peak", "torch bf16", "torch fp32", "bf16 %peak", "t/bf16", "t/fp32",
+            "t/bf16 range"]
     body = []
     for r in rows:
         body.append([r["shape"], str(r["threads"]), r.get("kernel") or "-", fmt(r.get("gflops"), ".1f"),
                      fmt(r.get("pct_of_peak"), ".1f"), fmt(r.get("torch_bf16_gflops"), ".1f"),
                      fmt(r.get("torch_fp32_gflops"), ".1f"), fmt(r.get("torch_bf16_pct_of_peak"), ".1f"),
-                     fmt(r.get("ratio_vs_torch_bf16"), ".2f"), fmt(r.get("ratio_vs_torch_fp32"), ".2f")])
+                     fmt(r.get("ratio_vs_torch_bf16"), ".2f"), fmt(r.get("ratio_vs_torch_fp32"), ".2f"),
+                     r.get("ratio_vs_torch_bf16_range") or "-"])
     widths = [max(len(x[i]) for x in [head, *body]) for i in range(len(head))]
     for line in [head, *body]:
         print("  ".join(c.ljust(w) if i in (0, 2) else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths))))
@@ -161,6 +171,9 @@ def main() -> int:
     ap.add_argument("--tessera", default=str(REPO / "target/release/tessera"))
     ap.add_argument("--timeout", type=float, default=1800.0, help="per tessera command, seconds")
     ap.add_argument("--json", metavar="OUT", help="write the joined rows as JSON")
+    ap.add_argument("--rounds", type=int, default=1, help="repeat the sweep; the table gives medians over rounds")
+    ap.add_argument("--kernels", default=None, help="passed to bench-gemm --kernels (default: all)")
+    ap.add_argument("--seconds", type=float, default=None, help="passed to bench-gemm --seconds")
     args = ap.parse_args()
 
     threads = [int(t) for t in (args.threads or ("1" if args.smoke else "1,2")).split(",") if t.strip()]
@@ -169,60 +182,95 @@ def main() -> int:
     warmup = args.warmup if args.warmup is not None else (1 if args.smoke else 3)
 
     notes = []
-    t_rows, t_note = tessera_rows(Path(args.tessera), threads, shapes, args.timeout)
-    if t_note:
-        notes.append(f"tessera: {t_note}")
     torch, torch_note = torch_info()
     if torch is None:
         notes.append(f"PyTorch not importable ({torch_note}): torch columns are empty; run this where torch is installed")
+    extra = []
+    if args.kernels:
+        extra += ["--kernels", args.kernels]
+    if args.seconds:
+        extra += ["--seconds", str(args.seconds)]
 
-    # Every (shape, threads) either side measures; tessera may have several kernels per key.
-    keys = [(s, t) for s in shapes for t in threads]
-    for r in t_rows:
-        key = ((int(r["m"]), int(r["n"]), int(r["k"])), int(r["threads"]))
-        if key not in keys:
-            keys.append(key)
-    # Tessera probes the tile unit around each of its cases (on random
-    # operand tiles); torch runs later, so its %peak takes the median of the
-    # plain bf16 tile cases' probes for the same threads: AMX's where there
-    # are any, else the AVX-512 dot products' (never the two pooled).
-    by_kernel = {}
-    for r in t_rows:
-        if r.get("peak_gflops") and r.get("kernel") in ("amx-bf16", "avx512-bf16") and not r.get("stage"):
-            by_kernel.setdefault((r["kernel"], int(r["threads"])), []).append(float(r["peak_gflops"]))
-    peaks = {}
-    for kernel in ("avx512-bf16", "amx-bf16"):
-        for (kern, t), v in by_kernel.items():
-            if kern == kernel:
-                v = sorted(v)
-                peaks[t] = (v[(len(v) - 1) // 2] + v[len(v) // 2]) / 2
+    rounds = []
+    for rnd in range(max(1, args.rounds)):
+        t_rows_all, joined = [], []
+        for (m, n, k) in shapes:
+            for t in threads:
+                print(f"bench: round {rnd + 1}, {shape_str(m, n, k)} threads {t}", file=sys.stderr)
+                t_rows, t_note = tessera_rows(Path(args.tessera), [t], [(m, n, k)], args.timeout, extra)
+                if t_note and f"tessera: {t_note}" not in notes:
+                    notes.append(f"tessera: {t_note}")
+                ref = {}
+                if torch is not None:
+                    ref["torch_bf16_gflops"] = torch_gflops(torch, m, n, k, torch.bfloat16, t, warmup, iters)
+                    ref["torch_fp32_gflops"] = torch_gflops(torch, m, n, k, torch.float32, t, warmup, iters)
+                t_rows_all += t_rows
+                # A build without --shapes or --threads reports its own keys.
+                keys = sorted({(int(r["m"]), int(r["n"]), int(r["k"]), int(r["threads"])) for r in t_rows}
+                              | {(m, n, k, t)})
+                for key in keys:
+                    mine = [r for r in t_rows if (int(r["m"]), int(r["n"]), int(r["k"]), int(r["threads"])) == key]
+                    own = key == (m, n, k, t)
+                    for r in mine or [{}]:
+                        row = {"shape": shape_str(*key[:3]), "m": key[0], "n": key[1], "k": key[2],
+                               "threads": key[3], "round": rnd + 1, **r, **(ref if own else {})}
+                        for dt in ("bf16", "fp32"):
+                            tg, pg = row.get("gflops"), row.get(f"torch_{dt}_gflops")
+                            if tg is not None and pg:
+                                row[f"ratio_vs_torch_{dt}"] = float(tg) / pg
+                        joined.append(row)
+        # torch %peak: the median of this round's plain bf16 tile cases'
+        # probes for the same threads: AMX's where there are any, else the
+        # AVX-512 dot products' (never the two pooled).
+        by_kernel = {}
+        for r in t_rows_all:
+            if r.get("peak_gflops") and r.get("kernel") in ("amx-bf16", "avx512-bf16") and not r.get("stage"):
+                by_kernel.setdefault((r["kernel"], int(r["threads"])), []).append(float(r["peak_gflops"]))
+        peaks = {}
+        for kernel in ("avx512-bf16", "amx-bf16"):
+            for (kern, t), v in by_kernel.items():
+                if kern == kernel:
+                    peaks[t] = statistics.median(v)
+        for row in joined:
+            if row.get("torch_bf16_gflops") and row["threads"] in peaks:
+                row["torch_bf16_pct_of_peak"] = 100.0 * row["torch_bf16_gflops"] / peaks[row["threads"]]
+        rounds.append(joined)
 
+    # One row per (shape, threads, kernel, stage, blocking, epilogue, pages): the
+    # median of each number over the rounds.
+    table, order = {}, []
+    for joined in rounds:
+        for row in joined:
+            key = (row["shape"], row["threads"], row.get("kernel"), row.get("stage"), row.get("blocking"),
+                   row.get("epilogue"), row.get("huge_pages"))
+            if key not in table:
+                table[key] = []
+                order.append(key)
+            table[key].append(row)
     joined = []
-    for (m, n, k), t in keys:
-        ref = {}
-        if torch is not None:
-            print(f"bench: torch {shape_str(m, n, k)} threads {t}", file=sys.stderr)
-            ref["torch_bf16_gflops"] = torch_gflops(torch, m, n, k, torch.bfloat16, t, warmup, iters)
-            ref["torch_fp32_gflops"] = torch_gflops(torch, m, n, k, torch.float32, t, warmup, iters)
-            if t in peaks:
-                ref["torch_bf16_pct_of_peak"] = 100.0 * ref["torch_bf16_gflops"] / peaks[t]
-        mine = [r for r in t_rows if (int(r["m"]), int(r["n"]), int(r["k"]), int(r["threads"])) == (m, n, k, t)]
-        for r in mine or [{}]:
-            row = {"shape": shape_str(m, n, k), "m": m, "n": n, "k": k, "threads": t, **r, **ref}
-            for dt in ("bf16", "fp32"):
-                tg, pg = row.get("gflops"), row.get(f"torch_{dt}_gflops")
-                if tg is not None and pg:
-                    row[f"ratio_vs_torch_{dt}"] = float(tg) / pg
-            joined.append(row)
+    for key in order:
+        rows = table[key]
+        out = dict(rows[0])
+        out.pop("round", None)
+        for f in ("gflops", "pct_of_peak", "torch_bf16_gflops", "torch_fp32_gflops", "torch_bf16_pct_of_peak",
+                  "ratio_vs_torch_bf16", "ratio_vs_torch_fp32"):
+            vals = [float(r[f]) for r in rows if r.get(f) is not None]
+            if vals:
+                out[f] = statistics.median(vals)
+        ratios = [float(r["ratio_vs_torch_bf16"]) for r in rows if r.get("ratio_vs_torch_bf16") is not None]
+        if len(ratios) > 1:
+            out["ratio_vs_torch_bf16_range"] = f"{min(ratios):.2f}-{max(ratios):.2f}"
+        joined.append(out)
 
     print(f"GEMM GFLOP/s, warmup {warmup}, median of {iters} torch calls; {torch_note if torch else 'torch absent'}"
+          + (f"; medians over {len(rounds)} rounds" if len(rounds) > 1 else "")
           + ("  (smoke run: not a measurement)" if args.smoke else ""))
     print_table(joined)
     for n in notes:
         print(f"note: {n}")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"notes": notes, "rows": joined}, indent=1) + "\n")
+        Path(args.json).write_text(json.dumps({"notes": notes, "rows": joined, "rounds": rounds}, indent=1) + "\n")
         print(f"wrote {args.json}")
     return 0
 
