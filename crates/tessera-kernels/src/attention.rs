@@ -163,6 +163,15 @@ pub fn attention_on(
             }
             Products::Tiles(isa) => {
                 let mut laps = Laps::start(STAGE_TIMING.load(Ordering::Relaxed));
+                // The block's output rows, owned before they are written
+                // (see `prefetch_head`).
+                if r * d * 4 <= PREFETCH_BUDGET {
+                    let mut w = blk.borrow_mut();
+                    for i in 0..r {
+                        crate::prefetch_lines_for_writing(w.row(0, i));
+                    }
+                }
+                laps.lap(Stage::OutputRows);
                 let sess = TileSession::begin(isa, Prefetch::None);
                 laps.lap(Stage::Session);
                 let vrow = |kk: usize| &vh.data[kk * lv..][..d];
@@ -448,7 +457,40 @@ impl Laps {
     }
 }
 
+/// Most bytes of a head's operands (or of a block's output rows) asked
+/// into L2 ahead of use: BERT's heads (128 positions of 64 values: 96 KiB
+/// of Q, K and V) whole, a long sequence's no more than a slice of L2.
+const PREFETCH_BUDGET: usize = 256 << 10;
+
 impl HeadBlock<'_, '_> {
+    /// Asks for every row of K and V and of the query blocks into L2 before
+    /// the head starts, when they fit [`PREFETCH_BUDGET`]. The rows are
+    /// short runs at a large stride (a head's 64 columns of a `[B, S, 3·H·d]`
+    /// projection output), which the hardware prefetchers do not follow, so
+    /// without this each packer waits on a few lines at a time. On the lent
+    /// Xeon it halved the packing of Q and cut attention by 10-25% at batch 8
+    /// (`benches/results/2026-12-02-phases/emr16_prefetch_ab.txt`).
+    fn prefetch_head(&self) {
+        let d = self.queries.first().map_or(0, |b| b.q.cols);
+        let q_rows: usize = self.queries.iter().map(|b| b.q.rows).sum();
+        let bytes = 4 * (self.kv_len * (d + self.v_dim) + q_rows * d);
+        if bytes > PREFETCH_BUDGET {
+            return;
+        }
+        for j in 0..self.kv_len {
+            crate::prefetch_lines((self.k)(j), d * 4, false);
+            crate::prefetch_lines(&(self.v)(j)[..self.v_dim], self.v_dim * 4, false);
+        }
+        for qb in self.queries.iter().filter(|qb| qb.q.col_stride == 1) {
+            for i in 0..qb.q.rows {
+                let at = i * qb.q.row_stride;
+                if let Some(row) = qb.q.data.get(at..at + d) {
+                    crate::prefetch_lines(row, d * 4, false);
+                }
+            }
+        }
+    }
+
     /// The head on bf16 tiles, one panel of 32 query rows at a time so
     /// that its scores (32 rows) stay in L1: `scale · Q Kᵀ` (Kᵀ packed
     /// straight from K's rows) with the mask added and each row's maximum
@@ -467,6 +509,7 @@ impl HeadBlock<'_, '_> {
         let (np_kv, np_d) = (kv_len.div_ceil(NR), dv.div_ceil(NR));
         let sizes = [len_d, np_kv * len_d, len_kv, np_d * len_kv];
         with_reused_bytes(&PANELS, sizes.iter().sum(), |panels| {
+            self.prefetch_head();
             let (qp, rest) = panels.split_at_mut(sizes[0]);
             let (kp, rest) = rest.split_at_mut(sizes[1]);
             let (pp, vp) = rest.split_at_mut(sizes[2]);
