@@ -20,12 +20,16 @@ calls. If torch is not importable (as on the build machine), that is said and
 Tessera's rows are printed alone.
 
 Ratios: tessera GFLOP/s / torch GFLOP/s of each dtype (above 1: Tessera
-faster). torch %peak uses the median of Tessera's bf16 tile probes (random
-operand tiles, taken around each case) for the same threads.
+faster). torch %peak divides by the probe Tessera took (random operand
+tiles) around its plain bf16 tile case of the same shape and threads, else
+the round's median of those probes for the same threads.
 
 Order: each (shape, threads) runs Tessera's cases and then torch's right
 after, so the two meet the machine in the same state (the lent Xeon's tile
-unit changes speed by 2x within seconds). --rounds R repeats the whole
+unit changes speed by 2x within seconds). A build whose bench-gemm lacks
+--shapes or --threads runs its own sweep once a round instead, and torch
+measures every (shape, threads) it reports. --kernels and --seconds are
+passed where bench-gemm lists them. --rounds R repeats the whole
 sweep R times; the table then gives each row's median over the rounds
 (GFLOP/s and ratios, each the median of its own) and the range of the bf16
 ratio, and --json keeps every round's rows.
@@ -66,15 +70,30 @@ def shape_str(m: int, n: int, k: int) -> str:
 # ---------------------------------------------------------------- tessera
 
 
+_FLAGS: dict[str, set[str] | str] = {}
+
+
+def bench_gemm_flags(tessera: Path) -> set[str] | str:
+    """The options `tessera bench-gemm --help` lists (read once), or why
+    there are none."""
+    key = str(tessera)
+    if key not in _FLAGS:
+        if not tessera.exists():
+            _FLAGS[key] = f"{tessera} not found (cargo build --release -p tessera-cli)"
+        else:
+            h = subprocess.run([str(tessera), "bench-gemm", "--help"], capture_output=True, text=True)
+            _FLAGS[key] = (set(re.findall(r"--[a-z][a-z0-9-]*", h.stdout)) if h.returncode == 0
+                           else "this tessera build has no `bench-gemm` subcommand: torch half only")
+    return _FLAGS[key]
+
+
 def tessera_rows(tessera: Path, threads: list[int], shapes: list[tuple[int, int, int]], timeout: float,
                  extra: list[str] | None = None) -> tuple[list[dict], str]:
-    """(rows, note). Rows as printed by bench-gemm; note says why there are none."""
-    if not tessera.exists():
-        return [], f"{tessera} not found (cargo build --release -p tessera-cli)"
-    h = subprocess.run([str(tessera), "bench-gemm", "--help"], capture_output=True, text=True)
-    if h.returncode != 0:
-        return [], "this tessera build has no `bench-gemm` subcommand: torch half only"
-    flags = set(re.findall(r"--[a-z][a-z0-9-]*", h.stdout))
+    """(rows, note). Rows as printed by bench-gemm; note says why there are none.
+    `extra`: more bench-gemm arguments (only options its --help lists)."""
+    flags = bench_gemm_flags(tessera)
+    if isinstance(flags, str):
+        return [], flags
     base = [str(tessera), "bench-gemm", "--json", *(extra or [])]
     if "--shapes" in flags:
         base += ["--shapes", ",".join(shape_str(*s) for s in shapes)]
@@ -185,59 +204,86 @@ def main() -> int:
     torch, torch_note = torch_info()
     if torch is None:
         notes.append(f"PyTorch not importable ({torch_note}): torch columns are empty; run this where torch is installed")
+    tessera = Path(args.tessera)
+    flags = bench_gemm_flags(tessera)
+    flags = flags if isinstance(flags, set) else set()
     extra = []
-    if args.kernels:
-        extra += ["--kernels", args.kernels]
-    if args.seconds:
-        extra += ["--seconds", str(args.seconds)]
+    for opt, val in (("--kernels", args.kernels), ("--seconds", args.seconds)):
+        if val:
+            if opt in flags:
+                extra += [opt, str(val)]
+            else:
+                notes.append(f"tessera: bench-gemm has no {opt}: {opt} {val} not passed")
+    # Each (shape, threads) back to back with torch where bench-gemm can be
+    # asked for one of each; an older build runs its own sweep once a round,
+    # and torch then measures every key it reports.
+    interleave = "--shapes" in flags and "--threads" in flags
+
+    def bf16_probe(rows: list[dict]) -> float | None:
+        """The plain bf16 tile case's probe among `rows` (AMX's, else the
+        AVX-512 dot products'), for torch's %peak."""
+        for kernel in ("amx-bf16", "avx512-bf16"):
+            v = [float(r["peak_gflops"]) for r in rows
+                 if r.get("kernel") == kernel and r.get("peak_gflops") and not r.get("stage")]
+            if v:
+                return statistics.median(v)
+        return None
+
+    def torch_ref(m: int, n: int, k: int, t: int) -> dict:
+        if torch is None:
+            return {}
+        print(f"bench: torch {shape_str(m, n, k)} threads {t}", file=sys.stderr)
+        return {"torch_bf16_gflops": torch_gflops(torch, m, n, k, torch.bfloat16, t, warmup, iters),
+                "torch_fp32_gflops": torch_gflops(torch, m, n, k, torch.float32, t, warmup, iters)}
+
+    def key_of(r: dict) -> tuple[int, int, int, int]:
+        return int(r["m"]), int(r["n"]), int(r["k"]), int(r["threads"])
 
     rounds = []
     for rnd in range(max(1, args.rounds)):
-        t_rows_all, joined = [], []
-        for (m, n, k) in shapes:
-            for t in threads:
-                print(f"bench: round {rnd + 1}, {shape_str(m, n, k)} threads {t}", file=sys.stderr)
-                t_rows, t_note = tessera_rows(Path(args.tessera), [t], [(m, n, k)], args.timeout, extra)
-                if t_note and f"tessera: {t_note}" not in notes:
-                    notes.append(f"tessera: {t_note}")
-                ref = {}
-                if torch is not None:
-                    ref["torch_bf16_gflops"] = torch_gflops(torch, m, n, k, torch.bfloat16, t, warmup, iters)
-                    ref["torch_fp32_gflops"] = torch_gflops(torch, m, n, k, torch.float32, t, warmup, iters)
-                t_rows_all += t_rows
-                # A build without --shapes or --threads reports its own keys.
-                keys = sorted({(int(r["m"]), int(r["n"]), int(r["k"]), int(r["threads"])) for r in t_rows}
-                              | {(m, n, k, t)})
-                for key in keys:
-                    mine = [r for r in t_rows if (int(r["m"]), int(r["n"]), int(r["k"]), int(r["threads"])) == key]
-                    own = key == (m, n, k, t)
-                    for r in mine or [{}]:
-                        row = {"shape": shape_str(*key[:3]), "m": key[0], "n": key[1], "k": key[2],
-                               "threads": key[3], "round": rnd + 1, **r, **(ref if own else {})}
-                        for dt in ("bf16", "fp32"):
-                            tg, pg = row.get("gflops"), row.get(f"torch_{dt}_gflops")
-                            if tg is not None and pg:
-                                row[f"ratio_vs_torch_{dt}"] = float(tg) / pg
-                        joined.append(row)
-        # torch %peak: the median of this round's plain bf16 tile cases'
-        # probes for the same threads: AMX's where there are any, else the
-        # AVX-512 dot products' (never the two pooled).
-        by_kernel = {}
-        for r in t_rows_all:
-            if r.get("peak_gflops") and r.get("kernel") in ("amx-bf16", "avx512-bf16") and not r.get("stage"):
-                by_kernel.setdefault((r["kernel"], int(r["threads"])), []).append(float(r["peak_gflops"]))
-        peaks = {}
-        for kernel in ("avx512-bf16", "amx-bf16"):
-            for (kern, t), v in by_kernel.items():
-                if kern == kernel:
-                    peaks[t] = statistics.median(v)
-        for row in joined:
-            if row.get("torch_bf16_gflops") and row["threads"] in peaks:
-                row["torch_bf16_pct_of_peak"] = 100.0 * row["torch_bf16_gflops"] / peaks[row["threads"]]
+        blocks = []  # (key, tessera rows of that key, torch numbers)
+        if interleave:
+            for (m, n, k) in shapes:
+                for t in threads:
+                    print(f"bench: round {rnd + 1}, {shape_str(m, n, k)} threads {t}", file=sys.stderr)
+                    t_rows, t_note = tessera_rows(tessera, [t], [(m, n, k)], args.timeout, extra)
+                    if t_note and f"tessera: {t_note}" not in notes:
+                        notes.append(f"tessera: {t_note}")
+                    blocks.append(((m, n, k, t), [r for r in t_rows if key_of(r) == (m, n, k, t)],
+                                   torch_ref(m, n, k, t)))
+        else:
+            t_rows, t_note = tessera_rows(tessera, threads, shapes, args.timeout, extra)
+            if t_note and f"tessera: {t_note}" not in notes:
+                notes.append(f"tessera: {t_note}")
+            keys = [(m, n, k, t) for (m, n, k) in shapes for t in threads]
+            keys += [kk for kk in dict.fromkeys(key_of(r) for r in t_rows) if kk not in keys]
+            for kk in keys:
+                blocks.append((kk, [r for r in t_rows if key_of(r) == kk], torch_ref(*kk)))
+        # torch %peak: the probe taken around the same block's bf16 tile
+        # case (the state torch met right after), else the round's median
+        # for the same threads.
+        by_threads = {}
+        for (_, _, _, t), rows, _ in blocks:
+            p = bf16_probe(rows)
+            if p:
+                by_threads.setdefault(t, []).append(p)
+        joined = []
+        for (m, n, k, t), rows, ref in blocks:
+            ref = dict(ref)
+            peak = bf16_probe(rows) or (statistics.median(by_threads[t]) if t in by_threads else None)
+            if ref.get("torch_bf16_gflops") and peak:
+                ref["torch_bf16_pct_of_peak"] = 100.0 * ref["torch_bf16_gflops"] / peak
+            for r in rows or [{}]:
+                row = {"shape": shape_str(m, n, k), "m": m, "n": n, "k": k, "threads": t, "round": rnd + 1, **r, **ref}
+                for dt in ("bf16", "fp32"):
+                    tg, pg = row.get("gflops"), row.get(f"torch_{dt}_gflops")
+                    if tg is not None and pg:
+                        row[f"ratio_vs_torch_{dt}"] = float(tg) / pg
+                joined.append(row)
         rounds.append(joined)
 
-    # One row per (shape, threads, kernel, stage, blocking, epilogue, pages): the
-    # median of each number over the rounds.
+    # One row per (shape, threads, kernel, stage, blocking, epilogue, pages):
+    # every number the median over the rounds (each of its own).
     table, order = {}, []
     for joined in rounds:
         for row in joined:
@@ -252,8 +298,12 @@ def main() -> int:
         rows = table[key]
         out = dict(rows[0])
         out.pop("round", None)
-        for f in ("gflops", "pct_of_peak", "torch_bf16_gflops", "torch_fp32_gflops", "torch_bf16_pct_of_peak",
-                  "ratio_vs_torch_bf16", "ratio_vs_torch_fp32"):
+        for f, v in rows[0].items():
+            if f in ("m", "n", "k", "threads", "round") or isinstance(v, bool) or not isinstance(v, (int, float)):
+                continue
+            vals = [float(r[f]) for r in rows if isinstance(r.get(f), (int, float))]
+            out[f] = statistics.median(vals)
+        for f in ("torch_bf16_pct_of_peak", "ratio_vs_torch_bf16", "ratio_vs_torch_fp32"):
             vals = [float(r[f]) for r in rows if r.get(f) is not None]
             if vals:
                 out[f] = statistics.median(vals)

@@ -15,8 +15,8 @@ fn main() {
         std::process::exit(2);
     }
     let args: Vec<String> = std::env::args().collect();
-    let threads: usize = args.get(1).map_or(1, |s| s.parse().unwrap());
-    let secs: f64 = args.get(2).map_or(3.0, |s| s.parse().unwrap());
+    let threads: usize = args.get(1).map_or(1, |s| s.parse().expect("T: a thread count")).max(1);
+    let secs: f64 = args.get(2).map_or(3.0, |s| s.parse().expect("S: seconds"));
     let t0 = std::time::Instant::now();
     let rows: Vec<Vec<(f64, f64, f64, f64)>> = std::thread::scope(|s| {
         let hs: Vec<_> = (0..threads)
@@ -58,7 +58,7 @@ fn main() {
     println!(
         "samples {} corr(amx_data, fma) {:.3}; slow (data < 0.6 zero): {} samples, amx {:.0} fma {:.0}; fast: {} samples, amx {:.0} fma {:.0}",
         all.len(),
-        cov / (sa * sv),
+        if sa * sv > 0.0 { cov / (sa * sv) } else { 0.0 },
         slow.len(),
         mean(&slow, |r| r.1),
         mean(&slow, |r| r.3),

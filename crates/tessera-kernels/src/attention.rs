@@ -163,12 +163,13 @@ pub fn attention_on(
             }
             Products::Tiles(isa) => {
                 let mut laps = Laps::start(STAGE_TIMING.load(Ordering::Relaxed));
-                // The block's output rows, owned before they are written
-                // (see `prefetch_head`).
+                // The block's output rows into L2 before they are written
+                // (short rows at a large stride, as in `prefetch_head`; a
+                // read prefetch: the stores then find the lines at hand).
                 if r * d * 4 <= PREFETCH_BUDGET {
                     let mut w = blk.borrow_mut();
                     for i in 0..r {
-                        crate::prefetch_lines_for_writing(w.row(0, i));
+                        crate::prefetch_lines(w.row(0, i), usize::MAX, false);
                     }
                 }
                 laps.lap(Stage::OutputRows);
@@ -385,10 +386,14 @@ pub fn head_on_tiles(isa: TileIsa, head: &HeadBlock, out_row: &OutRow) {
     laps.flush();
 }
 
-/// The stages of [`head_on_tiles`] that [`stage_ticks_since_last`] counts.
+/// The stages of attention on tiles ([`head_on_tiles`], and
+/// [`attention_on`] with tile products) that [`stage_ticks_since_last`]
+/// counts.
 #[derive(Clone, Copy)]
 enum Stage {
-    /// Packing K and V into B panels.
+    /// Packing K and V into B panels; also the head's operand prefetch
+    /// ([`HeadBlock::prefetch_head`]) and taking the panel buffer (in
+    /// [`head_on_tiles`], the score buffer too), which come before it.
     PackKv,
     /// Packing a panel of query rows into an A panel.
     PackQ,
@@ -400,15 +405,16 @@ enum Stage {
     Softmax,
     /// The weighted sums (`P V`) on the tiles.
     ValueProducts,
-    /// Output rows through `out_row`.
+    /// Output rows through `out_row`; in [`attention_on`], also the
+    /// block's output prefetch before the head starts.
     OutputRows,
-    /// Beginning and ending the tile session, taking the scratch.
+    /// Beginning and ending the tile session.
     Session,
 }
 
 const STAGES: usize = 8;
 
-/// Whether [`head_on_tiles`] counts its stages (for `tessera bench
+/// Whether attention on tiles counts its stages (for `tessera bench
 /// --profile`; off by default).
 static STAGE_TIMING: AtomicBool = AtomicBool::new(false);
 

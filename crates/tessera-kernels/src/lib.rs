@@ -87,27 +87,6 @@ pub fn prefetch_for_reading<T>(values: &[T]) {
     prefetch_lines(values, 8 << 10, true);
 }
 
-/// Asks for each 64-byte line of `values` into L2 with intent to write (a
-/// hint; no effect on results): the lines a kernel is about to overwrite
-/// arrive owned, so its stores do not each wait for a line.
-pub(crate) fn prefetch_lines_for_writing<T>(values: &[T]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_ET1};
-        let (start, bytes) = (values.as_ptr() as usize, std::mem::size_of_val(values));
-        let mut line = start & !63;
-        while line < start + bytes {
-            // SAFETY: a prefetch is a hint and never faults; the line
-            // holds bytes of the live slice. SSE is part of the x86-64
-            // baseline; PREFETCHW executes as a no-op where the CPU lacks it.
-            unsafe { _mm_prefetch::<_MM_HINT_ET1>(line as *const i8) };
-            line += 64;
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = values;
-}
-
 /// Asks for each 64-byte line of the first `max_bytes` of `values` (a hint;
 /// no effect on results), into L1 (`to_l1`) or L2.
 pub(crate) fn prefetch_lines<T>(values: &[T], max_bytes: usize, to_l1: bool) {

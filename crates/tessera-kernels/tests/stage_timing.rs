@@ -1,6 +1,10 @@
-//! The tile driver's stage counts (`stage_ticks_since_last`), alone in a
-//! test binary of their own: they are process-wide, and a product running in
-//! another test of the same process would add to them.
+//! The stage counts of the tile driver (`gemm::stage_ticks_since_last`)
+//! and of attention on tiles (`attention::stage_ticks_since_last`), in a
+//! test binary of their own: they are process-wide, and a product or a head
+//! running in another test of the same process would add to them. The two
+//! sets are separate statics, and attention on tiles calls the microkernel
+//! directly (never the driver), so this file's two tests do not add to each
+//! other's counts.
 
 use tessera_kernels::gemm::{stage_ticks_since_last, tile_sgemm, Epilogue, MatRef, PackedB, Split, TileIsa};
 
@@ -64,7 +68,7 @@ fn attention_stage_counts_follow_the_switch() {
     let _ = stage_ticks_since_last(true);
     let t0 = tick_count();
     head_on_tiles(TileIsa::Emulated, &head, &out_row);
-    let spent = tick_count() - t0;
+    let spent = tick_count().saturating_sub(t0);
     let stages = stage_ticks_since_last(false);
     assert_eq!(written.load(std::sync::atomic::Ordering::Relaxed), rows * dv);
     // Packing K and V, packing Q, score products, score rows, softmax,
@@ -75,4 +79,28 @@ fn attention_stage_counts_follow_the_switch() {
     assert!(stages.iter().sum::<u64>() <= spent, "{stages:?} over {spent}");
     head_on_tiles(TileIsa::Emulated, &head, &out_row);
     assert_eq!(stage_ticks_since_last(false), [0; 8]);
+
+    // The whole operator with tile products (its own laps: the output
+    // prefetch, the session, every head), on one thread: two heads of 40
+    // query rows over 70 keys.
+    use tessera_kernels::attention::{attention_on, AttentionDims, Products, Rows};
+    let dims = AttentionDims { batch: 1, q_len: rows, kv_len, heads: 2, head_dim: 16 };
+    let c = dims.heads * dims.head_dim;
+    let (q, k, v) = (values(rows * c, 8), values(kv_len * c, 9), values(kv_len * c, 10));
+    let mut out = vec![f32::NAN; rows * c];
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+    let _ = stage_ticks_since_last(true);
+    let t0 = tick_count();
+    pool.install(|| {
+        let (q, k, v) =
+            (Rows { data: &q, row_stride: c }, Rows { data: &k, row_stride: c }, Rows { data: &v, row_stride: c });
+        attention_on(Products::Tiles(TileIsa::Emulated), q, k, v, None, 0.25, dims, &mut out)
+    });
+    let spent = tick_count().saturating_sub(t0);
+    let stages = stage_ticks_since_last(false);
+    assert!(out.iter().all(|x| x.is_finite()), "every output written");
+    for (i, &t) in stages.iter().enumerate() {
+        assert!(t > 0, "stage {i} counted nothing in attention_on: {stages:?}");
+    }
+    assert!(stages.iter().sum::<u64>() <= spent, "{stages:?} over {spent}");
 }

@@ -291,10 +291,10 @@ impl<T: Copy> OutPtr<T> {
         self.0.wrapping_add(offset)
     }
 
-    /// Prefetches, for writing, the output lines of the block at (i0, j0)
-    /// (see [`prefetch_rows`]).
+    /// Prefetches the output lines of the block at (i0, j0) (see
+    /// [`prefetch_rows`]).
     fn prefetch_block(&self, ldc: usize, i0: usize, j0: usize, rows: usize, cols: usize) {
-        prefetch_rows(self.0 as *const T, ldc, i0, j0, rows, cols, true);
+        prefetch_rows(self.0 as *const T, ldc, i0, j0, rows, cols);
     }
 
     /// Stores rows `0..rows`, columns `0..cols` of a finished 32x32 block
@@ -387,20 +387,25 @@ impl OutPtr<f32> {
     }
 
     /// Prefetches what a block's fp32 epilogue touches: its output rows
-    /// (for writing) and its residual rows.
+    /// and its residual rows.
     fn prefetch_for_epilogue(&self, ldc: usize, epi: &Epilogue, i0: usize, j0: usize, rows: usize, cols: usize) {
         self.prefetch_block(ldc, i0, j0, rows, cols);
         if let Some(r) = epi.residual {
-            prefetch_rows(r.data.as_ptr(), r.row_stride, i0, j0, rows, cols, false);
+            prefetch_rows(r.data.as_ptr(), r.row_stride, i0, j0, rows, cols);
         }
     }
 }
 
-/// Asks for the lines of a block's output rows in L1, for writing (a
-/// hint), so that their misses overlap the block's multiplication instead
-/// of stalling its epilogue: `rows` rows of `cols` elements at (i0, j0),
-/// row stride `ld`. Addresses are computed, never dereferenced.
-fn prefetch_rows<T>(ptr: *const T, ld: usize, i0: usize, j0: usize, rows: usize, cols: usize, write: bool) {
+/// Asks for the lines of `rows` rows of `cols` elements at (i0, j0), row
+/// stride `ld`, in L1 (a hint), so that their misses overlap the block's
+/// multiplication instead of stalling its epilogue. A read prefetch
+/// (PREFETCHT0) also for the lines the epilogue will write: a portable
+/// build compiles the write hint to it anyway (PREFETCHW needs the `prfchw`
+/// feature at compile time), and PREFETCHW itself, emitted by a scratch
+/// build, measured no clear change end to end on the lent Xeon
+/// (`benches/results/2026-12-02-phases/emr16_prefetchw_ab.txt`).
+/// Addresses are computed, never dereferenced.
+fn prefetch_rows<T>(ptr: *const T, ld: usize, i0: usize, j0: usize, rows: usize, cols: usize) {
     #[cfg(target_arch = "x86_64")]
     for i in 0..rows {
         let row = ptr.wrapping_add((i0 + i) * ld + j0) as *const i8;
@@ -410,21 +415,14 @@ fn prefetch_rows<T>(ptr: *const T, ld: usize, i0: usize, j0: usize, rows: usize,
         let skew = row as usize % 64;
         for l in 0..(skew + bytes).div_ceil(64) {
             let line = row.wrapping_sub(skew).wrapping_add(l * 64);
-            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_ET0, _MM_HINT_T0};
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
             // SAFETY: a prefetch is a hint and never faults, whatever the
-            // address; SSE is part of the x86-64 baseline (`prefetchw`
-            // decodes as a no-op where PRFCHW is absent).
-            unsafe {
-                if write {
-                    _mm_prefetch::<_MM_HINT_ET0>(line);
-                } else {
-                    _mm_prefetch::<_MM_HINT_T0>(line);
-                }
-            }
+            // address; SSE is part of the x86-64 baseline.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(line) };
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = (ptr, ld, i0, j0, rows, cols, write);
+    let _ = (ptr, ld, i0, j0, rows, cols);
 }
 
 /// Asks the cache hierarchy to bring `bytes` into L2 (a hint; no effect
@@ -1556,7 +1554,7 @@ pub fn tile_mlp_with(
                 epi1.apply_block_into_a_panel(acc, i0, j0, rows, cols, split, dst);
             };
             let ahead = move |i0: usize, j0: usize| {
-                prefetch_rows(hidden_out.at(at(i0, j0)) as *const u8, 64, 0, 0, step / 64, 64, true);
+                prefetch_rows(hidden_out.at(at(i0, j0)) as *const u8, 64, 0, 0, step / 64, 64);
             };
             drive(isa, blk, DotKind::Bf16, ap, m, b1.view(), &finish, &ahead);
             sgemm_from_panels(isa, blk, hp, m, b2, c, ldc, false, epi2);
