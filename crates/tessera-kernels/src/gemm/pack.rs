@@ -754,15 +754,26 @@ pub(crate) fn quantize_pack_a_i8_portable(
     });
 }
 
-/// Packs columns `0..cols` of an 8-bit B panel (`get(k, j)` the raw byte).
-pub fn pack_b_i8(dst: &mut [u8], cols: usize, k: usize, get: impl Fn(usize, usize) -> u8) {
+/// Packs columns `0..cols` of an 8-bit B panel: row `kk` (`kk < k`) of B,
+/// columns `0..cols` (`cols <= 32`), is `row(kk)[..cols]` (raw bytes).
+/// A tile row holds one quad of K (4 consecutive rows of B) for 16 columns,
+/// each column's 4 bytes side by side, so the panel is written a quad at a
+/// time in its own order: four rows of B read side by side, one 4-byte
+/// write per column (packing byte by byte, with an offset worked out per
+/// byte, was a sixth of an int8 session's creation).
+pub fn pack_b_i8<'a>(dst: &mut [u8], cols: usize, k: usize, row: impl Fn(usize) -> &'a [u8]) {
     let kind = DotKind::I8 { a_signed: false, b_signed: false };
     let kb = k_blocks(kind, k);
     assert!(dst.len() >= kb * BLOCK_BYTES && cols <= 32);
     dst[..kb * BLOCK_BYTES].fill(0);
-    for kk in 0..k {
-        for j in 0..cols {
-            dst[(kk / 64) * BLOCK_BYTES + b_offset(j, kk % 64, 4, 1)] = get(kk, j);
+    let zeros = [0u8; 32];
+    for kk in (0..k).step_by(4) {
+        let rows: [&[u8]; 4] = std::array::from_fn(|t| if kk + t < k { &row(kk + t)[..cols] } else { &zeros[..cols] });
+        let at = (kk / 64) * BLOCK_BYTES + ((kk % 64) / 4) * TILE_ROW_BYTES;
+        let quads = rows[0].iter().zip(rows[1]).zip(rows[2]).zip(rows[3]);
+        for (j, (((&b0, &b1), &b2), &b3)) in quads.enumerate() {
+            let word = at + (j / 16) * TILE_BYTES + (j % 16) * 4;
+            dst[word..word + 4].copy_from_slice(&[b0, b1, b2, b3]);
         }
     }
 }
@@ -771,6 +782,31 @@ pub fn pack_b_i8(dst: &mut [u8], cols: usize, k: usize, get: impl Fn(usize, usiz
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// The int8 B layout byte by byte, from its definition (`b_offset`).
+    fn pack_b_i8_reference(dst: &mut [u8], cols: usize, k: usize, get: impl Fn(usize, usize) -> u8) {
+        let kb = k_blocks(DotKind::I8 { a_signed: false, b_signed: false }, k);
+        dst[..kb * BLOCK_BYTES].fill(0);
+        for kk in 0..k {
+            for j in 0..cols {
+                dst[(kk / 64) * BLOCK_BYTES + b_offset(j, kk % 64, 4, 1)] = get(kk, j);
+            }
+        }
+    }
+
+    proptest! {
+        /// Ragged K (not a multiple of 4 or 64) and ragged columns.
+        #[test]
+        fn int8_b_panel_packed_by_quads_matches_the_layout(k in 1usize..200, cols in 1usize..=32, seed in any::<u32>()) {
+            let n = cols + 3;
+            let b: Vec<u8> = (0..k * n).map(|i| (i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed).to_le_bytes()[3]).collect();
+            let len = k_blocks(DotKind::I8 { a_signed: false, b_signed: false }, k) * BLOCK_BYTES;
+            let (mut got, mut want) = (vec![0xAAu8; len], vec![0x55u8; len]);
+            pack_b_i8(&mut got, cols, k, |kk| &b[kk * n + 1..]);
+            pack_b_i8_reference(&mut want, cols, k, |kk, j| b[kk * n + 1 + j]);
+            prop_assert_eq!(got, want);
+        }
+    }
 
     /// Round to nearest even, computed the slow way in f64.
     fn bf16_reference(x: f32) -> u16 {

@@ -110,7 +110,7 @@ impl PackedB {
         let mut data = WeightBuf::zeroed(panel * n.div_ceil(NR));
         data.par_chunks_mut(panel.max(1)).enumerate().for_each(|(p, dst)| {
             let j0 = p * NR;
-            pack::pack_b_i8(dst, NR.min(n - j0), k, |kk, j| bytes[kk * n + j0 + j]);
+            pack::pack_b_i8(dst, NR.min(n - j0), k, |kk| &bytes[kk * n + j0..]);
         });
         let val = |v: u8| if signed { v as i8 as i32 } else { v as i32 };
         let mut col_sums = vec![0i32; n];
