@@ -297,6 +297,71 @@ pub fn pack_b_f32(dst: &mut [u8], cols: usize, k: usize, split: Split, get: impl
     }
 }
 
+/// [`pack_b_f32`] for a row-major `b` (`col_stride` 1): columns
+/// `j0..j0 + cols` (`cols <= 32`) of its `b.rows` rows, in `split`'s parts,
+/// the same bytes. Two rows of B at a time, each split 32 columns at once
+/// ([`split_block_as_split_f32`]) and interleaved into whole tile rows, so
+/// that it vectorizes: [`pack_b_f32`] splits and places one value at a
+/// time, which made packing every weight of an fp32 session on the tiles
+/// (three parts) about 8x the cost of plain bf16. A 768x3072 weight in
+/// three parts on one Zen 4 thread: 18.7-19.2 ms per value, 3.3-4.0 by rows
+/// (`benches/results/2026-12-02-phases/zen4_split_b_packing.txt`).
+pub fn pack_b_f32_rows(dst: &mut [u8], b: MatRef<f32>, j0: usize, cols: usize, split: Split) {
+    with_vector_features!(pack_b_f32_rows_body(dst: &mut [u8], b: MatRef<f32>, j0: usize, cols: usize, split: Split))
+}
+
+/// (Packing only converts and copies: `FMA` is unused.)
+#[inline(always)]
+fn pack_b_f32_rows_body<const FMA: bool>(dst: &mut [u8], b: MatRef<f32>, j0: usize, cols: usize, split: Split) {
+    let (k, np) = (b.rows, split.parts());
+    let kb = k_blocks(DotKind::Bf16, k);
+    assert!(dst.len() >= kb * np * BLOCK_BYTES && cols <= 32 && j0 + cols <= b.cols && b.col_stride == 1);
+    dst[..kb * np * BLOCK_BYTES].fill(0);
+    let row = |kk: usize| -> [f32; 32] {
+        let mut v = [0f32; 32];
+        if kk < k {
+            v[..cols].copy_from_slice(&b.data[kk * b.row_stride + j0..][..cols]);
+        }
+        v
+    };
+    let (mut even, mut odd) = ([[0u16; 32]; 3], [[0u16; 32]; 3]);
+    for kk in (0..k).step_by(2) {
+        split_block_as_split_f32(&row(kk), np, &mut even);
+        split_block_as_split_f32(&row(kk + 1), np, &mut odd);
+        let (blk, pos) = (kk / 32, kk % 32);
+        for p in 0..np {
+            let at = (blk * np + p) * BLOCK_BYTES + (pos / 2) * TILE_ROW_BYTES;
+            for g in 0..cols.div_ceil(16) {
+                // Tile row: K pair (kk, kk + 1) of 16 columns side by side.
+                let mut words = [0u16; 32];
+                for (jj, pair) in words.chunks_exact_mut(2).enumerate() {
+                    pair[0] = even[p][16 * g + jj];
+                    pair[1] = odd[p][16 * g + jj];
+                }
+                put_tile_row(&mut dst[at + g * TILE_BYTES..], &words);
+            }
+        }
+    }
+}
+
+/// [`split_f32`] of 32 values at once, bit for bit: rounded to nearest
+/// even, a NaN kept with its payload and made quiet (as `half` does, where
+/// [`split_block`] makes every NaN the one quiet NaN), and the parts after
+/// an infinity or NaN zero.
+#[inline(always)]
+fn split_block_as_split_f32(src: &[f32; 32], parts: usize, out: &mut [[u16; 32]; 3]) {
+    let mut rest = *src;
+    for plane in out.iter_mut().take(parts) {
+        for (h, r) in plane.iter_mut().zip(rest.iter_mut()) {
+            let bits = r.to_bits();
+            let rounded = (bits.wrapping_add(0x7FFF + ((bits >> 16) & 1)) >> 16) as u16;
+            *h = if r.is_nan() { ((bits >> 16) as u16) | 0x0040 } else { rounded };
+            let left = *r - f32::from_bits((*h as u32) << 16);
+            *r = if left.is_finite() { left } else { 0.0 };
+        }
+    }
+}
+
 /// Packs a bf16 B panel whose columns are rows of a matrix: column `j`
 /// (`j < cols <= 32`) of B is `row(j)[..k]` (B = Rᵀ, as Kᵀ in attention
 /// scores).
@@ -795,6 +860,35 @@ mod tests {
     }
 
     proptest! {
+        /// Every split, ragged K and columns, and values that split
+        /// unevenly: huge, tiny, infinities, NaN with payload bits.
+        #[test]
+        fn split_b_panel_from_rows_matches_the_per_value_packer(
+            k in 1usize..80,
+            cols in 1usize..=32,
+            parts in 1usize..=3,
+            vals in proptest::collection::vec(prop_oneof![
+                -2.0f32..2.0,
+                -1e30f32..1e30,
+                -1e-37f32..1e-37,
+                Just(f32::INFINITY),
+                Just(f32::NEG_INFINITY),
+                Just(f32::from_bits(0x7FC1_2345)),
+                Just(f32::from_bits(0xFF80_0001)),
+                Just(-0.0f32),
+                any::<u32>().prop_map(f32::from_bits),
+            ], 80 * 36),
+        ) {
+            let split = [Split::Bf16, Split::Bf16x3, Split::Bf16x6][parts - 1];
+            let n = cols + 3;
+            let b = &vals[..k * n];
+            let len = k_blocks(DotKind::Bf16, k) * split.parts() * BLOCK_BYTES;
+            let (mut got, mut want) = (vec![0xAAu8; len], vec![0x55u8; len]);
+            pack_b_f32_rows(&mut got, MatRef::row_major(b, k, n), 2, cols, split);
+            pack_b_f32(&mut want, cols, k, split, |kk, j| b[kk * n + 2 + j]);
+            prop_assert_eq!(got, want);
+        }
+
         /// Ragged K (not a multiple of 4 or 64) and ragged columns.
         #[test]
         fn int8_b_panel_packed_by_quads_matches_the_layout(k in 1usize..200, cols in 1usize..=32, seed in any::<u32>()) {

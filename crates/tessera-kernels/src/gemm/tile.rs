@@ -92,6 +92,8 @@ impl PackedB {
                 pack::pack_b_bf16_from_rows(dst, cols, k, |kk| &b.data[kk * b.row_stride + j0..][..cols]);
             } else if split == Split::Bf16 && b.row_stride == 1 {
                 pack::pack_b_bf16_from_columns(dst, cols, k, |j| &b.data[(j0 + j) * b.col_stride..][..k]);
+            } else if b.col_stride == 1 {
+                pack::pack_b_f32_rows(dst, b, j0, cols, split);
             } else {
                 pack::pack_b_f32(dst, cols, k, split, |kk, j| b.data[kk * b.row_stride + (j0 + j) * b.col_stride]);
             }
