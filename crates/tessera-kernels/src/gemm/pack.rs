@@ -302,9 +302,9 @@ pub fn pack_b_f32(dst: &mut [u8], cols: usize, k: usize, split: Split, get: impl
 /// the same bytes. Two rows of B at a time, each split 32 columns at once
 /// ([`split_block_as_split_f32`]) and interleaved into whole tile rows, so
 /// that it vectorizes: [`pack_b_f32`] splits and places one value at a
-/// time, which made packing every weight of an fp32 session on the tiles
-/// (three parts) about 8x the cost of plain bf16. A 768x3072 weight in
-/// three parts on one Zen 4 thread: 18.7-19.2 ms per value, 3.3-4.0 by rows
+/// time, and every weight of an fp32 session on the tiles passes here. A
+/// 768x3072 weight in three parts on one Zen 4 thread: 18.8-19.2 ms per
+/// value, 3.7-4.0 by rows
 /// (`benches/results/2026-12-02-phases/zen4_split_b_packing.txt`).
 pub fn pack_b_f32_rows(dst: &mut [u8], b: MatRef<f32>, j0: usize, cols: usize, split: Split) {
     with_vector_features!(pack_b_f32_rows_body(dst: &mut [u8], b: MatRef<f32>, j0: usize, cols: usize, split: Split))
@@ -345,9 +345,9 @@ fn pack_b_f32_rows_body<const FMA: bool>(dst: &mut [u8], b: MatRef<f32>, j0: usi
 }
 
 /// [`split_f32`] of 32 values at once, bit for bit: rounded to nearest
-/// even, a NaN kept with its payload and made quiet (as `half` does, where
-/// [`split_block`] makes every NaN the one quiet NaN), and the parts after
-/// an infinity or NaN zero.
+/// even, a NaN keeping its sign and the top 7 bits of its payload and made
+/// quiet (as `half` does, where [`split_block`] makes each NaN the quiet
+/// NaN of its sign), and the parts after an infinity or NaN zero.
 #[inline(always)]
 fn split_block_as_split_f32(src: &[f32; 32], parts: usize, out: &mut [[u16; 32]; 3]) {
     let mut rest = *src;
@@ -876,6 +876,11 @@ mod tests {
                 Just(f32::from_bits(0x7FC1_2345)),
                 Just(f32::from_bits(0xFF80_0001)),
                 Just(-0.0f32),
+                // Rounding up into infinity, and exact ties of the first part.
+                Just(f32::MAX),
+                Just(f32::from_bits(0x7F7F_8000)),
+                Just(f32::from_bits(0x3F80_8000)),
+                Just(f32::from_bits(0x3F81_8000)),
                 any::<u32>().prop_map(f32::from_bits),
             ], 80 * 36),
         ) {
