@@ -139,6 +139,18 @@ impl<'a, T> MatRef<'a, T> {
             scratch
         }
     }
+    /// The view's values in row-major order (a copy).
+    pub fn to_vec(&self) -> Vec<T>
+    where
+        T: Copy,
+    {
+        let mut out = Vec::with_capacity(self.rows * self.cols);
+        let mut scratch = Vec::new();
+        for i in 0..self.rows {
+            out.extend_from_slice(self.row(i, &mut scratch));
+        }
+        out
+    }
     pub(crate) fn check(&self) {
         if self.rows > 0 && self.cols > 0 {
             let last = (self.rows - 1) * self.row_stride + (self.cols - 1) * self.col_stride;

@@ -126,10 +126,16 @@ fn to_bf16(src: &[f32], out: &mut [u16]) {
 /// in the product instead of turning NaN through `inf - inf`.
 #[inline(always)]
 fn split_block(src: &[f32; 32], parts: usize, out: &mut [[u16; 32]; 3]) {
+    split_block_rounded(src, parts, out, bf16_rne)
+}
+
+/// [`split_block`] with each part rounded by `round`.
+#[inline(always)]
+fn split_block_rounded(src: &[f32; 32], parts: usize, out: &mut [[u16; 32]; 3], round: impl Fn(f32) -> u16) {
     let mut rest = *src;
     for plane in out.iter_mut().take(parts) {
         for (h, r) in plane.iter_mut().zip(rest.iter_mut()) {
-            *h = bf16_rne(*r);
+            *h = round(*r);
             let left = *r - f32::from_bits((*h as u32) << 16);
             *r = if left.is_finite() { left } else { 0.0 };
         }
@@ -350,16 +356,8 @@ fn pack_b_f32_rows_body<const FMA: bool>(dst: &mut [u8], b: MatRef<f32>, j0: usi
 /// NaN of its sign), and the parts after an infinity or NaN zero.
 #[inline(always)]
 fn split_block_as_split_f32(src: &[f32; 32], parts: usize, out: &mut [[u16; 32]; 3]) {
-    let mut rest = *src;
-    for plane in out.iter_mut().take(parts) {
-        for (h, r) in plane.iter_mut().zip(rest.iter_mut()) {
-            let bits = r.to_bits();
-            let rounded = (bits.wrapping_add(0x7FFF + ((bits >> 16) & 1)) >> 16) as u16;
-            *h = if r.is_nan() { ((bits >> 16) as u16) | 0x0040 } else { rounded };
-            let left = *r - f32::from_bits((*h as u32) << 16);
-            *r = if left.is_finite() { left } else { 0.0 };
-        }
-    }
+    let round = |x: f32| if x.is_nan() { ((x.to_bits() >> 16) as u16) | 0x0040 } else { bf16_rne(x) };
+    split_block_rounded(src, parts, out, round)
 }
 
 /// Packs a bf16 B panel whose columns are rows of a matrix: column `j`

@@ -271,22 +271,6 @@ fn sme_weight(node: &Node, _: bool, _: MatRef<f32>) -> Result<Weight> {
     Err(Error::node(node, "SME kernels exist only on aarch64"))
 }
 
-/// The values of `b` in row-major order, row by row (an index divided per
-/// value, as this was first written, was a large part of an int8 session's
-/// creation).
-fn dense_row_major(b: MatRef<f32>) -> Vec<f32> {
-    let mut dense = Vec::with_capacity(b.rows * b.cols);
-    for r in 0..b.rows {
-        let row = &b.data[r * b.row_stride..];
-        if b.col_stride == 1 {
-            dense.extend_from_slice(&row[..b.cols]);
-        } else {
-            dense.extend((0..b.cols).map(|c| row[c * b.col_stride]));
-        }
-    }
-    dense
-}
-
 /// Quantizes `b` (`k x n`, row-major) to int8 per column, symmetric.
 fn quantize_columns(b: &[f32], k: usize, n: usize) -> (Vec<u8>, Vec<f32>) {
     let mut scales = vec![0f32; n];
@@ -356,7 +340,10 @@ impl Linear {
             WeightPlan::Tiles(s) => Weight::Tiles(PackedB::from_f32(bview, s)),
             WeightPlan::Sme { bf16 } => sme_weight(node, bf16, bview)?,
             WeightPlan::Int8 => {
-                let dense = dense_row_major(bview);
+                // Row-major, row by row (an index divided per value, as
+                // this was first written, was a large part of an int8
+                // session's creation).
+                let dense = bview.to_vec();
                 let (q, scales) = quantize_columns(&dense, k, n);
                 Weight::Int8 { packed: PackedB::from_i8(&q, k, n, true, &[0]), scales }
             }
@@ -972,8 +959,8 @@ mod tests {
             // row-major values.
             let b: Vec<f32> = (0..k * n).map(|i| ((i * 37 % 23) as f32 - 11.0) * 0.37).collect();
             let bt: Vec<f32> = (0..k * n).map(|i| b[(i % k) * n + i / k]).collect();
-            prop_assert_eq!(dense_row_major(MatRef::row_major(&b, k, n)), b.clone());
-            prop_assert_eq!(dense_row_major(MatRef::row_major(&bt, n, k).t()), b);
+            prop_assert_eq!(MatRef::row_major(&b, k, n).to_vec(), b.clone());
+            prop_assert_eq!(MatRef::row_major(&bt, n, k).t().to_vec(), b);
         }
     }
 
