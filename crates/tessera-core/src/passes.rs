@@ -9,6 +9,7 @@ pub mod fuse_gelu;
 pub mod fuse_layernorm;
 pub mod fuse_matmul;
 pub mod fuse_mlp;
+pub mod fuse_qdq;
 pub mod merge_qkv;
 mod pattern;
 
@@ -28,6 +29,9 @@ pub struct PassReport {
     pub matmul_bias_fused: usize,
     /// Dequantized integer products (`MatMulInteger -> Cast -> Mul [-> Add]`).
     pub integer_matmul_fused: usize,
+    /// Products of dequantized 8-bit operands (QDQ models) turned into
+    /// integer products.
+    pub qdq_matmul_fused: usize,
     pub epilogue_fused: usize,
     pub attention_fused: usize,
     /// Attention blocks whose Q, K and V projections became one GEMM.
@@ -49,7 +53,7 @@ impl std::fmt::Display for PassReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "constant-folded {} nodes, removed {} dead nodes, fused {} LayerNorm, {} GELU, {} attention, {} MatMul+bias, {} MatMulInteger+dequantization, {} epilogues, {} Q/K/V merges, folded {} BatchNormalization/channel affine, fused {} Conv epilogues, {} BatchNormalization+activation, {} two-layer MLPs",
+            "constant-folded {} nodes, removed {} dead nodes, fused {} LayerNorm, {} GELU, {} attention, {} MatMul+bias, {} MatMulInteger+dequantization, {} QDQ MatMuls, {} epilogues, {} Q/K/V merges, folded {} BatchNormalization/channel affine, fused {} Conv epilogues, {} BatchNormalization+activation, {} two-layer MLPs",
             self.folded,
             self.dead_removed,
             self.layernorm_fused,
@@ -57,6 +61,7 @@ impl std::fmt::Display for PassReport {
             self.attention_fused,
             self.matmul_bias_fused,
             self.integer_matmul_fused,
+            self.qdq_matmul_fused,
             self.epilogue_fused,
             self.qkv_merged,
             self.batch_norm_folded,
@@ -76,7 +81,11 @@ pub fn optimize(graph: &mut Graph, eval: &Evaluator) -> Result<PassReport> {
 /// `tessera:FusedMlp`, `tessera:Attention`) only Tessera's CPU-side providers run: a session that
 /// places regions on another runtime (Core ML) keeps plain ONNX ops.
 pub fn optimize_with(graph: &mut Graph, eval: &Evaluator, fuse_matmul_ops: bool) -> Result<PassReport> {
-    let mut r = PassReport { folded: fold::fold_constants(graph, eval)?, ..Default::default() };
+    // Weights of QDQ products stay 8-bit for `fuse_qdq` (folded after it
+    // where it leaves them).
+    let keep: &dyn Fn(&Graph, &Node) -> bool =
+        if fuse_matmul_ops { &fuse_qdq::keeps_quantized_weight } else { &|_, _| false };
+    let mut r = PassReport { folded: fold::fold_constants_except(graph, eval, keep)?, ..Default::default() };
     r.dead_removed += dce::eliminate_dead_nodes(graph);
     // The fusions read element types and shapes from `value_info`: infer
     // them once, on the plain ONNX graph (before any fused node hides the
@@ -87,6 +96,8 @@ pub fn optimize_with(graph: &mut Graph, eval: &Evaluator, fuse_matmul_ops: bool)
     r.gelu_fused = fuse_gelu::fuse_gelu(graph);
     if fuse_matmul_ops {
         r.attention_fused = fuse_attention::fuse_attention(graph);
+        r.qdq_matmul_fused = fuse_qdq::fuse_qdq_matmul(graph);
+        r.folded += fold::fold_constants(graph, eval)?;
         r.matmul_bias_fused = fuse_matmul::fuse_matmul_bias(graph);
         r.integer_matmul_fused = fuse_matmul::fuse_matmul_integer(graph);
         r.epilogue_fused = fuse_matmul::fuse_epilogues(graph);

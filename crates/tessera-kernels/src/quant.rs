@@ -217,19 +217,42 @@ fn min_max_body<const FMA: bool>(x: &[f32]) -> (f32, f32) {
     chunks.remainder().iter().fold(lanes, |a, &v| fold(a, v))
 }
 
-/// `y = saturate(round(x / scale) + zero)` (the division as the operator
-/// defines it, not a multiply by the inverse, which can round differently).
+/// `y = saturate(round(x / scale) + zero)` into uint8.
 fn quantize_u8(x: &[f32], y: &mut [u8], scale: f32, zero: f32) {
-    with_vector_features!(quantize_u8_body(x: &[f32], y: &mut [u8], scale: f32, zero: f32))
+    quantize_8bit(x, y, scale, zero, false)
+}
+
+/// QuantizeLinear with one scale and zero point into 8 bits, spread over
+/// the rayon pool: `y = saturate(round(x / scale) + zero)`, rounding half
+/// to even, saturating to int8 (`signed`, stored as its bit pattern) or
+/// uint8; NaN becomes 0. `zero` must lie in the type's range.
+pub fn quantize_linear_8bit(x: &[f32], y: &mut [u8], scale: f32, zero: i32, signed: bool) {
+    assert_eq!(x.len(), y.len(), "input and output lengths differ");
+    let (lo, hi) = if signed { (-128, 127) } else { (0, 255) };
+    assert!((lo..=hi).contains(&zero), "zero point {zero} is out of the 8-bit range");
+    let zero = zero as f32;
+    y.par_chunks_mut(QUANT_CHUNK)
+        .zip(x.par_chunks(QUANT_CHUNK))
+        .for_each(|(yc, xc)| quantize_8bit(xc, yc, scale, zero, signed));
+}
+
+/// One chunk of [`quantize_linear_8bit`] (the division as the operator
+/// defines it, not a multiply by the inverse, which can round differently).
+fn quantize_8bit(x: &[f32], y: &mut [u8], scale: f32, zero: f32, signed: bool) {
+    with_vector_features!(quantize_8bit_body(x: &[f32], y: &mut [u8], scale: f32, zero: f32, signed: bool))
 }
 
 #[inline(always)]
-fn quantize_u8_body<const FMA: bool>(x: &[f32], y: &mut [u8], scale: f32, zero: f32) {
+fn quantize_8bit_body<const FMA: bool>(x: &[f32], y: &mut [u8], scale: f32, zero: f32, signed: bool) {
+    let (lo, hi) = if signed { (-128.0, 127.0) } else { (0.0, 255.0) };
+    // Clamped before rounding, to bounds that are integers once the zero
+    // point is added: the same as rounding first (rounding is monotone and
+    // keeps integers), and it keeps the rounding trick in range.
+    let (lo, hi) = (lo - zero, hi - zero);
     for (o, &v) in y.iter_mut().zip(x) {
-        // Clamping first keeps the rounding trick in range; anything
-        // beyond +-512 saturates either way.
-        let q = round_even_small((v / scale).clamp(-512.0, 512.0)) + zero;
-        *o = low_byte(q.clamp(0.0, 255.0));
+        let t = v / scale;
+        let q = round_even_small(t.clamp(lo, hi)) + zero;
+        *o = low_byte(if t.is_nan() { 0.0 } else { q });
     }
 }
 
@@ -356,6 +379,45 @@ mod tests {
                     let r: i32 = (0..k).map(|p| a[i * k + p] as i32 * bt[j * k + p] as i32).sum();
                     prop_assert_eq!(c[i * n + j], r);
                 }
+            }
+        }
+
+        /// Every value against the operator's definition, in f64 with an
+        /// explicit half-to-even rounding: random magnitudes around the
+        /// scale, exact ties (`x / scale` at n + 0.5), values past both ends
+        /// of the range, infinities and NaN, on ragged lengths.
+        #[test]
+        fn quantize_linear_matches_the_operator_definition(
+            len in 0usize..3000, seed in any::<u64>(), signed: bool, zero_pick in 0usize..4, scale_pick in 0usize..3,
+        ) {
+            let mut s = seed | 1;
+            let mut next = || { s ^= s << 13; s ^= s >> 7; s ^= s << 17; s };
+            let scale = [0.5f32, 0.0173, 3.0e-3][scale_pick];
+            let zero: i32 = if signed { [0, -128, 127, 5][zero_pick] } else { [0, 255, 128, 3][zero_pick] };
+            let x: Vec<f32> = (0..len).map(|_| {
+                let r = next();
+                match r % 8 {
+                    // An exact tie: scale 0.5 makes n + 0.5 exact in both
+                    // the input and the quotient.
+                    0 => (((r >> 8) % 600) as f32 - 300.0 + 0.5) * scale,
+                    1 => [f32::INFINITY, f32::NEG_INFINITY, f32::NAN, 1e30, -1e30, 0.0, -0.0][(r >> 8) as usize % 7],
+                    _ => (((r >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0) as f32 * 400.0 * scale,
+                }
+            }).collect();
+            let mut y = vec![0u8; len];
+            quantize_linear_8bit(&x, &mut y, scale, zero, signed);
+            let (lo, hi) = if signed { (-128.0, 127.0) } else { (0.0, 255.0) };
+            for (&v, &q) in x.iter().zip(&y) {
+                let t = (v / scale) as f64;
+                let want = if t.is_nan() {
+                    0.0
+                } else {
+                    let f = t.floor();
+                    let r = if t - f > 0.5 || (t - f == 0.5 && f % 2.0 != 0.0) { f + 1.0 } else { f };
+                    (r + zero as f64).clamp(lo, hi)
+                };
+                let got = if signed { q as i8 as f64 } else { q as f64 };
+                prop_assert_eq!(got, want, "x = {} scale {} zero {}", v, scale, zero);
             }
         }
     }

@@ -2,7 +2,7 @@
 //! at load time and replaced by its outputs as initializers.
 
 use super::Evaluator;
-use crate::{Attr, Graph, Result, Tensor};
+use crate::{Attr, Graph, Node, Result, Tensor};
 
 /// Ops never folded: their value is not a function of their inputs.
 const NONDETERMINISTIC: &[&str] =
@@ -14,6 +14,16 @@ const NONDETERMINISTIC: &[&str] =
 const MAX_FOLDED_BYTES: usize = 512 << 20;
 
 pub fn fold_constants(graph: &mut Graph, eval: &Evaluator) -> Result<usize> {
+    fold_constants_except(graph, eval, &|_, _| false)
+}
+
+/// [`fold_constants`], leaving the nodes `keep` picks (and so whatever
+/// depends on them) for a later pass.
+pub fn fold_constants_except(
+    graph: &mut Graph,
+    eval: &Evaluator,
+    keep: &dyn Fn(&Graph, &Node) -> bool,
+) -> Result<usize> {
     let mut folded = 0;
     let mut i = 0;
     while i < graph.nodes.len() {
@@ -25,7 +35,7 @@ pub fn fold_constants(graph: &mut Graph, eval: &Evaluator) -> Result<usize> {
             && n.attrs.values().all(|a| !matches!(a, Attr::Graph))
             && all_const
             && (is_const_node || !n.inputs.is_empty());
-        if !foldable {
+        if !foldable || keep(graph, n) {
             i += 1;
             continue;
         }

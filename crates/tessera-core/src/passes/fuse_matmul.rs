@@ -40,7 +40,7 @@ fn rank_of(g: &Graph, v: &str) -> Option<usize> {
 
 /// `bias` is a constant f32 that broadcasts along rows only (shape
 /// `[.., 1, n]`) and does not raise the rank of an output of `out_rank`.
-fn is_row_bias(g: &Graph, bias: &str, n: usize, out_rank: Option<usize>) -> bool {
+pub(super) fn is_row_bias(g: &Graph, bias: &str, n: usize, out_rank: Option<usize>) -> bool {
     let Some(bt) = g.initializers.get(bias) else { return false };
     let bs = bt.shape();
     if bt.dtype() != crate::DType::F32 || bs.is_empty() || bs[bs.len() - 1] != n {
@@ -50,7 +50,7 @@ fn is_row_bias(g: &Graph, bias: &str, n: usize, out_rank: Option<usize>) -> bool
 }
 
 /// A 1-D copy of a row bias (added to the graph when it is not 1-D already).
-fn bias_as_row(g: &mut Graph, bias: String) -> String {
+pub(super) fn bias_as_row(g: &mut Graph, bias: String) -> String {
     if g.initializers[&bias].rank() == 1 {
         return bias;
     }

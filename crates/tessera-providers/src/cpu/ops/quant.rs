@@ -155,12 +155,22 @@ fn build_quantize(node: &Node, _: &BuildCtx) -> Result<Box<dyn CpuOp>> {
                 return Err(Error::node(&node, "zero point and scale shapes differ"));
             }
         }
-        let xs = to_f32_vec(x);
         let ss = to_f32_vec(scale);
         let zs: Vec<f32> = match zp {
             Some(z) => int_vals(&node, z)?.into_iter().map(|v| v as f32).collect(),
             None => vec![0.0; ss.len()],
         };
+        // The common case (an activation of a QDQ model) in chunks that
+        // vectorize; the general path below converts and indexes per value.
+        let signed = out_dt == DType::I8;
+        if map.per_tensor && x.dtype() == DType::F32 && (signed || out_dt == DType::U8) {
+            let mut out = ctx.alloc_for_overwrite(out_dt, x.shape())?;
+            // int8 values are written as their bit patterns.
+            let y = out.bytes_mut();
+            tessera_kernels::quant::quantize_linear_8bit(x.as_slice::<f32>()?, y, ss[0], zs[0] as i32, signed);
+            return Ok(vec![out]);
+        }
+        let xs = to_f32_vec(x);
         let mut out = ctx.alloc(out_dt, x.shape())?;
         let vals = xs.par_iter().enumerate().map(|(i, &v)| {
             let p = map.index(i);

@@ -1,0 +1,262 @@
+//! Products of QDQ models. Static quantization (ONNX Runtime's
+//! `quantize_static` in its default QDQ format, and other exporters) writes
+//! an int8 product as float ops around quantized values:
+//!
+//! ```text
+//! xq = QuantizeLinear(x, sx, zx)            (per tensor)
+//! MatMul(DequantizeLinear(xq, sx, zx),
+//!        DequantizeLinear(wq, sw, zw))      (wq constant 8-bit [K, N];
+//!                                            sw, zw per tensor or per column)
+//! ```
+//!
+//! Each output is `sx * sw[j] * sum_k (xq - zx)(wq - zw[j])`, so the pair
+//! becomes `tessera:FusedMatMulInteger(xq, wq, zx, zw, sx * sw)`: the integer
+//! product runs on the int8 kernels (tiles where the machine has them) and
+//! is dequantized in its epilogue, which also takes a following row-bias
+//! `Add` here and an activation or residual later (`fuse_epilogues`). The
+//! dequantized operands are never materialized; the integer sum is exact,
+//! so the result differs from the float graph's only by that graph's own
+//! fp32 rounding.
+//!
+//! The weight's `DequantizeLinear` must survive constant folding until this
+//! pass has run: [`keeps_quantized_weight`] tells the folder which ones.
+
+use super::pattern::{is_onnx, other_input, replace_with_fused, Index};
+use crate::{Attr, DType, Graph, Node, Tensor};
+
+use super::fuse_matmul::{bias_as_row, is_row_bias, DOMAIN, FUSED_MATMUL_INTEGER};
+
+/// Whether constant folding should leave `n` alone for [`fuse_qdq_matmul`]:
+/// a DequantizeLinear of a constant 8-bit tensor that is the weight of a
+/// MatMul whose other operand is dequantized too (the pattern the pass
+/// matches). Weights of other products (weight-only quantization) fold as
+/// before.
+pub fn keeps_quantized_weight(g: &Graph, n: &Node) -> bool {
+    if n.op_type != "DequantizeLinear" || !is_onnx(n) {
+        return false;
+    }
+    let Some(w) = g.initializers.get(&n.inputs[0]) else { return false };
+    if !matches!(w.dtype(), DType::I8 | DType::U8) {
+        return false;
+    }
+    let out = &n.outputs[0];
+    g.nodes.iter().any(|m| {
+        m.op_type == "MatMul"
+            && is_onnx(m)
+            && m.inputs.len() == 2
+            && &m.inputs[1] == out
+            && g.nodes.iter().any(|p| p.op_type == "DequantizeLinear" && is_onnx(p) && p.outputs[0] == m.inputs[0])
+    })
+}
+
+/// A DequantizeLinear's operands, if it is the plain per-tensor or
+/// per-axis form with an f32 scale: (quantized, scale, zero point).
+fn dequantize_operands<'g>(g: &'g Graph, n: &'g Node) -> Option<(&'g str, &'g Tensor, Option<&'g str>)> {
+    if n.op_type != "DequantizeLinear" || !is_onnx(n) || !(2..=3).contains(&n.inputs.len()) {
+        return None;
+    }
+    // Blocked scales (opset 21) and other output types are not a scale
+    // per tensor or per column.
+    if n.attr_int("block_size").ok()?.unwrap_or(0) != 0 || !matches!(n.attr_int("output_dtype").ok()?, None | Some(1)) {
+        return None;
+    }
+    let scale = g.initializers.get(n.input(1)?)?;
+    if scale.dtype() != DType::F32 {
+        return None;
+    }
+    Some((n.input(0)?, scale, n.input(2)))
+}
+
+/// The f32 scale values of a constant, if it is one value or `n` of them.
+fn scale_values(t: &Tensor, n: usize) -> Option<Vec<f32>> {
+    let v = t.as_slice::<f32>().ok()?;
+    (v.len() == 1 || (v.len() == n && t.rank() == 1)).then(|| v.to_vec())
+}
+
+pub fn fuse_qdq_matmul(g: &mut Graph) -> usize {
+    let mut fused = 0;
+    loop {
+        let ix = Index::new(g);
+        let mut hit: Option<(Vec<usize>, Node, Tensor)> = None;
+        for (mi, mm) in g.nodes.iter().enumerate() {
+            if mm.op_type != "MatMul" || !is_onnx(mm) || mm.inputs.len() != 2 {
+                continue;
+            }
+            let Some((_, xdq)) = ix.producer_of(g, &mm.inputs[0], "DequantizeLinear") else { continue };
+            let Some((_, wdq)) = ix.producer_of(g, &mm.inputs[1], "DequantizeLinear") else { continue };
+            let (Some((xq, sx, zx)), Some((wq, sw, zw))) = (dequantize_operands(g, xdq), dequantize_operands(g, wdq))
+            else {
+                continue;
+            };
+            // The weight: constant, 8-bit, [K, N]; its scale and zero point
+            // one value or one per column (axis 1), so that they leave the
+            // sum over K.
+            let Some(w) = g.initializers.get(wq) else { continue };
+            let &[_, n] = w.shape() else { continue };
+            if !matches!(w.dtype(), DType::I8 | DType::U8) {
+                continue;
+            }
+            let Some(sw) = scale_values(sw, n) else { continue };
+            if sw.len() > 1 && !matches!(wdq.attr_int("axis"), Ok(None | Some(1 | -1))) {
+                continue;
+            }
+            if let Some(z) = zw {
+                match g.initializers.get(z) {
+                    Some(z) if z.dtype() == w.dtype() && z.numel() == sw.len() && z.rank() <= 1 => {}
+                    _ => continue,
+                }
+            }
+            // The activation: 8-bit, one constant scale and zero point.
+            let x_type = match zx {
+                Some(z) => g.initializers.get(z).filter(|t| t.numel() == 1).map(|t| t.dtype()),
+                None => g.dtype_of(xq),
+            };
+            // A declared type of `xq` that differs from its zero point's is
+            // a broken file: left for the operators to report.
+            let declared = g.dtype_of(xq);
+            if !matches!(x_type, Some(DType::I8 | DType::U8)) || declared.is_some_and(|t| Some(t) != x_type) {
+                continue;
+            }
+            let Some(&[sx]) = sx.as_slice::<f32>().ok() else { continue };
+            let scale_shape = if sw.len() == 1 { vec![] } else { vec![n] };
+            let scale = Tensor::from_vec(&scale_shape, sw.iter().map(|&s| sx * s).collect())
+                .expect("one value or one per column");
+            let inputs =
+                vec![xq.to_string(), wq.to_string(), zx.unwrap_or("").to_string(), zw.unwrap_or("").to_string()];
+            let mut matched = vec![mi];
+            let mut outputs = mm.outputs.clone();
+            let mut bias = None;
+            let out_rank = g.shape_of(xq).map(|s| s.len());
+            if ix.single_use(&mm.outputs[0]) {
+                if let Some(&ai) = ix.consumers(g, &mm.outputs[0]).first() {
+                    let add = &g.nodes[ai];
+                    let b = other_input(add, &mm.outputs[0]).filter(|_| add.op_type == "Add" && is_onnx(add));
+                    if let Some(b) = b.filter(|b| is_row_bias(g, b, n, out_rank)) {
+                        bias = Some(b.to_string());
+                        matched.push(ai);
+                        outputs = add.outputs.clone();
+                    }
+                }
+            }
+            let mut node = Node {
+                name: format!("{}_qdq", mm.name),
+                op_type: FUSED_MATMUL_INTEGER.into(),
+                domain: DOMAIN.into(),
+                inputs,
+                outputs,
+                attrs: [("activation".to_string(), Attr::String(b"none".to_vec()))].into_iter().collect(),
+            };
+            node.inputs.extend(bias);
+            hit = Some((matched, node, scale));
+            break;
+        }
+        let Some((matched, mut node, scale)) = hit else { break };
+        let scale_name = g.fresh_name(&format!("{}_scale", node.name));
+        g.initializers.insert(scale_name.clone(), scale);
+        node.inputs.insert(4, scale_name);
+        if node.inputs.len() > 5 {
+            node.inputs[5] = bias_as_row(g, std::mem::take(&mut node.inputs[5]));
+        }
+        replace_with_fused(g, matched, node);
+        fused += 1;
+    }
+    fused
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Dim, ValueInfo};
+
+    /// `y = DQ(Q(x)) @ DQ(wq) + bias`, as `quantize_static` writes it.
+    fn qdq_graph(w_dtype: DType, w_scales: usize, axis: Option<i64>) -> Graph {
+        let (k, n) = (3, 4);
+        let mut g = Graph {
+            nodes: vec![
+                Node::new("QuantizeLinear", "q", &["x", "sx", "zx"], &["xq"]),
+                Node::new("DequantizeLinear", "dqx", &["xq", "sx", "zx"], &["xd"]),
+                Node::new("DequantizeLinear", "dqw", &["wq", "sw", "zw"], &["wd"]),
+                Node::new("MatMul", "mm", &["xd", "wd"], &["mm"]),
+                Node::new("Add", "add", &["mm", "bias"], &["y"]),
+            ],
+            inputs: vec![ValueInfo {
+                name: "x".into(),
+                dtype: Some(DType::F32),
+                shape: Some(vec![Dim::Sym("b".into()), Dim::Known(k)]),
+            }],
+            outputs: vec![ValueInfo { name: "y".into(), dtype: Some(DType::F32), shape: None }],
+            ..Default::default()
+        };
+        if let Some(a) = axis {
+            g.nodes[2].attrs.insert("axis".into(), Attr::Int(a));
+        }
+        let shape: &[usize] = if w_scales == 1 { &[] } else { &[w_scales] };
+        g.initializers.insert("sx".into(), Tensor::scalar(0.5f32));
+        g.initializers.insert("zx".into(), Tensor::scalar(3u8));
+        g.initializers.insert("wq".into(), Tensor::zeros(w_dtype, &[k, n]).unwrap());
+        g.initializers
+            .insert("sw".into(), Tensor::from_vec(shape, (1..=w_scales).map(|i| i as f32).collect()).unwrap());
+        g.initializers.insert("zw".into(), Tensor::zeros(w_dtype, shape).unwrap());
+        g.initializers.insert("bias".into(), Tensor::zeros(DType::F32, &[n]).unwrap());
+        crate::shape_inference::infer(&mut g).unwrap();
+        g
+    }
+
+    #[test]
+    fn qdq_product_becomes_one_integer_node_with_its_bias() {
+        for (w_dtype, scales, axis) in [(DType::I8, 4, None), (DType::I8, 4, Some(-1)), (DType::U8, 1, Some(0))] {
+            let mut g = qdq_graph(w_dtype, scales, axis);
+            assert!(keeps_quantized_weight(&g, &g.nodes[2]));
+            assert!(!keeps_quantized_weight(&g, &g.nodes[1]), "the activation's DQ has no constant input");
+            assert_eq!(fuse_qdq_matmul(&mut g), 1, "{w_dtype} {scales} {axis:?}");
+            let f = g.nodes.iter().find(|n| n.op_type == FUSED_MATMUL_INTEGER).expect("fused node");
+            assert_eq!(&f.inputs[..4], &["xq", "wq", "zx", "zw"]);
+            assert_eq!(f.inputs[5], "bias");
+            assert_eq!(f.outputs, vec!["y"]);
+            let want: Vec<f32> = (1..=scales).map(|i| 0.5 * i as f32).collect();
+            assert_eq!(g.initializers[&f.inputs[4]].as_slice::<f32>().unwrap(), &want[..]);
+            assert!(!g.nodes.iter().any(|n| n.op_type == "MatMul" || n.op_type == "Add"));
+        }
+    }
+
+    #[test]
+    fn products_whose_scales_do_not_factor_out_stay_apart() {
+        // Per-row weight scales (axis 0) run along K.
+        let mut g = qdq_graph(DType::I8, 3, Some(0));
+        assert_eq!(fuse_qdq_matmul(&mut g), 0);
+        // Blocked weight scales.
+        let mut g = qdq_graph(DType::I8, 4, None);
+        g.nodes[2].attrs.insert("block_size".into(), Attr::Int(2));
+        assert_eq!(fuse_qdq_matmul(&mut g), 0);
+        // An activation scale known only at run time.
+        let mut g = qdq_graph(DType::I8, 4, None);
+        let sx = g.initializers.remove("sx").unwrap();
+        g.inputs.push(ValueInfo { name: "sx".into(), dtype: Some(DType::F32), shape: Some(vec![]) });
+        assert_eq!(sx.numel(), 1);
+        assert_eq!(fuse_qdq_matmul(&mut g), 0);
+        // A 16-bit weight.
+        let mut g = qdq_graph(DType::I16, 4, None);
+        assert!(!keeps_quantized_weight(&g, &g.nodes[2]));
+        assert_eq!(fuse_qdq_matmul(&mut g), 0);
+        // A weight computed at run time.
+        let mut g = qdq_graph(DType::I8, 4, None);
+        let wq = g.initializers.remove("wq").unwrap();
+        g.inputs.push(ValueInfo {
+            name: "wq".into(),
+            dtype: Some(DType::I8),
+            shape: Some(vec![Dim::Known(3), Dim::Known(4)]),
+        });
+        assert_eq!(wq.rank(), 2);
+        assert_eq!(fuse_qdq_matmul(&mut g), 0);
+    }
+
+    #[test]
+    fn weight_dequantization_of_a_float_activation_product_still_folds() {
+        // Weight-only quantization: the activation is plain f32.
+        let mut g = qdq_graph(DType::I8, 4, None);
+        g.nodes.retain(|n| n.name != "q" && n.name != "dqx");
+        g.nodes[1].inputs[0] = "x".into();
+        assert!(!keeps_quantized_weight(&g, &g.nodes[0]));
+        assert_eq!(fuse_qdq_matmul(&mut g), 0);
+    }
+}
