@@ -400,7 +400,8 @@ mod tests {
                     // An exact tie: scale 0.5 makes n + 0.5 exact in both
                     // the input and the quotient.
                     0 => (((r >> 8) % 600) as f32 - 300.0 + 0.5) * scale,
-                    1 => [f32::INFINITY, f32::NEG_INFINITY, f32::NAN, 1e30, -1e30, 0.0, -0.0][(r >> 8) as usize % 7],
+                    // NaN with payload bits (whose low byte would show).
+                    1 => [f32::INFINITY, f32::NEG_INFINITY, f32::NAN, f32::from_bits(0xffc0_00ab), 1e30, -1e30, 0.0, -0.0][(r >> 8) as usize % 8],
                     _ => (((r >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0) as f32 * 400.0 * scale,
                 }
             }).collect();

@@ -85,3 +85,110 @@ proptest! {
         }
     }
 }
+
+/// Static quantization in ONNX Runtime's QDQ format: `x` quantized once
+/// (uint8 or int8, one scale and zero point) and dequantized for three
+/// products with 8-bit weights (per column or per tensor, dequantized on
+/// axis 1): `y1 = gelu(xd @ W1 + b1)`, `y2 = xd @ W2 + b2 + x` and `y3 =
+/// DQ(Q(xd @ W3)) + b3` (an output quantized again before its bias, as
+/// `quantize_static` leaves a product whose consumer it also quantizes).
+fn qdq_graph(k: usize, n: usize, signed_x: bool, per_column: bool, seed: u64) -> Graph {
+    let mut rng = Rng::new(seed);
+    let mut g = Graph { name: "qdq".into(), ..Default::default() };
+    let dims = |last: usize| Some(vec![Dim::Sym("batch".into()), Dim::Sym("seq".into()), Dim::Known(last)]);
+    g.inputs.push(ValueInfo { name: "x".into(), dtype: Some(DType::F32), shape: dims(k) });
+    g.opsets.insert(String::new(), 17);
+    let x_type = if signed_x { DType::I8 } else { DType::U8 };
+    let zero = (rng.next_u64() >> 60) as u8 + if signed_x { 0 } else { 120 };
+    g.initializers.insert("sx".into(), Tensor::scalar(4.0f32 / 255.0));
+    g.initializers.insert("zx".into(), Tensor::from_bytes(x_type, &[], &[zero]).unwrap());
+    g.nodes.push(Node::new("QuantizeLinear", "qx", &["x", "sx", "zx"], &["xq"]));
+    g.nodes.push(Node::new("DequantizeLinear", "dqx", &["xq", "sx", "zx"], &["xd"]));
+    for (i, cols) in [(1, n), (2, k), (3, n)] {
+        let w: Vec<u8> = (0..k * cols).map(|_| (rng.next_u64() >> 56) as u8).collect();
+        let per = if per_column { cols } else { 1 };
+        let shape: Vec<usize> = if per_column { vec![cols] } else { vec![] };
+        let zero: Vec<u8> = (0..per).map(|_| (rng.next_u64() >> 61) as u8).collect();
+        let scale: Vec<f32> = (0..per).map(|_| 0.002 + 0.002 * rng.uniform().abs()).collect();
+        let v = |s: &str| format!("{s}{i}");
+        g.initializers.insert(v("w"), Tensor::from_bytes(DType::I8, &[k, cols], &w).unwrap());
+        g.initializers.insert(v("wz"), Tensor::from_bytes(DType::I8, &shape, &zero).unwrap());
+        g.initializers.insert(v("ws"), Tensor::from_vec(&shape, scale).unwrap());
+        g.initializers.insert(v("b"), Tensor::from_vec(&[cols], rng.vec(cols, 0.5)).unwrap());
+        g.nodes.extend([
+            Node::new("DequantizeLinear", &v("dqw"), &[&v("w"), &v("ws"), &v("wz")], &[&v("wd")])
+                .with_attr("axis", Attr::Int(1)),
+            Node::new("MatMul", &v("mm"), &["xd", &v("wd")], &[&v("mm")]),
+        ]);
+        let out = format!("y{i}");
+        match i {
+            1 => g.nodes.extend([
+                Node::new("Add", &v("add"), &[&v("mm"), &v("b")], &[&v("h")]),
+                Node::new("Gelu", &v("gelu"), &[&v("h")], &[&out]),
+            ]),
+            2 => g.nodes.extend([
+                Node::new("Add", &v("add"), &[&v("b"), &v("mm")], &[&v("h")]),
+                Node::new("Add", &v("res"), &[&v("h"), "x"], &[&out]),
+            ]),
+            _ => {
+                g.initializers.insert("sy".into(), Tensor::scalar(0.05f32));
+                g.initializers.insert("zy".into(), Tensor::scalar(128u8));
+                g.nodes.extend([
+                    Node::new("QuantizeLinear", "qy", &[&v("mm"), "sy", "zy"], &["yq"]),
+                    Node::new("DequantizeLinear", "dqy", &["yq", "sy", "zy"], &["yd"]),
+                    Node::new("Add", &v("add"), &["yd", &v("b")], &[&out]),
+                ]);
+            }
+        }
+        g.outputs.push(ValueInfo { name: out, dtype: Some(DType::F32), shape: None });
+    }
+    g
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]
+
+    /// The QDQ products on the integer kernels against the same graph run
+    /// as written (dequantized operands, fp32 MatMul): the same quantized
+    /// values, so only the float graph's rounding differs, except where
+    /// that moves `y3`'s requantization across a rounding edge (one step of
+    /// its scale, in a few values at most).
+    #[test]
+    fn qdq_products_match_the_dequantized_graph(
+        b in 1usize..3, s in 1usize..40, k in 1usize..80, n in 1usize..70,
+        signed_x: bool, per_column: bool, seed in 0u64..1000,
+    ) {
+        let g = qdq_graph(k, n, signed_x, per_column, seed);
+        let x = Tensor::from_vec(&[b, s, k], Rng::new(seed ^ 7).vec(b * s * k, 2.0)).unwrap();
+        let opts = |optimize: bool, provider: &str| SessionOptions {
+            providers: vec![provider.into()],
+            threads: 2,
+            optimize,
+            dims: [("batch".to_string(), b), ("seq".to_string(), s)].into_iter().collect(),
+            ..Default::default()
+        };
+        let outputs = |sess: &Session| -> Vec<Vec<f32>> {
+            let out = sess.run(vec![("x".into(), x.clone())]).unwrap();
+            out.iter().map(|(_, t)| t.as_slice::<f32>().unwrap().to_vec()).collect()
+        };
+        let plain = outputs(&Session::from_graph(g.clone(), opts(false, "cpu")).unwrap());
+        for provider in ["cpu", "auto"] {
+            let sess = Session::from_graph(g.clone(), opts(true, provider)).unwrap();
+            prop_assert_eq!(sess.pass_report().qdq_matmul_fused, 3);
+            let fused = outputs(&sess);
+            for (o, (f, p)) in fused.iter().zip(&plain).enumerate() {
+                prop_assert_eq!(f.len(), p.len());
+                let mut steps = 0;
+                for (u, v) in f.iter().zip(p) {
+                    let close = (u - v).abs() <= 2e-5 * (1.0 + v.abs());
+                    if o == 2 && !close && ((u - v).abs() - 0.05).abs() <= 1e-5 {
+                        steps += 1;
+                    } else {
+                        prop_assert!(close, "y{}: {} vs {} ({})", o + 1, u, v, provider);
+                    }
+                }
+                prop_assert!(steps * 50 <= f.len().max(50), "y3: {} of {} values a step apart", steps, f.len());
+            }
+        }
+    }
+}
