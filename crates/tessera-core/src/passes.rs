@@ -32,6 +32,9 @@ pub struct PassReport {
     /// Products of dequantized 8-bit operands (QDQ models) turned into
     /// integer products.
     pub qdq_matmul_fused: usize,
+    /// Integer products that took the quantize-dequantize round trip of
+    /// their output (and the bias after it) into their epilogue.
+    pub requantize_fused: usize,
     pub epilogue_fused: usize,
     pub attention_fused: usize,
     /// Attention blocks whose Q, K and V projections became one GEMM.
@@ -53,7 +56,7 @@ impl std::fmt::Display for PassReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "constant-folded {} nodes, removed {} dead nodes, fused {} LayerNorm, {} GELU, {} attention, {} MatMul+bias, {} MatMulInteger+dequantization, {} QDQ MatMuls, {} epilogues, {} Q/K/V merges, folded {} BatchNormalization/channel affine, fused {} Conv epilogues, {} BatchNormalization+activation, {} two-layer MLPs",
+            "constant-folded {} nodes, removed {} dead nodes, fused {} LayerNorm, {} GELU, {} attention, {} MatMul+bias, {} MatMulInteger+dequantization, {} QDQ MatMuls, {} requantized outputs, {} epilogues, {} Q/K/V merges, folded {} BatchNormalization/channel affine, fused {} Conv epilogues, {} BatchNormalization+activation, {} two-layer MLPs",
             self.folded,
             self.dead_removed,
             self.layernorm_fused,
@@ -62,6 +65,7 @@ impl std::fmt::Display for PassReport {
             self.matmul_bias_fused,
             self.integer_matmul_fused,
             self.qdq_matmul_fused,
+            self.requantize_fused,
             self.epilogue_fused,
             self.qkv_merged,
             self.batch_norm_folded,
@@ -100,6 +104,7 @@ pub fn optimize_with(graph: &mut Graph, eval: &Evaluator, fuse_matmul_ops: bool)
         r.folded += fold::fold_constants(graph, eval)?;
         r.matmul_bias_fused = fuse_matmul::fuse_matmul_bias(graph);
         r.integer_matmul_fused = fuse_matmul::fuse_matmul_integer(graph);
+        r.requantize_fused = fuse_qdq::fuse_requantized_outputs(graph);
         r.epilogue_fused = fuse_matmul::fuse_epilogues(graph);
         r.qkv_merged = merge_qkv::merge_qkv_projections(graph);
         r.batch_norm_folded = fuse_conv::fold_batch_norm(graph);

@@ -169,7 +169,7 @@ const MAGIC: f32 = 12_582_912.0;
 /// removing 1.5 * 2^23 leaves the value rounded to an integer by the FPU's
 /// round-to-nearest-even mode, and the loop vectorizes.
 #[inline(always)]
-fn round_even_small(v: f32) -> f32 {
+pub(crate) fn round_even_small(v: f32) -> f32 {
     (v + MAGIC) - MAGIC
 }
 

@@ -175,6 +175,7 @@ proptest! {
         for provider in ["cpu", "auto"] {
             let sess = Session::from_graph(g.clone(), opts(true, provider)).unwrap();
             prop_assert_eq!(sess.pass_report().qdq_matmul_fused, 3);
+            prop_assert_eq!(sess.pass_report().requantize_fused, 1);
             let fused = outputs(&sess);
             for (o, (f, p)) in fused.iter().zip(&plain).enumerate() {
                 prop_assert_eq!(f.len(), p.len());
@@ -188,6 +189,58 @@ proptest! {
                     }
                 }
                 prop_assert!(steps * 50 <= f.len().max(50), "y3: {} of {} values a step apart", steps, f.len());
+            }
+        }
+    }
+}
+
+/// ONNX Runtime's dynamic chain whose output is quantized again for its
+/// consumers, then biased and activated: `gelu(DQ(Q(float(MatMulInteger(
+/// DynamicQuantizeLinear(x), W)) * scale)) + b)`.
+fn requantized_graph(k: usize, n: usize, signed_y: bool, seed: u64) -> Graph {
+    let mut g = quantized_graph(k, n, true, seed);
+    // Keep the first product only, its Add(bias) moved after a round trip.
+    g.nodes.retain(|nd| !nd.name.ends_with('2') && nd.name != "gelu1");
+    g.outputs.truncate(1);
+    let add = g.nodes.iter().position(|nd| nd.name == "add1").unwrap();
+    g.nodes[add].inputs = vec!["yd".into(), "b1".into()];
+    g.nodes.insert(add, Node::new("QuantizeLinear", "qy", &["mm1", "sy", "zy"], &["yq"]));
+    g.nodes.insert(add + 1, Node::new("DequantizeLinear", "dqy", &["yq", "sy", "zy"], &["yd"]));
+    g.nodes.push(Node::new("Gelu", "gelu1", &["h1"], &["y1"]));
+    g.initializers.insert("sy".into(), Tensor::scalar(0.02f32));
+    let zy = if signed_y { Tensor::scalar(-3i8) } else { Tensor::scalar(131u8) };
+    g.initializers.insert("zy".into(), zy);
+    g
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]
+
+    /// The round trip and the bias in the product's epilogue give the same
+    /// bits as the operators one after the other (the same i32 product and
+    /// the same f32 steps), on the CPU and on the tile provider.
+    #[test]
+    fn requantized_output_in_the_epilogue_is_the_operators_bit_for_bit(
+        b in 1usize..3, s in 1usize..40, k in 1usize..80, n in 1usize..70, signed_y: bool, seed in 0u64..1000,
+    ) {
+        let g = requantized_graph(k, n, signed_y, seed);
+        let x = Tensor::from_vec(&[b, s, k], Rng::new(seed ^ 7).vec(b * s * k, 2.0)).unwrap();
+        let (plain, _) = run(g.clone(), &x, false, "cpu");
+        for provider in ["cpu", "auto"] {
+            let opts = SessionOptions {
+                providers: vec![provider.into()],
+                threads: 2,
+                optimize: true,
+                dims: [("batch".to_string(), b), ("seq".to_string(), s)].into_iter().collect(),
+                ..Default::default()
+            };
+            let sess = Session::from_graph(g.clone(), opts).unwrap();
+            prop_assert_eq!(sess.pass_report().requantize_fused, 1);
+            let out = sess.run(vec![("x".into(), x.clone())]).unwrap();
+            let fused = out[0].1.as_slice::<f32>().unwrap();
+            prop_assert_eq!(fused.len(), plain[0].len());
+            for (i, (u, v)) in fused.iter().zip(&plain[0]).enumerate() {
+                prop_assert_eq!(u.to_bits(), v.to_bits(), "{}: {} vs {} ({})", i, u, v, provider);
             }
         }
     }

@@ -20,11 +20,26 @@
 //!
 //! The weight's `DequantizeLinear` must survive constant folding until this
 //! pass has run: [`keeps_quantized_weight`] tells the folder which ones.
+//!
+//! A product whose output is quantized for its consumers and dequantized
+//! again (`QuantizeLinear -> DequantizeLinear`, one scale and zero point)
+//! takes that round trip into its epilogue ([`fuse_requantized_outputs`]),
+//! and the bias `Add` after it too: the grid step comes before the bias, as
+//! in the graph. The same f32 operations as the two operators, so the same
+//! values, without the 8-bit copy and the two passes over memory.
 
 use super::pattern::{is_onnx, other_input, replace_with_fused, Index};
 use crate::{Attr, DType, Graph, Node, Tensor};
 
 use super::fuse_matmul::{bias_as_row, is_row_bias, DOMAIN, FUSED_MATMUL_INTEGER};
+
+/// Attributes of a `tessera:FusedMatMulInteger` whose dequantized output
+/// makes a round trip through an 8-bit grid before its bias (see
+/// `Requantize` in the kernels): the grid's scale (float), zero point (int)
+/// and whether it is int8 (int, 0 or 1; uint8 when absent).
+pub const REQUANTIZE_SCALE: &str = "requantize_scale";
+pub const REQUANTIZE_ZERO_POINT: &str = "requantize_zero_point";
+pub const REQUANTIZE_SIGNED: &str = "requantize_signed";
 
 /// Whether constant folding should leave `n` alone for [`fuse_qdq_matmul`]:
 /// a DequantizeLinear of a constant 8-bit tensor that is the weight of a
@@ -71,6 +86,117 @@ fn dequantize_operands<'g>(g: &'g Graph, n: &'g Node) -> Option<(&'g str, &'g Te
 fn scale_values(t: &Tensor, n: usize) -> Option<Vec<f32>> {
     let v = t.as_slice::<f32>().ok()?;
     (v.len() == 1 || (v.len() == n && t.rank() == 1)).then(|| v.to_vec())
+}
+
+/// The `Add` of a constant row bias (`n` values) that alone consumes
+/// `value`, an output of rank `out_rank`: (its index, the bias).
+fn following_bias(g: &Graph, ix: &Index, value: &str, n: usize, out_rank: Option<usize>) -> Option<(usize, String)> {
+    if !ix.single_use(value) {
+        return None;
+    }
+    let &ai = ix.consumers(g, value).first()?;
+    let add = &g.nodes[ai];
+    let b = other_input(add, value).filter(|_| add.op_type == "Add" && is_onnx(add))?;
+    is_row_bias(g, b, n, out_rank).then(|| (ai, b.to_string()))
+}
+
+/// A per-tensor QuantizeLinear or DequantizeLinear's constant grid:
+/// (scale, zero point, int8?), the zero point 0 of uint8 when absent.
+fn grid_of(g: &Graph, n: &Node) -> Option<(f32, i32, bool)> {
+    if !is_onnx(n) || !(2..=3).contains(&n.inputs.len()) {
+        return None;
+    }
+    if n.attr_int("block_size").ok()?.unwrap_or(0) != 0 {
+        return None;
+    }
+    let scale = g.initializers.get(n.input(1)?)?;
+    let &[scale] = scale.as_slice::<f32>().ok()? else { return None };
+    let (zero, signed) = match n.input(2) {
+        None => match n.attr_int("output_dtype").ok()? {
+            // QuantizeLinear's default type; DequantizeLinear's output type.
+            None | Some(0) if n.op_type == "QuantizeLinear" => (0, false),
+            None | Some(1) if n.op_type == "DequantizeLinear" => (0, g.dtype_of(n.input(0)?)? == DType::I8),
+            _ => return None,
+        },
+        Some(z) => {
+            let z = g.initializers.get(z)?;
+            match (z.numel(), z.dtype()) {
+                (1, DType::U8) => (z.bytes()[0] as i32, false),
+                (1, DType::I8) => (z.bytes()[0] as i8 as i32, true),
+                _ => return None,
+            }
+        }
+    };
+    Some((scale, zero, signed))
+}
+
+/// `FusedMatMulInteger -> QuantizeLinear -> DequantizeLinear [-> Add(bias)]`
+/// with one grid (the same scale, zero point and type on both, the
+/// quantized value read by that DequantizeLinear alone) becomes the product
+/// with [`REQUANTIZE_SCALE`] and its companions, and the bias. The product
+/// must have nothing after its dequantization yet (no bias, activation,
+/// residual or grid).
+pub fn fuse_requantized_outputs(g: &mut Graph) -> usize {
+    let mut fused = 0;
+    loop {
+        let ix = Index::new(g);
+        let mut hit: Option<(Vec<usize>, Node)> = None;
+        for (fi, f) in g.nodes.iter().enumerate() {
+            if f.domain != DOMAIN || f.op_type != FUSED_MATMUL_INTEGER || f.inputs.len() != 5 {
+                continue;
+            }
+            if f.attrs.keys().any(|k| k != "activation")
+                || f.attr_string("activation").ok().flatten().as_deref() != Some("none")
+            {
+                continue;
+            }
+            if !ix.single_use(&f.outputs[0]) {
+                continue;
+            }
+            let Some(&qi) = ix.consumers(g, &f.outputs[0]).first() else { continue };
+            let q = &g.nodes[qi];
+            if q.op_type != "QuantizeLinear" || q.inputs[0] != f.outputs[0] || !ix.single_use(&q.outputs[0]) {
+                continue;
+            }
+            let Some(&di) = ix.consumers(g, &q.outputs[0]).first() else { continue };
+            let d = &g.nodes[di];
+            if d.op_type != "DequantizeLinear" || d.inputs[0] != q.outputs[0] {
+                continue;
+            }
+            let (Some(grid), Some(back)) = (grid_of(g, q), grid_of(g, d)) else { continue };
+            // The quantized value's declared type must agree with the grid
+            // (a file that says otherwise is left for the operators).
+            let declared = g.dtype_of(&q.outputs[0]);
+            if grid != back || declared.is_some_and(|t| t != if grid.2 { DType::I8 } else { DType::U8 }) {
+                continue;
+            }
+            let (scale, zero, signed) = grid;
+            if !(scale > 0.0 && scale.is_finite()) {
+                continue;
+            }
+            let Some(n) = g.initializers.get(&f.inputs[1]).and_then(|w| w.shape().get(1).copied()) else { continue };
+            let mut nf = f.clone();
+            nf.attrs.insert(REQUANTIZE_SCALE.into(), Attr::Float(scale));
+            nf.attrs.insert(REQUANTIZE_ZERO_POINT.into(), Attr::Int(zero as i64));
+            nf.attrs.insert(REQUANTIZE_SIGNED.into(), Attr::Int(signed as i64));
+            let mut matched = vec![fi, qi, di];
+            nf.outputs = d.outputs.clone();
+            if let Some((ai, b)) = following_bias(g, &ix, &d.outputs[0], n, g.shape_of(&f.inputs[0]).map(|s| s.len())) {
+                matched.push(ai);
+                nf.outputs = g.nodes[ai].outputs.clone();
+                nf.inputs.push(b);
+            }
+            hit = Some((matched, nf));
+            break;
+        }
+        let Some((matched, mut node)) = hit else { break };
+        if node.inputs.len() > 5 {
+            node.inputs[5] = bias_as_row(g, std::mem::take(&mut node.inputs[5]));
+        }
+        replace_with_fused(g, matched, node);
+        fused += 1;
+    }
+    fused
 }
 
 pub fn fuse_qdq_matmul(g: &mut Graph) -> usize {
@@ -125,19 +251,12 @@ pub fn fuse_qdq_matmul(g: &mut Graph) -> usize {
                 vec![xq.to_string(), wq.to_string(), zx.unwrap_or("").to_string(), zw.unwrap_or("").to_string()];
             let mut matched = vec![mi];
             let mut outputs = mm.outputs.clone();
-            let mut bias = None;
-            let out_rank = g.shape_of(xq).map(|s| s.len());
-            if ix.single_use(&mm.outputs[0]) {
-                if let Some(&ai) = ix.consumers(g, &mm.outputs[0]).first() {
-                    let add = &g.nodes[ai];
-                    let b = other_input(add, &mm.outputs[0]).filter(|_| add.op_type == "Add" && is_onnx(add));
-                    if let Some(b) = b.filter(|b| is_row_bias(g, b, n, out_rank)) {
-                        bias = Some(b.to_string());
-                        matched.push(ai);
-                        outputs = add.outputs.clone();
-                    }
-                }
+            let bias = following_bias(g, &ix, &mm.outputs[0], n, g.shape_of(xq).map(|s| s.len()));
+            if let Some((ai, _)) = bias {
+                matched.push(ai);
+                outputs = g.nodes[ai].outputs.clone();
             }
+            let bias = bias.map(|(_, b)| b);
             let mut node = Node {
                 name: format!("{}_qdq", mm.name),
                 op_type: FUSED_MATMUL_INTEGER.into(),
@@ -248,6 +367,53 @@ mod tests {
         });
         assert_eq!(wq.rank(), 2);
         assert_eq!(fuse_qdq_matmul(&mut g), 0);
+    }
+
+    /// [`qdq_graph`] with the product quantized again before its bias:
+    /// `MatMul -> Q(sy, zy) -> DQ(sy2, zy) -> Add(bias)`.
+    fn requantized_graph(sy2: f32) -> Graph {
+        let mut g = qdq_graph(DType::I8, 4, None);
+        g.nodes[4].inputs[0] = "yd".into();
+        g.nodes.insert(4, Node::new("QuantizeLinear", "qy", &["mm", "sy", "zy"], &["yq"]));
+        g.nodes.insert(5, Node::new("DequantizeLinear", "dqy", &["yq", "sy2", "zy"], &["yd"]));
+        g.initializers.insert("sy".into(), Tensor::scalar(0.25f32));
+        g.initializers.insert("sy2".into(), Tensor::scalar(sy2));
+        g.initializers.insert("zy".into(), Tensor::scalar(-7i8));
+        crate::shape_inference::infer(&mut g).unwrap();
+        g
+    }
+
+    #[test]
+    fn requantized_output_and_its_bias_join_the_product() {
+        let mut g = requantized_graph(0.25);
+        assert_eq!(fuse_qdq_matmul(&mut g), 1);
+        assert_eq!(fuse_requantized_outputs(&mut g), 1);
+        let f = g.nodes.iter().find(|n| n.op_type == FUSED_MATMUL_INTEGER).expect("fused node");
+        assert_eq!(f.attr_float(REQUANTIZE_SCALE).unwrap(), Some(0.25));
+        assert_eq!(f.attr_int(REQUANTIZE_ZERO_POINT).unwrap(), Some(-7));
+        assert_eq!(f.attr_int(REQUANTIZE_SIGNED).unwrap(), Some(1));
+        assert_eq!((f.inputs[5].as_str(), f.outputs.clone()), ("bias", vec!["y".to_string()]));
+        assert!(!g.nodes.iter().any(|n| n.name == "qy" || n.name == "dqy" || n.op_type == "Add"));
+    }
+
+    #[test]
+    fn requantization_that_is_not_a_round_trip_stays() {
+        // Dequantized with another scale.
+        let mut g = requantized_graph(0.5);
+        assert_eq!(fuse_qdq_matmul(&mut g), 1);
+        assert_eq!(fuse_requantized_outputs(&mut g), 0);
+        // The quantized output read by another node as well.
+        let mut g = requantized_graph(0.25);
+        g.nodes.push(Node::new("Identity", "other", &["yq"], &["yq2"]));
+        assert_eq!(fuse_qdq_matmul(&mut g), 1);
+        assert_eq!(fuse_requantized_outputs(&mut g), 0);
+        // The product already has a bias (the grid would come after it).
+        let mut g = requantized_graph(0.25);
+        g.nodes[3].outputs[0] = "mm0".into();
+        g.nodes.insert(4, Node::new("Add", "early_bias", &["mm0", "bias"], &["mm"]));
+        crate::shape_inference::infer(&mut g).unwrap();
+        assert_eq!(fuse_qdq_matmul(&mut g), 1);
+        assert_eq!(fuse_requantized_outputs(&mut g), 0);
     }
 
     #[test]

@@ -150,10 +150,49 @@ pub struct Residual<'a> {
     pub row_stride: usize,
 }
 
+/// A round trip through an 8-bit quantization grid, QuantizeLinear then
+/// DequantizeLinear with one scale and zero point (a QDQ model's product
+/// whose output is quantized for its consumers): `v` becomes
+/// `round(clamp(v / scale, lo - zero, hi - zero)) * scale`, rounding half to
+/// even (NaN becomes `(0 - zero) * scale`, as the two operators give). The same
+/// f32 operations as the operators, so the same bits.
+#[derive(Copy, Clone, Debug, PartialEq)]
+pub struct Requantize {
+    pub scale: f32,
+    pub zero: f32,
+    /// The grid's range: 0..=255 (uint8) or -128..=127 (int8).
+    pub lo: f32,
+    pub hi: f32,
+}
+
+impl Requantize {
+    /// The grid of an 8-bit type (`signed`: int8) with `scale` and `zero`;
+    /// None when `zero` is not a value of the type or `scale` is not a
+    /// positive finite number.
+    pub fn new(scale: f32, zero: i32, signed: bool) -> Option<Requantize> {
+        let (lo, hi) = if signed { (-128, 127) } else { (0, 255) };
+        let ok = (lo..=hi).contains(&zero) && scale > 0.0 && scale.is_finite();
+        ok.then_some(Requantize { scale, zero: zero as f32, lo: lo as f32, hi: hi as f32 })
+    }
+
+    #[inline(always)]
+    pub fn apply(&self, v: f32) -> f32 {
+        let t = v / self.scale;
+        // Clamping before rounding to integer bounds equals clamping after
+        // it, and keeps the rounding trick in range (see quant.rs).
+        let r = crate::quant::round_even_small(t.clamp(self.lo - self.zero, self.hi - self.zero));
+        // NaN quantizes to 0, which dequantizes to `(0 - zero) * scale`
+        // (+0, not -0, for a zero point of 0).
+        (if t.is_nan() { 0.0 - self.zero } else { r }) * self.scale
+    }
+}
+
 /// The fused steps after an fp32 GEMM.
 #[derive(Copy, Clone, Debug)]
 pub struct Epilogue<'a> {
     pub alpha: f32,
+    /// Applied to `alpha * acc`, before everything else.
+    pub requantize: Option<Requantize>,
     /// One value per column (or a single value for all).
     pub bias: Option<&'a [f32]>,
     /// One value per row, added with `bias` (a convolution's bias when its
@@ -171,6 +210,7 @@ impl Default for Epilogue<'_> {
     fn default() -> Self {
         Epilogue {
             alpha: 1.0,
+            requantize: None,
             bias: None,
             row_bias: None,
             activation: Activation::None,
@@ -349,6 +389,18 @@ fn add_row(v: &mut [f32; NR], src: &[f32]) {
 }
 
 #[inline(always)]
+fn finish_row_general_body<const FMA: bool>(
+    epi: &Epilogue,
+    v: &mut [f32; NR],
+    bias: &[f32; NR],
+    row: usize,
+    j0: usize,
+    cols: usize,
+) {
+    epi.finish_row_general::<FMA>(v, bias, row, j0, cols)
+}
+
+#[inline(always)]
 fn finish_transposed_body<const FMA: bool>(epi: &Epilogue, v: &mut [f32], residual: &[f32]) {
     for (d, &s) in v.iter_mut().zip(residual) {
         *d += s;
@@ -407,15 +459,15 @@ impl<'a> Epilogue<'a> {
         bias
     }
 
-    /// `act(alpha * v + bias) + residual` on one row of a block; lanes past
+    /// `act(requantize(alpha * v) + bias) + residual` on one row of a block; lanes past
     /// `cols` hold values that are never stored.
     #[inline(always)]
     fn finish_row<const FMA: bool>(&self, v: &mut [f32; NR], bias: &[f32; NR], row: usize, j0: usize, cols: usize) {
-        if self.row_bias.is_some() || self.residual_first {
+        if self.row_bias.is_some() || self.residual_first || self.requantize.is_some() {
             // Out of line: the products' epilogues (dequantization above
             // all) keep the short body below, which measured faster on
             // int8 BERT than one body for every case.
-            return self.finish_row_general_out_of_line::<FMA>(v, bias, row, j0, cols);
+            return self.finish_row_general_out_of_line(v, bias, row, j0, cols);
         }
         for j in 0..NR {
             v[j] = self.alpha * v[j] + bias[j];
@@ -426,16 +478,20 @@ impl<'a> Epilogue<'a> {
         }
     }
 
+    /// Out of line, a function loses its caller's target features (its
+    /// multiply-adds became libm `fmaf` calls, and GELU ran about ten times
+    /// slower): it picks the vector unit again.
     #[inline(never)]
-    fn finish_row_general_out_of_line<const FMA: bool>(
-        &self,
-        v: &mut [f32; NR],
-        bias: &[f32; NR],
-        row: usize,
-        j0: usize,
-        cols: usize,
-    ) {
-        self.finish_row_general::<FMA>(v, bias, row, j0, cols)
+    fn finish_row_general_out_of_line(&self, v: &mut [f32; NR], bias: &[f32; NR], row: usize, j0: usize, cols: usize) {
+        let epi = self;
+        with_vector_features!(finish_row_general_body(
+            epi: &Epilogue,
+            v: &mut [f32; NR],
+            bias: &[f32; NR],
+            row: usize,
+            j0: usize,
+            cols: usize,
+        ))
     }
 
     /// Every step: a bias per row, the residual before or after the
@@ -450,8 +506,14 @@ impl<'a> Epilogue<'a> {
         cols: usize,
     ) {
         let row_bias = self.row_bias.map_or(0.0, |b| b[row]);
-        for j in 0..NR {
-            v[j] = self.alpha * v[j] + (bias[j] + row_bias);
+        if let Some(q) = self.requantize {
+            for j in 0..NR {
+                v[j] = q.apply(self.alpha * v[j]) + (bias[j] + row_bias);
+            }
+        } else {
+            for j in 0..NR {
+                v[j] = self.alpha * v[j] + (bias[j] + row_bias);
+            }
         }
         let residual = self.residual.map(|r| &r.data[row * r.row_stride + j0..][..cols]);
         if self.residual_first {
@@ -650,6 +712,34 @@ mod tests {
     use proptest::prelude::*;
 
     proptest! {
+        /// The grid step is QuantizeLinear (the kernel the CPU operator
+        /// runs) then DequantizeLinear's `(q - zero) * scale`, to the bit:
+        /// values on and near ties, past both ends, infinities and NaN.
+        #[test]
+        fn requantize_is_quantize_then_dequantize(
+            signed: bool, zero_pick in 0usize..3, scale in 0.001f32..2.0, seed in any::<u64>(),
+        ) {
+            let zero = if signed { [-128, 0, 127][zero_pick] } else { [0, 128, 255][zero_pick] };
+            let q = Requantize::new(scale, zero, signed).expect("an 8-bit grid");
+            let mut s = seed | 1;
+            let mut v: Vec<f32> = (0..500).map(|_| {
+                s ^= s << 13; s ^= s >> 7; s ^= s << 17;
+                let t = ((s >> 11) as f64 / (1u64 << 53) as f64 * 600.0 - 300.0) as f32;
+                // Half the values at n + 0.5 steps: ties after the division.
+                if s % 2 == 0 { (t.floor() + 0.5) * scale } else { t * scale }
+            }).collect();
+            v.extend([f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 0.0, -0.0, 1e30, -1e30, f32::from_bits(0xffc0_0011)]);
+            let mut bytes = vec![0u8; v.len()];
+            crate::quant::quantize_linear_8bit(&v, &mut bytes, scale, zero, signed);
+            for (&x, &b) in v.iter().zip(&bytes) {
+                let stored = if signed { b as i8 as f32 } else { b as f32 };
+                let want = (stored - zero as f32) * scale;
+                prop_assert_eq!(q.apply(x).to_bits(), want.to_bits(), "x = {} scale {} zero {}", x, scale, zero);
+            }
+        }
+    }
+
+    proptest! {
         /// The dequantizing block epilogue against its definition, one
         /// element at a time (`corrected`, then the scales, then the float
         /// epilogue's row form): the same bits with zero points (per tensor
@@ -659,7 +749,8 @@ mod tests {
         #[test]
         fn dequantize_block_matches_its_definition(
             rows in 1usize..=32, cols in 1usize..=32, i0 in 0usize..64, j0 in 0usize..40, zero_points in 0usize..3,
-            per_row_scale in any::<bool>(), per_column_scale in any::<bool>(), act in 0usize..3, seed in any::<u32>(),
+            per_row_scale in any::<bool>(), per_column_scale in any::<bool>(), act in 0usize..3, requantize: bool,
+            seed in any::<u32>(),
         ) {
             let (m, n) = (i0 + rows, j0 + cols);
             let k = 700i32;
@@ -682,6 +773,7 @@ mod tests {
             let epi = Epilogue {
                 bias: Some(&bias),
                 activation: [Activation::None, Activation::Relu, Activation::GeluErfPieces][act],
+                requantize: requantize.then(|| Requantize::new(0.05, 3, false)).flatten(),
                 ..Epilogue::default()
             };
             let mut block = AccBlock::new();
@@ -718,7 +810,7 @@ mod tests {
         fn block_epilogue_matches_the_row_epilogue(
             rows in 1usize..=32, cols in 1usize..=32, j0 in 0usize..40, alpha in -2.0f32..2.0,
             act in 0usize..7, bias_kind in 0usize..3, residual in any::<bool>(), residual_first in any::<bool>(),
-            row_bias in any::<bool>(), seed in any::<u32>(),
+            row_bias in any::<bool>(), requantize in 0usize..3, seed in any::<u32>(),
         ) {
             let n = j0 + cols;
             let val = |i: usize| ((i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) >> 8) as f32 / (1u32 << 22) as f32 - 2.0;
@@ -740,6 +832,8 @@ mod tests {
                 ][act],
                 residual: residual.then_some(Residual { data: &res, row_stride: n }),
                 residual_first,
+                // None, a uint8 grid, an int8 one (coarse enough to saturate).
+                requantize: [None, Requantize::new(0.03, 100, false), Requantize::new(0.02, -5, true)][requantize],
             };
             let mut block = AccBlock::new();
             for (i, w) in block.0.iter_mut().enumerate() {
@@ -765,7 +859,9 @@ mod tests {
                     // ONNX's unfused order, one scalar step at a time.
                     let b = epi.bias.map_or(0.0, |b| b[if b.len() == 1 { 0 } else { j0 + j }]);
                     let r = if residual { res[i * n + j0 + j] } else { 0.0 };
-                    let pre = alpha * acc[i * NR + j] + (b + if row_bias { rows_bias[i] } else { 0.0 });
+                    let scaled = alpha * acc[i * NR + j];
+                    let scaled = epi.requantize.map_or(scaled, |q| q.apply(scaled));
+                    let pre = scaled + (b + if row_bias { rows_bias[i] } else { 0.0 });
                     let exact = if residual_first { epi.activation.apply(pre + r) } else { epi.activation.apply(pre) + r };
                     prop_assert!((w - exact).abs() <= 1e-5 * exact.abs().max(1.0), "({i}, {j}): {w} vs {exact}");
                 }

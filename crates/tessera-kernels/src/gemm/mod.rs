@@ -11,7 +11,7 @@ pub mod ukernel;
 pub mod vector;
 
 pub use batched::{gemm_batched, BatchRef, RowEpilogue};
-pub use epilogue::{Activation, Epilogue, Residual};
+pub use epilogue::{Activation, Epilogue, Requantize, Residual};
 pub use pack::Split;
 pub use tile::{
     stage_ticks_since_last, tick_count, tile_igemm, tile_igemm_with, tile_mlp, tile_mlp_with, tile_sgemm,

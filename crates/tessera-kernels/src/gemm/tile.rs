@@ -1821,6 +1821,7 @@ mod amx_tests {
         let mut c = vec![f32::NAN; m * n];
         let epi = Epilogue {
             alpha: 0.5,
+            requantize: None,
             bias: Some(&bias),
             row_bias: None,
             activation: Activation::None,

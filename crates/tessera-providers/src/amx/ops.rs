@@ -466,6 +466,7 @@ impl CpuOp for Linear {
         let res_direct = res.filter(|r| r.shape() == y_shape.as_slice() && r.dtype() == DType::F32);
         let epi = Epilogue {
             alpha: self.alpha,
+            requantize: None,
             bias,
             row_bias: None,
             activation: self.activation,
@@ -671,6 +672,7 @@ impl CpuOp for MatMulInteger {
                 let d = quant::dequant_operands(node, inputs, &y_shape, n)?;
                 let epi = Epilogue {
                     alpha: 1.0,
+                    requantize: d.requantize,
                     bias: d.bias,
                     row_bias: None,
                     activation,

@@ -14,7 +14,7 @@ use half::{bf16, f16};
 use rayon::prelude::*;
 use tessera_core::{DType, Error, Node, Result, Tensor};
 use tessera_kernels::conv::ConvGeom;
-use tessera_kernels::gemm::{Epilogue, Residual};
+use tessera_kernels::gemm::{Epilogue, Requantize, Residual};
 use tessera_kernels::quant::{conv_i16, igemm_i16};
 
 use super::nn::common::{to_f32_vec, Spatial};
@@ -485,9 +485,12 @@ fn build_matmul_integer(node: &Node, bctx: &BuildCtx) -> Result<Box<dyn CpuOp>> 
 /// The dequantization operands of `tessera:FusedMatMulInteger(A, B, a_zero,
 /// b_zero, scale, [bias], [residual])`, checked against an output of shape
 /// `out_shape` with `n` columns: the scale (one value or one per column),
-/// the bias (likewise) and the residual (the output's shape).
+/// the bias (likewise) and the residual (the output's shape); and the
+/// output's round trip through a quantization grid, from the node's
+/// attributes (see `tessera_core::passes::fuse_qdq`).
 pub(crate) struct Dequant<'a> {
     pub scale: Vec<f32>,
+    pub requantize: Option<Requantize>,
     pub bias: Option<&'a [f32]>,
     pub residual: Option<&'a [f32]>,
 }
@@ -519,7 +522,24 @@ pub(crate) fn dequant_operands<'a>(
         }
         None => None,
     };
-    Ok(Dequant { scale, bias, residual })
+    Ok(Dequant { scale, requantize: requantize_of(node)?, bias, residual })
+}
+
+/// The requantization a fused integer product's attributes ask for: a
+/// positive finite scale and a zero point of the 8-bit type they name.
+pub(crate) fn requantize_of(node: &Node) -> Result<Option<Requantize>> {
+    use tessera_core::passes::fuse_qdq::{REQUANTIZE_SCALE, REQUANTIZE_SIGNED, REQUANTIZE_ZERO_POINT};
+    let Some(scale) = node.attr_float(REQUANTIZE_SCALE)? else { return Ok(None) };
+    let zero = node.attr_int_or(REQUANTIZE_ZERO_POINT, 0)?;
+    let signed = node.attr_int_or(REQUANTIZE_SIGNED, 0)? != 0;
+    let zero =
+        i32::try_from(zero).map_err(|_| Error::node(node, format!("requantize zero point {zero} is out of range")))?;
+    Requantize::new(scale, zero, signed).map(Some).ok_or_else(|| {
+        Error::node(
+            node,
+            format!("requantize grid (scale {scale}, zero point {zero}, signed {signed}) is not an 8-bit grid"),
+        )
+    })
 }
 
 /// `act(float(MatMulInteger(A, B, a_zero, b_zero)) * scale + bias) + residual`
@@ -536,6 +556,7 @@ fn build_fused_matmul_integer(node: &Node, bctx: &BuildCtx) -> Result<Box<dyn Cp
         let d = dequant_operands(&node, inputs, &plan.out_shape, n)?;
         let epi = Epilogue {
             alpha: 1.0,
+            requantize: d.requantize,
             bias: d.bias,
             row_bias: None,
             activation,
