@@ -252,6 +252,18 @@ pub(crate) fn run_unary(node: &Node, op: Un, x: &Tensor, ctx: &mut RunCtx) -> Re
                         activate(act, y);
                     });
                 }
+                (DType::F32, Un::Exp | Un::Sigmoid | Un::Tanh | Un::Erf) => {
+                    use tessera_kernels::elementwise::{map_f32, Unary};
+                    let f = match op {
+                        Un::Exp => Unary::Exp,
+                        Un::Sigmoid => Unary::Sigmoid,
+                        Un::Tanh => Unary::Tanh,
+                        _ => Unary::Erf,
+                    };
+                    let (xs, ys) = (x.as_slice::<f32>()?, out.as_mut_slice::<f32>()?);
+                    let ch = super::scalar::par_chunk(ys.len());
+                    ys.par_chunks_mut(ch).zip(xs.par_chunks(ch)).for_each(|(y, x)| map_f32(f, x, y));
+                }
                 (DType::F32, _) => apply_real::<f32>(op, x.as_slice()?, out.as_mut_slice()?),
                 (DType::F64, _) => apply_real::<f64>(op, x.as_slice()?, out.as_mut_slice()?),
                 _ => {
