@@ -256,6 +256,76 @@ fn quantize_8bit_body<const FMA: bool>(x: &[f32], y: &mut [u8], scale: f32, zero
     }
 }
 
+/// QLinearConv's output stage: the i32 sums `acc`, laid out as planes of
+/// `plane` values whose channel is `plane index % mults.len()` (NCHW), plus
+/// the channel's `bias` (wrapping, as i32 sums add), rescaled by the
+/// channel's `mults` and saturated into 8 bits around `zero`:
+/// `saturate(round(acc * mult) + zero)`, rounding half to even, in f64.
+/// int8 values are stored as their bit patterns. Spread over the rayon pool
+/// in runs of whole planes; the loop vectorizes (no libm rounding call).
+pub fn requantize_planes(
+    acc: &[i32],
+    plane: usize,
+    bias: Option<&[i32]>,
+    mults: &[f64],
+    zero: i32,
+    signed: bool,
+    out: &mut [u8],
+) {
+    assert_eq!(acc.len(), out.len(), "sums and output lengths differ");
+    let m = mults.len();
+    if acc.is_empty() {
+        return;
+    }
+    assert!(plane > 0 && m > 0 && acc.len().is_multiple_of(plane), "sums are not whole planes");
+    assert!(bias.is_none_or(|b| b.len() == m), "a bias per channel");
+    let (lo, hi) = if signed { (-128.0, 127.0) } else { (0.0, 255.0) };
+    let planes_per_task = (QUANT_CHUNK / plane).max(1);
+    out.par_chunks_mut(planes_per_task * plane).zip(acc.par_chunks(planes_per_task * plane)).enumerate().for_each(
+        |(t, (o, a))| {
+            for (i, (op, ap)) in o.chunks_mut(plane).zip(a.chunks(plane)).enumerate() {
+                let ch = (t * planes_per_task + i) % m;
+                let b = bias.map_or(0, |b| b[ch]);
+                requantize_plane(ap, op, b, mults[ch], zero as f64, lo, hi);
+            }
+        },
+    );
+}
+
+/// One plane of [`requantize_planes`].
+fn requantize_plane(acc: &[i32], out: &mut [u8], bias: i32, mult: f64, zero: f64, lo: f64, hi: f64) {
+    with_vector_features!(requantize_plane_body(
+        acc: &[i32],
+        out: &mut [u8],
+        bias: i32,
+        mult: f64,
+        zero: f64,
+        lo: f64,
+        hi: f64,
+    ))
+}
+
+/// 1.5 * 2^52: adding it to an f64 of magnitude < 2^51 rounds it to an
+/// integer held in the low mantissa bits.
+const MAGIC64: f64 = 6_755_399_441_055_744.0;
+
+#[inline(always)]
+fn requantize_plane_body<const FMA: bool>(
+    acc: &[i32],
+    out: &mut [u8],
+    bias: i32,
+    mult: f64,
+    zero: f64,
+    lo: f64,
+    hi: f64,
+) {
+    for (o, &c) in out.iter_mut().zip(acc) {
+        // Clamped before rounding to integer bounds: the same as after.
+        let v = (c.wrapping_add(bias) as f64 * mult + zero).clamp(lo, hi);
+        *o = (v + MAGIC64).to_bits() as u8;
+    }
+}
+
 /// Symmetric per-row int8 quantization of an `m x k` row-major matrix:
 /// `scale[i] = max |x[i, :]| / 127` (1 for an all-zero or non-finite row),
 /// `q[i, j] = round(x[i, j] / scale[i])` half to even, as i8 bit patterns.
@@ -379,6 +449,33 @@ mod tests {
                     let r: i32 = (0..k).map(|p| a[i * k + p] as i32 * bt[j * k + p] as i32).sum();
                     prop_assert_eq!(c[i * n + j], r);
                 }
+            }
+        }
+
+        /// QLinearConv's output stage against its definition per value
+        /// (f64, `round_ties_even`): ragged planes, a bias or none, sums
+        /// that saturate both ends, exact ties (mult 0.5, odd sums), int8
+        /// and uint8.
+        #[test]
+        fn requantized_planes_match_the_definition(
+            planes in 1usize..12, plane in 1usize..70, m in 1usize..5, with_bias: bool, signed: bool,
+            zero_pick in 0usize..3, seed in any::<u64>(),
+        ) {
+            let mut s = seed | 1;
+            let mut next = || { s ^= s << 13; s ^= s >> 7; s ^= s << 17; s };
+            let acc: Vec<i32> = (0..planes * plane).map(|_| (next() % 2001) as i32 - 1000).collect();
+            let mults: Vec<f64> = (0..m).map(|c| if c == 0 { 0.5 } else { (next() % 1000) as f64 / 2000.0 + 0.01 }).collect();
+            let bias: Vec<i32> = (0..m).map(|_| (next() % 201) as i32 - 100).collect();
+            let zero = if signed { [-128, 0, 127][zero_pick] } else { [0, 128, 255][zero_pick] };
+            let mut out = vec![0u8; acc.len()];
+            requantize_planes(&acc, plane, with_bias.then_some(&bias[..]), &mults, zero, signed, &mut out);
+            let (lo, hi) = if signed { (-128.0, 127.0) } else { (0.0, 255.0) };
+            for (i, (&c, &o)) in acc.iter().zip(&out).enumerate() {
+                let ch = (i / plane) % m;
+                let c = c + if with_bias { bias[ch] } else { 0 };
+                let want = (c as f64 * mults[ch] + zero as f64).clamp(lo, hi).round_ties_even();
+                let got = if signed { o as i8 as f64 } else { o as f64 };
+                prop_assert_eq!(got, want, "value {} (channel {})", i, ch);
             }
         }
 

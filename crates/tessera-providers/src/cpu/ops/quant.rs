@@ -769,21 +769,16 @@ pub(crate) fn qlinear_conv_op(node: &Node, bctx: &BuildCtx, tiles: Option<TileCo
         let x = req(&node, inputs, 0)?;
         let w = req(&node, inputs, 3)?;
         let (x_s, w_s, y_s) = (req(&node, inputs, 1)?, req(&node, inputs, 4)?, req(&node, inputs, 6)?);
-        let (mut acc, g, shape) = conv.run(&node, x, opt(inputs, 2), w, opt(inputs, 5))?;
+        let (acc, g, shape) = conv.run(&node, x, opt(inputs, 2), w, opt(inputs, 5))?;
         let m = g.out_channels;
         let plane = g.out_size();
-        if let Some(b) = opt(inputs, 8) {
-            if b.numel() != m || b.dtype() != DType::I32 {
+        let bias = match opt(inputs, 8) {
+            Some(b) if b.numel() != m || b.dtype() != DType::I32 => {
                 return Err(Error::node(&node, format!("bias must be i32 with {m} values")));
             }
-            let bv = b.as_slice::<i32>()?;
-            if plane > 0 {
-                acc.par_chunks_mut(plane).enumerate().for_each(|(i, p)| {
-                    let v = bv[i % m];
-                    p.iter_mut().for_each(|a| *a = a.wrapping_add(v));
-                });
-            }
-        }
+            Some(b) => Some(b.as_slice::<i32>()?),
+            None => None,
+        };
         let xsv = scale_vals(&node, x_s, &[1], "x_scale")?;
         let wsv = scale_vals(&node, w_s, &[1, m], "w_scale")?;
         let ysv = scale_vals(&node, y_s, &[1], "y_scale")?;
@@ -798,12 +793,26 @@ pub(crate) fn qlinear_conv_op(node: &Node, bctx: &BuildCtx, tiles: Option<TileCo
         let sdt = x_s.dtype();
         let mults: Vec<f64> =
             (0..m).map(|c| scale_ratio(sdt, xsv[0], if wsv.len() == 1 { wsv[0] } else { wsv[c] }, ysv[0])).collect();
-        let vals = acc.par_iter().enumerate().map(|(i, &c)| {
-            let ch = (i / plane.max(1)) % m.max(1);
-            (c as f64 * mults[ch] + yz as f64).clamp(lo, hi).round_ties_even()
-        });
-        let mut out = ctx.alloc(out_dt, &shape)?;
-        store_ints(&mut out, vals)?;
+        let mut out = ctx.alloc_for_overwrite(out_dt, &shape)?;
+        match out_dt {
+            DType::U8 | DType::I8 if m > 0 && plane > 0 => tessera_kernels::quant::requantize_planes(
+                &acc,
+                plane,
+                bias,
+                &mults,
+                yz,
+                out_dt == DType::I8,
+                out.bytes_mut(),
+            ),
+            _ => {
+                let vals = acc.par_iter().enumerate().map(|(i, &c)| {
+                    let ch = (i / plane.max(1)) % m.max(1);
+                    let c = c.wrapping_add(bias.map_or(0, |b| b[ch]));
+                    (c as f64 * mults[ch] + yz as f64).clamp(lo, hi).round_ties_even()
+                });
+                store_ints(&mut out, vals)?;
+            }
+        }
         Ok(vec![out])
     }))
 }
