@@ -190,6 +190,7 @@ def main() -> int:
     print(f"model {model}; {args.rounds} round(s) of {args.warmup} warm-ups and {args.iterations} calls; "
           f"tessera precision {args.precision or 'default'}")
     print(f"{'dims':32s} {'thr':>3s} {'ORT p50 ms':>10s} {'tessera p50':>11s} {'ratio':>6s}  range        note")
+    failed = False
     for dims in dim_sets:
         feeds = make_inputs(model, dims)
         label = ",".join(f"{k}={v}" for k, v in dims.items()) or "-"
@@ -202,14 +203,17 @@ def main() -> int:
                     break
                 tes_ms.append(p)
             if not tes_ms:
+                failed = True
                 print(f"{label:32s} {t:3d} {statistics.median(ort_ms):10.3f} {'-':>11s} {'-':>6s}  -            {note}")
                 continue
             ratios = [a / b for a, b in zip(tes_ms, ort_ms)]
             print(f"{label:32s} {t:3d} {statistics.median(ort_ms):10.3f} {statistics.median(tes_ms):11.3f} "
                   f"{statistics.median(ratios):6.2f}  {min(ratios):.2f}-{max(ratios):.2f}    {note}")
         for line in accuracy(tessera, model, feeds, max(threads), args.precision, Path(args.work) / label):
+            failed |= "tessera run failed" in line or "wrote no" in line
             print(f"  accuracy {label}: {line}")
-    return 0
+    # A Tessera that cannot run the model fails the script (and the suite's smoke run).
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
