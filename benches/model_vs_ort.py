@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -129,7 +130,11 @@ def tessera_p50(tessera: Path, model: Path, dims: dict, threads: int, warmup: in
 
 
 def accuracy(tessera: Path, model: Path, feeds: dict, threads: int, precision: str | None, work: Path) -> list[str]:
-    (work / "in").mkdir(parents=True, exist_ok=True)
+    # A fresh folder: an output left by an earlier run must not stand in
+    # for one this run did not write.
+    if work.exists():
+        shutil.rmtree(work)
+    (work / "in").mkdir(parents=True)
     cmd = [str(tessera), "run", str(model), "--threads", str(threads), "--output-dir", str(work / "out")]
     for name, a in feeds.items():
         f = work / "in" / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}.npy"
@@ -152,7 +157,14 @@ def accuracy(tessera: Path, model: Path, feeds: dict, threads: int, precision: s
         if not f.exists():
             lines.append(f"{name}: tessera wrote no {f.name}")
             continue
-        got = np.load(f).astype(np.float64).ravel()
+        got = np.load(f)
+        # A NaN or infinity where ORT has a finite value is a failure, not a
+        # cosine.
+        if got.shape != ref.shape or (~np.isfinite(got) & np.isfinite(ref)).any():
+            lines.append(f"{name}: tessera wrote {got.dtype} {list(got.shape)} against ORT's {list(ref.shape)}, "
+                         f"non-finite where ORT is finite: {int((~np.isfinite(got) & np.isfinite(ref)).sum()) if got.shape == ref.shape else '-'}: mismatch")
+            continue
+        got = got.astype(np.float64).ravel()
         parts = []
         for label, outs in refs.items():
             r = outs[name].astype(np.float64).ravel()
@@ -200,17 +212,18 @@ def main() -> int:
                 ort_ms.append(ort_p50(model, feeds, t, args.warmup, args.iterations))
                 p, note = tessera_p50(tessera, model, dims, t, args.warmup, args.iterations, args.precision)
                 if p is None:
+                    failed = True
+                    ort_ms.pop()
                     break
                 tes_ms.append(p)
             if not tes_ms:
-                failed = True
-                print(f"{label:32s} {t:3d} {statistics.median(ort_ms):10.3f} {'-':>11s} {'-':>6s}  -            {note}")
+                print(f"{label:32s} {t:3d} {'-':>10s} {'-':>11s} {'-':>6s}  -            {note}")
                 continue
             ratios = [a / b for a, b in zip(tes_ms, ort_ms)]
             print(f"{label:32s} {t:3d} {statistics.median(ort_ms):10.3f} {statistics.median(tes_ms):11.3f} "
                   f"{statistics.median(ratios):6.2f}  {min(ratios):.2f}-{max(ratios):.2f}    {note}")
         for line in accuracy(tessera, model, feeds, max(threads), args.precision, Path(args.work) / label):
-            failed |= "tessera run failed" in line or "wrote no" in line
+            failed |= "tessera run failed" in line or "wrote no" in line or line.endswith("mismatch")
             print(f"  accuracy {label}: {line}")
     # A Tessera that cannot run the model fails the script (and the suite's smoke run).
     return 1 if failed else 0

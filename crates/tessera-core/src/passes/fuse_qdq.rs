@@ -388,6 +388,14 @@ mod tests {
         g.inputs.push(ValueInfo { name: "sx".into(), dtype: Some(DType::F32), shape: Some(vec![]) });
         assert_eq!(sx.numel(), 1);
         assert_eq!(fuse_qdq_matmul(&mut g), 0);
+        // A sum longer than an i32 holds exactly, and the longest that fits.
+        for (k, fused) in [(MAX_EXACT_K + 1, 0), (MAX_EXACT_K, 1)] {
+            let mut g = qdq_graph(DType::I8, 4, None);
+            g.initializers.insert("wq".into(), Tensor::zeros(DType::I8, &[k, 4]).unwrap());
+            g.inputs[0].shape = Some(vec![Dim::Sym("b".into()), Dim::Known(k)]);
+            crate::shape_inference::infer(&mut g).unwrap();
+            assert_eq!(fuse_qdq_matmul(&mut g), fused, "K = {k}");
+        }
         // A 16-bit weight.
         let mut g = qdq_graph(DType::I16, 4, None);
         assert!(!keeps_quantized_weight(&g, &g.nodes[2]));
