@@ -280,15 +280,11 @@ pub fn requantize_planes(
     }
     assert!(plane > 0 && m > 0 && acc.len().is_multiple_of(plane), "sums are not whole planes");
     assert!(bias.is_none_or(|b| b.len() == m), "a bias per channel");
-    let (lo, hi) = if signed { (-128.0, 127.0) } else { (0.0, 255.0) };
     let planes_per_task = (QUANT_CHUNK / plane).max(1);
-    let zero = zero as f64;
-    out.par_chunks_mut(planes_per_task * plane).zip(acc.par_chunks(planes_per_task * plane)).enumerate().for_each(
-        |(t, (o, a))| {
-            let first = t * planes_per_task;
-            requantize_run(a, o, first, plane, bias, mults, zero, lo, hi)
-        },
-    );
+    out.par_chunks_mut(planes_per_task * plane)
+        .zip(acc.par_chunks(planes_per_task * plane))
+        .enumerate()
+        .for_each(|(t, (o, a))| requantize_run(a, o, t * planes_per_task, plane, bias, mults, zero, signed));
 }
 
 /// Planes `first..` of [`requantize_planes`], one vector-unit dispatch for
@@ -301,9 +297,8 @@ fn requantize_run(
     plane: usize,
     bias: Option<&[i32]>,
     mults: &[f64],
-    zero: f64,
-    lo: f64,
-    hi: f64,
+    zero: i32,
+    signed: bool,
 ) {
     with_vector_features!(requantize_run_body(
         acc: &[i32],
@@ -312,9 +307,8 @@ fn requantize_run(
         plane: usize,
         bias: Option<&[i32]>,
         mults: &[f64],
-        zero: f64,
-        lo: f64,
-        hi: f64,
+        zero: i32,
+        signed: bool,
     ))
 }
 
@@ -327,11 +321,11 @@ fn requantize_run_body<const FMA: bool>(
     plane: usize,
     bias: Option<&[i32]>,
     mults: &[f64],
-    zero: f64,
-    lo: f64,
-    hi: f64,
+    zero: i32,
+    signed: bool,
 ) {
-    let m = mults.len();
+    let (m, zero) = (mults.len(), zero as f64);
+    let (lo, hi) = if signed { (-128.0, 127.0) } else { (0.0, 255.0) };
     for (i, (op, ap)) in out.chunks_mut(plane).zip(acc.chunks(plane)).enumerate() {
         let ch = (first + i) % m;
         let b = bias.map_or(0, |b| b[ch]);

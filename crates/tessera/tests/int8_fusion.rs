@@ -7,6 +7,7 @@
 use proptest::prelude::*;
 use tessera::demo::Rng;
 use tessera::{Session, SessionOptions};
+use tessera_core::passes::PassReport;
 use tessera_core::{Attr, DType, Dim, Graph, Node, Tensor, ValueInfo};
 
 /// `y1 = gelu(x @ W1 + b1)` and `y2 = x @ W2 + b2 + x`, quantized as
@@ -46,7 +47,8 @@ fn quantized_graph(k: usize, n: usize, per_column: bool, seed: u64) -> Graph {
     g
 }
 
-fn run(g: Graph, x: &Tensor, optimize: bool, provider: &str) -> (Vec<Vec<f32>>, usize) {
+/// The graph's outputs on `x` (`[batch, seq, ...]`), and what the optimizer did.
+fn run(g: Graph, x: &Tensor, optimize: bool, provider: &str) -> (Vec<Vec<f32>>, PassReport) {
     let (b, s) = (x.shape()[0], x.shape()[1]);
     let opts = SessionOptions {
         providers: vec![provider.into()],
@@ -56,9 +58,9 @@ fn run(g: Graph, x: &Tensor, optimize: bool, provider: &str) -> (Vec<Vec<f32>>, 
         ..Default::default()
     };
     let sess = Session::from_graph(g, opts).unwrap();
-    let fused = sess.pass_report().integer_matmul_fused;
+    let report = sess.pass_report().clone();
     let out = sess.run(vec![("x".into(), x.clone())]).unwrap();
-    (out.iter().map(|(_, t)| t.as_slice::<f32>().unwrap().to_vec()).collect(), fused)
+    (out.iter().map(|(_, t)| t.as_slice::<f32>().unwrap().to_vec()).collect(), report)
 }
 
 proptest! {
@@ -74,8 +76,8 @@ proptest! {
         let x = Tensor::from_vec(&[b, s, k], Rng::new(seed ^ 7).vec(b * s * k, 2.0)).unwrap();
         let (plain, _) = run(g.clone(), &x, false, "cpu");
         for provider in ["cpu", "auto"] {
-            let (fused, count) = run(g.clone(), &x, true, provider);
-            prop_assert_eq!(count, 2);
+            let (fused, report) = run(g.clone(), &x, true, provider);
+            prop_assert_eq!(report.integer_matmul_fused, 2);
             for (f, p) in fused.iter().zip(&plain) {
                 prop_assert_eq!(f.len(), p.len());
                 for (u, v) in f.iter().zip(p) {
@@ -160,23 +162,11 @@ proptest! {
     ) {
         let g = qdq_graph(k, n, signed_x, per_column, seed);
         let x = Tensor::from_vec(&[b, s, k], Rng::new(seed ^ 7).vec(b * s * k, 2.0)).unwrap();
-        let opts = |optimize: bool, provider: &str| SessionOptions {
-            providers: vec![provider.into()],
-            threads: 2,
-            optimize,
-            dims: [("batch".to_string(), b), ("seq".to_string(), s)].into_iter().collect(),
-            ..Default::default()
-        };
-        let outputs = |sess: &Session| -> Vec<Vec<f32>> {
-            let out = sess.run(vec![("x".into(), x.clone())]).unwrap();
-            out.iter().map(|(_, t)| t.as_slice::<f32>().unwrap().to_vec()).collect()
-        };
-        let plain = outputs(&Session::from_graph(g.clone(), opts(false, "cpu")).unwrap());
+        let (plain, _) = run(g.clone(), &x, false, "cpu");
         for provider in ["cpu", "auto"] {
-            let sess = Session::from_graph(g.clone(), opts(true, provider)).unwrap();
-            prop_assert_eq!(sess.pass_report().qdq_matmul_fused, 3);
-            prop_assert_eq!(sess.pass_report().requantize_fused, 1);
-            let fused = outputs(&sess);
+            let (fused, report) = run(g.clone(), &x, true, provider);
+            prop_assert_eq!(report.qdq_matmul_fused, 3);
+            prop_assert_eq!(report.requantize_fused, 1);
             for (o, (f, p)) in fused.iter().zip(&plain).enumerate() {
                 prop_assert_eq!(f.len(), p.len());
                 let mut steps = 0;
@@ -227,19 +217,10 @@ proptest! {
         let x = Tensor::from_vec(&[b, s, k], Rng::new(seed ^ 7).vec(b * s * k, 2.0)).unwrap();
         let (plain, _) = run(g.clone(), &x, false, "cpu");
         for provider in ["cpu", "auto"] {
-            let opts = SessionOptions {
-                providers: vec![provider.into()],
-                threads: 2,
-                optimize: true,
-                dims: [("batch".to_string(), b), ("seq".to_string(), s)].into_iter().collect(),
-                ..Default::default()
-            };
-            let sess = Session::from_graph(g.clone(), opts).unwrap();
-            prop_assert_eq!(sess.pass_report().requantize_fused, 1);
-            let out = sess.run(vec![("x".into(), x.clone())]).unwrap();
-            let fused = out[0].1.as_slice::<f32>().unwrap();
-            prop_assert_eq!(fused.len(), plain[0].len());
-            for (i, (u, v)) in fused.iter().zip(&plain[0]).enumerate() {
+            let (fused, report) = run(g.clone(), &x, true, provider);
+            prop_assert_eq!(report.requantize_fused, 1);
+            prop_assert_eq!(fused[0].len(), plain[0].len());
+            for (i, (u, v)) in fused[0].iter().zip(&plain[0]).enumerate() {
                 prop_assert_eq!(u.to_bits(), v.to_bits(), "{}: {} vs {} ({})", i, u, v, provider);
             }
         }

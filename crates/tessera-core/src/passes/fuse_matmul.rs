@@ -40,7 +40,7 @@ fn rank_of(g: &Graph, v: &str) -> Option<usize> {
 
 /// `bias` is a constant f32 that broadcasts along rows only (shape
 /// `[.., 1, n]`) and does not raise the rank of an output of `out_rank`.
-pub(super) fn is_row_bias(g: &Graph, bias: &str, n: usize, out_rank: Option<usize>) -> bool {
+fn is_row_bias(g: &Graph, bias: &str, n: usize, out_rank: Option<usize>) -> bool {
     let Some(bt) = g.initializers.get(bias) else { return false };
     let bs = bt.shape();
     if bt.dtype() != crate::DType::F32 || bs.is_empty() || bs[bs.len() - 1] != n {
@@ -50,7 +50,7 @@ pub(super) fn is_row_bias(g: &Graph, bias: &str, n: usize, out_rank: Option<usiz
 }
 
 /// A 1-D copy of a row bias (added to the graph when it is not 1-D already).
-pub(super) fn bias_as_row(g: &mut Graph, bias: String) -> String {
+fn bias_as_row(g: &mut Graph, bias: String) -> String {
     if g.initializers[&bias].rank() == 1 {
         return bias;
     }
@@ -154,14 +154,10 @@ pub fn fuse_matmul_integer(g: &mut Graph) -> usize {
             inputs.push(scale.to_string());
             let mut matched = vec![mi, ci, ui];
             let mut outputs = mul.outputs.clone();
-            if let Some(ai) = only_consumer(&mul.outputs[0]) {
-                let add = &g.nodes[ai];
-                let bias = other_input(add, &mul.outputs[0]).filter(|_| add.op_type == "Add" && is_onnx(add));
-                if let Some(bias) = bias.filter(|b| is_row_bias(g, b, n, out_rank)) {
-                    inputs.push(bias.to_string());
-                    matched.push(ai);
-                    outputs = add.outputs.clone();
-                }
+            if let Some((ai, bias)) = following_bias(g, &ix, &mul.outputs[0], n, out_rank) {
+                inputs.push(bias);
+                matched.push(ai);
+                outputs = g.nodes[ai].outputs.clone();
             }
             let node = Node {
                 name: format!("{}_dequant", mm.name),
@@ -174,14 +170,38 @@ pub fn fuse_matmul_integer(g: &mut Graph) -> usize {
             hit = Some((matched, node));
             break;
         }
-        let Some((matched, mut node)) = hit else { break };
-        if node.inputs.len() > 5 {
-            node.inputs[5] = bias_as_row(g, std::mem::take(&mut node.inputs[5]));
-        }
-        replace_with_fused(g, matched, node);
+        let Some((matched, node)) = hit else { break };
+        place_integer_product(g, matched, node);
         fused += 1;
     }
     fused
+}
+
+/// The `Add` of a constant row bias (`n` values) that alone consumes
+/// `value`, an output of rank `out_rank`: (its index, the bias).
+pub(super) fn following_bias(
+    g: &Graph,
+    ix: &Index,
+    value: &str,
+    n: usize,
+    out_rank: Option<usize>,
+) -> Option<(usize, String)> {
+    if !ix.single_use(value) {
+        return None;
+    }
+    let &ai = ix.consumers(g, value).first()?;
+    let add = &g.nodes[ai];
+    let b = other_input(add, value).filter(|_| add.op_type == "Add" && is_onnx(add))?;
+    is_row_bias(g, b, n, out_rank).then(|| (ai, b.to_string()))
+}
+
+/// Puts a fused integer product in the place of the nodes it matched, its
+/// bias (input 5, if any) made 1-D.
+pub(super) fn place_integer_product(g: &mut Graph, matched: Vec<usize>, mut node: Node) {
+    if node.inputs.len() > 5 {
+        node.inputs[5] = bias_as_row(g, std::mem::take(&mut node.inputs[5]));
+    }
+    replace_with_fused(g, matched, node);
 }
 
 pub(super) fn activation_of(n: &Node) -> Option<&'static str> {

@@ -28,10 +28,10 @@
 //! in the graph. The same f32 operations as the two operators, so the same
 //! values, without the 8-bit copy and the two passes over memory.
 
-use super::pattern::{is_onnx, other_input, replace_with_fused, Index};
+use super::pattern::{is_onnx, Index};
 use crate::{Attr, DType, Graph, Node, Tensor};
 
-use super::fuse_matmul::{bias_as_row, is_row_bias, DOMAIN, FUSED_MATMUL_INTEGER};
+use super::fuse_matmul::{following_bias, place_integer_product, DOMAIN, FUSED_MATMUL_INTEGER};
 
 /// Attributes of a `tessera:FusedMatMulInteger` whose dequantized output
 /// makes a round trip through an 8-bit grid before its bias (see
@@ -92,18 +92,6 @@ fn dequantize_operands<'g>(g: &'g Graph, n: &'g Node) -> Option<(&'g str, &'g Te
 fn scale_values(t: &Tensor, n: usize) -> Option<Vec<f32>> {
     let v = t.as_slice::<f32>().ok()?;
     (v.len() == 1 || (v.len() == n && t.rank() == 1)).then(|| v.to_vec())
-}
-
-/// The `Add` of a constant row bias (`n` values) that alone consumes
-/// `value`, an output of rank `out_rank`: (its index, the bias).
-fn following_bias(g: &Graph, ix: &Index, value: &str, n: usize, out_rank: Option<usize>) -> Option<(usize, String)> {
-    if !ix.single_use(value) {
-        return None;
-    }
-    let &ai = ix.consumers(g, value).first()?;
-    let add = &g.nodes[ai];
-    let b = other_input(add, value).filter(|_| add.op_type == "Add" && is_onnx(add))?;
-    is_row_bias(g, b, n, out_rank).then(|| (ai, b.to_string()))
 }
 
 /// A per-tensor QuantizeLinear or DequantizeLinear's constant grid:
@@ -214,11 +202,8 @@ pub fn fuse_requantized_outputs(g: &mut Graph) -> usize {
             hit = Some((matched, nf));
             break;
         }
-        let Some((matched, mut node)) = hit else { break };
-        if node.inputs.len() > 5 {
-            node.inputs[5] = bias_as_row(g, std::mem::take(&mut node.inputs[5]));
-        }
-        replace_with_fused(g, matched, node);
+        let Some((matched, node)) = hit else { break };
+        place_integer_product(g, matched, node);
         fused += 1;
     }
     fused
@@ -302,10 +287,7 @@ pub fn fuse_qdq_matmul(g: &mut Graph) -> usize {
         let scale_name = g.fresh_name(&format!("{}_scale", node.name));
         g.initializers.insert(scale_name.clone(), scale);
         node.inputs.insert(4, scale_name);
-        if node.inputs.len() > 5 {
-            node.inputs[5] = bias_as_row(g, std::mem::take(&mut node.inputs[5]));
-        }
-        replace_with_fused(g, matched, node);
+        place_integer_product(g, matched, node);
         fused += 1;
     }
     fused
