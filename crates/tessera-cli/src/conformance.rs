@@ -29,7 +29,8 @@ const DEFAULT_ATOL: f64 = 1e-7;
 pub struct ConformanceArgs {
     /// Directories searched (recursively) for case directories. Default: the
     /// generated node tests (.cache/onnx-node-tests), the light models
-    /// (.cache/onnx-light-tests) and the onnx wheel's backend/test/data/
+    /// (.cache/onnx-light-tests), the quantized contrib operators
+    /// (.cache/onnx-contrib-tests) and the onnx wheel's backend/test/data/
     /// {pytorch-converted,pytorch-operator,simple} found under .venv.
     pub roots: Vec<PathBuf>,
     /// Only run cases whose id (`kind/name`) contains one of these substrings.
@@ -910,6 +911,7 @@ fn default_roots() -> Vec<PathBuf> {
         }
         roots.push(node);
         roots.push(base.join(".cache/onnx-light-tests"));
+        roots.push(base.join(".cache/onnx-contrib-tests"));
         if let Ok(rd) = std::fs::read_dir(&venv) {
             let mut pys: Vec<PathBuf> = rd.filter_map(|e| e.ok()).map(|e| e.path()).collect();
             pys.sort();
@@ -941,7 +943,7 @@ pub fn run_with(args: &ConformanceArgs, engine: Arc<dyn Engine>) -> Result<i32, 
             if explicit {
                 return Err(format!("{}: not a directory", root.display()));
             }
-            eprintln!("warning: default root {} is missing (scripts/gen_node_tests.py and scripts/gen_light_tests.py make the .cache ones)", root.display());
+            eprintln!("warning: default root {} is missing (scripts/gen_node_tests.py, gen_light_tests.py and gen_contrib_tests.py make the .cache ones)", root.display());
             continue;
         }
         cases.extend(discover(root).map_err(|e| format!("{}: {e}", root.display()))?);

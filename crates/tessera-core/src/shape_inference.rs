@@ -329,6 +329,59 @@ fn out_dtype(n: &Node, ins: &[Option<&Known>]) -> Option<DType> {
     })
 }
 
+/// ONNX Runtime's quantized contrib operators (QOperator models): the
+/// float operator's shape, in the 8-bit type (QGemm: `y_zero_point`'s, or
+/// f32 without `y_scale`). None for other operators of the domain.
+fn infer_quantized_contrib(n: &Node, ins: &[Option<&Known>]) -> Result<Option<Vec<Known>>> {
+    let input = |i: usize| ins.get(i).copied().flatten();
+    let channels_last = n.attr_int_or("channels_last", 0).unwrap_or(0) != 0;
+    let (plain, data): (&str, Vec<usize>) = match n.op_type.as_str() {
+        "QLinearAdd" => ("Add", vec![0, 3]),
+        "QLinearMul" => ("Mul", vec![0, 3]),
+        "QLinearSigmoid" | "QLinearLeakyRelu" | "QLinearSoftmax" => ("Identity", vec![0]),
+        "QLinearGlobalAveragePool" if !channels_last => ("GlobalAveragePool", vec![0]),
+        "QLinearAveragePool" if !channels_last => ("AveragePool", vec![0]),
+        "QLinearConcat" => ("Concat", (2..n.inputs.len()).step_by(3).collect()),
+        "QGemm" => {
+            let given = |i: usize| n.inputs.get(i).is_some_and(|s| !s.is_empty());
+            let dtype = if !given(7) {
+                Some(DType::F32)
+            } else if given(8) {
+                input(8).and_then(|k| k.dtype)
+            } else {
+                Some(DType::U8)
+            };
+            // (rows, columns) of A' or B'.
+            let dims = |i: usize, trans: &str| -> Option<(Dim, Dim)> {
+                let s = input(i)?.shape.clone()?;
+                let t = n.attr_int_or(trans, 0).ok()? != 0;
+                match s.as_slice() {
+                    [r, c] if t => Some((c.clone(), r.clone())),
+                    [r, c] => Some((r.clone(), c.clone())),
+                    _ => None,
+                }
+            };
+            let shape = dims(0, "transA").zip(dims(3, "transB")).map(|((m, _), (_, cols))| vec![m, cols]);
+            return Ok(Some(vec![Known { dtype, shape, ..Default::default() }]));
+        }
+        _ => return Ok(None),
+    };
+    let mut p = n.clone();
+    p.domain.clear();
+    p.op_type = plain.into();
+    p.inputs = data.iter().map(|&i| n.inputs.get(i).cloned().unwrap_or_default()).collect();
+    p.attrs.remove("channels_last");
+    let picked: Vec<Option<&Known>> = data.iter().map(|&i| input(i)).collect();
+    let mut outs = infer_node(&p, &picked)?;
+    outs.truncate(1);
+    if let Some(o) = outs.first_mut() {
+        o.dtype = picked.first().copied().flatten().and_then(|k| k.dtype);
+        o.elems = None;
+        o.value = None;
+    }
+    Ok(Some(outs))
+}
+
 fn infer_node(n: &Node, ins: &[Option<&Known>]) -> Result<Vec<Known>> {
     let nout = n.outputs.len();
     let mut outs = vec![Known::default(); nout];
@@ -383,6 +436,9 @@ fn infer_node(n: &Node, ins: &[Option<&Known>]) -> Result<Vec<Known>> {
             outs[0] = Known { dtype: q.dtype, shape, ..Default::default() };
         }
         return Ok(outs);
+    }
+    if n.domain == "com.microsoft" {
+        return Ok(infer_quantized_contrib(n, ins)?.unwrap_or(outs));
     }
     if !onnx && !fused_matmul {
         return Ok(outs);
@@ -1022,6 +1078,49 @@ mod tests {
         let bound =
             infer_with(&g, &[("batch".to_string(), 2), ("seq".to_string(), 7)].into_iter().collect(), None).unwrap();
         assert_eq!(bound["z"].concrete_shape(), Some(vec![2, 4, 7, 5]));
+    }
+
+    #[test]
+    fn quantized_contrib_ops_take_the_float_ops_shapes() {
+        let k = |d: usize| Dim::Known(d);
+        let ms = |mut n: Node| {
+            n.domain = "com.microsoft".into();
+            n
+        };
+        let mut g = Graph {
+            nodes: vec![
+                ms(Node::new("QLinearAdd", "add", &["x", "s", "z", "row", "s", "z", "s", "z"], &["sum"])),
+                ms(Node::new("QLinearGlobalAveragePool", "gap", &["sum", "s", "z", "s", "z"], &["gap"])),
+                ms(Node::new("QLinearGlobalAveragePool", "gapl", &["sum", "s", "z", "s", "z"], &["gapl"])
+                    .with_attr("channels_last", Attr::Int(1))),
+                ms(Node::new("QLinearConcat", "cat", &["s", "z", "x", "s", "z", "x", "s", "z"], &["cat"])
+                    .with_attr("axis", Attr::Int(1))),
+                ms(Node::new("QGemm", "gemm", &["a", "s", "z", "b", "s", "z"], &["f"])
+                    .with_attr("transB", Attr::Int(1))),
+                ms(Node::new("QGemm", "gemmq", &["a", "s", "z", "b", "s", "z", "", "s", "zs"], &["q"])
+                    .with_attr("transB", Attr::Int(1))),
+            ],
+            inputs: vec![
+                vi("x", DType::U8, vec![sym("n"), k(8), k(5), k(5)]),
+                vi("row", DType::U8, vec![k(8), k(1), k(1)]),
+                vi("a", DType::U8, vec![sym("n"), k(16)]),
+            ],
+            outputs: vec![vi("gap", DType::U8, vec![])],
+            ..Default::default()
+        };
+        g.initializers.insert("s".into(), Tensor::scalar(0.1f32));
+        g.initializers.insert("z".into(), Tensor::scalar(128u8));
+        g.initializers.insert("zs".into(), Tensor::scalar(0i8));
+        g.initializers.insert("b".into(), Tensor::zeros(DType::I8, &[10, 16]).unwrap());
+        infer(&mut g).unwrap();
+        let info = |v: &str| (g.value_info[v].dtype, g.value_info[v].shape.clone());
+        assert_eq!(info("sum"), (Some(DType::U8), Some(vec![sym("n"), k(8), k(5), k(5)])));
+        assert_eq!(info("gap"), (Some(DType::U8), Some(vec![sym("n"), k(8), k(1), k(1)])));
+        // Channels last is left unknown rather than guessed.
+        assert_eq!(info("gapl").1, None);
+        assert_eq!(info("cat"), (Some(DType::U8), Some(vec![sym("n"), k(16), k(5), k(5)])));
+        assert_eq!(info("f"), (Some(DType::F32), Some(vec![sym("n"), k(10)])));
+        assert_eq!(info("q"), (Some(DType::I8), Some(vec![sym("n"), k(10)])));
     }
 
     #[test]

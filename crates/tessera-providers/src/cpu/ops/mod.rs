@@ -5,6 +5,7 @@ pub mod elementwise;
 pub mod fused;
 pub mod nn;
 pub mod quant;
+pub mod quant_contrib;
 pub mod reduce;
 pub mod shape;
 
@@ -16,5 +17,6 @@ pub fn register_all(r: &mut OpRegistry) {
     shape::register(r);
     nn::register(r);
     quant::register(r);
+    quant_contrib::register(r);
     fused::register(r);
 }

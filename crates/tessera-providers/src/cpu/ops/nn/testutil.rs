@@ -8,6 +8,7 @@ pub(crate) fn registry() -> OpRegistry {
     let mut r = OpRegistry::new();
     super::register(&mut r);
     crate::cpu::ops::quant::register(&mut r);
+    crate::cpu::ops::quant_contrib::register(&mut r);
     crate::cpu::ops::fused::register(&mut r);
     r
 }
