@@ -213,6 +213,92 @@ pub fn im2row_padded<T: Copy>(g: &ConvGeom, x: &[T], channels: usize, p0: usize,
     }
 }
 
+/// `x` as `[channels, positions]` written into `y` as `[positions,
+/// channels]` (an image from channels first to channels last), spread over
+/// the pool in blocks of 32 positions by 32 channels, so that both sides
+/// stay in cache.
+pub fn to_channels_last<T: Copy + Send + Sync>(x: &[T], channels: usize, positions: usize, y: &mut [T]) {
+    const B: usize = 32;
+    assert!(x.len() >= channels * positions && y.len() >= channels * positions, "image buffers too small");
+    if channels == 0 || positions == 0 {
+        return;
+    }
+    y[..channels * positions].par_chunks_mut(B * channels).enumerate().for_each(|(bi, yb)| {
+        let p0 = bi * B;
+        let np = yb.len() / channels;
+        for c0 in (0..channels).step_by(B) {
+            for c in c0..(c0 + B).min(channels) {
+                let src = &x[c * positions + p0..][..np];
+                for (j, &v) in src.iter().enumerate() {
+                    yb[j * channels + c] = v;
+                }
+            }
+        }
+    });
+}
+
+/// im2row from a channels-last image `x` (`[in positions, channels]`, see
+/// [`to_channels_last`]) for output positions `p0..p1`: row `p - p0` of
+/// `rows` holds position `p`'s taps in (kd, kh, kw, channel) order, `zero`
+/// where a tap falls in the padding. A tap is a run of `channels` values,
+/// and the taps of one kernel row are one run of `kw * channels` when they
+/// all lie inside the image, so rows are filled by long copies rather than
+/// by the few taps per channel that channels-first im2row copies at a time.
+/// The weight's columns must be in the same (tap, channel) order.
+#[allow(clippy::too_many_arguments)]
+pub fn im2row_channels_last<T: Copy>(
+    g: &ConvGeom,
+    x: &[T],
+    channels: usize,
+    p0: usize,
+    p1: usize,
+    rows: &mut [T],
+    zero: T,
+) {
+    let ck = channels * g.kernel_size();
+    let [_, oh, ow] = g.output;
+    let [id, ih, iw] = g.input;
+    let [kd, kh, kw] = g.kernel;
+    let [s0, s1, s2] = g.stride;
+    let [d0, d1, d2] = g.dilation;
+    let [q0, q1, q2] = g.pad;
+    let run = kw * channels;
+    for p in p0..p1 {
+        let dst = &mut rows[(p - p0) * ck..(p - p0 + 1) * ck];
+        let ox = p % ow;
+        let oy = (p / ow) % oh;
+        let oz = p / (ow * oh);
+        let mut i = 0;
+        for a in 0..kd {
+            let z = in_coord(oz, a, s0, d0, q0);
+            for b in 0..kh {
+                let y = in_coord(oy, b, s1, d1, q1);
+                let dst = &mut dst[i..i + run];
+                i += run;
+                if z < 0 || z >= id as isize || y < 0 || y >= ih as isize {
+                    dst.fill(zero);
+                    continue;
+                }
+                let line = &x[(z as usize * ih + y as usize) * iw * channels..][..iw * channels];
+                let x0 = in_coord(ox, 0, s2, d2, q2);
+                let x1 = in_coord(ox, kw - 1, s2, d2, q2);
+                if d2 == 1 && x0 >= 0 && (x1 as usize) < iw {
+                    dst.copy_from_slice(&line[x0 as usize * channels..][..run]);
+                    continue;
+                }
+                for (e, tap) in dst.chunks_exact_mut(channels.max(1)).enumerate() {
+                    let xx = in_coord(ox, e, s2, d2, q2);
+                    if xx >= 0 && (xx as usize) < iw {
+                        tap.copy_from_slice(&line[xx as usize * channels..][..channels]);
+                    } else {
+                        tap.fill(zero);
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Output columns per im2col block: the column buffer stays near 1 MiB and
 /// there are enough blocks to keep every thread busy.
 fn col_block(ck: usize, out_size: usize, outer_tasks: usize, threads: usize, elem: usize) -> usize {
@@ -723,6 +809,48 @@ mod tests {
             for r in 0..ck {
                 for p in 0..p1 - p0 {
                     prop_assert_eq!(col[r * (p1 - p0) + p], row[p * ck + r], "tap {} position {}", r, p0 + p);
+                }
+            }
+        }
+    }
+
+    proptest! {
+        /// im2row from a channels-last image holds the same taps as im2row
+        /// from the channels-first one, its columns in (tap, channel) order
+        /// instead of (channel, tap), with the padding value where a tap
+        /// falls outside; on random geometries (borders, strides, dilations,
+        /// 1 to 3 spatial dimensions, ranges starting mid-row, channel
+        /// counts past the transpose's 32-wide blocks); stale buffers.
+        #[test]
+        fn channels_last_im2row_permutes_the_columns(
+            sp in proptest::collection::vec((1usize..9, 1usize..4, 1usize..3, 1usize..3, 0usize..3, 0usize..3), 1..=3),
+            c in prop::sample::select(vec![1usize, 2, 3, 5, 33, 40]), cut in 0usize..7,
+        ) {
+            let Some(g) = geom(1, c, 1, 1, &sp, false) else { return Ok(()) };
+            let x: Vec<u16> = (0..c * g.in_size()).map(|v| v as u16 + 1).collect();
+            let mut last = vec![7u16; x.len()];
+            to_channels_last(&x, c, g.in_size(), &mut last);
+            for (p, row) in last.chunks(c).enumerate() {
+                for (ch, &v) in row.iter().enumerate() {
+                    prop_assert_eq!(v, x[ch * g.in_size() + p]);
+                }
+            }
+            let (taps, out) = (g.kernel_size(), g.out_size());
+            let ck = c * taps;
+            let p0 = cut.min(out - 1);
+            let p1 = out.saturating_sub(cut / 2).max(p0 + 1);
+            let mut first = vec![9u16; ck * (p1 - p0)];
+            let mut rows = vec![9u16; ck * (p1 - p0)];
+            im2row_padded(&g, &x, c, p0, p1, &mut first, 0);
+            im2row_channels_last(&g, &last, c, p0, p1, &mut rows, 0);
+            for p in 0..p1 - p0 {
+                for ch in 0..c {
+                    for t in 0..taps {
+                        prop_assert_eq!(
+                            rows[p * ck + t * c + ch], first[p * ck + ch * taps + t],
+                            "position {} channel {} tap {}", p0 + p, ch, t
+                        );
+                    }
                 }
             }
         }

@@ -11,7 +11,7 @@ use tessera_kernels::gemm::{
 };
 
 use rayon::prelude::*;
-use tessera_kernels::conv::{im2col, im2row, im2row_padded, is_pointwise, ConvGeom};
+use tessera_kernels::conv::{im2col, im2row, im2row_channels_last, is_pointwise, to_channels_last, ConvGeom};
 
 use super::TilePlan;
 use crate::cpu::ops::nn::common::Spatial;
@@ -109,18 +109,25 @@ impl IntWeight {
         Ok(IntWeight { packed: Arc::new(PackedB::from_i8(b.bytes(), k, n, signed, &zero)), k, n })
     }
 
-    /// A convolution weight `[M, C, k...]` as the `[C*k, M]` right-hand side.
+    /// A convolution weight `[M, C, k...]` as the `[k*C, M]` right-hand
+    /// side, its rows in (tap, channel) order as
+    /// [`tessera_kernels::conv::im2row_channels_last`] writes the left one.
     fn conv(node: &Node, w_idx: usize, zp_idx: usize, constant: Constant) -> Result<IntWeight> {
         let w = weight(node, w_idx, constant)?;
         let signed = Self::signed(node, &w)?;
-        let m = w.shape().first().copied().unwrap_or(0);
+        if w.rank() < 3 {
+            return Err(Error::node(node, format!("convolution weight {:?} needs a spatial axis", w.shape())));
+        }
+        let (m, c) = (w.shape()[0], w.shape()[1]);
         let ck = w.numel() / m.max(1);
+        let taps = ck / c.max(1);
         let zero = Self::zero_points(node, zp_idx, &w, m, signed, constant)?;
         let src = w.bytes();
         let mut t = vec![0u8; m * ck];
         for (o, row) in src.chunks(ck.max(1)).enumerate() {
             for (i, &v) in row.iter().enumerate() {
-                t[i * m + o] = v;
+                let (ch, tap) = (i / taps.max(1), i % taps.max(1));
+                t[(tap * c + ch) * m + o] = v;
             }
         }
         Ok(IntWeight { packed: Arc::new(PackedB::from_i8(&t, ck, m, signed, &zero)), k: ck, n: m })
@@ -151,7 +158,7 @@ impl IntWeight {
 
     fn conv_on(self, node: &Node, isa: TileIsa) -> quant::TileConv {
         let node = node.clone();
-        Arc::new(move |g: &ConvGeom, x: &Tensor, x_zero: i32| {
+        Arc::new(move |g: &ConvGeom, x: &Tensor, x_zero: i32, acc: &mut [i32]| {
             let (ck, m) = (self.k, self.n);
             let signed = match x.dtype() {
                 DType::I8 => true,
@@ -163,29 +170,52 @@ impl IntWeight {
                 return Err(Error::node(&node, format!("convolution geometry does not match the {m}x{ck} weight")));
             }
             let (in_size, out_size) = (g.in_size(), g.out_size());
+            if acc.len() != tessera_core::tensor::checked_numel(&[g.batch, m, out_size])? {
+                return Err(Error::node(&node, "accumulator does not match the convolution"));
+            }
             let pad = if signed { x_zero as i8 as u8 } else { x_zero as u8 };
             let xs = x.bytes();
-            let mut acc = vec![0i32; tessera_core::tensor::checked_numel(&[g.batch, m, out_size])?];
-            let mut rows = Vec::new();
-            for ni in 0..g.batch {
-                let xn = &xs[ni * c * in_size..(ni + 1) * c * in_size];
-                // `[positions, M]` stored transposed: NCHW.
-                let yn = &mut acc[ni * m * out_size..(ni + 1) * m * out_size];
-                im2row_blocks(
-                    &mut rows,
-                    ck,
-                    out_size,
-                    |p0, p1, part| im2row_padded(g, xn, c, p0, p1, part, pad),
-                    |b0, nb, r| {
-                        let am = I8Mat { data: r, rows: nb, cols: ck, row_stride: ck, signed };
-                        let out = I8Out::I32Transposed { c: &mut yn[b0..], ld: out_size };
-                        tile_igemm(isa, am, &[x_zero], &self.packed, out);
-                    },
-                )?;
-            }
-            Ok(acc)
+            let (mut image, mut rows) = INT8_CONV_BUFFERS.with(|b| b.take());
+            let result = (|| -> Result<()> {
+                image.resize(tessera_core::tensor::checked_numel(&[c, in_size])?, 0);
+                for ni in 0..g.batch {
+                    let xn = &xs[ni * c * in_size..(ni + 1) * c * in_size];
+                    // Channels last: a tap is then a run of C bytes.
+                    to_channels_last(xn, c, in_size, &mut image);
+                    // `[positions, M]` stored transposed: NCHW.
+                    let yn = &mut acc[ni * m * out_size..(ni + 1) * m * out_size];
+                    if is_pointwise(g) {
+                        // The channels-last image is the product's left side.
+                        let am = I8Mat { data: &image, rows: out_size, cols: ck, row_stride: ck, signed };
+                        tile_igemm(isa, am, &[x_zero], &self.packed, I8Out::I32Transposed { c: yn, ld: out_size });
+                        continue;
+                    }
+                    im2row_blocks(
+                        &mut rows,
+                        ck,
+                        out_size,
+                        |p0, p1, part| im2row_channels_last(g, &image, c, p0, p1, part, pad),
+                        |b0, nb, r| {
+                            let am = I8Mat { data: r, rows: nb, cols: ck, row_stride: ck, signed };
+                            let out = I8Out::I32Transposed { c: &mut yn[b0..], ld: out_size };
+                            tile_igemm(isa, am, &[x_zero], &self.packed, out);
+                        },
+                    )?;
+                }
+                Ok(())
+            })();
+            INT8_CONV_BUFFERS.with(|b| b.set((image, rows)));
+            result
         })
     }
+}
+
+thread_local! {
+    /// The channels-last image and the im2row block of the last integer
+    /// convolution on this thread, reused so that a run of convolutions
+    /// neither allocates nor clears them (taken out while in use, as
+    /// `IM2COL`).
+    static INT8_CONV_BUFFERS: std::cell::Cell<(Vec<u8>, Vec<u8>)> = const { std::cell::Cell::new((Vec::new(), Vec::new())) };
 }
 
 /// A convolution's product in blocks of output positions: `fill(p0, p1,
@@ -202,7 +232,11 @@ fn im2row_blocks<T: Copy + Default + Send>(
 ) -> Result<()> {
     let row_bytes = std::mem::size_of::<T>() * ck.max(1);
     let block = ((4usize << 20) / row_bytes).next_multiple_of(32).min(out_size.next_multiple_of(32)).max(32);
-    buf.resize(tessera_core::tensor::checked_numel(&[block, ck])?, T::default());
+    // Every row is written before it is read: only growth needs filling.
+    let need = tessera_core::tensor::checked_numel(&[block, ck])?;
+    if buf.len() < need {
+        buf.resize(need, T::default());
+    }
     let threads = rayon::current_num_threads().max(1);
     for b0 in (0..out_size).step_by(block) {
         let nb = block.min(out_size - b0);

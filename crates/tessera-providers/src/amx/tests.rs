@@ -358,7 +358,7 @@ fn qlinear_matmul_on_int8_tiles_matches_cpu_exactly() {
 #[test]
 fn integer_convolutions_on_int8_tiles_match_cpu_exactly() {
     // Padding must read as X's zero point (a nonzero one here), strides and
-    // dilations, per-channel weight zero points, 1-D and 2-D.
+    // dilations, per-channel weight zero points, 1-D and 2-D, pointwise.
     type Case = (Vec<usize>, Vec<usize>, Vec<(&'static str, Attr)>);
     let cases: Vec<Case> = vec![
         (vec![2, 3, 9, 11], vec![5, 3, 3, 3], vec![("pads", Attr::Ints(vec![1, 2, 1, 0]))]),
@@ -368,6 +368,9 @@ fn integer_convolutions_on_int8_tiles_match_cpu_exactly() {
             vec![("strides", Attr::Ints(vec![2, 1])), ("dilations", Attr::Ints(vec![1, 2]))],
         ),
         (vec![1, 4, 17], vec![7, 4, 5], vec![("auto_pad", Attr::String(b"SAME_UPPER".to_vec()))]),
+        // Pointwise: the channels-last image is the product's left side.
+        (vec![2, 40, 5, 7], vec![9, 40, 1, 1], vec![]),
+        (vec![1, 8, 9, 9], vec![4, 8, 1, 1], vec![("strides", Attr::Ints(vec![2, 2]))]),
     ];
     for (xdt, wdt) in [(DType::U8, DType::I8), (DType::U8, DType::U8), (DType::I8, DType::I8)] {
         for (ci, (xs, ws, attrs)) in cases.iter().enumerate() {

@@ -429,8 +429,9 @@ pub(crate) type TileMatMul = Arc<dyn Fn(&Tensor, &[i32]) -> Result<Vec<i32>> + S
 
 /// A group-1 integer convolution on a matrix unit: the geometry, X and its
 /// (scalar) zero point give the i32 accumulations `[N, M, out...]` with the
-/// constant weight the closure was built from.
-pub(crate) type TileConv = Arc<dyn Fn(&ConvGeom, &Tensor, i32) -> Result<Vec<i32>> + Send + Sync>;
+/// constant weight the closure was built from, written over the last
+/// argument (every value).
+pub(crate) type TileConv = Arc<dyn Fn(&ConvGeom, &Tensor, i32, &mut [i32]) -> Result<()> + Send + Sync>;
 
 /// Shared by MatMulInteger and QLinearMatMul: i32 accumulations and the plan.
 fn int_matmul(
@@ -703,7 +704,8 @@ impl IntConv {
         Ok(IntConv { sp: Spatial::parse(node)?, group: g as usize, w_pre, tiles })
     }
 
-    /// i32 accumulations `[N, M, out...]`, the geometry and output shape.
+    /// i32 accumulations `[N, M, out...]` (a tensor from `ctx`), the
+    /// geometry and output shape.
     fn run(
         &self,
         node: &Node,
@@ -711,11 +713,13 @@ impl IntConv {
         x_zp: Option<&Tensor>,
         w: &Tensor,
         w_zp: Option<&Tensor>,
-    ) -> Result<(Vec<i32>, ConvGeom, Vec<usize>)> {
+        ctx: &mut RunCtx,
+    ) -> Result<(Tensor, ConvGeom, Vec<usize>)> {
         let (g, shape) = conv_geom(node, &self.sp, self.group, x.shape(), w.shape())?;
         if let (Some(tiles), 1) = (&self.tiles, self.group) {
             let xz = zp_values(node, x_zp, 1, 1, "x_zero_point")?[0];
-            let acc = tiles(&g, x, xz)?;
+            let mut acc = ctx.alloc_for_overwrite(DType::I32, &shape)?;
+            tiles(&g, x, xz, acc.as_mut_slice::<i32>()?)?;
             return Ok((acc, g, shape));
         }
         let (x16, w_own) = match &self.w_pre {
@@ -733,8 +737,8 @@ impl IntConv {
             (None, Some(p)) => p,
             (None, None) => unreachable!("weights are either prepared or converted above"),
         };
-        let mut acc = vec![0i32; shape.iter().product()];
-        conv_i16(&g, &x16, w16, &mut acc);
+        let mut acc = ctx.alloc(DType::I32, &shape)?;
+        conv_i16(&g, &x16, w16, acc.as_mut_slice::<i32>()?);
         Ok((acc, g, shape))
     }
 }
@@ -750,10 +754,8 @@ pub(crate) fn conv_integer_op(node: &Node, bctx: &BuildCtx, tiles: Option<TileCo
     Ok(Box::new(move |inputs: &[Option<&Tensor>], ctx: &mut RunCtx| {
         let x = req(&node, inputs, 0)?;
         let w = req(&node, inputs, 1)?;
-        let (acc, _, shape) = conv.run(&node, x, opt(inputs, 2), w, opt(inputs, 3))?;
-        let mut out = ctx.alloc(DType::I32, &shape)?;
-        out.as_mut_slice::<i32>()?.copy_from_slice(&acc);
-        Ok(vec![out])
+        let (acc, _, _) = conv.run(&node, x, opt(inputs, 2), w, opt(inputs, 3), ctx)?;
+        Ok(vec![acc])
     }))
 }
 
@@ -769,7 +771,8 @@ pub(crate) fn qlinear_conv_op(node: &Node, bctx: &BuildCtx, tiles: Option<TileCo
         let x = req(&node, inputs, 0)?;
         let w = req(&node, inputs, 3)?;
         let (x_s, w_s, y_s) = (req(&node, inputs, 1)?, req(&node, inputs, 4)?, req(&node, inputs, 6)?);
-        let (acc, g, shape) = conv.run(&node, x, opt(inputs, 2), w, opt(inputs, 5))?;
+        let (acc_t, g, shape) = conv.run(&node, x, opt(inputs, 2), w, opt(inputs, 5), ctx)?;
+        let acc = acc_t.as_slice::<i32>()?;
         let m = g.out_channels;
         let plane = g.out_size();
         let bias = match opt(inputs, 8) {
@@ -796,7 +799,7 @@ pub(crate) fn qlinear_conv_op(node: &Node, bctx: &BuildCtx, tiles: Option<TileCo
         let mut out = ctx.alloc_for_overwrite(out_dt, &shape)?;
         match out_dt {
             DType::U8 | DType::I8 if m > 0 && plane > 0 => tessera_kernels::quant::requantize_planes(
-                &acc,
+                acc,
                 plane,
                 bias,
                 &mults,
@@ -813,6 +816,7 @@ pub(crate) fn qlinear_conv_op(node: &Node, bctx: &BuildCtx, tiles: Option<TileCo
                 store_ints(&mut out, vals)?;
             }
         }
+        ctx.release(acc_t);
         Ok(vec![out])
     }))
 }
