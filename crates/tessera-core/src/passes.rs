@@ -32,6 +32,9 @@ pub struct PassReport {
     /// Products of dequantized 8-bit operands (QDQ models) turned into
     /// integer products.
     pub qdq_matmul_fused: usize,
+    /// QDQ convolutions (with the quantization of their output) turned
+    /// into `QLinearConv`.
+    pub qdq_conv_fused: usize,
     /// Integer products that took the quantize-dequantize round trip of
     /// their output (and the bias after it) into their epilogue.
     pub requantize_fused: usize,
@@ -56,7 +59,7 @@ impl std::fmt::Display for PassReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "constant-folded {} nodes, removed {} dead nodes, fused {} LayerNorm, {} GELU, {} attention, {} MatMul+bias, {} MatMulInteger+dequantization, {} QDQ MatMuls, {} requantized outputs, {} epilogues, {} Q/K/V merges, folded {} BatchNormalization/channel affine, fused {} Conv epilogues, {} BatchNormalization+activation, {} two-layer MLPs",
+            "constant-folded {} nodes, removed {} dead nodes, fused {} LayerNorm, {} GELU, {} attention, {} MatMul+bias, {} MatMulInteger+dequantization, {} QDQ MatMuls, {} QDQ Convs, {} requantized outputs, {} epilogues, {} Q/K/V merges, folded {} BatchNormalization/channel affine, fused {} Conv epilogues, {} BatchNormalization+activation, {} two-layer MLPs",
             self.folded,
             self.dead_removed,
             self.layernorm_fused,
@@ -65,6 +68,7 @@ impl std::fmt::Display for PassReport {
             self.matmul_bias_fused,
             self.integer_matmul_fused,
             self.qdq_matmul_fused,
+            self.qdq_conv_fused,
             self.requantize_fused,
             self.epilogue_fused,
             self.qkv_merged,
@@ -101,6 +105,7 @@ pub fn optimize_with(graph: &mut Graph, eval: &Evaluator, fuse_matmul_ops: bool)
     if fuse_matmul_ops {
         r.attention_fused = fuse_attention::fuse_attention(graph);
         r.qdq_matmul_fused = fuse_qdq::fuse_qdq_matmul(graph);
+        r.qdq_conv_fused = fuse_qdq::fuse_qdq_conv(graph);
         // The products' weight dequantizations are dead now: removed, not
         // evaluated into f32 weights only to be dropped.
         r.dead_removed += dce::eliminate_dead_nodes(graph);

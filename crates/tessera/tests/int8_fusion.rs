@@ -226,3 +226,82 @@ proptest! {
         }
     }
 }
+
+/// A static QDQ convolution as `quantize_static` writes it: `x` quantized
+/// (uint8), an int8 weight per output channel (axis 0), an int32 bias at
+/// scale `sx * sw`, the output quantized again (its ReLU folded into the
+/// range) and dequantized for the graph's output.
+fn qdq_conv_graph(c: usize, m: usize, k: usize, stride: usize, seed: u64) -> Graph {
+    let mut rng = Rng::new(seed);
+    let mut g = Graph { name: "qdq_conv".into(), ..Default::default() };
+    let dims = Some(vec![Dim::Sym("batch".into()), Dim::Known(c), Dim::Sym("h".into()), Dim::Sym("w".into())]);
+    g.inputs.push(ValueInfo { name: "x".into(), dtype: Some(DType::F32), shape: dims });
+    g.opsets.insert(String::new(), 17);
+    let sx = 4.0f32 / 255.0;
+    let sw: Vec<f32> = (0..m).map(|_| 0.002 + 0.004 * rng.uniform().abs()).collect();
+    let w: Vec<u8> = (0..m * c * k * k).map(|_| (rng.next_u64() >> 56) as u8).collect();
+    let bias: Vec<i32> = (0..m).map(|_| (rng.next_u64() % 2001) as i32 - 1000).collect();
+    g.initializers.insert("sx".into(), Tensor::scalar(sx));
+    g.initializers.insert("zx".into(), Tensor::scalar(128u8));
+    g.initializers.insert("wq".into(), Tensor::from_bytes(DType::I8, &[m, c, k, k], &w).unwrap());
+    g.initializers.insert("ws".into(), Tensor::from_vec(&[m], sw.clone()).unwrap());
+    g.initializers.insert("wz".into(), Tensor::from_bytes(DType::I8, &[m], &vec![0u8; m]).unwrap());
+    g.initializers.insert("bq".into(), Tensor::from_vec(&[m], bias).unwrap());
+    g.initializers.insert("bs".into(), Tensor::from_vec(&[m], sw.iter().map(|s| sx * s).collect()).unwrap());
+    g.initializers.insert("sy".into(), Tensor::scalar(0.03f32));
+    g.initializers.insert("zy".into(), Tensor::scalar(0u8));
+    let pad = (k / 2) as i64;
+    g.nodes.extend([
+        Node::new("QuantizeLinear", "qx", &["x", "sx", "zx"], &["xq"]),
+        Node::new("DequantizeLinear", "dqx", &["xq", "sx", "zx"], &["xd"]),
+        Node::new("DequantizeLinear", "dqw", &["wq", "ws", "wz"], &["wd"]).with_attr("axis", Attr::Int(0)),
+        Node::new("DequantizeLinear", "dqb", &["bq", "bs"], &["bd"]).with_attr("axis", Attr::Int(0)),
+        Node::new("Conv", "conv", &["xd", "wd", "bd"], &["y"])
+            .with_attr("pads", Attr::Ints(vec![pad; 4]))
+            .with_attr("strides", Attr::Ints(vec![stride as i64; 2])),
+        Node::new("QuantizeLinear", "qy", &["y", "sy", "zy"], &["yq"]),
+        Node::new("DequantizeLinear", "dqy", &["yq", "sy", "zy"], &["out"]),
+    ]);
+    g.outputs.push(ValueInfo { name: "out".into(), dtype: Some(DType::F32), shape: None });
+    g
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]
+
+    /// The QDQ convolution as one QLinearConv (integer sums, one f64
+    /// rescale) against the graph as written (f32 convolution of the
+    /// dequantized operands, then the quantization): the same grid values,
+    /// but for the few that the two roundings put on either side of a
+    /// step (one step apart at most).
+    #[test]
+    fn qdq_convolution_matches_the_dequantized_graph(
+        b in 1usize..3, c in 1usize..9, m in 1usize..9, k in prop_oneof![Just(1usize), Just(3)], stride in 1usize..3,
+        h in 1usize..12, w in 1usize..12, seed in 0u64..1000,
+    ) {
+        let g = qdq_conv_graph(c, m, k, stride, seed);
+        let x = Tensor::from_vec(&[b, c, h, w], Rng::new(seed ^ 7).vec(b * c * h * w, 2.0)).unwrap();
+        let opts = |optimize: bool, provider: &str| SessionOptions {
+            providers: vec![provider.into()],
+            threads: 2,
+            optimize,
+            dims: [("batch".to_string(), b), ("h".to_string(), h), ("w".to_string(), w)].into_iter().collect(),
+            ..Default::default()
+        };
+        let run = |sess: &Session| sess.run(vec![("x".into(), x.clone())]).unwrap()[0].1.as_slice::<f32>().unwrap().to_vec();
+        let plain = run(&Session::from_graph(g.clone(), opts(false, "cpu")).unwrap());
+        for provider in ["cpu", "auto"] {
+            let sess = Session::from_graph(g.clone(), opts(true, provider)).unwrap();
+            prop_assert_eq!(sess.pass_report().qdq_conv_fused, 1);
+            let fused = run(&sess);
+            prop_assert_eq!(fused.len(), plain.len());
+            let mut steps = 0;
+            for (u, v) in fused.iter().zip(&plain) {
+                let d = ((u - v) / 0.03).abs();
+                prop_assert!(d < 1e-3 || (d - 1.0).abs() < 1e-3, "{} vs {} ({})", u, v, provider);
+                steps += (d > 0.5) as usize;
+            }
+            prop_assert!(steps * 50 <= fused.len().max(50), "{} of {} values a step apart", steps, fused.len());
+        }
+    }
+}

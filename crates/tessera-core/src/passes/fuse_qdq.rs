@@ -28,7 +28,7 @@
 //! in the graph. The same f32 operations as the two operators, so the same
 //! values, without the 8-bit copy and the two passes over memory.
 
-use super::pattern::{is_onnx, Index};
+use super::pattern::{is_onnx, replace_with_fused, Index};
 use crate::{Attr, DType, Graph, Node, Tensor};
 
 use super::fuse_matmul::{following_bias, place_integer_product, DOMAIN, FUSED_MATMUL_INTEGER};
@@ -58,11 +58,23 @@ pub fn keeps_quantized_weight(g: &Graph, n: &Node) -> bool {
             .iter()
             .any(|p| p.op_type == "DequantizeLinear" && is_onnx(p) && p.outputs.first().is_some_and(|o| o == v))
     };
-    if !matches!(w.dtype(), DType::I8 | DType::U8) {
-        return false;
-    }
+    let eight_bit = matches!(w.dtype(), DType::I8 | DType::U8);
     g.nodes.iter().any(|m| {
-        m.op_type == "MatMul" && is_onnx(m) && m.inputs.len() == 2 && &m.inputs[1] == out && dequantized(&m.inputs[0])
+        let Some(x) = m.input(0).filter(|_| is_onnx(m)) else { return false };
+        match m.op_type.as_str() {
+            "MatMul" => eight_bit && m.inputs.len() == 2 && &m.inputs[1] == out && dequantized(x),
+            // A convolution's weight, or its int32 bias.
+            "Conv" => {
+                let slot = m.inputs.iter().position(|i| i == out);
+                let fits = match slot {
+                    Some(1) => eight_bit,
+                    Some(2) => w.dtype() == DType::I32,
+                    _ => false,
+                };
+                fits && dequantized(x)
+            }
+            _ => false,
+        }
     })
 }
 
@@ -207,6 +219,167 @@ pub fn fuse_requantized_outputs(g: &mut Graph) -> usize {
         fused += 1;
     }
     fused
+}
+
+/// `Conv(DequantizeLinear(xq), DequantizeLinear(wq), [DequantizeLinear(bq)])
+/// -> QuantizeLinear` (a static QDQ model's convolution, its activation
+/// folded into the output's range as `quantize_static` writes it) becomes
+/// ONNX's `QLinearConv`, which the int8 kernels run (tiles where the
+/// machine has them). The activation and output grids are per tensor, the
+/// weight's per tensor or per output channel (axis 0); the bias int32 with
+/// scale `sx * sw` (what the file's dequantization of it multiplies by) and
+/// zero point 0. The integer sum is exact; only the rescaling rounds (in
+/// f64 instead of the float graph's f32 steps).
+pub fn fuse_qdq_conv(g: &mut Graph) -> usize {
+    let mut fused = 0;
+    loop {
+        let ix = Index::new(g);
+        let mut hit: Option<(usize, usize, Node, Vec<(String, Tensor)>)> = None;
+        for (ci, conv) in g.nodes.iter().enumerate() {
+            if conv.op_type != "Conv"
+                || !is_onnx(conv)
+                || !(2..=3).contains(&conv.inputs.len())
+                || conv.outputs.is_empty()
+            {
+                continue;
+            }
+            let Some(m) = qdq_conv(g, &ix, ci, conv) else { continue };
+            hit = Some(m);
+            break;
+        }
+        let Some((ci, qi, node, zeros)) = hit else { break };
+        for (name, t) in zeros {
+            g.initializers.insert(name, t);
+        }
+        replace_with_fused(g, vec![ci, qi], node);
+        fused += 1;
+    }
+    fused
+}
+
+/// The `QLinearConv` for [`fuse_qdq_conv`], if `conv` (node `ci`) matches:
+/// (the Conv, its QuantizeLinear, the new node, zero points to add).
+#[allow(clippy::type_complexity)]
+fn qdq_conv(g: &Graph, ix: &Index, ci: usize, conv: &Node) -> Option<(usize, usize, Node, Vec<(String, Tensor)>)> {
+    let (_, xdq) = ix.producer_of(g, &conv.inputs[0], "DequantizeLinear")?;
+    let (_, wdq) = ix.producer_of(g, &conv.inputs[1], "DequantizeLinear")?;
+    let (xq, sx, zx) = dequantize_operands(g, xdq)?;
+    let (wq, sw, zw) = dequantize_operands(g, wdq)?;
+    // The activation: 8-bit, one scale and zero point.
+    let &[sx_value] = sx.as_slice::<f32>().ok()? else { return None };
+    let x_type = match zx {
+        Some(z) => g.initializers.get(z).filter(|t| t.numel() == 1).map(|t| t.dtype())?,
+        None => g.dtype_of(xq)?,
+    };
+    if !matches!(x_type, DType::I8 | DType::U8) || g.dtype_of(xq).is_some_and(|t| t != x_type) {
+        return None;
+    }
+    // The weight: constant 8-bit [M, C/group, k...], per tensor or per
+    // output channel.
+    let w = g.initializers.get(wq)?;
+    if !matches!(w.dtype(), DType::I8 | DType::U8) || !(3..=5).contains(&w.rank()) {
+        return None;
+    }
+    let m = w.shape()[0];
+    // The i32 sum must not wrap where the float graph's cannot.
+    if w.shape()[1..].iter().product::<usize>() > MAX_EXACT_K {
+        return None;
+    }
+    let sw_values = sw.as_slice::<f32>().ok()?;
+    let per_channel = sw_values.len() > 1;
+    if per_channel && (sw_values.len() != m || sw.rank() != 1 || !matches!(wdq.attr_int("axis"), Ok(Some(0)))) {
+        return None;
+    }
+    if let Some(z) = zw {
+        let z = g.initializers.get(z)?;
+        if z.dtype() != w.dtype() || z.numel() != sw_values.len() || z.rank() > 1 {
+            return None;
+        }
+    }
+    // The bias: int32 at the product's scale, zero point 0.
+    let bias = match conv.input(2) {
+        None => None,
+        Some(b) => {
+            let (_, bdq) = ix.producer_of(g, b, "DequantizeLinear")?;
+            let (bq, sb, zb) = dequantize_operands(g, bdq)?;
+            let bt = g.initializers.get(bq)?;
+            if bt.dtype() != DType::I32 || bt.shape() != [m] {
+                return None;
+            }
+            let sb = sb.as_slice::<f32>().ok()?;
+            if !(sb.len() == 1 || (sb.len() == m && matches!(bdq.attr_int("axis"), Ok(None | Some(0))))) {
+                return None;
+            }
+            let pick = |v: &[f32], c: usize| v[if v.len() == 1 { 0 } else { c }];
+            let at_product_scale = (0..m).all(|c| {
+                let want = sx_value * pick(sw_values, c);
+                (pick(sb, c) - want).abs() <= 1e-6 * want.abs()
+            });
+            let zero = match zb {
+                None => true,
+                Some(z) => g
+                    .initializers
+                    .get(z)
+                    .and_then(|t| t.as_slice::<i32>().ok())
+                    .is_some_and(|v| v.iter().all(|&v| v == 0)),
+            };
+            if !at_product_scale || !zero {
+                return None;
+            }
+            Some(bq.to_string())
+        }
+    };
+    // The output: quantized once, per tensor.
+    let co = conv.outputs.first().filter(|o| ix.single_use(o))?;
+    let &qi = ix.consumers(g, co).first()?;
+    let q = &g.nodes[qi];
+    let qo = q.outputs.first()?;
+    if q.op_type != "QuantizeLinear" || q.input(0) != Some(co.as_str()) {
+        return None;
+    }
+    let (sy, _, y_signed) = grid_of(g, q)?;
+    if !(sy > 0.0 && sy.is_finite())
+        || g.dtype_of(qo).is_some_and(|t| t != if y_signed { DType::I8 } else { DType::U8 })
+    {
+        return None;
+    }
+    // QLinearConv takes every zero point: zeros where the file has none.
+    let mut zeros = Vec::new();
+    let mut zero_point = |given: Option<&str>, dtype: DType, what: &str| -> String {
+        match given {
+            Some(z) => z.to_string(),
+            None => {
+                let name = g.fresh_name(&format!("{}_{what}_zero", conv.name));
+                let name =
+                    if zeros.iter().any(|(n, _): &(String, Tensor)| n == &name) { format!("{name}_") } else { name };
+                zeros.push((name.clone(), Tensor::zeros(dtype, &[]).expect("a scalar")));
+                name
+            }
+        }
+    };
+    let zx_name = zero_point(zx, x_type, "x");
+    let zw_name = zero_point(zw, w.dtype(), "w");
+    let zy_name = zero_point(q.input(2), if y_signed { DType::I8 } else { DType::U8 }, "y");
+    let mut inputs = vec![
+        xq.to_string(),
+        xdq.inputs[1].clone(),
+        zx_name,
+        wq.to_string(),
+        wdq.inputs[1].clone(),
+        zw_name,
+        q.inputs[1].clone(),
+        zy_name,
+    ];
+    inputs.extend(bias);
+    let node = Node {
+        name: format!("{}_qdq", conv.name),
+        op_type: "QLinearConv".into(),
+        domain: String::new(),
+        inputs,
+        outputs: q.outputs.clone(),
+        attrs: conv.attrs.clone(),
+    };
+    Some((ci, qi, node, zeros))
 }
 
 pub fn fuse_qdq_matmul(g: &mut Graph) -> usize {
