@@ -452,68 +452,99 @@ fn build_softmax(node: &Node, _: &BuildCtx) -> Result<Box<dyn CpuOp>> {
     }))
 }
 
+/// QGemm's B' as `[N, K]` i16 values less their zero points (one, or one
+/// per column).
+struct QGemmB {
+    values: Vec<i16>,
+    n: usize,
+    k: usize,
+}
+
+impl QGemmB {
+    fn new(node: &Node, b: &Tensor, zero: Option<&Tensor>, trans_b: bool) -> Result<QGemmB> {
+        let signed = eight_bit(node, b.dtype(), "B")?;
+        if b.rank() != 2 {
+            return Err(Error::node(node, format!("B must be a matrix, got {:?}", b.shape())));
+        }
+        let (k, n) = if trans_b { (b.shape()[1], b.shape()[0]) } else { (b.shape()[0], b.shape()[1]) };
+        if k > 1 << 16 {
+            return Err(Error::node(node, format!("K = {k} could overflow the i32 sums")));
+        }
+        let byte = |v: u8| if signed { v as i8 as i16 } else { v as i16 };
+        let zeros: Vec<i16> = match zero {
+            None => vec![0],
+            Some(z) if z.dtype() != b.dtype() || !(z.numel() == 1 || z.numel() == n) => {
+                return Err(Error::node(node, format!("b_zero_point must be one or {n} values of B's type")))
+            }
+            Some(z) => z.bytes().iter().map(|&v| byte(v)).collect(),
+        };
+        let bb = b.bytes();
+        let mut values = vec![0i16; n * k];
+        for (j, row) in values.chunks_mut(k.max(1)).enumerate() {
+            let zj = zeros[if zeros.len() == 1 { 0 } else { j }];
+            for (p, v) in row.iter_mut().enumerate() {
+                *v = byte(if trans_b { bb[j * k + p] } else { bb[p * n + j] }) - zj;
+            }
+        }
+        Ok(QGemmB { values, n, k })
+    }
+}
+
 /// QGemm `(A, a_scale, a_zero_point, B, b_scale, b_zero_point, C, y_scale,
 /// y_zero_point)`: `alpha * a_scale * b_scale * (A'B' + C)` with C an i32
 /// bias broadcast to `[M, N]`, B's scale and zero point per tensor or per
 /// column; quantized onto y's grid when `y_scale` is given, else f32.
-fn build_qgemm(node: &Node, _: &BuildCtx) -> Result<Box<dyn CpuOp>> {
+fn build_qgemm(node: &Node, bctx: &BuildCtx) -> Result<Box<dyn CpuOp>> {
     let alpha = match node.attrs.get("alpha") {
         Some(Attr::Float(a)) => *a,
         Some(_) => return Err(Error::node(node, "alpha must be a float")),
         None => 1.0,
     };
     let (trans_a, trans_b) = (node.attr_int_or("transA", 0)? != 0, node.attr_int_or("transB", 0)? != 0);
+    // A constant B (the usual weight) is converted once, not on every run.
+    let prepared = match (bctx.const_input(node, 3), node.input(5).map(|_| bctx.const_input(node, 5))) {
+        (Some(b), None) => Some(Arc::new(QGemmB::new(node, &b, None, trans_b)?)),
+        (Some(b), Some(Some(z))) => Some(Arc::new(QGemmB::new(node, &b, Some(&z), trans_b)?)),
+        _ => None,
+    };
     let node = Arc::new(node.clone());
     Ok(Box::new(move |inputs: &[Option<&Tensor>], ctx: &mut RunCtx| {
         let node = &*node;
-        let (a, b) = (req(node, inputs, 0)?, req(node, inputs, 3)?);
-        if a.rank() != 2 || b.rank() != 2 {
-            return Err(Error::node(
-                node,
-                format!("A and B must be matrices, got {:?} and {:?}", a.shape(), b.shape()),
-            ));
+        let a = req(node, inputs, 0)?;
+        if a.rank() != 2 {
+            return Err(Error::node(node, format!("A must be a matrix, got {:?}", a.shape())));
         }
         let ga = grid(node, inputs, 1, 2, a.dtype())?;
-        let b_signed = eight_bit(node, b.dtype(), "B")?;
-        let (m, k) = if trans_a { (a.shape()[1], a.shape()[0]) } else { (a.shape()[0], a.shape()[1]) };
-        let (kb, n) = if trans_b { (b.shape()[1], b.shape()[0]) } else { (b.shape()[0], b.shape()[1]) };
-        if k != kb {
-            return Err(Error::node(node, format!("A' is {m}x{k} but B' is {kb}x{n}")));
-        }
-        if k > 1 << 16 {
-            return Err(Error::node(node, format!("K = {k} could overflow the i32 sums")));
+        let own;
+        let bp = match &prepared {
+            Some(p) => p,
+            None => {
+                own = QGemmB::new(node, req(node, inputs, 3)?, opt(inputs, 5), trans_b)?;
+                &own
+            }
+        };
+        let (n, k) = (bp.n, bp.k);
+        let (m, ka) = if trans_a { (a.shape()[1], a.shape()[0]) } else { (a.shape()[0], a.shape()[1]) };
+        if ka != k {
+            return Err(Error::node(node, format!("A' is {m}x{ka} but B' is {k}x{n}")));
         }
         let b_scale = req(node, inputs, 4)?;
         if b_scale.dtype() != DType::F32 || (b_scale.numel() != 1 && b_scale.numel() != n) {
             return Err(Error::node(node, format!("b_scale must be f32 with 1 or {n} values")));
         }
         let b_scales = b_scale.as_slice::<f32>()?;
-        let b_zeros: Vec<i32> = match opt(inputs, 5) {
-            None => vec![0],
-            Some(z) if z.dtype() != b.dtype() || z.numel() != b_scales.len() => {
-                return Err(Error::node(node, "b_zero_point must match B's type and b_scale's length"))
+        // A' as [M, K] less its zero point.
+        let ab = a.bytes();
+        let byte = |v: u8| (if ga.signed { v as i8 as i16 } else { v as i16 }) - ga.zero as i16;
+        let mut a16 = vec![0i16; m * k];
+        for (r, row) in a16.chunks_mut(k.max(1)).enumerate() {
+            for (p, v) in row.iter_mut().enumerate() {
+                *v = byte(if trans_a { ab[p * m + r] } else { ab[r * k + p] });
             }
-            Some(z) => z.bytes().iter().map(|&v| if b_signed { v as i8 as i32 } else { v as i32 }).collect(),
-        };
-        let byte = |v: u8, signed: bool| if signed { v as i8 as i16 } else { v as i16 };
-        // A' as [M, K] and B' as [N, K], less their zero points.
-        let (ab, bb) = (a.bytes(), b.bytes());
-        let a16: Vec<i16> = (0..m * k)
-            .map(|i| {
-                let (r, p) = (i / k, i % k);
-                let v = if trans_a { ab[p * m + r] } else { ab[r * k + p] };
-                byte(v, ga.signed) - ga.zero as i16
-            })
-            .collect();
-        let bt16: Vec<i16> = (0..n * k)
-            .map(|i| {
-                let (j, p) = (i / k, i % k);
-                let v = if trans_b { bb[j * k + p] } else { bb[p * n + j] };
-                byte(v, b_signed) - b_zeros[if b_zeros.len() == 1 { 0 } else { j }] as i16
-            })
-            .collect();
+        }
+        let bt16 = &bp.values;
         let mut acc = vec![0i32; m * n];
-        tessera_kernels::quant::igemm_i16_par(m, n, k, &a16, &bt16, &mut acc);
+        tessera_kernels::quant::igemm_i16_par(m, n, k, &a16, bt16, &mut acc);
         if let Some(c) = opt(inputs, 6) {
             let cs =
                 c.as_slice::<i32>().map_err(|_| Error::node(node, format!("C must be int32, got {}", c.dtype())))?;
