@@ -234,7 +234,7 @@ pub fn fuse_qdq_conv(g: &mut Graph) -> usize {
     let mut fused = 0;
     loop {
         let ix = Index::new(g);
-        let mut hit: Option<(usize, usize, Node, Vec<(String, Tensor)>)> = None;
+        let mut hit: Option<ConvMatch> = None;
         for (ci, conv) in g.nodes.iter().enumerate() {
             if conv.op_type != "Conv"
                 || !is_onnx(conv)
@@ -257,10 +257,12 @@ pub fn fuse_qdq_conv(g: &mut Graph) -> usize {
     fused
 }
 
-/// The `QLinearConv` for [`fuse_qdq_conv`], if `conv` (node `ci`) matches:
-/// (the Conv, its QuantizeLinear, the new node, zero points to add).
-#[allow(clippy::type_complexity)]
-fn qdq_conv(g: &Graph, ix: &Index, ci: usize, conv: &Node) -> Option<(usize, usize, Node, Vec<(String, Tensor)>)> {
+/// A match of [`fuse_qdq_conv`]: the Conv's index, its QuantizeLinear's,
+/// the `QLinearConv` that replaces them and the zero points to add.
+type ConvMatch = (usize, usize, Node, Vec<(String, Tensor)>);
+
+/// The `QLinearConv` for [`fuse_qdq_conv`], if `conv` (node `ci`) matches.
+fn qdq_conv(g: &Graph, ix: &Index, ci: usize, conv: &Node) -> Option<ConvMatch> {
     let (_, xdq) = ix.producer_of(g, &conv.inputs[0], "DequantizeLinear")?;
     let (_, wdq) = ix.producer_of(g, &conv.inputs[1], "DequantizeLinear")?;
     let (xq, sx, zx) = dequantize_operands(g, xdq)?;
