@@ -14,9 +14,9 @@ pub use batched::{gemm_batched, BatchRef, RowEpilogue};
 pub use epilogue::{Activation, Epilogue, Requantize, Residual};
 pub use pack::Split;
 pub use tile::{
-    stage_ticks_since_last, tick_count, tile_igemm, tile_igemm_with, tile_mlp, tile_mlp_with, tile_sgemm,
-    tile_sgemm_rows, tile_sgemm_rows_with, tile_sgemm_transposed, tile_sgemm_with, I8Mat, I8Out, PackedA, PackedB,
-    Prefetch, StagedA, TileBlocking, WeightStream,
+    stage_ticks_since_last, tick_count, tile_igemm, tile_igemm_gather, tile_igemm_with, tile_mlp, tile_mlp_with,
+    tile_sgemm, tile_sgemm_rows, tile_sgemm_rows_with, tile_sgemm_transposed, tile_sgemm_with, I8Mat, I8Out, PackedA,
+    PackedB, Prefetch, StagedA, TileBlocking, WeightStream,
 };
 pub use ukernel::TileIsa;
 pub use vector::{vector_igemm, vector_sgemm, vector_sgemm_packed, Blocking, PackedRhs, VectorKernel};

@@ -1595,22 +1595,77 @@ pub fn tile_igemm(isa: TileIsa, a: I8Mat, a_zero: &[i32], b: &PackedB, out: I8Ou
 
 /// [`tile_igemm`] with explicit loop blocking (for measurements).
 pub fn tile_igemm_with(isa: TileIsa, blk: TileBlocking, a: I8Mat, a_zero: &[i32], b: &PackedB, out: I8Out) {
+    let (m, k) = (a.rows, a.cols);
+    if m > 0 {
+        assert!((m - 1) * a.row_stride + k <= a.data.len(), "A does not fit its slice");
+    }
+    igemm_panels(isa, blk, m, k, a.signed, a_zero, b, out, |i0, rows, dst, sums| {
+        pack::pack_a_i8(dst, rows, k, a.signed, |i| &a.data[(i0 + i) * a.row_stride..][..k], sums)
+    })
+}
+
+thread_local! {
+    /// A panel's rows as [`tile_igemm_gather`] makes them, before packing.
+    static GATHERED_ROWS: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// [`tile_igemm`] with A's rows made while A is packed: `gather(i, row)`
+/// writes row `i`'s `k` bytes into a panel's scratch rows (in L1/L2), which
+/// are packed right away. For an A that would otherwise be written out in
+/// full and read back (a convolution's im2row), this saves that pass.
+#[allow(clippy::too_many_arguments)]
+pub fn tile_igemm_gather(
+    isa: TileIsa,
+    m: usize,
+    k: usize,
+    signed: bool,
+    gather: impl Fn(usize, &mut [u8]) + Sync,
+    a_zero: &[i32],
+    b: &PackedB,
+    out: I8Out,
+) {
+    igemm_panels(isa, TileBlocking::configured(), m, k, signed, a_zero, b, out, |i0, rows, dst, sums| {
+        let mut scratch = GATHERED_ROWS.with(|c| c.take());
+        if scratch.len() < MR * k {
+            scratch.resize(MR * k, 0);
+        }
+        for i in 0..rows {
+            gather(i0 + i, &mut scratch[i * k..][..k]);
+        }
+        pack::pack_a_i8(dst, rows, k, signed, |i| &scratch[i * k..][..k], sums);
+        GATHERED_ROWS.with(|c| c.set(scratch));
+    })
+}
+
+/// The int8 product with A packed panel by panel (`pack_panel(i0, rows,
+/// dst, sums)` packs rows `i0..i0 + rows` and their sums), over the pool.
+#[allow(clippy::too_many_arguments)]
+fn igemm_panels(
+    isa: TileIsa,
+    blk: TileBlocking,
+    m: usize,
+    k: usize,
+    a_signed: bool,
+    a_zero: &[i32],
+    b: &PackedB,
+    out: I8Out,
+    pack_panel: impl Fn(usize, usize, &mut [u8], &mut [i32]) + Sync,
+) {
     let DotKind::I8 { b_signed, .. } = b.kind else { panic!("tile_igemm needs a weight packed from 8-bit values") };
-    let (m, k, n) = (a.rows, a.cols, b.n);
+    let n = b.n;
     assert_eq!(k, b.k, "inner dimensions differ");
     assert!(a_zero.len() == 1 || a_zero.len() == m, "A zero point must be per tensor or per row");
     if m == 0 || n == 0 {
         return;
     }
-    assert!((m - 1) * a.row_stride + k <= a.data.len(), "A does not fit its slice");
-    let kind = DotKind::I8 { a_signed: a.signed, b_signed };
+    let kind = DotKind::I8 { a_signed, b_signed };
     let a_len = b.kblocks * BLOCK_BYTES;
     with_a_buffer(a_len * m.div_ceil(MR), |ap| {
         let mut row_sums = vec![0i32; m];
         timed_pack(|| {
             ap.par_chunks_mut(a_len.max(1)).zip(row_sums.par_chunks_mut(MR)).enumerate().for_each(|(p, (dst, sums))| {
                 let i0 = p * MR;
-                pack::pack_a_i8(dst, MR.min(m - i0), k, a.signed, |i| &a.data[(i0 + i) * a.row_stride..][..k], sums);
+                pack_panel(i0, MR.min(m - i0), dst, sums);
             })
         });
         igemm_packed(kind, isa, blk, m, k, a_zero, ap, &row_sums, b, out)

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use tessera_core::passes::fuse_mlp::FUSED_MLP;
 use tessera_core::{DType, Error, Node, Result, Tensor};
 use tessera_kernels::gemm::{
-    tile_igemm, tile_mlp, tile_sgemm, tile_sgemm_rows, tile_sgemm_transposed, Activation, Epilogue, I8Mat, I8Out,
-    MatRef, PackedA, PackedB, Residual, Split, TileIsa,
+    tile_igemm, tile_igemm_gather, tile_mlp, tile_sgemm, tile_sgemm_rows, tile_sgemm_transposed, Activation, Epilogue,
+    I8Mat, I8Out, MatRef, PackedA, PackedB, Residual, Split, TileIsa,
 };
 
 use rayon::prelude::*;
@@ -175,7 +175,7 @@ impl IntWeight {
             }
             let pad = if signed { x_zero as i8 as u8 } else { x_zero as u8 };
             let xs = x.bytes();
-            let (mut image, mut rows) = INT8_CONV_BUFFERS.with(|b| b.take());
+            let mut image = CHANNELS_LAST_IMAGE.with(|b| b.take());
             let result = (|| -> Result<()> {
                 image.resize(tessera_core::tensor::checked_numel(&[c, in_size])?, 0);
                 for ni in 0..g.batch {
@@ -190,32 +190,31 @@ impl IntWeight {
                         tile_igemm(isa, am, &[x_zero], &self.packed, I8Out::I32Transposed { c: yn, ld: out_size });
                         continue;
                     }
-                    im2row_blocks(
-                        &mut rows,
-                        ck,
+                    // Each position's im2row row is made as A is packed.
+                    tile_igemm_gather(
+                        isa,
                         out_size,
-                        |p0, p1, part| im2row_channels_last(g, &image, c, p0, p1, part, pad),
-                        |b0, nb, r| {
-                            let am = I8Mat { data: r, rows: nb, cols: ck, row_stride: ck, signed };
-                            let out = I8Out::I32Transposed { c: &mut yn[b0..], ld: out_size };
-                            tile_igemm(isa, am, &[x_zero], &self.packed, out);
-                        },
-                    )?;
+                        ck,
+                        signed,
+                        |p, row| im2row_channels_last(g, &image, c, p, p + 1, row, pad),
+                        &[x_zero],
+                        &self.packed,
+                        I8Out::I32Transposed { c: yn, ld: out_size },
+                    );
                 }
                 Ok(())
             })();
-            INT8_CONV_BUFFERS.with(|b| b.set((image, rows)));
+            CHANNELS_LAST_IMAGE.with(|b| b.set(image));
             result
         })
     }
 }
 
 thread_local! {
-    /// The channels-last image and the im2row block of the last integer
-    /// convolution on this thread, reused so that a run of convolutions
-    /// neither allocates nor clears them (taken out while in use, as
-    /// `IM2COL`).
-    static INT8_CONV_BUFFERS: std::cell::Cell<(Vec<u8>, Vec<u8>)> = const { std::cell::Cell::new((Vec::new(), Vec::new())) };
+    /// The channels-last image of the last integer convolution on this
+    /// thread, reused so that a run of convolutions neither allocates nor
+    /// clears it (taken out while in use, as `IM2COL`).
+    static CHANNELS_LAST_IMAGE: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
 /// A convolution's product in blocks of output positions: `fill(p0, p1,
