@@ -2087,6 +2087,11 @@ mod amx_tests {
                 assert_eq!(c[i * n + j] as i64, want(i, j), "{isa:?} {m}x{k}x{n} s{sa}{sb} at ({i},{j})");
             }
         }
+        // A's rows made while it is packed (a convolution's im2row): the same.
+        let mut cg = vec![i32::MIN; m * n];
+        let gather = |i: usize, row: &mut [u8]| row.copy_from_slice(&a[i * k..][..k]);
+        tile_igemm_gather(isa, m, k, sa, gather, &za, &pb, I8Out::I32 { c: &mut cg, ldc: n });
+        assert_eq!(cg, c, "{isa:?} gathered rows");
         // Stored transposed, with a leading dimension wider than m: the
         // same values, and nothing written between the rows.
         let ld = m + 3;
