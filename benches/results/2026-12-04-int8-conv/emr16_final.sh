@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The lent Xeon, final code: AMX tests (kernels, providers), then Tessera beside ORT on the same files
 # (model_vs_ort.py, 2 rounds) for the final binary (.devrun/tessera) and the one before this stop's
-# convolution work (.devrun/tessera_base: the contrib operators, channels-first int8 convolution, QDQ
+# convolution work (.devrun/tessera_base, da33969: the contrib operators, channels-first int8 convolution, QDQ
 # convolutions in f32), on the models of make_cnn_quantized.py and make_light_quantized.py.
 set -u
 D=benches/results/2026-12-04-int8-conv
