@@ -133,6 +133,7 @@ def cases():
         ("u8s8_plain_f32", np.uint8, np.int8, 0, 0, False, None, False, 1.0),
         ("u8u8_ta_bias2d_q_alpha", np.uint8, np.uint8, 1, 0, False, (5, 11), True, 0.5),
         ("s8s8_tatb_biasrow_f32", np.int8, np.int8, 1, 1, True, (1, 11), False, 2.0),
+        ("u8s8_yscale_only_f32", np.uint8, np.int8, 0, 1, True, (11,), "scale only", 1.0),
     ]:
         m, k, n = 5, 37, 11
         a = q(adt, (k, m) if ta else (m, k))
@@ -143,7 +144,10 @@ def cases():
                # One case takes B at run time instead of as a constant.
                ("B", b, not name.startswith("s8s8")), ("b_scale", bs, True), ("b_zero_point", bz, True)]
         ins.append(("C", rng.integers(-3000, 3000, c_shape).astype(np.int32), True) if c_shape else ("C", None, False))
-        if quant_out:
+        if quant_out == "scale only":
+            # y_scale without y_zero_point: ORT's Y is float, divided by y_scale.
+            ins += [("y_scale", scale(0.05, 0.3), True)]
+        elif quant_out:
             ins += [("y_scale", scale(0.05, 0.3), True), ("y_zero_point", zero(np.uint8), True)]
         attrs = {"transA": ta, "transB": tb, "alpha": alpha}
         out.append((f"qgemm_{name}", "QGemm", attrs, ins))
@@ -167,7 +171,7 @@ def model_for(name, op, attrs, ins):
     node = h.make_node(op, names, ["Y"], domain="com.microsoft", **attrs)
     given = {n: arr for n, arr, _ in ins if arr is not None}
     if op == "QGemm":
-        out_np = given["y_zero_point"].dtype if "y_scale" in given else np.dtype(np.float32)
+        out_np = given["y_zero_point"].dtype if "y_zero_point" in given else np.dtype(np.float32)
     else:
         out_np = next(arr.dtype for n, arr, _ in ins if n in ("A", "X", "X0"))
     out_type = h.np_dtype_to_tensor_dtype(np.dtype(out_np))

@@ -331,7 +331,7 @@ fn out_dtype(n: &Node, ins: &[Option<&Known>]) -> Option<DType> {
 
 /// ONNX Runtime's quantized contrib operators (QOperator models): the
 /// float operator's shape, in the 8-bit type (QGemm: `y_zero_point`'s, or
-/// f32 without `y_scale`). None for other operators of the domain.
+/// f32 without it). None for other operators of the domain.
 fn infer_quantized_contrib(n: &Node, ins: &[Option<&Known>]) -> Result<Option<Vec<Known>>> {
     let input = |i: usize| ins.get(i).copied().flatten();
     let channels_last = n.attr_int_or("channels_last", 0).unwrap_or(0) != 0;
@@ -343,14 +343,9 @@ fn infer_quantized_contrib(n: &Node, ins: &[Option<&Known>]) -> Result<Option<Ve
         "QLinearAveragePool" if !channels_last => ("AveragePool", vec![0]),
         "QLinearConcat" => ("Concat", (2..n.inputs.len()).step_by(3).collect()),
         "QGemm" => {
+            // 8-bit with y_zero_point; float without it (y_scale or not).
             let given = |i: usize| n.inputs.get(i).is_some_and(|s| !s.is_empty());
-            let dtype = if !given(7) {
-                Some(DType::F32)
-            } else if given(8) {
-                input(8).and_then(|k| k.dtype)
-            } else {
-                Some(DType::U8)
-            };
+            let dtype = if given(8) { input(8).and_then(|k| k.dtype) } else { Some(DType::F32) };
             // (rows, columns) of A' or B'.
             let dims = |i: usize, trans: &str| -> Option<(Dim, Dim)> {
                 let s = input(i)?.shape.clone()?;

@@ -184,23 +184,25 @@ impl IntWeight {
                     to_channels_last(xn, c, in_size, &mut image);
                     // `[positions, M]` stored transposed: NCHW.
                     let yn = &mut acc[ni * m * out_size..(ni + 1) * m * out_size];
-                    if is_pointwise(g) {
-                        // The channels-last image is the product's left side.
-                        let am = I8Mat { data: &image, rows: out_size, cols: ck, row_stride: ck, signed };
-                        tile_igemm(isa, am, &[x_zero], &self.packed, I8Out::I32Transposed { c: yn, ld: out_size });
-                        continue;
+                    // Blocks of positions, so that the packed A (the im2row
+                    // matrix in the tiles' layout, which the driver keeps
+                    // per thread) stays bounded whatever the image.
+                    let block = (INT8_CONV_BLOCK_BYTES / ck.next_multiple_of(64).max(64)).max(32).next_multiple_of(32);
+                    for b0 in (0..out_size).step_by(block) {
+                        let nb = block.min(out_size - b0);
+                        let out = I8Out::I32Transposed { c: &mut yn[b0..], ld: out_size };
+                        if is_pointwise(g) {
+                            // The channels-last image is the product's left side.
+                            let am = I8Mat { data: &image[b0 * ck..], rows: nb, cols: ck, row_stride: ck, signed };
+                            tile_igemm(isa, am, &[x_zero], &self.packed, out);
+                            continue;
+                        }
+                        // Each position's im2row row is made as A is packed.
+                        let row = |p: usize, row: &mut [u8]| {
+                            im2row_channels_last(g, &image, c, b0 + p, b0 + p + 1, row, pad);
+                        };
+                        tile_igemm_gather(isa, nb, ck, signed, row, &[x_zero], &self.packed, out);
                     }
-                    // Each position's im2row row is made as A is packed.
-                    tile_igemm_gather(
-                        isa,
-                        out_size,
-                        ck,
-                        signed,
-                        |p, row| im2row_channels_last(g, &image, c, p, p + 1, row, pad),
-                        &[x_zero],
-                        &self.packed,
-                        I8Out::I32Transposed { c: yn, ld: out_size },
-                    );
                 }
                 Ok(())
             })();
@@ -209,6 +211,10 @@ impl IntWeight {
         })
     }
 }
+
+/// Bytes of packed A per block of an integer convolution's positions (most
+/// layers of a 224x224 network fit one block).
+const INT8_CONV_BLOCK_BYTES: usize = 4 << 20;
 
 thread_local! {
     /// The channels-last image of the last integer convolution on this

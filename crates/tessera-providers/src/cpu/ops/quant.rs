@@ -716,6 +716,9 @@ impl IntConv {
         ctx: &mut RunCtx,
     ) -> Result<(Tensor, ConvGeom, Vec<usize>)> {
         let (g, shape) = conv_geom(node, &self.sp, self.group, x.shape(), w.shape())?;
+        if let Some(z) = x_zp.filter(|z| z.dtype() != x.dtype()) {
+            return Err(Error::node(node, format!("x_zero_point is {} but X is {}", z.dtype(), x.dtype())));
+        }
         if let (Some(tiles), 1) = (&self.tiles, self.group) {
             let xz = zp_values(node, x_zp, 1, 1, "x_zero_point")?[0];
             let mut acc = ctx.alloc_for_overwrite(DType::I32, &shape)?;
@@ -924,8 +927,13 @@ mod tests {
         let y = run_node(&n, 10, &[Some(x.clone()), Some(w.clone()), Some(Tensor::scalar(1u8))]).unwrap();
         assert_eq!(y[0].as_slice::<i32>().unwrap(), &[12, 16, 24, 28]);
         let n = n.with_attr("pads", Attr::Ints(vec![1, 1, 1, 1]));
-        let y = run_node_const(&n, 10, &[Some(x), Some(w), Some(Tensor::scalar(1u8))], &[false, true]).unwrap();
+        let y = run_node_const(&n, 10, &[Some(x.clone()), Some(w.clone()), Some(Tensor::scalar(1u8))], &[false, true])
+            .unwrap();
         assert_eq!(y[0].as_slice::<i32>().unwrap(), &[1, 3, 5, 3, 5, 12, 16, 9, 11, 24, 28, 15, 7, 15, 17, 9]);
+        // A zero point of another type than X's is an error (the padding
+        // value would depend on how it is cast).
+        let err = run_node(&n, 10, &[Some(x), Some(w), Some(Tensor::scalar(-1i8))]).unwrap_err().to_string();
+        assert!(err.contains("x_zero_point is"), "{err}");
     }
 
     proptest! {

@@ -10,7 +10,9 @@
 //! rounding in QLinearAdd, QLinearMul and QLinearAveragePool, and after it
 //! in the others; each operator here does as ONNX Runtime does, so that the
 //! outputs are the same bytes (`scripts/gen_contrib_tests.py` checks both
-//! orders with ties and odd zero points).
+//! orders with ties and odd zero points). QLinearSoftmax is the exception:
+//! ONNX Runtime takes its exponentials from a table, and at some output
+//! scales (0.003, not 1/256 or 0.01) a value lands one step apart.
 
 use std::sync::{Arc, OnceLock};
 
@@ -467,8 +469,9 @@ impl QGemmB {
             return Err(Error::node(node, format!("B must be a matrix, got {:?}", b.shape())));
         }
         let (k, n) = if trans_b { (b.shape()[1], b.shape()[0]) } else { (b.shape()[0], b.shape()[1]) };
-        if k > 1 << 16 {
-            return Err(Error::node(node, format!("K = {k} could overflow the i32 sums")));
+        // |(a - za)(b - zb)| <= 255 * 255: longer sums could wrap an i32.
+        if k > 33_025 {
+            return Err(Error::node(node, format!("K = {k} is longer than i32 sums of 8-bit products hold exactly")));
         }
         let byte = |v: u8| if signed { v as i8 as i16 } else { v as i16 };
         let zeros: Vec<i16> = match zero {
@@ -493,7 +496,8 @@ impl QGemmB {
 /// QGemm `(A, a_scale, a_zero_point, B, b_scale, b_zero_point, C, y_scale,
 /// y_zero_point)`: `alpha * a_scale * b_scale * (A'B' + C)` with C an i32
 /// bias broadcast to `[M, N]`, B's scale and zero point per tensor or per
-/// column; quantized onto y's grid when `y_scale` is given, else f32.
+/// column; quantized onto y's grid when `y_zero_point` is given, else f32
+/// (divided by `y_scale` if that alone is given, as ONNX Runtime does).
 fn build_qgemm(node: &Node, bctx: &BuildCtx) -> Result<Box<dyn CpuOp>> {
     let alpha = match node.attrs.get("alpha") {
         Some(Attr::Float(a)) => *a,
@@ -528,6 +532,8 @@ fn build_qgemm(node: &Node, bctx: &BuildCtx) -> Result<Box<dyn CpuOp>> {
         if ka != k {
             return Err(Error::node(node, format!("A' is {m}x{ka} but B' is {k}x{n}")));
         }
+        // Y's size, checked (A and B may hold no values while m * n is huge).
+        let y_len = tessera_core::tensor::checked_numel(&[m, n])?;
         let b_scale = req(node, inputs, 4)?;
         if b_scale.dtype() != DType::F32 || (b_scale.numel() != 1 && b_scale.numel() != n) {
             return Err(Error::node(node, format!("b_scale must be f32 with 1 or {n} values")));
@@ -543,7 +549,7 @@ fn build_qgemm(node: &Node, bctx: &BuildCtx) -> Result<Box<dyn CpuOp>> {
             }
         }
         let bt16 = &bp.values;
-        let mut acc = vec![0i32; m * n];
+        let mut acc = vec![0i32; y_len];
         tessera_kernels::quant::igemm_i16_par(m, n, k, &a16, bt16, &mut acc);
         if let Some(c) = opt(inputs, 6) {
             let cs =
@@ -564,15 +570,24 @@ fn build_qgemm(node: &Node, bctx: &BuildCtx) -> Result<Box<dyn CpuOp>> {
         }
         let mult: Vec<f32> =
             (0..n).map(|j| alpha * ga.scale * b_scales[if b_scales.len() == 1 { 0 } else { j }]).collect();
-        if opt(inputs, 7).is_none() {
+        // Without y_zero_point Y is float (as ONNX Runtime's schema has it),
+        // divided by y_scale when that is given.
+        let Some(y_zero) = opt(inputs, 8) else {
+            let per = match opt(inputs, 7) {
+                Some(s) if s.dtype() == DType::F32 && s.numel() == 1 => s.as_slice::<f32>()?[0],
+                Some(s) => {
+                    return Err(Error::node(node, format!("y_scale must be one f32 value, got {:?}", s.shape())))
+                }
+                None => 1.0,
+            };
             let mut y = ctx.alloc_for_overwrite(DType::F32, &[m, n])?;
             for (i, (o, &v)) in y.as_mut_slice::<f32>()?.iter_mut().zip(&acc).enumerate() {
-                *o = v as f32 * mult[i % n];
+                *o = v as f32 * mult[i % n] / per;
             }
             return Ok(vec![y]);
-        }
-        let y_dtype = opt(inputs, 8).map_or(DType::U8, |z| z.dtype());
-        let gy = grid(node, inputs, 7, 8, y_dtype)?;
+        };
+        let gy = grid(node, inputs, 7, 8, y_zero.dtype())?;
+        let y_dtype = y_zero.dtype();
         let mult: Vec<f32> = mult.iter().map(|s| s / gy.scale).collect();
         let mut y = ctx.alloc_for_overwrite(y_dtype, &[m, n])?;
         for (i, (o, &v)) in y.bytes_mut().iter_mut().zip(&acc).enumerate() {
@@ -659,6 +674,10 @@ mod tests {
         let b = Some(Tensor::from_slice(&[4, 5], &[1i8; 20]).unwrap());
         let err = run_node(&gemm, 1, &[a, f(1.0), z(0), b, f(1.0), None]).unwrap_err().to_string();
         assert!(err.contains("2x3 but B' is 4x5"), "{err}");
+        // No values, but a 2^20 x 2^20 output: an error, not an allocation.
+        let a = Some(Tensor::from_slice(&[1 << 20, 0], &[] as &[u8]).unwrap());
+        let b = Some(Tensor::from_slice(&[0, 1 << 20], &[] as &[i8]).unwrap());
+        assert!(run_node(&gemm, 1, &[a, f(1.0), z(0), b, f(1.0), None]).is_err());
         let cat = ms("QLinearConcat", &["ys", "yz", "x", "xs"]);
         assert!(run_node(&cat, 1, &[f(1.0), z(0), u8t(&[1], &[1]), f(1.0)]).is_err());
         let sm = ms("QLinearSoftmax", &["x", "xs", "xz", "ys", "yz"]);
