@@ -10,9 +10,12 @@
 //! rounding in QLinearAdd, QLinearMul and QLinearAveragePool, and after it
 //! in the others; each operator here does as ONNX Runtime does, so that the
 //! outputs are the same bytes (`scripts/gen_contrib_tests.py` checks both
-//! orders with ties and odd zero points). QLinearSoftmax is the exception:
-//! ONNX Runtime takes its exponentials from a table, and at some output
-//! scales (0.003, not 1/256 or 0.01) a value lands one step apart.
+//! orders with ties and odd zero points). QLinearSoftmax adds it before
+//! rounding too, unchecked: its cases have the even zero points softmax
+//! outputs use (0, -128), where both orders agree. It is also the exception
+//! to "the same bytes": ONNX Runtime takes its exponentials from a table,
+//! and at some output scales (0.003, not 1/256 or 0.01) a value lands one
+//! step apart.
 
 use std::sync::{Arc, OnceLock};
 
@@ -72,8 +75,8 @@ impl Grid {
     }
 
     /// [`Grid::store`] with the zero point added before rounding, as ONNX
-    /// Runtime's QLinearAdd, QLinearMul and QLinearAveragePool do: with an
-    /// odd zero point a tie rounds the other way.
+    /// Runtime's QLinearAdd, QLinearMul and QLinearAveragePool do (and, here,
+    /// QLinearSoftmax): with an odd zero point a tie rounds the other way.
     fn store_zero_first(self, steps: f32) -> u8 {
         let (lo, hi) = self.range();
         // Clamped to integers first, so that adding and taking away 1.5 * 2^23
