@@ -17,6 +17,10 @@ Models and inputs
       default_rng) inputs: ids uniform in [1000, vocab) with [CLS]=101 first and
       [SEP]=102 last, trailing padding (id 0, attention_mask 0) on some rows,
       token_type_ids 0.
+  cnn-qop, cnn-qdq  a small random-weight CNN (4 convs on 32x32) through ONNX
+      Runtime's quantize_static, QOperator (QLinearConv and the com.microsoft
+      contrib operators) and QDQ (Tessera must report its QDQ Convs), written
+      once into the work folder; batch 2, seeded normal input.
   light/<name> the onnx wheel's 9 data/light/ CNNs, float input of the declared
       shape drawn from default_rng(0).random (the ONNX runner's random=True
       dummy data; the conformance run already covers its arange inputs).
@@ -30,6 +34,8 @@ Tolerances (all must hold; integer/bool outputs must match exactly)
                 (its weights are dequantized to fp32 in-graph, so ORT computes
                 in fp32; the looser bound leaves room for a runtime that keeps
                 the weights in int8 and quantizes activations)
+  quantized CNNs: max|t - ort| <= 1e-2 * max(1, max|ort|) and cosine >= 0.999
+                (one step of the output grid)
   light CNNs:   |t - ort| <= 1e-7 + rtol*|ort| elementwise (rtol as the ONNX
                 runner: 2e-3 densenet121, 1e-3 others), cosine >= 0.9999
   cosine is the smallest cosine similarity over the rows of the last axis
@@ -184,7 +190,68 @@ def build_cases(which: set[str]) -> list[Case]:
                 feeds[vi.name] = np.random.default_rng(0).random(shape, np.float32)
             rtol = 2e-3 if short == "densenet121" else 1e-3
             cases.append(Case(f"light/{short}", path, feeds, Tol(rtol=rtol, atol=1e-7)))
+    if "quant" in which:
+        for fmt in ("qop", "qdq"):
+            path = quantized_cnn(fmt)
+            x = np.random.default_rng(7).standard_normal((2, 3, 32, 32)).astype(np.float32)
+            cases.append(
+                Case(
+                    f"cnn-{fmt} b2",
+                    path,
+                    {"x": x},
+                    # One step of the output grid (about 1/128 of the range) at most.
+                    Tol(abs_scale=1e-2, min_cos=0.999),
+                    expect_info=r"\b[1-9][0-9]* QDQ Convs" if fmt == "qdq" else None,
+                )
+            )
     return cases
+
+
+def quantized_cnn(fmt: str) -> Path:
+    """A small random-weight CNN (4 convs with ReLU on 32x32, global average
+    pool, a Gemm to 10 classes) through ONNX Runtime's quantize_static, QOperator
+    ("qop": QLinearConv, QLinearGlobalAveragePool, QGemm) or QDQ ("qdq"); per
+    channel, uint8 activations, int8 weights; seeded; written once."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    out = REPO / ".cache/parity/models" / f"cnn-{fmt}.onnx"
+    if out.exists():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    nodes, inits, x = [], [], "x"
+    for i, (cin, cout, k, stride) in enumerate([(3, 16, 3, 1), (16, 32, 3, 2), (32, 32, 1, 1), (32, 64, 3, 2)]):
+        inits += [numpy_helper.from_array((rng.standard_normal((cout, cin, k, k)) * 0.2).astype(np.float32), f"w{i}"),
+                  numpy_helper.from_array((rng.standard_normal(cout) * 0.1).astype(np.float32), f"b{i}")]
+        nodes += [helper.make_node("Conv", [x, f"w{i}", f"b{i}"], [f"c{i}"], pads=[k // 2] * 4, strides=[stride] * 2),
+                  helper.make_node("Relu", [f"c{i}"], [f"r{i}"])]
+        x = f"r{i}"
+    nodes += [helper.make_node("GlobalAveragePool", [x], ["gap"]), helper.make_node("Flatten", ["gap"], ["flat"]),
+              helper.make_node("Gemm", ["flat", "fc_w", "fc_b"], ["y"], transB=1)]
+    inits += [numpy_helper.from_array((rng.standard_normal((10, 64)) * 0.05).astype(np.float32), "fc_w"),
+              numpy_helper.from_array(np.zeros(10, np.float32), "fc_b")]
+    graph = helper.make_graph(nodes, "cnn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 32, 32])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 10])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    fp32 = out.with_name("cnn-fp32.onnx")
+    onnx.save(model, str(fp32))
+
+    class Calibration(CalibrationDataReader):
+        def __init__(self):
+            self.data = iter([{"x": rng.standard_normal((1, 3, 32, 32)).astype(np.float32)} for _ in range(8)])
+
+        def get_next(self):
+            return next(self.data, None)
+
+    tmp = out.with_suffix(".tmp.onnx")
+    quantize_static(str(fp32), str(tmp), Calibration(),
+                    quant_format=QuantFormat.QOperator if fmt == "qop" else QuantFormat.QDQ,
+                    per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    tmp.replace(out)
+    return out
 
 
 def dynamic_int8(fp32: Path, per_channel: bool) -> Path:
@@ -293,7 +360,7 @@ def run_tessera(tessera: Path, case: Case, work: Path, timeout: float) -> tuple[
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tessera", default=str(REPO / "target/release/tessera"))
-    ap.add_argument("--only", choices=["minilm", "light"], action="append", help="subset (repeatable)")
+    ap.add_argument("--only", choices=["minilm", "light", "quant"], action="append", help="subset (repeatable)")
     ap.add_argument("--work", default=str(REPO / ".cache/parity"))
     ap.add_argument("--timeout", type=float, default=300.0, help="per tessera run, seconds")
     args = ap.parse_args()
@@ -302,7 +369,7 @@ def main() -> int:
     if not tessera.exists():
         print(f"parity: {tessera} not found (cargo build --release -p tessera-cli)", file=sys.stderr)
         return 2
-    which = set(args.only or ["minilm", "light"])
+    which = set(args.only or ["minilm", "light", "quant"])
     cases = build_cases(which)
     failures = 0
     table = []
