@@ -86,7 +86,7 @@ pub(crate) fn valid_range(count: usize, len: usize, stride: usize, off: isize) -
 
 /// Input coordinate for output coordinate `o`, kernel tap `k` along a dim.
 #[inline]
-fn in_coord(o: usize, k: usize, stride: usize, dil: usize, pad: isize) -> isize {
+pub(crate) fn in_coord(o: usize, k: usize, stride: usize, dil: usize, pad: isize) -> isize {
     (o * stride + k * dil) as isize - pad
 }
 

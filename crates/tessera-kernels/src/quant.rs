@@ -7,7 +7,7 @@
 
 use rayon::prelude::*;
 
-use crate::conv::{im2row, ConvGeom};
+use crate::conv::{im2row, in_coord, valid_range, ConvGeom};
 
 const LANES: usize = 16;
 
@@ -130,6 +130,10 @@ pub fn conv_i16(g: &ConvGeom, x: &[i16], w: &[i16], y: &mut [i32]) {
     if y.is_empty() {
         return;
     }
+    if cin_g == 1 {
+        depthwise_i16(g, x, w, y);
+        return;
+    }
     let nb = ((1usize << 19) / (ck.max(1) * 2)).clamp(16, 1024).min(out_size);
     // One task per (image, group): its output rows are contiguous.
     let task = |ng: usize, yg: &mut [i32]| {
@@ -220,6 +224,69 @@ fn min_max_body<const FMA: bool>(x: &[f32]) -> (f32, f32) {
 /// `y = saturate(round(x / scale) + zero)` into uint8.
 fn quantize_u8(x: &[f32], y: &mut [u8], scale: f32, zero: f32) {
     quantize_8bit(x, y, scale, zero, false)
+}
+
+/// [`conv_i16`] with one input channel per group (depthwise, any channel
+/// multiplier): each output plane is a sum of its kernel's taps times
+/// shifted input rows, an i32 multiply-add along each output row that
+/// vectorizes for stride 1, where im2row and a one-row product per group
+/// would do a few multiplies per copied value.
+fn depthwise_i16(g: &ConvGeom, x: &[i16], w: &[i16], y: &mut [i32]) {
+    let (in_size, out_size, ks) = (g.in_size(), g.out_size(), g.kernel_size());
+    let (cout_g, m_all, c_all) = (g.out_per_group(), g.out_channels, g.in_channels);
+    let [od, oh, ow] = g.output;
+    let [id, ih, iw] = g.input;
+    let [kd, kh, kw] = g.kernel;
+    let [s0, s1, s2] = g.stride;
+    let [d0, d1, d2] = g.dilation;
+    let [q0, q1, q2] = g.pad;
+    if out_size == 0 {
+        return;
+    }
+    let plane = |nm: usize, yplane: &mut [i32]| {
+        let (n, m) = (nm / m_all, nm % m_all);
+        let c = m / cout_g.max(1);
+        let xp = &x[(n * c_all + c) * in_size..][..in_size];
+        let wk = &w[m * ks..][..ks];
+        yplane.fill(0);
+        for oz in 0..od {
+            for oy in 0..oh {
+                let yl = &mut yplane[(oz * oh + oy) * ow..][..ow];
+                for a in 0..kd {
+                    let z = in_coord(oz, a, s0, d0, q0);
+                    if z < 0 || z >= id as isize {
+                        continue;
+                    }
+                    for b in 0..kh {
+                        let yy = in_coord(oy, b, s1, d1, q1);
+                        if yy < 0 || yy >= ih as isize {
+                            continue;
+                        }
+                        let xl = &xp[(z as usize * ih + yy as usize) * iw..][..iw];
+                        for e in 0..kw {
+                            let wv = wk[(a * kh + b) * kw + e] as i32;
+                            let off = (e * d2) as isize - q2;
+                            let (lo, hi) = valid_range(ow, iw, s2, off);
+                            if lo >= hi {
+                                continue;
+                            }
+                            let ix0 = ((lo * s2) as isize + off) as usize;
+                            if s2 == 1 {
+                                for (yv, &xv) in yl[lo..hi].iter_mut().zip(&xl[ix0..ix0 + hi - lo]) {
+                                    *yv = yv.wrapping_add(wv * xv as i32);
+                                }
+                            } else {
+                                for (i, yv) in yl[lo..hi].iter_mut().enumerate() {
+                                    *yv = yv.wrapping_add(wv * xl[ix0 + i * s2] as i32);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    y.par_chunks_mut(out_size).enumerate().for_each(|(i, p)| plane(i, p));
 }
 
 /// QuantizeLinear with one scale and zero point into 8 bits, spread over
@@ -400,6 +467,58 @@ fn quantize_row_i8_body<const FMA: bool>(row: &[f32], q: &mut [u8]) -> f32 {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(96))]
+        /// The depthwise path (one input channel per group, channel
+        /// multipliers 1 to 3) against a direct sum over the taps, on random
+        /// 2-D geometries: borders, asymmetric padding, strides and
+        /// dilations; the output starts stale.
+        #[test]
+        fn depthwise_conv_i16_matches_direct(
+            n in 1usize..3, c in 1usize..5, mult in 1usize..4, h in 1usize..12, w_ in 1usize..12,
+            kh in 1usize..4, kw in 1usize..4, s in 1usize..3, d in 1usize..3, pads in (0usize..3, 0usize..3),
+            seed in any::<u64>(),
+        ) {
+            let (ph, pw) = pads;
+            let out = |i: usize, k: usize, p: usize| (i + 2 * p).checked_sub(d * (k - 1) + 1).map(|v| v / s + 1);
+            let (Some(oh), Some(ow)) = (out(h, kh, ph), out(w_, kw, pw)) else { return Ok(()) };
+            let m = c * mult;
+            let g = crate::conv::ConvGeom {
+                batch: n, in_channels: c, out_channels: m, groups: c,
+                input: [1, h, w_], output: [1, oh, ow], kernel: [1, kh, kw], stride: [1, s, s],
+                pad: [0, ph as isize, pw as isize], dilation: [1, d, d],
+            };
+            let val = |i: usize, salt: u64| ((seed ^ salt).wrapping_add(i as u64 * 2_654_435_761) >> 9) as i16 % 256 - 128;
+            let x: Vec<i16> = (0..n * c * h * w_).map(|i| val(i, 1)).collect();
+            let wt: Vec<i16> = (0..m * kh * kw).map(|i| val(i, 2)).collect();
+            let mut y = vec![i32::MIN; n * m * oh * ow];
+            super::conv_i16(&g, &x, &wt, &mut y);
+            for ni in 0..n {
+                for mi in 0..m {
+                    let ci = mi / mult;
+                    for oy in 0..oh {
+                        for ox in 0..ow {
+                            let mut want = 0i32;
+                            for a in 0..kh {
+                                for b in 0..kw {
+                                    let iy = (oy * s + a * d) as isize - ph as isize;
+                                    let ix = (ox * s + b * d) as isize - pw as isize;
+                                    if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w_ {
+                                        let xv = x[((ni * c + ci) * h + iy as usize) * w_ + ix as usize] as i32;
+                                        want += xv * wt[(mi * kh + a) * kw + b] as i32;
+                                    }
+                                }
+                            }
+                            prop_assert_eq!(y[((ni * m + mi) * oh + oy) * ow + ox], want, "n {} m {} at ({}, {})", ni, mi, oy, ox);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn per_row_int8_quantization_matches_its_definition() {
         let (m, k) = (37, 301);
