@@ -467,8 +467,6 @@ fn quantize_row_i8_body<const FMA: bool>(row: &[f32], q: &mut [u8]) -> f32 {
 
 #[cfg(test)]
 mod tests {
-    use proptest::prelude::*;
-
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(96))]
         /// The depthwise path (one input channel per group, channel
