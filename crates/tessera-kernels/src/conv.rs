@@ -86,7 +86,7 @@ pub(crate) fn valid_range(count: usize, len: usize, stride: usize, off: isize) -
 
 /// Input coordinate for output coordinate `o`, kernel tap `k` along a dim.
 #[inline]
-pub(crate) fn in_coord(o: usize, k: usize, stride: usize, dil: usize, pad: isize) -> isize {
+fn in_coord(o: usize, k: usize, stride: usize, dil: usize, pad: isize) -> isize {
     (o * stride + k * dil) as isize - pad
 }
 
@@ -161,54 +161,13 @@ pub fn im2row<T: Copy + Default>(g: &ConvGeom, x: &[T], channels: usize, p0: usi
 /// [`im2row`] with positions outside the input set to `zero` (a quantized
 /// input's zero point, so that padding contributes nothing).
 pub fn im2row_padded<T: Copy>(g: &ConvGeom, x: &[T], channels: usize, p0: usize, p1: usize, rows: &mut [T], zero: T) {
-    let in_size = g.in_size();
-    let ck = channels * g.kernel_size();
-    let [_, oh, ow] = g.output;
-    let [id, ih, iw] = g.input;
-    let [kd, kh, kw] = g.kernel;
-    let [s0, s1, s2] = g.stride;
-    let [d0, d1, d2] = g.dilation;
-    let [q0, q1, q2] = g.pad;
+    let (in_size, ksz) = (g.in_size(), g.kernel_size());
     for p in p0..p1 {
-        let dst = &mut rows[(p - p0) * ck..(p - p0 + 1) * ck];
-        let ox = p % ow;
-        let oy = (p / ow) % oh;
-        let oz = p / (ow * oh);
-        let mut i = 0;
-        for c in 0..channels {
-            let xc = &x[c * in_size..(c + 1) * in_size];
-            for a in 0..kd {
-                let z = in_coord(oz, a, s0, d0, q0);
-                for b in 0..kh {
-                    let y = in_coord(oy, b, s1, d1, q1);
-                    let dst = &mut dst[i..i + kw];
-                    i += kw;
-                    if z < 0 || z >= id as isize || y < 0 || y >= ih as isize {
-                        dst.fill(zero);
-                        continue;
-                    }
-                    let line = &xc[(z as usize * ih + y as usize) * iw..][..iw];
-                    let x0 = in_coord(ox, 0, s2, d2, q2);
-                    let x1 = in_coord(ox, kw - 1, s2, d2, q2);
-                    if x0 >= 0 && (x1 as usize) < iw {
-                        // Inside the line (the common case away from the
-                        // borders): no per-element bounds test.
-                        let x0 = x0 as usize;
-                        if d2 == 1 {
-                            dst.copy_from_slice(&line[x0..x0 + kw]);
-                        } else {
-                            for (e, v) in dst.iter_mut().enumerate() {
-                                *v = line[x0 + e * d2];
-                            }
-                        }
-                        continue;
-                    }
-                    for (e, v) in dst.iter_mut().enumerate() {
-                        let xx = in_coord(ox, e, s2, d2, q2);
-                        *v = if xx >= 0 && (xx as usize) < iw { line[xx as usize] } else { zero };
-                    }
-                }
-            }
+        let dst = &mut rows[(p - p0) * channels * ksz..][..channels * ksz];
+        let at = output_coords(g, p);
+        // Channel by channel: each plane is a one-channel channels-last image.
+        for (c, taps) in dst.chunks_exact_mut(ksz.max(1)).enumerate() {
+            position_taps(g, &x[c * in_size..][..in_size], 1, at, taps, zero);
         }
     }
 }
@@ -256,43 +215,52 @@ pub fn im2row_channels_last<T: Copy>(
     zero: T,
 ) {
     let ck = channels * g.kernel_size();
+    for p in p0..p1 {
+        position_taps(g, x, channels, output_coords(g, p), &mut rows[(p - p0) * ck..][..ck], zero);
+    }
+}
+
+/// Output position `p` (flattened) as `[z, y, x]`.
+fn output_coords(g: &ConvGeom, p: usize) -> [usize; 3] {
     let [_, oh, ow] = g.output;
+    [p / (ow * oh), (p / ow) % oh, p % ow]
+}
+
+/// The taps of the output position at `[oz, oy, ox]` from a channels-last
+/// image `x`, in (kd, kh, kw, channel) order, into `dst`, `zero` where a
+/// tap falls in the padding: a kernel row inside the image is one copy of
+/// `kw * channels` values.
+fn position_taps<T: Copy>(g: &ConvGeom, x: &[T], channels: usize, [oz, oy, ox]: [usize; 3], dst: &mut [T], zero: T) {
     let [id, ih, iw] = g.input;
     let [kd, kh, kw] = g.kernel;
     let [s0, s1, s2] = g.stride;
     let [d0, d1, d2] = g.dilation;
     let [q0, q1, q2] = g.pad;
     let run = kw * channels;
-    for p in p0..p1 {
-        let dst = &mut rows[(p - p0) * ck..(p - p0 + 1) * ck];
-        let ox = p % ow;
-        let oy = (p / ow) % oh;
-        let oz = p / (ow * oh);
-        let mut i = 0;
-        for a in 0..kd {
-            let z = in_coord(oz, a, s0, d0, q0);
-            for b in 0..kh {
-                let y = in_coord(oy, b, s1, d1, q1);
-                let dst = &mut dst[i..i + run];
-                i += run;
-                if z < 0 || z >= id as isize || y < 0 || y >= ih as isize {
-                    dst.fill(zero);
-                    continue;
-                }
-                let line = &x[(z as usize * ih + y as usize) * iw * channels..][..iw * channels];
-                let x0 = in_coord(ox, 0, s2, d2, q2);
-                let x1 = in_coord(ox, kw - 1, s2, d2, q2);
-                if d2 == 1 && x0 >= 0 && (x1 as usize) < iw {
-                    dst.copy_from_slice(&line[x0 as usize * channels..][..run]);
-                    continue;
-                }
-                for (e, tap) in dst.chunks_exact_mut(channels.max(1)).enumerate() {
-                    let xx = in_coord(ox, e, s2, d2, q2);
-                    if xx >= 0 && (xx as usize) < iw {
-                        tap.copy_from_slice(&line[xx as usize * channels..][..channels]);
-                    } else {
-                        tap.fill(zero);
-                    }
+    let mut i = 0;
+    for a in 0..kd {
+        let z = in_coord(oz, a, s0, d0, q0);
+        for b in 0..kh {
+            let y = in_coord(oy, b, s1, d1, q1);
+            let dst = &mut dst[i..i + run];
+            i += run;
+            if z < 0 || z >= id as isize || y < 0 || y >= ih as isize {
+                dst.fill(zero);
+                continue;
+            }
+            let line = &x[(z as usize * ih + y as usize) * iw * channels..][..iw * channels];
+            let x0 = in_coord(ox, 0, s2, d2, q2);
+            let x1 = in_coord(ox, kw - 1, s2, d2, q2);
+            if d2 == 1 && x0 >= 0 && (x1 as usize) < iw {
+                dst.copy_from_slice(&line[x0 as usize * channels..][..run]);
+                continue;
+            }
+            for (e, tap) in dst.chunks_exact_mut(channels.max(1)).enumerate() {
+                let xx = in_coord(ox, e, s2, d2, q2);
+                if xx >= 0 && (xx as usize) < iw {
+                    tap.copy_from_slice(&line[xx as usize * channels..][..channels]);
+                } else {
+                    tap.fill(zero);
                 }
             }
         }
@@ -426,15 +394,50 @@ fn general<T: GemmScalar>(g: &ConvGeom, x: &[T], w: &[T], bias: Option<&[T]>, y:
     }
 }
 
-fn depthwise<T: GemmScalar>(g: &ConvGeom, x: &[T], w: &[T], bias: Option<&[T]>, y: &mut [T]) {
-    let (in_size, out_size, ks) = (g.in_size(), g.out_size(), g.kernel_size());
-    let (cout_g, m_all, c_all) = (g.out_per_group(), g.out_channels, g.in_channels);
-    let [od, oh, ow] = g.output;
+/// The kernel taps that reach output row `[oz, oy]` of a depthwise
+/// convolution's plane: `tap(k, line, lo, hi, ix0)` for kernel tap `k`
+/// whose input row lies inside the image (`line`, its offset in the input
+/// plane) and output columns `lo..hi`, which read input columns `ix0`,
+/// `ix0 + stride`, ... of that row. Shared by the float and integer kernels.
+pub(crate) fn depthwise_taps(
+    g: &ConvGeom,
+    oz: usize,
+    oy: usize,
+    mut tap: impl FnMut(usize, usize, usize, usize, usize),
+) {
+    let ow = g.output[2];
     let [id, ih, iw] = g.input;
     let [kd, kh, kw] = g.kernel;
     let [s0, s1, s2] = g.stride;
     let [d0, d1, d2] = g.dilation;
     let [q0, q1, q2] = g.pad;
+    for a in 0..kd {
+        let z = in_coord(oz, a, s0, d0, q0);
+        if z < 0 || z >= id as isize {
+            continue;
+        }
+        for b in 0..kh {
+            let yy = in_coord(oy, b, s1, d1, q1);
+            if yy < 0 || yy >= ih as isize {
+                continue;
+            }
+            let line = (z as usize * ih + yy as usize) * iw;
+            for e in 0..kw {
+                let off = (e * d2) as isize - q2;
+                let (lo, hi) = valid_range(ow, iw, s2, off);
+                if lo < hi {
+                    tap((a * kh + b) * kw + e, line, lo, hi, ((lo * s2) as isize + off) as usize);
+                }
+            }
+        }
+    }
+}
+
+fn depthwise<T: GemmScalar>(g: &ConvGeom, x: &[T], w: &[T], bias: Option<&[T]>, y: &mut [T]) {
+    let (in_size, out_size, ks) = (g.in_size(), g.out_size(), g.kernel_size());
+    let (cout_g, m_all, c_all) = (g.out_per_group(), g.out_channels, g.in_channels);
+    let [od, oh, ow] = g.output;
+    let (iw, s2) = (g.input[2], g.stride[2]);
     let plane = |nm: usize, yplane: &mut [T]| {
         let (n, m) = (nm / m_all, nm % m_all);
         let c = m / cout_g;
@@ -444,37 +447,18 @@ fn depthwise<T: GemmScalar>(g: &ConvGeom, x: &[T], w: &[T], bias: Option<&[T]>, 
         for oz in 0..od {
             for oy in 0..oh {
                 let yl = &mut yplane[(oz * oh + oy) * ow..][..ow];
-                for a in 0..kd {
-                    let z = in_coord(oz, a, s0, d0, q0);
-                    if z < 0 || z >= id as isize {
-                        continue;
-                    }
-                    for b in 0..kh {
-                        let yy = in_coord(oy, b, s1, d1, q1);
-                        if yy < 0 || yy >= ih as isize {
-                            continue;
+                depthwise_taps(g, oz, oy, |k, line, lo, hi, ix0| {
+                    let (wv, xl) = (wk[k], &xp[line..][..iw]);
+                    if s2 == 1 {
+                        for (yv, &xv) in yl[lo..hi].iter_mut().zip(&xl[ix0..ix0 + hi - lo]) {
+                            *yv += wv * xv;
                         }
-                        let xl = &xp[(z as usize * ih + yy as usize) * iw..][..iw];
-                        for e in 0..kw {
-                            let wv = wk[(a * kh + b) * kw + e];
-                            let off = (e * d2) as isize - q2;
-                            let (lo, hi) = valid_range(ow, iw, s2, off);
-                            if lo >= hi {
-                                continue;
-                            }
-                            let ix0 = ((lo * s2) as isize + off) as usize;
-                            if s2 == 1 {
-                                for (yv, &xv) in yl[lo..hi].iter_mut().zip(&xl[ix0..ix0 + hi - lo]) {
-                                    *yv += wv * xv;
-                                }
-                            } else {
-                                for (i, yv) in yl[lo..hi].iter_mut().enumerate() {
-                                    *yv += wv * xl[ix0 + i * s2];
-                                }
-                            }
+                    } else {
+                        for (i, yv) in yl[lo..hi].iter_mut().enumerate() {
+                            *yv += wv * xl[ix0 + i * s2];
                         }
                     }
-                }
+                });
             }
         }
     };

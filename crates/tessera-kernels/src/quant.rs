@@ -7,7 +7,7 @@
 
 use rayon::prelude::*;
 
-use crate::conv::{im2row, in_coord, valid_range, ConvGeom};
+use crate::conv::{depthwise_taps, im2row, ConvGeom};
 
 const LANES: usize = 16;
 
@@ -235,11 +235,7 @@ fn depthwise_i16(g: &ConvGeom, x: &[i16], w: &[i16], y: &mut [i32]) {
     let (in_size, out_size, ks) = (g.in_size(), g.out_size(), g.kernel_size());
     let (cout_g, m_all, c_all) = (g.out_per_group(), g.out_channels, g.in_channels);
     let [od, oh, ow] = g.output;
-    let [id, ih, iw] = g.input;
-    let [kd, kh, kw] = g.kernel;
-    let [s0, s1, s2] = g.stride;
-    let [d0, d1, d2] = g.dilation;
-    let [q0, q1, q2] = g.pad;
+    let (iw, s2) = (g.input[2], g.stride[2]);
     if out_size == 0 {
         return;
     }
@@ -252,37 +248,18 @@ fn depthwise_i16(g: &ConvGeom, x: &[i16], w: &[i16], y: &mut [i32]) {
         for oz in 0..od {
             for oy in 0..oh {
                 let yl = &mut yplane[(oz * oh + oy) * ow..][..ow];
-                for a in 0..kd {
-                    let z = in_coord(oz, a, s0, d0, q0);
-                    if z < 0 || z >= id as isize {
-                        continue;
-                    }
-                    for b in 0..kh {
-                        let yy = in_coord(oy, b, s1, d1, q1);
-                        if yy < 0 || yy >= ih as isize {
-                            continue;
+                depthwise_taps(g, oz, oy, |k, line, lo, hi, ix0| {
+                    let (wv, xl) = (wk[k] as i32, &xp[line..][..iw]);
+                    if s2 == 1 {
+                        for (yv, &xv) in yl[lo..hi].iter_mut().zip(&xl[ix0..ix0 + hi - lo]) {
+                            *yv = yv.wrapping_add(wv * xv as i32);
                         }
-                        let xl = &xp[(z as usize * ih + yy as usize) * iw..][..iw];
-                        for e in 0..kw {
-                            let wv = wk[(a * kh + b) * kw + e] as i32;
-                            let off = (e * d2) as isize - q2;
-                            let (lo, hi) = valid_range(ow, iw, s2, off);
-                            if lo >= hi {
-                                continue;
-                            }
-                            let ix0 = ((lo * s2) as isize + off) as usize;
-                            if s2 == 1 {
-                                for (yv, &xv) in yl[lo..hi].iter_mut().zip(&xl[ix0..ix0 + hi - lo]) {
-                                    *yv = yv.wrapping_add(wv * xv as i32);
-                                }
-                            } else {
-                                for (i, yv) in yl[lo..hi].iter_mut().enumerate() {
-                                    *yv = yv.wrapping_add(wv * xl[ix0 + i * s2] as i32);
-                                }
-                            }
+                    } else {
+                        for (i, yv) in yl[lo..hi].iter_mut().enumerate() {
+                            *yv = yv.wrapping_add(wv * xl[ix0 + i * s2] as i32);
                         }
                     }
-                }
+                });
             }
         }
     };
