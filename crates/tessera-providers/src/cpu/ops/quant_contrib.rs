@@ -229,32 +229,12 @@ fn channels_perm(rank: usize, back: bool) -> Vec<usize> {
     }
 }
 
-/// `x` with its axes permuted (`y.shape[i] = x.shape[perm[i]]`), any element type.
-fn permute(x: &Tensor, perm: &[usize], ctx: &mut RunCtx) -> Result<Tensor> {
-    let shape = x.shape();
-    let rank = shape.len();
-    let out_shape: Vec<usize> = perm.iter().map(|&p| shape[p]).collect();
-    let es = x.dtype().size();
-    let mut in_strides = vec![1usize; rank];
-    for i in (0..rank.saturating_sub(1)).rev() {
-        in_strides[i] = in_strides[i + 1] * shape[i + 1];
-    }
-    let strides: Vec<usize> = perm.iter().map(|&p| in_strides[p]).collect();
-    let mut y = ctx.alloc_for_overwrite(x.dtype(), &out_shape)?;
-    let (src, dst) = (x.bytes(), y.bytes_mut());
-    let mut idx = vec![0usize; rank];
-    for o in 0..out_shape.iter().product::<usize>() {
-        let i: usize = idx.iter().zip(&strides).map(|(a, b)| a * b).sum();
-        dst[o * es..(o + 1) * es].copy_from_slice(&src[i * es..(i + 1) * es]);
-        for d in (0..rank).rev() {
-            idx[d] += 1;
-            if idx[d] < out_shape[d] {
-                break;
-            }
-            idx[d] = 0;
-        }
-    }
-    Ok(y)
+/// `x` with its axes permuted, by the CPU provider's Transpose.
+fn transpose(node: &Node, x: &Tensor, perm: &[usize], ctx: &mut RunCtx) -> Result<Tensor> {
+    let perm = Attr::Ints(perm.iter().map(|&p| p as i64).collect());
+    let t = Node::new("Transpose", &node.name, &["x"], &["y"]).with_attr("perm", perm);
+    let op = float_op(&t, "Transpose", 13, 1, &[])?;
+    first_output(node, op.run(&[Some(x)], ctx)?)
 }
 
 fn channels_last(node: &Node) -> Result<bool> {
@@ -322,25 +302,19 @@ fn build_average_pool(node: &Node, _: &BuildCtx) -> Result<Box<dyn CpuOp>> {
                 format!("X must have a batch, a channel and a spatial axis, got {:?}", x.shape()),
             ));
         }
-        let fx = dequantize(x, gx, ctx)?;
-        let fx = if last {
-            let p = permute(&fx, &channels_perm(x.rank(), false), ctx)?;
-            ctx.release(fx);
-            p
-        } else {
-            fx
-        };
+        // Channels last: pooled channels first, the bytes moved both ways.
+        let first = if last { Some(transpose(&node, x, &channels_perm(x.rank(), false), ctx)?) } else { None };
+        let fx = dequantize(first.as_ref().unwrap_or(x), gx, ctx)?;
         let y = first_output(&node, float.run(&[Some(&fx)], ctx)?)?;
-        ctx.release(fx);
-        let y = if last {
-            let p = permute(&y, &channels_perm(y.rank(), true), ctx)?;
-            ctx.release(y);
-            p
-        } else {
-            y
-        };
         let out = quantize_zero_first(&y, gy, ctx)?;
-        ctx.release(y);
+        for t in [Some(fx), Some(y), first].into_iter().flatten() {
+            ctx.release(t);
+        }
+        if last {
+            let back = transpose(&node, &out, &channels_perm(out.rank(), true), ctx)?;
+            ctx.release(out);
+            return Ok(vec![back]);
+        }
         Ok(vec![out])
     }))
 }
