@@ -3,8 +3,10 @@
 //! stride 1, no padding), so one set of loops serves all three ranks.
 //!
 //! Three forward strategies:
-//! * depthwise (one input channel per group): a direct loop whose inner
-//!   step is an axpy over an output row, vectorizable for stride 1;
+//! * depthwise (one input channel per group): each output row a sum of
+//!   shifted rows of a padded copy of its input plane (`depthwise`), or,
+//!   where that copy would be too large, a direct loop over each tap's
+//!   valid part;
 //! * 1x1, stride 1, no padding: a plain batched GEMM on the input, no im2col;
 //! * everything else: im2col over blocks of output positions into a
 //!   per-thread buffer, then a GEMM writing straight into the output.
@@ -13,6 +15,7 @@
 
 use rayon::prelude::*;
 
+use crate::depthwise::{depthwise_planes, DepthwisePlan, PlaneSource};
 use crate::gemm::{gemm_batched, gemm_raw, BatchRef, GemmScalar, MatRef, Parallel};
 use crate::SyncPtr;
 
@@ -306,7 +309,15 @@ pub fn conv_forward<T: GemmScalar>(g: &ConvGeom, x: &[T], w: &[T], bias: Option<
         return;
     }
     if cin_g == 1 && g.groups == g.in_channels {
-        depthwise(g, x, w, bias, y);
+        // The padded loop is f32's (f64 keeps the direct one).
+        match (DepthwisePlan::new(g), T::as_f32(x), T::as_f32(w), bias.and_then(T::as_f32)) {
+            (Some(plan), Some(x), Some(w), b) if b.is_some() == bias.is_some() => {
+                let y = T::as_f32_mut(y).expect("y has x's type");
+                let bias_of = |m: usize| b.map_or(0.0, |b| b[m]);
+                depthwise_planes(&plan, PlaneSource::F32(x), w, bias_of, y, |_, sums, out| out.copy_from_slice(sums));
+            }
+            _ => depthwise_direct(g, x, w, bias, y),
+        }
     } else if is_pointwise(g) {
         pointwise(g, x, w, bias, y);
     } else {
@@ -433,7 +444,9 @@ pub(crate) fn depthwise_taps(
     }
 }
 
-fn depthwise<T: GemmScalar>(g: &ConvGeom, x: &[T], w: &[T], bias: Option<&[T]>, y: &mut [T]) {
+/// The direct depthwise loop, for planes whose padded copy would be too
+/// large (and the reference the padded loop is tested against).
+pub(crate) fn depthwise_direct<T: GemmScalar>(g: &ConvGeom, x: &[T], w: &[T], bias: Option<&[T]>, y: &mut [T]) {
     let (in_size, out_size, ks) = (g.in_size(), g.out_size(), g.kernel_size());
     let (cout_g, m_all, c_all) = (g.out_per_group(), g.out_channels, g.in_channels);
     let [od, oh, ow] = g.output;

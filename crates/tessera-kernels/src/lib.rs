@@ -59,6 +59,7 @@ impl<T> SyncPtr<T> {
 
 pub mod attention;
 pub mod conv;
+pub mod depthwise;
 pub mod elementwise;
 pub mod gemm;
 pub mod pool;

@@ -377,6 +377,38 @@ fn requantize_run_body<const FMA: bool>(
     }
 }
 
+/// One plane of [`requantize_planes`] whose sums arrive as f32 holding
+/// exact integers (the depthwise loop's; see
+/// [`int8_sums_exact_in_f32`](crate::depthwise::int8_sums_exact_in_f32)):
+/// the same values, bit for bit, as for those sums in i32.
+pub fn requantize_plane_f32(sums: &[f32], out: &mut [u8], bias: i32, mult: f64, zero: i32, signed: bool) {
+    assert_eq!(sums.len(), out.len(), "sums and output lengths differ");
+    with_vector_features!(requantize_plane_f32_body(
+        sums: &[f32],
+        out: &mut [u8],
+        bias: i32,
+        mult: f64,
+        zero: i32,
+        signed: bool,
+    ))
+}
+
+#[inline(always)]
+fn requantize_plane_f32_body<const FMA: bool>(
+    sums: &[f32],
+    out: &mut [u8],
+    bias: i32,
+    mult: f64,
+    zero: i32,
+    signed: bool,
+) {
+    let (lo, hi) = if signed { (-128.0, 127.0) } else { (0.0, 255.0) };
+    for (o, &c) in out.iter_mut().zip(sums) {
+        let v = ((c as i32).wrapping_add(bias) as f64 * mult + zero as f64).clamp(lo, hi);
+        *o = (v + MAGIC64).to_bits() as u8;
+    }
+}
+
 /// 1.5 * 2^52: adding it to an f64 of magnitude < 2^51 rounds it to an
 /// integer held in the low mantissa bits.
 const MAGIC64: f64 = 6_755_399_441_055_744.0;
@@ -599,6 +631,14 @@ mod tests {
                 let got = if signed { o as i8 as f64 } else { o as f64 };
                 prop_assert_eq!(got, want, "value {} (channel {})", i, ch);
             }
+            // The same sums as exact f32 integers, plane by plane.
+            let mut out32 = vec![0u8; acc.len()];
+            for (p, (a, o)) in acc.chunks(plane).zip(out32.chunks_mut(plane)).enumerate() {
+                let sums: Vec<f32> = a.iter().map(|&v| v as f32).collect();
+                let b = if with_bias { bias[p % m] } else { 0 };
+                requantize_plane_f32(&sums, o, b, mults[p % m], zero, signed);
+            }
+            prop_assert_eq!(out32, out);
         }
 
         /// Every value against the operator's definition, in f64 with an

@@ -46,10 +46,14 @@ pub trait GemmScalar:
     /// slot while `f` runs, so a nested call on the same thread (rayon work
     /// stealing) gets its own buffer instead of aliasing this one.
     fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [Self]) -> R) -> R;
+    /// `values` as f32 when `Self` is f32 (for kernels that exist only
+    /// for f32).
+    fn as_f32(values: &[Self]) -> Option<&[f32]>;
+    fn as_f32_mut(values: &mut [Self]) -> Option<&mut [f32]>;
 }
 
 macro_rules! gemm_scalar {
-    ($t:ty, $tls:ident) => {
+    ($t:ty, $tls:ident, $to_f32:expr) => {
         thread_local! {
             static $tls: std::cell::Cell<Vec<$t>> = const { std::cell::Cell::new(Vec::new()) };
         }
@@ -77,11 +81,17 @@ macro_rules! gemm_scalar {
                 });
                 r
             }
+            fn as_f32(values: &[Self]) -> Option<&[f32]> {
+                ($to_f32)(values)
+            }
+            fn as_f32_mut(values: &mut [Self]) -> Option<&mut [f32]> {
+                ($to_f32)(values)
+            }
         }
     };
 }
-gemm_scalar!(f32, SCRATCH_F32);
-gemm_scalar!(f64, SCRATCH_F64);
+gemm_scalar!(f32, SCRATCH_F32, Some);
+gemm_scalar!(f64, SCRATCH_F64, |_| None);
 
 /// Row-major (possibly strided) matrix view descriptor.
 #[derive(Copy, Clone, Debug)]

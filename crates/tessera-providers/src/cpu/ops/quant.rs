@@ -8,14 +8,16 @@
 //! always fits), accumulate in i32 and, for the QLinear forms, requantize
 //! with round-half-to-even and saturation.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use half::{bf16, f16};
 use rayon::prelude::*;
 use tessera_core::{DType, Error, Node, Result, Tensor};
 use tessera_kernels::conv::ConvGeom;
+use tessera_kernels::depthwise::{depthwise_planes, int8_sums_exact_in_f32, DepthwisePlan, PlaneSource};
 use tessera_kernels::gemm::{Epilogue, Requantize, Residual};
-use tessera_kernels::quant::{conv_i16, igemm_i16};
+use tessera_kernels::quant::{conv_i16, igemm_i16, requantize_plane_f32};
 
 use super::nn::common::{to_f32_vec, Spatial};
 use super::nn::conv_geom;
@@ -664,21 +666,6 @@ pub(crate) fn qlinear_matmul_op(node: &Node, bctx: &BuildCtx, tiles: Option<Tile
     }))
 }
 
-/// X minus its (scalar) zero point and W minus its per-tensor or
-/// per-output-channel zero point, both as i16.
-fn conv_operands(
-    node: &Node,
-    x: &Tensor,
-    x_zp: Option<&Tensor>,
-    w: &Tensor,
-    w_zp: Option<&Tensor>,
-) -> Result<(Vec<i16>, Vec<i16>)> {
-    let xz = zp_values(node, x_zp, 1, 1, "x_zero_point")?;
-    let x16 = sub_zp(node, x, &xz, |_| 0)?;
-    let w16 = conv_weights(node, w, w_zp)?;
-    Ok((x16, w16))
-}
-
 fn conv_weights(node: &Node, w: &Tensor, w_zp: Option<&Tensor>) -> Result<Vec<i16>> {
     let m = w.shape().first().copied().unwrap_or(0);
     let per = w.numel() / m.max(1);
@@ -738,24 +725,64 @@ impl IntConv {
             tiles(&g, x, xz, acc.as_mut_slice::<i32>()?)?;
             return Ok((acc, g, shape));
         }
-        let (x16, w_own) = match &self.w_pre {
-            Some(p) if p.len() == w.numel() => {
-                let xz = zp_values(node, x_zp, 1, 1, "x_zero_point")?;
-                (sub_zp(node, x, &xz, |_| 0)?, None)
-            }
-            _ => {
-                let (x16, w16) = conv_operands(node, x, x_zp, w, w_zp)?;
-                (x16, Some(w16))
-            }
-        };
-        let w16: &[i16] = match (&w_own, &self.w_pre) {
-            (Some(o), _) => o,
-            (None, Some(p)) => p,
-            (None, None) => unreachable!("weights are either prepared or converted above"),
-        };
+        let w16 = self.weights(node, w, w_zp)?;
+        let xz = zp_values(node, x_zp, 1, 1, "x_zero_point")?;
+        let x16 = sub_zp(node, x, &xz, |_| 0)?;
         let mut acc = ctx.alloc(DType::I32, &shape)?;
-        conv_i16(&g, &x16, w16, acc.as_mut_slice::<i32>()?);
+        conv_i16(&g, &x16, &w16, acc.as_mut_slice::<i32>()?);
         Ok((acc, g, shape))
+    }
+
+    /// The weights minus their zero points: prepared at build when both
+    /// were constant, else converted now.
+    fn weights<'a>(&'a self, node: &Node, w: &Tensor, w_zp: Option<&Tensor>) -> Result<Cow<'a, [i16]>> {
+        match &self.w_pre {
+            Some(p) if p.len() == w.numel() => Ok(Cow::Borrowed(&p[..])),
+            _ => Ok(Cow::Owned(conv_weights(node, w, w_zp)?)),
+        }
+    }
+
+    /// A depthwise convolution through the padded-plane loop: its sums,
+    /// exact integers in f32, one output plane at a time to `emit(channel,
+    /// sums, out)`, into a new tensor of `out_dt` (`None` where that loop
+    /// does not apply: not depthwise, a padded plane too large, or weights
+    /// whose sums could leave f32's exact integers).
+    #[allow(clippy::too_many_arguments)]
+    fn depthwise<O: Copy + Send>(
+        &self,
+        node: &Node,
+        x: &Tensor,
+        x_zp: Option<&Tensor>,
+        w: &Tensor,
+        w_zp: Option<&Tensor>,
+        out_dt: DType,
+        ctx: &mut RunCtx,
+        values: impl FnOnce(&mut Tensor) -> Result<&mut [O]>,
+        emit: impl Fn(usize, &[f32], &mut [O]) + Sync,
+    ) -> Result<Option<Tensor>> {
+        if self.group < 2 || !matches!(x.dtype(), DType::U8 | DType::I8) {
+            return Ok(None);
+        }
+        let (g, shape) = conv_geom(node, &self.sp, self.group, x.shape(), w.shape())?;
+        if let Some(z) = x_zp.filter(|z| z.dtype() != x.dtype()) {
+            return Err(Error::node(node, format!("x_zero_point is {} but X is {}", z.dtype(), x.dtype())));
+        }
+        let Some(plan) = DepthwisePlan::new(&g) else { return Ok(None) };
+        let w16 = self.weights(node, w, w_zp)?;
+        if !int8_sums_exact_in_f32(&w16, g.kernel_size()) {
+            return Ok(None);
+        }
+        let wf: Vec<f32> = w16.iter().map(|&v| v as f32).collect();
+        let zero = zp_values(node, x_zp, 1, 1, "x_zero_point")?[0];
+        let mut out = ctx.alloc_for_overwrite(out_dt, &shape)?;
+        let y = values(&mut out)?;
+        let m = g.out_channels;
+        let emit = |plane: usize, sums: &[f32], o: &mut [O]| emit(plane % m, sums, o);
+        let bytes = x.bytes();
+        let src =
+            if x.dtype() == DType::I8 { PlaneSource::I8 { bytes, zero } } else { PlaneSource::U8 { bytes, zero } };
+        depthwise_planes(&plan, src, &wf, |_| 0.0, y, emit);
+        Ok(Some(out))
     }
 }
 
@@ -770,7 +797,14 @@ pub(crate) fn conv_integer_op(node: &Node, bctx: &BuildCtx, tiles: Option<TileCo
     Ok(Box::new(move |inputs: &[Option<&Tensor>], ctx: &mut RunCtx| {
         let x = req(&node, inputs, 0)?;
         let w = req(&node, inputs, 1)?;
-        let (acc, _, _) = conv.run(&node, x, opt(inputs, 2), w, opt(inputs, 3), ctx)?;
+        let (x_zp, w_zp) = (opt(inputs, 2), opt(inputs, 3));
+        let exact = |_: usize, sums: &[f32], o: &mut [i32]| o.iter_mut().zip(sums).for_each(|(o, &v)| *o = v as i32);
+        if let Some(acc) =
+            conv.depthwise(&node, x, x_zp, w, w_zp, DType::I32, ctx, |t| t.as_mut_slice::<i32>(), exact)?
+        {
+            return Ok(vec![acc]);
+        }
+        let (acc, _, _) = conv.run(&node, x, x_zp, w, w_zp, ctx)?;
         Ok(vec![acc])
     }))
 }
@@ -787,10 +821,9 @@ pub(crate) fn qlinear_conv_op(node: &Node, bctx: &BuildCtx, tiles: Option<TileCo
         let x = req(&node, inputs, 0)?;
         let w = req(&node, inputs, 3)?;
         let (x_s, w_s, y_s) = (req(&node, inputs, 1)?, req(&node, inputs, 4)?, req(&node, inputs, 6)?);
-        let (acc_t, g, shape) = conv.run(&node, x, opt(inputs, 2), w, opt(inputs, 5), ctx)?;
-        let acc = acc_t.as_slice::<i32>()?;
-        let m = g.out_channels;
-        let plane = g.out_size();
+        let (x_zp, w_zp) = (opt(inputs, 2), opt(inputs, 5));
+        // W's shape is checked against X's by the convolution below.
+        let m = w.shape().first().copied().unwrap_or(0);
         let bias = match opt(inputs, 8) {
             Some(b) if b.numel() != m || b.dtype() != DType::I32 => {
                 return Err(Error::node(&node, format!("bias must be i32 with {m} values")));
@@ -812,6 +845,20 @@ pub(crate) fn qlinear_conv_op(node: &Node, bctx: &BuildCtx, tiles: Option<TileCo
         let sdt = x_s.dtype();
         let mults: Vec<f64> =
             (0..m).map(|c| scale_ratio(sdt, xsv[0], if wsv.len() == 1 { wsv[0] } else { wsv[c] }, ysv[0])).collect();
+        if matches!(out_dt, DType::U8 | DType::I8) {
+            let signed = out_dt == DType::I8;
+            let requantize = |ch: usize, sums: &[f32], o: &mut [u8]| {
+                requantize_plane_f32(sums, o, bias.map_or(0, |b| b[ch]), mults[ch], yz, signed)
+            };
+            if let Some(out) =
+                conv.depthwise(&node, x, x_zp, w, w_zp, out_dt, ctx, |t| Ok(t.bytes_mut()), requantize)?
+            {
+                return Ok(vec![out]);
+            }
+        }
+        let (acc_t, g, shape) = conv.run(&node, x, x_zp, w, w_zp, ctx)?;
+        let acc = acc_t.as_slice::<i32>()?;
+        let plane = g.out_size();
         let mut out = ctx.alloc_for_overwrite(out_dt, &shape)?;
         match out_dt {
             DType::U8 | DType::I8 if m > 0 && plane > 0 => tessera_kernels::quant::requantize_planes(
@@ -991,6 +1038,99 @@ mod tests {
                         prop_assert_eq!(got[(x * m + i) * n + j], acc);
                     }
                 }
+            }
+        }
+
+        /// Depthwise ConvInteger and QLinearConv (the padded-plane loop in
+        /// f32, or the i16 loop for a 17x17 kernel of large weights, whose
+        /// sums could leave f32's exact integers) against plain integer
+        /// sums and the QLinearConv definition: both 8-bit types, channel
+        /// multipliers, strides, padding, per-channel weight zero points
+        /// and scales, constant or run-time weights.
+        #[test]
+        fn depthwise_integer_convs_match_the_definition(
+            n in 1usize..3, c in 1usize..5, mult in 1usize..3, h in 1usize..9, w_ in 1usize..40,
+            big in any::<bool>(), stride in 1usize..3, pad in 0usize..2, signed in any::<bool>(),
+            const_w in any::<bool>(), seed in any::<u64>(),
+        ) {
+            let k = if big { 17 } else { 3 };
+            let (h, w_, pad) = if big { (h + 16, w_ + 16, pad + 4) } else { (h, w_, pad) };
+            if h + 2 * pad < k || w_ + 2 * pad < k {
+                return Ok(());
+            }
+            let (oh, ow) = ((h + 2 * pad - k) / stride + 1, (w_ + 2 * pad - k) / stride + 1);
+            let m = c * mult;
+            let mut s = seed | 1;
+            let mut next = || { s ^= s << 13; s ^= s >> 7; s ^= s << 17; (s % 256) as i32 };
+            let off = |v: i32| if signed { v - 128 } else { v };
+            let mk = |vals: &[i32], shape: &[usize]| -> Tensor {
+                if signed {
+                    Tensor::from_vec(shape, vals.iter().map(|&v| (v - 128) as i8).collect()).unwrap()
+                } else {
+                    Tensor::from_vec(shape, vals.iter().map(|&v| v as u8).collect()).unwrap()
+                }
+            };
+            // The 17x17 kernels take every value 255 steps from its zero
+            // point: their sums pass 2^24, where f32 would round them.
+            let xv: Vec<i32> = (0..n * c * h * w_).map(|_| if big { 255 } else { next() }).collect();
+            let wv: Vec<i32> = (0..m * k * k).map(|_| match (big, signed) { (true, true) => 0, (true, false) => 255, _ => next() }).collect();
+            let xz = if big { 0 } else { next() };
+            let wz: Vec<i32> = (0..m).map(|_| match (big, signed) { (true, true) => 255, (true, false) => 0, _ => next() }).collect();
+            let (x, w) = (mk(&xv, &[n, c, h, w_]), mk(&wv, &[m, 1, k, k]));
+            let (xzt, wzt) = (mk(&[xz], &[]), mk(&wz, &[m]));
+            let mut sums = vec![0i64; n * m * oh * ow];
+            for b in 0..n {
+                for o in 0..m {
+                    let ci = o / mult;
+                    for y in 0..oh {
+                        for xo in 0..ow {
+                            let mut acc = 0i64;
+                            for ky in 0..k {
+                                for kx in 0..k {
+                                    let (iy, ix) = ((y * stride + ky) as isize - pad as isize, (xo * stride + kx) as isize - pad as isize);
+                                    if iy < 0 || ix < 0 || iy >= h as isize || ix >= w_ as isize {
+                                        continue;
+                                    }
+                                    let xq = off(xv[((b * c + ci) * h + iy as usize) * w_ + ix as usize]) - off(xz);
+                                    acc += (xq * (off(wv[(o * k + ky) * k + kx]) - off(wz[o]))) as i64;
+                                }
+                            }
+                            sums[((b * m + o) * oh + y) * ow + xo] = acc;
+                        }
+                    }
+                }
+            }
+            let attrs = |nd: Node| nd.with_attr("group", Attr::Int(c as i64))
+                .with_attr("strides", Attr::Ints(vec![stride as i64; 2]))
+                .with_attr("pads", Attr::Ints(vec![pad as i64; 4]));
+            let consts = [false, true, false, true];
+            let ci = attrs(Node::new("ConvInteger", "c", &["x", "w", "xz", "wz"], &["y"]));
+            let y = run_node_const(&ci, 10, &[Some(x.clone()), Some(w.clone()), Some(xzt.clone()), Some(wzt.clone())],
+                if const_w { &consts } else { &[] }).unwrap();
+            prop_assert_eq!(y[0].shape(), &[n, m, oh, ow]);
+            let got: Vec<i64> = y[0].as_slice::<i32>().unwrap().iter().map(|&v| v as i64).collect();
+            prop_assert_eq!(&got, &sums);
+            // QLinearConv: per-channel weight scales, a bias, an odd output
+            // zero point.
+            let (xs, ys) = (0.02f32, 0.37f32 * (k * k) as f32);
+            let ws: Vec<f32> = (0..m).map(|o| 0.01 + 0.003 * o as f32).collect();
+            let bias: Vec<i32> = (0..m).map(|_| next() * 40 - 5000).collect();
+            let yz = if signed { -3 } else { 131 };
+            let ql = attrs(Node::new("QLinearConv", "q", &["x", "xs", "xz", "w", "ws", "wz", "ys", "yz", "b"], &["y"]));
+            let inputs = [Some(x), Some(Tensor::scalar(xs)), Some(xzt), Some(w), Some(Tensor::from_vec(&[m], ws.clone()).unwrap()),
+                Some(wzt), Some(Tensor::scalar(ys)), Some(mk(&[if signed { yz + 128 } else { yz }], &[])),
+                Some(Tensor::from_vec(&[m], bias.clone()).unwrap())];
+            let qconsts = [false, false, false, true, true, true, false, false, true];
+            let y = run_node_const(&ql, 10, &inputs, if const_w { &qconsts } else { &[] }).unwrap();
+            let (lo, hi) = if signed { (-128.0, 127.0) } else { (0.0, 255.0) };
+            for (i, &sum) in sums.iter().enumerate() {
+                let o = (i / (oh * ow)) % m;
+                // The multiplier in f32, as the operator computes it for f32 scales.
+                let mult = (xs * ws[o] / ys) as f64;
+                let want = ((sum + bias[o] as i64) as f64 * mult + yz as f64).clamp(lo, hi).round_ties_even();
+                let byte = y[0].bytes()[i];
+                let got = if signed { byte as i8 as f64 } else { byte as f64 };
+                prop_assert_eq!(got, want, "value {}", i);
             }
         }
     }
