@@ -164,13 +164,15 @@ fn pad_with<S: Copy>(plan: &DepthwisePlan, src: &[S], cvt: impl Fn(S) -> f32, ds
                 row[..lo].fill(0.0);
                 row[lo + n..].fill(0.0);
                 let (out, from) = (&mut row[lo..lo + n], &line[x0..x0 + (n - 1) * s2 + 1]);
-                // The stride is a constant in each arm, so the gathers
-                // vectorize.
+                // Whole chunks of a constant stride, so the gathers
+                // vectorize (an indexed loop keeps a bounds check per value).
+                let (head, last) = out.split_at_mut(n - 1);
                 match s2 {
-                    1 => out.iter_mut().zip(from).for_each(|(d, &v)| *d = cvt(v)),
-                    2 => (0..n).for_each(|i| out[i] = cvt(from[2 * i])),
-                    _ => (0..n).for_each(|i| out[i] = cvt(from[s2 * i])),
+                    1 => head.iter_mut().zip(from).for_each(|(d, &v)| *d = cvt(v)),
+                    2 => head.iter_mut().zip(from.chunks_exact(2)).for_each(|(d, c)| *d = cvt(c[0])),
+                    _ => head.iter_mut().zip(from.chunks_exact(s2)).for_each(|(d, c)| *d = cvt(c[0])),
                 }
+                last[0] = cvt(from[(n - 1) * s2]);
             }
         }
     }

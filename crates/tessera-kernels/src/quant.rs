@@ -378,7 +378,7 @@ fn requantize_run_body<const FMA: bool>(
 }
 
 /// One plane of [`requantize_planes`] whose sums arrive as f32 holding
-/// exact integers (the depthwise loop's; see
+/// exact integers of magnitude at most 2^24 (the depthwise loop's; see
 /// [`int8_sums_exact_in_f32`](crate::depthwise::int8_sums_exact_in_f32)):
 /// the same values, bit for bit, as for those sums in i32.
 pub fn requantize_plane_f32(sums: &[f32], out: &mut [u8], bias: i32, mult: f64, zero: i32, signed: bool) {
@@ -403,9 +403,19 @@ fn requantize_plane_f32_body<const FMA: bool>(
     signed: bool,
 ) {
     let (lo, hi) = if signed { (-128.0, 127.0) } else { (0.0, 255.0) };
-    for (o, &c) in out.iter_mut().zip(sums) {
-        let v = ((c as i32).wrapping_add(bias) as f64 * mult + zero as f64).clamp(lo, hi);
-        *o = (v + MAGIC64).to_bits() as u8;
+    if (bias as i64).abs() + (1 << 24) <= i32::MAX as i64 {
+        // The sums are below 2^24 in magnitude, so with this bias the i32
+        // addition cannot wrap and f64 adds exactly: no f32 -> i32 cast
+        // (a saturating one, which does not vectorize).
+        for (o, &c) in out.iter_mut().zip(sums) {
+            let v = ((c as f64 + bias as f64) * mult + zero as f64).clamp(lo, hi);
+            *o = (v + MAGIC64).to_bits() as u8;
+        }
+    } else {
+        for (o, &c) in out.iter_mut().zip(sums) {
+            let v = ((c as i32).wrapping_add(bias) as f64 * mult + zero as f64).clamp(lo, hi);
+            *o = (v + MAGIC64).to_bits() as u8;
+        }
     }
 }
 
@@ -639,6 +649,14 @@ mod tests {
                 requantize_plane_f32(&sums, o, b, mults[p % m], zero, signed);
             }
             prop_assert_eq!(out32, out);
+            // A bias at the ends of i32 wraps as the i32 sums do.
+            for b in [i32::MAX - 3, i32::MIN + 2] {
+                let sums: Vec<f32> = acc[..plane].iter().map(|&v| v as f32).collect();
+                let (mut o32, mut o) = (vec![0u8; plane], vec![0u8; plane]);
+                requantize_plane_f32(&sums, &mut o32, b, mults[0], zero, signed);
+                requantize_planes(&acc[..plane], plane, Some(&[b][..]), &mults[..1], zero, signed, &mut o);
+                prop_assert_eq!(o32, o);
+            }
         }
 
         /// Every value against the operator's definition, in f64 with an

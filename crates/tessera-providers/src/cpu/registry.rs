@@ -37,9 +37,25 @@ fn fits(b: &Buffer, need: usize) -> bool {
     b.capacity() >= need && b.capacity() <= need.saturating_mul(2).max(4096)
 }
 
+/// The buffer of `pool` to reuse for `need` bytes: one that fits, and of
+/// those one whose initialized length already covers `need` (growing a
+/// buffer's length zeroes the new bytes, a memset of up to half of it).
+fn pick(pool: &[Buffer], need: usize) -> Option<usize> {
+    let mut fit = None;
+    for (i, b) in pool.iter().enumerate() {
+        if fits(b, need) {
+            if b.len() >= need {
+                return Some(i);
+            }
+            fit.get_or_insert(i);
+        }
+    }
+    fit
+}
+
 fn shared_take(need: usize) -> Option<Buffer> {
     let mut pool = SHARED_POOL.lock().unwrap_or_else(|e| e.into_inner());
-    let pos = pool.iter().position(|b| fits(b, need))?;
+    let pos = pick(&pool, need)?;
     Some(pool.swap_remove(pos))
 }
 
@@ -86,7 +102,7 @@ impl RunCtx {
 
     fn take(&mut self, dtype: DType, shape: &[usize]) -> Result<Option<Buffer>> {
         let need = tessera_core::tensor::checked_numel(shape)? * dtype.size();
-        Ok(match self.pool.iter().position(|b| fits(b, need)) {
+        Ok(match pick(&self.pool, need) {
             Some(p) => Some(self.pool.swap_remove(p)),
             None if need >= 4096 => shared_take(need),
             None => None,
@@ -202,5 +218,24 @@ mod tests {
         // `alloc` still zeroes a recycled buffer.
         let t = ctx.alloc(DType::F32, &[1800]).unwrap();
         assert!(t.as_slice::<f32>().unwrap().iter().all(|&v| v == 0.0));
+    }
+
+    #[test]
+    fn reuse_prefers_a_buffer_whose_contents_already_cover_the_size() {
+        let mut ctx = RunCtx::default();
+        // Two buffers of 2048 floats' capacity: one shrunk to 1100 floats
+        // (released first), one whole and holding 5s.
+        let (a, mut b) = (ctx.alloc(DType::F32, &[2048]).unwrap(), ctx.alloc(DType::F32, &[2048]).unwrap());
+        b.as_mut_slice::<f32>().unwrap().fill(5.0);
+        ctx.release(a);
+        let a = ctx.alloc_for_overwrite(DType::F32, &[1100]).unwrap();
+        ctx.release(a);
+        ctx.release(b);
+        // 1900 floats: the whole buffer (no zeroed tail), not the first fit.
+        let t = ctx.alloc_for_overwrite(DType::F32, &[1900]).unwrap();
+        assert!(t.as_slice::<f32>().unwrap().iter().all(|&v| v == 5.0));
+        ctx.release(t);
+        // Again, with the shrunk buffer first in the pool.
+        assert_eq!(pick(&ctx.pool, 1900 * 4).map(|i| ctx.pool[i].len()), Some(1900 * 4));
     }
 }
