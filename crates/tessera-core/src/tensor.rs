@@ -12,14 +12,29 @@ pub type AlignedBytes = AVec<u8, ConstAlign<64>>;
 
 #[derive(Debug)]
 enum Storage {
-    Owned(AlignedBytes),
-    Mapped { map: Arc<memmap2::Mmap>, offset: usize, len: usize },
+    /// The tensor's bytes are the first `len` of `buf`. A recycled buffer
+    /// keeps its whole initialized length (a pool's buffer serves tensors of
+    /// several sizes; shrinking it would make the next larger use zero the
+    /// bytes again).
+    Owned {
+        buf: AlignedBytes,
+        len: usize,
+    },
+    Mapped {
+        map: Arc<memmap2::Mmap>,
+        offset: usize,
+        len: usize,
+    },
 }
 
 impl Storage {
+    fn owned(buf: AlignedBytes) -> Storage {
+        Storage::Owned { len: buf.len(), buf }
+    }
+
     fn bytes(&self) -> &[u8] {
         match self {
-            Storage::Owned(v) => v.as_slice(),
+            Storage::Owned { buf, len } => &buf[..*len],
             Storage::Mapped { map, offset, len } => &map[*offset..*offset + *len],
         }
     }
@@ -57,7 +72,7 @@ impl Tensor {
     /// A zero-filled tensor.
     pub fn zeros(dtype: DType, shape: &[usize]) -> Result<Tensor> {
         let n = checked_numel(shape)?;
-        Ok(Tensor { dtype, shape: shape.to_vec(), storage: Arc::new(Storage::Owned(zeroed_bytes(n * dtype.size()))) })
+        Ok(Tensor { dtype, shape: shape.to_vec(), storage: Arc::new(Storage::owned(zeroed_bytes(n * dtype.size()))) })
     }
 
     /// Reuses `buf` (from a buffer pool) when it is large enough; zeroed.
@@ -75,21 +90,19 @@ impl Tensor {
 
     fn pooled(dtype: DType, shape: &[usize], buf: Option<AlignedBytes>, zero: bool) -> Result<Tensor> {
         let n = checked_numel(shape)? * dtype.size();
-        let bytes = match buf {
+        let buf = match buf {
             Some(mut b) if b.capacity() >= n => {
-                if zero {
-                    b.clear();
-                }
-                if b.len() >= n {
-                    b.truncate(n);
-                } else {
+                if b.len() < n {
                     b.resize(n, 0);
+                }
+                if zero {
+                    b[..n].fill(0);
                 }
                 b
             }
             _ => zeroed_bytes(n),
         };
-        Ok(Tensor { dtype, shape: shape.to_vec(), storage: Arc::new(Storage::Owned(bytes)) })
+        Ok(Tensor { dtype, shape: shape.to_vec(), storage: Arc::new(Storage::Owned { buf, len: n }) })
     }
 
     pub fn from_vec<T: Element>(shape: &[usize], data: Vec<T>) -> Result<Tensor> {
@@ -120,7 +133,7 @@ impl Tensor {
     fn from_bytes_unchecked(dtype: DType, shape: &[usize], bytes: &[u8]) -> Tensor {
         let mut v = AVec::with_capacity(64, bytes.len());
         v.extend_from_slice(bytes);
-        Tensor { dtype, shape: shape.to_vec(), storage: Arc::new(Storage::Owned(v)) }
+        Tensor { dtype, shape: shape.to_vec(), storage: Arc::new(Storage::owned(v)) }
     }
 
     /// A view into a memory map. Falls back to a copy when the window is not
@@ -192,22 +205,23 @@ impl Tensor {
     }
 
     pub fn bytes_mut(&mut self) -> &mut [u8] {
-        let needs_copy = !matches!(*self.storage, Storage::Owned(_)) || Arc::strong_count(&self.storage) > 1;
+        let needs_copy = !matches!(*self.storage, Storage::Owned { .. }) || Arc::strong_count(&self.storage) > 1;
         if needs_copy {
             let mut v = AVec::with_capacity(64, self.byte_len());
             v.extend_from_slice(self.bytes());
-            self.storage = Arc::new(Storage::Owned(v));
+            self.storage = Arc::new(Storage::owned(v));
         }
         match Arc::get_mut(&mut self.storage) {
-            Some(Storage::Owned(v)) => v.as_mut_slice(),
+            Some(Storage::Owned { buf, len }) => &mut buf[..*len],
             _ => unreachable!("storage was made unique and owned above"),
         }
     }
 
-    /// Returns the owned allocation for reuse, if this tensor is its only owner.
+    /// Returns the owned allocation for reuse, if this tensor is its only
+    /// owner: its whole initialized length, which may exceed the tensor's.
     pub fn into_buffer(self) -> Option<AlignedBytes> {
         match Arc::try_unwrap(self.storage) {
-            Ok(Storage::Owned(v)) => Some(v),
+            Ok(Storage::Owned { buf, .. }) => Some(buf),
             _ => None,
         }
     }

@@ -11,7 +11,7 @@ use tessera_kernels::gemm::{
 };
 
 use rayon::prelude::*;
-use tessera_kernels::conv::{im2col, im2row, im2row_channels_last, is_pointwise, to_channels_last, ConvGeom};
+use tessera_kernels::conv::{bytes_to_channels_last, im2col, im2row, im2row_channels_last, is_pointwise, ConvGeom};
 
 use super::TilePlan;
 use crate::cpu::ops::nn::common::Spatial;
@@ -181,7 +181,7 @@ impl IntWeight {
                 for ni in 0..g.batch {
                     let xn = &xs[ni * c * in_size..(ni + 1) * c * in_size];
                     // Channels last: a tap is then a run of C bytes.
-                    to_channels_last(xn, c, in_size, &mut image);
+                    bytes_to_channels_last(xn, c, in_size, &mut image);
                     // `[positions, M]` stored transposed: NCHW.
                     let yn = &mut acc[ni * m * out_size..(ni + 1) * m * out_size];
                     // Blocks of positions, so that the packed A (the im2row
