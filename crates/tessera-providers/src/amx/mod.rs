@@ -4,8 +4,9 @@
 //! It claims MatMul, Gemm, `tessera:FusedMatMul` and Conv (group 1) whose
 //! weight is a constant fp32 tensor (packed once, at session creation, into the
 //! kernel's layout), and the integer products (MatMulInteger,
-//! `tessera:FusedMatMulInteger`, QLinearMatMul, ConvInteger and QLinearConv
-//! of group 1) with a constant 8-bit weight. What
+//! `tessera:FusedMatMulInteger`, QLinearMatMul, ConvInteger and QLinearConv,
+//! grouped ones group by group, depthwise ones excepted) with a constant
+//! 8-bit weight. What
 //! runs on the tiles follows the session's [`Precision`]:
 //!
 //! * fp32 (the default): MatMul, Gemm and FusedMatMul as bf16x6 split
@@ -288,8 +289,11 @@ impl AmxProvider {
                 if !matches!(t.dtype(), DType::I8 | DType::U8) || !(3..=5).contains(&t.rank()) {
                     return Err(format!("{} weight of rank {} (tiles take 8-bit, rank 3 to 5)", t.dtype(), t.rank()));
                 }
-                if node.attr_int_or("group", 1).unwrap_or(0) != 1 {
-                    return Err("grouped or depthwise convolution stays on the vector units".into());
+                // A grouped convolution runs group by group; a depthwise one
+                // (one input channel per group: no product to speak of) on
+                // the vector units.
+                if node.attr_int_or("group", 1).unwrap_or(0) != 1 && t.shape()[1] == 1 {
+                    return Err("depthwise convolution stays on the vector units".into());
                 }
                 zero_point_const(graph, node, zp)?;
                 Ok(TilePlan::Integer)

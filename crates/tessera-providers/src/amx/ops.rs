@@ -65,9 +65,10 @@ pub(super) fn build_sme(node: &Node, bf16: bool, constant: Constant) -> Result<B
 }
 
 /// A constant 8-bit weight packed for the int8 tiles as the `k x n`
-/// right-hand side, its zero point (per tensor or per column) folded in.
+/// right-hand side, its zero point (per tensor or per column) folded in:
+/// one per group of a grouped convolution (`k x n` each), else one.
 struct IntWeight {
-    packed: Arc<PackedB>,
+    packed: Arc<Vec<PackedB>>,
     k: usize,
     n: usize,
 }
@@ -106,31 +107,40 @@ impl IntWeight {
         }
         let (k, n) = (b.shape()[0], b.shape()[1]);
         let zero = Self::zero_points(node, zp_idx, &b, n, signed, constant)?;
-        Ok(IntWeight { packed: Arc::new(PackedB::from_i8(b.bytes(), k, n, signed, &zero)), k, n })
+        Ok(IntWeight { packed: Arc::new(vec![PackedB::from_i8(b.bytes(), k, n, signed, &zero)]), k, n })
     }
 
-    /// A convolution weight `[M, C, k...]` as the `[k*C, M]` right-hand
-    /// side, its rows in (tap, channel) order as
-    /// [`tessera_kernels::conv::im2row_channels_last`] writes the left one.
+    /// A convolution weight `[M, C / groups, k...]` as one `[k*C/groups,
+    /// M/groups]` right-hand side per group, its rows in (tap, channel)
+    /// order as [`tessera_kernels::conv::im2row_channels_last`] writes the
+    /// left one.
     fn conv(node: &Node, w_idx: usize, zp_idx: usize, constant: Constant) -> Result<IntWeight> {
         let w = weight(node, w_idx, constant)?;
         let signed = Self::signed(node, &w)?;
         if w.rank() < 3 {
             return Err(Error::node(node, format!("convolution weight {:?} needs a spatial axis", w.shape())));
         }
+        let groups = node.attr_int_or("group", 1)?;
         let (m, c) = (w.shape()[0], w.shape()[1]);
-        let ck = w.numel() / m.max(1);
-        let taps = ck / c.max(1);
-        let zero = Self::zero_points(node, zp_idx, &w, m, signed, constant)?;
-        let src = w.bytes();
-        let mut t = vec![0u8; m * ck];
-        for (o, row) in src.chunks(ck.max(1)).enumerate() {
-            for (i, &v) in row.iter().enumerate() {
-                let (ch, tap) = (i / taps.max(1), i % taps.max(1));
-                t[(tap * c + ch) * m + o] = v;
-            }
+        if groups < 1 || !m.is_multiple_of(groups as usize) {
+            return Err(Error::node(node, format!("group {groups} does not divide the {m} output channels")));
         }
-        Ok(IntWeight { packed: Arc::new(PackedB::from_i8(&t, ck, m, signed, &zero)), k: ck, n: m })
+        let (groups, ck) = (groups as usize, w.numel() / m.max(1));
+        let (mg, taps) = (m / groups, ck / c.max(1));
+        let zero = Self::zero_points(node, zp_idx, &w, m, signed, constant)?;
+        let mut packed = Vec::with_capacity(groups);
+        for (gi, rows) in w.bytes().chunks((mg * ck).max(1)).enumerate() {
+            let mut t = vec![0u8; mg * ck];
+            for (o, row) in rows.chunks(ck.max(1)).enumerate() {
+                for (i, &v) in row.iter().enumerate() {
+                    let (ch, tap) = (i / taps.max(1), i % taps.max(1));
+                    t[(tap * c + ch) * mg + o] = v;
+                }
+            }
+            let zg = if zero.len() == 1 { &zero[..] } else { &zero[gi * mg..(gi + 1) * mg] };
+            packed.push(PackedB::from_i8(&t, ck, mg, signed, zg));
+        }
+        Ok(IntWeight { packed: Arc::new(packed), k: ck, n: mg })
     }
 
     fn matmul_on(self, node: &Node, isa: TileIsa) -> quant::TileMatMul {
@@ -151,7 +161,7 @@ impl IntWeight {
             }
             let mut acc = vec![0i32; tessera_core::tensor::checked_numel(&[rows, n])?];
             let am = I8Mat { data: a.bytes(), rows, cols: k, row_stride: k, signed };
-            tile_igemm(isa, am, a_zero, &self.packed, I8Out::I32 { c: &mut acc, ldc: n });
+            tile_igemm(isa, am, a_zero, &self.packed[0], I8Out::I32 { c: &mut acc, ldc: n });
             Ok(acc)
         })
     }
@@ -159,16 +169,21 @@ impl IntWeight {
     fn conv_on(self, node: &Node, isa: TileIsa) -> quant::TileConv {
         let node = node.clone();
         Arc::new(move |g: &ConvGeom, x: &Tensor, x_zero: i32, acc: &mut [i32]| {
-            let (ck, m) = (self.k, self.n);
+            let (ck, mg, groups) = (self.k, self.n, self.packed.len());
             let signed = match x.dtype() {
                 DType::I8 => true,
                 DType::U8 => false,
                 d => return Err(Error::node(&node, format!("X must be int8 or uint8, got {d}"))),
             };
-            let c = g.in_channels;
-            if c * g.kernel_size() != ck || g.out_channels != m {
+            // One group's channels: each group is a convolution of its own
+            // (its input channels are contiguous planes of X, its output
+            // channels contiguous planes of the accumulator).
+            let c = g.in_channels / groups.max(1);
+            let m = mg * groups;
+            if g.groups != groups || c * g.kernel_size() != ck || g.out_channels != m {
                 return Err(Error::node(&node, format!("convolution geometry does not match the {m}x{ck} weight")));
             }
+            let g = &ConvGeom { in_channels: c, out_channels: mg, groups: 1, ..g.clone() };
             let (in_size, out_size) = (g.in_size(), g.out_size());
             if acc.len() != tessera_core::tensor::checked_numel(&[g.batch, m, out_size])? {
                 return Err(Error::node(&node, "accumulator does not match the convolution"));
@@ -178,12 +193,13 @@ impl IntWeight {
             let mut image = CHANNELS_LAST_IMAGE.with(|b| b.take());
             let result = (|| -> Result<()> {
                 image.resize(tessera_core::tensor::checked_numel(&[c, in_size])?, 0);
-                for ni in 0..g.batch {
-                    let xn = &xs[ni * c * in_size..(ni + 1) * c * in_size];
+                for (ni, gi) in (0..g.batch).flat_map(|ni| (0..groups).map(move |gi| (ni, gi))) {
+                    let packed = &self.packed[gi];
+                    let xn = &xs[(ni * groups + gi) * c * in_size..][..c * in_size];
                     // Channels last: a tap is then a run of C bytes.
                     bytes_to_channels_last(xn, c, in_size, &mut image);
                     // `[positions, M]` stored transposed: NCHW.
-                    let yn = &mut acc[ni * m * out_size..(ni + 1) * m * out_size];
+                    let yn = &mut acc[(ni * groups + gi) * mg * out_size..][..mg * out_size];
                     // Blocks of positions, so that the packed A (the im2row
                     // matrix in the tiles' layout, which the driver keeps
                     // per thread) stays bounded whatever the image.
@@ -194,14 +210,14 @@ impl IntWeight {
                         if is_pointwise(g) {
                             // The channels-last image is the product's left side.
                             let am = I8Mat { data: &image[b0 * ck..], rows: nb, cols: ck, row_stride: ck, signed };
-                            tile_igemm(isa, am, &[x_zero], &self.packed, out);
+                            tile_igemm(isa, am, &[x_zero], packed, out);
                             continue;
                         }
                         // Each position's im2row row is made as A is packed.
                         let row = |p: usize, row: &mut [u8]| {
                             im2row_channels_last(g, &image, c, b0 + p, b0 + p + 1, row, pad);
                         };
-                        tile_igemm_gather(isa, nb, ck, signed, row, &[x_zero], &self.packed, out);
+                        tile_igemm_gather(isa, nb, ck, signed, row, &[x_zero], packed, out);
                     }
                 }
                 Ok(())
@@ -652,7 +668,8 @@ impl CpuOp for Mlp {
 struct MatMulInteger {
     node: Node,
     isa: TileIsa,
-    weight: Arc<PackedB>,
+    /// One matrix (a product has no groups).
+    weight: Arc<Vec<PackedB>>,
     k: usize,
     n: usize,
     /// The fused form's activation (None: plain MatMulInteger).
@@ -704,7 +721,7 @@ impl CpuOp for MatMulInteger {
         let y = match self.dequant {
             None => {
                 let mut y = product_output(ctx, DType::I32, &y_shape, k)?;
-                tile_igemm(self.isa, am, &a_zero, &self.weight, I8Out::I32 { c: y.as_mut_slice::<i32>()?, ldc: n });
+                tile_igemm(self.isa, am, &a_zero, &self.weight[0], I8Out::I32 { c: y.as_mut_slice::<i32>()?, ldc: n });
                 y
             }
             Some(activation) => {
@@ -724,7 +741,7 @@ impl CpuOp for MatMulInteger {
                     self.isa,
                     am,
                     &a_zero,
-                    &self.weight,
+                    &self.weight[0],
                     I8Out::F32 { c, ldc: n, scale_a: &[1.0], scale_b: &d.scale, epi: &epi },
                 );
                 y

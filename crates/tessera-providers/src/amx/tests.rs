@@ -371,6 +371,9 @@ fn integer_convolutions_on_int8_tiles_match_cpu_exactly() {
         // Pointwise: the channels-last image is the product's left side.
         (vec![2, 40, 5, 7], vec![9, 40, 1, 1], vec![]),
         (vec![1, 8, 9, 9], vec![4, 8, 1, 1], vec![("strides", Attr::Ints(vec![2, 2]))]),
+        // Grouped: each group's channels on their own, pointwise and 3x3.
+        (vec![2, 8, 6, 7], vec![12, 2, 1, 1], vec![("group", Attr::Int(4))]),
+        (vec![1, 6, 7, 8], vec![9, 2, 3, 3], vec![("group", Attr::Int(3)), ("pads", Attr::Ints(vec![1, 1, 1, 1]))]),
     ];
     for (xdt, wdt) in [(DType::U8, DType::I8), (DType::U8, DType::U8), (DType::I8, DType::I8)] {
         for (ci, (xs, ws, attrs)) in cases.iter().enumerate() {
@@ -409,7 +412,22 @@ fn integer_convolutions_on_int8_tiles_match_cpu_exactly() {
             let want = run_on(&CpuProvider::new(), &g, &ins);
             let got = run_on(&AmxProvider::with_isa(Precision::Fp32, isa()), &g, &ins);
             assert_eq!(got.bytes(), want.bytes(), "QLinearConv {xdt}x{wdt} {xs:?}");
+            assert!(
+                matches!(
+                    AmxProvider::with_isa(Precision::Fp32, isa()).claim(&g, &[false])[0],
+                    NodeVerdict::Claim { .. }
+                ),
+                "QLinearConv {xs:?} stays on the CPU"
+            );
         }
+    }
+    // A depthwise integer convolution stays on the vector units.
+    let w = Tensor::from_bytes(DType::I8, &[4, 1, 3, 3], &[1; 36]).unwrap();
+    let node = Node::new("ConvInteger", "c", &["x", "w"], &["y"]).with_attr("group", Attr::Int(4));
+    let g = graph(node, &["x"], vec![("w", w)]);
+    match &AmxProvider::with_isa(Precision::Fp32, isa()).claim(&g, &[false])[0] {
+        NodeVerdict::Decline { reason } => assert!(reason.contains("depthwise"), "{reason}"),
+        v => panic!("claimed {v:?}"),
     }
 }
 

@@ -442,7 +442,7 @@ fn prepack_b(node: &Node, bctx: &BuildCtx, b_idx: usize, zp_idx: usize) -> Packe
 /// the exact i32 product with the constant 2-D B the closure was built from.
 pub(crate) type TileMatMul = Arc<dyn Fn(&Tensor, &[i32]) -> Result<Vec<i32>> + Send + Sync>;
 
-/// A group-1 integer convolution on a matrix unit: the geometry, X and its
+/// An integer convolution on a matrix unit: the geometry, X and its
 /// (scalar) zero point give the i32 accumulations `[N, M, out...]` with the
 /// constant weight the closure was built from, written over the last
 /// argument (every value).
@@ -719,7 +719,7 @@ impl IntConv {
         if let Some(z) = x_zp.filter(|z| z.dtype() != x.dtype()) {
             return Err(Error::node(node, format!("x_zero_point is {} but X is {}", z.dtype(), x.dtype())));
         }
-        if let (Some(tiles), 1) = (&self.tiles, self.group) {
+        if let Some(tiles) = &self.tiles {
             let xz = zp_values(node, x_zp, 1, 1, "x_zero_point")?[0];
             let mut acc = ctx.alloc_for_overwrite(DType::I32, &shape)?;
             tiles(&g, x, xz, acc.as_mut_slice::<i32>()?)?;
