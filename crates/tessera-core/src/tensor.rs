@@ -92,11 +92,12 @@ impl Tensor {
         let n = checked_numel(shape)? * dtype.size();
         let buf = match buf {
             Some(mut b) if b.capacity() >= n => {
+                if zero {
+                    let old = b.len().min(n);
+                    b[..old].fill(0);
+                }
                 if b.len() < n {
                     b.resize(n, 0);
-                }
-                if zero {
-                    b[..n].fill(0);
                 }
                 b
             }
@@ -337,6 +338,33 @@ impl PartialEq for Tensor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pooled_buffers_keep_their_length_and_zero_only_what_they_must() {
+        let held = || {
+            let mut b = AlignedBytes::with_capacity(64, 8192);
+            b.extend_from_slice(&[7u8; 4096]);
+            b
+        };
+        // Past what the buffer held: the old bytes, then zeros.
+        let t = Tensor::from_pool_for_overwrite(DType::U8, &[6000], Some(held())).unwrap();
+        assert!(t.bytes()[..4096].iter().all(|&v| v == 7) && t.bytes()[4096..].iter().all(|&v| v == 0));
+        assert_eq!(t.bytes().len(), 6000);
+        // Zeroed when asked, exactly the tensor's bytes.
+        let t = Tensor::from_pool(DType::U8, &[6000], Some(held())).unwrap();
+        assert!(t.bytes().iter().all(|&v| v == 0) && t.bytes().len() == 6000);
+        // A small tensor sees its own bytes; the buffer comes back whole.
+        let mut t = Tensor::from_pool(DType::U8, &[100], Some(held())).unwrap();
+        assert_eq!((t.bytes().len(), t.bytes_mut().len()), (100, 100));
+        let b = t.into_buffer().unwrap();
+        assert_eq!(b.len(), 4096);
+        assert!(b[..100].iter().all(|&v| v == 0) && b[100..].iter().all(|&v| v == 7));
+        // Too small a buffer: a fresh one.
+        let mut small = AlignedBytes::with_capacity(64, 16);
+        small.extend_from_slice(&[7u8; 16]);
+        let t = Tensor::from_pool_for_overwrite(DType::U8, &[100], Some(small)).unwrap();
+        assert!(t.bytes().iter().all(|&v| v == 0));
+    }
 
     #[test]
     fn zeros_and_typed_views() {

@@ -204,13 +204,13 @@ pub fn to_channels_last<T: Copy + Send + Sync>(x: &[T], channels: usize, positio
 /// masked shifts that swap 4-, 2- and 1-byte halves), instead of one byte
 /// load and store per value; ragged edges go value by value.
 pub fn bytes_to_channels_last(x: &[u8], channels: usize, positions: usize, y: &mut [u8]) {
-    const B: usize = 64;
+    const POSITIONS_PER_TASK: usize = 64;
     assert!(x.len() >= channels * positions && y.len() >= channels * positions, "image buffers too small");
     if channels == 0 || positions == 0 {
         return;
     }
-    y[..channels * positions].par_chunks_mut(B * channels).enumerate().for_each(|(bi, yb)| {
-        let p0 = bi * B;
+    y[..channels * positions].par_chunks_mut(POSITIONS_PER_TASK * channels).enumerate().for_each(|(bi, yb)| {
+        let p0 = bi * POSITIONS_PER_TASK;
         let np = yb.len() / channels;
         let (c8, p8) = (channels - channels % 8, np - np % 8);
         for c0 in (0..c8).step_by(8) {

@@ -13,18 +13,20 @@
 //!
 //! The same loop serves 8-bit convolutions: with the bytes minus their zero
 //! point converted to f32, and the kernel's absolute weights summing to at
-//! most 2^24 / 255, every product and partial sum is an integer below 2^24,
-//! which f32 holds exactly, so the sums equal the integer ones bit for bit.
+//! most 2^24 / 255, every product and partial sum is an integer of
+//! magnitude at most 2^24, which f32 holds exactly, so the sums equal the
+//! integer ones bit for bit.
 
 use rayon::prelude::*;
 
 use crate::conv::{valid_range, ConvGeom};
 use crate::gemm::GemmScalar as _;
 
-/// The most values a padded plane may hold (16 MiB of f32, kept per thread
+/// The most values a padded plane may hold (8 MiB of f32; with its output
+/// plane, a thread's scratch stays within 16 MiB, which the thread keeps
 /// for reuse): beyond it the caller keeps the direct loop, which needs no
 /// copy.
-const MAX_PADDED: usize = 1 << 22;
+const MAX_PADDED: usize = 1 << 21;
 
 /// Output values per block of the row loop: 4 vectors of 16 f32, enough
 /// independent sums to hide the adds' latency.
@@ -48,7 +50,14 @@ impl DepthwisePlan {
     /// The plan for `g`, or `None` when `g` is not depthwise or its padded
     /// plane would exceed [`MAX_PADDED`] values.
     pub fn new(g: &ConvGeom) -> Option<DepthwisePlan> {
-        if g.groups != g.in_channels || g.groups == 0 || g.out_size() == 0 || g.kernel_size() == 0 {
+        if g.groups != g.in_channels
+            || g.groups == 0
+            || g.out_channels == 0
+            || g.out_size() == 0
+            || g.kernel_size() == 0
+            || g.stride.contains(&0)
+            || g.dilation.contains(&0)
+        {
             return None;
         }
         let extent = |o: usize, k: usize, s: usize, d: usize| -> Option<usize> {
@@ -180,8 +189,10 @@ fn pad_with<S: Copy>(plan: &DepthwisePlan, src: &[S], cvt: impl Fn(S) -> f32, ds
 
 /// One output plane: `y[o] = bias + sum_k w[k] * xpad[tap_k(o)]`, taps
 /// added in weight order (a multiply, then an add: the order and rounding
-/// of the direct loop in `conv`). `xpad` is a padded plane followed by 16
-/// values of slack (any contents).
+/// of the direct loop in `conv`, so the same values for finite weights; a
+/// tap in the padding adds `w * 0`, which the direct loop skips, so an
+/// infinite or NaN weight gives NaN there, as a zero-padded im2col does).
+/// `xpad` is a padded plane followed by 16 values of slack (any contents).
 pub fn run_plane(plan: &DepthwisePlan, xpad: &[f32], w: &[f32], bias: f32, y: &mut [f32]) {
     with_vector_features!(run_plane_body(plan: &DepthwisePlan, xpad: &[f32], w: &[f32], bias: f32, y: &mut [f32]))
 }
@@ -255,6 +266,9 @@ pub fn depthwise_planes<O: Send>(
     assert!(w.len() >= g.out_channels * ks, "depthwise weights too small");
     assert!(y.len() >= planes * mult * out_size, "depthwise output too small");
     let y = &mut y[..planes * mult * out_size];
+    if y.is_empty() {
+        return;
+    }
     let per_task = planes_per_task(g);
     let scratch = plan.scratch_len();
     let task = |t: usize, yt: &mut [O]| {
@@ -305,48 +319,52 @@ mod tests {
             .collect()
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn geom(
-        n: usize,
-        c: usize,
-        mult: usize,
-        (h, w): (usize, usize),
-        k: (usize, usize),
-        s: (usize, usize),
-        d: (usize, usize),
-        p: (usize, usize, usize, usize),
-    ) -> Option<ConvGeom> {
-        let out = |i: usize, k: usize, s: usize, d: usize, pb: usize, pe: usize| {
-            let span = (k - 1) * d + 1;
-            (i + pb + pe).checked_sub(span).map(|v| v / s + 1)
-        };
-        Some(ConvGeom {
+    /// One spatial dimension: size, kernel, stride, dilation, leading and
+    /// trailing padding.
+    type Dim = (usize, usize, usize, usize, usize, usize);
+
+    /// A depthwise geometry over up to three spatial dimensions (leading
+    /// ones of size 1 when fewer are given).
+    fn geom(n: usize, c: usize, mult: usize, dims: &[Dim]) -> Option<ConvGeom> {
+        let mut g = ConvGeom {
             batch: n,
             in_channels: c,
             out_channels: c * mult,
             groups: c,
-            input: [1, h, w],
-            output: [1, out(h, k.0, s.0, d.0, p.0, p.1)?, out(w, k.1, s.1, d.1, p.2, p.3)?],
-            kernel: [1, k.0, k.1],
-            stride: [1, s.0, s.1],
-            pad: [0, p.0 as isize, p.2 as isize],
-            dilation: [1, d.0, d.1],
-        })
+            input: [1; 3],
+            output: [1; 3],
+            kernel: [1; 3],
+            stride: [1; 3],
+            pad: [0; 3],
+            dilation: [1; 3],
+        };
+        for (i, &(size, k, s, d, pb, pe)) in dims.iter().enumerate() {
+            let a = 3 - dims.len() + i;
+            let span = (k - 1) * d + 1;
+            g.input[a] = size;
+            g.output[a] = (size + pb + pe).checked_sub(span)? / s + 1;
+            (g.kernel[a], g.stride[a], g.dilation[a], g.pad[a]) = (k, s, d, pb as isize);
+        }
+        Some(g)
     }
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
-        /// Wide rows (the 64- and 16-value blocks and the ragged tail),
-        /// strides and dilations up to 3, paddings on every side, channel
-        /// multipliers: the padded loop equals the direct loop bit for bit
-        /// (same order and rounding) and the plain reference closely.
+        /// Wide rows (the 64- and 16-value blocks and the ragged tail), 1 to
+        /// 3 spatial dimensions, strides and dilations up to 3, paddings on
+        /// every side, channel multipliers: the padded loop equals the
+        /// direct loop bit for bit (same order and rounding) and the plain
+        /// reference closely.
         #[test]
         fn padded_depthwise_matches_direct(
-            n in 1usize..3, c in 1usize..5, mult in 1usize..3, h in 1usize..12, w_ in 1usize..150,
-            k in (1usize..5, 1usize..5), s in (1usize..4, 1usize..4), d in (1usize..3, 1usize..3),
-            p in (0usize..3, 0usize..3, 0usize..3, 0usize..3), bias in any::<bool>(), seed in any::<u64>(),
+            n in 1usize..3, c in 1usize..5, mult in 1usize..3, w_ in 1usize..150,
+            outer in prop::collection::vec((1usize..8, 1usize..4, 1usize..4, 1usize..4, 0usize..3, 0usize..3), 0..=2),
+            kw in 1usize..5, sw in 1usize..4, dw in 1usize..4, pw in (0usize..3, 0usize..3),
+            bias in any::<bool>(), seed in any::<u64>(),
         ) {
-            let Some(g) = geom(n, c, mult, (h, w_), k, s, d, p) else { return Ok(()) };
+            let mut dims = outer.clone();
+            dims.push((w_, kw, sw, dw, pw.0, pw.1));
+            let Some(g) = geom(n, c, mult, &dims) else { return Ok(()) };
             let plan = DepthwisePlan::new(&g).expect("small planes fit");
             let x = rand_vec(n * c * g.in_size(), seed);
             let w = rand_vec(g.out_channels * g.kernel_size(), seed ^ 3);
@@ -364,30 +382,71 @@ mod tests {
         }
 
         /// 8-bit inputs and weights through f32: the sums equal the integer
-        /// ones exactly, emitted plane by plane in order.
+        /// ones exactly, emitted plane by plane in order, for both byte
+        /// types and channel multipliers.
         #[test]
         fn int8_depthwise_sums_are_exact(
-            c in 1usize..4, h in 1usize..10, w_ in 1usize..90, k in (1usize..4, 1usize..4),
+            c in 1usize..4, mult in 1usize..3, h in 1usize..10, w_ in 1usize..90, k in (1usize..4, 1usize..4),
             s in (1usize..3, 1usize..3), p in (0usize..2, 0usize..2, 0usize..2, 0usize..2),
-            zp in 0u8..=255, seed in any::<u64>(),
+            zp in 0u8..=255, signed in any::<bool>(), seed in any::<u64>(),
         ) {
-            let Some(g) = geom(2, c, 1, (h, w_), k, s, (1, 1), p) else { return Ok(()) };
+            let dims = [(h, k.0, s.0, 1, p.0, p.1), (w_, k.1, s.1, 1, p.2, p.3)];
+            let Some(g) = geom(2, c, mult, &dims) else { return Ok(()) };
             let plan = DepthwisePlan::new(&g).expect("small planes fit");
             let xb: Vec<u8> = rand_vec(2 * c * g.in_size(), seed).iter().map(|v| ((v + 1.0) * 127.9) as u8).collect();
-            let w16: Vec<i16> = rand_vec(c * g.kernel_size(), seed ^ 3).iter().map(|v| (v * 255.0) as i16).collect();
-            prop_assert!(int8_sums_exact_in_f32(&w16, g.kernel_size()));
+            let w16: Vec<i16> = rand_vec(c * mult * g.kernel_size(), seed ^ 3).iter().map(|v| (v * 255.0) as i16).collect();
             let wf: Vec<f32> = w16.iter().map(|&v| v as f32).collect();
-            let mut got = vec![i32::MIN; 2 * c * g.out_size()];
-            depthwise_planes(&plan, PlaneSource::U8 { bytes: &xb, zero: zp as i32 }, &wf, |_| 0.0, &mut got, |_, s, o| {
+            let mut got = vec![i32::MIN; 2 * c * mult * g.out_size()];
+            // The zero point as the input's type reads it.
+            let (src, zero) = if signed {
+                (PlaneSource::I8 { bytes: &xb, zero: zp as i8 as i32 }, zp as i8 as f64)
+            } else {
+                (PlaneSource::U8 { bytes: &xb, zero: zp as i32 }, zp as f64)
+            };
+            depthwise_planes(&plan, src, &wf, |_| 0.0, &mut got, |_, s, o| {
                 for (o, &v) in o.iter_mut().zip(s) { *o = v as i32; }
             });
-            let xi: Vec<f64> = xb.iter().map(|&v| v as f64 - zp as f64).collect();
+            let xi: Vec<f64> =
+                xb.iter().map(|&v| if signed { v as i8 as f64 } else { v as f64 } - zero).collect();
             let wi: Vec<f64> = w16.iter().map(|&v| v as f64).collect();
             let mut want = vec![0f64; got.len()];
             conv_reference(&g, &xi, &wi, None, &mut want);
             for (i, (a, b)) in got.iter().zip(&want).enumerate() {
                 prop_assert_eq!(*a as f64, *b, "at {}", i);
             }
+        }
+    }
+
+    /// At the bound: every input 255 steps from its zero point and the
+    /// kernel's absolute weights summing to exactly 65793, so the interior
+    /// sums are +-(2^24 - 1): still exact.
+    #[test]
+    fn int8_sums_at_the_bound_are_exact() {
+        let g = geom(1, 1, 1, &[(20, 17, 1, 1, 0, 0), (20, 16, 1, 1, 0, 0)]).expect("geometry");
+        let ks = g.kernel_size();
+        // 258 taps of 255 and one of 3 (65793), the other 13 zero.
+        let mut w16 = vec![0i16; ks];
+        w16[..258].fill(255);
+        w16[258] = 3;
+        assert!(int8_sums_exact_in_f32(&w16, ks));
+        let plan = DepthwisePlan::new(&g).expect("small plane");
+        let wf: Vec<f32> = w16.iter().map(|&v| v as f32).collect();
+        for (byte, zero, sign) in [(255u8, 0, 1i64), (0, 255, -1)] {
+            let xb = vec![byte; g.in_size()];
+            let mut got = vec![0i64; g.out_size()];
+            depthwise_planes(
+                &plan,
+                PlaneSource::U8 { bytes: &xb, zero },
+                &wf,
+                |_| 0.0,
+                &mut got,
+                |_, s, o| {
+                    for (o, &v) in o.iter_mut().zip(s) {
+                        *o = v as i64;
+                    }
+                },
+            );
+            assert!(got.iter().all(|&v| v == sign * 255 * 65793), "{:?}", &got[..4]);
         }
     }
 
@@ -417,7 +476,7 @@ mod tests {
             dilation: [1, 1, 1],
         };
         assert!(DepthwisePlan::new(&g).is_none());
-        let small = ConvGeom { output: [1, 2000, 2000], pad: [0, 1000, 1000], ..g };
-        assert_eq!(DepthwisePlan::new(&small).map(|p| p.padded_len()), Some(4_000_000));
+        let small = ConvGeom { output: [1, 1400, 1400], pad: [0, 700, 700], ..g };
+        assert_eq!(DepthwisePlan::new(&small).map(|p| p.padded_len()), Some(1_960_000));
     }
 }

@@ -404,7 +404,7 @@ fn requantize_plane_f32_body<const FMA: bool>(
 ) {
     let (lo, hi) = if signed { (-128.0, 127.0) } else { (0.0, 255.0) };
     if (bias as i64).abs() + (1 << 24) <= i32::MAX as i64 {
-        // The sums are below 2^24 in magnitude, so with this bias the i32
+        // The sums are at most 2^24 in magnitude, so with this bias the i32
         // addition cannot wrap and f64 adds exactly: no f32 -> i32 cast
         // (a saturating one, which does not vectorize).
         for (o, &c) in out.iter_mut().zip(sums) {
@@ -613,6 +613,23 @@ mod tests {
                     let r: i32 = (0..k).map(|p| a[i * k + p] as i32 * bt[j * k + p] as i32).sum();
                     prop_assert_eq!(c[i * n + j], r);
                 }
+            }
+        }
+
+        /// The f32 sums' requantization at its fast path's edge: sums of
+        /// +-2^24 with a bias just inside (no i32 wrap, f64 adds) and just
+        /// outside (the i32 sum wraps), against the i32 path.
+        #[test]
+        fn requantized_f32_sums_at_the_wrap_edge(signed: bool, mult_pick in 0usize..3) {
+            let mult = [1e-9f64, 0.5, 3.0e-7][mult_pick];
+            let acc = [1 << 24, -(1 << 24), 0, 1, -1];
+            let sums: Vec<f32> = acc.iter().map(|&v| v as f32).collect();
+            let edge = i32::MAX - (1 << 24);
+            for b in [edge, edge + 1, -edge, -edge - 1] {
+                let (mut o32, mut o) = ([0u8; 5], [0u8; 5]);
+                requantize_plane_f32(&sums, &mut o32, b, mult, 3, signed);
+                requantize_planes(&acc, 5, Some(&[b][..]), &[mult], 3, signed, &mut o);
+                prop_assert_eq!(o32, o, "bias {}", b);
             }
         }
 

@@ -57,6 +57,10 @@ pub(crate) enum TilePlan {
     Attention,
 }
 
+/// The fewest output channels per group for a grouped integer convolution
+/// on the tiles (see the claim).
+const MIN_GROUP_COLUMNS: usize = 16;
+
 /// Fewest rows of A for which the default fp32 precision runs a product on
 /// bf16x6 tiles. Measured on the 2-core AMX Xeon, weights from DRAM, 2
 /// threads (`tessera bench-gemm --kernels fp32-vector,amx-bf16x6 --cold`,
@@ -292,8 +296,25 @@ impl AmxProvider {
                 // A grouped convolution runs group by group; a depthwise one
                 // (one input channel per group: no product to speak of) on
                 // the vector units.
-                if node.attr_int_or("group", 1).unwrap_or(0) != 1 && t.shape()[1] == 1 {
+                let groups = node.attr_int_or("group", 1).unwrap_or(0);
+                if groups != 1 && t.shape()[1] == 1 {
                     return Err("depthwise convolution stays on the vector units".into());
+                }
+                // Each group's weight is packed in whole 32-column panels of
+                // 64-byte rows: small groups would pack mostly padding (and a
+                // file's `group` could multiply that by millions) and run one
+                // small product after another. So: at least 16 columns a
+                // group, and at most 16x the file's bytes once packed.
+                let (m, ck) = (t.shape()[0], t.numel() / t.shape()[0].max(1));
+                let per_group = m / groups.max(1) as usize;
+                let packed = (groups.max(1) as usize)
+                    .saturating_mul(ck.next_multiple_of(64))
+                    .saturating_mul(per_group.next_multiple_of(32));
+                if groups > 1 && (per_group < MIN_GROUP_COLUMNS || packed > t.numel().saturating_mul(16) + (1 << 20)) {
+                    return Err(format!(
+                        "groups of {per_group} outputs by {ck} products stay on the vector units \
+                         (tiles from {MIN_GROUP_COLUMNS} columns and at most 16x the weight's bytes packed)"
+                    ));
                 }
                 zero_point_const(graph, node, zp)?;
                 Ok(TilePlan::Integer)

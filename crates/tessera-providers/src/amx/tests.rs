@@ -372,8 +372,8 @@ fn integer_convolutions_on_int8_tiles_match_cpu_exactly() {
         (vec![2, 40, 5, 7], vec![9, 40, 1, 1], vec![]),
         (vec![1, 8, 9, 9], vec![4, 8, 1, 1], vec![("strides", Attr::Ints(vec![2, 2]))]),
         // Grouped: each group's channels on their own, pointwise and 3x3.
-        (vec![2, 8, 6, 7], vec![12, 2, 1, 1], vec![("group", Attr::Int(4))]),
-        (vec![1, 6, 7, 8], vec![9, 2, 3, 3], vec![("group", Attr::Int(3)), ("pads", Attr::Ints(vec![1, 1, 1, 1]))]),
+        (vec![2, 64, 6, 7], vec![48, 32, 1, 1], vec![("group", Attr::Int(2))]),
+        (vec![1, 12, 7, 8], vec![48, 4, 3, 3], vec![("group", Attr::Int(3)), ("pads", Attr::Ints(vec![1, 1, 1, 1]))]),
     ];
     for (xdt, wdt) in [(DType::U8, DType::I8), (DType::U8, DType::U8), (DType::I8, DType::I8)] {
         for (ci, (xs, ws, attrs)) in cases.iter().enumerate() {
@@ -421,13 +421,19 @@ fn integer_convolutions_on_int8_tiles_match_cpu_exactly() {
             );
         }
     }
-    // A depthwise integer convolution stays on the vector units.
-    let w = Tensor::from_bytes(DType::I8, &[4, 1, 3, 3], &[1; 36]).unwrap();
-    let node = Node::new("ConvInteger", "c", &["x", "w"], &["y"]).with_attr("group", Attr::Int(4));
-    let g = graph(node, &["x"], vec![("w", w)]);
-    match &AmxProvider::with_isa(Precision::Fp32, isa()).claim(&g, &[false])[0] {
-        NodeVerdict::Decline { reason } => assert!(reason.contains("depthwise"), "{reason}"),
-        v => panic!("claimed {v:?}"),
+    // A depthwise integer convolution stays on the vector units, and so do
+    // small groups: 8 outputs each, or 1024 groups of 2 channels whose
+    // packed panels would be 64x the weight's bytes.
+    for (ws, group, why) in
+        [([4, 1, 3, 3], 4, "depthwise"), ([32, 8, 1, 1], 4, "groups of 8"), ([16384, 2, 1, 1], 1024, "by 2 products")]
+    {
+        let w = Tensor::from_bytes(DType::I8, &ws, &vec![1; ws.iter().product()]).unwrap();
+        let node = Node::new("ConvInteger", "c", &["x", "w"], &["y"]).with_attr("group", Attr::Int(group));
+        let g = graph(node, &["x"], vec![("w", w)]);
+        match &AmxProvider::with_isa(Precision::Fp32, isa()).claim(&g, &[false])[0] {
+            NodeVerdict::Decline { reason } => assert!(reason.contains(why), "{reason}"),
+            v => panic!("claimed {v:?}"),
+        }
     }
 }
 

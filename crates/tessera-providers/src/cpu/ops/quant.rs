@@ -678,7 +678,7 @@ struct IntConv {
     group: usize,
     /// Weights minus zero points, prepared when both are constant.
     w_pre: Option<Arc<Vec<i16>>>,
-    /// Group-1 accumulations on a matrix unit.
+    /// Accumulations on a matrix unit (any group but depthwise).
     tiles: Option<TileConv>,
 }
 
@@ -994,6 +994,12 @@ mod tests {
         // value would depend on how it is cast).
         let err = run_node(&n, 10, &[Some(x), Some(w), Some(Tensor::scalar(-1i8))]).unwrap_err().to_string();
         assert!(err.contains("x_zero_point is"), "{err}");
+        // A depthwise convolution without output channels: an empty result.
+        let x = Tensor::from_vec(&[1, 2, 4, 4], vec![3u8; 32]).unwrap();
+        let w = Tensor::from_vec(&[0, 1, 3, 3], Vec::<u8>::new()).unwrap();
+        let n = Node::new("ConvInteger", "c", &["x", "w"], &["y"]).with_attr("group", Attr::Int(2));
+        let y = run_node(&n, 10, &[Some(x), Some(w)]).unwrap();
+        assert_eq!(y[0].shape(), &[1, 0, 2, 2]);
     }
 
     proptest! {
