@@ -23,8 +23,8 @@ use crate::conv::{valid_range, ConvGeom};
 use crate::gemm::GemmScalar as _;
 
 /// The most values a padded plane may hold (8 MiB of f32; with its output
-/// plane, a thread's scratch stays within 16 MiB, which the thread keeps
-/// for reuse): beyond it the caller keeps the direct loop, which needs no
+/// plane, a thread's scratch stays within about 16 MiB, which the thread
+/// keeps for reuse): beyond it the caller keeps the direct loop, which needs no
 /// copy.
 const MAX_PADDED: usize = 1 << 21;
 
@@ -47,8 +47,9 @@ pub struct DepthwisePlan {
 }
 
 impl DepthwisePlan {
-    /// The plan for `g`, or `None` when `g` is not depthwise or its padded
-    /// plane would exceed [`MAX_PADDED`] values.
+    /// The plan for `g`, or `None` when `g` is not depthwise, has no output
+    /// (channels or positions), a zero stride or dilation, or a padded plane
+    /// that would exceed [`MAX_PADDED`] values.
     pub fn new(g: &ConvGeom) -> Option<DepthwisePlan> {
         if g.groups != g.in_channels
             || g.groups == 0

@@ -300,20 +300,27 @@ impl AmxProvider {
                 if groups != 1 && t.shape()[1] == 1 {
                     return Err("depthwise convolution stays on the vector units".into());
                 }
+                if t.numel() == 0 {
+                    return Err("an empty weight: nothing to multiply".into());
+                }
                 // Each group's weight is packed in whole 32-column panels of
                 // 64-byte rows: small groups would pack mostly padding (and a
                 // file's `group` could multiply that by millions) and run one
-                // small product after another. So: at least 16 columns a
-                // group, and at most 16x the file's bytes once packed.
+                // small product after another, and a weight of few products
+                // per output would pack mostly padding too. So: at least 16
+                // columns a group, and at most 16x the file's bytes (plus
+                // 1 MiB) once packed.
                 let (m, ck) = (t.shape()[0], t.numel() / t.shape()[0].max(1));
                 let per_group = m / groups.max(1) as usize;
                 let packed = (groups.max(1) as usize)
                     .saturating_mul(ck.next_multiple_of(64))
                     .saturating_mul(per_group.next_multiple_of(32));
-                if groups > 1 && (per_group < MIN_GROUP_COLUMNS || packed > t.numel().saturating_mul(16) + (1 << 20)) {
+                let inflated = packed > t.numel().saturating_mul(16) + (1 << 20);
+                if (groups > 1 && per_group < MIN_GROUP_COLUMNS) || inflated {
                     return Err(format!(
                         "groups of {per_group} outputs by {ck} products stay on the vector units \
-                         (tiles from {MIN_GROUP_COLUMNS} columns and at most 16x the weight's bytes packed)"
+                         (tiles from {MIN_GROUP_COLUMNS} columns a group and at most 16x the weight's bytes, \
+                         plus 1 MiB, packed)"
                     ));
                 }
                 zero_point_const(graph, node, zp)?;

@@ -423,10 +423,15 @@ fn integer_convolutions_on_int8_tiles_match_cpu_exactly() {
     }
     // A depthwise integer convolution stays on the vector units, and so do
     // small groups: 8 outputs each, or 1024 groups of 2 channels whose
-    // packed panels would be 64x the weight's bytes.
-    for (ws, group, why) in
-        [([4, 1, 3, 3], 4, "depthwise"), ([32, 8, 1, 1], 4, "groups of 8"), ([16384, 2, 1, 1], 1024, "by 2 products")]
-    {
+    // packed panels would be 64x the weight's bytes; so does a group-1
+    // weight of one product per output (64x too), and an empty one.
+    for (ws, group, why) in [
+        ([4, 1, 3, 3], 4, "depthwise"),
+        ([32, 8, 1, 1], 4, "groups of 8"),
+        ([16384, 2, 1, 1], 1024, "by 2 products"),
+        ([1 << 16, 1, 1, 1], 1, "by 1 products"),
+        ([0, 4, 3, 3], 1, "empty"),
+    ] {
         let w = Tensor::from_bytes(DType::I8, &ws, &vec![1; ws.iter().product()]).unwrap();
         let node = Node::new("ConvInteger", "c", &["x", "w"], &["y"]).with_attr("group", Attr::Int(group));
         let g = graph(node, &["x"], vec![("w", w)]);

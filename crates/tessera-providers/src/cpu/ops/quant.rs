@@ -678,7 +678,8 @@ struct IntConv {
     group: usize,
     /// Weights minus zero points, prepared when both are constant.
     w_pre: Option<Arc<Vec<i16>>>,
-    /// Accumulations on a matrix unit (any group but depthwise).
+    /// Accumulations on a matrix unit (group 1, or groups of 16 outputs or
+    /// more; not depthwise).
     tiles: Option<TileConv>,
 }
 
