@@ -870,12 +870,6 @@ mod tests {
     }
 
     proptest! {
-        /// im2row from a channels-last image holds the same taps as im2row
-        /// from the channels-first one, its columns in (tap, channel) order
-        /// instead of (channel, tap), with the padding value where a tap
-        /// falls outside; on random geometries (borders, strides, dilations,
-        /// 1 to 3 spatial dimensions, ranges starting mid-row, channel
-        /// counts past the transpose's 32-wide blocks); stale buffers.
         #[test]
         fn byte_transpose_matches_the_generic_one(
             c in 1usize..40, positions in 1usize..300, seed in any::<u64>(),
@@ -888,6 +882,12 @@ mod tests {
             prop_assert_eq!(got, want);
         }
 
+        /// im2row from a channels-last image holds the same taps as im2row
+        /// from the channels-first one, its columns in (tap, channel) order
+        /// instead of (channel, tap), with the padding value where a tap
+        /// falls outside; on random geometries (borders, strides, dilations,
+        /// 1 to 3 spatial dimensions, ranges starting mid-row, channel
+        /// counts past the transpose's 32-wide blocks); stale buffers.
         #[test]
         fn channels_last_im2row_permutes_the_columns(
             sp in proptest::collection::vec((1usize..9, 1usize..4, 1usize..3, 1usize..3, 0usize..3, 0usize..3), 1..=3),

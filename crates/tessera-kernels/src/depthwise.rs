@@ -44,6 +44,9 @@ pub struct DepthwisePlan {
     /// Offset of each tap `(a, b, e)` (ONNX weight order) from its output
     /// row's start.
     taps: Vec<usize>,
+    /// Per stride phase, which slots of a padded row hold input columns
+    /// (the same for every row): first slot, slot count, first input column.
+    spans: Vec<(usize, usize, usize)>,
 }
 
 impl DepthwisePlan {
@@ -84,7 +87,14 @@ impl DepthwisePlan {
                 }
             }
         }
-        Some(DepthwisePlan { g: g.clone(), pz, py, slots, taps })
+        let spans = (0..s2)
+            .map(|p| {
+                let off = p as isize - g.pad[2];
+                let (lo, hi) = valid_range(slots, g.input[2], s2, off);
+                (lo, hi - lo, ((lo * s2) as isize + off).max(0) as usize)
+            })
+            .collect();
+        Some(DepthwisePlan { g: g.clone(), pz, py, slots, taps, spans })
     }
 
     /// Values in one padded plane.
@@ -145,26 +155,17 @@ fn pad_plane_body<const FMA: bool>(plan: &DepthwisePlan, src: PlaneSource, dst: 
 #[inline(always)]
 fn pad_with<S: Copy>(plan: &DepthwisePlan, src: &[S], cvt: impl Fn(S) -> f32, dst: &mut [f32]) {
     let [id, ih, iw] = plan.g.input;
-    let [q0, q1, q2] = plan.g.pad;
+    let [q0, q1, _] = plan.g.pad;
     let (s2, slots, py) = (plan.g.stride[2], plan.slots, plan.py);
     let phase = plan.pz * py * slots;
     let src = &src[..id * ih * iw];
     let dst = &mut dst[..phase * s2];
-    // Which slots of a phase's row hold input columns is the same for
-    // every row: (first slot, slot count, first input column).
-    let spans: Vec<(usize, usize, usize)> = (0..s2)
-        .map(|p| {
-            let off = p as isize - q2;
-            let (lo, hi) = valid_range(slots, iw, s2, off);
-            (lo, hi - lo, ((lo * s2) as isize + off).max(0) as usize)
-        })
-        .collect();
     for z in 0..plan.pz {
         let iz = z as isize - q0;
         for y in 0..py {
             let iy = y as isize - q1;
             let inside = (0..id as isize).contains(&iz) && (0..ih as isize).contains(&iy);
-            for (p, &(lo, n, x0)) in spans.iter().enumerate() {
+            for (p, &(lo, n, x0)) in plan.spans.iter().enumerate() {
                 let row = &mut dst[p * phase + (z * py + y) * slots..][..slots];
                 if !inside || n == 0 {
                     row.fill(0.0);

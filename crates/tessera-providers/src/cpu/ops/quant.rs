@@ -716,10 +716,7 @@ impl IntConv {
         w_zp: Option<&Tensor>,
         ctx: &mut RunCtx,
     ) -> Result<(Tensor, ConvGeom, Vec<usize>)> {
-        let (g, shape) = conv_geom(node, &self.sp, self.group, x.shape(), w.shape())?;
-        if let Some(z) = x_zp.filter(|z| z.dtype() != x.dtype()) {
-            return Err(Error::node(node, format!("x_zero_point is {} but X is {}", z.dtype(), x.dtype())));
-        }
+        let (g, shape) = self.geometry(node, x, x_zp, w)?;
         if let Some(tiles) = &self.tiles {
             let xz = zp_values(node, x_zp, 1, 1, "x_zero_point")?[0];
             let mut acc = ctx.alloc_for_overwrite(DType::I32, &shape)?;
@@ -732,6 +729,16 @@ impl IntConv {
         let mut acc = ctx.alloc(DType::I32, &shape)?;
         conv_i16(&g, &x16, &w16, acc.as_mut_slice::<i32>()?);
         Ok((acc, g, shape))
+    }
+
+    /// The geometry and output shape, X's zero point checked to have X's
+    /// type (the padding value would otherwise depend on how it is cast).
+    fn geometry(&self, node: &Node, x: &Tensor, x_zp: Option<&Tensor>, w: &Tensor) -> Result<(ConvGeom, Vec<usize>)> {
+        let geometry = conv_geom(node, &self.sp, self.group, x.shape(), w.shape())?;
+        if let Some(z) = x_zp.filter(|z| z.dtype() != x.dtype()) {
+            return Err(Error::node(node, format!("x_zero_point is {} but X is {}", z.dtype(), x.dtype())));
+        }
+        Ok(geometry)
     }
 
     /// The weights minus their zero points: prepared at build when both
@@ -764,10 +771,7 @@ impl IntConv {
         if self.group < 2 || !matches!(x.dtype(), DType::U8 | DType::I8) {
             return Ok(None);
         }
-        let (g, shape) = conv_geom(node, &self.sp, self.group, x.shape(), w.shape())?;
-        if let Some(z) = x_zp.filter(|z| z.dtype() != x.dtype()) {
-            return Err(Error::node(node, format!("x_zero_point is {} but X is {}", z.dtype(), x.dtype())));
-        }
+        let (g, shape) = self.geometry(node, x, x_zp, w)?;
         let Some(plan) = DepthwisePlan::new(&g) else { return Ok(None) };
         let w16 = self.weights(node, w, w_zp)?;
         if !int8_sums_exact_in_f32(&w16, g.kernel_size()) {
